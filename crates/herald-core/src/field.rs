@@ -1,0 +1,108 @@
+//! Reading an untrusted JSON object field by field.
+//!
+//! Request bodies are parsed into a generic JSON map first and then read through
+//! [`JsonObject`], rather than straight into a serde struct, because serde's errors
+//! ("invalid type: integer, expected a string at line 1 column 9") do not name the field,
+//! and every refusal Herald sends must say which field broke which rule.
+
+use serde_json::{Map, Value};
+
+/// A refused input: the field at fault and the rule it broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {rule}")]
+pub struct FieldError {
+    /// The field's name as the client spelled it (`body` for the request body as a whole).
+    pub field: String,
+    /// The rule, phrased so that `"{field}: {rule}"` reads as a sentence.
+    pub rule: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            rule: rule.into(),
+        }
+    }
+}
+
+/// A JSON object received from a client.
+pub struct JsonObject(Map<String, Value>);
+
+impl JsonObject {
+    /// Parses a request body that must be one JSON object.
+    pub fn parse(body: &[u8]) -> Result<Self, FieldError> {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(map)) => Ok(Self(map)),
+            Ok(_) => Err(FieldError::new("body", "must be a JSON object")),
+            Err(e) => Err(FieldError::new("body", format!("is not valid JSON ({e})"))),
+        }
+    }
+
+    /// A string field that may be absent; `null` counts as absent.
+    pub fn optional_str(&self, field: &str) -> Result<Option<&str>, FieldError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(FieldError::new(field, "must be a string")),
+        }
+    }
+
+    /// A string field that must be present and not empty.
+    pub fn required_str(&self, field: &str) -> Result<&str, FieldError> {
+        match self.optional_str(field)? {
+            None => Err(FieldError::new(field, "is required")),
+            Some("") => Err(FieldError::new(field, "must not be empty")),
+            Some(s) => Ok(s),
+        }
+    }
+
+    /// An array of strings that may be absent; `null` counts as absent.
+    pub fn optional_str_array(&self, field: &str) -> Result<Option<Vec<&str>>, FieldError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| {
+                    item.as_str()
+                        .ok_or_else(|| FieldError::new(field, "must be an array of strings"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(FieldError::new(field, "must be an array of strings")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_field_and_the_rule() {
+        let obj = JsonObject::parse(br#"{"a": 1, "b": null, "c": ["x", 2], "e": ""}"#).unwrap();
+        assert_eq!(
+            obj.optional_str("a").unwrap_err().to_string(),
+            "a: must be a string"
+        );
+        assert_eq!(obj.optional_str("b").unwrap(), None);
+        assert_eq!(
+            obj.required_str("b").unwrap_err().to_string(),
+            "b: is required"
+        );
+        assert_eq!(
+            obj.required_str("e").unwrap_err().to_string(),
+            "e: must not be empty"
+        );
+        assert_eq!(
+            obj.optional_str_array("c").unwrap_err().to_string(),
+            "c: must be an array of strings"
+        );
+    }
+
+    #[test]
+    fn refuses_bodies_that_are_not_objects() {
+        assert_eq!(JsonObject::parse(b"[1]").err().unwrap().field, "body");
+        assert_eq!(JsonObject::parse(b"{").err().unwrap().field, "body");
+    }
+}
