@@ -3,6 +3,7 @@
 One server runs per test session, on 127.0.0.1 with an ephemeral port and a temporary data
 dir, without --allow-private-targets. Every test gets its own project id (32 lowercase hex,
 like a Huawei project id) and its own AK/SK made with `herald credentials create`.
+The server's stderr goes to <pytest basetemp>/herald*/herald.stderr.log.
 
 Environment:
   HERALD_BIN            path of the herald binary (default <repo>/target/debug/herald)
@@ -57,9 +58,6 @@ class Herald:
         assert lines, f"{' '.join(cmd)} printed nothing; stderr:\n{done.stderr}"
         return json.loads(lines[-1])
 
-    def stderr_tail(self, n=4000):
-        return self.log_path.read_text(errors="replace")[-n:]
-
 
 def _stop(proc):
     if proc.poll() is None:
@@ -84,15 +82,20 @@ def _wait_listening(proc, lines, log_path, deadline):
             line = lines.get(timeout=remaining)
         except queue.Empty:
             break
-        if line is None:
+        if line is None:  # stdout closed: give the exit status a moment to appear
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
             break
         m = re.fullmatch(r"listening on (http://127\.0\.0\.1:\d+)", line.strip())
         if m:
             return m.group(1)
         seen.append(line)
+    why = f"exited with code {proc.poll()}" if proc.poll() is not None else f"timed out after {START_TIMEOUT}s"
     _stop(proc)
-    pytest.fail(f"`herald serve` did not print 'listening on http://127.0.0.1:PORT' within "
-                f"{START_TIMEOUT}s (exit code {proc.returncode}); stdout: {seen!r}\n"
+    pytest.fail(f"`herald serve` never printed 'listening on http://127.0.0.1:PORT' ({why}); "
+                f"stdout: {seen!r}\n"
                 f"stderr:\n{log_path.read_text(errors='replace')[-4000:]}")
 
 

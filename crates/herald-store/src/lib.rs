@@ -1,1 +1,110 @@
+//! Herald's storage boundary.
+//!
+//! [`Store`] is the one interface everything above storage uses; each backend is a module
+//! that implements it and owns its migrations ([`sqlite`] now; PostgreSQL is a second
+//! implementation of the same trait). Backends speak domain types, and seal and open
+//! secrets with the master key themselves, so nothing above the store sees ciphertext
+//! and nothing below it sees a plaintext secret go to disk.
 
+mod rows;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use herald_core::live::LiveCallbackConfig;
+use herald_core::project::ProjectId;
+use herald_core::secrets::SealError;
+use secrecy::SecretString;
+use time::OffsetDateTime;
+
+pub use rows::CorruptRow;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule would be broken (e.g. a second config for one domain and app).
+    #[error("conflicts with an existing record")]
+    Conflict,
+    #[error(transparent)]
+    Sealing(#[from] SealError),
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRow),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+/// An access key with its secret key opened, for verifying a signature.
+#[derive(Debug, Clone)]
+pub struct AccessKey {
+    pub access_key: String,
+    pub project_id: ProjectId,
+    pub secret_key: SecretString,
+    pub created_at: OffsetDateTime,
+}
+
+/// An access key as listed to the operator: never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessKeySummary {
+    pub access_key: String,
+    pub project_id: ProjectId,
+    pub created_at: OffsetDateTime,
+}
+
+/// Filters of the Live config list; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct LiveConfigFilter {
+    pub publish_domain: Option<String>,
+    pub app: Option<String>,
+}
+
+/// A window of a list, already validated by the API (`limit` 1–100).
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub offset: u64,
+    pub limit: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Succeeds when the store answers a trivial query: `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn insert_access_key(&self, key: &AccessKey) -> Result<(), StoreError>;
+    async fn find_access_key(&self, access_key: &str) -> Result<Option<AccessKey>, StoreError>;
+    async fn list_access_keys(
+        &self,
+        project: Option<&ProjectId>,
+    ) -> Result<Vec<AccessKeySummary>, StoreError>;
+    /// True when the key existed.
+    async fn delete_access_key(&self, access_key: &str) -> Result<bool, StoreError>;
+
+    /// Stores the SHA-256 digest of a token (`herald_core::secrets::token_digest`).
+    async fn insert_token(
+        &self,
+        token_sha256: &str,
+        project: &ProjectId,
+        created_at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    async fn find_token_project(&self, token_sha256: &str)
+    -> Result<Option<ProjectId>, StoreError>;
+
+    /// [`StoreError::Conflict`] when the project already has a config for the domain and app.
+    async fn insert_live_config(&self, config: &LiveCallbackConfig) -> Result<(), StoreError>;
+    async fn get_live_config(
+        &self,
+        project: &ProjectId,
+        id: &str,
+    ) -> Result<Option<LiveCallbackConfig>, StoreError>;
+    /// The total that match the filter, and the page of them in creation order.
+    async fn list_live_configs(
+        &self,
+        project: &ProjectId,
+        filter: &LiveConfigFilter,
+        page: Page,
+    ) -> Result<(u64, Vec<LiveCallbackConfig>), StoreError>;
+    /// Overwrites the config with the same project and id. False when there is none;
+    /// [`StoreError::Conflict`] when the new domain and app are another config's.
+    async fn update_live_config(&self, config: &LiveCallbackConfig) -> Result<bool, StoreError>;
+    /// True when the config existed.
+    async fn delete_live_config(&self, project: &ProjectId, id: &str) -> Result<bool, StoreError>;
+}
