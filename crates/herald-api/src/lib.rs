@@ -1,1 +1,127 @@
+//! Herald's HTTP API.
+//!
+//! - [`auth`]: AK/SK and token authentication, the body size bound, the [`auth::Caller`].
+//! - [`live`]: the Live-flavour callback configuration API (SPEC §1).
+//! - [`health`]: `/healthz` and `/readyz`.
+//! - [`error`]: the one error type that becomes an HTTP answer.
+//! - [`request_id`]: `X-request-id` on every answer.
+//!
+//! [`router`] assembles everything; [`serve`] runs it on a bound listener until a
+//! cancellation token fires, so tests bind port 0 and stop the server at will.
+#![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod error;
+pub mod health;
+pub mod live;
+mod query;
+pub mod request_id;
+
+use std::sync::Arc;
+
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router, middleware};
+use herald_store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::StaticCredentials;
+use crate::error::ApiError;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The one way to the database.
+    pub store: Arc<dyn Store>,
+    /// Credentials from the config file, checked before the store's.
+    pub credentials: Arc<StaticCredentials>,
+    /// The operator's `--allow-private-targets`: lets configs point at private addresses.
+    pub allow_private_targets: bool,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Herald",
+        description = "Self-hosted recording callbacks, wire-compatible with the Huawei Cloud \
+                       Live and SparkRTC recording-callback APIs."
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "live", description = "Live-flavour callback configs (SPEC §1)"),
+        (name = "operations", description = "Health and documents"),
+    )
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "aksk",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "SDK-HMAC-SHA256 Access=AK, SignedHeaders=…, Signature=…, with X-Sdk-Date",
+            ))),
+        );
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Auth-Token"))),
+        );
+    }
+}
+
+/// The whole application: routes, authentication, the OpenAPI document, error mapping.
+pub fn router(state: AppState) -> Router {
+    let authenticated = OpenApiRouter::new()
+        .routes(routes!(live::create, live::list))
+        .routes(routes!(live::show, live::update, live::delete))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    let public = OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz));
+    let (routes, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(authenticated)
+        .merge(public)
+        .split_for_parts();
+    let openapi = Arc::new(openapi);
+    let hostname: Arc<str> = request_id::hostname().into();
+    routes
+        .route(
+            "/openapi.json",
+            get(move || async move { Json(openapi.as_ref().clone()) }),
+        )
+        .fallback(|| async { ApiError::NoSuchApi })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal("a handler panicked").into_response()
+        }))
+        .layer(middleware::from_fn(move |req, next| {
+            request_id::set_request_id(hostname.clone(), req, next)
+        }))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` fires, then finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

@@ -1,1 +1,12 @@
+//! The `herald` binary's library: everything `main.rs` calls, so tests can call it too.
+//!
+//! - [`settings`]: defaults, TOML file, `HERALD_*` variables and flags, in that order.
+//! - [`master_key`]: the key that seals secrets at rest.
+//! - [`app`]: opening the store and running the server.
+//! - [`credentials`]: creating, listing and revoking access keys and tokens.
+#![forbid(unsafe_code)]
 
+pub mod app;
+pub mod credentials;
+pub mod master_key;
+pub mod settings;

@@ -1,0 +1,167 @@
+//! Authentication of the management and ingest APIs (SPEC §3).
+//!
+//! A middleware reads the (bounded) body, identifies the caller by `X-Auth-Token` or by an
+//! `SDK-HMAC-SHA256` signature, and hands the handler a [`Caller`]. Credentials are looked
+//! up on every request, so keys created by `herald credentials create` while the server
+//! runs work at once, and revoked ones stop at once.
+
+use std::collections::HashMap;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use herald_core::field::FieldError;
+use herald_core::project::ProjectId;
+use herald_core::sdk_auth::{self, Authorization, WireRequest};
+use herald_core::secrets::token_digest;
+use secrecy::{ExposeSecret, SecretString};
+use time::OffsetDateTime;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Request bodies above this are refused before they are read further.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+const AUTH_TOKEN: &str = "x-auth-token";
+const PROJECT_ID: &str = "x-project-id";
+
+/// Who is calling: the project their credential belongs to.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub project: ProjectId,
+}
+
+impl Caller {
+    /// The project of a `/v1/{project_id}/…` path, if it is the caller's own.
+    pub fn authorize(&self, path_project: &str) -> Result<ProjectId, ApiError> {
+        if path_project == self.project.as_str() {
+            Ok(self.project.clone())
+        } else {
+            Err(ApiError::WrongProject(path_project.to_owned()))
+        }
+    }
+}
+
+/// Credentials listed in the config file, beside those in the store.
+#[derive(Debug, Default)]
+pub struct StaticCredentials {
+    access_keys: HashMap<String, (ProjectId, SecretString)>,
+    /// Keyed by the token's SHA-256, like the store, so lookups work the same way.
+    tokens: HashMap<String, ProjectId>,
+}
+
+impl StaticCredentials {
+    pub fn add_access_key(
+        &mut self,
+        project: ProjectId,
+        access_key: String,
+        secret_key: SecretString,
+    ) {
+        self.access_keys.insert(access_key, (project, secret_key));
+    }
+
+    pub fn add_token(&mut self, project: ProjectId, token: &SecretString) {
+        self.tokens
+            .insert(token_digest(token.expose_secret()), project);
+    }
+}
+
+/// Middleware: bounded body, then the caller, then the handler.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let too_large = || ApiError::BadRequest(FieldError::new("body", "must be at most 1 MiB"));
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
+        return Err(too_large());
+    }
+    let (parts, body) = request.into_parts();
+    let body: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| too_large())?;
+    let caller = identify(&state, &parts.method, &parts.uri, &parts.headers, &body).await?;
+    if let Some(claimed) = parts.headers.get(PROJECT_ID) {
+        if claimed.as_bytes() != caller.project.as_str().as_bytes() {
+            return Err(ApiError::WrongProject(
+                String::from_utf8_lossy(claimed.as_bytes()).into_owned(),
+            ));
+        }
+    }
+    let mut request = Request::from_parts(parts, Body::from(body));
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}
+
+async fn identify(
+    state: &AppState,
+    method: &axum::http::Method,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Caller, ApiError> {
+    if let Some(token) = headers.get(AUTH_TOKEN) {
+        let digest = token_digest(&String::from_utf8_lossy(token.as_bytes()));
+        let project = match state.credentials.tokens.get(&digest) {
+            Some(project) => Some(project.clone()),
+            None => state.store.find_token_project(&digest).await?,
+        };
+        return project
+            .map(|project| Caller { project })
+            .ok_or_else(|| ApiError::Unauthenticated("unknown token".into()));
+    }
+    let Some(authorization) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::Unauthenticated(
+            "send X-Auth-Token or an SDK-HMAC-SHA256 Authorization header".into(),
+        ));
+    };
+    let authorization = authorization
+        .to_str()
+        .map_err(|_| ApiError::Unauthenticated("the Authorization header is not ASCII".into()))?;
+    let auth = Authorization::parse(authorization)
+        .map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
+    let (project, secret_key) = match state.credentials.access_keys.get(auth.access_key) {
+        Some((project, sk)) => (project.clone(), sk.clone()),
+        None => match state.store.find_access_key(auth.access_key).await? {
+            Some(key) => (key.project_id, key.secret_key),
+            // Same words as a bad signature: whether an access key exists is not told.
+            None => {
+                return Err(ApiError::Unauthenticated(
+                    sdk_auth::AuthError::SignatureMismatch.to_string(),
+                ));
+            }
+        },
+    };
+    let wire_headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let wire = WireRequest {
+        method: method.as_str(),
+        raw_path: uri.path(),
+        raw_query: uri.query().unwrap_or(""),
+        headers: &wire_headers,
+        body,
+    };
+    sdk_auth::verify(
+        &wire,
+        &auth,
+        secret_key.expose_secret(),
+        OffsetDateTime::now_utc(),
+    )
+    .map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
+    Ok(Caller { project })
+}

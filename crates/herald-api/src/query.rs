@@ -1,0 +1,85 @@
+//! Query strings read by hand, so that a bad parameter is named in the 400.
+
+use herald_core::field::FieldError;
+use herald_store::Page;
+
+/// The decoded `k=v` pairs of a query string; the first value of a repeated key wins.
+pub struct QueryPairs(Vec<(String, String)>);
+
+impl QueryPairs {
+    pub fn parse(raw: Option<&str>) -> Self {
+        let pairs = url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        Self(pairs)
+    }
+
+    /// A parameter's value; an empty value counts as absent.
+    pub fn non_empty(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn integer(
+        &self,
+        name: &str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<u64, FieldError> {
+        let Some(raw) = self.non_empty(name) else {
+            return Ok(default);
+        };
+        let rule = || {
+            FieldError::new(
+                name,
+                format!(
+                    "must be an integer from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            )
+        };
+        let value: u64 = raw.parse().map_err(|_| rule())?;
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(rule())
+        }
+    }
+}
+
+/// `offset` ≥ 0 (default 0) and `limit` 1–100 (default 10).
+pub fn parse_page(query: &QueryPairs) -> Result<Page, FieldError> {
+    Ok(Page {
+        offset: query.integer("offset", 0, 0..=u64::from(u32::MAX))?,
+        limit: query.integer("limit", 10, 1..=100)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(raw: &str) -> Result<Page, FieldError> {
+        parse_page(&QueryPairs::parse(Some(raw)))
+    }
+
+    #[test]
+    fn defaults_and_bounds() {
+        let p = page("").unwrap();
+        assert_eq!((p.offset, p.limit), (0, 10));
+        let p = page("offset=5&limit=100").unwrap();
+        assert_eq!((p.offset, p.limit), (5, 100));
+        for (raw, field) in [
+            ("limit=0", "limit"),
+            ("limit=101", "limit"),
+            ("offset=-1", "offset"),
+            ("limit=x", "limit"),
+        ] {
+            assert_eq!(page(raw).unwrap_err().field, field, "{raw}");
+        }
+    }
+}

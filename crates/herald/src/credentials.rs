@@ -1,0 +1,101 @@
+//! `herald credentials …` and `herald tokens …`: the operator's way to grant access.
+
+use herald_core::project::ProjectId;
+use herald_core::secrets::{
+    generate_access_key, generate_secret_key, generate_token, token_digest,
+};
+use herald_core::timefmt::utc_seconds;
+use herald_store::{AccessKey, Store};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use serde_json::json;
+use time::OffsetDateTime;
+
+/// Creates an AK/SK pair and prints it once.
+pub async fn create(store: &dyn Store, project: &ProjectId, as_json: bool) -> anyhow::Result<()> {
+    let key = AccessKey {
+        access_key: generate_access_key(),
+        project_id: project.clone(),
+        secret_key: generate_secret_key(),
+        created_at: OffsetDateTime::now_utc(),
+    };
+    store.insert_access_key(&key).await?;
+    if as_json {
+        /// Field order as SPEC §6 shows it.
+        #[derive(Serialize)]
+        struct Created<'a> {
+            project_id: &'a str,
+            access_key: &'a str,
+            secret_key: &'a str,
+        }
+        let created = Created {
+            project_id: project.as_str(),
+            access_key: &key.access_key,
+            secret_key: key.secret_key.expose_secret(),
+        };
+        println!("{}", serde_json::to_string(&created)?);
+    } else {
+        println!("project_id: {project}");
+        println!("access_key: {}", key.access_key);
+        println!("secret_key: {}", key.secret_key.expose_secret());
+        println!("The secret key is shown only now; keep it somewhere safe.");
+    }
+    Ok(())
+}
+
+/// Lists access keys, never their secrets.
+pub async fn list(
+    store: &dyn Store,
+    project: Option<&ProjectId>,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    for key in store.list_access_keys(project).await? {
+        let created = utc_seconds(key.created_at);
+        if as_json {
+            println!(
+                "{}",
+                json!({"project_id": key.project_id.as_str(), "access_key": key.access_key, "created_at": created})
+            );
+        } else {
+            println!("{}\t{}\t{created}", key.access_key, key.project_id);
+        }
+    }
+    Ok(())
+}
+
+/// Deletes an access key; requests signed with it fail from then on.
+pub async fn revoke(store: &dyn Store, access_key: &str) -> anyhow::Result<()> {
+    if store.delete_access_key(access_key).await? {
+        println!("revoked {access_key}");
+        Ok(())
+    } else {
+        anyhow::bail!("no access key {access_key}")
+    }
+}
+
+/// Creates an `X-Auth-Token` for a project and prints it once; only its digest is kept.
+pub async fn create_token(
+    store: &dyn Store,
+    project: &ProjectId,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let token = generate_token();
+    store
+        .insert_token(
+            &token_digest(token.expose_secret()),
+            project,
+            OffsetDateTime::now_utc(),
+        )
+        .await?;
+    if as_json {
+        println!(
+            "{}",
+            json!({"project_id": project.as_str(), "token": token.expose_secret()})
+        );
+    } else {
+        println!("project_id: {project}");
+        println!("token: {}", token.expose_secret());
+        println!("The token is shown only now; keep it somewhere safe.");
+    }
+    Ok(())
+}
