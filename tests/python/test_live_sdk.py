@@ -1,7 +1,7 @@
 """Herald's Live-flavour record-callback API driven through the official `huaweicloudsdklive` SDK.
 
 Covers (SPEC §1, §3): create/list/show/update/delete round trip; defaults; list filters,
-offset/limit paging and total; partial PUT semantics; field validation (400 LIVE.100011001
+offset/limit paging and total; PUT semantics (publish_domain and app required, other fields kept when left out); field validation (400 LIVE.100011001
 naming the field); duplicate (publish_domain, app); paging bounds; unknown ids (404
 LIVE.100011004); AK/SK failures (401 APIGW.0301) and project isolation; the callback key never
 appearing in a response; the X-request-id format on success and error.
@@ -42,9 +42,11 @@ def show(client, id):
     return client.show_record_callback_config(ShowRecordCallbackConfigRequest(id=id))
 
 
-def update(client, id, **kw):
-    return client.update_record_callback_config(
-        UpdateRecordCallbackConfigRequest(id=id, body=RecordCallbackConfigRequest(**kw)))
+def update(client, id, publish_domain="publish.example.com", app="live", **kw):
+    """PUT: SPEC §1 requires publish_domain and app on update as on create; the other
+    fields, when left out (the SDK drops None fields), keep their current values."""
+    return client.update_record_callback_config(UpdateRecordCallbackConfigRequest(
+        id=id, body=RecordCallbackConfigRequest(publish_domain=publish_domain, app=app, **kw)))
 
 
 def delete(client, id):
@@ -157,7 +159,7 @@ def test_list_filters_and_paging(live_client):
 def test_update_keeps_omitted_fields_and_empty_string_removes(live_client):
     cfg = create(live_client, app="live", sign_type="MD5", key=KEY,
                  notify_event_subscription=["RECORD_OVER"])
-    # The SDK drops None fields, so publish_domain/app/url/sign_type/key are left out of the PUT.
+    # The SDK drops None fields, so url/sign_type/key are left out of the PUT.
     partial = wire(update(live_client, cfg.id, notify_event_subscription=["RECORD_FAILED", "RECORD_START"]))
     assert (partial["publish_domain"], partial["app"], partial["notify_callback_url"], partial["sign_type"]) == \
         ("publish.example.com", "live", URL, "MD5")
@@ -168,6 +170,16 @@ def test_update_keeps_omitted_fields_and_empty_string_removes(live_client):
     assert not wire(cleared).get("notify_callback_url")
     assert not wire(show(live_client, cfg.id)).get("notify_callback_url")
     assert wire(show(live_client, cfg.id))["sign_type"] == "MD5"
+
+
+@pytest.mark.parametrize("missing", ["publish_domain", "app"])
+def test_update_requires_publish_domain_and_app(live_client, missing):
+    cfg = create(live_client)
+    before = wire(show(live_client, cfg.id))
+    e = expect_error(400, "LIVE.100011001", update, live_client, cfg.id, **{missing: None},
+                     notify_event_subscription=["RECORD_OVER"])
+    assert missing in e.error_msg
+    assert wire(show(live_client, cfg.id)) == before
 
 
 def test_update_is_validated_and_leaves_config_unchanged(live_client):

@@ -178,12 +178,27 @@ impl CallbackUrl {
         if raw.len() > Self::MAX_BYTES {
             return refuse("must be at most 1024 bytes");
         }
+        // The WHATWG parser is lenient with http(s): it reads `https:///x` and `http:x` as
+        // host `x` and turns `\\` into `/`. A URL that needs that leniency is refused.
+        let lower = raw.get(..8).unwrap_or(raw).to_ascii_lowercase();
+        let Some(authority) = ["http://", "https://"]
+            .iter()
+            .find_map(|scheme| lower.starts_with(scheme).then(|| &raw[scheme.len()..]))
+        else {
+            return refuse("must be an absolute URL starting with http:// or https://");
+        };
+        if authority.starts_with('/') || authority.is_empty() {
+            return refuse("must have a host");
+        }
+        if raw
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+        {
+            return refuse("must not contain whitespace, control characters or backslashes");
+        }
         let Ok(url) = Url::parse(raw) else {
             return refuse("must be an absolute http:// or https:// URL");
         };
-        if !matches!(url.scheme(), "http" | "https") {
-            return refuse("must use the http or https scheme");
-        }
         if raw.contains('?') {
             return refuse("must not contain a query string (parameters)");
         }
@@ -400,6 +415,11 @@ mod tests {
             "http://10.0.0.1/x",
             "http://[::1]/x",
             "http://localhost:8080/x",
+            "https:///record",
+            "http:cb.example.com/x",
+            "http://cb.example.com\\\\x",
+            "http://cb.example.com/a b",
+            "HTTPS://",
         ] {
             let body = format!(r#"{{{base}, "notify_callback_url": "{url}"}}"#);
             assert_eq!(field_of(&body), "notify_callback_url", "{url}");

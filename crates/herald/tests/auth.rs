@@ -1,0 +1,284 @@
+//! SPEC §3 end to end: AK/SK signatures, tokens, project isolation, body bounds.
+
+mod common;
+
+use common::{TestServer, json};
+use reqwest::Method;
+use serde_json::json;
+use time::Duration;
+
+const LIST: &str = "/v1/p1/record/callbacks";
+
+async fn assert_unauthenticated(response: reqwest::Response) {
+    let (status, err) = json(response).await;
+    assert_eq!(
+        (status, err["error_code"].as_str()),
+        (401, Some("APIGW.0301")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn credentials_created_while_running_work_at_once() {
+    let server = TestServer::start().await;
+    // The server is already up; the CLI writes to its store from another process.
+    let c = server.credentials("p1");
+    assert_eq!(
+        server.signed(&c, Method::GET, LIST, None).await.status(),
+        200
+    );
+    server.herald(&["credentials", "revoke", &c.ak]);
+    assert_unauthenticated(server.signed(&c, Method::GET, LIST, None).await).await;
+}
+
+#[tokio::test]
+async fn bad_signatures_are_refused() {
+    let server = TestServer::start().await;
+    let c = server.credentials("p1");
+    let mut wrong_sk = c.clone();
+    wrong_sk
+        .sk
+        .replace_range(0..1, if c.sk.starts_with('a') { "b" } else { "a" });
+    assert_unauthenticated(server.signed(&wrong_sk, Method::GET, LIST, None).await).await;
+    let mut unknown = c.clone();
+    unknown.ak = "AKDOESNOTEXIST000000".into();
+    assert_unauthenticated(server.signed(&unknown, Method::GET, LIST, None).await).await;
+    for skew in [Duration::minutes(16), Duration::minutes(-16)] {
+        assert_unauthenticated(server.signed_at(&c, Method::GET, LIST, None, skew).await).await;
+    }
+    assert_eq!(
+        server
+            .signed_at(&c, Method::GET, LIST, None, Duration::minutes(-14))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_request_changed_after_signing_is_refused() {
+    let server = TestServer::start().await;
+    let c = server.credentials("p1");
+    let signed = server
+        .signed(
+            &c,
+            Method::POST,
+            LIST,
+            Some(r#"{"publish_domain": "d.com", "app": "a"}"#),
+        )
+        .await;
+    assert_eq!(signed.status(), 201);
+    // Replay the same signature over another body, another query and another path.
+    let request = |path: &str, body: &str| {
+        let host = server.base.trim_start_matches("http://").to_owned();
+        let date = herald_core::sdk_auth::sdk_date(time::OffsetDateTime::now_utc());
+        let headers = vec![("host".to_owned(), host), ("x-sdk-date".to_owned(), date)];
+        let wire = herald_core::sdk_auth::WireRequest {
+            method: "POST",
+            raw_path: LIST,
+            raw_query: "",
+            headers: &headers,
+            body: br#"{"publish_domain": "d.com", "app": "b"}"#,
+        };
+        let auth = herald_core::sdk_auth::authorization_header(&wire, &c.ak, &c.sk).unwrap();
+        server
+            .http
+            .post(format!("{}{path}", server.base))
+            .header("x-sdk-date", headers[1].1.clone())
+            .header("authorization", auth)
+            .body(body.to_owned())
+            .send()
+    };
+    assert_eq!(
+        request(LIST, r#"{"publish_domain": "d.com", "app": "b"}"#)
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    assert_unauthenticated(
+        request(LIST, r#"{"publish_domain": "d.com", "app": "c"}"#)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_unauthenticated(
+        request(
+            &format!("{LIST}?x=1"),
+            r#"{"publish_domain": "d.com", "app": "b"}"#,
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_unauthenticated(
+        request(
+            "/v1/p2/record/callbacks",
+            r#"{"publish_domain": "d.com", "app": "b"}"#,
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn missing_or_malformed_credentials_are_refused() {
+    let server = TestServer::start().await;
+    let url = format!("{}{LIST}", server.base);
+    assert_unauthenticated(server.http.get(&url).send().await.unwrap()).await;
+    assert_unauthenticated(
+        server
+            .http
+            .get(&url)
+            .header("authorization", "Basic dXNlcjpwYXNz")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_unauthenticated(
+        server
+            .http
+            .get(&url)
+            .header(
+                "authorization",
+                "SDK-HMAC-SHA256 Access=AK, SignedHeaders=host, Signature=00",
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_unauthenticated(
+        server
+            .http
+            .get(&url)
+            .header("x-auth-token", "herald_guess")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn tokens_authenticate_for_their_project_only() {
+    let server = TestServer::start().await;
+    let token = server.token("p1");
+    let get = |path: &str| {
+        server
+            .http
+            .get(format!("{}{path}", server.base))
+            .header("x-auth-token", &token)
+            .send()
+    };
+    assert_eq!(get(LIST).await.unwrap().status(), 200);
+    let (status, _) = json(get("/v1/p2/record/callbacks").await.unwrap()).await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn another_projects_resources_are_never_shown() {
+    let server = TestServer::start().await;
+    let owner = server.credentials("p1");
+    let intruder = server.credentials("p2");
+    let request = json!({"publish_domain": "d.com", "app": "a", "notify_callback_url": "https://cb.example.com/secret"}).to_string();
+    let (_, created) = json(
+        server
+            .signed(&owner, Method::POST, LIST, Some(&request))
+            .await,
+    )
+    .await;
+    let item = format!("{LIST}/{}", created["id"].as_str().unwrap());
+    // Another project's credentials on this project's paths: refused, nothing shown.
+    for (method, path, body) in [
+        (Method::GET, LIST, None),
+        (Method::POST, LIST, Some(request.as_str())),
+        (Method::GET, item.as_str(), None),
+        (Method::PUT, item.as_str(), Some(request.as_str())),
+        (Method::DELETE, item.as_str(), None),
+    ] {
+        // Signed with p2's key but claiming p2 while addressing p1.
+        let response = server.signed(&intruder, method.clone(), path, body).await;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, 403, "{method} {path}: {text}");
+        assert!(!text.contains("cb.example.com"), "{text}");
+    }
+    // The intruder's own project does not have it either.
+    let foreign_item = item.replace("/p1/", "/p2/");
+    let (status, err) = json(
+        server
+            .signed(&intruder, Method::GET, &foreign_item, None)
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, err["error_code"].as_str()),
+        (404, Some("LIVE.100011004"))
+    );
+    let (_, still) = json(server.signed(&owner, Method::GET, &item, None).await).await;
+    assert_eq!(still, created);
+}
+
+#[tokio::test]
+async fn project_header_must_match_the_credential() {
+    let server = TestServer::start().await;
+    let mut c = server.credentials("p1");
+    c.project = "p2".into(); // the signed X-Project-Id now claims p2
+    let (status, err) = json(server.signed(&c, Method::GET, LIST, None).await).await;
+    assert_eq!(
+        (status, err["error_code"].as_str()),
+        (403, Some("APIGW.0302"))
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_one_mebibyte_are_refused() {
+    let server = TestServer::start().await;
+    let c = server.credentials("p1");
+    let huge = format!(
+        r#"{{"publish_domain": "d.com", "app": "a", "pad": "{}"}}"#,
+        "x".repeat(1024 * 1024)
+    );
+    let (status, err) = json(server.signed(&c, Method::POST, LIST, Some(&huge)).await).await;
+    assert_eq!(
+        (status, err["error_code"].as_str()),
+        (400, Some("LIVE.100011001"))
+    );
+    assert!(err["error_msg"].as_str().unwrap().starts_with("body: "));
+}
+
+#[tokio::test]
+async fn config_file_credentials_are_honoured() {
+    let server = TestServer::start_with(|s| {
+        s.credentials.push(herald::settings::StaticAccessKey {
+            project_id: "p1".into(),
+            access_key: "AKFROMCONFIGFILE0001".into(),
+            secret_key: "secret-from-config-file".into(),
+        });
+        s.tokens.push(herald::settings::StaticToken {
+            project_id: "p1".into(),
+            token: "token-from-config".into(),
+        });
+    })
+    .await;
+    let c = common::Creds {
+        project: "p1".into(),
+        ak: "AKFROMCONFIGFILE0001".into(),
+        sk: "secret-from-config-file".into(),
+    };
+    assert_eq!(
+        server.signed(&c, Method::GET, LIST, None).await.status(),
+        200
+    );
+    let by_token = server
+        .http
+        .get(format!("{}{LIST}", server.base))
+        .header("x-auth-token", "token-from-config")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_token.status(), 200);
+}

@@ -1,0 +1,157 @@
+//! A Herald server on port 0 with a fresh data dir, and a client that signs like the SDK.
+
+#![allow(dead_code)] // Each test binary uses a different part of this module.
+
+use std::process::Command;
+
+use herald::app::{self, Running};
+use herald::settings::Settings;
+use herald_core::sdk_auth::{WireRequest, authorization_header, sdk_date};
+use reqwest::{Method, Response};
+use serde_json::Value;
+use time::{Duration, OffsetDateTime};
+
+pub struct TestServer {
+    pub base: String,
+    pub data_dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    running: Running,
+}
+
+/// An AK/SK pair and the project it belongs to.
+#[derive(Clone)]
+pub struct Creds {
+    pub project: String,
+    pub ak: String,
+    pub sk: String,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data_dir.path().to_owned(),
+            ..Settings::default()
+        };
+        adjust(&mut settings);
+        let running = app::start(&settings).await.unwrap();
+        Self {
+            base: format!("http://{}", running.local_addr),
+            data_dir,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            running,
+        }
+    }
+
+    /// Runs the real `herald` binary against this server's data dir, as an operator would
+    /// while the server runs.
+    pub fn herald(&self, args: &[&str]) -> std::process::Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .env_remove("HERALD_MASTER_KEY")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "herald {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn credentials(&self, project: &str) -> Creds {
+        let out = self.herald(&["credentials", "create", "--project", project, "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        Creds {
+            project: v["project_id"].as_str().unwrap().to_owned(),
+            ak: v["access_key"].as_str().unwrap().to_owned(),
+            sk: v["secret_key"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub fn token(&self, project: &str) -> String {
+        let out = self.herald(&["tokens", "create", "--project", project, "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    /// A request signed as the SDK signs it, dated `now + skew`.
+    pub async fn signed_at(
+        &self,
+        creds: &Creds,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&str>,
+        skew: Duration,
+    ) -> Response {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        let host = self.base.trim_start_matches("http://").to_owned();
+        let mut headers = vec![
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("host".to_owned(), host),
+            ("x-project-id".to_owned(), creds.project.clone()),
+            (
+                "x-sdk-date".to_owned(),
+                sdk_date(OffsetDateTime::now_utc() + skew),
+            ),
+        ];
+        let body = body.unwrap_or("");
+        let wire = WireRequest {
+            method: method.as_str(),
+            raw_path: path,
+            raw_query: query,
+            headers: &headers,
+            body: body.as_bytes(),
+        };
+        let authorization = authorization_header(&wire, &creds.ak, &creds.sk).unwrap();
+        headers.push(("authorization".to_owned(), authorization));
+        let mut request = self
+            .http
+            .request(method, format!("{}{path_and_query}", self.base));
+        for (name, value) in headers.into_iter().filter(|(n, _)| n != "host") {
+            request = request.header(name, value);
+        }
+        request.body(body.to_owned()).send().await.unwrap()
+    }
+
+    pub async fn signed(
+        &self,
+        creds: &Creds,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&str>,
+    ) -> Response {
+        self.signed_at(creds, method, path_and_query, body, Duration::ZERO)
+            .await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.running.shutdown.cancel();
+    }
+}
+
+/// Status and JSON body (Null when the body is empty).
+pub async fn json(response: Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    (status, body)
+}
