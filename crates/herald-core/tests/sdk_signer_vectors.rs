@@ -4,6 +4,8 @@
 //! SDK version and the command); each vector is a request as it went on the wire, with the
 //! canonical request and `Authorization` header the SDK computed for it.
 
+// Test helpers: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use herald_core::sdk_auth::{self, AuthError, Authorization, WireRequest};
 use serde_json::Value;
 use time::{OffsetDateTime, PrimitiveDateTime, macros::format_description};

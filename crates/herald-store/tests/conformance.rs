@@ -1,6 +1,9 @@
 //! One behaviour suite for every store backend. Each backend's test opens a fresh store
 //! and hands it to [`run_suite`]; the PostgreSQL backend will add its own opener here.
 
+// Test helpers: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use herald_core::live::{LiveCallbackConfig, LiveConfigRequest};
 use herald_core::project::ProjectId;
 use herald_core::secrets::{MasterKey, token_digest};

@@ -69,7 +69,10 @@ pub struct FlagOverrides {
 }
 
 impl Settings {
-    pub fn load(config_file: Option<&Path>, flags: &FlagOverrides) -> Result<Self, figment::Error> {
+    pub fn load(
+        config_file: Option<&Path>,
+        flags: &FlagOverrides,
+    ) -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(file) = config_file {
             figment = figment.merge(Toml::file_exact(file));
@@ -85,10 +88,12 @@ impl Settings {
             ]))
             .merge(Serialized::defaults(flags))
             .extract()
+            .map_err(Box::new)
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures must return figment::Error.
 mod tests {
     use super::*;
 
@@ -112,12 +117,13 @@ mod tests {
                 data_dir: Some("/from/flag".into()),
                 ..FlagOverrides::default()
             };
-            let s = Settings::load(Some(Path::new("herald.toml")), &flags)?;
+            let s = Settings::load(Some(Path::new("herald.toml")), &flags).map_err(|e| *e)?;
             assert_eq!(s.listen, SocketAddr::from(([127, 0, 0, 1], 9000)));
             assert_eq!(s.data_dir, PathBuf::from("/from/flag"));
             assert!(s.allow_private_targets);
             assert_eq!(s.credentials.len(), 1);
-            let s = Settings::load(Some(Path::new("herald.toml")), &FlagOverrides::default())?;
+            let s = Settings::load(Some(Path::new("herald.toml")), &FlagOverrides::default())
+                .map_err(|e| *e)?;
             assert_eq!(s.data_dir, PathBuf::from("/from/env"));
             Ok(())
         });
@@ -126,7 +132,7 @@ mod tests {
     #[test]
     fn defaults_need_no_file() {
         figment::Jail::expect_with(|_| {
-            let s = Settings::load(None, &FlagOverrides::default())?;
+            let s = Settings::load(None, &FlagOverrides::default()).map_err(|e| *e)?;
             assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
             assert_eq!(s.data_dir, PathBuf::from("./herald-data"));
             assert!(!s.allow_private_targets);

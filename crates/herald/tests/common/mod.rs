@@ -1,5 +1,7 @@
 //! A Herald server on port 0 with a fresh data dir, and a client that signs like the SDK.
 
+// Test helpers: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
 use std::process::Command;
@@ -15,7 +17,7 @@ pub struct TestServer {
     pub base: String,
     pub data_dir: tempfile::TempDir,
     pub http: reqwest::Client,
-    running: Running,
+    running: Option<Running>,
 }
 
 /// An AK/SK pair and the project it belongs to.
@@ -43,11 +45,18 @@ impl TestServer {
         Self {
             base: format!("http://{}", running.local_addr),
             data_dir,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
-            running,
+            http: client(),
+            running: Some(running),
+        }
+    }
+
+    /// A signing client for a server this process did not start (e.g. a child `herald`).
+    pub fn client_for(base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            data_dir: tempfile::tempdir().unwrap(),
+            http: client(),
+            running: None,
         }
     }
 
@@ -138,9 +147,18 @@ impl TestServer {
     }
 }
 
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
-        self.running.shutdown.cancel();
+        if let Some(running) = &self.running {
+            running.shutdown.cancel();
+        }
     }
 }
 
