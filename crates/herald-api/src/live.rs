@@ -66,12 +66,7 @@ impl From<&LiveCallbackConfig> for LiveConfigView {
                 .notify_callback_url
                 .as_ref()
                 .map(|u| u.as_str().to_owned()),
-            notify_event_subscription: spec
-                .subscription
-                .event_types()
-                .iter()
-                .map(|t| t.as_str())
-                .collect(),
+            notify_event_subscription: spec.subscription.names(),
             sign_type: spec.sign_type.as_str(),
             create_time: utc_seconds(config.create_time),
             update_time: utc_seconds(config.update_time),

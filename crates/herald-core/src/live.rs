@@ -82,6 +82,11 @@ impl Subscription {
     pub fn event_types(&self) -> &[LiveEventType] {
         &self.0
     }
+
+    /// The event type names, as the API shows them.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.0.iter().map(|t| t.as_str()).collect()
+    }
 }
 
 impl Default for Subscription {

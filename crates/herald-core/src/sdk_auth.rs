@@ -261,16 +261,7 @@ pub fn authorization_header(
 
 /// `X-Sdk-Date` for a moment in time.
 pub fn sdk_date(at: OffsetDateTime) -> String {
-    let t = at.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    crate::timefmt::utc_basic(at)
 }
 
 #[cfg(test)]

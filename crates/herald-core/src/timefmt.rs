@@ -4,9 +4,18 @@ use time::{OffsetDateTime, UtcOffset};
 
 /// `yyyy-mm-ddThh:mm:ssZ`, as Live configs show `create_time` and `update_time`.
 pub fn utc_seconds(at: OffsetDateTime) -> String {
+    utc_with_separators(at, "-", ":")
+}
+
+/// `yyyymmddThhmmssZ`, the `X-Sdk-Date` format of the SDK signature.
+pub fn utc_basic(at: OffsetDateTime) -> String {
+    utc_with_separators(at, "", "")
+}
+
+fn utc_with_separators(at: OffsetDateTime, date_sep: &str, time_sep: &str) -> String {
     let t = at.to_offset(UtcOffset::UTC);
     format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        "{:04}{date_sep}{:02}{date_sep}{:02}T{:02}{time_sep}{:02}{time_sep}{:02}Z",
         t.year(),
         u8::from(t.month()),
         t.day(),
@@ -37,6 +46,10 @@ mod tests {
         assert_eq!(
             utc_seconds(datetime!(2020-03-08 14:10:25.999 +02:00)),
             "2020-03-08T12:10:25Z"
+        );
+        assert_eq!(
+            utc_basic(datetime!(2026-11-22 10:30:00 UTC)),
+            "20261122T103000Z"
         );
     }
 

@@ -63,13 +63,7 @@ impl LiveConfigRow {
                 .notify_callback_url
                 .as_ref()
                 .map(|u| u.as_str().to_owned()),
-            notify_event_subscription: spec
-                .subscription
-                .event_types()
-                .iter()
-                .map(|t| t.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
+            notify_event_subscription: spec.subscription.names().join(","),
             sign_type: spec.sign_type.as_str().to_owned(),
             key_sealed,
             create_time_ms: unix_ms(config.create_time),

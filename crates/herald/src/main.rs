@@ -93,6 +93,11 @@ impl Common {
         flags.data_dir = self.data_dir.clone();
         Ok(Settings::load(self.config.as_deref(), &flags)?)
     }
+
+    /// The store of the settings, for the commands that only manage records.
+    async fn open_store(&self) -> anyhow::Result<std::sync::Arc<dyn herald_store::Store>> {
+        app::open_store(&self.settings(FlagOverrides::default())?).await
+    }
 }
 
 fn project(raw: &str) -> anyhow::Result<ProjectId> {
@@ -127,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
             common,
             json,
         }) => {
-            let store = app::open_store(&common.settings(FlagOverrides::default())?).await?;
+            let store = common.open_store().await?;
             credentials::create(store.as_ref(), &project(&p)?, json).await
         }
         Command::Credentials(CredentialsCommand::List {
@@ -135,12 +140,12 @@ async fn main() -> anyhow::Result<()> {
             common,
             json,
         }) => {
-            let store = app::open_store(&common.settings(FlagOverrides::default())?).await?;
+            let store = common.open_store().await?;
             let p = p.as_deref().map(project).transpose()?;
             credentials::list(store.as_ref(), p.as_ref(), json).await
         }
         Command::Credentials(CredentialsCommand::Revoke { access_key, common }) => {
-            let store = app::open_store(&common.settings(FlagOverrides::default())?).await?;
+            let store = common.open_store().await?;
             credentials::revoke(store.as_ref(), &access_key).await
         }
         Command::Tokens(TokensCommand::Create {
@@ -148,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
             common,
             json,
         }) => {
-            let store = app::open_store(&common.settings(FlagOverrides::default())?).await?;
+            let store = common.open_store().await?;
             credentials::create_token(store.as_ref(), &project(&p)?, json).await
         }
     }
