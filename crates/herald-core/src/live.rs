@@ -228,6 +228,13 @@ impl CallbackUrl {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// `scheme://host:port`: callbacks to one endpoint share its concurrency cap.
+    pub fn endpoint(&self) -> String {
+        Url::parse(&self.0)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|_| self.0.clone())
+    }
 }
 
 /// How notifications are signed (SPEC §5).
@@ -275,6 +282,36 @@ impl SignKey {
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
     }
+}
+
+/// What matching needs to know of one of the project's configs for the event's domain.
+#[derive(Debug, Clone)]
+pub struct MatchCandidate<T> {
+    pub app: AppSelector,
+    pub subscription: Subscription,
+    pub has_url: bool,
+    /// What the caller wants back for the chosen config (e.g. its id).
+    pub target: T,
+}
+
+/// SPEC §1: among the configs of the event's domain, the one whose app is the event's
+/// app, or only if there is none, the `*` one; the event goes out only if that config
+/// subscribes to its type and has a URL.
+pub fn select_config<T>(
+    candidates: Vec<MatchCandidate<T>>,
+    app: &str,
+    event_type: LiveEventType,
+) -> Option<T> {
+    let (exact, wildcard): (Vec<_>, Vec<_>) = candidates
+        .into_iter()
+        .filter(|c| c.app == AppSelector::Any || c.app.as_str() == app)
+        .partition(|c| c.app != AppSelector::Any);
+    let chosen = exact
+        .into_iter()
+        .next()
+        .or_else(|| wildcard.into_iter().next())?;
+    (chosen.has_url && chosen.subscription.event_types().contains(&event_type))
+        .then_some(chosen.target)
 }
 
 /// Everything a client sets on a config.
@@ -491,6 +528,53 @@ mod tests {
         .unwrap()
         .apply_to(current);
         assert!(cleared.key.is_none() && cleared.notify_callback_url.is_none());
+    }
+
+    #[test]
+    fn exact_app_wins_over_wildcard_and_subscription_filters() {
+        let candidate = |app: &str, subscription: &[&str], has_url: bool, target: &'static str| {
+            MatchCandidate {
+                app: AppSelector::parse("app", app).unwrap(),
+                subscription: Subscription::parse("s", subscription).unwrap(),
+                has_url,
+                target,
+            }
+        };
+        let both = || {
+            vec![
+                candidate("*", &["RECORD_OVER", "RECORD_FILE_COMPLETE"], true, "any"),
+                candidate("live", &["RECORD_FILE_COMPLETE"], true, "live"),
+            ]
+        };
+        assert_eq!(
+            select_config(both(), "live", LiveEventType::RecordFileComplete),
+            Some("live")
+        );
+        assert_eq!(
+            select_config(both(), "vod", LiveEventType::RecordFileComplete),
+            Some("any")
+        );
+        // The exact config decides even when it does not subscribe: no fallback to `*`.
+        assert_eq!(
+            select_config(both(), "live", LiveEventType::RecordOver),
+            None
+        );
+        assert_eq!(
+            select_config(
+                vec![candidate("live", &["RECORD_OVER"], false, "x")],
+                "live",
+                LiveEventType::RecordOver
+            ),
+            None
+        );
+        assert_eq!(
+            select_config(
+                Vec::<MatchCandidate<&str>>::new(),
+                "live",
+                LiveEventType::RecordOver
+            ),
+            None
+        );
     }
 
     #[test]

@@ -6,16 +6,22 @@
 //! secrets with the master key themselves, so nothing above the store sees ciphertext
 //! and nothing below it sees a plaintext secret go to disk.
 
+mod queue;
 mod rows;
 pub mod sqlite;
 
 use async_trait::async_trait;
+use herald_core::event::{EventId, LiveEvent};
 use herald_core::live::LiveCallbackConfig;
 use herald_core::project::ProjectId;
 use herald_core::secrets::SealError;
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
+pub use queue::{
+    Accepted, AfterAttempt, AttemptRecord, ClaimedDelivery, Completion, DeliveryFilter,
+    DeliveryStatus, DeliveryView, Lease, QueueStats, RetryOutcome,
+};
 pub use rows::CorruptRow;
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +111,54 @@ pub trait Store: Send + Sync + 'static {
     /// Overwrites the config with the same project and id. False when there is none;
     /// [`StoreError::Conflict`] when the new domain and app are another config's.
     async fn update_live_config(&self, config: &LiveCallbackConfig) -> Result<bool, StoreError>;
-    /// True when the config existed.
+    /// True when the config existed. Its deliveries not yet sent are cancelled.
     async fn delete_live_config(&self, project: &ProjectId, id: &str) -> Result<bool, StoreError>;
+
+    /// Accepts events and creates their deliveries in one transaction: when this returns,
+    /// all of it is durable, or none of it is. An `event_id` the project already used
+    /// gets its first answer again and creates nothing.
+    async fn ingest_live(
+        &self,
+        project: &ProjectId,
+        events: &[(EventId, LiveEvent)],
+        now: OffsetDateTime,
+    ) -> Result<Vec<Accepted>, StoreError>;
+
+    /// Leases up to `limit` due deliveries, oldest due first, skipping `busy_endpoints`.
+    /// Only the head of each (config, stream) queue is ever due, so per-stream order holds.
+    async fn claim_due_deliveries(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+        busy_endpoints: &[String],
+        lease: &Lease,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError>;
+
+    /// Records attempts and moves their deliveries on, each only if its lease still holds.
+    /// Returns how many were applied.
+    async fn complete_deliveries(&self, completions: &[Completion]) -> Result<u64, StoreError>;
+
+    /// Returns deliveries whose lease expired (their worker died) to the queue, due now.
+    async fn rescue_expired_leases(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
+
+    /// When the earliest not-yet-due delivery comes due, for the worker to sleep until.
+    async fn next_due_at(&self) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    /// The project's deliveries, newest first, with their attempts.
+    async fn list_deliveries(
+        &self,
+        project: &ProjectId,
+        filter: &DeliveryFilter,
+        page: Page,
+    ) -> Result<(u64, Vec<DeliveryView>), StoreError>;
+
+    /// Re-queues a dead or failed delivery, due now.
+    async fn retry_delivery(
+        &self,
+        project: &ProjectId,
+        id: i64,
+        now: OffsetDateTime,
+    ) -> Result<RetryOutcome, StoreError>;
+
+    async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError>;
 }

@@ -27,8 +27,9 @@ pub(crate) fn access_key_context(access_key: &str) -> String {
     format!("access_key:{access_key}")
 }
 
-/// Associated data binding a sealed signing key to its config.
-fn live_config_key_context(id: &str) -> String {
+/// Associated data binding a sealed signing key to its config. Deliveries copy the
+/// config's ciphertext as it was at acceptance and open it with the same context.
+pub(crate) fn live_config_key_context(id: &str) -> String {
     format!("live_callback_config:{id}")
 }
 

@@ -19,7 +19,13 @@ use sqlx::{Row, SqlitePool};
 use time::OffsetDateTime;
 
 use crate::rows::{LiveConfigRow, access_key_context, stored_project};
-use crate::{AccessKey, AccessKeySummary, LiveConfigFilter, Page, Store, StoreError};
+use crate::{
+    Accepted, AccessKey, AccessKeySummary, ClaimedDelivery, Completion, DeliveryFilter,
+    DeliveryView, Lease, LiveConfigFilter, Page, QueueStats, RetryOutcome, Store, StoreError,
+};
+use herald_core::event::{EventId, LiveEvent};
+
+mod queue;
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "herald.sqlite3";
@@ -280,11 +286,71 @@ impl Store for SqliteStore {
     }
 
     async fn delete_live_config(&self, project: &ProjectId, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query("DELETE FROM live_callback_configs WHERE project_id = ? AND id = ?")
             .bind(project.as_str())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+        let existed = done.rows_affected() > 0;
+        if existed {
+            Self::cancel_open_deliveries(&mut tx, id).await?;
+        }
+        tx.commit().await?;
+        Ok(existed)
+    }
+
+    async fn ingest_live(
+        &self,
+        project: &ProjectId,
+        events: &[(EventId, LiveEvent)],
+        now: OffsetDateTime,
+    ) -> Result<Vec<Accepted>, StoreError> {
+        self.ingest_live_impl(project, events, now).await
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+        busy_endpoints: &[String],
+        lease: &Lease,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.claim_due_deliveries_impl(now, limit, busy_endpoints, lease)
+            .await
+    }
+
+    async fn complete_deliveries(&self, completions: &[Completion]) -> Result<u64, StoreError> {
+        self.complete_deliveries_impl(completions).await
+    }
+
+    async fn rescue_expired_leases(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        self.rescue_expired_leases_impl(now).await
+    }
+
+    async fn next_due_at(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        self.next_due_at_impl().await
+    }
+
+    async fn list_deliveries(
+        &self,
+        project: &ProjectId,
+        filter: &DeliveryFilter,
+        page: Page,
+    ) -> Result<(u64, Vec<DeliveryView>), StoreError> {
+        self.list_deliveries_impl(project, filter, page).await
+    }
+
+    async fn retry_delivery(
+        &self,
+        project: &ProjectId,
+        id: i64,
+        now: OffsetDateTime,
+    ) -> Result<RetryOutcome, StoreError> {
+        self.retry_delivery_impl(project, id, now).await
+    }
+
+    async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
+        self.queue_stats_impl(now).await
     }
 }

@@ -1,0 +1,302 @@
+//! Recording events as engines report them (SPEC §4), validated into domain types.
+//!
+//! An event keeps its fields in the order of seed 001's Table 2, so the notification
+//! rendered from it reads like the documented example.
+
+use serde_json::{Map, Value};
+
+use crate::field::FieldError;
+use crate::live::LiveEventType;
+
+/// The kind of value a notification field holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    /// A non-negative integer (bytes, seconds, pixels).
+    Count,
+}
+
+/// The Live notification fields an engine may report (Table 2 minus `project_id`,
+/// `auth_sign` and `auth_timestamp`, which Herald adds), in the documented order.
+const LIVE_FIELDS: &[(&str, Kind)] = &[
+    ("job_id", Kind::Text),
+    ("event_type", Kind::Text),
+    ("publish_domain", Kind::Text),
+    ("app", Kind::Text),
+    ("stream", Kind::Text),
+    ("record_format", Kind::Text),
+    ("download_url", Kind::Text),
+    ("asset_id", Kind::Text),
+    ("play_url", Kind::Text),
+    ("file_size", Kind::Count),
+    ("record_duration", Kind::Count),
+    ("start_time", Kind::Text),
+    ("end_time", Kind::Text),
+    ("width", Kind::Count),
+    ("height", Kind::Count),
+    ("obs_location", Kind::Text),
+    ("obs_bucket", Kind::Text),
+    ("obs_object", Kind::Text),
+    ("error_message", Kind::Text),
+];
+
+/// The idempotency key of an event: 1–128 characters, unique per project.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EventId(String);
+
+impl EventId {
+    pub const MAX_CHARS: usize = 128;
+
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
+        if (1..=Self::MAX_CHARS).contains(&raw.chars().count())
+            && !raw.chars().any(char::is_control)
+        {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(FieldError::new(
+                field,
+                "must be 1 to 128 characters, no control characters",
+            ))
+        }
+    }
+
+    /// A fresh id for an event sent without one.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A validated Live-flavour event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveEvent {
+    /// `None` when the engine sent none; Herald generates one at ingest.
+    pub event_id: Option<EventId>,
+    pub event_type: LiveEventType,
+    /// Lower-cased, as configs store it, so matching is case-insensitive.
+    pub publish_domain: String,
+    pub app: String,
+    pub stream: String,
+    /// Every reported field (the required ones included), in Table 2 order.
+    pub fields: Map<String, Value>,
+}
+
+impl LiveEvent {
+    /// Parses one event object; `path` prefixes field names in errors (`events[3].`).
+    pub fn parse(path: &str, value: &Value) -> Result<Self, FieldError> {
+        let named = |name: &str| format!("{path}{name}");
+        let Value::Object(obj) = value else {
+            return Err(FieldError::new(
+                path.trim_end_matches('.'),
+                "must be a JSON object",
+            ));
+        };
+        if let Some(unknown) = obj
+            .keys()
+            .find(|k| *k != "event_id" && !LIVE_FIELDS.iter().any(|(name, _)| name == k))
+        {
+            return Err(FieldError::new(
+                named(unknown),
+                "is not a field of a Live recording event",
+            ));
+        }
+        let mut fields = Map::new();
+        for (name, kind) in LIVE_FIELDS {
+            match (obj.get(*name), kind) {
+                (None | Some(Value::Null), _) => {}
+                (Some(v @ Value::String(_)), Kind::Text) => {
+                    fields.insert((*name).to_owned(), v.clone());
+                }
+                (Some(v @ Value::Number(n)), Kind::Count) if n.is_u64() => {
+                    fields.insert((*name).to_owned(), v.clone());
+                }
+                (Some(_), Kind::Text) => {
+                    return Err(FieldError::new(named(name), "must be a string"));
+                }
+                (Some(_), Kind::Count) => {
+                    return Err(FieldError::new(
+                        named(name),
+                        "must be a non-negative integer",
+                    ));
+                }
+            }
+        }
+        let required = |name: &str| -> Result<String, FieldError> {
+            match fields.get(name).and_then(Value::as_str) {
+                Some(s) if !s.is_empty() => Ok(s.to_owned()),
+                Some(_) => Err(FieldError::new(named(name), "must not be empty")),
+                None => Err(FieldError::new(named(name), "is required")),
+            }
+        };
+        let event_type = LiveEventType::parse(&named("event_type"), &required("event_type")?)?;
+        let publish_domain = required("publish_domain")?.to_ascii_lowercase();
+        let app = required("app")?;
+        let stream = required("stream")?;
+        fields.insert(
+            "publish_domain".into(),
+            Value::String(publish_domain.clone()),
+        );
+        let event_id = match obj.get("event_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(EventId::parse(&named("event_id"), s)?),
+            Some(_) => return Err(FieldError::new(named("event_id"), "must be a string")),
+        };
+        Ok(Self {
+            event_id,
+            event_type,
+            app,
+            stream,
+            publish_domain,
+            fields,
+        })
+    }
+
+    /// A field's text, or `""` when absent: the HMACSHA256 string to sign counts absent
+    /// fields as empty.
+    pub fn text(&self, name: &str) -> &str {
+        self.fields.get(name).and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+/// Most events one ingest request may carry.
+pub const MAX_BATCH: usize = 1000;
+
+/// An ingest body: one event, or `{"events": [...]}` with 1 to 1000.
+pub fn parse_live_ingest(body: &[u8]) -> Result<(Vec<LiveEvent>, bool), FieldError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| FieldError::new("body", format!("is not valid JSON ({e})")))?;
+    match &value {
+        Value::Object(obj) if obj.contains_key("events") => {
+            let Some(Value::Array(items)) = obj.get("events") else {
+                return Err(FieldError::new("events", "must be an array of events"));
+            };
+            if obj.len() > 1 {
+                return Err(FieldError::new(
+                    "body",
+                    "a batch has only the field \"events\"",
+                ));
+            }
+            if items.is_empty() || items.len() > MAX_BATCH {
+                return Err(FieldError::new("events", "must hold 1 to 1000 events"));
+            }
+            let events = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| LiveEvent::parse(&format!("events[{i}]."), item))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((events, true))
+        }
+        Value::Object(_) => Ok((vec![LiveEvent::parse("", &value)?], false)),
+        _ => Err(FieldError::new("body", "must be a JSON object")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<LiveEvent, FieldError> {
+        LiveEvent::parse("", &v)
+    }
+
+    #[test]
+    fn keeps_fields_in_table_order_and_normalises_the_domain() {
+        let e = parse(json!({
+            "height": 720, "stream": "s", "app": "live", "publish_domain": "Push.Example.com",
+            "event_type": "RECORD_FILE_COMPLETE", "file_size": 3957964, "event_id": "e1",
+        }))
+        .unwrap();
+        let keys: Vec<_> = e.fields.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "event_type",
+                "publish_domain",
+                "app",
+                "stream",
+                "file_size",
+                "height"
+            ]
+        );
+        assert_eq!(e.publish_domain, "push.example.com");
+        assert_eq!(e.event_id.as_ref().unwrap().as_str(), "e1");
+        assert_eq!(e.text("download_url"), "");
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        let base =
+            json!({"event_type": "RECORD_OVER", "publish_domain": "d", "app": "a", "stream": "s"});
+        let with = |k: &str, v: Value| {
+            let mut b = base.clone();
+            b[k] = v;
+            b
+        };
+        for (body, field) in [
+            (with("event_type", json!("RECORD_PAUSED")), "event_type"),
+            (
+                with("event_type", json!("CLOUD_RECORD_SERVER_OVER")),
+                "event_type",
+            ),
+            (with("stream", json!("")), "stream"),
+            (with("file_size", json!("12")), "file_size"),
+            (with("width", json!(-1)), "width"),
+            (with("height", json!(1.5)), "height"),
+            (with("download_url", json!(5)), "download_url"),
+            (with("event_id", json!("")), "event_id"),
+            (with("auth_sign", json!("x")), "auth_sign"),
+            (with("project_id", json!("p")), "project_id"),
+            (
+                json!({"publish_domain": "d", "app": "a", "stream": "s"}),
+                "event_type",
+            ),
+            (
+                json!({"event_type": "RECORD_OVER", "app": "a", "stream": "s"}),
+                "publish_domain",
+            ),
+        ] {
+            assert_eq!(parse(body.clone()).unwrap_err().field, field, "{body}");
+        }
+    }
+
+    #[test]
+    fn batches_are_bounded_and_errors_carry_the_index() {
+        let event =
+            json!({"event_type": "RECORD_OVER", "publish_domain": "d", "app": "a", "stream": "s"});
+        let (events, batch) = parse_live_ingest(event.to_string().as_bytes()).unwrap();
+        assert_eq!((events.len(), batch), (1, false));
+        let many = json!({"events": vec![event.clone(); 1000]});
+        assert_eq!(
+            parse_live_ingest(many.to_string().as_bytes())
+                .unwrap()
+                .0
+                .len(),
+            1000
+        );
+        let too_many = json!({"events": vec![event.clone(); 1001]});
+        assert_eq!(
+            parse_live_ingest(too_many.to_string().as_bytes())
+                .unwrap_err()
+                .field,
+            "events"
+        );
+        let empty = json!({"events": []});
+        assert_eq!(
+            parse_live_ingest(empty.to_string().as_bytes())
+                .unwrap_err()
+                .field,
+            "events"
+        );
+        let bad = json!({"events": [event, {"event_type": "RECORD_OVER"}]});
+        assert_eq!(
+            parse_live_ingest(bad.to_string().as_bytes())
+                .unwrap_err()
+                .field,
+            "events[1].publish_domain"
+        );
+    }
+}

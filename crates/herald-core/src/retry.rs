@@ -1,0 +1,115 @@
+//! The retry policy: a pure function of (attempts made, outcome, now) with jitter.
+
+use std::time::Duration;
+
+use crate::field::FieldError;
+
+/// Delays before each attempt; its length is the number of attempts (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySchedule(Vec<Duration>);
+
+impl Default for RetrySchedule {
+    /// 0s, 5s, 30s, 2m, 10m, 30m, 1h, 3h, 6h, 12h: ten attempts over about 23 hours.
+    fn default() -> Self {
+        let secs = [
+            0,
+            5,
+            30,
+            120,
+            600,
+            1800,
+            3600,
+            3 * 3600,
+            6 * 3600,
+            12 * 3600,
+        ];
+        Self(secs.into_iter().map(Duration::from_secs).collect())
+    }
+}
+
+/// `500ms`, `5s`, `2m`, `1h`, `1d`: a whole number and a unit.
+pub fn parse_duration(field: &str, raw: &str) -> Result<Duration, FieldError> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let bad = || {
+        FieldError::new(
+            field,
+            format!("{raw:?} is not a duration like 500ms, 5s, 2m, 1h or 1d"),
+        )
+    };
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(bad)
+}
+
+impl RetrySchedule {
+    /// A comma-separated list of at least one delay: `0s,5s,30s,2m`.
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
+        let delays = raw
+            .split(',')
+            .map(|d| parse_duration(field, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        if delays.is_empty() {
+            return Err(FieldError::new(field, "must list at least one delay"));
+        }
+        Ok(Self(delays))
+    }
+
+    pub fn attempts(&self) -> u32 {
+        u32::try_from(self.0.len()).unwrap_or(u32::MAX)
+    }
+
+    /// After `attempts_made` failed attempts, how long until the next one, or `None` when
+    /// the delivery is dead. `jitter` in [0, 1) spreads retries by up to ±10% so that
+    /// many deliveries failing together do not all come back in the same instant.
+    pub fn next_delay(&self, attempts_made: u32, jitter: f64) -> Option<Duration> {
+        let base = *self.0.get(usize::try_from(attempts_made).ok()?)?;
+        let factor = 0.9 + 0.2 * jitter.clamp(0.0, 1.0);
+        Some(base.mul_f64(factor))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_the_documented_form() {
+        let s = RetrySchedule::parse("schedule", "0s,5s, 30s,2m,1h,500ms").unwrap();
+        assert_eq!(s.attempts(), 6);
+        assert_eq!(s.next_delay(3, 0.5), Some(Duration::from_secs(120)));
+        for bad in ["", "5", "5x", "-1s", "1s,,2s", "s"] {
+            assert!(RetrySchedule::parse("schedule", bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(RetrySchedule::default().attempts(), 10);
+    }
+
+    proptest! {
+        #[test]
+        fn delays_stay_within_ten_percent_and_end_when_attempts_run_out(
+            secs in proptest::collection::vec(0u64..100_000, 1..12),
+            attempts in 0u32..15,
+            jitter in 0.0f64..1.0,
+        ) {
+            let schedule = RetrySchedule(secs.iter().copied().map(Duration::from_secs).collect());
+            match schedule.next_delay(attempts, jitter) {
+                None => prop_assert!(attempts as usize >= secs.len()),
+                Some(d) => {
+                    let base = Duration::from_secs(secs[attempts as usize]);
+                    prop_assert!(d >= base.mul_f64(0.9) && d <= base.mul_f64(1.1));
+                }
+            }
+        }
+    }
+}

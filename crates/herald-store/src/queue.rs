@@ -1,0 +1,160 @@
+//! The delivery queue's types at the store boundary, shared by every backend.
+
+use herald_core::event::LiveEvent;
+use herald_core::notify::LiveSigning;
+use herald_core::project::ProjectId;
+use time::OffsetDateTime;
+
+/// What acceptance answered for one event; a repeated `event_id` gets the first answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub event_id: String,
+    pub deliveries: u32,
+}
+
+/// A claim's lease: who holds the claimed deliveries, and until when.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub owner: String,
+    pub expires_at: OffsetDateTime,
+}
+
+/// A delivery handed to a worker: everything needed to render, sign and send it.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub id: i64,
+    pub project_id: ProjectId,
+    pub event_id: String,
+    pub config_id: String,
+    pub endpoint: String,
+    pub url: String,
+    /// The number of this attempt, 1 for the first (the `Herald-Delivery-Attempt` header).
+    pub attempt: u32,
+    pub event: LiveEvent,
+    pub signing: Option<LiveSigning>,
+}
+
+/// One attempt as the delivery log shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub at: OffsetDateTime,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub latency_ms: u64,
+    /// The first bytes of the receiver's answer.
+    pub response_head: Option<String>,
+}
+
+/// What happens to a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterAttempt {
+    Succeeded,
+    RetryAt(OffsetDateTime),
+    Dead,
+}
+
+/// The outcome of one attempt, applied only if the lease it was made under still holds.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub delivery_id: i64,
+    pub attempt: u32,
+    pub lease_owner: String,
+    pub record: AttemptRecord,
+    pub next: AfterAttempt,
+}
+
+/// A delivery's status as the log API names it (SPEC §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// Not yet tried, in flight, or waiting behind an earlier callback of its stream.
+    Pending,
+    Succeeded,
+    /// Failed at least once and waiting for its next attempt.
+    Failed,
+    /// Out of attempts; kept for a manual retry.
+    Dead,
+    /// Its config was deleted before it went out.
+    Cancelled,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Succeeded,
+            Self::Failed,
+            Self::Dead,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == raw)
+    }
+
+    /// The queue states a status covers.
+    pub(crate) fn states(self) -> &'static [&'static str] {
+        match self {
+            Self::Pending => &["blocked", "pending", "running"],
+            Self::Succeeded => &["succeeded"],
+            Self::Failed => &["retrying"],
+            Self::Dead => &["dead"],
+            Self::Cancelled => &["cancelled"],
+        }
+    }
+
+    pub(crate) fn of_state(state: &str) -> Self {
+        match state {
+            "succeeded" => Self::Succeeded,
+            "retrying" => Self::Failed,
+            "dead" => Self::Dead,
+            "cancelled" => Self::Cancelled,
+            _ => Self::Pending,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub status: Option<DeliveryStatus>,
+    pub event_id: Option<String>,
+}
+
+/// A delivery as the log API shows it.
+#[derive(Debug, Clone)]
+pub struct DeliveryView {
+    pub id: i64,
+    pub event_id: String,
+    pub config_id: String,
+    pub url: String,
+    pub event_type: String,
+    pub status: DeliveryStatus,
+    pub created_at: OffsetDateTime,
+    /// When the next attempt is due; `None` once the delivery is finished.
+    pub next_attempt_at: Option<OffsetDateTime>,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// The answer to a manual retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOutcome {
+    Requeued,
+    NotFound,
+    /// Only dead and failed deliveries can be retried by hand.
+    NotRetryable(DeliveryStatus),
+}
+
+/// Queue depth by state and the age of the oldest due delivery, for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct QueueStats {
+    pub by_state: Vec<(String, u64)>,
+    pub oldest_due_at: Option<OffsetDateTime>,
+}

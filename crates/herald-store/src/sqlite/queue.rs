@@ -1,0 +1,532 @@
+//! The delivery queue on SQLite.
+//!
+//! Life of a delivery: created `pending` (or `blocked` behind an open delivery of the
+//! same config and stream) in the transaction that accepts its event; leased (`running`)
+//! by a claim, one short `UPDATE … RETURNING`; finished by a batched, lease-guarded
+//! completion that records the attempt and moves it to `succeeded`, `retrying` or `dead`
+//! and, when it is finished, unblocks the next delivery of its stream. Writes use
+//! `BEGIN IMMEDIATE` so concurrent writers queue on the busy timeout instead of failing.
+
+use std::collections::HashMap;
+
+use herald_core::event::{EventId, LiveEvent};
+use herald_core::live::{
+    AppSelector, CallbackUrl, MatchCandidate, SignKey, SignType, Subscription, select_config,
+};
+use herald_core::notify::LiveSigning;
+use herald_core::project::ProjectId;
+use herald_core::timefmt::{from_unix_ms, unix_ms};
+use secrecy::ExposeSecret;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
+use time::OffsetDateTime;
+
+use super::SqliteStore;
+use crate::rows::{CorruptRow, live_config_key_context};
+use crate::{
+    Accepted, AfterAttempt, AttemptRecord, ClaimedDelivery, Completion, DeliveryFilter,
+    DeliveryStatus, DeliveryView, Lease, Page, QueueStats, RetryOutcome, StoreError,
+};
+
+/// The states in which a delivery still has to go out.
+const OPEN: &str = "('blocked', 'pending', 'running', 'retrying')";
+
+fn corrupt(table: &'static str, id: impl ToString, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt(CorruptRow {
+        table,
+        id: id.to_string(),
+        reason: reason.to_string(),
+    })
+}
+
+/// A config that may match an event: its id and URL, for the delivery.
+type Target = (String, String);
+
+async fn candidates(
+    tx: &mut Transaction<'_, Sqlite>,
+    project: &ProjectId,
+    domain: &str,
+    app: &str,
+) -> Result<Vec<MatchCandidate<Target>>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, app, notify_event_subscription, notify_callback_url FROM live_callback_configs \
+         WHERE project_id = ? AND publish_domain = ? AND app IN (?, '*')",
+    )
+    .bind(project.as_str())
+    .bind(domain)
+    .bind(app)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            let bad = |e: herald_core::field::FieldError| corrupt("live_callback_configs", &id, e);
+            let names: String = row.try_get("notify_event_subscription")?;
+            let names: Vec<&str> = names.split(',').collect();
+            let url: Option<String> = row.try_get("notify_callback_url")?;
+            Ok(MatchCandidate {
+                app: AppSelector::parse("app", row.try_get("app")?).map_err(bad)?,
+                subscription: Subscription::parse("notify_event_subscription", &names)
+                    .map_err(bad)?,
+                has_url: url.is_some(),
+                target: (id.clone(), url.unwrap_or_default()),
+            })
+        })
+        .collect()
+}
+
+async fn stream_has_open_delivery(
+    tx: &mut Transaction<'_, Sqlite>,
+    config_id: &str,
+    stream: &str,
+    except: i64,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE config_id = ? AND stream = ? AND id <> ? AND state IN {OPEN})"
+    ))
+    .bind(config_id)
+    .bind(stream)
+    .bind(except)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// After a delivery of (config, stream) finished, the oldest blocked one becomes due.
+async fn unblock_next(
+    tx: &mut Transaction<'_, Sqlite>,
+    config_id: &str,
+    stream: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE deliveries SET state = 'pending', next_attempt_at_ms = ? WHERE id = \
+         (SELECT id FROM deliveries WHERE config_id = ? AND stream = ? AND state = 'blocked' ORDER BY id LIMIT 1)",
+    )
+    .bind(now_ms)
+    .bind(config_id)
+    .bind(stream)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn claimed(
+    row: &SqliteRow,
+    events: &HashMap<i64, (String, String)>,
+    store: &SqliteStore,
+) -> Result<ClaimedDelivery, StoreError> {
+    let id: i64 = row.try_get("id")?;
+    let event_seq: i64 = row.try_get("event_seq")?;
+    let config_id: String = row.try_get("config_id")?;
+    let (event_id, payload) = events
+        .get(&event_seq)
+        .ok_or_else(|| corrupt("deliveries", id, "its event is missing"))?;
+    let payload: serde_json::Value =
+        serde_json::from_str(payload).map_err(|e| corrupt("events", event_seq, e))?;
+    let event = LiveEvent::parse("", &payload).map_err(|e| corrupt("events", event_seq, e))?;
+    let sign_type = SignType::parse("sign_type", row.try_get("sign_type")?)
+        .map_err(|e| corrupt("deliveries", id, e))?;
+    let key_sealed: Option<Vec<u8>> = row.try_get("key_sealed")?;
+    let signing = match key_sealed {
+        None => None,
+        Some(sealed) => {
+            let key = store
+                .master
+                .open_string(&live_config_key_context(&config_id), &sealed)?;
+            let key = SignKey::parse("key", key.expose_secret())
+                .map_err(|e| corrupt("deliveries", id, e))?;
+            Some(LiveSigning { sign_type, key })
+        }
+    };
+    let project: String = row.try_get("project_id")?;
+    Ok(ClaimedDelivery {
+        id,
+        project_id: ProjectId::parse("project_id", &project)
+            .map_err(|e| corrupt("deliveries", id, e))?,
+        event_id: event_id.clone(),
+        config_id,
+        endpoint: row.try_get("endpoint")?,
+        url: row.try_get("url")?,
+        attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+        event,
+        signing,
+    })
+}
+
+fn ms_of_latency(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    pub(super) async fn ingest_live_impl(
+        &self,
+        project: &ProjectId,
+        events: &[(EventId, LiveEvent)],
+        now: OffsetDateTime,
+    ) -> Result<Vec<Accepted>, StoreError> {
+        let now_ms = unix_ms(now);
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut matched: HashMap<(&str, &str), Vec<MatchCandidate<Target>>> = HashMap::new();
+        let mut answers = Vec::with_capacity(events.len());
+        for (event_id, event) in events {
+            let earlier: Option<i64> = sqlx::query_scalar(
+                "SELECT deliveries FROM events WHERE project_id = ? AND event_id = ?",
+            )
+            .bind(project.as_str())
+            .bind(event_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(deliveries) = earlier {
+                answers.push(Accepted {
+                    event_id: event_id.as_str().to_owned(),
+                    deliveries: u32::try_from(deliveries).unwrap_or(0),
+                });
+                continue;
+            }
+            let key = (event.publish_domain.as_str(), event.app.as_str());
+            if !matched.contains_key(&key) {
+                let found = candidates(&mut tx, project, key.0, key.1).await?;
+                matched.insert(key, found);
+            }
+            let target = matched
+                .get(&key)
+                .and_then(|c| select_config(c.clone(), &event.app, event.event_type));
+            let payload = serde_json::to_string(&event.fields)
+                .map_err(|e| corrupt("events", event_id.as_str(), e))?;
+            let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO events (project_id, event_id, flavour, payload, deliveries, accepted_at_ms) \
+                 VALUES (?, ?, 'live', ?, ?, ?) RETURNING seq",
+            )
+            .bind(project.as_str())
+            .bind(event_id.as_str())
+            .bind(payload)
+            .bind(i64::from(target.is_some()))
+            .bind(now_ms)
+            .fetch_one(&mut *tx)
+            .await?;
+            if let Some((config_id, url)) = &target {
+                let blocked =
+                    stream_has_open_delivery(&mut tx, config_id, &event.stream, 0).await?;
+                let endpoint = CallbackUrl::parse("url", url, true)
+                    .map(|u| u.endpoint())
+                    .map_err(|e| corrupt("live_callback_configs", config_id, e))?;
+                sqlx::query(
+                    "INSERT INTO deliveries (project_id, event_seq, config_id, stream, endpoint, url, sign_type, \
+                     key_sealed, state, next_attempt_at_ms, created_at_ms) \
+                     SELECT project_id, ?, id, ?, ?, notify_callback_url, sign_type, key_sealed, ?, ?, ? \
+                     FROM live_callback_configs WHERE id = ?",
+                )
+                .bind(seq)
+                .bind(&event.stream)
+                .bind(endpoint)
+                .bind(if blocked { "blocked" } else { "pending" })
+                .bind(now_ms)
+                .bind(now_ms)
+                .bind(config_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            answers.push(Accepted {
+                event_id: event_id.as_str().to_owned(),
+                deliveries: u32::from(target.is_some()),
+            });
+        }
+        tx.commit().await?;
+        Ok(answers)
+    }
+
+    pub(super) async fn claim_due_deliveries_impl(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+        busy_endpoints: &[String],
+        lease: &Lease,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let busy = serde_json::to_string(busy_endpoints).unwrap_or_else(|_| "[]".into());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = sqlx::query(
+            "UPDATE deliveries SET state = 'running', lease_owner = ?1, lease_expires_at_ms = ?2, \
+             attempts = attempts + 1 \
+             WHERE id IN (SELECT id FROM deliveries WHERE state IN ('pending', 'retrying') \
+                 AND next_attempt_at_ms <= ?3 AND endpoint NOT IN (SELECT value FROM json_each(?4)) \
+                 ORDER BY next_attempt_at_ms, id LIMIT ?5) \
+             RETURNING id, project_id, event_seq, config_id, endpoint, url, sign_type, key_sealed, attempts",
+        )
+        .bind(&lease.owner)
+        .bind(unix_ms(lease.expires_at))
+        .bind(unix_ms(now))
+        .bind(busy)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let seqs: Vec<i64> = rows
+            .iter()
+            .map(|r| r.try_get("event_seq"))
+            .collect::<Result<_, _>>()?;
+        let events: HashMap<i64, (String, String)> = sqlx::query(
+            "SELECT seq, event_id, payload FROM events WHERE seq IN (SELECT value FROM json_each(?))",
+        )
+        .bind(serde_json::to_string(&seqs).unwrap_or_else(|_| "[]".into()))
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("seq")?, (r.try_get("event_id")?, r.try_get("payload")?))))
+        .collect::<Result<_, sqlx::Error>>()?;
+        tx.commit().await?;
+        rows.iter().map(|row| claimed(row, &events, self)).collect()
+    }
+
+    pub(super) async fn complete_deliveries_impl(
+        &self,
+        completions: &[Completion],
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut applied = 0;
+        for c in completions {
+            let at_ms = unix_ms(c.record.at);
+            let (state, next_ms) = match c.next {
+                AfterAttempt::Succeeded => ("succeeded", at_ms),
+                AfterAttempt::RetryAt(at) => ("retrying", unix_ms(at)),
+                AfterAttempt::Dead => ("dead", at_ms),
+            };
+            let moved = sqlx::query(
+                "UPDATE deliveries SET state = ?, next_attempt_at_ms = ?, lease_owner = NULL, lease_expires_at_ms = NULL \
+                 WHERE id = ? AND state = 'running' AND lease_owner = ? AND attempts = ? RETURNING config_id, stream",
+            )
+            .bind(state)
+            .bind(next_ms)
+            .bind(c.delivery_id)
+            .bind(&c.lease_owner)
+            .bind(i64::from(c.attempt))
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = moved else {
+                // The lease expired and the delivery was rescued; this outcome is stale.
+                continue;
+            };
+            applied += 1;
+            sqlx::query(
+                "INSERT OR IGNORE INTO delivery_attempts (delivery_id, attempt, at_ms, status_code, error, latency_ms, response_head) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(c.delivery_id)
+            .bind(i64::from(c.attempt))
+            .bind(at_ms)
+            .bind(c.record.status_code.map(i64::from))
+            .bind(&c.record.error)
+            .bind(ms_of_latency(c.record.latency_ms))
+            .bind(&c.record.response_head)
+            .execute(&mut *tx)
+            .await?;
+            if !matches!(c.next, AfterAttempt::RetryAt(_)) {
+                let config_id: String = row.try_get("config_id")?;
+                let stream: String = row.try_get("stream")?;
+                unblock_next(&mut tx, &config_id, &stream, at_ms).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    pub(super) async fn rescue_expired_leases_impl(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let now_ms = unix_ms(now);
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rescued = sqlx::query(
+            "UPDATE deliveries SET state = 'retrying', next_attempt_at_ms = ?1, lease_owner = NULL, \
+             lease_expires_at_ms = NULL WHERE state = 'running' AND lease_expires_at_ms < ?1 RETURNING id, attempts",
+        )
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &rescued {
+            sqlx::query(
+                "INSERT OR IGNORE INTO delivery_attempts (delivery_id, attempt, at_ms, error, latency_ms) \
+                 VALUES (?, ?, ?, 'lease expired: the worker stopped before recording the outcome', 0)",
+            )
+            .bind(row.try_get::<i64, _>("id")?)
+            .bind(row.try_get::<i64, _>("attempts")?)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(u64::try_from(rescued.len()).unwrap_or(0))
+    }
+
+    pub(super) async fn next_due_at_impl(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        let ms: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ms.map(from_unix_ms))
+    }
+
+    pub(super) async fn list_deliveries_impl(
+        &self,
+        project: &ProjectId,
+        filter: &DeliveryFilter,
+        page: Page,
+    ) -> Result<(u64, Vec<DeliveryView>), StoreError> {
+        let states = filter
+            .status
+            .map(|s| serde_json::to_string(s.states()).unwrap_or_else(|_| "[]".into()));
+        const WHERE: &str = "WHERE d.project_id = ?1 AND (?2 IS NULL OR e.event_id = ?2) \
+                             AND (?3 IS NULL OR d.state IN (SELECT value FROM json_each(?3)))";
+        let total: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM deliveries d JOIN events e ON e.seq = d.event_seq {WHERE}"
+        ))
+        .bind(project.as_str())
+        .bind(filter.event_id.as_deref())
+        .bind(states.as_deref())
+        .fetch_one(&self.pool)
+        .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT d.id, e.event_id, d.config_id, d.url, json_extract(e.payload, '$.event_type') AS event_type, \
+             d.state, d.created_at_ms, d.next_attempt_at_ms \
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq {WHERE} ORDER BY d.id DESC LIMIT ?4 OFFSET ?5"
+        ))
+        .bind(project.as_str())
+        .bind(filter.event_id.as_deref())
+        .bind(states.as_deref())
+        .bind(i64::try_from(page.limit).unwrap_or(i64::MAX))
+        .bind(i64::try_from(page.offset).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let ids: Vec<i64> = rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        let mut attempts: HashMap<i64, Vec<AttemptRecord>> = HashMap::new();
+        let attempt_rows = sqlx::query(
+            "SELECT delivery_id, at_ms, status_code, error, latency_ms, response_head FROM delivery_attempts \
+             WHERE delivery_id IN (SELECT value FROM json_each(?)) ORDER BY delivery_id, attempt",
+        )
+        .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &attempt_rows {
+            attempts
+                .entry(row.try_get("delivery_id")?)
+                .or_default()
+                .push(AttemptRecord {
+                    at: from_unix_ms(row.try_get("at_ms")?),
+                    status_code: row
+                        .try_get::<Option<i64>, _>("status_code")?
+                        .and_then(|c| u16::try_from(c).ok()),
+                    error: row.try_get("error")?,
+                    latency_ms: u64::try_from(row.try_get::<i64, _>("latency_ms")?).unwrap_or(0),
+                    response_head: row.try_get("response_head")?,
+                });
+        }
+        let views = rows
+            .iter()
+            .map(|row| {
+                let id: i64 = row.try_get("id")?;
+                let status = DeliveryStatus::of_state(row.try_get("state")?);
+                let open = matches!(status, DeliveryStatus::Pending | DeliveryStatus::Failed);
+                Ok(DeliveryView {
+                    id,
+                    event_id: row.try_get("event_id")?,
+                    config_id: row.try_get("config_id")?,
+                    url: row.try_get("url")?,
+                    event_type: row
+                        .try_get::<Option<String>, _>("event_type")?
+                        .unwrap_or_default(),
+                    status,
+                    created_at: from_unix_ms(row.try_get("created_at_ms")?),
+                    next_attempt_at: open
+                        .then(|| row.try_get("next_attempt_at_ms").map(from_unix_ms))
+                        .transpose()?,
+                    attempts: attempts.remove(&id).unwrap_or_default(),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok((u64::try_from(total).unwrap_or(0), views))
+    }
+
+    pub(super) async fn retry_delivery_impl(
+        &self,
+        project: &ProjectId,
+        id: i64,
+        now: OffsetDateTime,
+    ) -> Result<RetryOutcome, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(
+            "SELECT state, config_id, stream FROM deliveries WHERE project_id = ? AND id = ?",
+        )
+        .bind(project.as_str())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(RetryOutcome::NotFound);
+        };
+        let state: String = row.try_get("state")?;
+        let status = DeliveryStatus::of_state(&state);
+        if !matches!(status, DeliveryStatus::Dead | DeliveryStatus::Failed) {
+            return Ok(RetryOutcome::NotRetryable(status));
+        }
+        let config_id: String = row.try_get("config_id")?;
+        let stream: String = row.try_get("stream")?;
+        // A dead delivery re-enters its stream's queue: it waits if another is open there.
+        let next_state = if status == DeliveryStatus::Failed {
+            "retrying"
+        } else if stream_has_open_delivery(&mut tx, &config_id, &stream, id).await? {
+            "blocked"
+        } else {
+            "pending"
+        };
+        sqlx::query("UPDATE deliveries SET state = ?, next_attempt_at_ms = ? WHERE id = ?")
+            .bind(next_state)
+            .bind(unix_ms(now))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(RetryOutcome::Requeued)
+    }
+
+    pub(super) async fn queue_stats_impl(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<QueueStats, StoreError> {
+        let by_state = sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("state")?,
+                    u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        let oldest: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying') AND next_attempt_at_ms <= ?",
+        )
+        .bind(unix_ms(now))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(QueueStats {
+            by_state,
+            oldest_due_at: oldest.map(from_unix_ms),
+        })
+    }
+
+    /// Cancels a deleted config's deliveries that have not gone out.
+    pub(super) async fn cancel_open_deliveries(
+        tx: &mut Transaction<'_, Sqlite>,
+        config_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE deliveries SET state = 'cancelled' WHERE config_id = ? AND state IN ('blocked', 'pending', 'retrying')")
+            .bind(config_id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
