@@ -1,4 +1,4 @@
-//! Liveness and readiness, for load balancers and orchestrators.
+//! Liveness, readiness and metrics, for load balancers, orchestrators and Prometheus.
 
 use axum::Json;
 use axum::extract::State;
@@ -37,4 +37,22 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
             )
         }
     }
+}
+
+/// Prometheus text: events accepted, deliveries by outcome, attempt latency, queue depth
+/// by state, age of the oldest due delivery. Labels are bounded (no URLs, no streams).
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)),
+)]
+pub async fn metrics(
+    State(state): State<AppState>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
 }

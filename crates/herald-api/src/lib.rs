@@ -2,6 +2,8 @@
 //!
 //! - [`auth`]: AK/SK and token authentication, the body size bound, the [`auth::Caller`].
 //! - [`live`]: the Live-flavour callback configuration API (SPEC §1).
+//! - [`ingest`]: recording events from engines (SPEC §4).
+//! - [`deliveries`]: the delivery log and manual retry (SPEC §6).
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`error`]: the one error type that becomes an HTTP answer.
 //! - [`request_id`]: `X-request-id` on every answer.
@@ -11,8 +13,10 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod deliveries;
 pub mod error;
 pub mod health;
+pub mod ingest;
 pub mod live;
 mod query;
 pub mod request_id;
@@ -23,7 +27,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router, middleware};
 use herald_store::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -44,6 +50,10 @@ pub struct AppState {
     pub credentials: Arc<StaticCredentials>,
     /// The operator's `--allow-private-targets`: lets configs point at private addresses.
     pub allow_private_targets: bool,
+    /// Signalled after a commit that made deliveries due, so the worker need not poll.
+    pub wake: Arc<Notify>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
 }
 
 #[derive(OpenApi)]
@@ -56,6 +66,8 @@ pub struct AppState {
     modifiers(&SecuritySchemes),
     tags(
         (name = "live", description = "Live-flavour callback configs (SPEC §1)"),
+        (name = "ingest", description = "Recording events from engines (SPEC §4)"),
+        (name = "deliveries", description = "The delivery log and manual retry (SPEC §6)"),
         (name = "operations", description = "Health and documents"),
     )
 )]
@@ -85,13 +97,17 @@ pub fn router(state: AppState) -> Router {
     let authenticated = OpenApiRouter::new()
         .routes(routes!(live::create, live::list))
         .routes(routes!(live::show, live::update, live::delete))
+        .routes(routes!(ingest::ingest_live))
+        .routes(routes!(deliveries::list))
+        .routes(routes!(deliveries::retry))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
         ));
     let public = OpenApiRouter::new()
         .routes(routes!(health::healthz))
-        .routes(routes!(health::readyz));
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics));
     let (routes, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(authenticated)
         .merge(public)

@@ -40,7 +40,8 @@ const LIVE_FIELDS: &[(&str, Kind)] = &[
     ("error_message", Kind::Text),
 ];
 
-/// The idempotency key of an event: 1–128 characters, unique per project.
+/// The idempotency key of an event: 1–128 printable ASCII characters (it travels in the
+/// `Herald-Event-Id` header), unique per project.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EventId(String);
 
@@ -248,6 +249,8 @@ mod tests {
             (with("height", json!(1.5)), "height"),
             (with("download_url", json!(5)), "download_url"),
             (with("event_id", json!("")), "event_id"),
+            (with("event_id", json!("é")), "event_id"),
+            (with("event_id", json!("x".repeat(129))), "event_id"),
             (with("auth_sign", json!("x")), "auth_sign"),
             (with("project_id", json!("p")), "project_id"),
             (

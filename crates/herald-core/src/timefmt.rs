@@ -7,6 +7,13 @@ pub fn utc_seconds(at: OffsetDateTime) -> String {
     utc_with_separators(at, "-", ":")
 }
 
+/// `yyyy-mm-ddThh:mm:ss.mmmZ`, for the delivery log and RTC `update_time`.
+pub fn utc_millis(at: OffsetDateTime) -> String {
+    let seconds = utc_seconds(at);
+    let ms = at.millisecond();
+    format!("{}.{ms:03}Z", seconds.trim_end_matches('Z'))
+}
+
 /// `yyyymmddThhmmssZ`, the `X-Sdk-Date` format of the SDK signature.
 pub fn utc_basic(at: OffsetDateTime) -> String {
     utc_with_separators(at, "", "")

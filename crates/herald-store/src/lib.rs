@@ -19,8 +19,8 @@ use secrecy::SecretString;
 use time::OffsetDateTime;
 
 pub use queue::{
-    Accepted, AfterAttempt, AttemptRecord, ClaimedDelivery, Completion, DeliveryFilter,
-    DeliveryStatus, DeliveryView, Lease, QueueStats, RetryOutcome,
+    Accepted, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
+    DeliveryFilter, DeliveryStatus, DeliveryView, Lease, QueueStats, RetryOutcome,
 };
 pub use rows::CorruptRow;
 
@@ -124,13 +124,13 @@ pub trait Store: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<Vec<Accepted>, StoreError>;
 
-    /// Leases up to `limit` due deliveries, oldest due first, skipping `busy_endpoints`.
-    /// Only the head of each (config, stream) queue is ever due, so per-stream order holds.
+    /// Leases due deliveries, oldest due first, within `limits`: an endpoint with no room
+    /// left is skipped, so a slow endpoint's backlog never crowds out the others. Only the
+    /// head of each (config, stream) queue is ever due, so per-stream order holds.
     async fn claim_due_deliveries(
         &self,
         now: OffsetDateTime,
-        limit: usize,
-        busy_endpoints: &[String],
+        limits: ClaimLimits<'_>,
         lease: &Lease,
     ) -> Result<Vec<ClaimedDelivery>, StoreError>;
 

@@ -1,5 +1,7 @@
 //! The delivery queue's types at the store boundary, shared by every backend.
 
+use std::collections::HashMap;
+
 use herald_core::event::LiveEvent;
 use herald_core::notify::LiveSigning;
 use herald_core::project::ProjectId;
@@ -17,6 +19,17 @@ pub struct Accepted {
 pub struct Lease {
     pub owner: String,
     pub expires_at: OffsetDateTime,
+}
+
+/// How much a claim may take: in all, and per endpoint given what is already in flight.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimLimits<'a> {
+    /// Most deliveries to lease in this claim.
+    pub total: usize,
+    /// Most deliveries in flight at one endpoint.
+    pub per_endpoint: u32,
+    /// Deliveries this worker has in flight, by endpoint; endpoints not listed have none.
+    pub in_flight: &'a HashMap<String, u32>,
 }
 
 /// A delivery handed to a worker: everything needed to render, sign and send it.

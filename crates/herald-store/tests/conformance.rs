@@ -4,14 +4,22 @@
 // Test helpers: a failed unwrap is a failed test, which is what it should be.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use herald_core::live::{LiveCallbackConfig, LiveConfigRequest};
+use herald_core::event::{EventId, LiveEvent};
+use herald_core::live::{CallbackUrl, LiveCallbackConfig, LiveConfigRequest, SignType};
 use herald_core::project::ProjectId;
 use herald_core::secrets::{MasterKey, token_digest};
 use herald_store::sqlite::{DATABASE_FILE, SqliteStore};
-use herald_store::{AccessKey, LiveConfigFilter, Page, Store, StoreError};
+use std::collections::HashMap;
+
+use herald_store::{
+    Accepted, AccessKey, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
+    DeliveryFilter, DeliveryStatus, DeliveryView, Lease, LiveConfigFilter, Page, QueueStats,
+    RetryOutcome, Store, StoreError,
+};
 use secrecy::{ExposeSecret, SecretString};
-use time::OffsetDateTime;
+use serde_json::{Value, json};
 use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
 
 fn project(name: &str) -> ProjectId {
     ProjectId::parse("project_id", name).unwrap()
@@ -34,6 +42,12 @@ async fn run_suite(store: &dyn Store) {
     access_keys(store).await;
     tokens(store).await;
     live_configs(store).await;
+    ingest_matches_and_is_idempotent(store).await;
+    claim_leases_each_due_delivery_once(store).await;
+    each_stream_is_delivered_in_acceptance_order(store).await;
+    completions_count_only_under_a_live_lease(store).await;
+    deliveries_keep_the_config_they_were_accepted_under(store).await;
+    delivery_log_retry_and_stats(store).await;
 }
 
 async fn access_keys(store: &dyn Store) {
@@ -271,6 +285,1133 @@ async fn live_configs(store: &dyn Store) {
             .unwrap()
             .is_none()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The delivery queue (SPEC §4–§6).
+//
+// Claims, rescues and queue statistics span every project, so each queue test starts from
+// an idle queue (nothing blocked, pending, running or retrying) and [`drain`]s what it
+// created before it returns; each also uses its own projects, configs and dates.
+
+/// The queue states in which a delivery still has to go out.
+const OPEN_STATES: [&str; 4] = ["blocked", "pending", "running", "retrying"];
+
+/// The lease owner of the tests' ordinary claims.
+const WORKER: &str = "worker-1";
+
+/// Every delivery of a project on one page.
+const ALL: Page = Page {
+    offset: 0,
+    limit: 100,
+};
+
+fn secs(n: i64) -> Duration {
+    Duration::seconds(n)
+}
+
+fn live_config(project_id: &str, id: &str, body: Value, at: OffsetDateTime) -> LiveCallbackConfig {
+    config(project_id, id, &body.to_string(), at)
+}
+
+/// An event as an engine reports it, with the idempotency key passed beside it.
+fn event(
+    id: &str,
+    event_type: &str,
+    domain: &str,
+    app: &str,
+    stream: &str,
+) -> (EventId, LiveEvent) {
+    let body = json!({
+        "event_type": event_type,
+        "publish_domain": domain,
+        "app": app,
+        "stream": stream,
+        "download_url": format!("https://obs.example.com/{id}.mp4"),
+        "file_size": 1024,
+    });
+    (
+        EventId::parse("event_id", id).unwrap(),
+        LiveEvent::parse("", &body).unwrap(),
+    )
+}
+
+fn accepted(event_id: &str, deliveries: u32) -> Accepted {
+    Accepted {
+        event_id: event_id.to_owned(),
+        deliveries,
+    }
+}
+
+fn lease(owner: &str, expires_at: OffsetDateTime) -> Lease {
+    Lease {
+        owner: owner.to_owned(),
+        expires_at,
+    }
+}
+
+fn endpoint_of(url: &str) -> String {
+    CallbackUrl::parse("url", url, false).unwrap().endpoint()
+}
+
+/// A per-endpoint cap no test reaches unless it means to.
+const ROOMY: u32 = 100;
+
+fn limits(total: usize, per_endpoint: u32, in_flight: &HashMap<String, u32>) -> ClaimLimits<'_> {
+    ClaimLimits {
+        total,
+        per_endpoint,
+        in_flight,
+    }
+}
+
+/// Claims up to `total` as [`WORKER`], with nothing in flight and a lease long enough that
+/// no test outlives it by accident.
+async fn claim(store: &dyn Store, now: OffsetDateTime, total: usize) -> Vec<ClaimedDelivery> {
+    claim_within(store, now, limits(total, ROOMY, &HashMap::new())).await
+}
+
+/// Claims as [`WORKER`] while `busy` endpoints are at their cap.
+async fn claim_skipping(
+    store: &dyn Store,
+    now: OffsetDateTime,
+    total: usize,
+    busy: &[String],
+) -> Vec<ClaimedDelivery> {
+    let in_flight = busy.iter().map(|e| (e.clone(), ROOMY)).collect();
+    claim_within(store, now, limits(total, ROOMY, &in_flight)).await
+}
+
+async fn claim_within(
+    store: &dyn Store,
+    now: OffsetDateTime,
+    limits: ClaimLimits<'_>,
+) -> Vec<ClaimedDelivery> {
+    store
+        .claim_due_deliveries(now, limits, &lease(WORKER, now + secs(300)))
+        .await
+        .unwrap()
+}
+
+/// The claimed deliveries' event ids, sorted: a claim's answer order is not a contract.
+fn event_ids(claimed: &[ClaimedDelivery]) -> Vec<&str> {
+    let mut ids: Vec<_> = claimed.iter().map(|d| d.event_id.as_str()).collect();
+    ids.sort_unstable();
+    ids
+}
+
+fn claimed_one<'a>(claimed: &'a [ClaimedDelivery], event_id: &str) -> &'a ClaimedDelivery {
+    let found: Vec<_> = claimed.iter().filter(|d| d.event_id == event_id).collect();
+    assert_eq!(found.len(), 1, "claimed {event_id} {} times", found.len());
+    found[0]
+}
+
+/// An answer from the receiver: 2xx is a success.
+fn answer(at: OffsetDateTime, status_code: u16) -> AttemptRecord {
+    AttemptRecord {
+        at,
+        status_code: Some(status_code),
+        error: None,
+        latency_ms: 25,
+        response_head: Some(format!("status {status_code}")),
+    }
+}
+
+/// The outcome of `d`'s attempt under [`WORKER`]'s lease.
+fn outcome(d: &ClaimedDelivery, record: AttemptRecord, next: AfterAttempt) -> Completion {
+    Completion {
+        delivery_id: d.id,
+        attempt: d.attempt,
+        lease_owner: WORKER.to_owned(),
+        record,
+        next,
+    }
+}
+
+fn succeeded(d: &ClaimedDelivery, at: OffsetDateTime) -> Completion {
+    outcome(d, answer(at, 200), AfterAttempt::Succeeded)
+}
+
+async fn complete(store: &dyn Store, completions: &[Completion]) -> u64 {
+    store.complete_deliveries(completions).await.unwrap()
+}
+
+async fn log(
+    store: &dyn Store,
+    project_id: &str,
+    status: Option<DeliveryStatus>,
+    event_id: Option<&str>,
+    page: Page,
+) -> (u64, Vec<DeliveryView>) {
+    let filter = DeliveryFilter {
+        status,
+        event_id: event_id.map(str::to_owned),
+    };
+    store
+        .list_deliveries(&project(project_id), &filter, page)
+        .await
+        .unwrap()
+}
+
+/// The one delivery of a project's event.
+async fn delivery_of(store: &dyn Store, project_id: &str, event_id: &str) -> DeliveryView {
+    let (total, mut page) = log(store, project_id, None, Some(event_id), ALL).await;
+    assert_eq!(total, 1, "deliveries of {project_id}/{event_id}");
+    page.remove(0)
+}
+
+fn count(stats: &QueueStats, state: &str) -> u64 {
+    stats
+        .by_state
+        .iter()
+        .find(|(s, _)| s == state)
+        .map_or(0, |(_, n)| *n)
+}
+
+async fn assert_idle(store: &dyn Store) {
+    let stats = store
+        .queue_stats(datetime!(2100-01-01 00:00:00 UTC))
+        .await
+        .unwrap();
+    for state in OPEN_STATES {
+        assert_eq!(
+            count(&stats, state),
+            0,
+            "{state} deliveries left in the queue"
+        );
+    }
+    assert_eq!(stats.oldest_due_at, None);
+    assert_eq!(store.next_due_at().await.unwrap(), None);
+}
+
+/// Finishes every open delivery as succeeded at `at` (later than anything the test
+/// scheduled), then checks the queue is idle for the next test.
+async fn drain(store: &dyn Store, at: OffsetDateTime) {
+    store.rescue_expired_leases(at).await.unwrap();
+    loop {
+        let claimed = store
+            .claim_due_deliveries(
+                at,
+                limits(100, ROOMY, &HashMap::new()),
+                &lease("drain", at + secs(60)),
+            )
+            .await
+            .unwrap();
+        if claimed.is_empty() {
+            break;
+        }
+        let done: Vec<_> = claimed
+            .iter()
+            .map(|d| Completion {
+                lease_owner: "drain".into(),
+                ..succeeded(d, at)
+            })
+            .collect();
+        assert_eq!(complete(store, &done).await, claimed.len() as u64);
+    }
+    assert_idle(store).await;
+}
+
+/// Matching (SPEC §1): the exact app's config before the `*` one, the chosen config's
+/// subscription and URL decide, another project's configs never match. Idempotency
+/// (SPEC §4): a repeated `event_id` (across calls or inside one batch) gets the first
+/// answer and creates nothing, while the same id in another project is a new event.
+async fn ingest_matches_and_is_idempotent(store: &dyn Store) {
+    assert_idle(store).await;
+    let t0 = datetime!(2026-12-01 10:00:00 UTC);
+    let domain = "ingest.example.com";
+    for c in [
+        live_config(
+            "q-ingest",
+            "ing-exact",
+            json!({"publish_domain": domain, "app": "live",
+                   "notify_callback_url": "https://exact.example.com/cb",
+                   "notify_event_subscription": ["RECORD_FILE_COMPLETE", "RECORD_OVER"]}),
+            t0,
+        ),
+        live_config(
+            "q-ingest",
+            "ing-any",
+            json!({"publish_domain": domain, "app": "*",
+                   "notify_callback_url": "https://any.example.com/cb",
+                   "notify_event_subscription": ["RECORD_FILE_COMPLETE", "RECORD_START"]}),
+            t0,
+        ),
+        // Matches app "silent" but has nowhere to send to.
+        live_config(
+            "q-ingest",
+            "ing-silent",
+            json!({"publish_domain": domain, "app": "silent"}),
+            t0,
+        ),
+        live_config(
+            "q-ingest-other",
+            "ing-foreign-vod",
+            json!({"publish_domain": domain, "app": "vod",
+                   "notify_callback_url": "https://foreign.example.com/cb"}),
+            t0,
+        ),
+        live_config(
+            "q-ingest-other",
+            "ing-foreign-lonely",
+            json!({"publish_domain": "lonely.example.com", "app": "*",
+                   "notify_callback_url": "https://foreign.example.com/cb"}),
+            t0,
+        ),
+    ] {
+        store.insert_live_config(&c).await.unwrap();
+    }
+
+    let events = [
+        event("i-exact", "RECORD_FILE_COMPLETE", domain, "live", "s1"),
+        // The exact config does not subscribe; the `*` one (which does) is not consulted.
+        event("i-exact-unsubscribed", "RECORD_START", domain, "live", "s1"),
+        // Domains match case-insensitively.
+        event(
+            "i-wildcard",
+            "RECORD_FILE_COMPLETE",
+            "Ingest.Example.COM",
+            "other",
+            "s1",
+        ),
+        event(
+            "i-wildcard-unsubscribed",
+            "RECORD_OVER",
+            domain,
+            "other",
+            "s1",
+        ),
+        // No URL on the exact config: nothing, and no fallback to `*`.
+        event("i-no-url", "RECORD_FILE_COMPLETE", domain, "silent", "s1"),
+        // Another project's exact config for the app does not shadow this project's `*`.
+        event("i-foreign-app", "RECORD_FILE_COMPLETE", domain, "vod", "s1"),
+        // Only another project has a config for this domain.
+        event(
+            "i-foreign-domain",
+            "RECORD_FILE_COMPLETE",
+            "lonely.example.com",
+            "live",
+            "s1",
+        ),
+    ];
+    let first = store
+        .ingest_live(&project("q-ingest"), &events, t0)
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        [
+            accepted("i-exact", 1),
+            accepted("i-exact-unsubscribed", 0),
+            accepted("i-wildcard", 1),
+            accepted("i-wildcard-unsubscribed", 0),
+            accepted("i-no-url", 0),
+            accepted("i-foreign-app", 1),
+            accepted("i-foreign-domain", 0),
+        ]
+    );
+    for (event_id, config_id, url) in [
+        ("i-exact", "ing-exact", "https://exact.example.com/cb"),
+        ("i-wildcard", "ing-any", "https://any.example.com/cb"),
+        ("i-foreign-app", "ing-any", "https://any.example.com/cb"),
+    ] {
+        let d = delivery_of(store, "q-ingest", event_id).await;
+        assert_eq!((d.config_id.as_str(), d.url.as_str()), (config_id, url));
+        assert_eq!(d.event_type, "RECORD_FILE_COMPLETE");
+        assert_eq!(d.status, DeliveryStatus::Pending);
+        assert_eq!(d.created_at, t0);
+        assert!(d.attempts.is_empty());
+    }
+    assert_eq!(log(store, "q-ingest", None, None, ALL).await.0, 3);
+    assert_eq!(log(store, "q-ingest-other", None, None, ALL).await.0, 0);
+
+    // Sent again, even with different content, an event id gets its first answer.
+    let again = store
+        .ingest_live(
+            &project("q-ingest"),
+            &[
+                event(
+                    "i-exact-unsubscribed",
+                    "RECORD_FILE_COMPLETE",
+                    domain,
+                    "live",
+                    "s1",
+                ),
+                event("i-exact", "RECORD_FILE_COMPLETE", domain, "other", "s9"),
+            ],
+            t0 + secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        [accepted("i-exact-unsubscribed", 0), accepted("i-exact", 1)]
+    );
+    assert_eq!(log(store, "q-ingest", None, None, ALL).await.0, 3);
+    assert_eq!(
+        delivery_of(store, "q-ingest", "i-exact").await.config_id,
+        "ing-exact"
+    );
+
+    // An event id is scoped to its project.
+    let foreign = store
+        .ingest_live(
+            &project("q-ingest-other"),
+            &[event(
+                "i-foreign-app",
+                "RECORD_FILE_COMPLETE",
+                domain,
+                "vod",
+                "s1",
+            )],
+            t0 + secs(6),
+        )
+        .await
+        .unwrap();
+    assert_eq!(foreign, [accepted("i-foreign-app", 1)]);
+    assert_eq!(
+        delivery_of(store, "q-ingest-other", "i-foreign-app")
+            .await
+            .config_id,
+        "ing-foreign-vod"
+    );
+    assert_eq!(log(store, "q-ingest", None, None, ALL).await.0, 3);
+
+    // Twice inside one batch: accepted once, both answers alike.
+    let batch = [
+        event("i-batch", "RECORD_FILE_COMPLETE", domain, "live", "s2"),
+        event("i-batch", "RECORD_FILE_COMPLETE", domain, "live", "s2"),
+        event("i-batch-2", "RECORD_OVER", domain, "live", "s2"),
+    ];
+    let expected = [
+        accepted("i-batch", 1),
+        accepted("i-batch", 1),
+        accepted("i-batch-2", 1),
+    ];
+    let answers = store
+        .ingest_live(&project("q-ingest"), &batch, t0 + secs(7))
+        .await
+        .unwrap();
+    assert_eq!(answers, expected);
+    assert_eq!(log(store, "q-ingest", None, None, ALL).await.0, 5);
+    assert_eq!(
+        log(store, "q-ingest", None, Some("i-batch"), ALL).await.0,
+        1
+    );
+    let answers = store
+        .ingest_live(&project("q-ingest"), &batch, t0 + secs(8))
+        .await
+        .unwrap();
+    assert_eq!(answers, expected);
+    assert_eq!(log(store, "q-ingest", None, None, ALL).await.0, 5);
+
+    drain(store, t0 + Duration::days(1)).await;
+}
+
+/// A claim leases due deliveries, oldest due first and up to its limit, each once, as
+/// attempt 1, with the URL, endpoint, event and signing a worker needs; it skips busy
+/// endpoints and deliveries not yet due.
+async fn claim_leases_each_due_delivery_once(store: &dyn Store) {
+    assert_idle(store).await;
+    let t0 = datetime!(2026-12-02 10:00:00 UTC);
+    let domain = "claim.example.com";
+    let key = "ClaimKeyClaimKeyClaimKeyClaimKey";
+    let signed_url = "https://signed.example.com/hook";
+    let plain_url = "https://plain.example.com:8443/hook";
+    store
+        .insert_live_config(&live_config(
+            "q-claim",
+            "clm-signed",
+            json!({"publish_domain": domain, "app": "signed", "notify_callback_url": signed_url,
+                   "sign_type": "MD5", "key": key}),
+            t0,
+        ))
+        .await
+        .unwrap();
+    store
+        .insert_live_config(&live_config(
+            "q-claim",
+            "clm-plain",
+            json!({"publish_domain": domain, "app": "plain", "notify_callback_url": plain_url}),
+            t0,
+        ))
+        .await
+        .unwrap();
+    let events = [
+        (
+            t0,
+            event("c1", "RECORD_FILE_COMPLETE", domain, "signed", "s1"),
+        ),
+        (
+            t0 + secs(1),
+            event("c2", "RECORD_FILE_COMPLETE", domain, "plain", "s1"),
+        ),
+        (
+            t0 + secs(2),
+            event("c3", "RECORD_FILE_COMPLETE", domain, "plain", "s2"),
+        ),
+        (
+            t0 + secs(3),
+            event("c4", "RECORD_FILE_COMPLETE", domain, "signed", "s2"),
+        ),
+        (
+            t0 + secs(60),
+            event("c5", "RECORD_FILE_COMPLETE", domain, "plain", "s3"),
+        ),
+    ];
+    for (at, e) in &events {
+        let answers = store
+            .ingest_live(&project("q-claim"), std::slice::from_ref(e), *at)
+            .await
+            .unwrap();
+        assert_eq!(answers[0].deliveries, 1);
+    }
+    let original = |id: &str| &events.iter().find(|(_, e)| e.0.as_str() == id).unwrap().1.1;
+
+    // Nothing is due before it was accepted.
+    assert!(claim(store, t0 - secs(1), 10).await.is_empty());
+
+    let now = t0 + secs(10);
+    let first = claim(store, now, 1).await;
+    assert_eq!(event_ids(&first), ["c1"]);
+    let c1 = &first[0];
+    assert_eq!(c1.id, delivery_of(store, "q-claim", "c1").await.id);
+    assert_eq!(c1.project_id, project("q-claim"));
+    assert_eq!(c1.config_id, "clm-signed");
+    assert_eq!(c1.url, signed_url);
+    assert_eq!(c1.endpoint, endpoint_of(signed_url));
+    assert_eq!(c1.attempt, 1);
+    assert_eq!(&c1.event, original("c1"));
+    let signing = c1.signing.as_ref().expect("a config with a key signs");
+    assert_eq!(signing.sign_type, SignType::Md5);
+    assert_eq!(signing.key.expose(), key);
+
+    // The signed endpoint is busy: only the plain config's deliveries come out.
+    let plain = claim_skipping(store, now, 10, &[c1.endpoint.clone()]).await;
+    assert_eq!(event_ids(&plain), ["c2", "c3"]);
+    for d in &plain {
+        assert_eq!(d.config_id, "clm-plain");
+        assert_eq!(d.url, plain_url);
+        assert_eq!(d.endpoint, endpoint_of(plain_url));
+        assert_ne!(d.endpoint, c1.endpoint);
+        assert_eq!(d.attempt, 1);
+        assert!(d.signing.is_none());
+        assert_eq!(&d.event, original(&d.event_id));
+    }
+
+    let rest = claim(store, now, 10).await;
+    assert_eq!(event_ids(&rest), ["c4"]);
+    // Everything due is leased; c5 is not due until t0 + 60 s.
+    assert!(claim(store, now + secs(30), 10).await.is_empty());
+    let late = claim(store, t0 + secs(60), 10).await;
+    assert_eq!(event_ids(&late), ["c5"]);
+
+    let all: Vec<_> = [first, plain, rest, late].concat();
+    let mut ids: Vec<_> = all.iter().map(|d| d.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "a delivery was claimed twice");
+    let done: Vec<_> = all.iter().map(|d| succeeded(d, t0 + secs(61))).collect();
+    assert_eq!(complete(store, &done).await, 5);
+    drain(store, t0 + Duration::days(1)).await;
+}
+
+/// Per (config, stream), only the oldest open delivery is ever claimable (SPEC §5 order):
+/// the next one waits until it succeeds or dies, not while it waits for a retry; other
+/// streams and other configs do not wait.
+async fn each_stream_is_delivered_in_acceptance_order(store: &dyn Store) {
+    assert_idle(store).await;
+    let t0 = datetime!(2026-12-03 10:00:00 UTC);
+    let domain = "fifo.example.com";
+    for (id, app, url) in [
+        ("fifo-cfg", "fifo", "https://fifo.example.com/cb"),
+        ("fifo-cfg2", "fifo2", "https://fifo2.example.com/cb"),
+    ] {
+        store
+            .insert_live_config(&live_config(
+                "q-fifo",
+                id,
+                json!({"publish_domain": domain, "app": app, "notify_callback_url": url}),
+                t0,
+            ))
+            .await
+            .unwrap();
+    }
+    let events = [
+        event("a1", "RECORD_FILE_COMPLETE", domain, "fifo", "s"),
+        event("a2", "RECORD_FILE_COMPLETE", domain, "fifo", "s"),
+        event("a3", "RECORD_FILE_COMPLETE", domain, "fifo", "s"),
+        event("a4", "RECORD_FILE_COMPLETE", domain, "fifo", "s"),
+        // Another stream of the same config.
+        event("b1", "RECORD_FILE_COMPLETE", domain, "fifo", "t"),
+        // The same stream name under another config.
+        event("x1", "RECORD_FILE_COMPLETE", domain, "fifo2", "s"),
+    ];
+    for (i, e) in events.iter().enumerate() {
+        store
+            .ingest_live(
+                &project("q-fifo"),
+                std::slice::from_ref(e),
+                t0 + secs(i as i64),
+            )
+            .await
+            .unwrap();
+    }
+
+    let heads = claim(store, t0 + secs(10), 10).await;
+    assert_eq!(event_ids(&heads), ["a1", "b1", "x1"]);
+    assert!(claim(store, t0 + Duration::hours(1), 10).await.is_empty());
+    let (total, waiting) = log(store, "q-fifo", Some(DeliveryStatus::Pending), None, ALL).await;
+    assert_eq!(total, 6, "waiting and running deliveries are pending");
+    assert!(waiting.iter().all(|d| d.attempts.is_empty()));
+
+    // a1 succeeds: a2 is next.
+    let a1 = claimed_one(&heads, "a1");
+    assert_eq!(complete(store, &[succeeded(a1, t0 + secs(11))]).await, 1);
+    let next = claim(store, t0 + secs(12), 10).await;
+    assert_eq!(event_ids(&next), ["a2"]);
+
+    // a2 dies: a3 is next all the same.
+    let a2 = &next[0];
+    let died = outcome(a2, answer(t0 + secs(13), 500), AfterAttempt::Dead);
+    assert_eq!(complete(store, &[died]).await, 1);
+    let next = claim(store, t0 + secs(14), 10).await;
+    assert_eq!(event_ids(&next), ["a3"]);
+
+    // a3 fails and waits for its retry: a4 stays behind it.
+    let a3 = &next[0];
+    let retry_at = t0 + secs(100);
+    let failed = outcome(
+        a3,
+        answer(t0 + secs(15), 503),
+        AfterAttempt::RetryAt(retry_at),
+    );
+    assert_eq!(complete(store, &[failed]).await, 1);
+    assert_eq!(store.next_due_at().await.unwrap(), Some(retry_at));
+    assert!(claim(store, t0 + secs(16), 10).await.is_empty());
+    assert!(
+        claim(store, retry_at - Duration::milliseconds(1), 10)
+            .await
+            .is_empty()
+    );
+    let a3_view = delivery_of(store, "q-fifo", "a3").await;
+    assert_eq!(a3_view.status, DeliveryStatus::Failed);
+    assert_eq!(a3_view.next_attempt_at, Some(retry_at));
+    assert_eq!(
+        delivery_of(store, "q-fifo", "a4").await.status,
+        DeliveryStatus::Pending
+    );
+    let retried = claim(store, retry_at, 10).await;
+    assert_eq!(event_ids(&retried), ["a3"]);
+    assert_eq!(retried[0].attempt, 2);
+    assert!(claim(store, retry_at + secs(1), 10).await.is_empty());
+
+    // a3 succeeds on its second attempt: a4 is released, as its first attempt.
+    assert_eq!(
+        complete(store, &[succeeded(&retried[0], retry_at + secs(1))]).await,
+        1
+    );
+    let last = claim(store, retry_at + secs(2), 10).await;
+    assert_eq!(event_ids(&last), ["a4"]);
+    assert_eq!(last[0].attempt, 1);
+
+    let done = [
+        succeeded(&last[0], retry_at + secs(3)),
+        succeeded(claimed_one(&heads, "b1"), retry_at + secs(3)),
+        succeeded(claimed_one(&heads, "x1"), retry_at + secs(3)),
+    ];
+    assert_eq!(complete(store, &done).await, 3);
+    drain(store, t0 + Duration::days(1)).await;
+}
+
+/// A completion applies only under the lease it was claimed with (same owner, same
+/// attempt) and only once; an expired lease is rescued back into the queue, the delivery
+/// keeps its place at the head of its stream, and the old worker's late outcome is ignored.
+async fn completions_count_only_under_a_live_lease(store: &dyn Store) {
+    assert_idle(store).await;
+    let t0 = datetime!(2026-12-04 10:00:00 UTC);
+    let domain = "lease.example.com";
+    store
+        .insert_live_config(&live_config(
+            "q-lease",
+            "lease-cfg",
+            json!({"publish_domain": domain, "app": "live",
+                   "notify_callback_url": "https://lease.example.com/cb"}),
+            t0,
+        ))
+        .await
+        .unwrap();
+    store
+        .ingest_live(
+            &project("q-lease"),
+            &[
+                event("g1", "RECORD_FILE_COMPLETE", domain, "live", "s"),
+                event("g2", "RECORD_FILE_COMPLETE", domain, "live", "s"),
+            ],
+            t0,
+        )
+        .await
+        .unwrap();
+
+    let expires = t0 + secs(31);
+    let claimed = store
+        .claim_due_deliveries(
+            t0 + secs(1),
+            limits(10, ROOMY, &HashMap::new()),
+            &lease("worker-a", expires),
+        )
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&claimed), ["g1"]);
+    let g1 = &claimed[0];
+    let by = |owner: &str, attempt: u32, at: OffsetDateTime| Completion {
+        delivery_id: g1.id,
+        attempt,
+        lease_owner: owner.to_owned(),
+        record: answer(at, 200),
+        next: AfterAttempt::Succeeded,
+    };
+
+    assert_eq!(complete(store, &[by("worker-b", 1, t0 + secs(2))]).await, 0);
+    assert_eq!(complete(store, &[by("worker-a", 2, t0 + secs(2))]).await, 0);
+    let view = delivery_of(store, "q-lease", "g1").await;
+    assert_eq!(view.status, DeliveryStatus::Pending);
+    assert!(
+        view.attempts.is_empty(),
+        "a refused completion left an attempt"
+    );
+
+    // The lease still holds: nothing to rescue, nothing to claim.
+    assert_eq!(store.rescue_expired_leases(t0 + secs(30)).await.unwrap(), 0);
+    assert!(claim(store, t0 + secs(30), 10).await.is_empty());
+
+    // worker-a went silent; after its lease expired, g1 goes back to the queue, due now,
+    // still ahead of g2.
+    let rescued_at = t0 + secs(32);
+    assert_eq!(store.rescue_expired_leases(rescued_at).await.unwrap(), 1);
+    let again = store
+        .claim_due_deliveries(
+            rescued_at,
+            limits(10, ROOMY, &HashMap::new()),
+            &lease("worker-b", rescued_at + secs(30)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&again), ["g1"]);
+    assert_eq!((again[0].id, again[0].attempt), (g1.id, 2));
+
+    // worker-a's late success is ignored; worker-b's outcome is applied, once.
+    let late = by("worker-a", 1, rescued_at + secs(1));
+    let current = by("worker-b", 2, rescued_at + secs(2));
+    assert_eq!(complete(store, &[late.clone(), current.clone()]).await, 1);
+    assert_eq!(complete(store, &[late, current]).await, 0);
+    let view = delivery_of(store, "q-lease", "g1").await;
+    assert_eq!(view.status, DeliveryStatus::Succeeded);
+    // The lost first attempt is logged as an error without an answer, then the success.
+    assert_eq!(view.attempts.len(), 2);
+    assert_eq!(view.attempts[0].status_code, None);
+    assert!(view.attempts[0].error.is_some());
+    assert_eq!(view.attempts[1], answer(rescued_at + secs(2), 200));
+
+    let next = claim(store, rescued_at + secs(3), 10).await;
+    assert_eq!(event_ids(&next), ["g2"]);
+    assert_eq!(
+        complete(store, &[succeeded(&next[0], rescued_at + secs(4))]).await,
+        1
+    );
+    drain(store, t0 + Duration::days(1)).await;
+}
+
+/// A delivery keeps the URL, endpoint and signing its config had when the event was
+/// accepted; deleting the config cancels its deliveries not yet sent, while one already
+/// in flight can still be completed.
+async fn deliveries_keep_the_config_they_were_accepted_under(store: &dyn Store) {
+    assert_idle(store).await;
+    let t0 = datetime!(2026-12-05 10:00:00 UTC);
+    let domain = "change.example.com";
+    let (old_url, old_key) = (
+        "https://old.example.com/cb",
+        "OldKey00OldKey00OldKey00OldKey00",
+    );
+    let (new_url, new_key) = (
+        "https://new.example.com/cb",
+        "NewKey11NewKey11NewKey11NewKey11",
+    );
+    let original = live_config(
+        "q-change",
+        "chg-cfg",
+        json!({"publish_domain": domain, "app": "live", "notify_callback_url": old_url,
+               "sign_type": "HMACSHA256", "key": old_key}),
+        t0,
+    );
+    store.insert_live_config(&original).await.unwrap();
+    for (i, stream) in ["s1", "s2", "s3"].into_iter().enumerate() {
+        let e = event(
+            &format!("h{}", i + 1),
+            "RECORD_FILE_COMPLETE",
+            domain,
+            "live",
+            stream,
+        );
+        store
+            .ingest_live(&project("q-change"), &[e], t0 + secs(i as i64))
+            .await
+            .unwrap();
+    }
+
+    let mut updated = live_config(
+        "q-change",
+        "chg-cfg",
+        json!({"publish_domain": domain, "app": "live", "notify_callback_url": new_url,
+               "sign_type": "MD5", "key": new_key}),
+        t0,
+    );
+    updated.update_time = t0 + secs(5);
+    assert!(store.update_live_config(&updated).await.unwrap());
+    let h4 = event("h4", "RECORD_FILE_COMPLETE", domain, "live", "s4");
+    store
+        .ingest_live(&project("q-change"), &[h4], t0 + secs(6))
+        .await
+        .unwrap();
+
+    for id in ["h1", "h2", "h3"] {
+        assert_eq!(delivery_of(store, "q-change", id).await.url, old_url);
+    }
+    assert_eq!(delivery_of(store, "q-change", "h4").await.url, new_url);
+
+    let now = t0 + secs(10);
+    let h1 = claim(store, now, 1).await;
+    assert_eq!(event_ids(&h1), ["h1"]);
+    let h1 = &h1[0];
+    assert_eq!(
+        (h1.url.as_str(), h1.endpoint.clone()),
+        (old_url, endpoint_of(old_url))
+    );
+    let signing = h1.signing.as_ref().unwrap();
+    assert_eq!(
+        (signing.sign_type, signing.key.expose()),
+        (SignType::HmacSha256, old_key)
+    );
+    // Skipping the old endpoint reaches the delivery accepted after the update.
+    let h4 = claim_skipping(store, now, 10, &[endpoint_of(old_url)]).await;
+    assert_eq!(event_ids(&h4), ["h4"]);
+    let h4 = &h4[0];
+    assert_eq!(
+        (h4.url.as_str(), h4.endpoint.clone()),
+        (new_url, endpoint_of(new_url))
+    );
+    let signing = h4.signing.as_ref().unwrap();
+    assert_eq!(
+        (signing.sign_type, signing.key.expose()),
+        (SignType::Md5, new_key)
+    );
+
+    // h1 and h4 are in flight, h2 and h3 not yet sent when the config goes.
+    assert!(
+        store
+            .delete_live_config(&project("q-change"), "chg-cfg")
+            .await
+            .unwrap()
+    );
+    let (total, cancelled) = log(
+        store,
+        "q-change",
+        Some(DeliveryStatus::Cancelled),
+        None,
+        ALL,
+    )
+    .await;
+    assert_eq!(total, 2);
+    let mut ids: Vec<_> = cancelled.iter().map(|d| d.event_id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["h2", "h3"]);
+    assert!(cancelled.iter().all(|d| d.next_attempt_at.is_none()));
+    assert!(claim(store, now + secs(1), 10).await.is_empty());
+    let h2 = delivery_of(store, "q-change", "h2").await;
+    assert_eq!(
+        store
+            .retry_delivery(&project("q-change"), h2.id, now + secs(2))
+            .await
+            .unwrap(),
+        RetryOutcome::NotRetryable(DeliveryStatus::Cancelled)
+    );
+
+    let done = [succeeded(h1, now + secs(3)), succeeded(h4, now + secs(3))];
+    assert_eq!(complete(store, &done).await, 2);
+    for id in ["h1", "h4"] {
+        assert_eq!(
+            delivery_of(store, "q-change", id).await.status,
+            DeliveryStatus::Succeeded
+        );
+    }
+    // With the config gone, a new event of its domain and app goes nowhere.
+    let h5 = event("h5", "RECORD_FILE_COMPLETE", domain, "live", "s1");
+    let answers = store
+        .ingest_live(&project("q-change"), &[h5], now + secs(4))
+        .await
+        .unwrap();
+    assert_eq!(answers, [accepted("h5", 0)]);
+    drain(store, t0 + Duration::days(1)).await;
+}
+
+/// The delivery log (SPEC §6): newest first, filtered by status and event id within the
+/// project, paged with a total, every attempt recorded in order; manual retry of dead and
+/// failed deliveries only, within the project; queue statistics by state.
+async fn delivery_log_retry_and_stats(store: &dyn Store) {
+    assert_idle(store).await;
+    let before = store
+        .queue_stats(datetime!(2026-12-06 00:00:00 UTC))
+        .await
+        .unwrap();
+    let t0 = datetime!(2026-12-06 10:00:00 UTC);
+    let domain = "log.example.com";
+    let url = "https://log.example.com/cb";
+    for (project_id, id) in [("q-log", "log-cfg"), ("q-log-other", "log-other-cfg")] {
+        store
+            .insert_live_config(&live_config(
+                project_id,
+                id,
+                json!({"publish_domain": domain, "app": "live", "notify_callback_url": url,
+                       "notify_event_subscription": ["RECORD_FILE_COMPLETE", "RECORD_OVER"]}),
+                t0,
+            ))
+            .await
+            .unwrap();
+    }
+    let ingest = |project_id: &'static str, e: (EventId, LiveEvent), at: OffsetDateTime| async move {
+        let answers = store
+            .ingest_live(&project(project_id), &[e], at)
+            .await
+            .unwrap();
+        assert_eq!(answers[0].deliveries, 1);
+    };
+    ingest(
+        "q-log",
+        event("d1", "RECORD_FILE_COMPLETE", domain, "live", "s1"),
+        t0,
+    )
+    .await;
+    ingest(
+        "q-log",
+        event("d2", "RECORD_FILE_COMPLETE", domain, "live", "s2"),
+        t0 + secs(1),
+    )
+    .await;
+    ingest(
+        "q-log",
+        event("d3", "RECORD_FILE_COMPLETE", domain, "live", "s3"),
+        t0 + secs(2),
+    )
+    .await;
+    // The same event id in another project.
+    ingest(
+        "q-log-other",
+        event("d1", "RECORD_FILE_COMPLETE", domain, "live", "s1"),
+        t0 + secs(3),
+    )
+    .await;
+
+    // d1 fails then succeeds, d2 dies, d3 waits for a retry, the other project's d1 dies.
+    let first = claim(store, t0 + secs(10), 10).await;
+    assert_eq!(event_ids(&first), ["d1", "d1", "d2", "d3"]);
+    let mine = |event_id: &str| {
+        first
+            .iter()
+            .find(|d| d.event_id == event_id && d.project_id == project("q-log"))
+            .unwrap()
+    };
+    let foreign = first
+        .iter()
+        .find(|d| d.project_id == project("q-log-other"))
+        .unwrap();
+    let d1_fail = AttemptRecord {
+        at: t0 + secs(10),
+        status_code: Some(500),
+        error: Some("HTTP 500".into()),
+        latency_ms: 120,
+        response_head: Some("Internal Server Error".into()),
+    };
+    let d2_refused = AttemptRecord {
+        at: t0 + secs(10),
+        status_code: None,
+        error: Some("connection refused".into()),
+        latency_ms: 3,
+        response_head: None,
+    };
+    let d3_retry_at = t0 + secs(300);
+    let completions = [
+        outcome(
+            mine("d1"),
+            d1_fail.clone(),
+            AfterAttempt::RetryAt(t0 + secs(15)),
+        ),
+        outcome(mine("d2"), d2_refused.clone(), AfterAttempt::Dead),
+        outcome(
+            mine("d3"),
+            answer(t0 + secs(10), 503),
+            AfterAttempt::RetryAt(d3_retry_at),
+        ),
+        outcome(foreign, d2_refused.clone(), AfterAttempt::Dead),
+    ];
+    assert_eq!(complete(store, &completions).await, 4);
+    let second = claim(store, t0 + secs(15), 10).await;
+    assert_eq!(event_ids(&second), ["d1"]);
+    assert_eq!(second[0].attempt, 2);
+    let d1_ok = AttemptRecord {
+        at: datetime!(2026-12-06 10:00:15.250 UTC),
+        status_code: Some(200),
+        error: None,
+        latency_ms: 35,
+        response_head: Some("OK".into()),
+    };
+    let d1_done = outcome(&second[0], d1_ok.clone(), AfterAttempt::Succeeded);
+    assert_eq!(complete(store, &[d1_done]).await, 1);
+    // d4 is due and never tried; d5 waits behind it.
+    ingest(
+        "q-log",
+        event("d4", "RECORD_OVER", domain, "live", "s4"),
+        t0 + secs(20),
+    )
+    .await;
+    ingest(
+        "q-log",
+        event("d5", "RECORD_FILE_COMPLETE", domain, "live", "s4"),
+        t0 + secs(21),
+    )
+    .await;
+
+    // Newest first, with a total.
+    let (total, all) = log(store, "q-log", None, None, ALL).await;
+    assert_eq!(total, 5);
+    let ids: Vec<_> = all.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!(ids, ["d5", "d4", "d3", "d2", "d1"]);
+    let created: Vec<_> = all.iter().map(|d| d.created_at).collect();
+    assert_eq!(
+        created,
+        [t0 + secs(21), t0 + secs(20), t0 + secs(2), t0 + secs(1), t0]
+    );
+    assert!(all.iter().all(|d| d.config_id == "log-cfg" && d.url == url));
+    assert_eq!(all[1].event_type, "RECORD_OVER");
+    assert_eq!(all[2].event_type, "RECORD_FILE_COMPLETE");
+
+    // Pages.
+    let page = |offset, limit| Page { offset, limit };
+    let (total, window) = log(store, "q-log", None, None, page(1, 2)).await;
+    let ids: Vec<_> = window.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!((total, ids), (5, vec!["d4", "d3"]));
+    let (total, window) = log(store, "q-log", None, None, page(4, 2)).await;
+    let ids: Vec<_> = window.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!((total, ids), (5, vec!["d1"]));
+    let (total, window) = log(store, "q-log", None, None, page(5, 2)).await;
+    assert_eq!((total, window.len()), (5, 0));
+
+    // By status, each with its attempts in order and its next attempt while open.
+    let only = |status| async move {
+        let (total, mut views) = log(store, "q-log", Some(status), None, ALL).await;
+        assert_eq!(total as usize, views.len());
+        let ids: Vec<String> = views.iter().map(|d| d.event_id.clone()).collect();
+        (ids, views.drain(..).next())
+    };
+    let (ids, d1) = only(DeliveryStatus::Succeeded).await;
+    assert_eq!(ids, ["d1"]);
+    let d1 = d1.unwrap();
+    assert_eq!(d1.attempts, [d1_fail, d1_ok]);
+    assert_eq!(d1.next_attempt_at, None);
+    let (ids, d2) = only(DeliveryStatus::Dead).await;
+    assert_eq!(ids, ["d2"]);
+    let d2 = d2.unwrap();
+    assert_eq!(d2.attempts, [d2_refused]);
+    assert_eq!(d2.next_attempt_at, None);
+    let (ids, d3) = only(DeliveryStatus::Failed).await;
+    assert_eq!(ids, ["d3"]);
+    let d3 = d3.unwrap();
+    assert_eq!(d3.attempts, [answer(t0 + secs(10), 503)]);
+    assert_eq!(d3.next_attempt_at, Some(d3_retry_at));
+    let (ids, d5) = only(DeliveryStatus::Pending).await;
+    assert_eq!(ids, ["d5", "d4"]);
+    assert!(d5.unwrap().attempts.is_empty());
+    let d4 = delivery_of(store, "q-log", "d4").await;
+    assert_eq!(d4.next_attempt_at, Some(t0 + secs(20)));
+    let (ids, _) = only(DeliveryStatus::Cancelled).await;
+    assert!(ids.is_empty());
+
+    // By event id, within the project only, and with a status.
+    let (total, views) = log(store, "q-log", None, Some("d1"), ALL).await;
+    assert_eq!((total, views[0].id), (1, d1.id));
+    let (total, _) = log(
+        store,
+        "q-log",
+        Some(DeliveryStatus::Succeeded),
+        Some("d2"),
+        ALL,
+    )
+    .await;
+    assert_eq!(total, 0);
+    let (total, _) = log(store, "q-log", None, Some("d-unknown"), ALL).await;
+    assert_eq!(total, 0);
+    let other = delivery_of(store, "q-log-other", "d1").await;
+    assert_eq!(other.status, DeliveryStatus::Dead);
+
+    // Queue statistics: the open states are this test's alone (the queue was idle), the
+    // finished ones grew by what it finished; d3 is not due yet, d4 is.
+    let stats = store.queue_stats(t0 + secs(30)).await.unwrap();
+    let open: Vec<_> = OPEN_STATES.iter().map(|s| count(&stats, s)).collect();
+    assert_eq!(open, [1, 1, 0, 1], "blocked, pending, running, retrying");
+    assert_eq!(count(&stats, "succeeded"), count(&before, "succeeded") + 1);
+    assert_eq!(count(&stats, "dead"), count(&before, "dead") + 2);
+    assert_eq!(stats.oldest_due_at, Some(t0 + secs(20)));
+    assert_eq!(
+        store
+            .queue_stats(t0 + secs(19))
+            .await
+            .unwrap()
+            .oldest_due_at,
+        None
+    );
+
+    // Manual retry: dead and failed deliveries only, and only the project's own.
+    let retry = |project_id: &'static str, id: i64| async move {
+        store
+            .retry_delivery(&project(project_id), id, t0 + secs(40))
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        retry("q-log", d1.id).await,
+        RetryOutcome::NotRetryable(DeliveryStatus::Succeeded)
+    );
+    assert_eq!(
+        retry("q-log", d4.id).await,
+        RetryOutcome::NotRetryable(DeliveryStatus::Pending)
+    );
+    assert_eq!(retry("q-log", other.id).await, RetryOutcome::NotFound);
+    assert_eq!(retry("q-log", i64::MAX).await, RetryOutcome::NotFound);
+    assert_eq!(
+        delivery_of(store, "q-log-other", "d1").await.status,
+        DeliveryStatus::Dead
+    );
+    assert_eq!(retry("q-log", d2.id).await, RetryOutcome::Requeued);
+    assert_eq!(retry("q-log", d3.id).await, RetryOutcome::Requeued);
+    let d2_view = delivery_of(store, "q-log", "d2").await;
+    assert_eq!(d2_view.status, DeliveryStatus::Pending);
+    assert_eq!(d2_view.next_attempt_at, Some(t0 + secs(40)));
+    assert_eq!(
+        delivery_of(store, "q-log", "d3").await.next_attempt_at,
+        Some(t0 + secs(40))
+    );
+
+    // Both are due now (d3 long before its scheduled retry), as their second attempt.
+    let requeued = claim(store, t0 + secs(40), 10).await;
+    assert_eq!(event_ids(&requeued), ["d2", "d3", "d4"]);
+    for (event_id, attempt) in [("d2", 2), ("d3", 2), ("d4", 1)] {
+        assert_eq!(claimed_one(&requeued, event_id).attempt, attempt);
+    }
+    let done: Vec<_> = requeued
+        .iter()
+        .map(|d| succeeded(d, t0 + secs(41)))
+        .collect();
+    assert_eq!(complete(store, &done).await, 3);
+    drain(store, t0 + Duration::days(1)).await;
 }
 
 #[tokio::test]

@@ -1,16 +1,21 @@
 //! Wiring: settings → master key → store → API, and the server's life cycle.
 
-use std::sync::Arc;
+use std::fs::File;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use herald_api::auth::StaticCredentials;
 use herald_api::{AppState, router};
 use herald_core::project::ProjectId;
+use herald_delivery::dispatcher::Dispatcher;
 use herald_store::Store;
 use herald_store::sqlite::SqliteStore;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use secrecy::SecretString;
+use time::OffsetDateTime;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::master_key;
@@ -49,49 +54,125 @@ fn static_credentials(settings: &Settings) -> anyhow::Result<StaticCredentials> 
     Ok(creds)
 }
 
+/// The process-wide Prometheus recorder. The `metrics` facade has one global recorder by
+/// design; it is installed once, and every server started in this process shares it.
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let latency_buckets = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            // Only an empty bucket list is refused, and this one is not empty.
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("herald_delivery_attempt_duration_seconds".into()),
+                    &latency_buckets,
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Only one `herald serve` may use an embedded store: the lock proves that leases left
+/// in it belong to a process that is gone.
+fn lock_data_dir(settings: &Settings) -> anyhow::Result<File> {
+    std::fs::create_dir_all(&settings.data_dir)?;
+    let path = settings.data_dir.join("herald.lock");
+    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another herald serve is using {}; stop it first",
+            settings.data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
 /// A running server: where it listens, and how to stop it.
 pub struct Running {
     pub local_addr: std::net::SocketAddr,
     pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub api: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub delivery: tokio::task::JoinHandle<()>,
+    /// Held for as long as the server runs.
+    _data_dir_lock: File,
 }
 
-/// Binds `settings.listen` (port 0 picks a free port) and serves until `shutdown` fires.
+/// Binds `settings.listen` (port 0 picks a free port), serves the API and runs the
+/// delivery worker until `shutdown` fires.
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
+    let delivery = settings.delivery()?;
+    let lock = lock_data_dir(settings)?;
+    let store = open_store(settings).await?;
+    // The previous process is gone (we hold the lock): its leases can be taken back now
+    // rather than when they expire.
+    let rescued = store
+        .rescue_expired_leases(OffsetDateTime::now_utc() + delivery.lease())
+        .await?;
+    if rescued > 0 {
+        tracing::warn!(
+            rescued,
+            "re-queued deliveries that were in flight when herald last stopped"
+        );
+    }
+    let wake = Arc::new(Notify::new());
     let state = AppState {
-        store: open_store(settings).await?,
+        store: store.clone(),
         credentials: Arc::new(static_credentials(settings)?),
         allow_private_targets: settings.allow_private_targets,
+        wake: wake.clone(),
+        metrics: metrics_handle(),
     };
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
     let local_addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(herald_api::serve(listener, router(state), shutdown.clone()));
+    let grace = Duration::from_secs(settings.shutdown_grace_secs);
+    let dispatcher = Dispatcher::new(store, delivery, wake).context("building the HTTP client")?;
     Ok(Running {
         local_addr,
+        api: tokio::spawn(herald_api::serve(listener, router(state), shutdown.clone())),
+        delivery: tokio::spawn(dispatcher.run(shutdown.clone(), grace)),
         shutdown,
-        task,
+        _data_dir_lock: lock,
     })
 }
 
 /// `herald serve`: runs until SIGTERM or SIGINT, then drains within the grace period.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let running = start(&settings).await?;
+    let mut running = start(&settings).await?;
     // The one line on stdout, for scripts and tests that start herald on port 0.
     println!("listening on http://{}", running.local_addr);
     tracing::info!(addr = %running.local_addr, data_dir = %settings.data_dir.display(), "herald serving");
-    let mut task = running.task;
     tokio::select! {
-        result = &mut task => return result?.context("server stopped"),
+        result = &mut running.api => return result?.context("server stopped"),
         signal = shutdown_signal() => tracing::info!(signal, "shutting down"),
     }
     running.shutdown.cancel();
+    // The dispatcher bounds its own wait for in-flight callbacks by the grace period.
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
-    match tokio::time::timeout(grace, task).await {
-        Ok(result) => result?.context("server stopped")?,
-        Err(_) => tracing::warn!(?grace, "in-flight requests did not finish in time"),
+    let drained = tokio::time::timeout(grace + Duration::from_secs(1), async {
+        let (api, delivery) = tokio::join!(&mut running.api, &mut running.delivery);
+        (api, delivery)
+    })
+    .await;
+    match drained {
+        Ok((api, delivery)) => {
+            api?.context("server stopped")?;
+            delivery?;
+        }
+        Err(_) => tracing::warn!(?grace, "shutdown did not finish in time"),
     }
     Ok(())
 }

@@ -3,8 +3,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use herald_core::field::FieldError;
+use herald_core::retry::{RetrySchedule, parse_duration};
+use herald_delivery::DeliverySettings;
 use serde::{Deserialize, Serialize};
 
 /// Everything `herald` reads at start-up. Not `Debug`: it can hold secrets.
@@ -21,8 +26,20 @@ pub struct Settings {
     /// 64 hex characters; when unset, `master.key` in the data dir is used or created
     /// (`HERALD_MASTER_KEY`).
     pub master_key: Option<String>,
-    /// How long shutdown waits for in-flight requests, in seconds.
+    /// How long shutdown waits for in-flight requests and callbacks, in seconds.
     pub shutdown_grace_secs: u64,
+    /// Delays before each delivery attempt, e.g. `0s,5s,30s,2m` (`HERALD_RETRY_SCHEDULE`).
+    pub retry_schedule: String,
+    /// Connect plus response time allowed per attempt (`HERALD_DELIVERY_TIMEOUT`).
+    pub delivery_timeout: String,
+    /// Live `auth_timestamp` = send time + this (`HERALD_SIGNATURE_TTL`).
+    pub signature_ttl: String,
+    /// Most callbacks in flight to one endpoint (`HERALD_ENDPOINT_CONCURRENCY`).
+    pub endpoint_concurrency: u32,
+    /// Most callbacks in flight from this process (`HERALD_MAX_IN_FLIGHT`).
+    pub max_in_flight: u32,
+    /// Longest wait between looks at the queue when nothing signals work (`HERALD_POLL_INTERVAL`).
+    pub poll_interval: String,
     /// Access keys listed in the config file, beside those created by the CLI.
     pub credentials: Vec<StaticAccessKey>,
     /// Tokens listed in the config file.
@@ -51,6 +68,12 @@ impl Default for Settings {
             allow_private_targets: false,
             master_key: None,
             shutdown_grace_secs: 10,
+            retry_schedule: "0s,5s,30s,2m,10m,30m,1h,3h,6h,12h".into(),
+            delivery_timeout: "5s".into(),
+            signature_ttl: "600s".into(),
+            endpoint_concurrency: 32,
+            max_in_flight: 512,
+            poll_interval: "1s".into(),
             credentials: Vec::new(),
             tokens: Vec::new(),
         }
@@ -69,6 +92,37 @@ pub struct FlagOverrides {
 }
 
 impl Settings {
+    /// The delivery settings, validated; errors name the variable to fix.
+    pub fn delivery(&self) -> Result<DeliverySettings, FieldError> {
+        let positive = |name: &str, value: u32| {
+            if value == 0 {
+                Err(FieldError::new(name, "must be at least 1"))
+            } else {
+                Ok(value)
+            }
+        };
+        let timeout = parse_duration("HERALD_DELIVERY_TIMEOUT", &self.delivery_timeout)?;
+        if timeout.is_zero() {
+            return Err(FieldError::new(
+                "HERALD_DELIVERY_TIMEOUT",
+                "must be more than 0",
+            ));
+        }
+        Ok(DeliverySettings {
+            retry_schedule: RetrySchedule::parse("HERALD_RETRY_SCHEDULE", &self.retry_schedule)?,
+            timeout,
+            signature_ttl: parse_duration("HERALD_SIGNATURE_TTL", &self.signature_ttl)?,
+            per_endpoint_in_flight: positive(
+                "HERALD_ENDPOINT_CONCURRENCY",
+                self.endpoint_concurrency,
+            )?,
+            max_in_flight: positive("HERALD_MAX_IN_FLIGHT", self.max_in_flight)?,
+            allow_private_targets: self.allow_private_targets,
+            poll_interval: parse_duration("HERALD_POLL_INTERVAL", &self.poll_interval)?
+                .max(Duration::from_millis(10)),
+        })
+    }
+
     pub fn load(
         config_file: Option<&Path>,
         flags: &FlagOverrides,
@@ -85,6 +139,12 @@ impl Settings {
                 "allow_private_targets",
                 "master_key",
                 "shutdown_grace_secs",
+                "retry_schedule",
+                "delivery_timeout",
+                "signature_ttl",
+                "endpoint_concurrency",
+                "max_in_flight",
+                "poll_interval",
             ]))
             .merge(Serialized::defaults(flags))
             .extract()
@@ -127,6 +187,20 @@ mod tests {
             assert_eq!(s.data_dir, PathBuf::from("/from/env"));
             Ok(())
         });
+    }
+
+    #[test]
+    fn delivery_settings_are_validated_by_name() {
+        let mut s = Settings::default();
+        let d = s.delivery().unwrap();
+        assert_eq!(d.retry_schedule.attempts(), 10);
+        assert_eq!(d.timeout, Duration::from_secs(5));
+        assert_eq!(d.signature_ttl, Duration::from_secs(600));
+        s.retry_schedule = "0s,5x".into();
+        assert_eq!(s.delivery().unwrap_err().field, "HERALD_RETRY_SCHEDULE");
+        s.retry_schedule = "0s".into();
+        s.delivery_timeout = "0s".into();
+        assert_eq!(s.delivery().unwrap_err().field, "HERALD_DELIVERY_TIMEOUT");
     }
 
     #[test]

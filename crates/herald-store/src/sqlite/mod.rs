@@ -20,8 +20,9 @@ use time::OffsetDateTime;
 
 use crate::rows::{LiveConfigRow, access_key_context, stored_project};
 use crate::{
-    Accepted, AccessKey, AccessKeySummary, ClaimedDelivery, Completion, DeliveryFilter,
-    DeliveryView, Lease, LiveConfigFilter, Page, QueueStats, RetryOutcome, Store, StoreError,
+    Accepted, AccessKey, AccessKeySummary, ClaimLimits, ClaimedDelivery, Completion,
+    DeliveryFilter, DeliveryView, Lease, LiveConfigFilter, Page, QueueStats, RetryOutcome, Store,
+    StoreError,
 };
 use herald_core::event::{EventId, LiveEvent};
 
@@ -312,12 +313,10 @@ impl Store for SqliteStore {
     async fn claim_due_deliveries(
         &self,
         now: OffsetDateTime,
-        limit: usize,
-        busy_endpoints: &[String],
+        limits: ClaimLimits<'_>,
         lease: &Lease,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        self.claim_due_deliveries_impl(now, limit, busy_endpoints, lease)
-            .await
+        self.claim_due_deliveries_impl(now, limits, lease).await
     }
 
     async fn complete_deliveries(&self, completions: &[Completion]) -> Result<u64, StoreError> {

@@ -24,8 +24,9 @@ use time::OffsetDateTime;
 use super::SqliteStore;
 use crate::rows::{CorruptRow, live_config_key_context};
 use crate::{
-    Accepted, AfterAttempt, AttemptRecord, ClaimedDelivery, Completion, DeliveryFilter,
-    DeliveryStatus, DeliveryView, Lease, Page, QueueStats, RetryOutcome, StoreError,
+    Accepted, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
+    DeliveryFilter, DeliveryStatus, DeliveryView, Lease, Page, QueueStats, RetryOutcome,
+    StoreError,
 };
 
 /// The states in which a delivery still has to go out.
@@ -238,26 +239,41 @@ impl SqliteStore {
     pub(super) async fn claim_due_deliveries_impl(
         &self,
         now: OffsetDateTime,
-        limit: usize,
-        busy_endpoints: &[String],
+        limits: ClaimLimits<'_>,
         lease: &Lease,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        let busy = serde_json::to_string(busy_endpoints).unwrap_or_else(|_| "[]".into());
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Room left per endpoint that has deliveries in flight; others have the full cap.
+        let room: HashMap<&str, u32> = limits
+            .in_flight
+            .iter()
+            .map(|(endpoint, n)| (endpoint.as_str(), limits.per_endpoint.saturating_sub(*n)))
+            .collect();
+        let room = serde_json::to_string(&room).unwrap_or_else(|_| "{}".into());
+        let total = i64::try_from(limits.total).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // The inner scan skips full endpoints before its LIMIT, so their backlog cannot fill
+        // it; the window function then keeps each endpoint within its room.
         let rows = sqlx::query(
             "UPDATE deliveries SET state = 'running', lease_owner = ?1, lease_expires_at_ms = ?2, \
              attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM deliveries WHERE state IN ('pending', 'retrying') \
-                 AND next_attempt_at_ms <= ?3 AND endpoint NOT IN (SELECT value FROM json_each(?4)) \
-                 ORDER BY next_attempt_at_ms, id LIMIT ?5) \
+             WHERE id IN (SELECT id FROM ( \
+                 SELECT id, next_attempt_at_ms, \
+                     ROW_NUMBER() OVER (PARTITION BY endpoint ORDER BY next_attempt_at_ms, id) AS nth, \
+                     COALESCE((SELECT value FROM json_each(?4) WHERE key = endpoint), ?5) AS room \
+                 FROM (SELECT id, endpoint, next_attempt_at_ms FROM deliveries \
+                     WHERE state IN ('pending', 'retrying') AND next_attempt_at_ms <= ?3 \
+                     AND endpoint NOT IN (SELECT key FROM json_each(?4) WHERE value = 0) \
+                     ORDER BY next_attempt_at_ms, id LIMIT ?6)) \
+                 WHERE nth <= room ORDER BY next_attempt_at_ms, id LIMIT ?7) \
              RETURNING id, project_id, event_seq, config_id, endpoint, url, sign_type, key_sealed, attempts",
         )
         .bind(&lease.owner)
         .bind(unix_ms(lease.expires_at))
         .bind(unix_ms(now))
-        .bind(busy)
-        .bind(limit)
+        .bind(room)
+        .bind(i64::from(limits.per_endpoint))
+        .bind(total.saturating_mul(8))
+        .bind(total)
         .fetch_all(&mut *tx)
         .await?;
         let seqs: Vec<i64> = rows

@@ -1,0 +1,618 @@
+#!/usr/bin/env python3
+"""Herald benchmark driver (stdlib only). `bench/run` calls it; see docs/benchmarks.md.
+
+Sub-commands (each writes OUT_DIR/<name>.json and prints one line per run):
+  probe    start Herald on a scratch data dir and check that ingest answers 202
+  e2e      ingest N events in batches as fast as possible; time until nginx has seen all
+  latency  ingest at a steady rate; arrival at nginx minus the 202 seen by the client
+  memory   ingest N events towards a down endpoint; Herald's VmRSS once the queue settles
+  report   read OUT_DIR/*.json, print the summary table and write OUT_DIR/summary.md
+
+Every loop is bounded in count and time; all traffic goes to 127.0.0.1.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import queue
+import re
+import select
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+PROJECT = "b3c4e5f60718293a4b5c6d7e8f901234"
+DOMAIN = "bench.example.com"
+EVENTS_PATH = f"/v1/{PROJECT}/record/events"
+CONFIGS_PATH = f"/v1/{PROJECT}/record/callbacks"
+
+
+# ---------------------------------------------------------------------------------------
+# Herald process
+
+
+class Herald:
+    """One `herald serve` on a fresh data dir, with a token and (optionally) a config."""
+
+    def __init__(self, binary, data_dir, log_path, env_extra=None):
+        self.binary, self.data_dir, self.log_path = binary, data_dir, log_path
+        os.makedirs(data_dir, exist_ok=True)
+        env = dict(os.environ)
+        env.update(env_extra or {})
+        self.stderr = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir,
+             "--allow-private-targets"],
+            stdout=subprocess.PIPE, stderr=self.stderr, env=env)
+        line = self._first_line(timeout=30)
+        m = re.match(r"listening on http://([\d.]+):(\d+)", line)
+        if not m:
+            self.stop()
+            raise RuntimeError(f"herald did not print its address (got {line!r}); see {log_path}")
+        self.host, self.port = m.group(1), int(m.group(2))
+        # Keep draining stdout so that Herald never blocks on a full pipe.
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.token = self._token()
+
+    def _first_line(self, timeout):
+        deadline, buf = time.time() + timeout, b""
+        while time.time() < deadline and b"\n" not in buf:
+            if self.proc.poll() is not None:
+                break
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                chunk = os.read(self.proc.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                buf += chunk
+        return buf.split(b"\n")[0].decode(errors="replace")
+
+    def _drain(self):
+        try:
+            while os.read(self.proc.stdout.fileno(), 65536):
+                pass
+        except OSError:
+            pass
+
+    def _token(self):
+        out = subprocess.run(
+            [self.binary, "tokens", "create", "--project", PROJECT, "--data-dir", self.data_dir,
+             "--json"], check=True, capture_output=True, timeout=30).stdout
+        return json.loads(out)["token"]
+
+    def conn(self, timeout=60):
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    def request(self, conn, method, path, body=None):
+        headers = {"X-Auth-Token": self.token}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+
+    def create_config(self, url):
+        body = json.dumps({"publish_domain": DOMAIN, "app": "*", "notify_callback_url": url,
+                           "notify_event_subscription": ["RECORD_FILE_COMPLETE"]})
+        c = self.conn()
+        status, data = self.request(c, "POST", CONFIGS_PATH, body)
+        c.close()
+        if status != 201:
+            raise RuntimeError(f"create config: {status} {data[:300]!r}")
+
+    def metrics(self):
+        try:
+            c = self.conn(timeout=10)
+            c.request("GET", "/metrics")
+            r = c.getresponse()
+            text = r.read().decode(errors="replace")
+            c.close()
+            return text if r.status == 200 else ""
+        except OSError:
+            return ""
+
+    def status(self, field):
+        """A field of /proc/PID/status in MiB (VmRSS, VmHWM)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        return int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
+        return None
+
+    def log_counts(self):
+        """(warnings, errors) lines in Herald's log so far."""
+        warn = err = 0
+        try:
+            with open(self.log_path, "rb") as f:
+                for line in f:
+                    if b" WARN " in line or b"WARN" in line[:60]:
+                        warn += 1
+                    if b" ERROR " in line or b"ERROR" in line[:60]:
+                        err += 1
+        except OSError:
+            pass
+        return warn, err
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.stderr.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Events and ingest
+
+
+def event(event_id, i, streams):
+    s = f"s{i % streams:04d}"
+    path = f"record/live/{s}/2024-05-01-10-00-00_2024-05-01-10-30-00.mp4"
+    return {
+        "event_id": event_id, "event_type": "RECORD_FILE_COMPLETE", "publish_domain": DOMAIN,
+        "app": "live", "stream": s, "download_url": f"https://obs.example.com/{path}",
+        "play_url": f"https://play.example.com/{path}", "file_format": "mp4",
+        "file_size": 734003200 + i, "file_duration": 1800,
+        "file_start_time": "2024-05-01T10:00:00Z", "file_end_time": "2024-05-01T10:30:00Z",
+        "width": 1920, "height": 1080,
+    }
+
+
+def batch_bodies(prefix, n, batch, streams):
+    """Pre-serialised request bodies: (body, [event ids])."""
+    out = []
+    for start in range(0, n, batch):
+        ids = [f"{prefix}-{i:07d}" for i in range(start, min(n, start + batch))]
+        evs = [event(eid, start + k, streams) for k, eid in enumerate(ids)]
+        body = json.dumps(evs[0] if batch == 1 else {"events": evs}, separators=(",", ":"))
+        out.append((body.encode(), ids))
+    return out
+
+
+def ingest_all(herald, bodies, threads, deadline, on_done=None):
+    """POST every body over `threads` keep-alive connections as fast as possible.
+    Returns (accepted deliveries, [error strings])."""
+    work = queue.Queue()
+    for b in bodies:
+        work.put(b)
+    lock, totals, errors = threading.Lock(), {"deliveries": 0}, []
+
+    def worker():
+        c = herald.conn()
+        while time.time() < deadline:
+            try:
+                body, ids = work.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                status, data = herald.request(c, "POST", EVENTS_PATH, body)
+            except (OSError, http.client.HTTPException) as e:
+                c.close()
+                c = herald.conn()
+                with lock:
+                    errors.append(f"{type(e).__name__}: {e}")
+                continue
+            with lock:
+                if status == 202:
+                    totals["deliveries"] += json.loads(data).get("deliveries", 0)
+                else:
+                    errors.append(f"{status} {data[:200]!r}")
+            if on_done:
+                on_done()
+        c.close()
+
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if time.time() >= deadline and not work.empty():
+        errors.append(f"time limit reached with {work.qsize()} requests not sent")
+    return totals["deliveries"], errors
+
+
+# ---------------------------------------------------------------------------------------
+# nginx access log: "$msec $status $http_herald_event_id $http_herald_delivery_attempt ..."
+
+
+class AccessLog:
+    def __init__(self, path):
+        self.path = path
+        self.offset = os.path.getsize(path) if os.path.exists(path) else 0
+        self.rest = b""
+
+    def new_lines(self):
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        data = self.rest + data
+        lines = data.split(b"\n")
+        self.rest = lines.pop()
+        for line in lines:
+            parts = line.decode(errors="replace").split(" ")
+            if len(parts) >= 4:
+                yield float(parts[0]), parts[1], parts[2], parts[3]
+
+
+def follow_arrivals(log, prefix, expected, stall_s, deadline):
+    """Read the access log until `expected` distinct event ids with `prefix` have arrived
+    (2xx), nothing new came for `stall_s` seconds, or `deadline`. Returns
+    (first arrival per id {id: msec}, stats)."""
+    first, stats = {}, {"lines": 0, "duplicates": 0, "retries": 0, "non_2xx": 0}
+    last_new = time.time()
+    while len(first) < expected and time.time() < deadline:
+        got = False
+        for msec, status, eid, attempt in log.new_lines():
+            if not eid.startswith(prefix):
+                continue
+            got = True
+            stats["lines"] += 1
+            if attempt not in ("1", "-"):
+                stats["retries"] += 1
+            if not status.startswith("2"):
+                stats["non_2xx"] += 1
+                continue
+            if eid in first:
+                stats["duplicates"] += 1
+            else:
+                first[eid] = msec
+        if got:
+            last_new = time.time()
+        elif time.time() - last_new > stall_s:
+            stats["stalled"] = True
+            break
+        else:
+            time.sleep(0.05)
+    return first, stats
+
+
+def pct(values, p):
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100.0 * len(s) + 0.5) - 1))]
+
+
+def save(out_dir, name, data):
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(data, f, indent=2)
+
+
+def save_metrics(herald, out_dir, name):
+    with open(os.path.join(out_dir, f"{name}.metrics.txt"), "w") as f:
+        f.write(herald.metrics())
+
+
+# ---------------------------------------------------------------------------------------
+# Measurements
+
+
+def cmd_probe(a):
+    h = Herald(a.herald, os.path.join(a.out_dir, "probe-data"), os.path.join(a.out_dir, "probe.log"))
+    try:
+        c = h.conn(timeout=10)
+        status, data = h.request(c, "POST", EVENTS_PATH, json.dumps(event("probe-1", 0, 1)))
+        print(f"probe: POST {EVENTS_PATH} -> {status} {data[:200].decode(errors='replace')}")
+        return 0 if status == 202 else 1
+    finally:
+        h.stop()
+
+
+def cmd_e2e(a):
+    runs = []
+    for r in range(a.runs):
+        tag = f"e2e{r}-{uuid.uuid4().hex[:8]}"
+        h = Herald(a.herald, os.path.join(a.out_dir, f"{tag}-data"), os.path.join(a.out_dir, f"{tag}.log"))
+        try:
+            h.create_config(f"http://127.0.0.1:{a.nginx_port}/cb")
+            bodies = batch_bodies(tag, a.events, a.batch, a.streams)
+            log = AccessLog(a.access_log)
+            deadline = time.time() + a.time_limit
+            t0 = time.time()
+            deliveries, errors = ingest_all(h, bodies, a.threads, deadline)
+            t_ingested = time.time()
+            first, stats = follow_arrivals(log, tag, a.events, a.stall, deadline)
+            t_last = max(first.values()) if first else t0
+            res = {
+                "events": a.events, "batch": a.batch, "streams": a.streams,
+                "ingest_threads": a.threads, "deliveries_accepted": deliveries,
+                "ingest_errors": errors[:20], "ingest_error_count": len(errors),
+                "ingest_s": round(t_ingested - t0, 3),
+                "ingest_events_per_s": round(a.events / max(t_ingested - t0, 1e-9), 1),
+                "arrived": len(first), "elapsed_s": round(t_last - t0, 3),
+                "callbacks_per_s": round(len(first) / max(t_last - t0, 1e-9), 1),
+                "log_warn_error": h.log_counts(), **stats,
+            }
+            save_metrics(h, a.out_dir, tag)
+        finally:
+            h.stop()
+        print(f"e2e run {r + 1}/{a.runs}: {res['arrived']}/{a.events} callbacks in "
+              f"{res['elapsed_s']} s = {res['callbacks_per_s']}/s (ingest {res['ingest_s']} s, "
+              f"{res['ingest_error_count']} ingest errors, {res['duplicates']} duplicates, "
+              f"{res['retries']} retries)", flush=True)
+        runs.append(res)
+    med = statistics.median(r["callbacks_per_s"] for r in runs)
+    save(a.out_dir, "e2e", {"runs": runs, "median_callbacks_per_s": med})
+    return 0 if all(r["arrived"] == a.events for r in runs) else 1
+
+
+def cmd_latency(a):
+    tag = f"lat-{uuid.uuid4().hex[:8]}"
+    h = Herald(a.herald, os.path.join(a.out_dir, f"{tag}-data"), os.path.join(a.out_dir, f"{tag}.log"))
+    try:
+        h.create_config(f"http://127.0.0.1:{a.nginx_port}/cb")
+        n = int(a.rate * a.duration)
+        bodies = batch_bodies(tag, n, a.batch, a.streams)
+        log = AccessLog(a.access_log)
+        # Request j (a.batch events) is due at t0 + j * batch / rate. Thread k sends requests
+        # k, k + T, k + 2T, ... over its own keep-alive connection, each at its due time or
+        # as soon as the previous one returned if it is late.
+        acked, sent, late, errors = {}, {}, [0], []
+        lock = threading.Lock()
+        interval = a.batch / a.rate
+        t0 = time.time() + 0.5
+        deadline = t0 + a.duration + 60
+
+        def worker(k):
+            c = h.conn()
+            for j in range(k, len(bodies), a.threads):
+                due = t0 + j * interval
+                now = time.time()
+                if now > deadline:
+                    break
+                if due > now:
+                    time.sleep(due - now)
+                elif now - due > 0.005:
+                    with lock:
+                        late[0] += 1
+                body, ids = bodies[j]
+                ts = time.time()
+                try:
+                    status, data = h.request(c, "POST", EVENTS_PATH, body)
+                except (OSError, http.client.HTTPException) as e:
+                    c.close()
+                    c = h.conn()
+                    with lock:
+                        errors.append(f"{type(e).__name__}: {e}")
+                    continue
+                t202 = time.time()
+                with lock:
+                    if status == 202:
+                        for eid in ids:
+                            acked[eid], sent[eid] = t202, ts
+                    else:
+                        errors.append(f"{status} {data[:200]!r}")
+            c.close()
+
+        ts_ = [threading.Thread(target=worker, args=(k,)) for k in range(a.threads)]
+        for t in ts_:
+            t.start()
+        for t in ts_:
+            t.join()
+        t_end = time.time()
+        first, stats = follow_arrivals(log, tag, len(acked), a.stall, time.time() + 120)
+        lat = [(first[e] - acked[e]) * 1000 for e in acked if e in first]
+        ingest = [(acked[e] - sent[e]) * 1000 for e in acked]
+        res = {
+            "mode": "single events" if a.batch == 1 else f"batches of {a.batch}",
+            "target_rate": a.rate, "duration_s": a.duration, "threads": a.threads,
+            "streams": a.streams, "events": n, "acked": len(acked), "arrived": len(first),
+            "achieved_rate": round(len(acked) / max(t_end - t0, 1e-9), 1),
+            "late_requests": late[0], "ingest_errors": errors[:20], "ingest_error_count": len(errors),
+            "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99),
+            "max_ms": max(lat) if lat else None, "min_ms": min(lat) if lat else None,
+            "ingest_p50_ms": pct(ingest, 50), "ingest_p99_ms": pct(ingest, 99),
+            "log_warn_error": h.log_counts(), **stats,
+        }
+        for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "min_ms", "ingest_p50_ms", "ingest_p99_ms"):
+            if res[k] is not None:
+                res[k] = round(res[k], 2)
+        save_metrics(h, a.out_dir, tag)
+    finally:
+        h.stop()
+    print(f"latency: {res['acked']}/{n} acked at {res['achieved_rate']}/s, {res['arrived']} arrived; "
+          f"arrival-202 p50 {res['p50_ms']} ms p99 {res['p99_ms']} ms max {res['max_ms']} ms; "
+          f"202 p50 {res['ingest_p50_ms']} ms p99 {res['ingest_p99_ms']} ms; "
+          f"{res['late_requests']} late requests, {res['ingest_error_count']} errors", flush=True)
+    save(a.out_dir, "latency", res)
+    return 0 if res["arrived"] == n else 1
+
+
+def queue_figures(metrics_text):
+    """Gauges in /metrics that look like a queue depth (names vary; reported as found)."""
+    out = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.match(r"^(\S*(?:queue|pending|depth|inflight|in_flight)\S*)\s+(\S+)$", line)
+        if m and "_bucket" not in m.group(1):
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def cmd_memory(a):
+    tag = f"mem-{uuid.uuid4().hex[:8]}"
+    # A bound socket that never listens: connections to it are refused at once.
+    down = socket.socket()
+    down.bind(("127.0.0.1", 0))
+    down_port = down.getsockname()[1]
+    h = Herald(a.herald, os.path.join(a.out_dir, f"{tag}-data"), os.path.join(a.out_dir, f"{tag}.log"),
+               {"HERALD_RETRY_SCHEDULE": a.retry_schedule})
+    samples = []
+    try:
+        rss0 = h.status("VmRSS")
+        h.create_config(f"http://127.0.0.1:{down_port}/cb")
+        bodies = batch_bodies(tag, a.events, a.batch, a.streams)
+        done = [0]
+        t0 = time.time()
+
+        def progress():
+            done[0] += 1
+            if done[0] % 100 == 0:
+                print(f"  memory: {done[0] * a.batch} events ingested, {time.time() - t0:.0f} s, "
+                      f"VmRSS {h.status('VmRSS'):.1f} MiB", flush=True)
+
+        deliveries, errors = ingest_all(h, bodies, a.threads, t0 + a.time_limit, progress)
+        t_ingested = time.time()
+        # Settle: until VmRSS moved less than 1 MiB and the queue gauges did not change over
+        # the last 10 s, at most `settle` seconds.
+        end = time.time() + a.settle
+        while time.time() < end:
+            samples.append((time.time(), h.status("VmRSS"), queue_figures(h.metrics())))
+            old = [s for s in samples if s[0] <= samples[-1][0] - 10]
+            if old and abs(old[-1][1] - samples[-1][1]) < 1.0 and old[-1][2] == samples[-1][2]:
+                break
+            time.sleep(2)
+        res = {
+            "events": a.events, "batch": a.batch, "streams": a.streams,
+            "retry_schedule": a.retry_schedule, "deliveries_accepted": deliveries,
+            "ingest_errors": errors[:20], "ingest_error_count": len(errors),
+            "ingest_s": round(t_ingested - t0, 1),
+            "ingest_events_per_s": round(a.events / max(t_ingested - t0, 1e-9), 1),
+            "settle_s": round(time.time() - t_ingested, 1),
+            "rss_start_mib": round(rss0, 1), "rss_mib": round(h.status("VmRSS"), 1),
+            "hwm_mib": round(h.status("VmHWM"), 1),
+            "queue_metrics": samples[-1][2] if samples else {},
+            "store_bytes": sum(os.path.getsize(os.path.join(d, f))
+                               for d, _, fs in os.walk(h.data_dir) for f in fs),
+            "log_warn_error": h.log_counts(),
+        }
+        save_metrics(h, a.out_dir, tag)
+    finally:
+        h.stop()
+        down.close()
+    print(f"memory: {a.events} events ingested in {res['ingest_s']} s "
+          f"({res['ingest_error_count']} errors); VmRSS {res['rss_mib']} MiB after {res['settle_s']} s, "
+          f"peak {res['hwm_mib']} MiB; store {res['store_bytes'] / 2**20:.0f} MiB", flush=True)
+    save(a.out_dir, "memory", res)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+
+
+def load(out_dir, name):
+    p = os.path.join(out_dir, f"{name}.json")
+    return json.load(open(p)) if os.path.exists(p) else None
+
+
+def verdict(ok):
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def cmd_report(a):
+    wrk, e2e, lat, mem = (load(a.out_dir, n) for n in ("wrk", "e2e", "latency", "memory"))
+    rows = []
+    limit = wrk["median_rps"] if wrk else None
+    if wrk:
+        rows.append(("a. receiver limit: wrk -t2 -c64 -d%ss, ~630-byte POST to nginx" % wrk["duration_s"],
+                     f"{limit:,.0f} req/s (median of {len(wrk['runs'])}: "
+                     + ", ".join(f"{x:,.0f}" for x in wrk["runs"]) + ")", "-", "-"))
+    if e2e:
+        med = e2e["median_callbacks_per_s"]
+        r0 = e2e["runs"][0]
+        ratio = med / limit if limit else None
+        ok = None if ratio is None else (ratio >= 0.5 and all(r["arrived"] == r["events"] for r in e2e["runs"]))
+        rows.append((f"b. end to end: {r0['events']:,} events in batches of {r0['batch']}, "
+                     f"{r0['streams']} streams",
+                     f"{med:,.0f} callbacks/s (median of {len(e2e['runs'])}: "
+                     + ", ".join(f"{r['callbacks_per_s']:,.0f}" for r in e2e["runs"]) + ")"
+                     + (f" = {ratio:.2f} x limit" if ratio else ""),
+                     ">= 0.5 x limit", verdict(ok)))
+    if lat:
+        ok = None if lat["p99_ms"] is None else (lat["p99_ms"] <= 25 and lat["arrived"] == lat["events"])
+        rows.append((f"c. latency: {lat['target_rate']:g} events/s for {lat['duration_s']:g} s "
+                     f"({lat['mode']}), nginx arrival - 202",
+                     f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
+                     f"({lat['arrived']}/{lat['events']} arrived, {lat['achieved_rate']:g}/s achieved)",
+                     "p99 <= 25 ms", verdict(ok)))
+    if mem:
+        rows.append((f"d. memory: {mem['events']:,} events queued for a down endpoint",
+                     f"VmRSS {mem['rss_mib']} MiB (peak {mem['hwm_mib']} MiB; "
+                     f"ingest {mem['ingest_events_per_s']:,.0f} events/s)",
+                     "<= 150 MiB", verdict(mem["rss_mib"] <= 150 and mem["ingest_error_count"] == 0)))
+    lines = ["| measurement | result | target | |", "|---|---|---|---|"]
+    lines += [f"| {m} | {r} | {t} | {v} |" for m, r, t, v in rows]
+    table = "\n".join(lines)
+    notes = []
+    for name, d in (("e2e", e2e), ("latency", lat), ("memory", mem)):
+        for r in (d["runs"] if d and "runs" in d else [d] if d else []):
+            if r.get("ingest_error_count"):
+                notes.append(f"- {name}: {r['ingest_error_count']} ingest errors, e.g. {r['ingest_errors'][:3]}")
+            if "deliveries_accepted" in r and r["deliveries_accepted"] != r["events"]:
+                notes.append(f"- {name}: 202 answers counted {r['deliveries_accepted']} deliveries for {r['events']} events")
+            if r.get("duplicates"):
+                notes.append(f"- {name}: {r['duplicates']} duplicate callbacks (same Herald-Event-Id twice)")
+            if r.get("retries"):
+                notes.append(f"- {name}: {r['retries']} callbacks with Herald-Delivery-Attempt > 1")
+            if r.get("stalled"):
+                notes.append(f"- {name}: callbacks stopped arriving ({r.get('arrived')} of {r.get('events')})")
+            w, e = r.get("log_warn_error", (0, 0))
+            if w or e:
+                notes.append(f"- {name}: Herald logged {w} WARN and {e} ERROR lines")
+    machine = a.machine or ""
+    md = f"# Herald benchmark {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n\n{machine}\n\n{table}\n"
+    if notes:
+        md += "\nNotes:\n" + "\n".join(sorted(set(notes))) + "\n"
+    with open(os.path.join(a.out_dir, "summary.md"), "w") as f:
+        f.write(md)
+    print(md)
+    return 0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--herald", default="target/release/herald")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--nginx-port", type=int)
+    p.add_argument("--access-log")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("probe")
+    e = sub.add_parser("e2e")
+    e.add_argument("--events", type=int, default=30000)
+    e.add_argument("--batch", type=int, default=500)
+    e.add_argument("--streams", type=int, default=1000)
+    e.add_argument("--threads", type=int, default=4, help="concurrent ingest connections")
+    e.add_argument("--runs", type=int, default=3)
+    e.add_argument("--stall", type=float, default=30, help="give up after this long with no callback")
+    e.add_argument("--time-limit", type=float, default=900)
+    lt = sub.add_parser("latency")
+    lt.add_argument("--rate", type=float, default=1000)
+    lt.add_argument("--duration", type=float, default=20)
+    lt.add_argument("--batch", type=int, default=1, help="events per request (1: single events)")
+    lt.add_argument("--threads", type=int, default=32, help="concurrent connections")
+    lt.add_argument("--streams", type=int, default=1000)
+    lt.add_argument("--stall", type=float, default=30)
+    m = sub.add_parser("memory")
+    m.add_argument("--events", type=int, default=1000000)
+    m.add_argument("--batch", type=int, default=1000)
+    m.add_argument("--streams", type=int, default=1000)
+    m.add_argument("--threads", type=int, default=2)
+    m.add_argument("--retry-schedule", default="0s,1h,1h")
+    m.add_argument("--settle", type=float, default=120, help="longest wait for the queue to settle")
+    m.add_argument("--time-limit", type=float, default=1800)
+    r = sub.add_parser("report")
+    r.add_argument("--machine", default="")
+    a = p.parse_args()
+    os.makedirs(a.out_dir, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    return {"probe": cmd_probe, "e2e": cmd_e2e, "latency": cmd_latency, "memory": cmd_memory,
+            "report": cmd_report}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+//! The delivery log and manual retry (SPEC §6).
+
+use axum::Json;
+use axum::extract::{Extension, Path, RawQuery, State};
+use axum::http::StatusCode;
+use herald_core::field::FieldError;
+use herald_core::timefmt::utc_millis;
+use herald_store::{AttemptRecord, DeliveryFilter, DeliveryStatus, DeliveryView, RetryOutcome};
+use serde::Serialize;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::query::{QueryPairs, parse_page};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptJson {
+    /// UTC with milliseconds.
+    at: String,
+    /// The receiver's HTTP status; absent when no answer came.
+    status_code: Option<u16>,
+    /// Why the attempt failed (`HTTP 500`, `timeout: …`, `connect error: …`, `refused target: …`).
+    error: Option<String>,
+    latency_ms: u64,
+    /// The first bytes of the receiver's answer.
+    response: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryJson {
+    id: String,
+    event_id: String,
+    config_id: String,
+    url: String,
+    event_type: String,
+    /// `pending`, `succeeded`, `failed` (waiting for a retry), `dead` or `cancelled`.
+    status: &'static str,
+    created_at: String,
+    next_attempt_at: Option<String>,
+    attempts: Vec<AttemptJson>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryList {
+    total: u64,
+    deliveries: Vec<DeliveryJson>,
+}
+
+fn attempt_json(a: AttemptRecord) -> AttemptJson {
+    AttemptJson {
+        at: utc_millis(a.at),
+        status_code: a.status_code,
+        error: a.error,
+        latency_ms: a.latency_ms,
+        response: a.response_head,
+    }
+}
+
+fn delivery_json(d: DeliveryView) -> DeliveryJson {
+    DeliveryJson {
+        id: d.id.to_string(),
+        event_id: d.event_id,
+        config_id: d.config_id,
+        url: d.url,
+        event_type: d.event_type,
+        status: d.status.as_str(),
+        created_at: utc_millis(d.created_at),
+        next_attempt_at: d.next_attempt_at.map(utc_millis),
+        attempts: d.attempts.into_iter().map(attempt_json).collect(),
+    }
+}
+
+/// List the project's deliveries, newest first, with their attempts.
+#[utoipa::path(
+    get, path = "/v1/{project_id}/record/deliveries", tag = "deliveries",
+    params(
+        ("project_id" = String, Path),
+        ("status" = Option<String>, Query, description = "pending, succeeded, failed, dead or cancelled"),
+        ("event_id" = Option<String>, Query),
+        ("offset" = Option<u64>, Query, description = "≥ 0, default 0"),
+        ("limit" = Option<u64>, Query, description = "1–100, default 10"),
+    ),
+    responses((status = 200, body = DeliveryList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("aksk" = []), ("token" = [])),
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(project_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<DeliveryList>, ApiError> {
+    let project_id = caller.authorize(&project_id)?;
+    let query = QueryPairs::parse(query.as_deref());
+    let page = parse_page(&query)?;
+    let status = query
+        .non_empty("status")
+        .map(|s| {
+            DeliveryStatus::parse(s).ok_or_else(|| {
+                FieldError::new(
+                    "status",
+                    "must be pending, succeeded, failed, dead or cancelled",
+                )
+            })
+        })
+        .transpose()?;
+    let filter = DeliveryFilter {
+        status,
+        event_id: query.non_empty("event_id").map(str::to_owned),
+    };
+    let (total, deliveries) = state
+        .store
+        .list_deliveries(&project_id, &filter, page)
+        .await?;
+    Ok(Json(DeliveryList {
+        total,
+        deliveries: deliveries.into_iter().map(delivery_json).collect(),
+    }))
+}
+
+/// Re-queue a dead or failed delivery for an attempt now.
+#[utoipa::path(
+    post, path = "/v1/{project_id}/record/deliveries/{id}/retry", tag = "deliveries",
+    params(("project_id" = String, Path), ("id" = String, Path)),
+    responses(
+        (status = 202, description = "Re-queued"),
+        (status = 400, body = ErrorBody, description = "The delivery is not dead or failed"),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("aksk" = []), ("token" = [])),
+)]
+pub async fn retry(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((project_id, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    const DELIVERY: &str = "delivery";
+    let project_id = caller.authorize(&project_id)?;
+    let id: i64 = id.parse().map_err(|_| ApiError::NotFound(DELIVERY))?;
+    match state
+        .store
+        .retry_delivery(&project_id, id, OffsetDateTime::now_utc())
+        .await?
+    {
+        RetryOutcome::Requeued => {
+            state.wake.notify_one();
+            Ok(StatusCode::ACCEPTED)
+        }
+        RetryOutcome::NotFound => Err(ApiError::NotFound(DELIVERY)),
+        RetryOutcome::NotRetryable(status) => Err(ApiError::BadRequest(FieldError::new(
+            "id",
+            format!(
+                "the delivery is {}; only dead or failed deliveries can be retried",
+                status.as_str()
+            ),
+        ))),
+    }
+}

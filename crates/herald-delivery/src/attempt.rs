@@ -1,0 +1,90 @@
+//! One delivery attempt, from claimed row to recorded outcome.
+
+use std::time::Instant;
+
+use herald_core::notify::render_live;
+use herald_store::{AfterAttempt, AttemptRecord, ClaimedDelivery, Completion};
+use time::OffsetDateTime;
+
+use crate::DeliverySettings;
+use crate::client::{Answer, Sender, callback_headers};
+
+/// Renders and signs the notification afresh (a new `auth_timestamp` each attempt),
+/// POSTs it, and decides from the answer and the retry schedule what comes next.
+pub async fn attempt(
+    sender: &Sender,
+    settings: &DeliverySettings,
+    delivery: &ClaimedDelivery,
+    lease_owner: &str,
+) -> Completion {
+    let at = OffsetDateTime::now_utc();
+    let ttl = i64::try_from(settings.signature_ttl.as_secs()).unwrap_or(i64::MAX);
+    let body = render_live(
+        delivery.project_id.as_str(),
+        &delivery.event,
+        delivery.signing.as_ref(),
+        at.unix_timestamp().saturating_add(ttl),
+    );
+    let started = Instant::now();
+    let answer = sender
+        .post(
+            &delivery.url,
+            callback_headers(&delivery.event_id, delivery.attempt),
+            body,
+        )
+        .await;
+    let elapsed = started.elapsed();
+    metrics::histogram!("herald_delivery_attempt_duration_seconds").record(elapsed.as_secs_f64());
+    let (succeeded, status_code, error, response_head, result) = match answer {
+        Answer::Response { status, head } => {
+            let ok = (200..300).contains(&status);
+            let error = (!ok).then(|| format!("HTTP {status}"));
+            (
+                ok,
+                Some(status),
+                error,
+                Some(head),
+                if ok { "success" } else { "http_error" },
+            )
+        }
+        Answer::Failed { error, timed_out } => {
+            let result = if timed_out {
+                "timeout"
+            } else if error.starts_with("refused target") {
+                "refused_target"
+            } else {
+                "connect_error"
+            };
+            (false, None, Some(error), None, result)
+        }
+    };
+    metrics::counter!("herald_delivery_attempts_total", "result" => result).increment(1);
+    let next = if succeeded {
+        AfterAttempt::Succeeded
+    } else {
+        match settings
+            .retry_schedule
+            .next_delay(delivery.attempt, rand::random::<f64>())
+        {
+            Some(delay) => AfterAttempt::RetryAt(OffsetDateTime::now_utc() + delay),
+            None => AfterAttempt::Dead,
+        }
+    };
+    tracing::debug!(
+        delivery_id = delivery.id, event_id = %delivery.event_id, config_id = %delivery.config_id,
+        attempt = delivery.attempt, ?status_code, ?error, ?next, "attempt made"
+    );
+    Completion {
+        delivery_id: delivery.id,
+        attempt: delivery.attempt,
+        lease_owner: lease_owner.to_owned(),
+        record: AttemptRecord {
+            at,
+            status_code,
+            error,
+            latency_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            response_head,
+        },
+        next,
+    }
+}
