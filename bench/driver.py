@@ -99,7 +99,8 @@ class Herald:
 
     def create_config(self, url):
         body = json.dumps({"publish_domain": DOMAIN, "app": "*", "notify_callback_url": url,
-                           "notify_event_subscription": ["RECORD_FILE_COMPLETE"]})
+                           "notify_event_subscription": ["RECORD_FILE_COMPLETE"],
+                           "key": "BenchKey0123456789abcdefghijklmn"})
         c = self.conn()
         status, data = self.request(c, "POST", CONFIGS_PATH, body)
         c.close()
@@ -158,14 +159,15 @@ class Herald:
 
 
 def event(event_id, i, streams):
+    """A RECORD_FILE_COMPLETE event like seed 001's example; its callback is ~600 bytes."""
     s = f"s{i % streams:04d}"
-    path = f"record/live/{s}/2024-05-01-10-00-00_2024-05-01-10-30-00.mp4"
+    obj = f"live/{s}/record-{DOMAIN}-live-{s}-1714557600.mp4"
     return {
         "event_id": event_id, "event_type": "RECORD_FILE_COMPLETE", "publish_domain": DOMAIN,
-        "app": "live", "stream": s, "download_url": f"https://obs.example.com/{path}",
-        "play_url": f"https://play.example.com/{path}", "file_format": "mp4",
-        "file_size": 734003200 + i, "file_duration": 1800,
-        "file_start_time": "2024-05-01T10:00:00Z", "file_end_time": "2024-05-01T10:30:00Z",
+        "app": "live", "stream": s, "record_format": "MP4",
+        "download_url": f"https://obs.example.com/{obj}", "play_url": f"https://play.example.com/{obj}",
+        "file_size": 734003200 + i, "record_duration": 1800,
+        "start_time": "2024-05-01T10:00:00Z", "end_time": "2024-05-01T10:30:00Z",
         "width": 1920, "height": 1080,
     }
 
@@ -437,8 +439,9 @@ def queue_figures(metrics_text):
     for line in metrics_text.splitlines():
         if line.startswith("#"):
             continue
-        m = re.match(r"^(\S*(?:queue|pending|depth|inflight|in_flight)\S*)\s+(\S+)$", line)
-        if m and "_bucket" not in m.group(1):
+        m = re.match(r"^(\S+)\s+(\S+)$", line)
+        if m and re.search(r"queue|pending|depth|in_flight|oldest_due|^herald_deliveries\{", m.group(1)) \
+                and "_bucket" not in m.group(1):
             out[m.group(1)] = m.group(2)
     return out
 
@@ -486,6 +489,7 @@ def cmd_memory(a):
             "rss_start_mib": round(rss0, 1), "rss_mib": round(h.status("VmRSS"), 1),
             "hwm_mib": round(h.status("VmHWM"), 1),
             "queue_metrics": samples[-1][2] if samples else {},
+            "settle_samples": [(round(t - t_ingested, 1), round(r, 1), q) for t, r, q in samples],
             "store_bytes": sum(os.path.getsize(os.path.join(d, f))
                                for d, _, fs in os.walk(h.data_dir) for f in fs),
             "log_warn_error": h.log_counts(),
@@ -519,7 +523,7 @@ def cmd_report(a):
     rows = []
     limit = wrk["median_rps"] if wrk else None
     if wrk:
-        rows.append(("a. receiver limit: wrk -t2 -c64 -d%ss, ~630-byte POST to nginx" % wrk["duration_s"],
+        rows.append(("a. receiver limit: wrk -t2 -c64 -d%ss, 628-byte POST to nginx" % wrk["duration_s"],
                      f"{limit:,.0f} req/s (median of {len(wrk['runs'])}: "
                      + ", ".join(f"{x:,.0f}" for x in wrk["runs"]) + ")", "-", "-"))
     if e2e:

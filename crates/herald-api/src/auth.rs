@@ -89,12 +89,12 @@ pub async fn authenticate(
         .await
         .map_err(|_| too_large())?;
     let caller = identify(&state, &parts.method, &parts.uri, &parts.headers, &body).await?;
-    if let Some(claimed) = parts.headers.get(PROJECT_ID) {
-        if claimed.as_bytes() != caller.project.as_str().as_bytes() {
-            return Err(ApiError::WrongProject(
-                String::from_utf8_lossy(claimed.as_bytes()).into_owned(),
-            ));
-        }
+    if let Some(claimed) = parts.headers.get(PROJECT_ID)
+        && claimed.as_bytes() != caller.project.as_str().as_bytes()
+    {
+        return Err(ApiError::WrongProject(
+            String::from_utf8_lossy(claimed.as_bytes()).into_owned(),
+        ));
     }
     let mut request = Request::from_parts(parts, Body::from(body));
     request.extensions_mut().insert(caller);

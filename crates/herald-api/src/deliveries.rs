@@ -148,6 +148,10 @@ pub async fn retry(
             Ok(StatusCode::ACCEPTED)
         }
         RetryOutcome::NotFound => Err(ApiError::NotFound(DELIVERY)),
+        RetryOutcome::ConfigDeleted => Err(ApiError::BadRequest(FieldError::new(
+            "id",
+            "the delivery's callback config was deleted; there is nowhere to send it",
+        ))),
         RetryOutcome::NotRetryable(status) => Err(ApiError::BadRequest(FieldError::new(
             "id",
             format!(

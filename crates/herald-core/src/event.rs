@@ -49,14 +49,14 @@ impl EventId {
     pub const MAX_CHARS: usize = 128;
 
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
-        if (1..=Self::MAX_CHARS).contains(&raw.chars().count())
-            && !raw.chars().any(char::is_control)
+        if (1..=Self::MAX_CHARS).contains(&raw.len())
+            && raw.bytes().all(|b| (b' '..=b'~').contains(&b))
         {
             Ok(Self(raw.to_owned()))
         } else {
             Err(FieldError::new(
                 field,
-                "must be 1 to 128 characters, no control characters",
+                "must be 1 to 128 printable ASCII characters",
             ))
         }
     }

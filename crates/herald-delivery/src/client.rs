@@ -72,17 +72,16 @@ impl Sender {
     /// POSTs `body`; never fails, an error is an [`Answer::Failed`].
     pub async fn post(&self, url: &str, headers: HeaderMap, body: Vec<u8>) -> Answer {
         // IP literals never reach the resolver, so they are checked here.
-        if !self.allow_private {
-            if let Some(ip) = literal_ip(url) {
-                if is_private_target(ip) {
-                    return Answer::Failed {
-                        error: format!(
-                            "refused target: {ip} is a loopback, private, link-local or metadata address"
-                        ),
-                        timed_out: false,
-                    };
-                }
-            }
+        if !self.allow_private
+            && let Some(ip) = literal_ip(url)
+            && is_private_target(ip)
+        {
+            return Answer::Failed {
+                error: format!(
+                    "refused target: {ip} is a loopback, private, link-local or metadata address"
+                ),
+                timed_out: false,
+            };
         }
         let sent = self
             .client

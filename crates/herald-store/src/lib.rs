@@ -124,9 +124,12 @@ pub trait Store: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<Vec<Accepted>, StoreError>;
 
-    /// Leases due deliveries, oldest due first, within `limits`: an endpoint with no room
-    /// left is skipped, so a slow endpoint's backlog never crowds out the others. Only the
-    /// head of each (config, stream) queue is ever due, so per-stream order holds.
+    /// Leases due deliveries, oldest due first, within `limits`: no endpoint gets more than
+    /// its room, and a full endpoint is skipped, so a slow endpoint's backlog cannot hold
+    /// the others up for longer than one claim. (A claim scans a bounded window of due
+    /// deliveries; when one endpoint's backlog fills it, that claim may come back short,
+    /// and the next, with that endpoint full, goes past it.) Only the head of each
+    /// (config, stream) queue is ever due, so per-stream order holds.
     async fn claim_due_deliveries(
         &self,
         now: OffsetDateTime,
@@ -152,7 +155,7 @@ pub trait Store: Send + Sync + 'static {
         page: Page,
     ) -> Result<(u64, Vec<DeliveryView>), StoreError>;
 
-    /// Re-queues a dead or failed delivery, due now.
+    /// Re-queues a dead or failed delivery, due now, unless its config was deleted.
     async fn retry_delivery(
         &self,
         project: &ProjectId,

@@ -163,6 +163,8 @@ pub enum RetryOutcome {
     NotFound,
     /// Only dead and failed deliveries can be retried by hand.
     NotRetryable(DeliveryStatus),
+    /// Its config was deleted: there is nobody to send it to any more.
+    ConfigDeleted,
 }
 
 /// Queue depth by state and the age of the oldest due delivery, for metrics.

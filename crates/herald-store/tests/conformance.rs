@@ -48,6 +48,8 @@ async fn run_suite(store: &dyn Store) {
     completions_count_only_under_a_live_lease(store).await;
     deliveries_keep_the_config_they_were_accepted_under(store).await;
     delivery_log_retry_and_stats(store).await;
+    claims_share_out_endpoint_room(store).await;
+    a_deleted_configs_deliveries_are_never_sent_again(store).await;
 }
 
 async fn access_keys(store: &dyn Store) {
@@ -787,7 +789,7 @@ async fn claim_leases_each_due_delivery_once(store: &dyn Store) {
     assert_eq!(signing.key.expose(), key);
 
     // The signed endpoint is busy: only the plain config's deliveries come out.
-    let plain = claim_skipping(store, now, 10, &[c1.endpoint.clone()]).await;
+    let plain = claim_skipping(store, now, 10, std::slice::from_ref(&c1.endpoint)).await;
     assert_eq!(event_ids(&plain), ["c2", "c3"]);
     for d in &plain {
         assert_eq!(d.config_id, "clm-plain");
@@ -1178,35 +1180,27 @@ async fn delivery_log_retry_and_stats(store: &dyn Store) {
             .await
             .unwrap();
     }
-    let ingest = |project_id: &'static str, e: (EventId, LiveEvent), at: OffsetDateTime| async move {
+    let ingest = |project_id: &'static str,
+                  id: &'static str,
+                  event_type: &'static str,
+                  stream: &'static str,
+                  at: OffsetDateTime| async move {
+        let e = event(id, event_type, domain, "live", stream);
         let answers = store
             .ingest_live(&project(project_id), &[e], at)
             .await
             .unwrap();
-        assert_eq!(answers[0].deliveries, 1);
+        assert_eq!(answers, [accepted(id, 1)]);
     };
-    ingest(
-        "q-log",
-        event("d1", "RECORD_FILE_COMPLETE", domain, "live", "s1"),
-        t0,
-    )
-    .await;
-    ingest(
-        "q-log",
-        event("d2", "RECORD_FILE_COMPLETE", domain, "live", "s2"),
-        t0 + secs(1),
-    )
-    .await;
-    ingest(
-        "q-log",
-        event("d3", "RECORD_FILE_COMPLETE", domain, "live", "s3"),
-        t0 + secs(2),
-    )
-    .await;
+    ingest("q-log", "d1", "RECORD_FILE_COMPLETE", "s1", t0).await;
+    ingest("q-log", "d2", "RECORD_FILE_COMPLETE", "s2", t0 + secs(1)).await;
+    ingest("q-log", "d3", "RECORD_FILE_COMPLETE", "s3", t0 + secs(2)).await;
     // The same event id in another project.
     ingest(
         "q-log-other",
-        event("d1", "RECORD_FILE_COMPLETE", domain, "live", "s1"),
+        "d1",
+        "RECORD_FILE_COMPLETE",
+        "s1",
         t0 + secs(3),
     )
     .await;
@@ -1267,18 +1261,8 @@ async fn delivery_log_retry_and_stats(store: &dyn Store) {
     let d1_done = outcome(&second[0], d1_ok.clone(), AfterAttempt::Succeeded);
     assert_eq!(complete(store, &[d1_done]).await, 1);
     // d4 is due and never tried; d5 waits behind it.
-    ingest(
-        "q-log",
-        event("d4", "RECORD_OVER", domain, "live", "s4"),
-        t0 + secs(20),
-    )
-    .await;
-    ingest(
-        "q-log",
-        event("d5", "RECORD_FILE_COMPLETE", domain, "live", "s4"),
-        t0 + secs(21),
-    )
-    .await;
+    ingest("q-log", "d4", "RECORD_OVER", "s4", t0 + secs(20)).await;
+    ingest("q-log", "d5", "RECORD_FILE_COMPLETE", "s4", t0 + secs(21)).await;
 
     // Newest first, with a total.
     let (total, all) = log(store, "q-log", None, None, ALL).await;
@@ -1306,11 +1290,12 @@ async fn delivery_log_retry_and_stats(store: &dyn Store) {
     assert_eq!((total, window.len()), (5, 0));
 
     // By status, each with its attempts in order and its next attempt while open.
+    // The event ids with a status, newest first, and the newest such delivery.
     let only = |status| async move {
-        let (total, mut views) = log(store, "q-log", Some(status), None, ALL).await;
+        let (total, views) = log(store, "q-log", Some(status), None, ALL).await;
         assert_eq!(total as usize, views.len());
         let ids: Vec<String> = views.iter().map(|d| d.event_id.clone()).collect();
-        (ids, views.drain(..).next())
+        (ids, views.into_iter().next())
     };
     let (ids, d1) = only(DeliveryStatus::Succeeded).await;
     assert_eq!(ids, ["d1"]);
@@ -1412,6 +1397,204 @@ async fn delivery_log_retry_and_stats(store: &dyn Store) {
         .collect();
     assert_eq!(complete(store, &done).await, 3);
     drain(store, t0 + Duration::days(1)).await;
+}
+
+/// A claim keeps each endpoint within its room (the per-endpoint cap less what the worker
+/// has in flight there), skips full endpoints, and still fills up with other endpoints'
+/// due deliveries: a slow endpoint's backlog never crowds out the others.
+async fn claims_share_out_endpoint_room(store: &dyn Store) {
+    assert_idle(store).await;
+    let t0 = datetime!(2026-12-07 10:00:00 UTC);
+    let domain = "room.example.com";
+    let (slow_url, fast_url) = ("https://slow.example.com/cb", "https://fast.example.com/cb");
+    for (id, app, url) in [
+        ("room-slow", "slow", slow_url),
+        ("room-fast", "fast", fast_url),
+    ] {
+        store
+            .insert_live_config(&live_config(
+                "q-room",
+                id,
+                json!({"publish_domain": domain, "app": app, "notify_callback_url": url}),
+                t0,
+            ))
+            .await
+            .unwrap();
+    }
+    // A backlog of 30 at the slow endpoint, one per stream so all are due, oldest first.
+    for i in 0..30 {
+        let e = event(
+            &format!("r{i:02}"),
+            "RECORD_FILE_COMPLETE",
+            domain,
+            "slow",
+            &format!("s{i}"),
+        );
+        store
+            .ingest_live(&project("q-room"), &[e], t0 + Duration::milliseconds(i))
+            .await
+            .unwrap();
+    }
+    for (i, id) in ["f1", "f2"].into_iter().enumerate() {
+        let e = event(id, "RECORD_FILE_COMPLETE", domain, "fast", id);
+        store
+            .ingest_live(&project("q-room"), &[e], t0 + secs(1 + i as i64))
+            .await
+            .unwrap();
+    }
+    let (slow, fast) = (endpoint_of(slow_url), endpoint_of(fast_url));
+    let in_flight = |slow_n: u32, fast_n: u32| -> HashMap<String, u32> {
+        [(slow.clone(), slow_n), (fast.clone(), fast_n)]
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    };
+    let now = t0 + secs(10);
+    let mut claimed = Vec::new();
+
+    // A cap of 2: the slow endpoint's two oldest, and one at the fast endpoint, which
+    // already has one in flight.
+    let busy = in_flight(0, 1);
+    let first = claim_within(store, now, limits(10, 2, &busy)).await;
+    assert_eq!(event_ids(&first), ["f1", "r00", "r01"]);
+    claimed.extend(first);
+    // Both endpoints full: nothing, though deliveries are due at both.
+    let busy = in_flight(2, 2);
+    assert!(
+        claim_within(store, now, limits(10, 2, &busy))
+            .await
+            .is_empty()
+    );
+    let busy = in_flight(2, 1);
+    let second = claim_within(store, now, limits(10, 2, &busy)).await;
+    assert_eq!(event_ids(&second), ["f2"]);
+    claimed.extend(second);
+    let done: Vec<_> = claimed.iter().map(|d| succeeded(d, now)).collect();
+    assert_eq!(complete(store, &done).await, 4);
+
+    // 28 slow deliveries are due before f3. One claim never gives an endpoint more than
+    // its room; a backlog longer than the claim's scan window may leave that claim short,
+    // but then its endpoint is full and the next claim reaches f3.
+    let f3 = event("f3", "RECORD_FILE_COMPLETE", domain, "fast", "f3");
+    store
+        .ingest_live(&project("q-room"), &[f3], t0 + secs(20))
+        .await
+        .unwrap();
+    let nothing = HashMap::new();
+    let third = claim_within(store, t0 + secs(30), limits(3, 2, &nothing)).await;
+    let slow_taken = third.iter().filter(|d| d.event_id != "f3").count();
+    assert!(slow_taken <= 2, "{:?}", event_ids(&third));
+    let mut claimed = third;
+    if !event_ids(&claimed).contains(&"f3") {
+        let slow_endpoint = claimed[0].endpoint.clone();
+        let full = HashMap::from([(slow_endpoint, 2)]);
+        let fourth = claim_within(store, t0 + secs(30), limits(3, 2, &full)).await;
+        assert_eq!(
+            event_ids(&fourth),
+            ["f3"],
+            "a full endpoint's backlog kept a due delivery to another endpoint waiting"
+        );
+        claimed.extend(fourth);
+    }
+    let done: Vec<_> = claimed
+        .iter()
+        .map(|d| succeeded(d, t0 + secs(31)))
+        .collect();
+    assert_eq!(complete(store, &done).await, claimed.len() as u64);
+    drain(store, t0 + Duration::days(1)).await;
+}
+
+/// Once its config is deleted, a delivery in flight is cancelled rather than retried or
+/// rescued, and a dead one cannot be retried by hand.
+async fn a_deleted_configs_deliveries_are_never_sent_again(store: &dyn Store) {
+    let t0 = datetime!(2031-01-01 00:00:00 UTC);
+    let p = "q-deleted";
+    for (id, domain) in [
+        ("cfg-deleted-1", "one.example.com"),
+        ("cfg-deleted-2", "two.example.com"),
+    ] {
+        let body = json!({"publish_domain": domain, "app": "*", "notify_callback_url": "https://cb.example.com/n",
+            "notify_event_subscription": ["RECORD_FILE_COMPLETE"]});
+        store
+            .insert_live_config(&live_config(p, id, body, t0))
+            .await
+            .unwrap();
+    }
+    let events = [
+        event(
+            "d1",
+            "RECORD_FILE_COMPLETE",
+            "one.example.com",
+            "live",
+            "s1",
+        ),
+        event(
+            "d2",
+            "RECORD_FILE_COMPLETE",
+            "one.example.com",
+            "live",
+            "s1",
+        ),
+        event(
+            "d3",
+            "RECORD_FILE_COMPLETE",
+            "one.example.com",
+            "live",
+            "s2",
+        ),
+        event(
+            "d4",
+            "RECORD_FILE_COMPLETE",
+            "two.example.com",
+            "live",
+            "s1",
+        ),
+    ];
+    store.ingest_live(&project(p), &events, t0).await.unwrap();
+    let claimed = claim(store, t0, 10).await;
+    assert_eq!(event_ids(&claimed), ["d1", "d3", "d4"]);
+    let dead = outcome(
+        claimed_one(&claimed, "d4"),
+        answer(t0, 500),
+        AfterAttempt::Dead,
+    );
+    assert_eq!(complete(store, &[dead]).await, 1);
+    for id in ["cfg-deleted-1", "cfg-deleted-2"] {
+        assert!(store.delete_live_config(&project(p), id).await.unwrap());
+    }
+    assert_eq!(
+        delivery_of(store, p, "d2").await.status,
+        DeliveryStatus::Cancelled
+    );
+    let retry = outcome(
+        claimed_one(&claimed, "d1"),
+        answer(t0, 503),
+        AfterAttempt::RetryAt(t0 + secs(5)),
+    );
+    assert_eq!(complete(store, &[retry]).await, 1);
+    assert_eq!(
+        delivery_of(store, p, "d1").await.status,
+        DeliveryStatus::Cancelled
+    );
+    // d3's worker died: its lease expires and the rescue cancels it instead of re-queueing it.
+    assert_eq!(
+        store.rescue_expired_leases(t0 + secs(301)).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        delivery_of(store, p, "d3").await.status,
+        DeliveryStatus::Cancelled
+    );
+    let d4 = delivery_of(store, p, "d4").await;
+    assert_eq!(d4.status, DeliveryStatus::Dead);
+    assert_eq!(
+        store
+            .retry_delivery(&project(p), d4.id, t0 + secs(400))
+            .await
+            .unwrap(),
+        RetryOutcome::ConfigDeleted
+    );
+    assert_idle(store).await;
 }
 
 #[tokio::test]

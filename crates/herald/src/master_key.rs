@@ -54,10 +54,10 @@ pub fn load_or_create(configured: Option<&str>, data_dir: &Path) -> anyhow::Resu
 }
 
 fn warn_if_readable_by_others(path: &Path) {
-    if let Ok(meta) = fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), "the master key file is readable by others; chmod 600 it");
-        }
+    if let Ok(meta) = fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "the master key file is readable by others; chmod 600 it");
     }
 }
 

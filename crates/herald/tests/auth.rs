@@ -22,19 +22,19 @@ async fn assert_unauthenticated(response: reqwest::Response) {
 async fn credentials_created_while_running_work_at_once() {
     let server = TestServer::start().await;
     // The server is already up; the CLI writes to its store from another process.
-    let c = server.credentials("p1");
+    let c = server.credentials("p1").await;
     assert_eq!(
         server.signed(&c, Method::GET, LIST, None).await.status(),
         200
     );
-    server.herald(&["credentials", "revoke", &c.ak]);
+    server.herald(&["credentials", "revoke", &c.ak]).await;
     assert_unauthenticated(server.signed(&c, Method::GET, LIST, None).await).await;
 }
 
 #[tokio::test]
 async fn bad_signatures_are_refused() {
     let server = TestServer::start().await;
-    let c = server.credentials("p1");
+    let c = server.credentials("p1").await;
     let mut wrong_sk = c.clone();
     wrong_sk
         .sk
@@ -58,7 +58,7 @@ async fn bad_signatures_are_refused() {
 #[tokio::test]
 async fn a_request_changed_after_signing_is_refused() {
     let server = TestServer::start().await;
-    let c = server.credentials("p1");
+    let c = server.credentials("p1").await;
     let signed = server
         .signed(
             &c,
@@ -165,7 +165,7 @@ async fn missing_or_malformed_credentials_are_refused() {
 #[tokio::test]
 async fn tokens_authenticate_for_their_project_only() {
     let server = TestServer::start().await;
-    let token = server.token("p1");
+    let token = server.token("p1").await;
     let get = |path: &str| {
         server
             .http
@@ -181,8 +181,8 @@ async fn tokens_authenticate_for_their_project_only() {
 #[tokio::test]
 async fn another_projects_resources_are_never_shown() {
     let server = TestServer::start().await;
-    let owner = server.credentials("p1");
-    let intruder = server.credentials("p2");
+    let owner = server.credentials("p1").await;
+    let intruder = server.credentials("p2").await;
     let request = json!({"publish_domain": "d.com", "app": "a", "notify_callback_url": "https://cb.example.com/secret"}).to_string();
     let (_, created) = json(
         server
@@ -225,7 +225,7 @@ async fn another_projects_resources_are_never_shown() {
 #[tokio::test]
 async fn project_header_must_match_the_credential() {
     let server = TestServer::start().await;
-    let mut c = server.credentials("p1");
+    let mut c = server.credentials("p1").await;
     c.project = "p2".into(); // the signed X-Project-Id now claims p2
     let (status, err) = json(server.signed(&c, Method::GET, LIST, None).await).await;
     assert_eq!(
@@ -237,7 +237,7 @@ async fn project_header_must_match_the_credential() {
 #[tokio::test]
 async fn bodies_over_one_mebibyte_are_refused() {
     let server = TestServer::start().await;
-    let c = server.credentials("p1");
+    let c = server.credentials("p1").await;
     let huge = format!(
         r#"{{"publish_domain": "d.com", "app": "a", "pad": "{}"}}"#,
         "x".repeat(1024 * 1024)

@@ -16,7 +16,7 @@ fn body(v: Value) -> String {
 #[tokio::test]
 async fn create_list_show_update_delete() {
     let server = TestServer::start().await;
-    let c = server.credentials("p1");
+    let c = server.credentials("p1").await;
     let base = "/v1/p1/record/callbacks";
 
     let (status, created) = json(
@@ -138,7 +138,7 @@ async fn create_list_show_update_delete() {
 #[tokio::test]
 async fn every_validation_rule_names_its_field_and_stores_nothing() {
     let server = TestServer::start().await;
-    let c = server.credentials("p1");
+    let c = server.credentials("p1").await;
     let long_url = format!("https://cb.example.com/{}", "a".repeat(1010));
     // A valid body with `extra`'s fields added or replaced.
     let with = |extra: Value| {
@@ -205,7 +205,7 @@ async fn every_validation_rule_names_its_field_and_stores_nothing() {
 #[tokio::test]
 async fn private_targets_pass_when_the_operator_allows_them() {
     let server = TestServer::start_with(|s| s.allow_private_targets = true).await;
-    let c = server.credentials("p1");
+    let c = server.credentials("p1").await;
     let request = body(
         json!({"publish_domain": "d.com", "app": "a", "notify_callback_url": "http://127.0.0.1:9000/cb"}),
     );
@@ -221,7 +221,7 @@ async fn private_targets_pass_when_the_operator_allows_them() {
 #[tokio::test]
 async fn one_config_per_domain_and_app() {
     let server = TestServer::start().await;
-    let c = server.credentials("p1");
+    let c = server.credentials("p1").await;
     let path = "/v1/p1/record/callbacks";
     let live = body(json!({"publish_domain": "d.com", "app": "live"}));
     assert_eq!(
@@ -279,7 +279,7 @@ async fn one_config_per_domain_and_app() {
 #[tokio::test]
 async fn list_filters_and_pages() {
     let server = TestServer::start().await;
-    let c = server.credentials("p1");
+    let c = server.credentials("p1").await;
     let path = "/v1/p1/record/callbacks";
     for (domain, app) in [
         ("a.com", "live"),
@@ -383,7 +383,7 @@ async fn list_filters_and_pages() {
 #[tokio::test]
 async fn the_key_is_never_returned() {
     let server = TestServer::start().await;
-    let c = server.credentials("p1");
+    let c = server.credentials("p1").await;
     let path = "/v1/p1/record/callbacks";
     let request = body(json!({"publish_domain": "d.com", "app": "a", "key": KEY}));
     let created = server
@@ -435,7 +435,7 @@ async fn the_key_is_never_returned() {
 #[tokio::test]
 async fn every_answer_has_a_request_id() {
     let server = TestServer::start().await;
-    let c = server.credentials("p1");
+    let c = server.credentials("p1").await;
     let host = herald_api::request_id::hostname();
     let responses = vec![
         server
@@ -525,7 +525,7 @@ async fn operations_endpoints() {
 #[tokio::test]
 async fn internal_errors_carry_a_code_and_no_details() {
     let server = TestServer::start().await;
-    let c = server.credentials("p1");
+    let c = server.credentials("p1").await;
     let request = body(json!({"publish_domain": "d.com", "app": "a"}));
     let (_, created) = json(
         server

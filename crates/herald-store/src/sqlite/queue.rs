@@ -185,9 +185,8 @@ impl SqliteStore {
                 continue;
             }
             let key = (event.publish_domain.as_str(), event.app.as_str());
-            if !matched.contains_key(&key) {
-                let found = candidates(&mut tx, project, key.0, key.1).await?;
-                matched.insert(key, found);
+            if let std::collections::hash_map::Entry::Vacant(slot) = matched.entry(key) {
+                slot.insert(candidates(&mut tx, project, key.0, key.1).await?);
             }
             let target = matched
                 .get(&key)
@@ -307,8 +306,12 @@ impl SqliteStore {
                 AfterAttempt::Dead => ("dead", at_ms),
             };
             let moved = sqlx::query(
-                "UPDATE deliveries SET state = ?, next_attempt_at_ms = ?, lease_owner = NULL, lease_expires_at_ms = NULL \
-                 WHERE id = ? AND state = 'running' AND lease_owner = ? AND attempts = ? RETURNING config_id, stream",
+                "UPDATE deliveries SET next_attempt_at_ms = ?2, lease_owner = NULL, lease_expires_at_ms = NULL, \
+                 state = CASE WHEN ?1 = 'retrying' AND NOT EXISTS \
+                     (SELECT 1 FROM live_callback_configs c WHERE c.id = deliveries.config_id) \
+                     THEN 'cancelled' ELSE ?1 END \
+                 WHERE id = ?3 AND state = 'running' AND lease_owner = ?4 AND attempts = ?5 \
+                 RETURNING config_id, stream, state",
             )
             .bind(state)
             .bind(next_ms)
@@ -335,7 +338,9 @@ impl SqliteStore {
             .bind(&c.record.response_head)
             .execute(&mut *tx)
             .await?;
-            if !matches!(c.next, AfterAttempt::RetryAt(_)) {
+            // A retry of a deleted config's delivery was cancelled instead: finished too.
+            let new_state: String = row.try_get("state")?;
+            if new_state != "retrying" {
                 let config_id: String = row.try_get("config_id")?;
                 let stream: String = row.try_get("stream")?;
                 unblock_next(&mut tx, &config_id, &stream, at_ms).await?;
@@ -352,8 +357,10 @@ impl SqliteStore {
         let now_ms = unix_ms(now);
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let rescued = sqlx::query(
-            "UPDATE deliveries SET state = 'retrying', next_attempt_at_ms = ?1, lease_owner = NULL, \
-             lease_expires_at_ms = NULL WHERE state = 'running' AND lease_expires_at_ms < ?1 RETURNING id, attempts",
+            "UPDATE deliveries SET next_attempt_at_ms = ?1, lease_owner = NULL, lease_expires_at_ms = NULL, \
+             state = CASE WHEN EXISTS (SELECT 1 FROM live_callback_configs c WHERE c.id = deliveries.config_id) \
+                 THEN 'retrying' ELSE 'cancelled' END \
+             WHERE state = 'running' AND lease_expires_at_ms < ?1 RETURNING id, attempts, config_id, stream, state",
         )
         .bind(now_ms)
         .fetch_all(&mut *tx)
@@ -368,6 +375,11 @@ impl SqliteStore {
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
+            if row.try_get::<String, _>("state")? == "cancelled" {
+                let (config_id, stream): (String, String) =
+                    (row.try_get("config_id")?, row.try_get("stream")?);
+                unblock_next(&mut tx, &config_id, &stream, now_ms).await?;
+            }
         }
         tx.commit().await?;
         Ok(u64::try_from(rescued.len()).unwrap_or(0))
@@ -489,6 +501,14 @@ impl SqliteStore {
         }
         let config_id: String = row.try_get("config_id")?;
         let stream: String = row.try_get("stream")?;
+        let config_exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM live_callback_configs WHERE id = ?)")
+                .bind(&config_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if !config_exists {
+            return Ok(RetryOutcome::ConfigDeleted);
+        }
         // A dead delivery re-enters its stream's queue: it waits if another is open there.
         let next_state = if status == DeliveryStatus::Failed {
             "retrying"

@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
-use std::process::Command;
+pub mod receiver;
+
+use tokio::process::Command;
 
 use herald::app::{self, Running};
 use herald::settings::Settings;
@@ -61,14 +63,16 @@ impl TestServer {
     }
 
     /// Runs the real `herald` binary against this server's data dir, as an operator would
-    /// while the server runs.
-    pub fn herald(&self, args: &[&str]) -> std::process::Output {
+    /// while the server runs. Asynchronously: the server may share this test's thread, and
+    /// must keep running (and finish its transactions) while the command waits.
+    pub async fn herald(&self, args: &[&str]) -> std::process::Output {
         let out = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(args)
             .arg("--data-dir")
             .arg(self.data_dir.path())
             .env_remove("HERALD_MASTER_KEY")
             .output()
+            .await
             .unwrap();
         assert!(
             out.status.success(),
@@ -78,8 +82,10 @@ impl TestServer {
         out
     }
 
-    pub fn credentials(&self, project: &str) -> Creds {
-        let out = self.herald(&["credentials", "create", "--project", project, "--json"]);
+    pub async fn credentials(&self, project: &str) -> Creds {
+        let out = self
+            .herald(&["credentials", "create", "--project", project, "--json"])
+            .await;
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         Creds {
             project: v["project_id"].as_str().unwrap().to_owned(),
@@ -88,8 +94,10 @@ impl TestServer {
         }
     }
 
-    pub fn token(&self, project: &str) -> String {
-        let out = self.herald(&["tokens", "create", "--project", project, "--json"]);
+    pub async fn token(&self, project: &str) -> String {
+        let out = self
+            .herald(&["tokens", "create", "--project", project, "--json"])
+            .await;
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         v["token"].as_str().unwrap().to_owned()
     }
@@ -133,6 +141,31 @@ impl TestServer {
             request = request.header(name, value);
         }
         request.body(body.to_owned()).send().await.unwrap()
+    }
+
+    /// POSTs JSON with an `X-Auth-Token`.
+    pub async fn post_with_token(&self, token: &str, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("x-auth-token", token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        json(response).await
+    }
+
+    /// GETs with an `X-Auth-Token`.
+    pub async fn get_with_token(&self, token: &str, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("x-auth-token", token)
+            .send()
+            .await
+            .unwrap();
+        json(response).await
     }
 
     pub async fn signed(
