@@ -274,7 +274,7 @@ async fn maintain(store: Arc<dyn Store>, wake: Arc<Notify>, cancel: Cancellation
     while !cancel.is_cancelled() {
         tick.tick().await;
         let now = OffsetDateTime::now_utc();
-        match store.rescue_expired_leases(now).await {
+        match store.rescue_expired_leases(now, now).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::warn!(

@@ -141,8 +141,14 @@ pub trait Store: Send + Sync + 'static {
     /// Returns how many were applied.
     async fn complete_deliveries(&self, completions: &[Completion]) -> Result<u64, StoreError>;
 
-    /// Returns deliveries whose lease expired (their worker died) to the queue, due now.
-    async fn rescue_expired_leases(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
+    /// Returns deliveries whose lease expires before `expired_before` (their worker died)
+    /// to the queue, due at `now`. A single node that knows its predecessor is gone may
+    /// pass a later `expired_before` than `now` to take every lease back at once.
+    async fn rescue_expired_leases(
+        &self,
+        expired_before: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError>;
 
     /// When the earliest not-yet-due delivery comes due, for the worker to sleep until.
     async fn next_due_at(&self) -> Result<Option<OffsetDateTime>, StoreError>;

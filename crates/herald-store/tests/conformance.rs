@@ -50,6 +50,7 @@ async fn run_suite(store: &dyn Store) {
     delivery_log_retry_and_stats(store).await;
     claims_share_out_endpoint_room(store).await;
     a_deleted_configs_deliveries_are_never_sent_again(store).await;
+    an_early_rescue_requeues_due_now(store).await;
 }
 
 async fn access_keys(store: &dyn Store) {
@@ -489,7 +490,7 @@ async fn assert_idle(store: &dyn Store) {
 /// Finishes every open delivery as succeeded at `at` (later than anything the test
 /// scheduled), then checks the queue is idle for the next test.
 async fn drain(store: &dyn Store, at: OffsetDateTime) {
-    store.rescue_expired_leases(at).await.unwrap();
+    store.rescue_expired_leases(at, at).await.unwrap();
     loop {
         let claimed = store
             .claim_due_deliveries(
@@ -984,13 +985,25 @@ async fn completions_count_only_under_a_live_lease(store: &dyn Store) {
     );
 
     // The lease still holds: nothing to rescue, nothing to claim.
-    assert_eq!(store.rescue_expired_leases(t0 + secs(30)).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .rescue_expired_leases(t0 + secs(30), t0 + secs(30))
+            .await
+            .unwrap(),
+        0
+    );
     assert!(claim(store, t0 + secs(30), 10).await.is_empty());
 
     // worker-a went silent; after its lease expired, g1 goes back to the queue, due now,
     // still ahead of g2.
     let rescued_at = t0 + secs(32);
-    assert_eq!(store.rescue_expired_leases(rescued_at).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .rescue_expired_leases(rescued_at, rescued_at)
+            .await
+            .unwrap(),
+        1
+    );
     let again = store
         .claim_due_deliveries(
             rescued_at,
@@ -1578,7 +1591,10 @@ async fn a_deleted_configs_deliveries_are_never_sent_again(store: &dyn Store) {
     );
     // d3's worker died: its lease expires and the rescue cancels it instead of re-queueing it.
     assert_eq!(
-        store.rescue_expired_leases(t0 + secs(301)).await.unwrap(),
+        store
+            .rescue_expired_leases(t0 + secs(301), t0 + secs(301))
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(
@@ -1594,6 +1610,40 @@ async fn a_deleted_configs_deliveries_are_never_sent_again(store: &dyn Store) {
             .unwrap(),
         RetryOutcome::ConfigDeleted
     );
+    assert_idle(store).await;
+}
+
+/// A node that knows its predecessor died takes leases back before they expire, and the
+/// rescued deliveries are due at once, not when the leases would have expired.
+async fn an_early_rescue_requeues_due_now(store: &dyn Store) {
+    let t0 = datetime!(2032-01-01 00:00:00 UTC);
+    let p = "q-early-rescue";
+    let body = json!({"publish_domain": "early.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/n",
+        "notify_event_subscription": ["RECORD_FILE_COMPLETE"]});
+    store
+        .insert_live_config(&live_config(p, "cfg-early", body, t0))
+        .await
+        .unwrap();
+    let events = [event(
+        "r1",
+        "RECORD_FILE_COMPLETE",
+        "early.example.com",
+        "live",
+        "s",
+    )];
+    store.ingest_live(&project(p), &events, t0).await.unwrap();
+    assert_eq!(event_ids(&claim(store, t0, 10).await), ["r1"]);
+    let now = t0 + secs(1);
+    assert_eq!(
+        store
+            .rescue_expired_leases(t0 + secs(1000), now)
+            .await
+            .unwrap(),
+        1
+    );
+    let again = claim(store, now, 10).await;
+    assert_eq!((event_ids(&again), again[0].attempt), (vec!["r1"], 2));
+    assert_eq!(complete(store, &[succeeded(&again[0], now)]).await, 1);
     assert_idle(store).await;
 }
 

@@ -117,7 +117,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     // The previous process is gone (we hold the lock): its leases can be taken back now
     // rather than when they expire.
     let rescued = store
-        .rescue_expired_leases(OffsetDateTime::now_utc() + delivery.lease())
+        .rescue_expired_leases(
+            OffsetDateTime::now_utc() + delivery.lease(),
+            OffsetDateTime::now_utc(),
+        )
         .await?;
     if rescued > 0 {
         tracing::warn!(

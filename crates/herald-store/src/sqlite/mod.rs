@@ -323,8 +323,12 @@ impl Store for SqliteStore {
         self.complete_deliveries_impl(completions).await
     }
 
-    async fn rescue_expired_leases(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
-        self.rescue_expired_leases_impl(now).await
+    async fn rescue_expired_leases(
+        &self,
+        expired_before: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        self.rescue_expired_leases_impl(expired_before, now).await
     }
 
     async fn next_due_at(&self) -> Result<Option<OffsetDateTime>, StoreError> {

@@ -352,6 +352,7 @@ impl SqliteStore {
 
     pub(super) async fn rescue_expired_leases_impl(
         &self,
+        expired_before: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<u64, StoreError> {
         let now_ms = unix_ms(now);
@@ -360,9 +361,10 @@ impl SqliteStore {
             "UPDATE deliveries SET next_attempt_at_ms = ?1, lease_owner = NULL, lease_expires_at_ms = NULL, \
              state = CASE WHEN EXISTS (SELECT 1 FROM live_callback_configs c WHERE c.id = deliveries.config_id) \
                  THEN 'retrying' ELSE 'cancelled' END \
-             WHERE state = 'running' AND lease_expires_at_ms < ?1 RETURNING id, attempts, config_id, stream, state",
+             WHERE state = 'running' AND lease_expires_at_ms < ?2 RETURNING id, attempts, config_id, stream, state",
         )
         .bind(now_ms)
+        .bind(unix_ms(expired_before))
         .fetch_all(&mut *tx)
         .await?;
         for row in &rescued {

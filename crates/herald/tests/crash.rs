@@ -1,0 +1,218 @@
+//! Accepted means durable: `kill -9` the server mid-flight, restart it on the same data
+//! dir, and every event that got a 202 is delivered. A duplicate is allowed only for a
+//! callback that was already on the wire when the process died.
+
+// Test helpers: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::receiver::{Received, Receiver};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+
+/// Starts `herald serve` on a free port and returns it with its base URL.
+async fn serve(data_dir: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(HERALD)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-private-targets",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        // Quick retries, so re-queued deliveries go out within the test.
+        .env(
+            "HERALD_RETRY_SCHEDULE",
+            "0s,200ms,200ms,500ms,500ms,1s,1s,1s,1s,1s",
+        )
+        .env("HERALD_POLL_INTERVAL", "200ms")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let base = line.strip_prefix("listening on ").unwrap().to_owned();
+    (child, base)
+}
+
+async fn cli(data_dir: &std::path::Path, args: &[&str]) -> Value {
+    let out = Command::new(HERALD)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Most events one ingest phase sends, so the test's backlog stays small.
+const PHASE_EVENTS: u32 = 2000;
+
+/// Sends batches of fresh events until `stop` (or [`PHASE_EVENTS`]), recording the ids
+/// that got a 202.
+async fn ingest_until(
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<Mutex<HashSet<String>>>,
+    prefix: &'static str,
+) {
+    let mut n = 0u32;
+    while !stop.load(Ordering::SeqCst) && n < PHASE_EVENTS {
+        let events: Vec<Value> = (0..20)
+            .map(|i| {
+                n += 1;
+                json!({"event_id": format!("{prefix}-{n}"), "event_type": "RECORD_FILE_COMPLETE",
+                       "publish_domain": "push.example.com", "app": "live", "stream": format!("s{}", (n + i) % 50)})
+            })
+            .collect();
+        let ids: Vec<String> = events
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        let sent = http
+            .post(format!("{base}/v1/p1/record/events"))
+            .header("x-auth-token", &token)
+            .json(&json!({ "events": events }))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status() == 202 => accepted.lock().unwrap().extend(ids),
+            // The server died mid-request: these were never acknowledged.
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_accepted_is_lost_to_kill_9() {
+    // A slowish receiver keeps many callbacks on the wire when the kill comes.
+    let receiver = Receiver::scripted(Arc::new(|_r: &Received, _n: usize| {
+        (StatusCode::OK, Duration::from_millis(20))
+    }))
+    .await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let (mut first, base) = serve(data_dir.path()).await;
+    let token = cli(
+        data_dir.path(),
+        &["tokens", "create", "--project", "p1", "--json"],
+    )
+    .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{base}/v1/p1/record/callbacks"))
+        .header("x-auth-token", &token)
+        .json(&json!({"publish_domain": "push.example.com", "app": "*", "notify_callback_url": receiver.url(),
+                      "notify_event_subscription": ["RECORD_FILE_COMPLETE"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    let accepted = Arc::new(Mutex::new(HashSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ingest = tokio::spawn(ingest_until(
+        http.clone(),
+        base.clone(),
+        token.clone(),
+        stop.clone(),
+        accepted.clone(),
+        "before",
+    ));
+    // Kill once deliveries are flowing and ingest is in full swing.
+    receiver.wait_for(100, Duration::from_secs(30)).await;
+    first.kill().await.unwrap();
+    let killed_at = Instant::now();
+    stop.store(true, Ordering::SeqCst);
+    ingest.await.unwrap();
+    let accepted_before = accepted.lock().unwrap().len();
+    assert!(accepted_before > 0);
+
+    let (_second, base) = serve(data_dir.path()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ingest = tokio::spawn(ingest_until(
+        http,
+        base,
+        token,
+        stop.clone(),
+        accepted.clone(),
+        "after",
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    ingest.await.unwrap();
+
+    eprintln!("phase: restarted and ingested at {:?}", killed_at.elapsed());
+    let expected = accepted.lock().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let delivered = loop {
+        let got = receiver.received();
+        let ids: HashSet<String> = got.iter().map(|r| r.header("herald-event-id")).collect();
+        if expected.is_subset(&ids) {
+            break got;
+        }
+        let missing = expected.difference(&ids).count();
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} accepted events never arrived",
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    eprintln!("phase: all delivered at {:?}", killed_at.elapsed());
+    let mut arrivals: HashMap<String, Vec<Instant>> = HashMap::new();
+    for r in &delivered {
+        arrivals
+            .entry(r.header("herald-event-id"))
+            .or_default()
+            .push(r.at);
+    }
+    let duplicates: Vec<_> = arrivals.iter().filter(|(_, at)| at.len() > 1).collect();
+    for (id, at) in &duplicates {
+        assert!(
+            at[0] <= killed_at,
+            "{id} was delivered twice though its first attempt came after the kill"
+        );
+    }
+    let unexpected: Vec<_> = arrivals
+        .keys()
+        .filter(|id| !expected.contains(*id))
+        .collect();
+    eprintln!(
+        "accepted {} ({accepted_before} before the kill), delivered {} callbacks, {} duplicates (in flight at the kill), {} delivered though their 202 was lost",
+        expected.len(),
+        delivered.len(),
+        duplicates.len(),
+        unexpected.len(),
+    );
+}
