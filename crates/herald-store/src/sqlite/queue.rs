@@ -154,11 +154,32 @@ fn claimed(
     })
 }
 
+fn json_array(items: &[&str]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+}
+
+/// One answer per event, in request order; a repeated id repeats its answer.
+fn answers_in_order(
+    events: &[(EventId, LiveEvent)],
+    answers: &HashMap<String, u32>,
+) -> Vec<Accepted> {
+    events
+        .iter()
+        .map(|(id, _)| Accepted {
+            event_id: id.as_str().to_owned(),
+            deliveries: answers.get(id.as_str()).copied().unwrap_or(0),
+        })
+        .collect()
+}
+
 fn ms_of_latency(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 impl SqliteStore {
+    /// Set-based, so a batch of any size costs a fixed handful of statements: earlier
+    /// answers for repeated ids, one candidate query per distinct (domain, app), the
+    /// events, the streams that already have an open delivery, the deliveries.
     pub(super) async fn ingest_live_impl(
         &self,
         project: &ProjectId,
@@ -167,72 +188,135 @@ impl SqliteStore {
     ) -> Result<Vec<Accepted>, StoreError> {
         let now_ms = unix_ms(now);
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut matched: HashMap<(&str, &str), Vec<MatchCandidate<Target>>> = HashMap::new();
-        let mut answers = Vec::with_capacity(events.len());
+        let ids: Vec<&str> = events.iter().map(|(id, _)| id.as_str()).collect();
+        let mut answers: HashMap<String, u32> = sqlx::query(
+            "SELECT event_id, deliveries FROM events WHERE project_id = ? \
+             AND event_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(project.as_str())
+        .bind(json_array(&ids))
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("event_id")?,
+                u32::try_from(r.try_get::<i64, _>("deliveries")?).unwrap_or(0),
+            ))
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+
+        // Match each new event (the first of any id repeated in the batch).
+        let mut candidates_by_key: HashMap<(&str, &str), Vec<MatchCandidate<Target>>> =
+            HashMap::new();
+        let mut new_events = Vec::new();
         for (event_id, event) in events {
-            let earlier: Option<i64> = sqlx::query_scalar(
-                "SELECT deliveries FROM events WHERE project_id = ? AND event_id = ?",
-            )
-            .bind(project.as_str())
-            .bind(event_id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(deliveries) = earlier {
-                answers.push(Accepted {
-                    event_id: event_id.as_str().to_owned(),
-                    deliveries: u32::try_from(deliveries).unwrap_or(0),
-                });
+            if answers.contains_key(event_id.as_str()) {
                 continue;
             }
             let key = (event.publish_domain.as_str(), event.app.as_str());
-            if let std::collections::hash_map::Entry::Vacant(slot) = matched.entry(key) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = candidates_by_key.entry(key) {
                 slot.insert(candidates(&mut tx, project, key.0, key.1).await?);
             }
-            let target = matched
+            let target = candidates_by_key
                 .get(&key)
                 .and_then(|c| select_config(c.clone(), &event.app, event.event_type));
-            let payload = serde_json::to_string(&event.fields)
-                .map_err(|e| corrupt("events", event_id.as_str(), e))?;
-            let seq: i64 = sqlx::query_scalar(
-                "INSERT INTO events (project_id, event_id, flavour, payload, deliveries, accepted_at_ms) \
-                 VALUES (?, ?, 'live', ?, ?, ?) RETURNING seq",
+            answers.insert(event_id.as_str().to_owned(), u32::from(target.is_some()));
+            new_events.push((event_id, event, target));
+        }
+        if new_events.is_empty() {
+            tx.commit().await?;
+            return Ok(answers_in_order(events, &answers));
+        }
+
+        let rows: Vec<serde_json::Value> = new_events
+            .iter()
+            .map(|(id, event, target)| {
+                Ok(serde_json::json!({
+                    "id": id.as_str(),
+                    "payload": serde_json::to_string(&event.fields).map_err(|e| corrupt("events", id.as_str(), e))?,
+                    "deliveries": u32::from(target.is_some()),
+                }))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let seqs: HashMap<String, i64> = sqlx::query(
+            "INSERT INTO events (project_id, event_id, flavour, payload, deliveries, accepted_at_ms) \
+             SELECT ?1, json_extract(value, '$.id'), 'live', json_extract(value, '$.payload'), \
+                 json_extract(value, '$.deliveries'), ?2 \
+             FROM json_each(?3) ORDER BY key RETURNING event_id, seq",
+        )
+        .bind(project.as_str())
+        .bind(now_ms)
+        .bind(serde_json::Value::Array(rows).to_string())
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("event_id")?, r.try_get("seq")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+
+        // Per (config, stream): the first new delivery is pending unless the stream already
+        // has an open one; every later one waits behind it.
+        let matched: Vec<_> = new_events
+            .iter()
+            .filter_map(|(id, event, target)| {
+                target
+                    .as_ref()
+                    .map(|(config_id, url)| (id, event, config_id, url))
+            })
+            .collect();
+        let pairs: Vec<[&str; 2]> = matched
+            .iter()
+            .map(|(_, e, c, _)| [c.as_str(), e.stream.as_str()])
+            .collect();
+        let mut busy: std::collections::HashSet<(String, String)> = sqlx::query(&format!(
+            "SELECT DISTINCT config_id, stream FROM deliveries WHERE state IN {OPEN} AND (config_id, stream) IN \
+             (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
+        ))
+        .bind(serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into()))
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("config_id")?, r.try_get("stream")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+        let mut endpoints: HashMap<&str, String> = HashMap::new();
+        let mut deliveries = Vec::with_capacity(matched.len());
+        for (id, event, config_id, url) in matched {
+            let endpoint = match endpoints.get(config_id.as_str()) {
+                Some(endpoint) => endpoint.clone(),
+                None => {
+                    let endpoint = CallbackUrl::parse("url", url, true)
+                        .map(|u| u.endpoint())
+                        .map_err(|e| corrupt("live_callback_configs", config_id, e))?;
+                    endpoints.insert(config_id, endpoint.clone());
+                    endpoint
+                }
+            };
+            let first_in_stream = busy.insert((config_id.clone(), event.stream.clone()));
+            deliveries.push(serde_json::json!({
+                "seq": seqs.get(id.as_str()).ok_or_else(|| corrupt("events", id.as_str(), "insert returned no seq"))?,
+                "config_id": config_id,
+                "stream": event.stream,
+                "endpoint": endpoint,
+                "state": if first_in_stream { "pending" } else { "blocked" },
+            }));
+        }
+        if !deliveries.is_empty() {
+            sqlx::query(
+                "INSERT INTO deliveries (project_id, event_seq, config_id, stream, endpoint, url, sign_type, \
+                 key_sealed, state, next_attempt_at_ms, created_at_ms) \
+                 SELECT c.project_id, json_extract(j.value, '$.seq'), c.id, json_extract(j.value, '$.stream'), \
+                     json_extract(j.value, '$.endpoint'), c.notify_callback_url, c.sign_type, c.key_sealed, \
+                     json_extract(j.value, '$.state'), ?1, ?1 \
+                 FROM json_each(?2) j JOIN live_callback_configs c ON c.id = json_extract(j.value, '$.config_id') \
+                 ORDER BY j.key",
             )
-            .bind(project.as_str())
-            .bind(event_id.as_str())
-            .bind(payload)
-            .bind(i64::from(target.is_some()))
             .bind(now_ms)
-            .fetch_one(&mut *tx)
+            .bind(serde_json::Value::Array(deliveries).to_string())
+            .execute(&mut *tx)
             .await?;
-            if let Some((config_id, url)) = &target {
-                let blocked =
-                    stream_has_open_delivery(&mut tx, config_id, &event.stream, 0).await?;
-                let endpoint = CallbackUrl::parse("url", url, true)
-                    .map(|u| u.endpoint())
-                    .map_err(|e| corrupt("live_callback_configs", config_id, e))?;
-                sqlx::query(
-                    "INSERT INTO deliveries (project_id, event_seq, config_id, stream, endpoint, url, sign_type, \
-                     key_sealed, state, next_attempt_at_ms, created_at_ms) \
-                     SELECT project_id, ?, id, ?, ?, notify_callback_url, sign_type, key_sealed, ?, ?, ? \
-                     FROM live_callback_configs WHERE id = ?",
-                )
-                .bind(seq)
-                .bind(&event.stream)
-                .bind(endpoint)
-                .bind(if blocked { "blocked" } else { "pending" })
-                .bind(now_ms)
-                .bind(now_ms)
-                .bind(config_id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            answers.push(Accepted {
-                event_id: event_id.as_str().to_owned(),
-                deliveries: u32::from(target.is_some()),
-            });
         }
         tx.commit().await?;
-        Ok(answers)
+        Ok(answers_in_order(events, &answers))
     }
 
     pub(super) async fn claim_due_deliveries_impl(
