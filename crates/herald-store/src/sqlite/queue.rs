@@ -92,20 +92,21 @@ async fn stream_has_open_delivery(
     .await?)
 }
 
-/// After a delivery of (config, stream) finished, the oldest blocked one becomes due.
-async fn unblock_next(
+/// After deliveries finished, the oldest blocked delivery of each of their (config,
+/// stream) pairs, a JSON array of `[config_id, stream]`, becomes due.
+async fn unblock_next_of_streams(
     tx: &mut Transaction<'_, Sqlite>,
-    config_id: &str,
-    stream: &str,
+    pairs: &str,
     now_ms: i64,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE deliveries SET state = 'pending', next_attempt_at_ms = ? WHERE id = \
-         (SELECT id FROM deliveries WHERE config_id = ? AND stream = ? AND state = 'blocked' ORDER BY id LIMIT 1)",
+        "UPDATE deliveries SET state = 'pending', next_attempt_at_ms = ?1 WHERE id IN \
+         (SELECT MIN(id) FROM deliveries WHERE state = 'blocked' AND (config_id, stream) IN \
+             (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?2)) \
+          GROUP BY config_id, stream)",
     )
     .bind(now_ms)
-    .bind(config_id)
-    .bind(stream)
+    .bind(pairs)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -170,10 +171,6 @@ fn answers_in_order(
             deliveries: answers.get(id.as_str()).copied().unwrap_or(0),
         })
         .collect()
-}
-
-fn ms_of_latency(ms: u64) -> i64 {
-    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 impl SqliteStore {
@@ -376,62 +373,89 @@ impl SqliteStore {
         rows.iter().map(|row| claimed(row, &events, self)).collect()
     }
 
+    /// Set-based like ingest: one guarded update for the whole batch, one insert of the
+    /// attempts that counted, one update unblocking the next delivery of finished streams.
     pub(super) async fn complete_deliveries_impl(
         &self,
         completions: &[Completion],
     ) -> Result<u64, StoreError> {
+        if completions.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<serde_json::Value> = completions
+            .iter()
+            .map(|c| {
+                let at_ms = unix_ms(c.record.at);
+                let (state, next_ms) = match c.next {
+                    AfterAttempt::Succeeded => ("succeeded", at_ms),
+                    AfterAttempt::RetryAt(at) => ("retrying", unix_ms(at)),
+                    AfterAttempt::Dead => ("dead", at_ms),
+                };
+                serde_json::json!({
+                    "id": c.delivery_id, "attempt": c.attempt, "owner": c.lease_owner, "state": state,
+                    "next": next_ms, "at": at_ms, "status_code": c.record.status_code, "error": c.record.error,
+                    "latency_ms": c.record.latency_ms, "response_head": c.record.response_head,
+                })
+            })
+            .collect();
+        let batch = serde_json::Value::Array(rows).to_string();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut applied = 0;
-        for c in completions {
-            let at_ms = unix_ms(c.record.at);
-            let (state, next_ms) = match c.next {
-                AfterAttempt::Succeeded => ("succeeded", at_ms),
-                AfterAttempt::RetryAt(at) => ("retrying", unix_ms(at)),
-                AfterAttempt::Dead => ("dead", at_ms),
-            };
-            let moved = sqlx::query(
-                "UPDATE deliveries SET next_attempt_at_ms = ?2, lease_owner = NULL, lease_expires_at_ms = NULL, \
-                 state = CASE WHEN ?1 = 'retrying' AND NOT EXISTS \
+        // Applied only where the lease still holds; a retry of a deleted config's delivery
+        // is cancelled instead.
+        let moved = sqlx::query(
+            "UPDATE deliveries SET lease_owner = NULL, lease_expires_at_ms = NULL, \
+                 next_attempt_at_ms = json_extract(j.value, '$.next'), \
+                 state = CASE WHEN json_extract(j.value, '$.state') = 'retrying' AND NOT EXISTS \
                      (SELECT 1 FROM live_callback_configs c WHERE c.id = deliveries.config_id) \
-                     THEN 'cancelled' ELSE ?1 END \
-                 WHERE id = ?3 AND state = 'running' AND lease_owner = ?4 AND attempts = ?5 \
-                 RETURNING config_id, stream, state",
+                     THEN 'cancelled' ELSE json_extract(j.value, '$.state') END \
+             FROM json_each(?) j \
+             WHERE deliveries.id = json_extract(j.value, '$.id') AND deliveries.state = 'running' \
+                 AND deliveries.lease_owner = json_extract(j.value, '$.owner') \
+                 AND deliveries.attempts = json_extract(j.value, '$.attempt') \
+             RETURNING deliveries.id, deliveries.config_id, deliveries.stream, deliveries.state",
+        )
+        .bind(&batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        let applied: Vec<i64> = moved
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO delivery_attempts \
+                 (delivery_id, attempt, at_ms, status_code, error, latency_ms, response_head) \
+             SELECT json_extract(value, '$.id'), json_extract(value, '$.attempt'), json_extract(value, '$.at'), \
+                 json_extract(value, '$.status_code'), json_extract(value, '$.error'), \
+                 json_extract(value, '$.latency_ms'), json_extract(value, '$.response_head') \
+             FROM json_each(?1) WHERE json_extract(value, '$.id') IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(&batch)
+        .bind(serde_json::to_string(&applied).unwrap_or_else(|_| "[]".into()))
+        .execute(&mut *tx)
+        .await?;
+        let finished: Vec<[String; 2]> = moved
+            .iter()
+            .filter(|r| {
+                r.try_get::<String, _>("state")
+                    .is_ok_and(|s| s != "retrying")
+            })
+            .map(|r| Ok([r.try_get("config_id")?, r.try_get("stream")?]))
+            .collect::<Result<_, sqlx::Error>>()?;
+        if !finished.is_empty() {
+            let now_ms = completions
+                .iter()
+                .map(|c| unix_ms(c.record.at))
+                .max()
+                .unwrap_or(0);
+            unblock_next_of_streams(
+                &mut tx,
+                &serde_json::to_string(&finished).unwrap_or_else(|_| "[]".into()),
+                now_ms,
             )
-            .bind(state)
-            .bind(next_ms)
-            .bind(c.delivery_id)
-            .bind(&c.lease_owner)
-            .bind(i64::from(c.attempt))
-            .fetch_optional(&mut *tx)
             .await?;
-            let Some(row) = moved else {
-                // The lease expired and the delivery was rescued; this outcome is stale.
-                continue;
-            };
-            applied += 1;
-            sqlx::query(
-                "INSERT OR IGNORE INTO delivery_attempts (delivery_id, attempt, at_ms, status_code, error, latency_ms, response_head) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(c.delivery_id)
-            .bind(i64::from(c.attempt))
-            .bind(at_ms)
-            .bind(c.record.status_code.map(i64::from))
-            .bind(&c.record.error)
-            .bind(ms_of_latency(c.record.latency_ms))
-            .bind(&c.record.response_head)
-            .execute(&mut *tx)
-            .await?;
-            // A retry of a deleted config's delivery was cancelled instead: finished too.
-            let new_state: String = row.try_get("state")?;
-            if new_state != "retrying" {
-                let config_id: String = row.try_get("config_id")?;
-                let stream: String = row.try_get("stream")?;
-                unblock_next(&mut tx, &config_id, &stream, at_ms).await?;
-            }
         }
         tx.commit().await?;
-        Ok(applied)
+        Ok(u64::try_from(applied.len()).unwrap_or(0))
     }
 
     pub(super) async fn rescue_expired_leases_impl(
@@ -461,11 +485,23 @@ impl SqliteStore {
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
-            if row.try_get::<String, _>("state")? == "cancelled" {
-                let (config_id, stream): (String, String) =
-                    (row.try_get("config_id")?, row.try_get("stream")?);
-                unblock_next(&mut tx, &config_id, &stream, now_ms).await?;
-            }
+        }
+        // A rescued delivery whose config was deleted is finished: its stream moves on.
+        let cancelled: Vec<[String; 2]> = rescued
+            .iter()
+            .filter(|r| {
+                r.try_get::<String, _>("state")
+                    .is_ok_and(|s| s == "cancelled")
+            })
+            .map(|r| Ok([r.try_get("config_id")?, r.try_get("stream")?]))
+            .collect::<Result<_, sqlx::Error>>()?;
+        if !cancelled.is_empty() {
+            unblock_next_of_streams(
+                &mut tx,
+                &serde_json::to_string(&cancelled).unwrap_or_else(|_| "[]".into()),
+                now_ms,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(u64::try_from(rescued.len()).unwrap_or(0))
