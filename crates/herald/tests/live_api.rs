@@ -507,6 +507,14 @@ async fn operations_endpoints() {
                 .is_some()
         );
     }
+    for (path, method) in [
+        ("/v1/{project_id}/record/events", "post"),
+        ("/v1/{project_id}/record/deliveries", "get"),
+        ("/v1/{project_id}/record/deliveries/{id}/retry", "post"),
+        ("/metrics", "get"),
+    ] {
+        assert!(paths[path].get(method).is_some(), "{method} {path}");
+    }
     assert!(doc["components"]["securitySchemes"].get("aksk").is_some());
     let (status, err) = json(get("/nope").await.unwrap()).await;
     assert_eq!(
