@@ -32,7 +32,15 @@ mod queue;
 pub const DATABASE_FILE: &str = "herald.sqlite3";
 
 pub struct SqliteStore {
+    /// `synchronous=FULL`: every commit is on disk before it returns. Ingest and the
+    /// management API write here, so a 202 or a 201 survives power loss.
     pool: SqlitePool,
+    /// `synchronous=NORMAL`: the workers' claims, completions and rescues. Losing one of
+    /// these to power loss costs at most a re-sent callback (at-least-once allows it),
+    /// never an accepted event; and in WAL mode the next FULL commit makes them durable
+    /// too. Skipping their fsyncs is what lets a single endpoint reach thousands of
+    /// callbacks per second.
+    queue_pool: SqlitePool,
     /// Seals secrets on the way in and opens them on the way out.
     master: MasterKey,
 }
@@ -49,10 +57,18 @@ impl SqliteStore {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool, master })
+        let queue_pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.synchronous(SqliteSynchronous::Normal))
+            .await?;
+        Ok(Self {
+            pool,
+            queue_pool,
+            master,
+        })
     }
 }
 

@@ -330,7 +330,7 @@ impl SqliteStore {
             .collect();
         let room = serde_json::to_string(&room).unwrap_or_else(|_| "{}".into());
         let total = i64::try_from(limits.total).unwrap_or(i64::MAX);
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.queue_pool.begin_with("BEGIN IMMEDIATE").await?;
         // The inner scan skips full endpoints before its LIMIT, so their backlog cannot fill
         // it; the window function then keeps each endpoint within its room.
         let rows = sqlx::query(
@@ -399,7 +399,7 @@ impl SqliteStore {
             })
             .collect();
         let batch = serde_json::Value::Array(rows).to_string();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.queue_pool.begin_with("BEGIN IMMEDIATE").await?;
         // Applied only where the lease still holds; a retry of a deleted config's delivery
         // is cancelled instead.
         let moved = sqlx::query(
@@ -464,7 +464,7 @@ impl SqliteStore {
         now: OffsetDateTime,
     ) -> Result<u64, StoreError> {
         let now_ms = unix_ms(now);
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.queue_pool.begin_with("BEGIN IMMEDIATE").await?;
         let rescued = sqlx::query(
             "UPDATE deliveries SET next_attempt_at_ms = ?1, lease_owner = NULL, lease_expires_at_ms = NULL, \
              state = CASE WHEN EXISTS (SELECT 1 FROM live_callback_configs c WHERE c.id = deliveries.config_id) \
@@ -511,7 +511,7 @@ impl SqliteStore {
         let ms: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying')",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.queue_pool)
         .await?;
         Ok(ms.map(from_unix_ms))
     }
@@ -654,7 +654,7 @@ impl SqliteStore {
         now: OffsetDateTime,
     ) -> Result<QueueStats, StoreError> {
         let by_state = sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.queue_pool)
             .await?
             .iter()
             .map(|r| {
@@ -668,7 +668,7 @@ impl SqliteStore {
             "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying') AND next_attempt_at_ms <= ?",
         )
         .bind(unix_ms(now))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.queue_pool)
         .await?;
         Ok(QueueStats {
             by_state,
