@@ -43,6 +43,12 @@ pub struct SqliteStore {
     queue_pool: SqlitePool,
     /// Seals secrets on the way in and opens them on the way out.
     master: MasterKey,
+    /// SQLite has one writer at a time. Left to itself, a second writer waits in SQLite's
+    /// busy handler, which sleeps 1, 2, 5, 10… ms between tries: tens of milliseconds of
+    /// idle latency under load, and no fairness between ingest and the workers. Writers
+    /// in this process queue here instead, first come first served, and the busy timeout
+    /// is left for other processes (the CLI).
+    write_gate: tokio::sync::Mutex<()>,
 }
 
 impl SqliteStore {
@@ -68,7 +74,19 @@ impl SqliteStore {
             pool,
             queue_pool,
             master,
+            write_gate: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// A write transaction on `pool`, taken in turn with this process's other writers.
+    /// Keep the guard for as long as the transaction.
+    async fn begin_write<'p>(
+        &self,
+        pool: &'p SqlitePool,
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, sqlx::Transaction<'p, sqlx::Sqlite>), StoreError> {
+        let gate = self.write_gate.lock().await;
+        let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok((gate, tx))
     }
 }
 
@@ -303,7 +321,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_live_config(&self, project: &ProjectId, id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_gate, mut tx) = self.begin_write(&self.pool).await?;
         let done = sqlx::query("DELETE FROM live_callback_configs WHERE project_id = ? AND id = ?")
             .bind(project.as_str())
             .bind(id)

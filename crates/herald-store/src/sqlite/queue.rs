@@ -184,7 +184,7 @@ impl SqliteStore {
         now: OffsetDateTime,
     ) -> Result<Vec<Accepted>, StoreError> {
         let now_ms = unix_ms(now);
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_gate, mut tx) = self.begin_write(&self.pool).await?;
         let ids: Vec<&str> = events.iter().map(|(id, _)| id.as_str()).collect();
         let mut answers: HashMap<String, u32> = sqlx::query(
             "SELECT event_id, deliveries FROM events WHERE project_id = ? \
@@ -330,7 +330,7 @@ impl SqliteStore {
             .collect();
         let room = serde_json::to_string(&room).unwrap_or_else(|_| "{}".into());
         let total = i64::try_from(limits.total).unwrap_or(i64::MAX);
-        let mut tx = self.queue_pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_gate, mut tx) = self.begin_write(&self.queue_pool).await?;
         // The inner scan skips full endpoints before its LIMIT, so their backlog cannot fill
         // it; the window function then keeps each endpoint within its room.
         let rows = sqlx::query(
@@ -399,7 +399,7 @@ impl SqliteStore {
             })
             .collect();
         let batch = serde_json::Value::Array(rows).to_string();
-        let mut tx = self.queue_pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_gate, mut tx) = self.begin_write(&self.queue_pool).await?;
         // Applied only where the lease still holds; a retry of a deleted config's delivery
         // is cancelled instead.
         let moved = sqlx::query(
@@ -464,7 +464,7 @@ impl SqliteStore {
         now: OffsetDateTime,
     ) -> Result<u64, StoreError> {
         let now_ms = unix_ms(now);
-        let mut tx = self.queue_pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_gate, mut tx) = self.begin_write(&self.queue_pool).await?;
         let rescued = sqlx::query(
             "UPDATE deliveries SET next_attempt_at_ms = ?1, lease_owner = NULL, lease_expires_at_ms = NULL, \
              state = CASE WHEN EXISTS (SELECT 1 FROM live_callback_configs c WHERE c.id = deliveries.config_id) \
@@ -605,7 +605,7 @@ impl SqliteStore {
         id: i64,
         now: OffsetDateTime,
     ) -> Result<RetryOutcome, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_gate, mut tx) = self.begin_write(&self.pool).await?;
         let row = sqlx::query(
             "SELECT state, config_id, stream FROM deliveries WHERE project_id = ? AND id = ?",
         )
