@@ -334,16 +334,18 @@ impl SqliteStore {
         // The inner scan skips full endpoints before its LIMIT, so their backlog cannot fill
         // it; the window function then keeps each endpoint within its room.
         let rows = sqlx::query(
-            "UPDATE deliveries SET state = 'running', lease_owner = ?1, lease_expires_at_ms = ?2, \
+            "WITH room (endpoint, n) AS MATERIALIZED (SELECT key, value FROM json_each(?4)) \
+             UPDATE deliveries SET state = 'running', lease_owner = ?1, lease_expires_at_ms = ?2, \
              attempts = attempts + 1 \
              WHERE id IN (SELECT id FROM ( \
-                 SELECT id, next_attempt_at_ms, \
-                     ROW_NUMBER() OVER (PARTITION BY endpoint ORDER BY next_attempt_at_ms, id) AS nth, \
-                     COALESCE((SELECT value FROM json_each(?4) WHERE key = endpoint), ?5) AS room \
+                 SELECT d.id, d.next_attempt_at_ms, \
+                     ROW_NUMBER() OVER (PARTITION BY d.endpoint ORDER BY d.next_attempt_at_ms, d.id) AS nth, \
+                     COALESCE(room.n, ?5) AS room \
                  FROM (SELECT id, endpoint, next_attempt_at_ms FROM deliveries \
                      WHERE state IN ('pending', 'retrying') AND next_attempt_at_ms <= ?3 \
-                     AND endpoint NOT IN (SELECT key FROM json_each(?4) WHERE value = 0) \
-                     ORDER BY next_attempt_at_ms, id LIMIT ?6)) \
+                     AND endpoint NOT IN (SELECT endpoint FROM room WHERE n = 0) \
+                     ORDER BY next_attempt_at_ms, id LIMIT ?6) d \
+                 LEFT JOIN room ON room.endpoint = d.endpoint) \
                  WHERE nth <= room ORDER BY next_attempt_at_ms, id LIMIT ?7) \
              RETURNING id, project_id, event_seq, config_id, endpoint, url, sign_type, key_sealed, attempts",
         )
@@ -403,15 +405,15 @@ impl SqliteStore {
         // Applied only where the lease still holds; a retry of a deleted config's delivery
         // is cancelled instead.
         let moved = sqlx::query(
-            "UPDATE deliveries SET lease_owner = NULL, lease_expires_at_ms = NULL, \
-                 next_attempt_at_ms = json_extract(j.value, '$.next'), \
-                 state = CASE WHEN json_extract(j.value, '$.state') = 'retrying' AND NOT EXISTS \
+            "WITH b AS MATERIALIZED (SELECT v ->> 'id' AS id, v ->> 'attempt' AS attempt, v ->> 'owner' AS owner, \
+                 v ->> 'state' AS state, v ->> 'next' AS next FROM (SELECT jsonb(value) AS v FROM json_each(?))) \
+             UPDATE deliveries SET lease_owner = NULL, lease_expires_at_ms = NULL, next_attempt_at_ms = b.next, \
+                 state = CASE WHEN b.state = 'retrying' AND NOT EXISTS \
                      (SELECT 1 FROM live_callback_configs c WHERE c.id = deliveries.config_id) \
-                     THEN 'cancelled' ELSE json_extract(j.value, '$.state') END \
-             FROM json_each(?) j \
-             WHERE deliveries.id = json_extract(j.value, '$.id') AND deliveries.state = 'running' \
-                 AND deliveries.lease_owner = json_extract(j.value, '$.owner') \
-                 AND deliveries.attempts = json_extract(j.value, '$.attempt') \
+                     THEN 'cancelled' ELSE b.state END \
+             FROM b \
+             WHERE deliveries.id = b.id AND deliveries.state = 'running' \
+                 AND deliveries.lease_owner = b.owner AND deliveries.attempts = b.attempt \
              RETURNING deliveries.id, deliveries.config_id, deliveries.stream, deliveries.state",
         )
         .bind(&batch)
@@ -424,10 +426,10 @@ impl SqliteStore {
         sqlx::query(
             "INSERT OR IGNORE INTO delivery_attempts \
                  (delivery_id, attempt, at_ms, status_code, error, latency_ms, response_head) \
-             SELECT json_extract(value, '$.id'), json_extract(value, '$.attempt'), json_extract(value, '$.at'), \
-                 json_extract(value, '$.status_code'), json_extract(value, '$.error'), \
-                 json_extract(value, '$.latency_ms'), json_extract(value, '$.response_head') \
-             FROM json_each(?1) WHERE json_extract(value, '$.id') IN (SELECT value FROM json_each(?2))",
+             SELECT v ->> 'id', v ->> 'attempt', v ->> 'at', v ->> 'status_code', v ->> 'error', \
+                 v ->> 'latency_ms', v ->> 'response_head' \
+             FROM (SELECT jsonb(value) AS v FROM json_each(?1)) \
+             WHERE v ->> 'id' IN (SELECT value FROM json_each(?2))",
         )
         .bind(&batch)
         .bind(serde_json::to_string(&applied).unwrap_or_else(|_| "[]".into()))
