@@ -682,3 +682,49 @@ async fn metrics_are_exposed_with_bounded_labels() {
         "unbounded label in:\n{text}"
     );
 }
+
+#[tokio::test]
+async fn redirects_are_not_followed_and_answers_are_kept_short() {
+    let (server, token) = server("0s").await;
+    let target = Receiver::ok().await;
+    let location = target.url();
+    let redirecting = {
+        let app = axum::Router::new().route(
+            "/cb",
+            axum::routing::post(move || {
+                let location = location.clone();
+                async move {
+                    (
+                        StatusCode::FOUND,
+                        [("location", location)],
+                        "x".repeat(10_000),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/cb", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    };
+    config(
+        &server,
+        &token,
+        json!({"publish_domain": "push.example.com", "app": "*", "notify_callback_url": redirecting,
+        "notify_event_subscription": ["RECORD_OVER"]}),
+    )
+    .await;
+    ingest(&server, &token, event("moved", "RECORD_OVER", "live", "s")).await;
+    let log = log_until(&server, &token, "status=dead", |log| log["total"] == 1).await;
+    let attempt = &log["deliveries"][0]["attempts"][0];
+    assert_eq!(
+        (attempt["status_code"].as_u64(), attempt["error"].as_str()),
+        (Some(302), Some("HTTP 302"))
+    );
+    assert_eq!(
+        attempt["response"].as_str().unwrap().len(),
+        1024,
+        "the answer is kept to its first KiB"
+    );
+    assert!(target.received().is_empty(), "the redirect was followed");
+}

@@ -83,7 +83,13 @@ impl SqliteStore {
     async fn begin_write<'p>(
         &self,
         pool: &'p SqlitePool,
-    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, sqlx::Transaction<'p, sqlx::Sqlite>), StoreError> {
+    ) -> Result<
+        (
+            tokio::sync::MutexGuard<'_, ()>,
+            sqlx::Transaction<'p, sqlx::Sqlite>,
+        ),
+        StoreError,
+    > {
         let gate = self.write_gate.lock().await;
         let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok((gate, tx))
