@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use herald_store::{AfterAttempt, ClaimLimits, ClaimedDelivery, Completion, Lease, Store};
 use time::OffsetDateTime;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -25,27 +25,46 @@ const BATCH: usize = 512;
 /// How often leases are checked and queue metrics refreshed.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
 
-/// Callbacks this worker has in flight, by endpoint.
+/// Deliveries this worker holds, by endpoint: sending, or claimed and waiting for one of
+/// the endpoint's sending permits.
+///
+/// A worker claims up to twice an endpoint's cap and sends at most the cap at once, so
+/// when a callback finishes the next one starts at once instead of after a round trip to
+/// the store. A waiting delivery waits for at most one round of the endpoint's callbacks
+/// (each bounded by the delivery timeout), well within its lease.
 #[derive(Default)]
-struct InFlight {
-    by_endpoint: HashMap<String, u32>,
+struct Held {
+    by_endpoint: HashMap<String, (u32, Arc<Semaphore>)>,
     total: u32,
 }
 
-impl InFlight {
-    fn add(&mut self, endpoint: &str) {
-        *self.by_endpoint.entry(endpoint.to_owned()).or_default() += 1;
+impl Held {
+    /// Counts a claimed delivery and returns its endpoint's sending permits.
+    fn add(&mut self, endpoint: &str, per_endpoint: u32) -> Arc<Semaphore> {
+        let (n, permits) = self
+            .by_endpoint
+            .entry(endpoint.to_owned())
+            .or_insert_with(|| (0, Arc::new(Semaphore::new(per_endpoint as usize))));
+        *n += 1;
         self.total += 1;
+        permits.clone()
     }
 
     fn remove(&mut self, endpoint: &str) {
-        if let Some(n) = self.by_endpoint.get_mut(endpoint) {
+        if let Some((n, _)) = self.by_endpoint.get_mut(endpoint) {
             *n -= 1;
             if *n == 0 {
                 self.by_endpoint.remove(endpoint);
             }
         }
         self.total = self.total.saturating_sub(1);
+    }
+
+    fn counts(&self) -> HashMap<String, u32> {
+        self.by_endpoint
+            .iter()
+            .map(|(e, (n, _))| (e.clone(), *n))
+            .collect()
     }
 }
 
@@ -57,7 +76,7 @@ pub struct Dispatcher {
     wake: Arc<Notify>,
     /// This process's name on the leases it takes.
     owner: Arc<str>,
-    in_flight: Arc<Mutex<InFlight>>,
+    held: Arc<Mutex<Held>>,
 }
 
 impl Dispatcher {
@@ -78,7 +97,7 @@ impl Dispatcher {
             settings: Arc::new(settings),
             wake,
             owner: owner.into(),
-            in_flight: Arc::default(),
+            held: Arc::default(),
         })
     }
 
@@ -106,8 +125,8 @@ impl Dispatcher {
                 }
             };
             let drained = claimed.len() < wanted;
-            for delivery in claimed {
-                self.spawn_attempt(&tracker, delivery, done_tx.clone());
+            for (delivery, permits) in claimed {
+                self.spawn_attempt(&tracker, delivery, permits, done_tx.clone());
             }
             if drained {
                 let idle = self.idle_wait().await;
@@ -134,16 +153,15 @@ impl Dispatcher {
 
     /// Leases as many due deliveries as there is room for. Returns them and how many
     /// were asked for: fewer back means the queue has nothing more due right now.
-    async fn claim(&self) -> Result<(Vec<ClaimedDelivery>, usize), herald_store::StoreError> {
-        let (room, in_flight) = {
-            let guard = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+    async fn claim(
+        &self,
+    ) -> Result<(Vec<(ClaimedDelivery, Arc<Semaphore>)>, usize), herald_store::StoreError> {
+        let (room, held) = {
+            let guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
             let room = self.settings.max_in_flight.saturating_sub(guard.total);
             (
                 usize::try_from(room).unwrap_or(0).min(BATCH),
-                guard.by_endpoint.clone(),
+                guard.counts(),
             )
         };
         if room == 0 {
@@ -156,17 +174,18 @@ impl Dispatcher {
         };
         let limits = ClaimLimits {
             total: room,
-            per_endpoint: self.settings.per_endpoint_in_flight,
-            in_flight: &in_flight,
+            per_endpoint: self.settings.per_endpoint_in_flight.saturating_mul(2),
+            in_flight: &held,
         };
         let claimed = self.store.claim_due_deliveries(now, limits, &lease).await?;
-        let mut guard = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for d in &claimed {
-            guard.add(&d.endpoint);
-        }
+        let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let claimed = claimed
+            .into_iter()
+            .map(|d| {
+                let permits = guard.add(&d.endpoint, self.settings.per_endpoint_in_flight);
+                (d, permits)
+            })
+            .collect();
         metrics::gauge!("herald_deliveries_in_flight").set(f64::from(guard.total));
         Ok((claimed, room))
     }
@@ -175,9 +194,10 @@ impl Dispatcher {
         &self,
         tracker: &TaskTracker,
         delivery: ClaimedDelivery,
+        permits: Arc<Semaphore>,
         done: mpsc::UnboundedSender<Completion>,
     ) {
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "delivery", delivery_id = delivery.id, event_id = %delivery.event_id,
             config_id = %delivery.config_id, attempt = delivery.attempt
         );
@@ -186,12 +206,15 @@ impl Dispatcher {
             self.settings.clone(),
             self.owner.clone(),
         );
-        let (in_flight, wake) = (self.in_flight.clone(), self.wake.clone());
+        let (held, wake) = (self.held.clone(), self.wake.clone());
         tracker.spawn(
             async move {
+                // The semaphore is never closed, so acquiring only waits for a permit.
+                let permit = permits.acquire().await;
                 let completion = attempt(&sender, &settings, &delivery, &owner).await;
+                drop(permit);
                 {
-                    let mut guard = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut guard = held.lock().unwrap_or_else(PoisonError::into_inner);
                     guard.remove(&delivery.endpoint);
                     metrics::gauge!("herald_deliveries_in_flight").set(f64::from(guard.total));
                 }

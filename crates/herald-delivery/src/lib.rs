@@ -23,9 +23,10 @@ pub struct DeliverySettings {
     pub timeout: Duration,
     /// Live `auth_timestamp` = send time + this.
     pub signature_ttl: Duration,
-    /// Most callbacks in flight to one endpoint (scheme, host and port).
+    /// Most callbacks being sent to one endpoint (scheme, host and port) at once. A
+    /// worker holds up to twice this many claimed, so the next is ready when one finishes.
     pub per_endpoint_in_flight: u32,
-    /// Most callbacks in flight from this process.
+    /// Most deliveries this process holds (sending or claimed and ready).
     pub max_in_flight: u32,
     /// Lets callbacks reach loopback and private addresses.
     pub allow_private_targets: bool,
