@@ -2,55 +2,38 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
 
-use common::{Creds, TestServer};
+use axum::http::StatusCode;
+use common::receiver::{Received, Receiver};
+use common::{Creds, TestServer, cli_json, spawn_serve, terminate};
+use tokio::io::AsyncReadExt;
 
 #[tokio::test]
 async fn serve_announces_its_address_stops_on_sigterm_and_logs_no_secret() {
     let data_dir = tempfile::tempdir().unwrap();
-    let herald = env!("CARGO_BIN_EXE_herald");
-    let mut child = Command::new(herald)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir.path())
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
-
-    let out = Command::new(herald)
-        .args([
-            "credentials",
-            "create",
-            "--project",
-            "p1",
-            "--json",
-            "--data-dir",
-        ])
-        .arg(data_dir.path())
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (mut child, base) = spawn_serve(
+        data_dir.path(),
+        &[],
+        &[("RUST_LOG", "trace")],
+        Stdio::piped(),
+    )
+    .await;
+    let v = cli_json(
+        data_dir.path(),
+        &["credentials", "create", "--project", "p1", "--json"],
+    )
+    .await;
     let creds = Creds {
         project: "p1".into(),
         ak: v["access_key"].as_str().unwrap().into(),
         sk: v["secret_key"].as_str().unwrap().into(),
     };
     let key = "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z";
-    let client = TestServer::client_for(&base);
     let body = format!(r#"{{"publish_domain": "d.com", "app": "a", "key": "{key}"}}"#);
-    let created = client
+    let created = TestServer::client_for(&base)
         .signed(
             &creds,
             reqwest::Method::POST,
@@ -60,22 +43,7 @@ async fn serve_announces_its_address_stops_on_sigterm_and_logs_no_secret() {
         .await;
     assert_eq!(created.status(), 201);
 
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "herald did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = terminate(&mut child).await;
     assert!(status.success(), "{status}");
     let mut logs = String::new();
     child
@@ -83,64 +51,34 @@ async fn serve_announces_its_address_stops_on_sigterm_and_logs_no_secret() {
         .take()
         .unwrap()
         .read_to_string(&mut logs)
+        .await
         .unwrap();
     assert!(logs.contains("shutting down"), "{logs}");
-    for secret in [creds.sk.as_str(), key] {
+    let master = std::fs::read_to_string(data_dir.path().join("master.key")).unwrap();
+    for secret in [creds.sk.as_str(), key, master.trim()] {
         assert!(!logs.contains(secret), "a secret reached the log");
     }
-    let master = std::fs::read_to_string(data_dir.path().join("master.key")).unwrap();
-    assert!(!logs.contains(master.trim()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_callback_in_flight_finish_and_keeps_the_rest_queued() {
-    use axum::http::StatusCode;
-    use common::receiver::{Received, Receiver};
-    use tokio::io::AsyncBufReadExt;
-
-    let receiver = Receiver::scripted(std::sync::Arc::new(|_r: &Received, _n: usize| {
+    let receiver = Receiver::scripted(Arc::new(|_r: &Received, _n: usize| {
         (StatusCode::OK, Duration::from_millis(1500))
     }))
     .await;
     let data_dir = tempfile::tempdir().unwrap();
-    let herald = env!("CARGO_BIN_EXE_herald");
-    let mut child = tokio::process::Command::new(herald)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-private-targets",
-            "--data-dir",
-        ])
-        .arg(data_dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = lines
-        .next_line()
-        .await
-        .unwrap()
-        .unwrap()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
-    let out = tokio::process::Command::new(herald)
-        .args([
-            "tokens",
-            "create",
-            "--project",
-            "p1",
-            "--json",
-            "--data-dir",
-        ])
-        .arg(data_dir.path())
-        .output()
-        .await
-        .unwrap();
-    let token = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["token"]
+    let (mut child, base) = spawn_serve(
+        data_dir.path(),
+        &["--allow-private-targets"],
+        &[],
+        Stdio::null(),
+    )
+    .await;
+    let token = cli_json(
+        data_dir.path(),
+        &["tokens", "create", "--project", "p1", "--json"],
+    )
+    .await["token"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -168,19 +106,7 @@ async fn sigterm_lets_a_callback_in_flight_finish_and_keeps_the_rest_queued() {
     );
     receiver.wait_for(1, Duration::from_secs(10)).await;
 
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        tokio::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap()
-            .success()
-    );
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = terminate(&mut child).await;
     assert!(status.success(), "{status}");
 
     // The callback that was in flight finished and was recorded; the next stayed queued.
@@ -188,12 +114,11 @@ async fn sigterm_lets_a_callback_in_flight_finish_and_keeps_the_rest_queued() {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
         .await
         .unwrap();
-    let states: Vec<(String, String)> = sqlx::query_as(
-        "SELECT e.event_id, d.state FROM deliveries d JOIN events e ON e.seq = d.event_seq ORDER BY d.id",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let states: Vec<(String, String)> =
+        sqlx::query_as("SELECT e.event_id, d.state FROM deliveries d JOIN events e ON e.seq = d.event_seq ORDER BY d.id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(
         states,
         [

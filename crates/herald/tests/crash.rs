@@ -15,59 +15,18 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use common::receiver::{Received, Receiver};
+use common::{cli_json, spawn_serve};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-const HERALD: &str = env!("CARGO_BIN_EXE_herald");
-
-/// Starts `herald serve` on a free port and returns it with its base URL.
-async fn serve(data_dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(HERALD)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-private-targets",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        // Quick retries, so re-queued deliveries go out within the test.
-        .env(
-            "HERALD_RETRY_SCHEDULE",
-            "0s,200ms,200ms,500ms,500ms,1s,1s,1s,1s,1s",
-        )
-        .env("HERALD_POLL_INTERVAL", "200ms")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let base = line.strip_prefix("listening on ").unwrap().to_owned();
-    (child, base)
-}
-
-async fn cli(data_dir: &std::path::Path, args: &[&str]) -> Value {
-    let out = Command::new(HERALD)
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+/// Quick retries, so re-queued deliveries go out within the test.
+const ENV: &[(&str, &str)] = &[
+    (
+        "HERALD_RETRY_SCHEDULE",
+        "0s,200ms,200ms,500ms,500ms,1s,1s,1s,1s,1s",
+    ),
+    ("HERALD_POLL_INTERVAL", "200ms"),
+];
+const ARGS: &[&str] = &["--allow-private-targets"];
 
 /// Most events one ingest phase sends, so the test's backlog stays small.
 const PHASE_EVENTS: u32 = 2000;
@@ -118,8 +77,8 @@ async fn nothing_accepted_is_lost_to_kill_9() {
     }))
     .await;
     let data_dir = tempfile::tempdir().unwrap();
-    let (mut first, base) = serve(data_dir.path()).await;
-    let token = cli(
+    let (mut first, base) = spawn_serve(data_dir.path(), ARGS, ENV, Stdio::null()).await;
+    let token = cli_json(
         data_dir.path(),
         &["tokens", "create", "--project", "p1", "--json"],
     )
@@ -157,7 +116,7 @@ async fn nothing_accepted_is_lost_to_kill_9() {
     let accepted_before = accepted.lock().unwrap().len();
     assert!(accepted_before > 0);
 
-    let (_second, base) = serve(data_dir.path()).await;
+    let (_second, base) = spawn_serve(data_dir.path(), ARGS, ENV, Stdio::null()).await;
     let stop = Arc::new(AtomicBool::new(false));
     let ingest = tokio::spawn(ingest_until(
         http,

@@ -195,6 +195,69 @@ impl Drop for TestServer {
     }
 }
 
+/// `herald serve` as a child process on a free port of 127.0.0.1, with `args` added and
+/// `env` set; returns it (killed on drop) and its base URL, read from its first line.
+pub async fn spawn_serve(
+    data_dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("herald serve did not announce its address")
+        .unwrap()
+        .unwrap();
+    let base = line.strip_prefix("listening on ").unwrap().to_owned();
+    (child, base)
+}
+
+/// Runs a `herald` command with `--data-dir` and parses its one line of JSON.
+pub async fn cli_json(data_dir: &std::path::Path, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "herald {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Sends SIGTERM and waits (at most 15 s) for the child to exit.
+pub async fn terminate(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap()
+            .success()
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(15), child.wait())
+        .await
+        .expect("herald did not stop on SIGTERM")
+        .unwrap()
+}
+
 /// Status and JSON body (Null when the body is empty).
 pub async fn json(response: Response) -> (u16, Value) {
     let status = response.status().as_u16();
