@@ -26,9 +26,10 @@ pub struct Lease {
 pub struct ClaimLimits<'a> {
     /// Most deliveries to lease in this claim.
     pub total: usize,
-    /// Most deliveries in flight at one endpoint.
+    /// Most deliveries the worker may hold for one endpoint.
     pub per_endpoint: u32,
-    /// Deliveries this worker has in flight, by endpoint; endpoints not listed have none.
+    /// Deliveries the worker holds (sending, or claimed and waiting to send), by
+    /// endpoint; endpoints not listed have none.
     pub in_flight: &'a HashMap<String, u32>,
 }
 
