@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::field::FieldError;
 use crate::live::LiveEventType;
+use crate::rtc::RtcEventType;
 
 /// The kind of value a notification field holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,9 +86,24 @@ pub struct LiveEvent {
     pub fields: Map<String, Value>,
 }
 
-impl LiveEvent {
-    /// Parses one event object; `path` prefixes field names in errors (`events[3].`).
-    pub fn parse(path: &str, value: &Value) -> Result<Self, FieldError> {
+/// An event object read against a flavour's field table, before its required fields
+/// are checked.
+struct ReadEvent {
+    path: String,
+    event_id: Option<EventId>,
+    fields: Map<String, Value>,
+}
+
+impl ReadEvent {
+    /// Reads `value` as an event of `flavour` whose fields are `table`; `path` prefixes
+    /// field names in errors (`events[3].`). Unknown fields are refused: a typo must not
+    /// silently drop data from the notification.
+    fn read(
+        path: &str,
+        value: &Value,
+        table: &[(&str, Kind)],
+        flavour: &str,
+    ) -> Result<Self, FieldError> {
         let named = |name: &str| format!("{path}{name}");
         let Value::Object(obj) = value else {
             return Err(FieldError::new(
@@ -97,15 +113,15 @@ impl LiveEvent {
         };
         if let Some(unknown) = obj
             .keys()
-            .find(|k| *k != "event_id" && !LIVE_FIELDS.iter().any(|(name, _)| name == k))
+            .find(|k| *k != "event_id" && !table.iter().any(|(name, _)| name == k))
         {
             return Err(FieldError::new(
                 named(unknown),
-                "is not a field of a Live recording event",
+                format!("is not a field of a {flavour} recording event"),
             ));
         }
         let mut fields = Map::new();
-        for (name, kind) in LIVE_FIELDS {
+        for (name, kind) in table {
             match (obj.get(*name), kind) {
                 (None | Some(Value::Null), _) => {}
                 (Some(v @ Value::String(_)), Kind::Text) => {
@@ -125,33 +141,52 @@ impl LiveEvent {
                 }
             }
         }
-        let required = |name: &str| -> Result<String, FieldError> {
-            match fields.get(name).and_then(Value::as_str) {
-                Some(s) if !s.is_empty() => Ok(s.to_owned()),
-                Some(_) => Err(FieldError::new(named(name), "must not be empty")),
-                None => Err(FieldError::new(named(name), "is required")),
-            }
-        };
-        let event_type = LiveEventType::parse(&named("event_type"), &required("event_type")?)?;
-        let publish_domain = required("publish_domain")?.to_ascii_lowercase();
-        let app = required("app")?;
-        let stream = required("stream")?;
-        fields.insert(
-            "publish_domain".into(),
-            Value::String(publish_domain.clone()),
-        );
         let event_id = match obj.get("event_id") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(EventId::parse(&named("event_id"), s)?),
             Some(_) => return Err(FieldError::new(named("event_id"), "must be a string")),
         };
         Ok(Self {
+            path: path.to_owned(),
             event_id,
+            fields,
+        })
+    }
+
+    fn named(&self, name: &str) -> String {
+        format!("{}{name}", self.path)
+    }
+
+    /// A text field that must be present and not empty.
+    fn required(&self, name: &str) -> Result<String, FieldError> {
+        match self.fields.get(name).and_then(Value::as_str) {
+            Some(s) if !s.is_empty() => Ok(s.to_owned()),
+            Some(_) => Err(FieldError::new(self.named(name), "must not be empty")),
+            None => Err(FieldError::new(self.named(name), "is required")),
+        }
+    }
+}
+
+impl LiveEvent {
+    /// Parses one event object; `path` prefixes field names in errors (`events[3].`).
+    pub fn parse(path: &str, value: &Value) -> Result<Self, FieldError> {
+        let mut read = ReadEvent::read(path, value, LIVE_FIELDS, "Live")?;
+        let event_type =
+            LiveEventType::parse(&read.named("event_type"), &read.required("event_type")?)?;
+        let publish_domain = read.required("publish_domain")?.to_ascii_lowercase();
+        let app = read.required("app")?;
+        let stream = read.required("stream")?;
+        read.fields.insert(
+            "publish_domain".into(),
+            Value::String(publish_domain.clone()),
+        );
+        Ok(Self {
+            event_id: read.event_id,
             event_type,
+            publish_domain,
             app,
             stream,
-            publish_domain,
-            fields,
+            fields: read.fields,
         })
     }
 
@@ -165,8 +200,12 @@ impl LiveEvent {
 /// Most events one ingest request may carry.
 pub const MAX_BATCH: usize = 1000;
 
-/// An ingest body: one event, or `{"events": [...]}` with 1 to 1000.
-pub fn parse_live_ingest(body: &[u8]) -> Result<(Vec<LiveEvent>, bool), FieldError> {
+/// An ingest body: one event, or `{"events": [...]}` with 1 to 1000. Returns the events
+/// and whether the body was a batch (the answer's shape follows it).
+fn parse_ingest<E>(
+    body: &[u8],
+    parse_one: impl Fn(&str, &Value) -> Result<E, FieldError>,
+) -> Result<(Vec<E>, bool), FieldError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| FieldError::new("body", format!("is not valid JSON ({e})")))?;
     match &value {
@@ -186,13 +225,69 @@ pub fn parse_live_ingest(body: &[u8]) -> Result<(Vec<LiveEvent>, bool), FieldErr
             let events = items
                 .iter()
                 .enumerate()
-                .map(|(i, item)| LiveEvent::parse(&format!("events[{i}]."), item))
+                .map(|(i, item)| parse_one(&format!("events[{i}]."), item))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((events, true))
         }
-        Value::Object(_) => Ok((vec![LiveEvent::parse("", &value)?], false)),
+        Value::Object(_) => Ok((vec![parse_one("", &value)?], false)),
         _ => Err(FieldError::new("body", "must be a JSON object")),
     }
+}
+
+/// A Live ingest body (SPEC §4).
+pub fn parse_live_ingest(body: &[u8]) -> Result<(Vec<LiveEvent>, bool), FieldError> {
+    parse_ingest(body, LiveEvent::parse)
+}
+
+/// The RTC notification fields an engine may report (seed 004 without `app_id`, which
+/// Herald adds, plus `file_size` from seed 000's example), in seed 000's order.
+const RTC_FIELDS: &[(&str, Kind)] = &[
+    ("event_type", Kind::Text),
+    ("stream_name", Kind::Text),
+    ("record_format", Kind::Text),
+    ("download_url", Kind::Text),
+    ("file_size", Kind::Count),
+    ("record_duration", Kind::Count),
+    ("start_time", Kind::Text),
+    ("end_time", Kind::Text),
+    ("width", Kind::Count),
+    ("height", Kind::Count),
+    ("obs_location", Kind::Text),
+    ("obs_bucket", Kind::Text),
+    ("obs_object", Kind::Text),
+    ("job_id", Kind::Text),
+    ("room_id", Kind::Text),
+    ("detail_message", Kind::Text),
+];
+
+/// A validated RTC-flavour event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RtcEvent {
+    pub event_id: Option<EventId>,
+    pub event_type: RtcEventType,
+    pub stream_name: String,
+    /// Every reported field, in seed 000's order.
+    pub fields: Map<String, Value>,
+}
+
+impl RtcEvent {
+    pub fn parse(path: &str, value: &Value) -> Result<Self, FieldError> {
+        let read = ReadEvent::read(path, value, RTC_FIELDS, "RTC")?;
+        let event_type =
+            RtcEventType::parse(&read.named("event_type"), &read.required("event_type")?)?;
+        let stream_name = read.required("stream_name")?;
+        Ok(Self {
+            event_id: read.event_id,
+            event_type,
+            stream_name,
+            fields: read.fields,
+        })
+    }
+}
+
+/// An RTC ingest body (SPEC §4).
+pub fn parse_rtc_ingest(body: &[u8]) -> Result<(Vec<RtcEvent>, bool), FieldError> {
+    parse_ingest(body, RtcEvent::parse)
 }
 
 #[cfg(test)]
@@ -271,6 +366,26 @@ mod tests {
         let event =
             json!({"event_type": "RECORD_OVER", "publish_domain": "d", "app": "a", "stream": "s"});
         let (events, batch) = parse_live_ingest(event.to_string().as_bytes()).unwrap();
+        let rtc = json!({"event_type": "CLOUD_RECORD_SERVER_OVER", "stream_name": "s", "room_id": "r", "width": 1});
+        let (rtc_events, _) = parse_rtc_ingest(rtc.to_string().as_bytes()).unwrap();
+        assert_eq!(rtc_events[0].stream_name, "s");
+        for (bad, field) in [
+            (
+                json!({"event_type": "RECORD_OVER", "stream_name": "s"}),
+                "event_type",
+            ),
+            (json!({"event_type": "RECORD_FILE_COMPLETE"}), "stream_name"),
+            (
+                json!({"event_type": "RECORD_FILE_COMPLETE", "stream_name": "s", "app_id": "x"}),
+                "app_id",
+            ),
+            (
+                json!({"event_type": "RECORD_FILE_COMPLETE", "stream_name": "s", "record_duration": "1"}),
+                "record_duration",
+            ),
+        ] {
+            assert_eq!(RtcEvent::parse("", &bad).unwrap_err().field, field, "{bad}");
+        }
         assert_eq!((events.len(), batch), (1, false));
         let many = json!({"events": vec![event.clone(); 1000]});
         assert_eq!(

@@ -5,6 +5,7 @@
 //! - [`live`]: the Live-flavour callback configuration and its validated parts.
 //! - [`notify`]: rendering and signing the notifications config owners receive.
 //! - [`project`]: project ids, the tenant boundary of every resource.
+//! - [`rtc`]: the RTC flavour: apps, record callbacks, the `X-Rtc-*` signature.
 //! - [`retry`]: the retry schedule and its jitter.
 //! - [`sdk_auth`]: the `SDK-HMAC-SHA256` request signature of the Huawei Cloud SDKs.
 //! - [`secrets`]: the master key that seals secrets at rest, and credential generation.
@@ -18,6 +19,7 @@ pub mod live;
 pub mod notify;
 pub mod project;
 pub mod retry;
+pub mod rtc;
 pub mod sdk_auth;
 pub mod secrets;
 pub mod target;

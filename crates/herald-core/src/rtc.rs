@@ -1,0 +1,256 @@
+//! The RTC flavour (SPEC §2): apps, their record callback, and its `X-Rtc-*` signature.
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::event::RtcEvent;
+use crate::field::{FieldError, JsonObject};
+use crate::live::CallbackUrl;
+use crate::notify::hmac_sha256_hex;
+
+/// The events an RTC record callback is notified of: all three, always (the API has no
+/// way to choose).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RtcEventType {
+    RecordNewFileStart,
+    RecordFileComplete,
+    CloudRecordServerOver,
+}
+
+impl RtcEventType {
+    pub const ALL: [Self; 3] = [
+        Self::RecordNewFileStart,
+        Self::RecordFileComplete,
+        Self::CloudRecordServerOver,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RecordNewFileStart => "RECORD_NEW_FILE_START",
+            Self::RecordFileComplete => "RECORD_FILE_COMPLETE",
+            Self::CloudRecordServerOver => "CLOUD_RECORD_SERVER_OVER",
+        }
+    }
+
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
+        Self::ALL.into_iter().find(|t| t.as_str() == raw).ok_or_else(|| {
+            FieldError::new(
+                field,
+                format!(
+                    "unknown RTC event type {raw:?}; expected RECORD_NEW_FILE_START, RECORD_FILE_COMPLETE or CLOUD_RECORD_SERVER_OVER"
+                ),
+            )
+        })
+    }
+
+    /// The subscription every record callback has.
+    pub fn names() -> Vec<&'static str> {
+        Self::ALL.iter().map(|t| t.as_str()).collect()
+    }
+}
+
+/// An RTC app id: 24 lower-case hex characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AppId(String);
+
+impl AppId {
+    pub fn generate() -> Self {
+        let hex = uuid::Uuid::new_v4().simple().to_string();
+        Self(hex[..24].to_owned())
+    }
+
+    /// `None` for anything that is not an app id: such an app cannot exist.
+    pub fn parse(raw: &str) -> Option<Self> {
+        (raw.len() == 24
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An app's display name: 1–64 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppName(String);
+
+impl AppName {
+    /// A create-app body: `{"app_name": "..."}`.
+    pub fn parse_body(body: &[u8]) -> Result<Self, FieldError> {
+        let obj = JsonObject::parse(body)?;
+        Self::parse("app_name", obj.required_str("app_name")?)
+    }
+
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
+        let chars = raw.chars().count();
+        if (1..=64).contains(&chars) && !raw.chars().any(char::is_control) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(FieldError::new(
+                field,
+                "must be 1 to 64 characters without control characters",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A record callback's key: 32 to 64 ASCII letters and digits. Redacted in `Debug`.
+#[derive(Debug, Clone)]
+pub struct AuthKey(SecretString);
+
+impl AuthKey {
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
+        if (32..=64).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            Ok(Self(SecretString::from(raw)))
+        } else {
+            Err(FieldError::new(
+                field,
+                "must be 32 to 64 characters, ASCII letters and digits only",
+            ))
+        }
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+/// `PUT /v2/apps/{app_id}/record-callback`: a URL and an optional key, or `"url": ""` to
+/// remove the callback.
+#[derive(Debug, Clone)]
+pub enum RecordCallbackRequest {
+    Set {
+        url: CallbackUrl,
+        auth_key: Option<AuthKey>,
+    },
+    Remove,
+}
+
+impl RecordCallbackRequest {
+    pub fn parse(body: &[u8], allow_private_targets: bool) -> Result<Self, FieldError> {
+        let obj = JsonObject::parse(body)?;
+        let Some(url) = obj.optional_str("url")? else {
+            return Err(FieldError::new("url", "is required"));
+        };
+        if url.is_empty() {
+            return Ok(Self::Remove);
+        }
+        let url = CallbackUrl::parse("url", url, allow_private_targets)?;
+        let auth_key = match obj.optional_str("auth_key")? {
+            None | Some("") => None,
+            Some(key) => Some(AuthKey::parse("auth_key", key)?),
+        };
+        Ok(Self::Set { url, auth_key })
+    }
+}
+
+/// The `X-Rtc-*` headers of one callback (RTC-SIGNATURE.md): `rand`, `timestamp` and the
+/// lower-case hex HMAC-SHA256 of `rand + timestamp + body`, keyed by the auth key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtcSignature {
+    pub rand: String,
+    pub timestamp: String,
+    pub signature: String,
+}
+
+pub fn rtc_signature(key: &AuthKey, rand: u32, timestamp: i64, body: &[u8]) -> RtcSignature {
+    let (rand, timestamp) = (rand.to_string(), timestamp.to_string());
+    let mut message = Vec::with_capacity(rand.len() + timestamp.len() + body.len());
+    message.extend_from_slice(rand.as_bytes());
+    message.extend_from_slice(timestamp.as_bytes());
+    message.extend_from_slice(body);
+    let signature = hmac_sha256_hex(key.expose().as_bytes(), &message);
+    RtcSignature {
+        rand,
+        timestamp,
+        signature,
+    }
+}
+
+/// The RTC notification body: `app_id`, then the event's fields; absent ones left out.
+pub fn render_rtc(app_id: &str, event: &RtcEvent) -> Vec<u8> {
+    let mut body = serde_json::Map::with_capacity(event.fields.len() + 1);
+    body.insert(
+        "app_id".into(),
+        serde_json::Value::String(app_id.to_owned()),
+    );
+    for (name, value) in &event.fields {
+        body.insert(name.clone(), value.clone());
+    }
+    serde_json::to_vec(&serde_json::Value::Object(body)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_ids_are_24_lowercase_hex() {
+        let id = AppId::generate();
+        assert!(AppId::parse(id.as_str()).is_some());
+        for bad in [
+            "",
+            "ABCDEF0123456789abcdef01",
+            "0123456789abcdef012345678",
+            "zz23456789abcdef01234567",
+        ] {
+            assert!(AppId::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn record_callback_rules() {
+        let parse = |b: &str| RecordCallbackRequest::parse(b.as_bytes(), false);
+        assert!(matches!(
+            parse(r#"{"url": ""}"#).unwrap(),
+            RecordCallbackRequest::Remove
+        ));
+        assert!(matches!(
+            parse(r#"{"url": "https://cb.example.com/r"}"#).unwrap(),
+            RecordCallbackRequest::Set { auth_key: None, .. }
+        ));
+        for (body, field) in [
+            (r#"{}"#, "url"),
+            (r#"{"url": "cb.example.com"}"#, "url"),
+            (r#"{"url": "http://10.0.0.1/x"}"#, "url"),
+            (
+                r#"{"url": "https://cb.example.com/r", "auth_key": "short"}"#,
+                "auth_key",
+            ),
+            (
+                r#"{"url": "https://cb.example.com/r", "auth_key": "0123456789abcdef0123456789abcde-"}"#,
+                "auth_key",
+            ),
+        ] {
+            assert_eq!(parse(body).unwrap_err().field, field, "{body}");
+        }
+        let long = format!(
+            r#"{{"url": "https://cb.example.com/r", "auth_key": "{}"}}"#,
+            "a".repeat(65)
+        );
+        assert_eq!(parse(&long).unwrap_err().field, "auth_key");
+        assert!(
+            AuthKey::parse("k", &"a".repeat(64)).is_ok()
+                && AuthKey::parse("k", &"a".repeat(32)).is_ok()
+        );
+    }
+
+    #[test]
+    fn signature_is_hmac_of_rand_timestamp_and_body() {
+        let key = AuthKey::parse("k", "8923ab8c2dcef4538923ab8c2dcef453").unwrap();
+        let sig = rtc_signature(&key, 12345, 1700000000, br#"{"a":1}"#);
+        // printf '%s' '123451700000000{"a":1}' | openssl dgst -sha256 -hmac 8923ab8c2dcef4538923ab8c2dcef453
+        assert_eq!(sig.rand, "12345");
+        assert_eq!(sig.timestamp, "1700000000");
+        assert_eq!(
+            sig.signature,
+            "fdc2e16b925d7ab6891f1370e9096b71322dcf78b07ee7c779f841c0211793f7"
+        );
+    }
+}
