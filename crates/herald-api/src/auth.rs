@@ -11,7 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use herald_core::field::FieldError;
 use herald_core::project::ProjectId;
 use herald_core::sdk_auth::{self, Authorization, WireRequest};
@@ -20,7 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, RtcError};
 
 /// Request bodies above this are refused before they are read further.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -69,12 +69,18 @@ impl StaticCredentials {
     }
 }
 
-/// Middleware: bounded body, then the caller, then the handler.
-pub async fn authenticate(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
+/// Middleware: bounded body, then the caller, then the handler. Refusals on the RTC
+/// paths (`/v2/…`) carry the RTC flavour's codes.
+pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let rtc = request.uri().path().starts_with("/v2/");
+    match admit(&state, request, next).await {
+        Ok(response) => response,
+        Err(e) if rtc => RtcError(e).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn admit(state: &AppState, request: Request, next: Next) -> Result<Response, ApiError> {
     let too_large = || ApiError::BadRequest(FieldError::new("body", "must be at most 1 MiB"));
     let declared = request
         .headers()
@@ -88,7 +94,7 @@ pub async fn authenticate(
     let body: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| too_large())?;
-    let caller = identify(&state, &parts.method, &parts.uri, &parts.headers, &body).await?;
+    let caller = identify(state, &parts.method, &parts.uri, &parts.headers, &body).await?;
     if let Some(claimed) = parts.headers.get(PROJECT_ID)
         && claimed.as_bytes() != caller.project.as_str().as_bytes()
     {

@@ -93,7 +93,7 @@ pub async fn list(
 ) -> Result<Json<DeliveryList>, ApiError> {
     let project_id = caller.authorize(&project_id)?;
     let query = QueryPairs::parse(query.as_deref());
-    let page = parse_page(&query)?;
+    let page = parse_page(&query, 10)?;
     let status = query
         .non_empty("status")
         .map(|s| {

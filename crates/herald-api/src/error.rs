@@ -69,18 +69,67 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, error_code) = self.status_and_code();
-        match &self {
+fn respond(status: StatusCode, error_code: &'static str, error_msg: String) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error_code,
+            error_msg,
+        }),
+    )
+        .into_response()
+}
+
+impl ApiError {
+    fn log(&self) {
+        match self {
             Self::Internal(cause) => tracing::error!(%cause, "internal error"),
             Self::Unauthenticated(reason) => tracing::info!(%reason, "request refused"),
             _ => {}
         }
-        let body = ErrorBody {
-            error_code,
-            error_msg: self.to_string(),
-        };
-        (status, Json(body)).into_response()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let (status, error_code) = self.status_and_code();
+        respond(status, error_code, self.to_string())
+    }
+}
+
+/// An [`ApiError`] answered with the RTC flavour's codes (SPEC §2): 400 and 404
+/// `RTC.00001003` (`InvalidParameterValue`), 500 `RTC.00002001` (`InternalError`); the
+/// gateway's own codes (401, 403, no such route) are the same in both flavours.
+#[derive(Debug)]
+pub struct RtcError(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for RtcError {
+    fn from(e: E) -> Self {
+        Self(e.into())
+    }
+}
+
+impl IntoResponse for RtcError {
+    fn into_response(self) -> Response {
+        self.0.log();
+        match self.0 {
+            ApiError::BadRequest(e) => respond(
+                StatusCode::BAD_REQUEST,
+                "RTC.00001003",
+                format!("InvalidParameterValue: {e}"),
+            ),
+            ApiError::NotFound(what) => respond(
+                StatusCode::NOT_FOUND,
+                "RTC.00001003",
+                format!("InvalidParameterValue: {what} not found"),
+            ),
+            ApiError::Internal(_) => respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "RTC.00002001",
+                "InternalError".into(),
+            ),
+            other => other.into_response(),
+        }
     }
 }

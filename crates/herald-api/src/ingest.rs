@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use herald_core::event::{EventId, parse_live_ingest};
+use herald_store::Accepted;
 use serde::Serialize;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -33,6 +34,28 @@ pub struct AcceptedBatch {
 pub enum IngestAnswer {
     One(AcceptedEvent),
     Batch(AcceptedBatch),
+}
+
+/// The 202's body: the one event's answer, or the batch's answers and their total.
+pub fn answer(accepted: Vec<Accepted>, is_batch: bool) -> Result<IngestAnswer, ApiError> {
+    let mut answers: Vec<AcceptedEvent> = accepted
+        .into_iter()
+        .map(|a| AcceptedEvent {
+            event_id: a.event_id,
+            deliveries: a.deliveries,
+        })
+        .collect();
+    if is_batch {
+        Ok(IngestAnswer::Batch(AcceptedBatch {
+            deliveries: answers.iter().map(|a| a.deliveries).sum(),
+            events: answers,
+        }))
+    } else {
+        let one = answers
+            .pop()
+            .ok_or_else(|| ApiError::internal("the store answered no event"))?;
+        Ok(IngestAnswer::One(one))
+    }
 }
 
 /// Report a Live recording event, or `{"events": [...]}` with up to 1000.
@@ -72,23 +95,6 @@ pub async fn ingest_live(
     state.wake.notify_one();
     metrics::counter!("herald_events_accepted_total", "flavour" => "live")
         .increment(events.len() as u64);
-    let mut answers: Vec<AcceptedEvent> = accepted
-        .into_iter()
-        .map(|a| AcceptedEvent {
-            event_id: a.event_id,
-            deliveries: a.deliveries,
-        })
-        .collect();
-    let answer = if is_batch {
-        IngestAnswer::Batch(AcceptedBatch {
-            deliveries: answers.iter().map(|a| a.deliveries).sum(),
-            events: answers,
-        })
-    } else {
-        let one = answers
-            .pop()
-            .ok_or_else(|| ApiError::internal("the store answered no event"))?;
-        IngestAnswer::One(one)
-    };
+    let answer = answer(accepted, is_batch)?;
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }

@@ -3,6 +3,7 @@
 //! - [`auth`]: AK/SK and token authentication, the body size bound, the [`auth::Caller`].
 //! - [`live`]: the Live-flavour callback configuration API (SPEC §1).
 //! - [`ingest`]: recording events from engines (SPEC §4).
+//! - [`rtc`]: the RTC flavour: apps, record callbacks, RTC events (SPEC §2, §4).
 //! - [`deliveries`]: the delivery log and manual retry (SPEC §6).
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`error`]: the one error type that becomes an HTTP answer.
@@ -20,6 +21,7 @@ pub mod ingest;
 pub mod live;
 mod query;
 pub mod request_id;
+pub mod rtc;
 
 use std::sync::Arc;
 
@@ -66,6 +68,7 @@ pub struct AppState {
     modifiers(&SecuritySchemes),
     tags(
         (name = "live", description = "Live-flavour callback configs (SPEC §1)"),
+        (name = "rtc", description = "RTC-flavour apps and record callbacks (SPEC §2)"),
         (name = "ingest", description = "Recording events from engines (SPEC §4)"),
         (name = "deliveries", description = "The delivery log and manual retry (SPEC §6)"),
         (name = "operations", description = "Health and documents"),
@@ -100,6 +103,13 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(ingest::ingest_live))
         .routes(routes!(deliveries::list))
         .routes(routes!(deliveries::retry))
+        .routes(routes!(rtc::create_app, rtc::list_apps))
+        .routes(routes!(rtc::show_app, rtc::delete_app))
+        .routes(routes!(
+            rtc::update_record_callback,
+            rtc::show_record_callback
+        ))
+        .routes(routes!(rtc::ingest_rtc))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

@@ -154,7 +154,7 @@ pub async fn list(
 ) -> Result<Json<LiveConfigList>, ApiError> {
     let project_id = caller.authorize(&project_id)?;
     let query = QueryPairs::parse(query.as_deref());
-    let page = parse_page(&query)?;
+    let page = parse_page(&query, 10)?;
     let filter = LiveConfigFilter {
         publish_domain: query
             .non_empty("publish_domain")

@@ -51,11 +51,12 @@ impl QueryPairs {
     }
 }
 
-/// `offset` ≥ 0 (default 0) and `limit` 1–100 (default 10).
-pub fn parse_page(query: &QueryPairs) -> Result<Page, FieldError> {
+/// `offset` ≥ 0 (default 0) and `limit` 1–100 (default `default_limit`: 10 in the Live
+/// API, 100 in the RTC one, as each documents).
+pub fn parse_page(query: &QueryPairs, default_limit: u64) -> Result<Page, FieldError> {
     Ok(Page {
         offset: query.integer("offset", 0, 0..=u64::from(u32::MAX))?,
-        limit: query.integer("limit", 10, 1..=100)?,
+        limit: query.integer("limit", default_limit, 1..=100)?,
     })
 }
 
@@ -64,7 +65,7 @@ mod tests {
     use super::*;
 
     fn page(raw: &str) -> Result<Page, FieldError> {
-        parse_page(&QueryPairs::parse(Some(raw)))
+        parse_page(&QueryPairs::parse(Some(raw)), 10)
     }
 
     #[test]

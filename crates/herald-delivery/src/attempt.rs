@@ -3,11 +3,55 @@
 use std::time::Instant;
 
 use herald_core::notify::render_live;
-use herald_store::{AfterAttempt, AttemptRecord, ClaimedDelivery, Completion};
+use herald_core::rtc::{render_rtc, rtc_signature};
+use herald_store::{AfterAttempt, AttemptRecord, ClaimedDelivery, Completion, Notification};
+use reqwest::header::{HeaderMap, HeaderValue};
 use time::OffsetDateTime;
 
 use crate::DeliverySettings;
 use crate::client::{Answer, Sender, callback_headers};
+
+/// The notification's body, signed for this attempt: Live signatures go in the body,
+/// RTC ones in `X-Rtc-*` headers computed over the exact body bytes.
+fn signed_body(
+    settings: &DeliverySettings,
+    delivery: &ClaimedDelivery,
+    at: OffsetDateTime,
+    headers: &mut HeaderMap,
+) -> Vec<u8> {
+    match &delivery.notification {
+        Notification::Live { event, signing } => {
+            let ttl = i64::try_from(settings.signature_ttl.as_secs()).unwrap_or(i64::MAX);
+            render_live(
+                delivery.project_id.as_str(),
+                event,
+                signing.as_ref(),
+                at.unix_timestamp().saturating_add(ttl),
+            )
+        }
+        Notification::Rtc {
+            app_id,
+            event,
+            auth_key,
+        } => {
+            let body = render_rtc(app_id, event);
+            if let Some(key) = auth_key {
+                let sig = rtc_signature(key, rand::random::<u32>(), at.unix_timestamp(), &body);
+                for (name, value) in [
+                    ("x-rtc-rand", sig.rand),
+                    ("x-rtc-timestamp", sig.timestamp),
+                    ("x-rtc-signature", sig.signature),
+                ] {
+                    // Decimal digits and hex: always valid header values.
+                    if let Ok(value) = HeaderValue::from_str(&value) {
+                        headers.insert(name, value);
+                    }
+                }
+            }
+            body
+        }
+    }
+}
 
 /// Renders and signs the notification afresh (a new `auth_timestamp` each attempt),
 /// POSTs it, and decides from the answer and the retry schedule what comes next.
@@ -18,21 +62,10 @@ pub async fn attempt(
     lease_owner: &str,
 ) -> Completion {
     let at = OffsetDateTime::now_utc();
-    let ttl = i64::try_from(settings.signature_ttl.as_secs()).unwrap_or(i64::MAX);
-    let body = render_live(
-        delivery.project_id.as_str(),
-        &delivery.event,
-        delivery.signing.as_ref(),
-        at.unix_timestamp().saturating_add(ttl),
-    );
+    let mut headers = callback_headers(&delivery.event_id, delivery.attempt);
+    let body = signed_body(settings, delivery, at, &mut headers);
     let started = Instant::now();
-    let answer = sender
-        .post(
-            &delivery.url,
-            callback_headers(&delivery.event_id, delivery.attempt),
-            body,
-        )
-        .await;
+    let answer = sender.post(&delivery.url, headers, body).await;
     let elapsed = started.elapsed();
     metrics::histogram!("herald_delivery_attempt_duration_seconds").record(elapsed.as_secs_f64());
     let (succeeded, status_code, error, response_head, result) = match answer {

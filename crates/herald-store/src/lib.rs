@@ -11,16 +11,17 @@ mod rows;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use herald_core::event::{EventId, LiveEvent};
-use herald_core::live::LiveCallbackConfig;
+use herald_core::event::{EventId, LiveEvent, RtcEvent};
+use herald_core::live::{CallbackUrl, LiveCallbackConfig};
 use herald_core::project::ProjectId;
+use herald_core::rtc::{AppId, AppName, AuthKey};
 use herald_core::secrets::SealError;
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
 pub use queue::{
     Accepted, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
-    DeliveryFilter, DeliveryStatus, DeliveryView, Lease, QueueStats, RetryOutcome,
+    DeliveryFilter, DeliveryStatus, DeliveryView, Lease, Notification, QueueStats, RetryOutcome,
 };
 pub use rows::CorruptRow;
 
@@ -61,6 +62,25 @@ pub struct AccessKeySummary {
 pub struct LiveConfigFilter {
     pub publish_domain: Option<String>,
     pub app: Option<String>,
+}
+
+/// An RTC app (SPEC §2).
+#[derive(Debug, Clone)]
+pub struct RtcApp {
+    pub app_id: AppId,
+    pub project_id: ProjectId,
+    pub app_name: AppName,
+    pub created_at: OffsetDateTime,
+    pub callback: Option<RecordCallback>,
+    /// When the record callback was last set or removed (its `update_time`).
+    pub callback_updated_at: OffsetDateTime,
+}
+
+/// An app's record callback.
+#[derive(Debug, Clone)]
+pub struct RecordCallback {
+    pub url: CallbackUrl,
+    pub auth_key: Option<AuthKey>,
 }
 
 /// A window of a list, already validated by the API (`limit` 1–100).
@@ -170,4 +190,37 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<RetryOutcome, StoreError>;
 
     async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError>;
+
+    async fn insert_rtc_app(&self, app: &RtcApp) -> Result<(), StoreError>;
+    async fn get_rtc_app(
+        &self,
+        project: &ProjectId,
+        app_id: &AppId,
+    ) -> Result<Option<RtcApp>, StoreError>;
+    /// The project's apps in creation order, and how many there are in all.
+    async fn list_rtc_apps(
+        &self,
+        project: &ProjectId,
+        page: Page,
+    ) -> Result<(u64, Vec<RtcApp>), StoreError>;
+    /// True when the app existed. Its deliveries not yet sent are cancelled.
+    async fn delete_rtc_app(&self, project: &ProjectId, app_id: &AppId)
+    -> Result<bool, StoreError>;
+    /// Sets (or, with `None`, removes) an app's record callback; removing it cancels the
+    /// deliveries not yet sent. `None` back when there is no such app.
+    async fn set_record_callback(
+        &self,
+        project: &ProjectId,
+        app_id: &AppId,
+        callback: Option<&RecordCallback>,
+        at: OffsetDateTime,
+    ) -> Result<Option<RtcApp>, StoreError>;
+    /// [`Store::ingest_live`] for an RTC app's events; `None` when there is no such app.
+    async fn ingest_rtc(
+        &self,
+        project: &ProjectId,
+        app_id: &AppId,
+        events: &[(EventId, RtcEvent)],
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<Accepted>>, StoreError>;
 }

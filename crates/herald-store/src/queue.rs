@@ -2,9 +2,10 @@
 
 use std::collections::HashMap;
 
-use herald_core::event::LiveEvent;
+use herald_core::event::{LiveEvent, RtcEvent};
 use herald_core::notify::LiveSigning;
 use herald_core::project::ProjectId;
+use herald_core::rtc::AuthKey;
 use time::OffsetDateTime;
 
 /// What acceptance answered for one event; a repeated `event_id` gets the first answer.
@@ -44,8 +45,22 @@ pub struct ClaimedDelivery {
     pub url: String,
     /// The number of this attempt, 1 for the first (the `Herald-Delivery-Attempt` header).
     pub attempt: u32,
-    pub event: LiveEvent,
-    pub signing: Option<LiveSigning>,
+    pub notification: Notification,
+}
+
+/// What a delivery sends, by flavour, with the key it is signed with (if any) as it was
+/// when the event was accepted.
+#[derive(Debug, Clone)]
+pub enum Notification {
+    Live {
+        event: LiveEvent,
+        signing: Option<LiveSigning>,
+    },
+    Rtc {
+        app_id: String,
+        event: RtcEvent,
+        auth_key: Option<AuthKey>,
+    },
 }
 
 /// One attempt as the delivery log shows it.

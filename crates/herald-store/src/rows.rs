@@ -33,6 +33,11 @@ pub(crate) fn live_config_key_context(id: &str) -> String {
     format!("live_callback_config:{id}")
 }
 
+/// Associated data binding a sealed RTC auth key to its app.
+pub(crate) fn rtc_app_key_context(app_id: &str) -> String {
+    format!("rtc_app:{app_id}")
+}
+
 /// A `live_callback_configs` row as both backends read and write it.
 pub(crate) struct LiveConfigRow {
     pub id: String,

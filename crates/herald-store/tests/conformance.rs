@@ -6,6 +6,7 @@
 
 use herald_core::event::{EventId, LiveEvent};
 use herald_core::live::{CallbackUrl, LiveCallbackConfig, LiveConfigRequest, SignType};
+use herald_core::notify::LiveSigning;
 use herald_core::project::ProjectId;
 use herald_core::secrets::{MasterKey, token_digest};
 use herald_store::sqlite::{DATABASE_FILE, SqliteStore};
@@ -13,8 +14,8 @@ use std::collections::HashMap;
 
 use herald_store::{
     Accepted, AccessKey, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
-    DeliveryFilter, DeliveryStatus, DeliveryView, Lease, LiveConfigFilter, Page, QueueStats,
-    RetryOutcome, Store, StoreError,
+    DeliveryFilter, DeliveryStatus, DeliveryView, Lease, LiveConfigFilter, Notification, Page,
+    QueueStats, RetryOutcome, Store, StoreError,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -394,6 +395,22 @@ async fn claim_within(
         .claim_due_deliveries(now, limits, &lease(WORKER, now + secs(300)))
         .await
         .unwrap()
+}
+
+/// A claimed Live delivery's event.
+fn live_event(d: &ClaimedDelivery) -> &LiveEvent {
+    match &d.notification {
+        Notification::Live { event, .. } => event,
+        Notification::Rtc { .. } => panic!("{} is not a Live delivery", d.event_id),
+    }
+}
+
+/// A claimed Live delivery's signing key, as the config had it at acceptance.
+fn live_signing(d: &ClaimedDelivery) -> Option<&LiveSigning> {
+    match &d.notification {
+        Notification::Live { signing, .. } => signing.as_ref(),
+        Notification::Rtc { .. } => panic!("{} is not a Live delivery", d.event_id),
+    }
 }
 
 /// The claimed deliveries' event ids, sorted: a claim's answer order is not a contract.
@@ -784,8 +801,8 @@ async fn claim_leases_each_due_delivery_once(store: &dyn Store) {
     assert_eq!(c1.url, signed_url);
     assert_eq!(c1.endpoint, endpoint_of(signed_url));
     assert_eq!(c1.attempt, 1);
-    assert_eq!(&c1.event, original("c1"));
-    let signing = c1.signing.as_ref().expect("a config with a key signs");
+    assert_eq!(live_event(c1), original("c1"));
+    let signing = live_signing(c1).expect("a config with a key signs");
     assert_eq!(signing.sign_type, SignType::Md5);
     assert_eq!(signing.key.expose(), key);
 
@@ -798,8 +815,8 @@ async fn claim_leases_each_due_delivery_once(store: &dyn Store) {
         assert_eq!(d.endpoint, endpoint_of(plain_url));
         assert_ne!(d.endpoint, c1.endpoint);
         assert_eq!(d.attempt, 1);
-        assert!(d.signing.is_none());
-        assert_eq!(&d.event, original(&d.event_id));
+        assert!(live_signing(d).is_none());
+        assert_eq!(live_event(d), original(&d.event_id));
     }
 
     let rest = claim(store, now, 10).await;
@@ -1102,7 +1119,7 @@ async fn deliveries_keep_the_config_they_were_accepted_under(store: &dyn Store) 
         (h1.url.as_str(), h1.endpoint.clone()),
         (old_url, endpoint_of(old_url))
     );
-    let signing = h1.signing.as_ref().unwrap();
+    let signing = live_signing(h1).unwrap();
     assert_eq!(
         (signing.sign_type, signing.key.expose()),
         (SignType::HmacSha256, old_key)
@@ -1115,7 +1132,7 @@ async fn deliveries_keep_the_config_they_were_accepted_under(store: &dyn Store) 
         (h4.url.as_str(), h4.endpoint.clone()),
         (new_url, endpoint_of(new_url))
     );
-    let signing = h4.signing.as_ref().unwrap();
+    let signing = live_signing(h4).unwrap();
     assert_eq!(
         (signing.sign_type, signing.key.expose()),
         (SignType::Md5, new_key)

@@ -24,9 +24,12 @@ use crate::{
     DeliveryFilter, DeliveryView, Lease, LiveConfigFilter, Page, QueueStats, RetryOutcome, Store,
     StoreError,
 };
-use herald_core::event::{EventId, LiveEvent};
+use crate::{RecordCallback, RtcApp};
+use herald_core::event::{EventId, LiveEvent, RtcEvent};
+use herald_core::rtc::AppId;
 
 mod queue;
+mod rtc;
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "herald.sqlite3";
@@ -395,5 +398,54 @@ impl Store for SqliteStore {
 
     async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
         self.queue_stats_impl(now).await
+    }
+
+    async fn insert_rtc_app(&self, app: &RtcApp) -> Result<(), StoreError> {
+        self.insert_rtc_app_impl(app).await
+    }
+
+    async fn get_rtc_app(
+        &self,
+        project: &ProjectId,
+        app_id: &AppId,
+    ) -> Result<Option<RtcApp>, StoreError> {
+        self.get_rtc_app_impl(project, app_id).await
+    }
+
+    async fn list_rtc_apps(
+        &self,
+        project: &ProjectId,
+        page: Page,
+    ) -> Result<(u64, Vec<RtcApp>), StoreError> {
+        self.list_rtc_apps_impl(project, page).await
+    }
+
+    async fn delete_rtc_app(
+        &self,
+        project: &ProjectId,
+        app_id: &AppId,
+    ) -> Result<bool, StoreError> {
+        self.delete_rtc_app_impl(project, app_id).await
+    }
+
+    async fn set_record_callback(
+        &self,
+        project: &ProjectId,
+        app_id: &AppId,
+        callback: Option<&RecordCallback>,
+        at: OffsetDateTime,
+    ) -> Result<Option<RtcApp>, StoreError> {
+        self.set_record_callback_impl(project, app_id, callback, at)
+            .await
+    }
+
+    async fn ingest_rtc(
+        &self,
+        project: &ProjectId,
+        app_id: &AppId,
+        events: &[(EventId, RtcEvent)],
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<Accepted>>, StoreError> {
+        self.ingest_rtc_impl(project, app_id, events, now).await
     }
 }

@@ -9,12 +9,13 @@
 
 use std::collections::HashMap;
 
-use herald_core::event::{EventId, LiveEvent};
+use herald_core::event::{EventId, LiveEvent, RtcEvent};
 use herald_core::live::{
     AppSelector, CallbackUrl, MatchCandidate, SignKey, SignType, Subscription, select_config,
 };
 use herald_core::notify::LiveSigning;
 use herald_core::project::ProjectId;
+use herald_core::rtc::{AppId, AuthKey};
 use herald_core::timefmt::{from_unix_ms, unix_ms};
 use secrecy::ExposeSecret;
 use sqlx::sqlite::SqliteRow;
@@ -22,12 +23,17 @@ use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 
 use super::SqliteStore;
-use crate::rows::{CorruptRow, live_config_key_context};
+use crate::rows::{CorruptRow, live_config_key_context, rtc_app_key_context};
 use crate::{
     Accepted, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
-    DeliveryFilter, DeliveryStatus, DeliveryView, Lease, Page, QueueStats, RetryOutcome,
-    StoreError,
+    DeliveryFilter, DeliveryStatus, DeliveryView, Lease, Notification, Page, QueueStats,
+    RetryOutcome, StoreError,
 };
+
+/// SQL true when a delivery's config (Live) or app record callback (RTC) still exists;
+/// a delivery whose target is gone is cancelled rather than retried.
+const TARGET_EXISTS: &str = "(EXISTS (SELECT 1 FROM live_callback_configs c WHERE c.id = deliveries.config_id) \
+     OR EXISTS (SELECT 1 FROM rtc_apps a WHERE a.app_id = deliveries.config_id AND a.callback_url IS NOT NULL))";
 
 /// The states in which a delivery still has to go out.
 const OPEN: &str = "('blocked', 'pending', 'running', 'retrying')";
@@ -112,32 +118,54 @@ async fn unblock_next_of_streams(
     Ok(())
 }
 
+/// A claimed delivery's event as stored: its id, payload and flavour.
+type StoredEvent = (String, String, String);
+
 fn claimed(
     row: &SqliteRow,
-    events: &HashMap<i64, (String, String)>,
+    events: &HashMap<i64, StoredEvent>,
     store: &SqliteStore,
 ) -> Result<ClaimedDelivery, StoreError> {
     let id: i64 = row.try_get("id")?;
     let event_seq: i64 = row.try_get("event_seq")?;
     let config_id: String = row.try_get("config_id")?;
-    let (event_id, payload) = events
+    let (event_id, payload, flavour) = events
         .get(&event_seq)
         .ok_or_else(|| corrupt("deliveries", id, "its event is missing"))?;
-    let payload: serde_json::Value =
-        serde_json::from_str(payload).map_err(|e| corrupt("events", event_seq, e))?;
-    let event = LiveEvent::parse("", &payload).map_err(|e| corrupt("events", event_seq, e))?;
-    let sign_type = SignType::parse("sign_type", row.try_get("sign_type")?)
-        .map_err(|e| corrupt("deliveries", id, e))?;
+    let bad_event = |e: &dyn std::fmt::Display| corrupt("events", event_seq, e);
+    let payload: serde_json::Value = serde_json::from_str(payload).map_err(|e| bad_event(&e))?;
     let key_sealed: Option<Vec<u8>> = row.try_get("key_sealed")?;
-    let signing = match key_sealed {
-        None => None,
-        Some(sealed) => {
-            let key = store
-                .master
-                .open_string(&live_config_key_context(&config_id), &sealed)?;
-            let key = SignKey::parse("key", key.expose_secret())
-                .map_err(|e| corrupt("deliveries", id, e))?;
-            Some(LiveSigning { sign_type, key })
+    let notification = if flavour == "rtc" {
+        let auth_key = key_sealed
+            .map(|sealed| {
+                let key = store
+                    .master
+                    .open_string(&rtc_app_key_context(&config_id), &sealed)?;
+                AuthKey::parse("auth_key", key.expose_secret())
+                    .map_err(|e| corrupt("deliveries", id, e))
+            })
+            .transpose()?;
+        Notification::Rtc {
+            event: RtcEvent::parse("", &payload).map_err(|e| bad_event(&e))?,
+            app_id: config_id.clone(),
+            auth_key,
+        }
+    } else {
+        let sign_type = SignType::parse("sign_type", row.try_get("sign_type")?)
+            .map_err(|e| corrupt("deliveries", id, e))?;
+        let signing = key_sealed
+            .map(|sealed| {
+                let key = store
+                    .master
+                    .open_string(&live_config_key_context(&config_id), &sealed)?;
+                let key = SignKey::parse("key", key.expose_secret())
+                    .map_err(|e| corrupt("deliveries", id, e))?;
+                Ok::<_, StoreError>(LiveSigning { sign_type, key })
+            })
+            .transpose()?;
+        Notification::Live {
+            event: LiveEvent::parse("", &payload).map_err(|e| bad_event(&e))?,
+            signing,
         }
     };
     let project: String = row.try_get("project_id")?;
@@ -150,8 +178,7 @@ fn claimed(
         endpoint: row.try_get("endpoint")?,
         url: row.try_get("url")?,
         attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
-        event,
-        signing,
+        notification,
     })
 }
 
@@ -160,53 +187,213 @@ fn json_array(items: &[&str]) -> String {
 }
 
 /// One answer per event, in request order; a repeated id repeats its answer.
-fn answers_in_order(
-    events: &[(EventId, LiveEvent)],
+fn answers_in_order<'e>(
+    ids: impl Iterator<Item = &'e EventId>,
     answers: &HashMap<String, u32>,
 ) -> Vec<Accepted> {
-    events
-        .iter()
-        .map(|(id, _)| Accepted {
-            event_id: id.as_str().to_owned(),
-            deliveries: answers.get(id.as_str()).copied().unwrap_or(0),
+    ids.map(|id| Accepted {
+        event_id: id.as_str().to_owned(),
+        deliveries: answers.get(id.as_str()).copied().unwrap_or(0),
+    })
+    .collect()
+}
+
+/// The flavour of an event, and where its deliveries take their URL, sign type and key.
+#[derive(Debug, Clone, Copy)]
+enum Flavour {
+    Live,
+    Rtc,
+}
+
+impl Flavour {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Rtc => "rtc",
+        }
+    }
+
+    /// The rows a new delivery copies its target from, joined on `j` (the batch).
+    fn target_source(self) -> &'static str {
+        match self {
+            Self::Live => {
+                "SELECT c.notify_callback_url AS url, c.sign_type AS sign_type, c.key_sealed AS key_sealed, j.key, j.value \
+                 FROM json_each(?2) j JOIN live_callback_configs c ON c.id = json_extract(j.value, '$.config_id')"
+            }
+            // RTC signs with HMAC-SHA256 over the body; the sign type column is not read.
+            Self::Rtc => {
+                "SELECT a.callback_url AS url, 'HMACSHA256' AS sign_type, a.auth_key_sealed AS key_sealed, j.key, j.value \
+                 FROM json_each(?2) j JOIN rtc_apps a ON a.app_id = json_extract(j.value, '$.config_id')"
+            }
+        }
+    }
+}
+
+/// An event being accepted: its id, its stored form, its stream, and the config or app
+/// whose callback it goes to (with that callback's URL), if any.
+struct Accepting<'a> {
+    id: &'a EventId,
+    payload: String,
+    stream: &'a str,
+    target: Option<Target>,
+}
+
+impl<'a> Accepting<'a> {
+    fn new(
+        id: &'a EventId,
+        fields: &serde_json::Map<String, serde_json::Value>,
+        stream: &'a str,
+        target: Option<Target>,
+    ) -> Result<Self, StoreError> {
+        let payload =
+            serde_json::to_string(fields).map_err(|e| corrupt("events", id.as_str(), e))?;
+        Ok(Self {
+            id,
+            payload,
+            stream,
+            target,
         })
-        .collect()
+    }
+}
+
+/// The stored answers of ids the project already used.
+async fn earlier_answers<'e>(
+    tx: &mut Transaction<'_, Sqlite>,
+    project: &ProjectId,
+    ids: impl Iterator<Item = &'e EventId>,
+) -> Result<HashMap<String, u32>, StoreError> {
+    let ids: Vec<&str> = ids.map(EventId::as_str).collect();
+    Ok(sqlx::query(
+        "SELECT event_id, deliveries FROM events WHERE project_id = ? \
+         AND event_id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(project.as_str())
+    .bind(json_array(&ids))
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get("event_id")?,
+            u32::try_from(r.try_get::<i64, _>("deliveries")?).unwrap_or(0),
+        ))
+    })
+    .collect::<Result<_, sqlx::Error>>()?)
+}
+
+/// Inserts the events and their deliveries: per (config, stream), the first new delivery
+/// is pending unless the stream already has an open one, and every later one waits.
+async fn accept(
+    tx: &mut Transaction<'_, Sqlite>,
+    project: &ProjectId,
+    flavour: Flavour,
+    accepting: Vec<Accepting<'_>>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    if accepting.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = accepting
+        .iter()
+        .map(|a| serde_json::json!({"id": a.id.as_str(), "payload": a.payload, "deliveries": u32::from(a.target.is_some())}))
+        .collect();
+    let seqs: HashMap<String, i64> = sqlx::query(
+        "INSERT INTO events (project_id, event_id, flavour, payload, deliveries, accepted_at_ms) \
+         SELECT ?1, json_extract(value, '$.id'), ?4, json_extract(value, '$.payload'), \
+             json_extract(value, '$.deliveries'), ?2 \
+         FROM json_each(?3) ORDER BY key RETURNING event_id, seq",
+    )
+    .bind(project.as_str())
+    .bind(now_ms)
+    .bind(serde_json::Value::Array(rows).to_string())
+    .bind(flavour.name())
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("event_id")?, r.try_get("seq")?)))
+    .collect::<Result<_, sqlx::Error>>()?;
+
+    let matched: Vec<_> = accepting
+        .iter()
+        .filter_map(|a| {
+            a.target
+                .as_ref()
+                .map(|(config_id, url)| (a, config_id, url))
+        })
+        .collect();
+    if matched.is_empty() {
+        return Ok(());
+    }
+    let pairs: Vec<[&str; 2]> = matched
+        .iter()
+        .map(|(a, c, _)| [c.as_str(), a.stream])
+        .collect();
+    let mut busy: std::collections::HashSet<(String, String)> = sqlx::query(&format!(
+        "SELECT DISTINCT config_id, stream FROM deliveries WHERE state IN {OPEN} AND (config_id, stream) IN \
+         (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
+    ))
+    .bind(serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into()))
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("config_id")?, r.try_get("stream")?)))
+    .collect::<Result<_, sqlx::Error>>()?;
+    let mut endpoints: HashMap<&str, String> = HashMap::new();
+    let mut deliveries = Vec::with_capacity(matched.len());
+    for (a, config_id, url) in matched {
+        let endpoint = match endpoints.get(config_id.as_str()) {
+            Some(endpoint) => endpoint.clone(),
+            None => {
+                let endpoint = CallbackUrl::parse("url", url, true)
+                    .map(|u| u.endpoint())
+                    .map_err(|e| corrupt("deliveries", config_id, e))?;
+                endpoints.insert(config_id, endpoint.clone());
+                endpoint
+            }
+        };
+        let first_in_stream = busy.insert((config_id.clone(), a.stream.to_owned()));
+        deliveries.push(serde_json::json!({
+            "seq": seqs.get(a.id.as_str()).ok_or_else(|| corrupt("events", a.id.as_str(), "insert returned no seq"))?,
+            "config_id": config_id,
+            "stream": a.stream,
+            "endpoint": endpoint,
+            "state": if first_in_stream { "pending" } else { "blocked" },
+        }));
+    }
+    sqlx::query(&format!(
+        "INSERT INTO deliveries (project_id, event_seq, config_id, stream, endpoint, url, sign_type, \
+         key_sealed, state, next_attempt_at_ms, created_at_ms) \
+         SELECT ?3, json_extract(t.value, '$.seq'), json_extract(t.value, '$.config_id'), \
+             json_extract(t.value, '$.stream'), json_extract(t.value, '$.endpoint'), t.url, t.sign_type, \
+             t.key_sealed, json_extract(t.value, '$.state'), ?1, ?1 \
+         FROM ({}) t ORDER BY t.key",
+        flavour.target_source()
+    ))
+    .bind(now_ms)
+    .bind(serde_json::Value::Array(deliveries).to_string())
+    .bind(project.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 impl SqliteStore {
     /// Set-based, so a batch of any size costs a fixed handful of statements: earlier
-    /// answers for repeated ids, one candidate query per distinct (domain, app), the
-    /// events, the streams that already have an open delivery, the deliveries.
+    /// answers for repeated ids, one candidate query per distinct (domain, app), then
+    /// [`accept`]'s inserts.
     pub(super) async fn ingest_live_impl(
         &self,
         project: &ProjectId,
         events: &[(EventId, LiveEvent)],
         now: OffsetDateTime,
     ) -> Result<Vec<Accepted>, StoreError> {
-        let now_ms = unix_ms(now);
         let (_gate, mut tx) = self.begin_write(&self.pool).await?;
-        let ids: Vec<&str> = events.iter().map(|(id, _)| id.as_str()).collect();
-        let mut answers: HashMap<String, u32> = sqlx::query(
-            "SELECT event_id, deliveries FROM events WHERE project_id = ? \
-             AND event_id IN (SELECT value FROM json_each(?))",
-        )
-        .bind(project.as_str())
-        .bind(json_array(&ids))
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                r.try_get("event_id")?,
-                u32::try_from(r.try_get::<i64, _>("deliveries")?).unwrap_or(0),
-            ))
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
-
+        let mut answers =
+            earlier_answers(&mut tx, project, events.iter().map(|(id, _)| id)).await?;
         // Match each new event (the first of any id repeated in the batch).
         let mut candidates_by_key: HashMap<(&str, &str), Vec<MatchCandidate<Target>>> =
             HashMap::new();
-        let mut new_events = Vec::new();
+        let mut accepting = Vec::new();
         for (event_id, event) in events {
             if answers.contains_key(event_id.as_str()) {
                 continue;
@@ -219,101 +406,61 @@ impl SqliteStore {
                 .get(&key)
                 .and_then(|c| select_config(c.clone(), &event.app, event.event_type));
             answers.insert(event_id.as_str().to_owned(), u32::from(target.is_some()));
-            new_events.push((event_id, event, target));
+            accepting.push(Accepting::new(
+                event_id,
+                &event.fields,
+                &event.stream,
+                target,
+            )?);
         }
-        if new_events.is_empty() {
-            tx.commit().await?;
-            return Ok(answers_in_order(events, &answers));
-        }
+        accept(&mut tx, project, Flavour::Live, accepting, unix_ms(now)).await?;
+        tx.commit().await?;
+        Ok(answers_in_order(events.iter().map(|(id, _)| id), &answers))
+    }
 
-        let rows: Vec<serde_json::Value> = new_events
-            .iter()
-            .map(|(id, event, target)| {
-                Ok(serde_json::json!({
-                    "id": id.as_str(),
-                    "payload": serde_json::to_string(&event.fields).map_err(|e| corrupt("events", id.as_str(), e))?,
-                    "deliveries": u32::from(target.is_some()),
-                }))
-            })
-            .collect::<Result<_, StoreError>>()?;
-        let seqs: HashMap<String, i64> = sqlx::query(
-            "INSERT INTO events (project_id, event_id, flavour, payload, deliveries, accepted_at_ms) \
-             SELECT ?1, json_extract(value, '$.id'), 'live', json_extract(value, '$.payload'), \
-                 json_extract(value, '$.deliveries'), ?2 \
-             FROM json_each(?3) ORDER BY key RETURNING event_id, seq",
+    pub(super) async fn ingest_rtc_impl(
+        &self,
+        project: &ProjectId,
+        app_id: &AppId,
+        events: &[(EventId, RtcEvent)],
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<Accepted>>, StoreError> {
+        let (_gate, mut tx) = self.begin_write(&self.pool).await?;
+        let callback_url: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT callback_url FROM rtc_apps WHERE project_id = ? AND app_id = ?",
         )
         .bind(project.as_str())
-        .bind(now_ms)
-        .bind(serde_json::Value::Array(rows).to_string())
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get("event_id")?, r.try_get("seq")?)))
-        .collect::<Result<_, sqlx::Error>>()?;
-
-        // Per (config, stream): the first new delivery is pending unless the stream already
-        // has an open one; every later one waits behind it.
-        let matched: Vec<_> = new_events
-            .iter()
-            .filter_map(|(id, event, target)| {
-                target
-                    .as_ref()
-                    .map(|(config_id, url)| (id, event, config_id, url))
-            })
-            .collect();
-        let pairs: Vec<[&str; 2]> = matched
-            .iter()
-            .map(|(_, e, c, _)| [c.as_str(), e.stream.as_str()])
-            .collect();
-        let mut busy: std::collections::HashSet<(String, String)> = sqlx::query(&format!(
-            "SELECT DISTINCT config_id, stream FROM deliveries WHERE state IN {OPEN} AND (config_id, stream) IN \
-             (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
-        ))
-        .bind(serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into()))
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get("config_id")?, r.try_get("stream")?)))
-        .collect::<Result<_, sqlx::Error>>()?;
-        let mut endpoints: HashMap<&str, String> = HashMap::new();
-        let mut deliveries = Vec::with_capacity(matched.len());
-        for (id, event, config_id, url) in matched {
-            let endpoint = match endpoints.get(config_id.as_str()) {
-                Some(endpoint) => endpoint.clone(),
-                None => {
-                    let endpoint = CallbackUrl::parse("url", url, true)
-                        .map(|u| u.endpoint())
-                        .map_err(|e| corrupt("live_callback_configs", config_id, e))?;
-                    endpoints.insert(config_id, endpoint.clone());
-                    endpoint
-                }
-            };
-            let first_in_stream = busy.insert((config_id.clone(), event.stream.clone()));
-            deliveries.push(serde_json::json!({
-                "seq": seqs.get(id.as_str()).ok_or_else(|| corrupt("events", id.as_str(), "insert returned no seq"))?,
-                "config_id": config_id,
-                "stream": event.stream,
-                "endpoint": endpoint,
-                "state": if first_in_stream { "pending" } else { "blocked" },
-            }));
+        .bind(app_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(callback_url) = callback_url else {
+            return Ok(None);
+        };
+        let mut answers =
+            earlier_answers(&mut tx, project, events.iter().map(|(id, _)| id)).await?;
+        let mut accepting = Vec::new();
+        for (event_id, event) in events {
+            if answers.contains_key(event_id.as_str()) {
+                continue;
+            }
+            // Every record callback subscribes to all three RTC event types.
+            let target = callback_url
+                .clone()
+                .map(|url| (app_id.as_str().to_owned(), url));
+            answers.insert(event_id.as_str().to_owned(), u32::from(target.is_some()));
+            accepting.push(Accepting::new(
+                event_id,
+                &event.fields,
+                &event.stream_name,
+                target,
+            )?);
         }
-        if !deliveries.is_empty() {
-            sqlx::query(
-                "INSERT INTO deliveries (project_id, event_seq, config_id, stream, endpoint, url, sign_type, \
-                 key_sealed, state, next_attempt_at_ms, created_at_ms) \
-                 SELECT c.project_id, json_extract(j.value, '$.seq'), c.id, json_extract(j.value, '$.stream'), \
-                     json_extract(j.value, '$.endpoint'), c.notify_callback_url, c.sign_type, c.key_sealed, \
-                     json_extract(j.value, '$.state'), ?1, ?1 \
-                 FROM json_each(?2) j JOIN live_callback_configs c ON c.id = json_extract(j.value, '$.config_id') \
-                 ORDER BY j.key",
-            )
-            .bind(now_ms)
-            .bind(serde_json::Value::Array(deliveries).to_string())
-            .execute(&mut *tx)
-            .await?;
-        }
+        accept(&mut tx, project, Flavour::Rtc, accepting, unix_ms(now)).await?;
         tx.commit().await?;
-        Ok(answers_in_order(events, &answers))
+        Ok(Some(answers_in_order(
+            events.iter().map(|(id, _)| id),
+            &answers,
+        )))
     }
 
     pub(super) async fn claim_due_deliveries_impl(
@@ -362,14 +509,14 @@ impl SqliteStore {
             .iter()
             .map(|r| r.try_get("event_seq"))
             .collect::<Result<_, _>>()?;
-        let events: HashMap<i64, (String, String)> = sqlx::query(
-            "SELECT seq, event_id, payload FROM events WHERE seq IN (SELECT value FROM json_each(?))",
+        let events: HashMap<i64, StoredEvent> = sqlx::query(
+            "SELECT seq, event_id, payload, flavour FROM events WHERE seq IN (SELECT value FROM json_each(?))",
         )
         .bind(serde_json::to_string(&seqs).unwrap_or_else(|_| "[]".into()))
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|r| Ok((r.try_get("seq")?, (r.try_get("event_id")?, r.try_get("payload")?))))
+        .map(|r| Ok((r.try_get("seq")?, (r.try_get("event_id")?, r.try_get("payload")?, r.try_get("flavour")?))))
         .collect::<Result<_, sqlx::Error>>()?;
         tx.commit().await?;
         rows.iter().map(|row| claimed(row, &events, self)).collect()
@@ -404,18 +551,16 @@ impl SqliteStore {
         let (_gate, mut tx) = self.begin_write(&self.queue_pool).await?;
         // Applied only where the lease still holds; a retry of a deleted config's delivery
         // is cancelled instead.
-        let moved = sqlx::query(
+        let moved = sqlx::query(&format!(
             "WITH b AS MATERIALIZED (SELECT v ->> 'id' AS id, v ->> 'attempt' AS attempt, v ->> 'owner' AS owner, \
                  v ->> 'state' AS state, v ->> 'next' AS next FROM (SELECT jsonb(value) AS v FROM json_each(?))) \
              UPDATE deliveries SET lease_owner = NULL, lease_expires_at_ms = NULL, next_attempt_at_ms = b.next, \
-                 state = CASE WHEN b.state = 'retrying' AND NOT EXISTS \
-                     (SELECT 1 FROM live_callback_configs c WHERE c.id = deliveries.config_id) \
-                     THEN 'cancelled' ELSE b.state END \
+                 state = CASE WHEN b.state = 'retrying' AND NOT {TARGET_EXISTS} THEN 'cancelled' ELSE b.state END \
              FROM b \
              WHERE deliveries.id = b.id AND deliveries.state = 'running' \
                  AND deliveries.lease_owner = b.owner AND deliveries.attempts = b.attempt \
-             RETURNING deliveries.id, deliveries.config_id, deliveries.stream, deliveries.state",
-        )
+             RETURNING deliveries.id, deliveries.config_id, deliveries.stream, deliveries.state"
+        ))
         .bind(&batch)
         .fetch_all(&mut *tx)
         .await?;
@@ -467,12 +612,11 @@ impl SqliteStore {
     ) -> Result<u64, StoreError> {
         let now_ms = unix_ms(now);
         let (_gate, mut tx) = self.begin_write(&self.queue_pool).await?;
-        let rescued = sqlx::query(
+        let rescued = sqlx::query(&format!(
             "UPDATE deliveries SET next_attempt_at_ms = ?1, lease_owner = NULL, lease_expires_at_ms = NULL, \
-             state = CASE WHEN EXISTS (SELECT 1 FROM live_callback_configs c WHERE c.id = deliveries.config_id) \
-                 THEN 'retrying' ELSE 'cancelled' END \
-             WHERE state = 'running' AND lease_expires_at_ms < ?2 RETURNING id, attempts, config_id, stream, state",
-        )
+             state = CASE WHEN {TARGET_EXISTS} THEN 'retrying' ELSE 'cancelled' END \
+             WHERE state = 'running' AND lease_expires_at_ms < ?2 RETURNING id, attempts, config_id, stream, state"
+        ))
         .bind(now_ms)
         .bind(unix_ms(expired_before))
         .fetch_all(&mut *tx)
@@ -625,11 +769,12 @@ impl SqliteStore {
         }
         let config_id: String = row.try_get("config_id")?;
         let stream: String = row.try_get("stream")?;
-        let config_exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM live_callback_configs WHERE id = ?)")
-                .bind(&config_id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let config_exists: bool = sqlx::query_scalar(&format!(
+            "SELECT {TARGET_EXISTS} FROM deliveries WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
         if !config_exists {
             return Ok(RetryOutcome::ConfigDeleted);
         }
