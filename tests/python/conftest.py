@@ -3,7 +3,9 @@
 One server runs per test session, on 127.0.0.1 with an ephemeral port and a temporary data
 dir, without --allow-private-targets. Every test gets its own project id (32 lowercase hex,
 like a Huawei project id) and its own AK/SK made with `herald credentials create`.
-The server's stderr goes to <pytest basetemp>/herald*/herald.stderr.log.
+The server's stderr goes to <pytest basetemp>/herald*/herald.stderr.log. Tests that deliver
+callbacks to a receiver on 127.0.0.1 use `herald_private`, a second server (started on first
+use) that runs with --allow-private-targets; its stderr is in herald-private*/herald.stderr.log.
 
 Environment:
   HERALD_BIN            path of the herald binary (default <repo>/target/debug/herald)
@@ -113,16 +115,16 @@ def _wait_healthy(base_url, proc, log_path, deadline):
         time.sleep(0.05)  # poll interval, bounded by the deadline
 
 
-@pytest.fixture(scope="session")
-def herald(tmp_path_factory):
+def _serve(tmp_path_factory, name, *extra_args):
+    """Run `herald serve` on 127.0.0.1:0 with a fresh data dir; yield a Herald, stop it after."""
     if not (HERALD_BIN.is_file() and os.access(HERALD_BIN, os.X_OK)):
         pytest.fail(f"herald binary not found at {HERALD_BIN}: run `cargo build` or set HERALD_BIN")
-    root = tmp_path_factory.mktemp("herald")
+    root = tmp_path_factory.mktemp(name)
     data_dir, log_path = root / "data", root / "herald.stderr.log"
     data_dir.mkdir()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [str(HERALD_BIN), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+            [str(HERALD_BIN), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *extra_args],
             stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True)
     lines = queue.Queue()
     threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
@@ -133,6 +135,17 @@ def herald(tmp_path_factory):
         yield Herald(proc, base_url, data_dir, log_path)
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def herald(tmp_path_factory):
+    yield from _serve(tmp_path_factory, "herald")
+
+
+@pytest.fixture(scope="session")
+def herald_private(tmp_path_factory):
+    """A second server, run with --allow-private-targets, for end-to-end delivery tests."""
+    yield from _serve(tmp_path_factory, "herald-private", "--allow-private-targets")
 
 
 @pytest.fixture(scope="session")

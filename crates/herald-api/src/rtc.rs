@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::StatusCode;
 use herald_core::event::{EventId, parse_rtc_ingest};
+use herald_core::field::FieldError;
 use herald_core::rtc::{AppId, AppName, RecordCallbackRequest, RtcEventType};
 use herald_core::timefmt::utc_millis;
 use herald_store::{RecordCallback, RtcApp};
@@ -22,6 +23,8 @@ use crate::ingest::{IngestAnswer, answer};
 use crate::query::{QueryPairs, parse_page};
 
 const APP: &str = "app";
+/// The state of every app: Herald has no stopped or suspended apps.
+const ACTIVE: &str = "ACTIVATION";
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CreatedApp {
@@ -83,7 +86,7 @@ fn app_json(app: &RtcApp) -> AppJson {
         app_id: app.app_id.as_str().to_owned(),
         app_name: app.app_name.as_str().to_owned(),
         state: AppStateJson {
-            state: "ACTIVATION",
+            state: ACTIVE,
             update_time: utc_millis(app.created_at),
         },
         create_time: utc_millis(app.created_at),
@@ -163,6 +166,7 @@ pub async fn create_app(
 #[utoipa::path(
     get, path = "/v2/apps", tag = "rtc",
     params(
+        ("state" = Option<String>, Query, description = "ACTIVATION, DEACTIVATION, ARREARS or DELETED; Herald's apps are all ACTIVATION"),
         ("offset" = Option<u64>, Query, description = "≥ 0, default 0"),
         ("limit" = Option<u64>, Query, description = "1–100, default 100"),
     ),
@@ -174,7 +178,25 @@ pub async fn list_apps(
     Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<AppList>, RtcError> {
-    let page = parse_page(&QueryPairs::parse(query.as_deref()), 100).map_err(ApiError::from)?;
+    let query = QueryPairs::parse(query.as_deref());
+    let page = parse_page(&query, 100).map_err(ApiError::from)?;
+    // The SDK's state filter: every Herald app is active, so another state lists none.
+    match query.non_empty("state") {
+        None | Some(ACTIVE) => {}
+        Some("DEACTIVATION" | "ARREARS" | "DELETED") => {
+            return Ok(Json(AppList {
+                count: 0,
+                apps: Vec::new(),
+            }));
+        }
+        Some(_) => {
+            return Err(ApiError::BadRequest(FieldError::new(
+                "state",
+                "must be ACTIVATION, DEACTIVATION, ARREARS or DELETED",
+            ))
+            .into());
+        }
+    }
     let (count, apps) = state.store.list_rtc_apps(&caller.project, page).await?;
     Ok(Json(AppList {
         count,

@@ -85,12 +85,13 @@ impl AppName {
 
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
         let chars = raw.chars().count();
-        if (1..=64).contains(&chars) && !raw.chars().any(char::is_control) {
+        if (1..=64).contains(&chars) && !raw.chars().any(char::is_control) && !raw.trim().is_empty()
+        {
             Ok(Self(raw.to_owned()))
         } else {
             Err(FieldError::new(
                 field,
-                "must be 1 to 64 characters without control characters",
+                "must be 1 to 64 characters, not blank, without control characters",
             ))
         }
     }
@@ -201,6 +202,16 @@ mod tests {
             "zz23456789abcdef01234567",
         ] {
             assert!(AppId::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn app_names() {
+        assert!(
+            AppName::parse("n", "my app").is_ok() && AppName::parse("n", &"é".repeat(64)).is_ok()
+        );
+        for bad in ["", "   ", "a\nb", &"x".repeat(65)] {
+            assert!(AppName::parse("n", bad).is_err(), "{bad:?}");
         }
     }
 
