@@ -4,9 +4,13 @@
 //! - [`master_key`]: the key that seals secrets at rest.
 //! - [`app`]: opening the store and running the server.
 //! - [`credentials`]: creating, listing and revoking access keys and tokens.
+//! - [`listen`]: `herald listen`, a local receiver that verifies callbacks.
+//! - [`emit`]: `herald emit`, a signed test event sent to a running Herald.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod credentials;
+pub mod emit;
+pub mod listen;
 pub mod master_key;
 pub mod settings;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use herald::settings::{FlagOverrides, Settings};
-use herald::{app, credentials};
+use herald::{app, credentials, emit, listen};
 use herald_core::project::ProjectId;
 
 #[derive(Parser)]
@@ -33,6 +33,68 @@ enum Command {
     /// Manage X-Auth-Token tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Receive callbacks locally, print them and check their signatures.
+    Listen {
+        /// Port on 127.0.0.1 to listen on.
+        #[arg(long, default_value_t = 9000)]
+        port: u16,
+        /// The Live config's key, or (with --rtc) the RTC app's auth_key.
+        #[arg(long, env = "HERALD_LISTEN_KEY")]
+        key: Option<String>,
+        /// The Live config's sign_type.
+        #[arg(long, value_enum, default_value = "HMACSHA256")]
+        sign_type: SignTypeArg,
+        /// Verify RTC callbacks (X-Rtc-* headers) instead of Live ones.
+        #[arg(long)]
+        rtc: bool,
+        /// The HTTP status to answer, e.g. 500 to watch Herald retry.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(100..=599))]
+        status: u16,
+        /// One JSON line per callback: received_at, event_id, attempt, event_type, body, verified, problem.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a test event to a running Herald, signed with AK/SK.
+    Emit {
+        /// Herald's base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long, env = "HERALD_AK")]
+        ak: String,
+        #[arg(long, env = "HERALD_SK", hide_env_values = true)]
+        sk: String,
+        #[arg(long)]
+        project: String,
+        /// Live: the event's publish_domain.
+        #[arg(long, required_unless_present = "app_id", conflicts_with = "app_id")]
+        domain: Option<String>,
+        /// Live: the event's app.
+        #[arg(long, required_unless_present = "app_id", conflicts_with = "app_id")]
+        app: Option<String>,
+        /// RTC: the app id (the event goes to /v2/apps/{app_id}/record/events).
+        #[arg(long)]
+        app_id: Option<String>,
+        /// The stream (Live `stream`, RTC `stream_name`).
+        #[arg(long)]
+        stream: String,
+        /// The event type, e.g. RECORD_FILE_COMPLETE.
+        #[arg(long = "type")]
+        event_type: String,
+        /// The idempotency key; Herald makes one when absent.
+        #[arg(long)]
+        event_id: Option<String>,
+        /// More fields, k=v (repeatable); values of only digits are sent as numbers.
+        #[arg(long = "field")]
+        fields: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SignTypeArg {
+    #[value(name = "HMACSHA256")]
+    HmacSha256,
+    #[value(name = "MD5")]
+    Md5,
 }
 
 #[derive(Subcommand)]
@@ -147,6 +209,61 @@ async fn main() -> anyhow::Result<()> {
         Command::Credentials(CredentialsCommand::Revoke { access_key, common }) => {
             let store = common.open_store().await?;
             credentials::revoke(store.as_ref(), &access_key).await
+        }
+        Command::Listen {
+            port,
+            key,
+            sign_type,
+            rtc,
+            status,
+            json,
+        } => {
+            let status = axum::http::StatusCode::from_u16(status)?;
+            let sign_type = match sign_type {
+                SignTypeArg::HmacSha256 => herald_verify::SignType::HmacSha256,
+                SignTypeArg::Md5 => herald_verify::SignType::Md5,
+            };
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            listen::run(listen::ListenOptions {
+                addr,
+                key,
+                sign_type,
+                rtc,
+                status,
+                json,
+            })
+            .await
+        }
+        Command::Emit {
+            endpoint,
+            ak,
+            sk,
+            project,
+            domain,
+            app,
+            app_id,
+            stream,
+            event_type,
+            event_id,
+            fields,
+        } => {
+            let target = match (app_id, domain, app) {
+                (Some(app_id), _, _) => emit::Target::Rtc { app_id },
+                (None, Some(domain), Some(app)) => emit::Target::Live { domain, app },
+                _ => anyhow::bail!("give --domain and --app (Live) or --app-id (RTC)"),
+            };
+            emit::run(emit::EmitOptions {
+                endpoint,
+                access_key: ak,
+                secret_key: sk,
+                project,
+                target,
+                stream,
+                event_type,
+                event_id,
+                fields,
+            })
+            .await
         }
         Command::Tokens(TokensCommand::Create {
             project: p,
