@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use common::receiver::{Received, Receiver};
-use common::{Creds, TestServer, cli_json, spawn_serve, terminate};
+use common::{Creds, TestServer, cli_json, cli_token, spawn_serve, terminate};
 use tokio::io::AsyncReadExt;
 
 #[tokio::test]
@@ -74,14 +74,7 @@ async fn sigterm_lets_a_callback_in_flight_finish_and_keeps_the_rest_queued() {
         Stdio::null(),
     )
     .await;
-    let token = cli_json(
-        data_dir.path(),
-        &["tokens", "create", "--project", "p1", "--json"],
-    )
-    .await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = cli_token(data_dir.path(), "p1").await;
     let http = reqwest::Client::new();
     let post = |path: &str, body: serde_json::Value| {
         http.post(format!("{base}{path}"))

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use common::receiver::{Received, Receiver};
-use common::{cli_json, spawn_serve};
+use common::{cli_token, spawn_serve};
 use serde_json::{Value, json};
 
 /// Quick retries, so re-queued deliveries go out within the test.
@@ -78,14 +78,7 @@ async fn nothing_accepted_is_lost_to_kill_9() {
     .await;
     let data_dir = tempfile::tempdir().unwrap();
     let (mut first, base) = spawn_serve(data_dir.path(), ARGS, ENV, Stdio::null()).await;
-    let token = cli_json(
-        data_dir.path(),
-        &["tokens", "create", "--project", "p1", "--json"],
-    )
-    .await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = cli_token(data_dir.path(), "p1").await;
     let http = reqwest::Client::new();
     let created = http
         .post(format!("{base}/v1/p1/record/callbacks"))

@@ -10,7 +10,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{cli_json, spawn_serve};
+use common::{cli_json, cli_token, spawn_serve};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -94,14 +94,7 @@ async fn serve_listen_and_emit_show_a_verified_callback() {
         &["credentials", "create", "--project", "p1", "--json"],
     )
     .await;
-    let token = cli_json(
-        data_dir.path(),
-        &["tokens", "create", "--project", "p1", "--json"],
-    )
-    .await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = cli_token(data_dir.path(), "p1").await;
     let http = reqwest::Client::new();
     let call = |method: reqwest::Method, path: &str, body: Value| {
         http.request(method, format!("{base}{path}"))

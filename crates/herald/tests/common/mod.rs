@@ -66,20 +66,7 @@ impl TestServer {
     /// while the server runs. Asynchronously: the server may share this test's thread, and
     /// must keep running (and finish its transactions) while the command waits.
     pub async fn herald(&self, args: &[&str]) -> std::process::Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(self.data_dir.path())
-            .env_remove("HERALD_MASTER_KEY")
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "herald {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        run_cli(self.data_dir.path(), args).await
     }
 
     pub async fn credentials(&self, project: &str) -> Creds {
@@ -224,12 +211,14 @@ pub async fn spawn_serve(
     (child, base)
 }
 
-/// Runs a `herald` command with `--data-dir` and parses its one line of JSON.
-pub async fn cli_json(data_dir: &std::path::Path, args: &[&str]) -> Value {
+/// Runs a `herald` command against `data_dir` (never with `HERALD_MASTER_KEY`, so the
+/// data dir's own key is used), and fails the test unless it succeeds.
+pub async fn run_cli(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
+        .env_remove("HERALD_MASTER_KEY")
         .output()
         .await
         .unwrap();
@@ -238,7 +227,22 @@ pub async fn cli_json(data_dir: &std::path::Path, args: &[&str]) -> Value {
         "herald {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    out
+}
+
+/// Runs a `herald` command with `--data-dir` and parses its one line of JSON.
+pub async fn cli_json(data_dir: &std::path::Path, args: &[&str]) -> Value {
+    serde_json::from_slice(&run_cli(data_dir, args).await.stdout).unwrap()
+}
+
+/// A new `X-Auth-Token` for `project`, made by `herald tokens create`.
+pub async fn cli_token(data_dir: &std::path::Path, project: &str) -> String {
+    let created = cli_json(
+        data_dir,
+        &["tokens", "create", "--project", project, "--json"],
+    )
+    .await;
+    created["token"].as_str().unwrap().to_owned()
 }
 
 /// Sends SIGTERM and waits (at most 15 s) for the child to exit.
