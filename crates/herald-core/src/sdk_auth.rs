@@ -7,12 +7,13 @@
 //! The server recomputes the canonical request from what arrived on the wire: the raw
 //! path, the raw query, the headers named in `SignedHeaders`, and the body bytes.
 
-use hmac::{Hmac, Mac};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use time::macros::format_description;
 use time::{Duration, OffsetDateTime, PrimitiveDateTime};
+
+use crate::notify::hmac_sha256_hex;
 
 pub const ALGORITHM: &str = "SDK-HMAC-SHA256";
 /// A request dated further than this from the server clock is refused.
@@ -201,13 +202,7 @@ pub fn string_to_sign(sdk_date: &str, canonical_request: &str) -> String {
 
 /// Lower-case hex HMAC-SHA256 of `string_to_sign`, keyed by the secret key.
 pub fn signature(secret_key: &str, string_to_sign: &str) -> String {
-    // HMAC-SHA256 takes keys of any length, so `new_from_slice` cannot fail here.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret_key.as_bytes()) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("HMAC accepts keys of any length"),
-    };
-    mac.update(string_to_sign.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    hmac_sha256_hex(secret_key.as_bytes(), string_to_sign.as_bytes())
 }
 
 fn parse_sdk_date(raw: &str) -> Result<OffsetDateTime, AuthError> {
