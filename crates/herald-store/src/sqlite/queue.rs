@@ -23,7 +23,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 
 use super::SqliteStore;
-use crate::rows::{CorruptRow, live_config_key_context, rtc_app_key_context};
+use crate::rows::{CorruptRow, live_config_key_context, rtc_app_key_context, stored_project};
 use crate::{
     Accepted, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
     DeliveryFilter, DeliveryStatus, DeliveryView, Lease, Notification, Page, QueueStats,
@@ -171,8 +171,7 @@ fn claimed(
     let project: String = row.try_get("project_id")?;
     Ok(ClaimedDelivery {
         id,
-        project_id: ProjectId::parse("project_id", &project)
-            .map_err(|e| corrupt("deliveries", id, e))?,
+        project_id: stored_project("deliveries", &id.to_string(), &project)?,
         event_id: event_id.clone(),
         config_id,
         endpoint: row.try_get("endpoint")?,
@@ -182,7 +181,9 @@ fn claimed(
     })
 }
 
-fn json_array(items: &[&str]) -> String {
+/// A slice as JSON text, for `json_each(?)`. Serialising strings and numbers cannot fail;
+/// the empty array is only the type system's due.
+fn json_array<T: serde::Serialize>(items: &[T]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
 }
 
@@ -332,7 +333,7 @@ async fn accept(
         "SELECT DISTINCT config_id, stream FROM deliveries WHERE state IN {OPEN} AND (config_id, stream) IN \
          (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
     ))
-    .bind(serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into()))
+    .bind(json_array(&pairs))
     .fetch_all(&mut **tx)
     .await?
     .iter()
@@ -512,7 +513,7 @@ impl SqliteStore {
         let events: HashMap<i64, StoredEvent> = sqlx::query(
             "SELECT seq, event_id, payload, flavour FROM events WHERE seq IN (SELECT value FROM json_each(?))",
         )
-        .bind(serde_json::to_string(&seqs).unwrap_or_else(|_| "[]".into()))
+        .bind(json_array(&seqs))
         .fetch_all(&mut *tx)
         .await?
         .iter()
@@ -577,7 +578,7 @@ impl SqliteStore {
              WHERE v ->> 'id' IN (SELECT value FROM json_each(?2))",
         )
         .bind(&batch)
-        .bind(serde_json::to_string(&applied).unwrap_or_else(|_| "[]".into()))
+        .bind(json_array(&applied))
         .execute(&mut *tx)
         .await?;
         let finished: Vec<[String; 2]> = moved
@@ -594,12 +595,7 @@ impl SqliteStore {
                 .map(|c| unix_ms(c.record.at))
                 .max()
                 .unwrap_or(0);
-            unblock_next_of_streams(
-                &mut tx,
-                &serde_json::to_string(&finished).unwrap_or_else(|_| "[]".into()),
-                now_ms,
-            )
-            .await?;
+            unblock_next_of_streams(&mut tx, &json_array(&finished), now_ms).await?;
         }
         tx.commit().await?;
         Ok(u64::try_from(applied.len()).unwrap_or(0))
@@ -642,12 +638,7 @@ impl SqliteStore {
             .map(|r| Ok([r.try_get("config_id")?, r.try_get("stream")?]))
             .collect::<Result<_, sqlx::Error>>()?;
         if !cancelled.is_empty() {
-            unblock_next_of_streams(
-                &mut tx,
-                &serde_json::to_string(&cancelled).unwrap_or_else(|_| "[]".into()),
-                now_ms,
-            )
-            .await?;
+            unblock_next_of_streams(&mut tx, &json_array(&cancelled), now_ms).await?;
         }
         tx.commit().await?;
         Ok(u64::try_from(rescued.len()).unwrap_or(0))
@@ -668,9 +659,7 @@ impl SqliteStore {
         filter: &DeliveryFilter,
         page: Page,
     ) -> Result<(u64, Vec<DeliveryView>), StoreError> {
-        let states = filter
-            .status
-            .map(|s| serde_json::to_string(s.states()).unwrap_or_else(|_| "[]".into()));
+        let states = filter.status.map(|s| json_array(s.states()));
         const WHERE: &str = "WHERE d.project_id = ?1 AND (?2 IS NULL OR e.event_id = ?2) \
                              AND (?3 IS NULL OR d.state IN (SELECT value FROM json_each(?3)))";
         let total: i64 = sqlx::query_scalar(&format!(
@@ -702,7 +691,7 @@ impl SqliteStore {
             "SELECT delivery_id, at_ms, status_code, error, latency_ms, response_head FROM delivery_attempts \
              WHERE delivery_id IN (SELECT value FROM json_each(?)) ORDER BY delivery_id, attempt",
         )
-        .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
+        .bind(json_array(&ids))
         .fetch_all(&self.pool)
         .await?;
         for row in &attempt_rows {

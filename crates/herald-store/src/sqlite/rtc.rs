@@ -10,7 +10,7 @@ use sqlx::sqlite::SqliteRow;
 use time::OffsetDateTime;
 
 use super::SqliteStore;
-use crate::rows::{CorruptRow, rtc_app_key_context};
+use crate::rows::{CorruptRow, rtc_app_key_context, stored_project};
 use crate::{Page, RecordCallback, RtcApp, StoreError};
 
 const COLUMNS: &str = "app_id, project_id, app_name, created_at_ms, callback_url, auth_key_sealed, callback_updated_at_ms";
@@ -44,8 +44,7 @@ impl SqliteStore {
         };
         Ok(RtcApp {
             app_id: AppId::parse(&app_id).ok_or_else(|| corrupt("not an app id".into()))?,
-            project_id: ProjectId::parse("project_id", row.try_get("project_id")?)
-                .map_err(|e| corrupt(e.to_string()))?,
+            project_id: stored_project("rtc_apps", &app_id, row.try_get("project_id")?)?,
             app_name: AppName::parse("app_name", row.try_get("app_name")?)
                 .map_err(|e| corrupt(e.to_string()))?,
             created_at: from_unix_ms(row.try_get("created_at_ms")?),
