@@ -6,6 +6,7 @@
 //! secrets with the master key themselves, so nothing above the store sees ciphertext
 //! and nothing below it sees a plaintext secret go to disk.
 
+mod accept;
 mod queue;
 mod rows;
 pub mod sqlite;

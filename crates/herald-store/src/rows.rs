@@ -3,16 +3,25 @@
 //! Stored values are parsed back through the same domain parsers that guard the API, so
 //! a row that was altered outside Herald surfaces as [`CorruptRow`], not as a wrong answer.
 
+use std::collections::HashMap;
+
+use herald_core::event::{LiveEvent, RtcEvent};
+use herald_core::field::FieldError;
 use herald_core::live::{
-    AppSelector, CallbackUrl, LiveCallbackConfig, LiveConfigSpec, PublishDomain, SignKey, SignType,
-    Subscription,
+    AppSelector, CallbackUrl, LiveCallbackConfig, LiveConfigSpec, MatchCandidate, PublishDomain,
+    SignKey, SignType, Subscription,
 };
+use herald_core::notify::LiveSigning;
 use herald_core::project::ProjectId;
+use herald_core::rtc::{AppId, AppName, AuthKey};
 use herald_core::secrets::{MasterKey, SealError};
 use herald_core::timefmt::{from_unix_ms, unix_ms};
 use secrecy::ExposeSecret;
 
-use crate::StoreError;
+use crate::{
+    AttemptRecord, ClaimedDelivery, DeliveryStatus, DeliveryView, Notification, RecordCallback,
+    RtcApp, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[error("stored row {table}/{id} is invalid: {reason}")]
@@ -39,6 +48,7 @@ pub(crate) fn rtc_app_key_context(app_id: &str) -> String {
 }
 
 /// A `live_callback_configs` row as both backends read and write it.
+#[derive(sqlx::FromRow)]
 pub(crate) struct LiveConfigRow {
     pub id: String,
     pub project_id: String,
@@ -83,7 +93,7 @@ impl LiveConfigRow {
             id: self.id.clone(),
             reason,
         };
-        let field = |e: herald_core::field::FieldError| corrupt(e.to_string());
+        let field = |e: FieldError| corrupt(e.to_string());
         let key = match &self.key_sealed {
             None => None,
             Some(sealed) => {
@@ -130,4 +140,213 @@ pub(crate) fn stored_project(
         id: id.to_owned(),
         reason: e.to_string(),
     })
+}
+
+fn corrupt(table: &'static str, id: impl ToString, reason: impl ToString) -> CorruptRow {
+    CorruptRow {
+        table,
+        id: id.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// An `rtc_apps` row as both backends read it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct RtcAppRow {
+    pub app_id: String,
+    pub project_id: String,
+    pub app_name: String,
+    pub created_at_ms: i64,
+    pub callback_url: Option<String>,
+    pub auth_key_sealed: Option<Vec<u8>>,
+    pub callback_updated_at_ms: i64,
+}
+
+/// The columns of [`RtcAppRow`], for `SELECT`.
+pub(crate) const RTC_APP_COLUMNS: &str = "app_id, project_id, app_name, created_at_ms, callback_url, \
+     auth_key_sealed, callback_updated_at_ms";
+
+impl RtcAppRow {
+    pub fn into_app(self, master: &MasterKey) -> Result<RtcApp, StoreError> {
+        let bad = |reason: String| corrupt("rtc_apps", &self.app_id, reason);
+        let callback = match &self.callback_url {
+            None => None,
+            Some(url) => {
+                let auth_key = self
+                    .auth_key_sealed
+                    .as_ref()
+                    .map(|sealed| {
+                        let key = master.open_string(&rtc_app_key_context(&self.app_id), sealed)?;
+                        AuthKey::parse("auth_key", key.expose_secret())
+                            .map_err(|e| StoreError::from(bad(e.to_string())))
+                    })
+                    .transpose()?;
+                Some(RecordCallback {
+                    url: CallbackUrl::parse("url", url, true).map_err(|e| bad(e.to_string()))?,
+                    auth_key,
+                })
+            }
+        };
+        Ok(RtcApp {
+            app_id: AppId::parse(&self.app_id).ok_or_else(|| bad("not an app id".into()))?,
+            project_id: stored_project("rtc_apps", &self.app_id, &self.project_id)?,
+            app_name: AppName::parse("app_name", &self.app_name).map_err(|e| bad(e.to_string()))?,
+            created_at: from_unix_ms(self.created_at_ms),
+            callback,
+            callback_updated_at: from_unix_ms(self.callback_updated_at_ms),
+        })
+    }
+}
+
+/// A config and its URL, as a delivery targets it: `(config or app id, URL)`.
+pub(crate) type Target = (String, String);
+
+/// A Live config read as a match candidate for an event.
+#[derive(sqlx::FromRow)]
+pub(crate) struct CandidateRow {
+    pub id: String,
+    pub app: String,
+    pub notify_event_subscription: String,
+    pub notify_callback_url: Option<String>,
+}
+
+impl CandidateRow {
+    pub fn into_candidate(self) -> Result<MatchCandidate<Target>, CorruptRow> {
+        let bad = |e: FieldError| corrupt("live_callback_configs", &self.id, e);
+        let names: Vec<&str> = self.notify_event_subscription.split(',').collect();
+        Ok(MatchCandidate {
+            app: AppSelector::parse("app", &self.app).map_err(bad)?,
+            subscription: Subscription::parse("notify_event_subscription", &names).map_err(bad)?,
+            has_url: self.notify_callback_url.is_some(),
+            target: (
+                self.id.clone(),
+                self.notify_callback_url.clone().unwrap_or_default(),
+            ),
+        })
+    }
+}
+
+/// A leased delivery joined with its event, as both backends read it after a claim.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ClaimedRow {
+    pub id: i64,
+    pub project_id: String,
+    pub event_id: String,
+    pub payload: String,
+    pub flavour: String,
+    pub config_id: String,
+    pub endpoint: String,
+    pub url: String,
+    pub sign_type: String,
+    pub key_sealed: Option<Vec<u8>>,
+    pub attempts: i64,
+}
+
+impl ClaimedRow {
+    pub fn into_claimed(self, master: &MasterKey) -> Result<ClaimedDelivery, StoreError> {
+        let id = self.id;
+        let bad_event = |e: &dyn std::fmt::Display| corrupt("events", &self.event_id, e);
+        let payload: serde_json::Value =
+            serde_json::from_str(&self.payload).map_err(|e| bad_event(&e))?;
+        let open_key = |context: String| {
+            self.key_sealed
+                .as_ref()
+                .map(|sealed| master.open_string(&context, sealed))
+                .transpose()
+        };
+        let notification = if self.flavour == "rtc" {
+            let auth_key = open_key(rtc_app_key_context(&self.config_id))?
+                .map(|key| AuthKey::parse("auth_key", key.expose_secret()))
+                .transpose()
+                .map_err(|e| corrupt("deliveries", id, e))?;
+            Notification::Rtc {
+                event: RtcEvent::parse("", &payload).map_err(|e| bad_event(&e))?,
+                app_id: self.config_id.clone(),
+                auth_key,
+            }
+        } else {
+            let sign_type = SignType::parse("sign_type", &self.sign_type)
+                .map_err(|e| corrupt("deliveries", id, e))?;
+            let signing = open_key(live_config_key_context(&self.config_id))?
+                .map(|key| SignKey::parse("key", key.expose_secret()))
+                .transpose()
+                .map_err(|e| corrupt("deliveries", id, e))?
+                .map(|key| LiveSigning { sign_type, key });
+            Notification::Live {
+                event: LiveEvent::parse("", &payload).map_err(|e| bad_event(&e))?,
+                signing,
+            }
+        };
+        Ok(ClaimedDelivery {
+            id,
+            project_id: stored_project("deliveries", &id.to_string(), &self.project_id)?,
+            event_id: self.event_id,
+            config_id: self.config_id,
+            endpoint: self.endpoint,
+            url: self.url,
+            attempt: u32::try_from(self.attempts).unwrap_or(u32::MAX),
+            notification,
+        })
+    }
+}
+
+/// A delivery as the log lists it, before its attempts are attached.
+#[derive(sqlx::FromRow)]
+pub(crate) struct DeliveryRow {
+    pub id: i64,
+    pub event_id: String,
+    pub config_id: String,
+    pub url: String,
+    pub event_type: Option<String>,
+    pub state: String,
+    pub created_at_ms: i64,
+    pub next_attempt_at_ms: i64,
+}
+
+/// One row of `delivery_attempts`.
+#[derive(sqlx::FromRow)]
+pub(crate) struct AttemptRow {
+    pub delivery_id: i64,
+    pub at_ms: i64,
+    pub status_code: Option<i64>,
+    pub error: Option<String>,
+    pub latency_ms: i64,
+    pub response_head: Option<String>,
+}
+
+/// The log's page of deliveries, each with its attempts (given in attempt order).
+pub(crate) fn delivery_views(
+    rows: Vec<DeliveryRow>,
+    attempts: Vec<AttemptRow>,
+) -> Vec<DeliveryView> {
+    let mut by_delivery: HashMap<i64, Vec<AttemptRecord>> = HashMap::new();
+    for a in attempts {
+        by_delivery
+            .entry(a.delivery_id)
+            .or_default()
+            .push(AttemptRecord {
+                at: from_unix_ms(a.at_ms),
+                status_code: a.status_code.and_then(|c| u16::try_from(c).ok()),
+                error: a.error,
+                latency_ms: u64::try_from(a.latency_ms).unwrap_or(0),
+                response_head: a.response_head,
+            });
+    }
+    rows.into_iter()
+        .map(|row| {
+            let status = DeliveryStatus::of_state(&row.state);
+            let open = matches!(status, DeliveryStatus::Pending | DeliveryStatus::Failed);
+            DeliveryView {
+                id: row.id,
+                event_id: row.event_id,
+                config_id: row.config_id,
+                url: row.url,
+                event_type: row.event_type.unwrap_or_default(),
+                status,
+                created_at: from_unix_ms(row.created_at_ms),
+                next_attempt_at: open.then(|| from_unix_ms(row.next_attempt_at_ms)),
+                attempts: by_delivery.remove(&row.id).unwrap_or_default(),
+            }
+        })
+        .collect()
 }

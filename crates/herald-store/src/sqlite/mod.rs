@@ -99,6 +99,13 @@ impl SqliteStore {
     }
 }
 
+/// A slice as JSON text, for `json_each(?)`: how SQLite takes a batch as one parameter.
+/// Serialising strings and numbers cannot fail; the empty array is only the type
+/// system's due.
+pub(crate) fn json_array<T: serde::Serialize>(items: &[T]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+}
+
 /// Maps a unique-constraint violation to [`StoreError::Conflict`].
 fn conflict_or(e: sqlx::Error) -> StoreError {
     match &e {
@@ -109,21 +116,6 @@ fn conflict_or(e: sqlx::Error) -> StoreError {
 
 const LIVE_CONFIG_COLUMNS: &str = "id, project_id, publish_domain, app, notify_callback_url, \
      notify_event_subscription, sign_type, key_sealed, create_time_ms, update_time_ms";
-
-fn live_config_row(row: &sqlx::sqlite::SqliteRow) -> Result<LiveConfigRow, sqlx::Error> {
-    Ok(LiveConfigRow {
-        id: row.try_get("id")?,
-        project_id: row.try_get("project_id")?,
-        publish_domain: row.try_get("publish_domain")?,
-        app: row.try_get("app")?,
-        notify_callback_url: row.try_get("notify_callback_url")?,
-        notify_event_subscription: row.try_get("notify_event_subscription")?,
-        sign_type: row.try_get("sign_type")?,
-        key_sealed: row.try_get("key_sealed")?,
-        create_time_ms: row.try_get("create_time_ms")?,
-        update_time_ms: row.try_get("update_time_ms")?,
-    })
-}
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -263,15 +255,14 @@ impl Store for SqliteStore {
         project: &ProjectId,
         id: &str,
     ) -> Result<Option<LiveCallbackConfig>, StoreError> {
-        let row = sqlx::query(&format!(
+        let row = sqlx::query_as::<_, LiveConfigRow>(&format!(
             "SELECT {LIVE_CONFIG_COLUMNS} FROM live_callback_configs WHERE project_id = ? AND id = ?"
         ))
         .bind(project.as_str())
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| live_config_row(&r)?.into_config(&self.master))
-            .transpose()
+        row.map(|r| r.into_config(&self.master)).transpose()
     }
 
     async fn list_live_configs(
@@ -290,7 +281,7 @@ impl Store for SqliteStore {
         .bind(filter.app.as_deref())
         .fetch_one(&self.pool)
         .await?;
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query_as::<_, LiveConfigRow>(&format!(
             "SELECT {LIVE_CONFIG_COLUMNS} FROM live_callback_configs {WHERE} ORDER BY seq LIMIT ?4 OFFSET ?5"
         ))
         .bind(project.as_str())
@@ -301,8 +292,8 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         let configs = rows
-            .iter()
-            .map(|r| live_config_row(r)?.into_config(&self.master))
+            .into_iter()
+            .map(|r| r.into_config(&self.master))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((u64::try_from(total).unwrap_or(0), configs))
     }

@@ -7,47 +7,32 @@
 //! and, when it is finished, unblocks the next delivery of its stream. Writes use
 //! `BEGIN IMMEDIATE` so concurrent writers queue on the busy timeout instead of failing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use herald_core::event::{EventId, LiveEvent, RtcEvent};
-use herald_core::live::{
-    AppSelector, CallbackUrl, MatchCandidate, SignKey, SignType, Subscription, select_config,
-};
-use herald_core::notify::LiveSigning;
+use herald_core::live::MatchCandidate;
 use herald_core::project::ProjectId;
-use herald_core::rtc::{AppId, AuthKey};
+use herald_core::rtc::AppId;
 use herald_core::timefmt::{from_unix_ms, unix_ms};
-use secrecy::ExposeSecret;
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 
 use super::SqliteStore;
-use crate::rows::{CorruptRow, live_config_key_context, rtc_app_key_context, stored_project};
+use super::json_array;
+use crate::accept::{
+    Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, answers_in_order, batch_time_ms,
+    live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, stream_pairs,
+};
+use crate::rows::{AttemptRow, CandidateRow, ClaimedRow, DeliveryRow, Target, delivery_views};
 use crate::{
-    Accepted, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
-    DeliveryFilter, DeliveryStatus, DeliveryView, Lease, Notification, Page, QueueStats,
-    RetryOutcome, StoreError,
+    Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryStatus,
+    DeliveryView, Lease, Page, QueueStats, RetryOutcome, StoreError,
 };
 
 /// SQL true when a delivery's config (Live) or app record callback (RTC) still exists;
 /// a delivery whose target is gone is cancelled rather than retried.
-const TARGET_EXISTS: &str = "(EXISTS (SELECT 1 FROM live_callback_configs c WHERE c.id = deliveries.config_id) \
+pub(crate) const TARGET_EXISTS: &str = "(EXISTS (SELECT 1 FROM live_callback_configs c WHERE c.id = deliveries.config_id) \
      OR EXISTS (SELECT 1 FROM rtc_apps a WHERE a.app_id = deliveries.config_id AND a.callback_url IS NOT NULL))";
-
-/// The states in which a delivery still has to go out.
-const OPEN: &str = "('blocked', 'pending', 'running', 'retrying')";
-
-fn corrupt(table: &'static str, id: impl ToString, reason: impl ToString) -> StoreError {
-    StoreError::Corrupt(CorruptRow {
-        table,
-        id: id.to_string(),
-        reason: reason.to_string(),
-    })
-}
-
-/// A config that may match an event: its id and URL, for the delivery.
-type Target = (String, String);
 
 async fn candidates(
     tx: &mut Transaction<'_, Sqlite>,
@@ -55,7 +40,7 @@ async fn candidates(
     domain: &str,
     app: &str,
 ) -> Result<Vec<MatchCandidate<Target>>, StoreError> {
-    let rows = sqlx::query(
+    sqlx::query_as::<_, CandidateRow>(
         "SELECT id, app, notify_event_subscription, notify_callback_url FROM live_callback_configs \
          WHERE project_id = ? AND publish_domain = ? AND app IN (?, '*')",
     )
@@ -63,23 +48,10 @@ async fn candidates(
     .bind(domain)
     .bind(app)
     .fetch_all(&mut **tx)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let id: String = row.try_get("id")?;
-            let bad = |e: herald_core::field::FieldError| corrupt("live_callback_configs", &id, e);
-            let names: String = row.try_get("notify_event_subscription")?;
-            let names: Vec<&str> = names.split(',').collect();
-            let url: Option<String> = row.try_get("notify_callback_url")?;
-            Ok(MatchCandidate {
-                app: AppSelector::parse("app", row.try_get("app")?).map_err(bad)?,
-                subscription: Subscription::parse("notify_event_subscription", &names)
-                    .map_err(bad)?,
-                has_url: url.is_some(),
-                target: (id.clone(), url.unwrap_or_default()),
-            })
-        })
-        .collect()
+    .await?
+    .into_iter()
+    .map(|row| Ok(row.into_candidate()?))
+    .collect()
 }
 
 async fn stream_has_open_delivery(
@@ -89,7 +61,7 @@ async fn stream_has_open_delivery(
     except: i64,
 ) -> Result<bool, StoreError> {
     Ok(sqlx::query_scalar(&format!(
-        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE config_id = ? AND stream = ? AND id <> ? AND state IN {OPEN})"
+        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE config_id = ? AND stream = ? AND id <> ? AND state IN {OPEN_STATES})"
     ))
     .bind(config_id)
     .bind(stream)
@@ -118,142 +90,18 @@ async fn unblock_next_of_streams(
     Ok(())
 }
 
-/// A claimed delivery's event as stored: its id, payload and flavour.
-type StoredEvent = (String, String, String);
-
-fn claimed(
-    row: &SqliteRow,
-    events: &HashMap<i64, StoredEvent>,
-    store: &SqliteStore,
-) -> Result<ClaimedDelivery, StoreError> {
-    let id: i64 = row.try_get("id")?;
-    let event_seq: i64 = row.try_get("event_seq")?;
-    let config_id: String = row.try_get("config_id")?;
-    let (event_id, payload, flavour) = events
-        .get(&event_seq)
-        .ok_or_else(|| corrupt("deliveries", id, "its event is missing"))?;
-    let bad_event = |e: &dyn std::fmt::Display| corrupt("events", event_seq, e);
-    let payload: serde_json::Value = serde_json::from_str(payload).map_err(|e| bad_event(&e))?;
-    let key_sealed: Option<Vec<u8>> = row.try_get("key_sealed")?;
-    let notification = if flavour == "rtc" {
-        let auth_key = key_sealed
-            .map(|sealed| {
-                let key = store
-                    .master
-                    .open_string(&rtc_app_key_context(&config_id), &sealed)?;
-                AuthKey::parse("auth_key", key.expose_secret())
-                    .map_err(|e| corrupt("deliveries", id, e))
-            })
-            .transpose()?;
-        Notification::Rtc {
-            event: RtcEvent::parse("", &payload).map_err(|e| bad_event(&e))?,
-            app_id: config_id.clone(),
-            auth_key,
+/// The rows a new delivery copies its target from, joined on `j` (the batch).
+fn target_source(flavour: Flavour) -> &'static str {
+    match flavour {
+        Flavour::Live => {
+            "SELECT c.notify_callback_url AS url, c.sign_type AS sign_type, c.key_sealed AS key_sealed, j.key, j.value \
+             FROM json_each(?2) j JOIN live_callback_configs c ON c.id = json_extract(j.value, '$.config_id')"
         }
-    } else {
-        let sign_type = SignType::parse("sign_type", row.try_get("sign_type")?)
-            .map_err(|e| corrupt("deliveries", id, e))?;
-        let signing = key_sealed
-            .map(|sealed| {
-                let key = store
-                    .master
-                    .open_string(&live_config_key_context(&config_id), &sealed)?;
-                let key = SignKey::parse("key", key.expose_secret())
-                    .map_err(|e| corrupt("deliveries", id, e))?;
-                Ok::<_, StoreError>(LiveSigning { sign_type, key })
-            })
-            .transpose()?;
-        Notification::Live {
-            event: LiveEvent::parse("", &payload).map_err(|e| bad_event(&e))?,
-            signing,
+        // RTC signs with HMAC-SHA256 over the body; the sign type column is not read.
+        Flavour::Rtc => {
+            "SELECT a.callback_url AS url, 'HMACSHA256' AS sign_type, a.auth_key_sealed AS key_sealed, j.key, j.value \
+             FROM json_each(?2) j JOIN rtc_apps a ON a.app_id = json_extract(j.value, '$.config_id')"
         }
-    };
-    let project: String = row.try_get("project_id")?;
-    Ok(ClaimedDelivery {
-        id,
-        project_id: stored_project("deliveries", &id.to_string(), &project)?,
-        event_id: event_id.clone(),
-        config_id,
-        endpoint: row.try_get("endpoint")?,
-        url: row.try_get("url")?,
-        attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
-        notification,
-    })
-}
-
-/// A slice as JSON text, for `json_each(?)`. Serialising strings and numbers cannot fail;
-/// the empty array is only the type system's due.
-fn json_array<T: serde::Serialize>(items: &[T]) -> String {
-    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
-}
-
-/// One answer per event, in request order; a repeated id repeats its answer.
-fn answers_in_order<'e>(
-    ids: impl Iterator<Item = &'e EventId>,
-    answers: &HashMap<String, u32>,
-) -> Vec<Accepted> {
-    ids.map(|id| Accepted {
-        event_id: id.as_str().to_owned(),
-        deliveries: answers.get(id.as_str()).copied().unwrap_or(0),
-    })
-    .collect()
-}
-
-/// The flavour of an event, and where its deliveries take their URL, sign type and key.
-#[derive(Debug, Clone, Copy)]
-enum Flavour {
-    Live,
-    Rtc,
-}
-
-impl Flavour {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Live => "live",
-            Self::Rtc => "rtc",
-        }
-    }
-
-    /// The rows a new delivery copies its target from, joined on `j` (the batch).
-    fn target_source(self) -> &'static str {
-        match self {
-            Self::Live => {
-                "SELECT c.notify_callback_url AS url, c.sign_type AS sign_type, c.key_sealed AS key_sealed, j.key, j.value \
-                 FROM json_each(?2) j JOIN live_callback_configs c ON c.id = json_extract(j.value, '$.config_id')"
-            }
-            // RTC signs with HMAC-SHA256 over the body; the sign type column is not read.
-            Self::Rtc => {
-                "SELECT a.callback_url AS url, 'HMACSHA256' AS sign_type, a.auth_key_sealed AS key_sealed, j.key, j.value \
-                 FROM json_each(?2) j JOIN rtc_apps a ON a.app_id = json_extract(j.value, '$.config_id')"
-            }
-        }
-    }
-}
-
-/// An event being accepted: its id, its stored form, its stream, and the config or app
-/// whose callback it goes to (with that callback's URL), if any.
-struct Accepting<'a> {
-    id: &'a EventId,
-    payload: String,
-    stream: &'a str,
-    target: Option<Target>,
-}
-
-impl<'a> Accepting<'a> {
-    fn new(
-        id: &'a EventId,
-        fields: &serde_json::Map<String, serde_json::Value>,
-        stream: &'a str,
-        target: Option<Target>,
-    ) -> Result<Self, StoreError> {
-        let payload =
-            serde_json::to_string(fields).map_err(|e| corrupt("events", id.as_str(), e))?;
-        Ok(Self {
-            id,
-            payload,
-            stream,
-            target,
-        })
     }
 }
 
@@ -296,7 +144,7 @@ async fn accept(
     }
     let rows: Vec<serde_json::Value> = accepting
         .iter()
-        .map(|a| serde_json::json!({"id": a.id.as_str(), "payload": a.payload, "deliveries": u32::from(a.target.is_some())}))
+        .map(|a| serde_json::json!({"id": a.id.as_str(), "payload": a.payload, "deliveries": a.deliveries()}))
         .collect();
     let seqs: HashMap<String, i64> = sqlx::query(
         "INSERT INTO events (project_id, event_id, flavour, payload, deliveries, accepted_at_ms) \
@@ -314,23 +162,12 @@ async fn accept(
     .map(|r| Ok((r.try_get("event_id")?, r.try_get("seq")?)))
     .collect::<Result<_, sqlx::Error>>()?;
 
-    let matched: Vec<_> = accepting
-        .iter()
-        .filter_map(|a| {
-            a.target
-                .as_ref()
-                .map(|(config_id, url)| (a, config_id, url))
-        })
-        .collect();
-    if matched.is_empty() {
+    let pairs = stream_pairs(&accepting);
+    if pairs.is_empty() {
         return Ok(());
     }
-    let pairs: Vec<[&str; 2]> = matched
-        .iter()
-        .map(|(a, c, _)| [c.as_str(), a.stream])
-        .collect();
-    let mut busy: std::collections::HashSet<(String, String)> = sqlx::query(&format!(
-        "SELECT DISTINCT config_id, stream FROM deliveries WHERE state IN {OPEN} AND (config_id, stream) IN \
+    let busy: HashSet<(String, String)> = sqlx::query(&format!(
+        "SELECT DISTINCT config_id, stream FROM deliveries WHERE state IN {OPEN_STATES} AND (config_id, stream) IN \
          (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
     ))
     .bind(json_array(&pairs))
@@ -339,28 +176,20 @@ async fn accept(
     .iter()
     .map(|r| Ok((r.try_get("config_id")?, r.try_get("stream")?)))
     .collect::<Result<_, sqlx::Error>>()?;
-    let mut endpoints: HashMap<&str, String> = HashMap::new();
-    let mut deliveries = Vec::with_capacity(matched.len());
-    for (a, config_id, url) in matched {
-        let endpoint = match endpoints.get(config_id.as_str()) {
-            Some(endpoint) => endpoint.clone(),
-            None => {
-                let endpoint = CallbackUrl::parse("url", url, true)
-                    .map(|u| u.endpoint())
-                    .map_err(|e| corrupt("deliveries", config_id, e))?;
-                endpoints.insert(config_id, endpoint.clone());
-                endpoint
-            }
-        };
-        let first_in_stream = busy.insert((config_id.clone(), a.stream.to_owned()));
-        deliveries.push(serde_json::json!({
-            "seq": seqs.get(a.id.as_str()).ok_or_else(|| corrupt("events", a.id.as_str(), "insert returned no seq"))?,
-            "config_id": config_id,
-            "stream": a.stream,
-            "endpoint": endpoint,
-            "state": if first_in_stream { "pending" } else { "blocked" },
-        }));
-    }
+    let deliveries = new_deliveries(&accepting, busy)?
+        .into_iter()
+        .map(|d| {
+            Ok(serde_json::json!({
+                "seq": seqs.get(d.event_id).ok_or_else(|| crate::rows::CorruptRow {
+                    table: "events", id: d.event_id.to_owned(), reason: "insert returned no seq".into(),
+                })?,
+                "config_id": d.config_id,
+                "stream": d.stream,
+                "endpoint": d.endpoint,
+                "state": d.state,
+            }))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
     sqlx::query(&format!(
         "INSERT INTO deliveries (project_id, event_seq, config_id, stream, endpoint, url, sign_type, \
          key_sealed, state, next_attempt_at_ms, created_at_ms) \
@@ -368,7 +197,7 @@ async fn accept(
              json_extract(t.value, '$.stream'), json_extract(t.value, '$.endpoint'), t.url, t.sign_type, \
              t.key_sealed, json_extract(t.value, '$.state'), ?1, ?1 \
          FROM ({}) t ORDER BY t.key",
-        flavour.target_source()
+        target_source(flavour)
     ))
     .bind(now_ms)
     .bind(serde_json::Value::Array(deliveries).to_string())
@@ -391,29 +220,11 @@ impl SqliteStore {
         let (_gate, mut tx) = self.begin_write(&self.pool).await?;
         let mut answers =
             earlier_answers(&mut tx, project, events.iter().map(|(id, _)| id)).await?;
-        // Match each new event (the first of any id repeated in the batch).
-        let mut candidates_by_key: HashMap<(&str, &str), Vec<MatchCandidate<Target>>> =
-            HashMap::new();
-        let mut accepting = Vec::new();
-        for (event_id, event) in events {
-            if answers.contains_key(event_id.as_str()) {
-                continue;
-            }
-            let key = (event.publish_domain.as_str(), event.app.as_str());
-            if let std::collections::hash_map::Entry::Vacant(slot) = candidates_by_key.entry(key) {
-                slot.insert(candidates(&mut tx, project, key.0, key.1).await?);
-            }
-            let target = candidates_by_key
-                .get(&key)
-                .and_then(|c| select_config(c.clone(), &event.app, event.event_type));
-            answers.insert(event_id.as_str().to_owned(), u32::from(target.is_some()));
-            accepting.push(Accepting::new(
-                event_id,
-                &event.fields,
-                &event.stream,
-                target,
-            )?);
+        let mut candidates_by_key = HashMap::new();
+        for key in live_match_keys(events, &answers) {
+            candidates_by_key.insert(key, candidates(&mut tx, project, key.0, key.1).await?);
         }
+        let accepting = plan_live(events, &mut answers, &candidates_by_key)?;
         accept(&mut tx, project, Flavour::Live, accepting, unix_ms(now)).await?;
         tx.commit().await?;
         Ok(answers_in_order(events.iter().map(|(id, _)| id), &answers))
@@ -439,23 +250,12 @@ impl SqliteStore {
         };
         let mut answers =
             earlier_answers(&mut tx, project, events.iter().map(|(id, _)| id)).await?;
-        let mut accepting = Vec::new();
-        for (event_id, event) in events {
-            if answers.contains_key(event_id.as_str()) {
-                continue;
-            }
-            // Every record callback subscribes to all three RTC event types.
-            let target = callback_url
-                .clone()
-                .map(|url| (app_id.as_str().to_owned(), url));
-            answers.insert(event_id.as_str().to_owned(), u32::from(target.is_some()));
-            accepting.push(Accepting::new(
-                event_id,
-                &event.fields,
-                &event.stream_name,
-                target,
-            )?);
-        }
+        let accepting = plan_rtc(
+            events,
+            &mut answers,
+            app_id.as_str(),
+            callback_url.as_deref(),
+        )?;
         accept(&mut tx, project, Flavour::Rtc, accepting, unix_ms(now)).await?;
         tx.commit().await?;
         Ok(Some(answers_in_order(
@@ -495,7 +295,7 @@ impl SqliteStore {
                      ORDER BY next_attempt_at_ms, id LIMIT ?6) d \
                  LEFT JOIN room ON room.endpoint = d.endpoint) \
                  WHERE nth <= room ORDER BY next_attempt_at_ms, id LIMIT ?7) \
-             RETURNING id, project_id, event_seq, config_id, endpoint, url, sign_type, key_sealed, attempts",
+             RETURNING id",
         )
         .bind(&lease.owner)
         .bind(unix_ms(lease.expires_at))
@@ -506,21 +306,24 @@ impl SqliteStore {
         .bind(total)
         .fetch_all(&mut *tx)
         .await?;
-        let seqs: Vec<i64> = rows
+        let ids: Vec<i64> = rows
             .iter()
-            .map(|r| r.try_get("event_seq"))
+            .map(|r| r.try_get("id"))
             .collect::<Result<_, _>>()?;
-        let events: HashMap<i64, StoredEvent> = sqlx::query(
-            "SELECT seq, event_id, payload, flavour FROM events WHERE seq IN (SELECT value FROM json_each(?))",
+        let claimed = sqlx::query_as::<_, ClaimedRow>(
+            "SELECT d.id, d.project_id, e.event_id, e.payload, e.flavour, d.config_id, d.endpoint, d.url, \
+                 d.sign_type, d.key_sealed, d.attempts \
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+             WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY d.next_attempt_at_ms, d.id",
         )
-        .bind(json_array(&seqs))
+        .bind(json_array(&ids))
         .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get("seq")?, (r.try_get("event_id")?, r.try_get("payload")?, r.try_get("flavour")?))))
-        .collect::<Result<_, sqlx::Error>>()?;
+        .await?;
         tx.commit().await?;
-        rows.iter().map(|row| claimed(row, &events, self)).collect()
+        claimed
+            .into_iter()
+            .map(|row| row.into_claimed(&self.master))
+            .collect()
     }
 
     /// Set-based like ingest: one guarded update for the whole batch, one insert of the
@@ -535,15 +338,10 @@ impl SqliteStore {
         let rows: Vec<serde_json::Value> = completions
             .iter()
             .map(|c| {
-                let at_ms = unix_ms(c.record.at);
-                let (state, next_ms) = match c.next {
-                    AfterAttempt::Succeeded => ("succeeded", at_ms),
-                    AfterAttempt::RetryAt(at) => ("retrying", unix_ms(at)),
-                    AfterAttempt::Dead => ("dead", at_ms),
-                };
+                let (state, next_ms) = next_state(c);
                 serde_json::json!({
                     "id": c.delivery_id, "attempt": c.attempt, "owner": c.lease_owner, "state": state,
-                    "next": next_ms, "at": at_ms, "status_code": c.record.status_code, "error": c.record.error,
+                    "next": next_ms, "at": unix_ms(c.record.at), "status_code": c.record.status_code, "error": c.record.error,
                     "latency_ms": c.record.latency_ms, "response_head": c.record.response_head,
                 })
             })
@@ -590,12 +388,8 @@ impl SqliteStore {
             .map(|r| Ok([r.try_get("config_id")?, r.try_get("stream")?]))
             .collect::<Result<_, sqlx::Error>>()?;
         if !finished.is_empty() {
-            let now_ms = completions
-                .iter()
-                .map(|c| unix_ms(c.record.at))
-                .max()
-                .unwrap_or(0);
-            unblock_next_of_streams(&mut tx, &json_array(&finished), now_ms).await?;
+            unblock_next_of_streams(&mut tx, &json_array(&finished), batch_time_ms(completions))
+                .await?;
         }
         tx.commit().await?;
         Ok(u64::try_from(applied.len()).unwrap_or(0))
@@ -620,11 +414,12 @@ impl SqliteStore {
         for row in &rescued {
             sqlx::query(
                 "INSERT OR IGNORE INTO delivery_attempts (delivery_id, attempt, at_ms, error, latency_ms) \
-                 VALUES (?, ?, ?, 'lease expired: the worker stopped before recording the outcome', 0)",
+                 VALUES (?, ?, ?, ?, 0)",
             )
             .bind(row.try_get::<i64, _>("id")?)
             .bind(row.try_get::<i64, _>("attempts")?)
             .bind(now_ms)
+            .bind(LEASE_EXPIRED)
             .execute(&mut *tx)
             .await?;
         }
@@ -670,7 +465,7 @@ impl SqliteStore {
         .bind(states.as_deref())
         .fetch_one(&self.pool)
         .await?;
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query_as::<_, DeliveryRow>(&format!(
             "SELECT d.id, e.event_id, d.config_id, d.url, json_extract(e.payload, '$.event_type') AS event_type, \
              d.state, d.created_at_ms, d.next_attempt_at_ms \
              FROM deliveries d JOIN events e ON e.seq = d.event_seq {WHERE} ORDER BY d.id DESC LIMIT ?4 OFFSET ?5"
@@ -682,55 +477,15 @@ impl SqliteStore {
         .bind(i64::try_from(page.offset).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
-        let ids: Vec<i64> = rows
-            .iter()
-            .map(|r| r.try_get("id"))
-            .collect::<Result<_, _>>()?;
-        let mut attempts: HashMap<i64, Vec<AttemptRecord>> = HashMap::new();
-        let attempt_rows = sqlx::query(
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let attempts = sqlx::query_as::<_, AttemptRow>(
             "SELECT delivery_id, at_ms, status_code, error, latency_ms, response_head FROM delivery_attempts \
              WHERE delivery_id IN (SELECT value FROM json_each(?)) ORDER BY delivery_id, attempt",
         )
         .bind(json_array(&ids))
         .fetch_all(&self.pool)
         .await?;
-        for row in &attempt_rows {
-            attempts
-                .entry(row.try_get("delivery_id")?)
-                .or_default()
-                .push(AttemptRecord {
-                    at: from_unix_ms(row.try_get("at_ms")?),
-                    status_code: row
-                        .try_get::<Option<i64>, _>("status_code")?
-                        .and_then(|c| u16::try_from(c).ok()),
-                    error: row.try_get("error")?,
-                    latency_ms: u64::try_from(row.try_get::<i64, _>("latency_ms")?).unwrap_or(0),
-                    response_head: row.try_get("response_head")?,
-                });
-        }
-        let views = rows
-            .iter()
-            .map(|row| {
-                let id: i64 = row.try_get("id")?;
-                let status = DeliveryStatus::of_state(row.try_get("state")?);
-                let open = matches!(status, DeliveryStatus::Pending | DeliveryStatus::Failed);
-                Ok(DeliveryView {
-                    id,
-                    event_id: row.try_get("event_id")?,
-                    config_id: row.try_get("config_id")?,
-                    url: row.try_get("url")?,
-                    event_type: row
-                        .try_get::<Option<String>, _>("event_type")?
-                        .unwrap_or_default(),
-                    status,
-                    created_at: from_unix_ms(row.try_get("created_at_ms")?),
-                    next_attempt_at: open
-                        .then(|| row.try_get("next_attempt_at_ms").map(from_unix_ms))
-                        .transpose()?,
-                    attempts: attempts.remove(&id).unwrap_or_default(),
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let views = delivery_views(rows, attempts);
         Ok((u64::try_from(total).unwrap_or(0), views))
     }
 

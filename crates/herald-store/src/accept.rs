@@ -1,0 +1,224 @@
+//! The backend-neutral steps of accepting events and finishing attempts: which events are
+//! new, which config each goes to, which of their deliveries may go out at once and which
+//! wait behind an earlier one of their stream. Backends do the reading and writing around
+//! these steps, each in its own SQL.
+
+use std::collections::{HashMap, HashSet};
+
+use herald_core::event::{EventId, LiveEvent, RtcEvent};
+use herald_core::live::{CallbackUrl, MatchCandidate, select_config};
+use herald_core::timefmt::unix_ms;
+
+use crate::rows::{CorruptRow, Target};
+use crate::{Accepted, AfterAttempt, Completion, StoreError};
+
+/// The states in which a delivery still has to go out, as an SQL list.
+pub(crate) const OPEN_STATES: &str = "('blocked', 'pending', 'running', 'retrying')";
+
+/// The flavour of an event, as `events.flavour` stores it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Flavour {
+    Live,
+    Rtc,
+}
+
+impl Flavour {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Rtc => "rtc",
+        }
+    }
+}
+
+/// An event being accepted: its id, its stored form, its stream, and the config or app
+/// whose callback it goes to (with that callback's URL), if any.
+pub(crate) struct Accepting<'a> {
+    pub id: &'a EventId,
+    pub payload: String,
+    pub stream: &'a str,
+    pub target: Option<Target>,
+}
+
+impl<'a> Accepting<'a> {
+    fn new(
+        id: &'a EventId,
+        fields: &serde_json::Map<String, serde_json::Value>,
+        stream: &'a str,
+        target: Option<Target>,
+    ) -> Result<Self, StoreError> {
+        let payload = serde_json::to_string(fields).map_err(|e| CorruptRow {
+            table: "events",
+            id: id.as_str().to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            id,
+            payload,
+            stream,
+            target,
+        })
+    }
+
+    /// How many deliveries acceptance creates for it (the answer repeated to a retry).
+    pub fn deliveries(&self) -> u32 {
+        u32::from(self.target.is_some())
+    }
+}
+
+/// The (domain, app) pairs whose configs the new Live events need as match candidates.
+pub(crate) fn live_match_keys<'e>(
+    events: &'e [(EventId, LiveEvent)],
+    answers: &HashMap<String, u32>,
+) -> Vec<(&'e str, &'e str)> {
+    let mut keys: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|(id, _)| !answers.contains_key(id.as_str()))
+        .map(|(_, e)| (e.publish_domain.as_str(), e.app.as_str()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// Matches each new Live event (the first of any id repeated in the batch) against the
+/// candidates of its (domain, app), and records its answer.
+pub(crate) fn plan_live<'e>(
+    events: &'e [(EventId, LiveEvent)],
+    answers: &mut HashMap<String, u32>,
+    candidates: &HashMap<(&str, &str), Vec<MatchCandidate<Target>>>,
+) -> Result<Vec<Accepting<'e>>, StoreError> {
+    let mut accepting = Vec::new();
+    for (event_id, event) in events {
+        if answers.contains_key(event_id.as_str()) {
+            continue;
+        }
+        let key = (event.publish_domain.as_str(), event.app.as_str());
+        let target = candidates
+            .get(&key)
+            .and_then(|c| select_config(c.clone(), &event.app, event.event_type));
+        let a = Accepting::new(event_id, &event.fields, &event.stream, target)?;
+        answers.insert(event_id.as_str().to_owned(), a.deliveries());
+        accepting.push(a);
+    }
+    Ok(accepting)
+}
+
+/// Every new RTC event goes to the app's record callback, if it has one: a record
+/// callback subscribes to all three RTC event types.
+pub(crate) fn plan_rtc<'e>(
+    events: &'e [(EventId, RtcEvent)],
+    answers: &mut HashMap<String, u32>,
+    app_id: &str,
+    callback_url: Option<&str>,
+) -> Result<Vec<Accepting<'e>>, StoreError> {
+    let mut accepting = Vec::new();
+    for (event_id, event) in events {
+        if answers.contains_key(event_id.as_str()) {
+            continue;
+        }
+        let target = callback_url.map(|url| (app_id.to_owned(), url.to_owned()));
+        let a = Accepting::new(event_id, &event.fields, &event.stream_name, target)?;
+        answers.insert(event_id.as_str().to_owned(), a.deliveries());
+        accepting.push(a);
+    }
+    Ok(accepting)
+}
+
+/// The `[config_id, stream]` pairs the accepted events create deliveries in.
+pub(crate) fn stream_pairs<'a>(accepting: &'a [Accepting<'_>]) -> Vec<[&'a str; 2]> {
+    accepting
+        .iter()
+        .filter_map(|a| a.target.as_ref().map(|(c, _)| [c.as_str(), a.stream]))
+        .collect()
+}
+
+/// A delivery to create for an accepted event.
+pub(crate) struct NewDelivery<'a> {
+    pub event_id: &'a str,
+    pub config_id: &'a str,
+    pub stream: &'a str,
+    /// `scheme://host:port` of the URL: the unit of per-endpoint concurrency.
+    pub endpoint: String,
+    /// `pending` for the first of its stream when the stream has nothing open, else
+    /// `blocked` behind the one before it.
+    pub state: &'static str,
+}
+
+/// The deliveries of the accepted events, in acceptance order. `busy` holds the
+/// `(config_id, stream)` pairs that already have an open delivery.
+pub(crate) fn new_deliveries<'a>(
+    accepting: &'a [Accepting<'_>],
+    mut busy: HashSet<(String, String)>,
+) -> Result<Vec<NewDelivery<'a>>, StoreError> {
+    let mut endpoints: HashMap<&str, String> = HashMap::new();
+    let mut deliveries = Vec::new();
+    for a in accepting {
+        let Some((config_id, url)) = &a.target else {
+            continue;
+        };
+        let endpoint = match endpoints.get(config_id.as_str()) {
+            Some(endpoint) => endpoint.clone(),
+            None => {
+                let endpoint = CallbackUrl::parse("url", url, true)
+                    .map(|u| u.endpoint())
+                    .map_err(|e| CorruptRow {
+                        table: "deliveries",
+                        id: config_id.clone(),
+                        reason: e.to_string(),
+                    })?;
+                endpoints.insert(config_id, endpoint.clone());
+                endpoint
+            }
+        };
+        let first_in_stream = busy.insert((config_id.clone(), a.stream.to_owned()));
+        deliveries.push(NewDelivery {
+            event_id: a.id.as_str(),
+            config_id,
+            stream: a.stream,
+            endpoint,
+            state: if first_in_stream {
+                "pending"
+            } else {
+                "blocked"
+            },
+        });
+    }
+    Ok(deliveries)
+}
+
+/// One answer per event, in request order; a repeated id repeats its answer.
+pub(crate) fn answers_in_order<'e>(
+    ids: impl Iterator<Item = &'e EventId>,
+    answers: &HashMap<String, u32>,
+) -> Vec<Accepted> {
+    ids.map(|id| Accepted {
+        event_id: id.as_str().to_owned(),
+        deliveries: answers.get(id.as_str()).copied().unwrap_or(0),
+    })
+    .collect()
+}
+
+/// An attempt's outcome as the queue stores it: the state it moves the delivery to, and
+/// when the delivery is next due (for a finished one, when it finished).
+pub(crate) fn next_state(completion: &Completion) -> (&'static str, i64) {
+    let at_ms = unix_ms(completion.record.at);
+    match completion.next {
+        AfterAttempt::Succeeded => ("succeeded", at_ms),
+        AfterAttempt::RetryAt(at) => ("retrying", unix_ms(at)),
+        AfterAttempt::Dead => ("dead", at_ms),
+    }
+}
+
+/// The time a batch of outcomes is applied at: the latest of their attempts.
+pub(crate) fn batch_time_ms(completions: &[Completion]) -> i64 {
+    completions
+        .iter()
+        .map(|c| unix_ms(c.record.at))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The error an attempt whose lease expired is logged with.
+pub(crate) const LEASE_EXPIRED: &str =
+    "lease expired: the worker stopped before recording the outcome";
