@@ -1,15 +1,23 @@
 //! Herald's storage boundary.
 //!
 //! [`Store`] is the one interface everything above storage uses; each backend is a module
-//! that implements it and owns its migrations ([`sqlite`] now; PostgreSQL is a second
-//! implementation of the same trait). Backends speak domain types, and seal and open
-//! secrets with the master key themselves, so nothing above the store sees ciphertext
-//! and nothing below it sees a plaintext secret go to disk.
+//! that implements it and owns its migrations: [`sqlite`], the embedded store of one
+//! node, and [`postgres`], shared by several. [`StoreLocation`] picks one from the
+//! operator's settings (the URL scheme), and nothing above it knows which one runs.
+//! Backends speak domain types, and seal and open secrets with the master key
+//! themselves, so nothing above the store sees ciphertext and nothing below it sees a
+//! plaintext secret go to disk.
 
 mod accept;
+mod location;
+pub mod postgres;
 mod queue;
 mod rows;
 pub mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use herald_core::event::{EventId, LiveEvent, RtcEvent};
@@ -19,7 +27,10 @@ use herald_core::rtc::{AppId, AppName, AuthKey};
 use herald_core::secrets::SealError;
 use secrecy::SecretString;
 use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
+pub use location::StoreLocation;
 pub use queue::{
     Accepted, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
     DeliveryFilter, DeliveryStatus, DeliveryView, Lease, Notification, QueueStats, RetryOutcome,
@@ -39,6 +50,15 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// `HERALD_DATABASE_URL` names no store this build can open.
+    #[error("HERALD_DATABASE_URL: {0}")]
+    BadLocation(String),
+    /// The database's secrets were sealed under another master key than this node's.
+    #[error(
+        "this database's secrets are sealed under another master key: give every node the key \
+         the database was created with (HERALD_MASTER_KEY, or the same master.key in its data dir)"
+    )]
+    MasterKeyMismatch,
 }
 
 /// An access key with its secret key opened, for verifying a signature.
@@ -95,6 +115,16 @@ pub struct Page {
 pub trait Store: Send + Sync + 'static {
     /// Succeeds when the store answers a trivial query: `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Signals `wake` whenever another process commits deliveries that may be due, until
+    /// `cancel` fires. Returns at once where no other process can (the embedded store,
+    /// which one process owns and which signals in-process). An error means the signals
+    /// stopped; the worker's poll still finds the work.
+    async fn relay_work_signals(
+        &self,
+        wake: Arc<Notify>,
+        cancel: CancellationToken,
+    ) -> Result<(), StoreError>;
 
     async fn insert_access_key(&self, key: &AccessKey) -> Result<(), StoreError>;
     async fn find_access_key(&self, access_key: &str) -> Result<Option<AccessKey>, StoreError>;

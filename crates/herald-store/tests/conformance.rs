@@ -1,5 +1,6 @@
 //! One behaviour suite for every store backend. Each backend's test opens a fresh store
-//! and hands it to [`run_suite`]; the PostgreSQL backend will add its own opener here.
+//! and hands it to [`run_suite`]: SQLite in a temporary directory, PostgreSQL in a fresh
+//! schema of `HERALD_TEST_DATABASE_URL` (skipped when it is unset).
 
 // Test helpers: a failed unwrap is a failed test, which is what it should be.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,7 +10,9 @@ use herald_core::live::{CallbackUrl, LiveCallbackConfig, LiveConfigRequest, Sign
 use herald_core::notify::LiveSigning;
 use herald_core::project::ProjectId;
 use herald_core::secrets::{MasterKey, token_digest};
+use herald_store::postgres::PgStore;
 use herald_store::sqlite::{DATABASE_FILE, SqliteStore};
+use herald_store::testing::TestSchema;
 use std::collections::HashMap;
 
 use herald_store::{
@@ -1736,4 +1739,262 @@ async fn sqlite_refuses_secrets_under_another_master_key() {
         store.find_access_key("AKWRONGMASTERKEY0001").await,
         Err(StoreError::Sealing(_))
     ));
+}
+
+/// A fresh PostgreSQL store, or `None` (the test skips) without `HERALD_TEST_DATABASE_URL`.
+async fn postgres(master: MasterKey) -> Option<(PgStore, TestSchema)> {
+    let Some(schema) = TestSchema::create().await else {
+        eprintln!("HERALD_TEST_DATABASE_URL is unset: PostgreSQL test skipped");
+        return None;
+    };
+    let store = PgStore::open(&schema.settings(4), master).await.unwrap();
+    Some((store, schema))
+}
+
+#[tokio::test]
+async fn postgres_conforms() {
+    let (master, _) = MasterKey::generate();
+    let Some((store, _schema)) = postgres(master).await else {
+        return;
+    };
+    run_suite(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_keeps_no_secret_in_plaintext() {
+    let (master, _) = MasterKey::generate();
+    let Some((store, schema)) = postgres(master).await else {
+        return;
+    };
+    let secret = "PLAINTEXTSECRETKEYPLAINTEXTSECRETKEY0000";
+    store
+        .insert_access_key(&AccessKey {
+            access_key: "AKPLAINTEXTCHECK0001".into(),
+            project_id: project("p1"),
+            secret_key: SecretString::from(secret),
+            created_at: OffsetDateTime::now_utc(),
+        })
+        .await
+        .unwrap();
+    let sign_key = "SIGNKEYSIGNKEYSIGNKEYSIGNKEY0000";
+    let body = format!(r#"{{"publish_domain": "d.example.com", "app": "a", "key": "{sign_key}"}}"#);
+    store
+        .insert_live_config(&config("p1", "cfg", &body, OffsetDateTime::now_utc()))
+        .await
+        .unwrap();
+    // Every row of every table in the schema, as text (bytea as hex, and as escaped bytes).
+    let pool = sqlx::PgPool::connect(&schema.url).await.unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(tables.contains(&"access_keys".to_owned()));
+    let mut dump = String::new();
+    for table in tables {
+        let rows: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT convert_from(convert_to(t::text, 'UTF8'), 'UTF8') FROM {table} t"
+        ))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        dump.extend(rows);
+    }
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    for needle in [secret, sign_key] {
+        assert!(!dump.contains(needle), "{needle} stored in plaintext");
+        assert!(
+            !dump.contains(&hex(needle)),
+            "{needle} stored in plaintext (bytea)"
+        );
+    }
+}
+
+#[tokio::test]
+async fn postgres_refuses_to_open_under_another_master_key() {
+    let (master, hex) = MasterKey::generate();
+    let Some((store, schema)) = postgres(master).await else {
+        return;
+    };
+    drop(store);
+    let (other, _) = MasterKey::generate();
+    assert!(matches!(
+        PgStore::open(&schema.settings(2), other).await,
+        Err(StoreError::MasterKeyMismatch)
+    ));
+    let same = MasterKey::from_hex(hex.expose_secret()).unwrap();
+    PgStore::open(&schema.settings(2), same).await.unwrap();
+}
+
+/// Two nodes on one database, each ingesting (some event ids on both at once) and working
+/// the queue concurrently: every event is accepted once, every delivery is sent once, no
+/// stream ever has two deliveries out at once across the nodes, and each stream goes out
+/// in acceptance order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_nodes_share_the_queue_and_keep_each_stream_in_order() {
+    use std::sync::{Arc, Mutex};
+    // Small batches over more streams than a batch has events, walked in a different
+    // order by each node: a stream is often idle when an event for it comes, and both
+    // nodes often write to one stream at once (the races that per-stream order must win).
+    const STREAMS: usize = 24;
+    const BATCHES: usize = 150;
+    const PER_BATCH: usize = 6;
+    let (master, hex) = MasterKey::generate();
+    let Some((first, schema)) = postgres(master).await else {
+        return;
+    };
+    let second = PgStore::open(
+        &schema.settings(4),
+        MasterKey::from_hex(hex.expose_secret()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let nodes: [Arc<dyn Store>; 2] = [Arc::new(first), Arc::new(second)];
+    let now = OffsetDateTime::now_utc();
+    nodes[0]
+        .insert_live_config(&live_config(
+            "p1",
+            "cfg",
+            json!({"publish_domain": "d.example.com", "app": "*",
+                   "notify_callback_url": "https://hooks.example.com/cb"}),
+            now,
+        ))
+        .await
+        .unwrap();
+
+    // Each node's batches: its own ids, plus ids both nodes send (a client retrying on
+    // another node). Per stream, a node's own events are in its acceptance order.
+    let batch = |node: usize, b: usize| -> Vec<(EventId, LiveEvent)> {
+        (0..PER_BATCH)
+            .map(|i| {
+                let n = b * PER_BATCH + i;
+                // Shared ids make the second node wait for the first one's commit, so
+                // only a few batches have one.
+                let id = if i == 0 && b.is_multiple_of(8) {
+                    format!("both-{n}")
+                } else {
+                    format!("n{node}-{n:05}")
+                };
+                event(
+                    &id,
+                    "RECORD_FILE_COMPLETE",
+                    "d.example.com",
+                    "live",
+                    &format!("s{}", (n * (5 + 2 * node)) % STREAMS),
+                )
+            })
+            .collect()
+    };
+    let ingest = |node: usize| {
+        let store = nodes[node].clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for b in 0..BATCHES {
+                let events = batch(node, b);
+                answers.extend(
+                    store
+                        .ingest_live(&project("p1"), &events, OffsetDateTime::now_utc())
+                        .await
+                        .unwrap(),
+                );
+            }
+            answers
+        })
+    };
+    let ingests = [ingest(0), ingest(1)];
+
+    // Workers: claim, check nobody else holds the stream, note the order, complete.
+    let out: Arc<Mutex<HashMap<String, String>>> = Arc::default(); // stream -> holder
+    let sent: Arc<Mutex<Vec<(String, i64, String)>>> = Arc::default(); // (stream, id, event)
+    let expected = 2 * BATCHES * PER_BATCH - BATCHES.div_ceil(8);
+    let work = |node: usize| {
+        let (store, out, sent) = (nodes[node].clone(), out.clone(), sent.clone());
+        tokio::spawn(async move {
+            let owner = format!("node{node}");
+            while sent.lock().unwrap().len() < expected {
+                let at = OffsetDateTime::now_utc();
+                let claimed = store
+                    .claim_due_deliveries(
+                        at,
+                        limits(16, ROOMY, &HashMap::new()),
+                        &lease(&owner, at + secs(600)),
+                    )
+                    .await
+                    .unwrap();
+                if claimed.is_empty() {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                for d in &claimed {
+                    let stream = live_event(d).stream.clone();
+                    if let Some(holder) = out.lock().unwrap().insert(stream.clone(), owner.clone())
+                    {
+                        panic!(
+                            "{owner} claimed {} of {stream} while {holder} had one out",
+                            d.event_id
+                        );
+                    }
+                    sent.lock()
+                        .unwrap()
+                        .push((stream, d.id, d.event_id.clone()));
+                }
+                for d in &claimed {
+                    out.lock().unwrap().remove(&live_event(d).stream);
+                }
+                let done: Vec<_> = claimed
+                    .iter()
+                    .map(|d| Completion {
+                        lease_owner: owner.clone(),
+                        ..succeeded(d, at)
+                    })
+                    .collect();
+                assert_eq!(complete(store.as_ref(), &done).await, claimed.len() as u64);
+            }
+        })
+    };
+    let workers = [work(0), work(1)];
+    let mut answers = Vec::new();
+    for i in ingests {
+        answers.push(i.await.unwrap());
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        for w in workers {
+            w.await.unwrap();
+        }
+    })
+    .await
+    .expect("the nodes did not deliver every event");
+
+    // Both nodes' answers to a shared id agree, and it was accepted once.
+    for (a, b) in answers[0].iter().zip(&answers[1]) {
+        if a.event_id.starts_with("both-") {
+            assert_eq!(a, b);
+        }
+        assert_eq!(a.deliveries, 1);
+    }
+    let sent = sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), expected);
+    let unique: std::collections::HashSet<&str> = sent.iter().map(|(_, _, e)| e.as_str()).collect();
+    assert_eq!(unique.len(), expected, "a delivery was sent twice");
+    for s in 0..STREAMS {
+        let stream = format!("s{s}");
+        let of_stream: Vec<&(String, i64, String)> =
+            sent.iter().filter(|(st, _, _)| *st == stream).collect();
+        assert!(
+            of_stream.windows(2).all(|w| w[0].1 < w[1].1),
+            "{stream} went out of acceptance order"
+        );
+        for node in ["n0-", "n1-"] {
+            let mine: Vec<&str> = of_stream
+                .iter()
+                .map(|(_, _, e)| e.as_str())
+                .filter(|e| e.starts_with(node))
+                .collect();
+            let mut sorted = mine.clone();
+            sorted.sort_unstable();
+            assert_eq!(mine, sorted, "{node} events of {stream} out of order");
+        }
+    }
+    assert_idle(nodes[1].as_ref()).await;
 }

@@ -1,0 +1,656 @@
+//! The delivery queue on PostgreSQL, shared by every node.
+//!
+//! A delivery's life is the embedded store's (see `sqlite::queue`): created `pending` or
+//! `blocked` with its event, leased (`running`) by a claim, finished by a lease-guarded
+//! completion that unblocks the next of its stream. What changes is that several nodes
+//! write at once, under READ COMMITTED:
+//!
+//! - **Claims** lease rows with `FOR UPDATE SKIP LOCKED` in one statement, so two nodes
+//!   never lease the same delivery and never wait for each other.
+//! - **Per-stream order.** At most one delivery of a (config, stream) is ever out of
+//!   `blocked`, so two nodes can never have two of one stream in flight. Keeping that true
+//!   needs the writers that decide "is this stream busy?" (ingest, manual retry) and those
+//!   that end a stream's head and unblock the next (completion, rescue, cancellation) to
+//!   see each other's commits: each takes a transaction-scoped advisory lock per stream
+//!   ([`lock_streams`]) and reads after it has the lock. Locks are taken in key order, so
+//!   two writers cannot deadlock on them.
+//! - **Targets.** Ingest holds `FOR KEY SHARE` (Live) or `FOR SHARE` (RTC) on the configs
+//!   it matched until it commits, so deleting a config (or an app's callback) waits for
+//!   it and then cancels its deliveries too.
+//! - **Wake-ups**: `pg_notify` inside each transaction that makes deliveries due, sent by
+//!   PostgreSQL at commit to every node's `LISTEN` connection.
+
+use std::collections::{HashMap, HashSet};
+
+use herald_core::event::{EventId, LiveEvent, RtcEvent};
+use herald_core::live::MatchCandidate;
+use herald_core::project::ProjectId;
+use herald_core::rtc::AppId;
+use herald_core::timefmt::{from_unix_ms, unix_ms};
+use sqlx::{Postgres, Row, Transaction};
+use time::OffsetDateTime;
+
+use super::{PgStore, limit_offset, notify_work};
+use crate::accept::{
+    Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, answers_in_order, batch_time_ms,
+    live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, stream_pairs,
+};
+use crate::rows::{
+    AttemptRow, CandidateRow, ClaimedRow, CorruptRow, DeliveryRow, Target, delivery_views,
+};
+use crate::{
+    Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryStatus,
+    DeliveryView, Lease, Page, QueueStats, RetryOutcome, StoreError,
+};
+
+/// SQL true when the delivery `d`'s config (Live) or app record callback (RTC) still
+/// exists; a delivery whose target is gone is cancelled rather than retried.
+const TARGET_EXISTS: &str = "(EXISTS (SELECT 1 FROM live_callback_configs c WHERE c.id = d.config_id) \
+     OR EXISTS (SELECT 1 FROM rtc_apps a WHERE a.app_id = d.config_id AND a.callback_url IS NOT NULL))";
+
+/// Takes the advisory lock of each `(config_id, stream)` until the transaction ends, in
+/// key order. (PostgreSQL evaluates a volatile function in the select list after the
+/// `ORDER BY`, so the locks are taken in that order.) A hash collision only makes two
+/// streams take turns.
+async fn lock_streams<'p>(
+    tx: &mut Transaction<'_, Postgres>,
+    pairs: impl IntoIterator<Item = (&'p str, &'p str)>,
+) -> Result<(), StoreError> {
+    let (configs, streams): (Vec<&str>, Vec<&str>) = pairs.into_iter().unzip();
+    if configs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k) FROM \
+             (SELECT DISTINCT hashtextextended(c || chr(31) || s, 0) AS k \
+              FROM unnest($1::text[], $2::text[]) AS t(c, s)) keys \
+         ORDER BY k",
+    )
+    .bind(configs)
+    .bind(streams)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// After deliveries finished, the oldest blocked delivery of each of their streams becomes
+/// due, read under the streams' locks. True when any did.
+async fn unblock_next_of_streams(
+    tx: &mut Transaction<'_, Postgres>,
+    pairs: &[(String, String)],
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    if pairs.is_empty() {
+        return Ok(false);
+    }
+    lock_streams(tx, pairs.iter().map(|(c, s)| (c.as_str(), s.as_str()))).await?;
+    let (configs, streams): (Vec<&str>, Vec<&str>) =
+        pairs.iter().map(|(c, s)| (c.as_str(), s.as_str())).unzip();
+    let done = sqlx::query(
+        "UPDATE deliveries SET state = 'pending', next_attempt_at_ms = $1 WHERE id IN \
+         (SELECT MIN(id) FROM deliveries WHERE state = 'blocked' AND (config_id, stream) IN \
+             (SELECT c, s FROM unnest($2::text[], $3::text[]) AS t(c, s)) \
+          GROUP BY config_id, stream)",
+    )
+    .bind(now_ms)
+    .bind(configs)
+    .bind(streams)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// `(config_id, stream)` of the rows whose new state finished them (not `retrying`).
+fn finished_streams(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let mut finished = Vec::new();
+    for row in rows {
+        if row.try_get::<&str, _>("state")? != "retrying" {
+            finished.push((row.try_get("config_id")?, row.try_get("stream")?));
+        }
+    }
+    Ok(finished)
+}
+
+/// The stored answers of ids the project already used.
+async fn earlier_answers(
+    tx: &mut Transaction<'_, Postgres>,
+    project: &ProjectId,
+    ids: &[&str],
+) -> Result<HashMap<String, u32>, StoreError> {
+    Ok(sqlx::query(
+        "SELECT event_id, deliveries FROM events WHERE project_id = $1 AND event_id = ANY($2)",
+    )
+    .bind(project.as_str())
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get("event_id")?,
+            u32::try_from(r.try_get::<i64, _>("deliveries")?).unwrap_or(0),
+        ))
+    })
+    .collect::<Result<_, sqlx::Error>>()?)
+}
+
+/// The config columns a new delivery copies its signing from, by flavour. The URL comes
+/// from the match itself, so that it agrees with the endpoint computed from it.
+fn signing_source(flavour: Flavour) -> &'static str {
+    match flavour {
+        Flavour::Live => "SELECT id, sign_type, key_sealed FROM live_callback_configs",
+        // RTC signs with HMAC-SHA256 over the body; the sign type column is not read.
+        Flavour::Rtc => {
+            "SELECT app_id AS id, 'HMACSHA256' AS sign_type, auth_key_sealed AS key_sealed FROM rtc_apps"
+        }
+    }
+}
+
+/// Inserts the events and their deliveries (see [`crate::accept::new_deliveries`]) and
+/// returns the ids another node accepted first, between this transaction's look at the
+/// earlier answers and its insert: those keep the other node's answer and get nothing here.
+async fn accept(
+    tx: &mut Transaction<'_, Postgres>,
+    project: &ProjectId,
+    flavour: Flavour,
+    accepting: Vec<Accepting<'_>>,
+    now_ms: i64,
+) -> Result<Vec<String>, StoreError> {
+    if accepting.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = accepting.iter().map(|a| a.id.as_str()).collect();
+    let payloads: Vec<&str> = accepting.iter().map(|a| a.payload.as_str()).collect();
+    let counts: Vec<i64> = accepting
+        .iter()
+        .map(|a| i64::from(a.deliveries()))
+        .collect();
+    // In id order, so that two nodes accepting overlapping batches wait on each other's
+    // ids in the same order instead of deadlocking.
+    let seqs: HashMap<String, i64> = sqlx::query(
+        "INSERT INTO events (project_id, event_id, flavour, payload, deliveries, accepted_at_ms) \
+         SELECT $1, id, $2, payload, n, $3 FROM unnest($4::text[], $5::text[], $6::bigint[]) AS t(id, payload, n) \
+         ORDER BY id \
+         ON CONFLICT (project_id, event_id) DO NOTHING RETURNING event_id, seq",
+    )
+    .bind(project.as_str())
+    .bind(flavour.name())
+    .bind(now_ms)
+    .bind(&ids)
+    .bind(&payloads)
+    .bind(&counts)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("event_id")?, r.try_get("seq")?)))
+    .collect::<Result<_, sqlx::Error>>()?;
+    let (accepting, raced): (Vec<_>, Vec<_>) = accepting
+        .into_iter()
+        .partition(|a| seqs.contains_key(a.id.as_str()));
+    let raced = raced.iter().map(|a| a.id.as_str().to_owned()).collect();
+
+    let pairs = stream_pairs(&accepting);
+    lock_streams(tx, pairs.iter().map(|[c, s]| (*c, *s))).await?;
+    let (configs, streams): (Vec<&str>, Vec<&str>) = pairs.iter().map(|[c, s]| (*c, *s)).unzip();
+    let busy: HashSet<(String, String)> = sqlx::query(&format!(
+        "SELECT DISTINCT config_id, stream FROM deliveries WHERE state IN {OPEN_STATES} \
+         AND (config_id, stream) IN (SELECT c, s FROM unnest($1::text[], $2::text[]) AS t(c, s))"
+    ))
+    .bind(configs)
+    .bind(streams)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("config_id")?, r.try_get("stream")?)))
+    .collect::<Result<_, sqlx::Error>>()?;
+    let deliveries = new_deliveries(&accepting, busy)?;
+    if deliveries.is_empty() {
+        return Ok(raced);
+    }
+    let urls: HashMap<&str, &str> = accepting
+        .iter()
+        .filter_map(|a| a.target.as_ref())
+        .map(|(c, u)| (c.as_str(), u.as_str()))
+        .collect();
+    let seq_of = |event_id: &str| {
+        seqs.get(event_id).copied().ok_or_else(|| CorruptRow {
+            table: "events",
+            id: event_id.to_owned(),
+            reason: "insert returned no seq".into(),
+        })
+    };
+    let event_seqs: Vec<i64> = deliveries
+        .iter()
+        .map(|d| seq_of(d.event_id))
+        .collect::<Result<_, _>>()?;
+    sqlx::query(&format!(
+        "INSERT INTO deliveries (project_id, event_seq, config_id, stream, endpoint, url, sign_type, \
+             key_sealed, state, next_attempt_at_ms, created_at_ms) \
+         SELECT $1, t.seq, t.config_id, t.stream, t.endpoint, t.url, c.sign_type, c.key_sealed, t.state, $2, $2 \
+         FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
+             WITH ORDINALITY AS t(seq, config_id, stream, endpoint, url, state, ord) \
+         JOIN ({}) c ON c.id = t.config_id \
+         ORDER BY t.ord",
+        signing_source(flavour)
+    ))
+    .bind(project.as_str())
+    .bind(now_ms)
+    .bind(event_seqs)
+    .bind(deliveries.iter().map(|d| d.config_id).collect::<Vec<_>>())
+    .bind(deliveries.iter().map(|d| d.stream).collect::<Vec<_>>())
+    .bind(deliveries.iter().map(|d| d.endpoint.as_str()).collect::<Vec<_>>())
+    .bind(
+        deliveries
+            .iter()
+            .map(|d| urls.get(d.config_id).copied().unwrap_or_default())
+            .collect::<Vec<_>>(),
+    )
+    .bind(deliveries.iter().map(|d| d.state).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    if deliveries.iter().any(|d| d.state == "pending") {
+        notify_work(tx).await?;
+    }
+    Ok(raced)
+}
+
+/// Finishes an ingest: what another node accepted first is answered as it was there.
+async fn commit_ingest<'e>(
+    mut tx: Transaction<'_, Postgres>,
+    project: &ProjectId,
+    ids: impl Iterator<Item = &'e EventId>,
+    raced: Vec<String>,
+    mut answers: HashMap<String, u32>,
+) -> Result<Vec<Accepted>, StoreError> {
+    if !raced.is_empty() {
+        let raced: Vec<&str> = raced.iter().map(String::as_str).collect();
+        answers.extend(earlier_answers(&mut tx, project, &raced).await?);
+    }
+    tx.commit().await?;
+    Ok(answers_in_order(ids, &answers))
+}
+
+impl PgStore {
+    pub(super) async fn ingest_live_impl(
+        &self,
+        project: &ProjectId,
+        events: &[(EventId, LiveEvent)],
+        now: OffsetDateTime,
+    ) -> Result<Vec<Accepted>, StoreError> {
+        let ids: Vec<&str> = events.iter().map(|(id, _)| id.as_str()).collect();
+        let mut tx = self.begin().await?;
+        let mut answers = earlier_answers(&mut tx, project, &ids).await?;
+        let mut candidates = HashMap::new();
+        for key in live_match_keys(events, &answers) {
+            let rows = sqlx::query_as::<_, CandidateRow>(
+                "SELECT id, app, notify_event_subscription, notify_callback_url FROM live_callback_configs \
+                 WHERE project_id = $1 AND publish_domain = $2 AND app IN ($3, '*') \
+                 ORDER BY id FOR KEY SHARE",
+            )
+            .bind(project.as_str())
+            .bind(key.0)
+            .bind(key.1)
+            .fetch_all(&mut *tx)
+            .await?;
+            let found: Vec<MatchCandidate<Target>> = rows
+                .into_iter()
+                .map(CandidateRow::into_candidate)
+                .collect::<Result<_, _>>()?;
+            candidates.insert(key, found);
+        }
+        let accepting = plan_live(events, &mut answers, &candidates)?;
+        let raced = accept(&mut tx, project, Flavour::Live, accepting, unix_ms(now)).await?;
+        commit_ingest(tx, project, events.iter().map(|(id, _)| id), raced, answers).await
+    }
+
+    pub(super) async fn ingest_rtc_impl(
+        &self,
+        project: &ProjectId,
+        app_id: &AppId,
+        events: &[(EventId, RtcEvent)],
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<Accepted>>, StoreError> {
+        let ids: Vec<&str> = events.iter().map(|(id, _)| id.as_str()).collect();
+        let mut tx = self.begin().await?;
+        let callback_url: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT callback_url FROM rtc_apps WHERE project_id = $1 AND app_id = $2 FOR SHARE",
+        )
+        .bind(project.as_str())
+        .bind(app_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(callback_url) = callback_url else {
+            return Ok(None);
+        };
+        let mut answers = earlier_answers(&mut tx, project, &ids).await?;
+        let accepting = plan_rtc(
+            events,
+            &mut answers,
+            app_id.as_str(),
+            callback_url.as_deref(),
+        )?;
+        let raced = accept(&mut tx, project, Flavour::Rtc, accepting, unix_ms(now)).await?;
+        commit_ingest(tx, project, events.iter().map(|(id, _)| id), raced, answers)
+            .await
+            .map(Some)
+    }
+
+    pub(super) async fn claim_due_deliveries_impl(
+        &self,
+        now: OffsetDateTime,
+        limits: ClaimLimits<'_>,
+        lease: &Lease,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        // Room left per endpoint that has deliveries in flight; others have the full cap.
+        let room: HashMap<&str, u32> = limits
+            .in_flight
+            .iter()
+            .map(|(endpoint, n)| (endpoint.as_str(), limits.per_endpoint.saturating_sub(*n)))
+            .collect();
+        let room = serde_json::to_string(&room).unwrap_or_else(|_| "{}".into());
+        let total = i64::try_from(limits.total).unwrap_or(i64::MAX);
+        // One statement, so no transaction is held open. The scan skips full endpoints
+        // before its LIMIT and skips rows another node is leasing; the window function
+        // keeps each endpoint within its room.
+        let rows = sqlx::query_as::<_, ClaimedRow>(
+            "WITH room AS (SELECT key AS endpoint, value::bigint AS n FROM jsonb_each_text($4::jsonb)), \
+             scan AS MATERIALIZED (SELECT id, endpoint, next_attempt_at_ms FROM deliveries \
+                 WHERE state IN ('pending', 'retrying') AND next_attempt_at_ms <= $3 \
+                 AND endpoint NOT IN (SELECT endpoint FROM room WHERE n = 0) \
+                 ORDER BY next_attempt_at_ms, id LIMIT $6 FOR UPDATE SKIP LOCKED), \
+             picked AS (SELECT id FROM ( \
+                 SELECT s.id, s.next_attempt_at_ms, \
+                     ROW_NUMBER() OVER (PARTITION BY s.endpoint ORDER BY s.next_attempt_at_ms, s.id) AS nth, \
+                     COALESCE(room.n, $5) AS room \
+                 FROM scan s LEFT JOIN room ON room.endpoint = s.endpoint) ranked \
+                 WHERE nth <= room ORDER BY next_attempt_at_ms, id LIMIT $7), \
+             leased AS (UPDATE deliveries d SET state = 'running', lease_owner = $1, \
+                     lease_expires_at_ms = $2, attempts = d.attempts + 1 \
+                 FROM picked p, events e WHERE d.id = p.id AND e.seq = d.event_seq \
+                 RETURNING d.id, d.project_id, e.event_id, e.payload, e.flavour, d.config_id, d.endpoint, \
+                     d.url, d.sign_type, d.key_sealed, d.attempts, d.next_attempt_at_ms) \
+             SELECT * FROM leased ORDER BY next_attempt_at_ms, id",
+        )
+        .bind(&lease.owner)
+        .bind(unix_ms(lease.expires_at))
+        .bind(unix_ms(now))
+        .bind(room)
+        .bind(i64::from(limits.per_endpoint))
+        .bind(total.saturating_mul(8))
+        .bind(total)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| row.into_claimed(&self.master))
+            .collect()
+    }
+
+    /// Set-based: one guarded update for the whole batch, one insert of the attempts
+    /// that counted, one update unblocking the next delivery of finished streams.
+    pub(super) async fn complete_deliveries_impl(
+        &self,
+        completions: &[Completion],
+    ) -> Result<u64, StoreError> {
+        if completions.is_empty() {
+            return Ok(0);
+        }
+        let next: Vec<(&str, i64)> = completions.iter().map(next_state).collect();
+        let mut tx = self.begin().await?;
+        // Applied only where the lease still holds; a retry of a deleted config's delivery
+        // is cancelled instead.
+        let moved = sqlx::query(&format!(
+            "UPDATE deliveries d SET lease_owner = NULL, lease_expires_at_ms = NULL, next_attempt_at_ms = b.next, \
+                 state = CASE WHEN b.state = 'retrying' AND NOT {TARGET_EXISTS} THEN 'cancelled' ELSE b.state END \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[]) AS b(id, attempt, owner, state, next) \
+             WHERE d.id = b.id AND d.state = 'running' AND d.lease_owner = b.owner AND d.attempts = b.attempt \
+             RETURNING d.id, d.config_id, d.stream, d.state"
+        ))
+        .bind(completions.iter().map(|c| c.delivery_id).collect::<Vec<_>>())
+        .bind(completions.iter().map(|c| i64::from(c.attempt)).collect::<Vec<_>>())
+        .bind(completions.iter().map(|c| c.lease_owner.as_str()).collect::<Vec<_>>())
+        .bind(next.iter().map(|(state, _)| *state).collect::<Vec<_>>())
+        .bind(next.iter().map(|(_, at)| *at).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        let applied: HashSet<i64> = moved
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        let counted: Vec<&Completion> = completions
+            .iter()
+            .filter(|c| applied.contains(&c.delivery_id))
+            .collect();
+        sqlx::query(
+            "INSERT INTO delivery_attempts (delivery_id, attempt, at_ms, status_code, error, latency_ms, response_head) \
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::text[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(counted.iter().map(|c| c.delivery_id).collect::<Vec<_>>())
+        .bind(counted.iter().map(|c| i64::from(c.attempt)).collect::<Vec<_>>())
+        .bind(counted.iter().map(|c| unix_ms(c.record.at)).collect::<Vec<_>>())
+        .bind(counted.iter().map(|c| c.record.status_code.map(i64::from)).collect::<Vec<_>>())
+        .bind(counted.iter().map(|c| c.record.error.as_deref()).collect::<Vec<_>>())
+        .bind(counted.iter().map(|c| i64::try_from(c.record.latency_ms).unwrap_or(i64::MAX)).collect::<Vec<_>>())
+        .bind(counted.iter().map(|c| c.record.response_head.as_deref()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        let finished = finished_streams(&moved)?;
+        if unblock_next_of_streams(&mut tx, &finished, batch_time_ms(completions)).await? {
+            notify_work(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(u64::try_from(applied.len()).unwrap_or(0))
+    }
+
+    pub(super) async fn rescue_expired_leases_impl(
+        &self,
+        expired_before: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let now_ms = unix_ms(now);
+        let mut tx = self.begin().await?;
+        // SKIP LOCKED: rows a completion or another node's rescuer is writing are theirs.
+        let rescued = sqlx::query(&format!(
+            "UPDATE deliveries d SET next_attempt_at_ms = $1, lease_owner = NULL, lease_expires_at_ms = NULL, \
+                 state = CASE WHEN {TARGET_EXISTS} THEN 'retrying' ELSE 'cancelled' END \
+             WHERE d.id IN (SELECT id FROM deliveries WHERE state = 'running' AND lease_expires_at_ms < $2 \
+                 FOR UPDATE SKIP LOCKED) \
+             RETURNING d.id, d.attempts, d.config_id, d.stream, d.state"
+        ))
+        .bind(now_ms)
+        .bind(unix_ms(expired_before))
+        .fetch_all(&mut *tx)
+        .await?;
+        if rescued.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = rescued
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        let attempts: Vec<i64> = rescued
+            .iter()
+            .map(|r| r.try_get("attempts"))
+            .collect::<Result<_, _>>()?;
+        sqlx::query(
+            "INSERT INTO delivery_attempts (delivery_id, attempt, at_ms, error, latency_ms) \
+             SELECT id, attempt, $3, $4, 0 FROM unnest($1::bigint[], $2::bigint[]) AS t(id, attempt) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(attempts)
+        .bind(now_ms)
+        .bind(LEASE_EXPIRED)
+        .execute(&mut *tx)
+        .await?;
+        // A rescued delivery whose config was deleted is finished: its stream moves on.
+        unblock_next_of_streams(&mut tx, &finished_streams(&rescued)?, now_ms).await?;
+        notify_work(&mut tx).await?;
+        tx.commit().await?;
+        Ok(u64::try_from(ids.len()).unwrap_or(0))
+    }
+
+    pub(super) async fn next_due_at_impl(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        let ms: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ms.map(from_unix_ms))
+    }
+
+    pub(super) async fn list_deliveries_impl(
+        &self,
+        project: &ProjectId,
+        filter: &DeliveryFilter,
+        page: Page,
+    ) -> Result<(u64, Vec<DeliveryView>), StoreError> {
+        let states = filter.status.map(|s| s.states().to_vec());
+        const WHERE: &str = "WHERE d.project_id = $1 AND ($2::text IS NULL OR e.event_id = $2) \
+                             AND ($3::text[] IS NULL OR d.state = ANY($3))";
+        let total: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM deliveries d JOIN events e ON e.seq = d.event_seq {WHERE}"
+        ))
+        .bind(project.as_str())
+        .bind(filter.event_id.as_deref())
+        .bind(states.as_deref())
+        .fetch_one(&self.pool)
+        .await?;
+        let (limit, offset) = limit_offset(page);
+        let rows = sqlx::query_as::<_, DeliveryRow>(&format!(
+            "SELECT d.id, e.event_id, d.config_id, d.url, e.payload::jsonb ->> 'event_type' AS event_type, \
+             d.state, d.created_at_ms, d.next_attempt_at_ms \
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq {WHERE} ORDER BY d.id DESC LIMIT $4 OFFSET $5"
+        ))
+        .bind(project.as_str())
+        .bind(filter.event_id.as_deref())
+        .bind(states.as_deref())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let attempts = sqlx::query_as::<_, AttemptRow>(
+            "SELECT delivery_id, at_ms, status_code, error, latency_ms, response_head FROM delivery_attempts \
+             WHERE delivery_id = ANY($1) ORDER BY delivery_id, attempt",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((
+            u64::try_from(total).unwrap_or(0),
+            delivery_views(rows, attempts),
+        ))
+    }
+
+    pub(super) async fn retry_delivery_impl(
+        &self,
+        project: &ProjectId,
+        id: i64,
+        now: OffsetDateTime,
+    ) -> Result<RetryOutcome, StoreError> {
+        let mut tx = self.begin().await?;
+        // A delivery's config and stream never change: read them, then lock the stream
+        // before the row, in the order every other writer of the stream takes them.
+        let found = sqlx::query(
+            "SELECT config_id, stream FROM deliveries WHERE project_id = $1 AND id = $2",
+        )
+        .bind(project.as_str())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(found) = found else {
+            return Ok(RetryOutcome::NotFound);
+        };
+        let config_id: String = found.try_get("config_id")?;
+        let stream: String = found.try_get("stream")?;
+        lock_streams(&mut tx, [(config_id.as_str(), stream.as_str())]).await?;
+        let row = sqlx::query(&format!(
+            "SELECT d.state, {TARGET_EXISTS} AS target_exists, EXISTS (SELECT 1 FROM deliveries o \
+                 WHERE o.config_id = d.config_id AND o.stream = d.stream AND o.id <> d.id AND o.state IN {OPEN_STATES}) AS busy \
+             FROM deliveries d WHERE d.id = $1 FOR UPDATE"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let status = DeliveryStatus::of_state(row.try_get("state")?);
+        if !matches!(status, DeliveryStatus::Dead | DeliveryStatus::Failed) {
+            return Ok(RetryOutcome::NotRetryable(status));
+        }
+        if !row.try_get::<bool, _>("target_exists")? {
+            return Ok(RetryOutcome::ConfigDeleted);
+        }
+        // A dead delivery re-enters its stream's queue: it waits if another is open there.
+        let next_state = if status == DeliveryStatus::Failed {
+            "retrying"
+        } else if row.try_get::<bool, _>("busy")? {
+            "blocked"
+        } else {
+            "pending"
+        };
+        sqlx::query("UPDATE deliveries SET state = $1, next_attempt_at_ms = $2 WHERE id = $3")
+            .bind(next_state)
+            .bind(unix_ms(now))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if next_state != "blocked" {
+            notify_work(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(RetryOutcome::Requeued)
+    }
+
+    pub(super) async fn queue_stats_impl(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<QueueStats, StoreError> {
+        let by_state = sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("state")?,
+                    u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        let oldest: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying') \
+             AND next_attempt_at_ms <= $1",
+        )
+        .bind(unix_ms(now))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(QueueStats {
+            by_state,
+            oldest_due_at: oldest.map(from_unix_ms),
+        })
+    }
+}
+
+/// Cancels the deliveries of a deleted config (or app callback) that have not gone out.
+/// The caller has already deleted or changed the target row, so no ingest can add to its
+/// streams any more; the streams are locked so that no completion unblocks one of them
+/// meanwhile.
+pub(super) async fn cancel_open_deliveries(
+    tx: &mut Transaction<'_, Postgres>,
+    config_id: &str,
+) -> Result<(), StoreError> {
+    let streams: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT DISTINCT stream FROM deliveries WHERE config_id = $1 AND state IN {OPEN_STATES}"
+    ))
+    .bind(config_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    lock_streams(tx, streams.iter().map(|s| (config_id, s.as_str()))).await?;
+    sqlx::query(
+        "UPDATE deliveries SET state = 'cancelled' WHERE config_id = $1 \
+         AND state IN ('blocked', 'pending', 'retrying')",
+    )
+    .bind(config_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
