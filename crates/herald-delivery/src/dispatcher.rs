@@ -116,6 +116,11 @@ impl Dispatcher {
             self.wake.clone(),
             cancel.clone(),
         ));
+        let signals = tokio::spawn(relay_signals(
+            self.store.clone(),
+            self.wake.clone(),
+            cancel.clone(),
+        ));
         while !cancel.is_cancelled() {
             let (claimed, wanted) = match self.claim().await {
                 Ok(claimed) => claimed,
@@ -149,6 +154,7 @@ impl Dispatcher {
             tracing::error!(error = %e, "outcome recorder stopped abnormally");
         }
         maintenance.abort();
+        signals.abort();
     }
 
     /// Leases as many due deliveries as there is room for. Returns them and how many
@@ -288,6 +294,23 @@ async fn record_outcomes(
         batch.clear();
         // Finished deliveries may have unblocked the next of their stream.
         wake.notify_one();
+    }
+}
+
+/// Wakes the worker when other nodes make deliveries due, for as long as it runs; when the
+/// store's signals fail, says so and tries again (the poll still finds the work meanwhile).
+async fn relay_signals(store: Arc<dyn Store>, wake: Arc<Notify>, cancel: CancellationToken) {
+    while !cancel.is_cancelled() {
+        match store.relay_work_signals(wake.clone(), cancel.clone()).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "listening for work from other nodes failed; retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
     }
 }
 

@@ -9,8 +9,7 @@ use herald_api::auth::StaticCredentials;
 use herald_api::{AppState, router};
 use herald_core::project::ProjectId;
 use herald_delivery::dispatcher::Dispatcher;
-use herald_store::Store;
-use herald_store::sqlite::SqliteStore;
+use herald_store::{Store, StoreLocation};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use secrecy::SecretString;
 use time::OffsetDateTime;
@@ -21,20 +20,27 @@ use tokio_util::sync::CancellationToken;
 use crate::master_key;
 use crate::settings::Settings;
 
-/// Opens the store the settings name: the embedded one unless `database_url` says otherwise.
+/// Where the settings put the store: the embedded one unless `database_url` says otherwise.
+pub fn store_location(settings: &Settings) -> anyhow::Result<StoreLocation> {
+    Ok(StoreLocation::from_settings(
+        settings.database_url.as_deref(),
+        &settings.data_dir,
+        settings.database_pool_size,
+    )?)
+}
+
+/// Opens the store the settings name, with the master key (`HERALD_MASTER_KEY`, or the
+/// data dir's `master.key`).
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    if let Some(url) = settings.database_url.as_deref().filter(|u| !u.is_empty()) {
-        // Never echo the URL: it may carry a password.
-        let scheme = url.split_once(':').map_or("unknown", |(s, _)| s);
-        bail!(
-            "HERALD_DATABASE_URL: the {scheme:?} backend is not available in this build; unset it to use the embedded store"
-        );
-    }
+    open_at(&store_location(settings)?, settings).await
+}
+
+async fn open_at(location: &StoreLocation, settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     let master = master_key::load_or_create(settings.master_key.as_deref(), &settings.data_dir)?;
-    let store = SqliteStore::open(&settings.data_dir, master)
+    location
+        .open(master)
         .await
-        .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
-    Ok(Arc::new(store))
+        .with_context(|| format!("opening the {}", location.describe()))
 }
 
 fn static_credentials(settings: &Settings) -> anyhow::Result<StaticCredentials> {
@@ -104,29 +110,37 @@ pub struct Running {
     pub shutdown: CancellationToken,
     pub api: tokio::task::JoinHandle<std::io::Result<()>>,
     pub delivery: tokio::task::JoinHandle<()>,
-    /// Held for as long as the server runs.
-    _data_dir_lock: File,
+    /// Held for as long as the server runs on the embedded store.
+    _data_dir_lock: Option<File>,
 }
 
 /// Binds `settings.listen` (port 0 picks a free port), serves the API and runs the
 /// delivery worker until `shutdown` fires.
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let delivery = settings.delivery()?;
-    let lock = lock_data_dir(settings)?;
-    let store = open_store(settings).await?;
-    // The previous process is gone (we hold the lock): its leases can be taken back now
-    // rather than when they expire.
-    let rescued = store
-        .rescue_expired_leases(
-            OffsetDateTime::now_utc() + delivery.lease(),
-            OffsetDateTime::now_utc(),
-        )
-        .await?;
-    if rescued > 0 {
-        tracing::warn!(
-            rescued,
-            "re-queued deliveries that were in flight when herald last stopped"
-        );
+    let location = store_location(settings)?;
+    // On a shared store other nodes run beside this one and their leases are theirs;
+    // only the embedded store is one process's alone.
+    let lock = (!location.is_shared())
+        .then(|| lock_data_dir(settings))
+        .transpose()?;
+    let store = open_at(&location, settings).await?;
+    tracing::info!(store = %location.describe(), "store open");
+    if lock.is_some() {
+        // The previous process is gone (we hold the lock): its leases can be taken back
+        // now rather than when they expire.
+        let rescued = store
+            .rescue_expired_leases(
+                OffsetDateTime::now_utc() + delivery.lease(),
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
+        if rescued > 0 {
+            tracing::warn!(
+                rescued,
+                "re-queued deliveries that were in flight when herald last stopped"
+            );
+        }
     }
     let wake = Arc::new(Notify::new());
     let state = AppState {

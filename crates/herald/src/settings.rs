@@ -19,8 +19,12 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// The embedded store and the generated master key live here (`HERALD_DATA_DIR`).
     pub data_dir: PathBuf,
-    /// Another store than the embedded one (`HERALD_DATABASE_URL`).
+    /// `postgres://…` to run on PostgreSQL, shared with other nodes, instead of the
+    /// embedded store (`HERALD_DATABASE_URL`). Never logged: it may carry a password.
     pub database_url: Option<String>,
+    /// Most PostgreSQL connections this node opens for queries, besides the one it keeps
+    /// for `LISTEN` (`HERALD_DATABASE_POOL_SIZE`).
+    pub database_pool_size: u32,
     /// Lets callbacks target loopback and private addresses (`HERALD_ALLOW_PRIVATE_TARGETS`).
     pub allow_private_targets: bool,
     /// 64 hex characters; when unset, `master.key` in the data dir is used or created
@@ -65,6 +69,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./herald-data"),
             database_url: None,
+            database_pool_size: 16,
             allow_private_targets: false,
             master_key: None,
             shutdown_grace_secs: 10,
@@ -136,6 +141,7 @@ impl Settings {
                 "listen",
                 "data_dir",
                 "database_url",
+                "database_pool_size",
                 "allow_private_targets",
                 "master_key",
                 "shutdown_grace_secs",

@@ -214,11 +214,21 @@ pub async fn spawn_serve(
 /// Runs a `herald` command against `data_dir` (never with `HERALD_MASTER_KEY`, so the
 /// data dir's own key is used), and fails the test unless it succeeds.
 pub async fn run_cli(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    run_cli_with(data_dir, args, &[]).await
+}
+
+/// [`run_cli`] with `env` set (it may set `HERALD_MASTER_KEY` again).
+pub async fn run_cli_with(
+    data_dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
         .env_remove("HERALD_MASTER_KEY")
+        .envs(env.iter().copied())
         .output()
         .await
         .unwrap();
