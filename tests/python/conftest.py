@@ -10,6 +10,9 @@ use) that runs with --allow-private-targets; its stderr is in herald-private*/he
 Environment:
   HERALD_BIN            path of the herald binary (default <repo>/target/debug/herald)
   HERALD_START_TIMEOUT  seconds to wait for the `listening on` line (default 30)
+  HERALD_TEST_BACKEND   `postgres` runs each server (and its CLI) on a fresh schema of
+                        HERALD_TEST_DATABASE_URL, made and dropped with psql; unset or
+                        `embedded` for the embedded store
 """
 
 import json
@@ -36,6 +39,7 @@ from huaweicloudsdklive.v1 import LiveClient
 REPO = Path(__file__).resolve().parents[2]
 HERALD_BIN = Path(os.environ.get("HERALD_BIN", REPO / "target" / "debug" / "herald"))
 START_TIMEOUT = float(os.environ.get("HERALD_START_TIMEOUT", "30"))
+TEST_BACKEND = os.environ.get("HERALD_TEST_BACKEND") or "embedded"
 STOP_TIMEOUT = 15
 
 # `requests` (used by the SDK and by the raw tests) honours *_PROXY; keep loopback direct.
@@ -47,14 +51,15 @@ os.environ["NO_PROXY"] = os.environ["no_proxy"] = _no_proxy
 class Herald:
     """A running `herald serve` plus its CLI bound to the same data dir."""
 
-    def __init__(self, proc, base_url, data_dir, log_path):
+    def __init__(self, proc, base_url, data_dir, log_path, env):
         self.proc, self.base_url, self.data_dir, self.log_path = proc, base_url, data_dir, log_path
         self.host = urlparse(base_url).netloc
+        self.env = env
 
     def cli(self, *args):
         """Run `herald ARGS --data-dir DIR --json` and return its one-line JSON output."""
         cmd = [str(HERALD_BIN), *args, "--data-dir", str(self.data_dir), "--json"]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=self.env)
         assert done.returncode == 0, f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr}"
         lines = done.stdout.strip().splitlines()
         assert lines, f"{' '.join(cmd)} printed nothing; stderr:\n{done.stderr}"
@@ -115,6 +120,35 @@ def _wait_healthy(base_url, proc, log_path, deadline):
         time.sleep(0.05)  # poll interval, bounded by the deadline
 
 
+def _psql(url, sql):
+    done = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"psql {sql!r}: {done.stderr}"
+
+
+def _store(name):
+    """The environment that puts a server on its backend, and a function that cleans up.
+
+    On PostgreSQL every server gets a schema of its own (its data dir holds its own master
+    key). The name carries this process's pid, so a schema left behind by a run that died
+    is dropped by the next Rust test run (herald_store::testing drops orphans by pid).
+    """
+    env = dict(os.environ)
+    env.pop("HERALD_DATABASE_URL", None)
+    if TEST_BACKEND == "embedded":
+        return env, lambda: None
+    if TEST_BACKEND != "postgres":
+        pytest.fail(f"HERALD_TEST_BACKEND={TEST_BACKEND}: expected postgres or embedded")
+    base = os.environ.get("HERALD_TEST_DATABASE_URL")
+    if not base:
+        pytest.fail("HERALD_TEST_BACKEND=postgres needs HERALD_TEST_DATABASE_URL")
+    schema = f"herald_test_{os.getpid()}_py{name.replace('-', '')}{uuid.uuid4().hex[:8]}"
+    _psql(base, f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in base else "?"
+    env["HERALD_DATABASE_URL"] = f"{base}{sep}options=-c%20search_path%3D{schema}"
+    return env, lambda: _psql(base, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
 def _serve(tmp_path_factory, name, *extra_args):
     """Run `herald serve` on 127.0.0.1:0 with a fresh data dir; yield a Herald, stop it after."""
     if not (HERALD_BIN.is_file() and os.access(HERALD_BIN, os.X_OK)):
@@ -122,19 +156,21 @@ def _serve(tmp_path_factory, name, *extra_args):
     root = tmp_path_factory.mktemp(name)
     data_dir, log_path = root / "data", root / "herald.stderr.log"
     data_dir.mkdir()
+    env, cleanup = _store(name)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [str(HERALD_BIN), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *extra_args],
-            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True)
+            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True, env=env)
     lines = queue.Queue()
     threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
     deadline = time.monotonic() + START_TIMEOUT
     base_url = _wait_listening(proc, lines, log_path, deadline)
     _wait_healthy(base_url, proc, log_path, deadline)
     try:
-        yield Herald(proc, base_url, data_dir, log_path)
+        yield Herald(proc, base_url, data_dir, log_path, env)
     finally:
         _stop(proc)
+        cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,7 @@ impl TestSchema {
             Ok(c) => c,
             Err(e) => panic!("{TEST_DATABASE_URL} is set but PostgreSQL is unreachable: {e}"),
         };
+        drop_orphans(&mut admin).await;
         if let Err(e) = sqlx::query(&format!("CREATE SCHEMA {name}"))
             .execute(&mut admin)
             .await
@@ -66,8 +67,30 @@ impl TestSchema {
     }
 }
 
+/// Drops the schemas of test processes that are gone (the name carries the pid): a test
+/// that panicked, or whose schema was still locked when it ended, leaves its schema here.
+async fn drop_orphans(admin: &mut PgConnection) {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'herald\\_test\\_%'",
+    )
+    .fetch_all(&mut *admin)
+    .await
+    .unwrap_or_default();
+    for name in names {
+        let pid = name.split('_').nth(2).unwrap_or_default();
+        if !pid.is_empty() && !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                .execute(&mut *admin)
+                .await;
+        }
+    }
+}
+
 impl Drop for TestSchema {
     /// Drops the schema on a thread of its own, as the test's runtime may be gone or busy.
+    /// A server the test ran may still hold a transaction open on a runtime that this very
+    /// drop blocks, so the drop gives up after a lock timeout and leaves the schema to
+    /// [`drop_orphans`].
     fn drop(&mut self) {
         let (base_url, name) = (self.base_url.clone(), self.name.clone());
         let dropped = std::thread::spawn(move || {
@@ -77,6 +100,10 @@ impl Drop for TestSchema {
                 .map_err(|e| e.to_string())?;
             runtime.block_on(async {
                 let mut admin = PgConnection::connect(&base_url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query("SET lock_timeout = '3s'")
+                    .execute(&mut admin)
                     .await
                     .map_err(|e| e.to_string())?;
                 sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))

@@ -542,17 +542,9 @@ async fn internal_errors_carry_a_code_and_no_details() {
     )
     .await;
     // Corrupt the row behind Herald's back: reading it back must fail cleanly.
-    let db = server
-        .data_dir
-        .path()
-        .join(herald_store::sqlite::DATABASE_FILE);
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
-        .await
-        .unwrap();
-    sqlx::query("UPDATE live_callback_configs SET publish_domain = 'not a domain'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    server
+        .execute_behind_herald("UPDATE live_callback_configs SET publish_domain = 'not a domain'")
+        .await;
     let item = format!(
         "/v1/p1/record/callbacks/{}",
         created["id"].as_str().unwrap()

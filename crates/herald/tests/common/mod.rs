@@ -1,4 +1,8 @@
 //! A Herald server on port 0 with a fresh data dir, and a client that signs like the SDK.
+//!
+//! With `HERALD_TEST_BACKEND=postgres`, the in-process server runs on a fresh schema of
+//! `HERALD_TEST_DATABASE_URL` instead of the embedded store, so the same API tests cover
+//! both backends (`scripts/test` runs them that way too).
 
 // Test helpers: a failed unwrap is a failed test, which is what it should be.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,6 +15,7 @@ use tokio::process::Command;
 use herald::app::{self, Running};
 use herald::settings::Settings;
 use herald_core::sdk_auth::{WireRequest, authorization_header, sdk_date};
+use herald_store::testing::TestSchema;
 use reqwest::{Method, Response};
 use serde_json::Value;
 use time::{Duration, OffsetDateTime};
@@ -20,6 +25,25 @@ pub struct TestServer {
     pub data_dir: tempfile::TempDir,
     pub http: reqwest::Client,
     running: Option<Running>,
+    /// The PostgreSQL schema the server runs on, when it does; the CLI is pointed at it.
+    schema: Option<TestSchema>,
+}
+
+/// The variable that puts [`TestServer`] on PostgreSQL: `postgres`, or unset for the
+/// embedded store.
+pub const TEST_BACKEND: &str = "HERALD_TEST_BACKEND";
+
+/// A fresh schema when the tests are to run on PostgreSQL.
+async fn test_schema() -> Option<TestSchema> {
+    match std::env::var(TEST_BACKEND).as_deref() {
+        Ok("postgres") => {
+            Some(TestSchema::create().await.unwrap_or_else(|| {
+                panic!("{TEST_BACKEND}=postgres needs HERALD_TEST_DATABASE_URL")
+            }))
+        }
+        Ok("" | "embedded") | Err(_) => None,
+        Ok(other) => panic!("{TEST_BACKEND}={other}: expected postgres or embedded"),
+    }
 }
 
 /// An AK/SK pair and the project it belongs to.
@@ -37,9 +61,12 @@ impl TestServer {
 
     pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
+        let schema = test_schema().await;
         let mut settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data_dir.path().to_owned(),
+            database_url: schema.as_ref().map(|s| s.url.clone()),
+            database_pool_size: 4,
             ..Settings::default()
         };
         adjust(&mut settings);
@@ -49,6 +76,7 @@ impl TestServer {
             data_dir,
             http: client(),
             running: Some(running),
+            schema,
         }
     }
 
@@ -59,6 +87,7 @@ impl TestServer {
             data_dir: tempfile::tempdir().unwrap(),
             http: client(),
             running: None,
+            schema: None,
         }
     }
 
@@ -66,7 +95,32 @@ impl TestServer {
     /// while the server runs. Asynchronously: the server may share this test's thread, and
     /// must keep running (and finish its transactions) while the command waits.
     pub async fn herald(&self, args: &[&str]) -> std::process::Output {
-        run_cli(self.data_dir.path(), args).await
+        let env: Vec<(&str, &str)> = self
+            .schema
+            .iter()
+            .map(|s| ("HERALD_DATABASE_URL", s.url.as_str()))
+            .collect();
+        run_cli_with(self.data_dir.path(), args, &env).await
+    }
+
+    /// Runs `sql` on the server's database behind Herald's back (to corrupt a row, say).
+    pub async fn execute_behind_herald(&self, sql: &str) {
+        match &self.schema {
+            Some(schema) => {
+                let pool = sqlx::PgPool::connect(&schema.url).await.unwrap();
+                sqlx::query(sql).execute(&pool).await.unwrap();
+            }
+            None => {
+                let db = self
+                    .data_dir
+                    .path()
+                    .join(herald_store::sqlite::DATABASE_FILE);
+                let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+                    .await
+                    .unwrap();
+                sqlx::query(sql).execute(&pool).await.unwrap();
+            }
+        }
     }
 
     pub async fn credentials(&self, project: &str) -> Creds {
