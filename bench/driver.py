@@ -4,6 +4,7 @@
 Sub-commands (each writes OUT_DIR/<name>.json and prints one line per run):
   probe    start Herald on a scratch data dir and check that ingest answers 202
   e2e      ingest N events in batches as fast as possible; time until nginx has seen all
+           (with --database-url: on PostgreSQL, on --nodes nodes sharing a fresh schema)
   latency  ingest at a steady rate; arrival at nginx minus the 202 seen by the client
   memory   ingest N events towards a down endpoint; Herald's VmRSS once the queue settles
   report   read OUT_DIR/*.json, print the summary table and write OUT_DIR/summary.md
@@ -45,6 +46,7 @@ class Herald:
         os.makedirs(data_dir, exist_ok=True)
         env = dict(os.environ)
         env.update(env_extra or {})
+        self.env = env
         self.stderr = open(log_path, "ab")
         self.proc = subprocess.Popen(
             [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir,
@@ -83,7 +85,7 @@ class Herald:
     def _token(self):
         out = subprocess.run(
             [self.binary, "tokens", "create", "--project", PROJECT, "--data-dir", self.data_dir,
-             "--json"], check=True, capture_output=True, timeout=30).stdout
+             "--json"], check=True, capture_output=True, timeout=30, env=self.env).stdout
         return json.loads(out)["token"]
 
     def conn(self, timeout=60):
@@ -192,15 +194,16 @@ def batch_bodies(prefix, n, batch, streams):
     return out
 
 
-def ingest_all(herald, bodies, threads, deadline, on_done=None):
-    """POST every body over `threads` keep-alive connections as fast as possible.
-    Returns (accepted deliveries, [error strings])."""
+def ingest_all(heralds, bodies, threads, deadline, on_done=None):
+    """POST every body over `threads` keep-alive connections as fast as possible; with
+    several nodes, connection k goes to node k mod N. Returns (accepted deliveries,
+    [error strings])."""
     work = queue.Queue()
     for b in bodies:
         work.put(b)
     lock, totals, errors = threading.Lock(), {"deliveries": 0}, []
 
-    def worker():
+    def worker(herald):
         c = herald.conn()
         while time.time() < deadline:
             try:
@@ -224,7 +227,7 @@ def ingest_all(herald, bodies, threads, deadline, on_done=None):
                 on_done()
         c.close()
 
-    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    ts = [threading.Thread(target=worker, args=(heralds[k % len(heralds)],)) for k in range(threads)]
     for t in ts:
         t.start()
     for t in ts:
@@ -297,15 +300,44 @@ def pct(values, p):
     return s[min(len(s) - 1, max(0, round(p / 100.0 * len(s) + 0.5) - 1))]
 
 
-def context(h, cpu0, driver0):
-    """CPU used by Herald and by this driver since the given marks, and the load average:
+def postgres_cpu_s():
+    """User + system CPU seconds used so far by the PostgreSQL server's processes on this
+    machine (the postmaster and every backend), or None where they cannot be read."""
+    total, found = 0.0, False
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+            if not head.split("(", 1)[1].startswith("postgres"):
+                continue
+            fields = rest.split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            found = True
+        except (OSError, IndexError, ValueError):
+            continue
+    return total if found else None
+
+
+def cpu_marks(heralds):
+    """Marks for `context`: CPU used so far by the Herald processes, by PostgreSQL, and by
+    this driver."""
+    cpus = [h.cpu_s() for h in heralds]
+    return (None if None in cpus else sum(cpus)), postgres_cpu_s(), time.process_time()
+
+
+def context(heralds, marks):
+    """CPU used by Herald, PostgreSQL and this driver since `marks`, and the load average:
     on a shared 2-core machine these tell whether a figure was disturbed."""
-    cpu1 = h.cpu_s()
-    return {
-        "herald_cpu_s": round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None,
-        "driver_cpu_s": round(time.process_time() - driver0, 2),
+    (h0, pg0, d0), (h1, pg1, d1) = marks, cpu_marks(heralds)
+    used = lambda a, b: round(b - a, 2) if a is not None and b is not None else None
+    out = {
+        "herald_cpu_s": used(h0, h1),
+        "driver_cpu_s": used(d0, d1),
         "loadavg": open("/proc/loadavg").read().split()[:3],
     }
+    if len(heralds) > 1 or any("HERALD_DATABASE_URL" in h.env for h in heralds):
+        out["postgres_cpu_s"] = used(pg0, pg1)
+    return out
 
 
 def per_second(times, t0):
@@ -341,44 +373,91 @@ def cmd_probe(a):
         h.stop()
 
 
+class Schema:
+    """A fresh schema on the PostgreSQL server `base_url` names, for one run; Herald's
+    connections use it through `search_path`. The server must be on this machine for its
+    CPU to be counted."""
+
+    def __init__(self, base_url, tag):
+        self.base_url = base_url
+        self.name = "herald_bench_" + re.sub(r"[^a-z0-9]", "", tag.lower())
+        self.psql(f"CREATE SCHEMA {self.name}")
+        sep = "&" if "?" in base_url else "?"
+        self.url = f"{base_url}{sep}options=-c%20search_path%3D{self.name}"
+
+    def psql(self, sql):
+        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.base_url, "-c", sql],
+                       check=True, capture_output=True, timeout=120)
+
+    def drop(self):
+        self.psql(f"DROP SCHEMA IF EXISTS {self.name} CASCADE")
+
+
+def start_nodes(a, tag):
+    """The Herald processes of one run: one on a fresh data dir (the embedded store), or,
+    with --database-url, --nodes of them sharing a fresh schema and one master key."""
+    data = lambda k: os.path.join(a.out_dir, f"{tag}-data{k}")
+    log = lambda k: os.path.join(a.out_dir, f"{tag}{k}.log")
+    if not a.database_url:
+        return [Herald(a.herald, data(""), log(""))], None
+    schema = Schema(a.database_url, tag)
+    env = {"HERALD_DATABASE_URL": schema.url, "HERALD_MASTER_KEY": uuid.uuid4().hex + uuid.uuid4().hex}
+    nodes = []
+    try:
+        for k in range(a.nodes):
+            nodes.append(Herald(a.herald, data(k), log(k), env))
+    except Exception:
+        for n in nodes:
+            n.stop()
+        schema.drop()
+        raise
+    return nodes, schema
+
+
 def cmd_e2e(a):
     runs = []
     for r in range(a.runs):
-        tag = f"e2e{r}-{uuid.uuid4().hex[:8]}"
-        h = Herald(a.herald, os.path.join(a.out_dir, f"{tag}-data"), os.path.join(a.out_dir, f"{tag}.log"))
+        tag = f"{a.name}{r}-{uuid.uuid4().hex[:8]}"
+        nodes, schema = start_nodes(a, tag)
         try:
-            h.create_config(f"http://127.0.0.1:{a.nginx_port}/cb")
+            nodes[0].create_config(f"http://127.0.0.1:{a.nginx_port}/cb")
             bodies = batch_bodies(tag, a.events, a.batch, a.streams)
             log = AccessLog(a.access_log)
             deadline = time.time() + a.time_limit
-            cpu0, drv0 = h.cpu_s(), time.process_time()
+            marks = cpu_marks(nodes)
             t0 = time.time()
-            deliveries, errors = ingest_all(h, bodies, a.threads, deadline)
+            deliveries, errors = ingest_all(nodes, bodies, a.threads, deadline)
             t_ingested = time.time()
             first, stats = follow_arrivals(log, tag, a.events, a.stall, deadline)
             t_last = max(first.values()) if first else t0
+            logs = [n.log_counts() for n in nodes]
             res = {
                 "events": a.events, "batch": a.batch, "streams": a.streams,
+                "store": "postgres" if schema else "embedded", "nodes": len(nodes),
                 "ingest_threads": a.threads, "deliveries_accepted": deliveries,
                 "ingest_errors": errors[:20], "ingest_error_count": len(errors),
                 "ingest_s": round(t_ingested - t0, 3),
                 "ingest_events_per_s": round(a.events / max(t_ingested - t0, 1e-9), 1),
                 "arrived": len(first), "elapsed_s": round(t_last - t0, 3),
                 "callbacks_per_s": round(len(first) / max(t_last - t0, 1e-9), 1),
-                "log_warn_error": h.log_counts(), **stats,
+                "log_warn_error": (sum(w for w, _ in logs), sum(e for _, e in logs)), **stats,
                 "arrivals_per_s": per_second(first.values(), t0),
-                **context(h, cpu0, drv0),
+                **context(nodes, marks),
             }
-            save_metrics(h, a.out_dir, tag)
+            for k, n in enumerate(nodes):
+                save_metrics(n, a.out_dir, f"{tag}-node{k}")
         finally:
-            h.stop()
-        print(f"e2e run {r + 1}/{a.runs}: {res['arrived']}/{a.events} callbacks in "
+            for n in nodes:
+                n.stop()
+            if schema:
+                schema.drop()
+        print(f"{a.name} run {r + 1}/{a.runs}: {res['arrived']}/{a.events} callbacks in "
               f"{res['elapsed_s']} s = {res['callbacks_per_s']}/s (ingest {res['ingest_s']} s, "
               f"{res['ingest_error_count']} ingest errors, {res['duplicates']} duplicates, "
               f"{res['retries']} retries)", flush=True)
         runs.append(res)
     med = statistics.median(r["callbacks_per_s"] for r in runs)
-    save(a.out_dir, "e2e", {"runs": runs, "median_callbacks_per_s": med})
+    save(a.out_dir, a.name, {"runs": runs, "median_callbacks_per_s": med})
     return 0 if all(r["arrived"] == a.events for r in runs) else 1
 
 
@@ -396,7 +475,7 @@ def cmd_latency(a):
         acked, sent, late, errors = {}, {}, [0], []
         lock = threading.Lock()
         interval = a.batch / a.rate
-        cpu0, drv0 = h.cpu_s(), time.process_time()
+        marks = cpu_marks([h])
         t0 = time.time() + 0.5
         deadline = t0 + a.duration + 60
 
@@ -457,7 +536,7 @@ def cmd_latency(a):
             "ingest_p50_ms": pct(ingest, 50), "ingest_p99_ms": pct(ingest, 99),
             "log_warn_error": h.log_counts(), **stats,
             "max_ms_per_second": [round(worst.get(i, 0), 1) for i in range(max(worst) + 1)] if worst else [],
-            **context(h, cpu0, drv0),
+            **context([h], marks),
         }
         for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "min_ms", "ingest_p50_ms", "ingest_p99_ms"):
             if res[k] is not None:
@@ -500,7 +579,7 @@ def cmd_memory(a):
         h.create_config(f"http://127.0.0.1:{down_port}/cb")
         bodies = batch_bodies(tag, a.events, a.batch, a.streams)
         done = [0]
-        cpu0, drv0 = h.cpu_s(), time.process_time()
+        marks = cpu_marks([h])
         t0 = time.time()
 
         def progress():
@@ -509,7 +588,7 @@ def cmd_memory(a):
                 print(f"  memory: {done[0] * a.batch} events ingested, {time.time() - t0:.0f} s, "
                       f"VmRSS {h.status('VmRSS'):.1f} MiB", flush=True)
 
-        deliveries, errors = ingest_all(h, bodies, a.threads, t0 + a.time_limit, progress)
+        deliveries, errors = ingest_all([h], bodies, a.threads, t0 + a.time_limit, progress)
         t_ingested = time.time()
         # Settle: until VmRSS moved less than 1 MiB and the queue gauges did not change over
         # the last 10 s, at most `settle` seconds.
@@ -534,7 +613,7 @@ def cmd_memory(a):
             "store_bytes": sum(os.path.getsize(os.path.join(d, f))
                                for d, _, fs in os.walk(h.data_dir) for f in fs),
             "log_warn_error": h.log_counts(),
-            **context(h, cpu0, drv0),
+            **context([h], marks),
         }
         save_metrics(h, a.out_dir, tag)
     finally:
@@ -560,25 +639,36 @@ def verdict(ok):
     return "n/a" if ok is None else ("PASS" if ok else "FAIL")
 
 
+def e2e_row(label, d, limit, share):
+    """A report row for an end-to-end result; `share` is the target as a fraction of the
+    limit (None: no target)."""
+    med = d["median_callbacks_per_s"]
+    r0 = d["runs"][0]
+    ratio = med / limit if limit else None
+    complete = all(r["arrived"] == r["events"] for r in d["runs"])
+    ok = None if ratio is None or share is None else (ratio >= share and complete)
+    return (f"{label}: {r0['events']:,} events in batches of {r0['batch']}, {r0['streams']} streams",
+            f"{med:,.0f} callbacks/s (median of {len(d['runs'])}: "
+            + ", ".join(f"{r['callbacks_per_s']:,.0f}" for r in d["runs"]) + ")"
+            + (f" = {ratio:.3f} x limit" if ratio else ""),
+            f">= {share} x limit" if share is not None else "-", verdict(ok))
+
+
 def cmd_report(a):
-    wrk, e2e, lat, mem = (load(a.out_dir, n) for n in ("wrk", "e2e", "latency", "memory"))
+    wrk, e2e, lat, mem, pg1, pg2 = (load(a.out_dir, n) for n in
+                                    ("wrk", "e2e", "latency", "memory", "e2e-pg1", "e2e-pg2"))
     rows = []
     limit = wrk["median_rps"] if wrk else None
     if wrk:
         rows.append(("a. receiver limit: wrk -t2 -c64 -d%ss, 628-byte POST to nginx" % wrk["duration_s"],
                      f"{limit:,.0f} req/s (median of {len(wrk['runs'])}: "
                      + ", ".join(f"{x:,.0f}" for x in wrk["runs"]) + ")", "-", "-"))
-    if e2e:
-        med = e2e["median_callbacks_per_s"]
-        r0 = e2e["runs"][0]
-        ratio = med / limit if limit else None
-        ok = None if ratio is None else (ratio >= 0.5 and all(r["arrived"] == r["events"] for r in e2e["runs"]))
-        rows.append((f"b. end to end: {r0['events']:,} events in batches of {r0['batch']}, "
-                     f"{r0['streams']} streams",
-                     f"{med:,.0f} callbacks/s (median of {len(e2e['runs'])}: "
-                     + ", ".join(f"{r['callbacks_per_s']:,.0f}" for r in e2e["runs"]) + ")"
-                     + (f" = {ratio:.3f} x limit" if ratio else ""),
-                     ">= 0.5 x limit", verdict(ok)))
+    for label, d, share in (
+            ("b. end to end, embedded store", e2e, 0.5),
+            ("b1. end to end, PostgreSQL, one node", pg1, 0.3),
+            ("b2. end to end, PostgreSQL, two nodes", pg2, None)):
+        if d:
+            rows.append(e2e_row(label, d, limit, share))
     if lat:
         ok = None if lat["p99_ms"] is None else (lat["p99_ms"] <= 25 and lat["arrived"] == lat["events"])
         rows.append((f"c. latency: {lat['target_rate']:g} events/s for {lat['duration_s']:g} s "
@@ -595,7 +685,7 @@ def cmd_report(a):
     lines += [f"| {m} | {r} | {t} | {v} |" for m, r, t, v in rows]
     table = "\n".join(lines)
     notes = []
-    for name, d in (("e2e", e2e), ("latency", lat), ("memory", mem)):
+    for name, d in (("e2e", e2e), ("e2e-pg1", pg1), ("e2e-pg2", pg2), ("latency", lat), ("memory", mem)):
         for r in (d["runs"] if d and "runs" in d else [d] if d else []):
             if r.get("ingest_error_count"):
                 notes.append(f"- {name}: {r['ingest_error_count']} ingest errors, e.g. {r['ingest_errors'][:3]}")
@@ -636,6 +726,9 @@ def main():
     e.add_argument("--runs", type=int, default=3)
     e.add_argument("--stall", type=float, default=30, help="give up after this long with no callback")
     e.add_argument("--time-limit", type=float, default=900)
+    e.add_argument("--database-url", help="run on PostgreSQL (a fresh schema of this server per run)")
+    e.add_argument("--nodes", type=int, default=1, help="herald serve processes (with --database-url)")
+    e.add_argument("--name", default="e2e", help="name of the result (OUT_DIR/NAME.json)")
     lt = sub.add_parser("latency")
     lt.add_argument("--rate", type=float, default=1000)
     lt.add_argument("--duration", type=float, default=20)
