@@ -1998,3 +1998,34 @@ async fn postgres_nodes_share_the_queue_and_keep_each_stream_in_order() {
     }
     assert_idle(nodes[1].as_ref()).await;
 }
+
+/// Managed PostgreSQL services usually require TLS: the store connects with
+/// `sslmode=require` (skipped where the test server has TLS off).
+#[tokio::test]
+async fn postgres_connects_over_tls() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let admin = sqlx::PgPool::connect(&schema.url).await.unwrap();
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    if ssl != "on" {
+        eprintln!("the test server has ssl = {ssl}: TLS test skipped");
+        return;
+    }
+    let mut settings = schema.settings(2);
+    settings.url = SecretString::from(format!("{}&sslmode=require", schema.url));
+    let (master, _) = MasterKey::generate();
+    let store = PgStore::open(&settings, master).await.unwrap();
+    store.ping().await.unwrap();
+    let encrypted: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'herald' AND s.ssl",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert!(encrypted > 0, "no connection of the store is encrypted");
+}
