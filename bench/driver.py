@@ -392,6 +392,16 @@ class Schema:
     def drop(self):
         self.psql(f"DROP SCHEMA IF EXISTS {self.name} CASCADE")
 
+    def wal(self):
+        """(WAL records, WAL bytes, commits) the server has written so far (PostgreSQL 14+;
+        zeros where it cannot tell): the write volume behind each callback."""
+        out = subprocess.run(
+            ["psql", "-X", "-qAt", "-F", " ", "-d", self.base_url, "-c",
+             "SELECT w.wal_records, w.wal_bytes, d.xact_commit FROM pg_stat_wal w, pg_stat_database d "
+             "WHERE d.datname = current_database()"],
+            capture_output=True, text=True, timeout=60).stdout.split()
+        return tuple(int(x) for x in out) if len(out) == 3 else (0, 0, 0)
+
 
 def start_nodes(a, tag):
     """The Herald processes of one run: one on a fresh data dir (the embedded store), or,
@@ -424,12 +434,21 @@ def cmd_e2e(a):
             bodies = batch_bodies(tag, a.events, a.batch, a.streams)
             log = AccessLog(a.access_log)
             deadline = time.time() + a.time_limit
+            wal0 = schema.wal() if schema else None
             marks = cpu_marks(nodes)
             t0 = time.time()
             deliveries, errors = ingest_all(nodes, bodies, a.threads, deadline)
             t_ingested = time.time()
             first, stats = follow_arrivals(log, tag, a.events, a.stall, deadline)
             t_last = max(first.values()) if first else t0
+            if schema:
+                # Counted over the run, so other databases' traffic would show up too.
+                wal = [b - a_ for a_, b in zip(wal0, schema.wal())]
+                stats["postgres_per_callback"] = {
+                    "wal_records": round(wal[0] / max(len(first), 1), 1),
+                    "wal_bytes": round(wal[1] / max(len(first), 1)),
+                    "commits": round(wal[2] / max(len(first), 1), 3),
+                }
             logs = [n.log_counts() for n in nodes]
             res = {
                 "events": a.events, "batch": a.batch, "streams": a.streams,

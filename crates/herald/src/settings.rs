@@ -22,8 +22,8 @@ pub struct Settings {
     /// `postgres://…` to run on PostgreSQL, shared with other nodes, instead of the
     /// embedded store (`HERALD_DATABASE_URL`). Never logged: it may carry a password.
     pub database_url: Option<String>,
-    /// Most PostgreSQL connections this node opens for queries, besides the one it keeps
-    /// for `LISTEN` (`HERALD_DATABASE_POOL_SIZE`).
+    /// Most PostgreSQL connections this node opens for ingest and management, besides its
+    /// worker's and the one it keeps for `LISTEN` (`HERALD_DATABASE_POOL_SIZE`).
     pub database_pool_size: u32,
     /// Lets callbacks target loopback and private addresses (`HERALD_ALLOW_PRIVATE_TARGETS`).
     pub allow_private_targets: bool,

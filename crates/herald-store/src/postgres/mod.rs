@@ -38,6 +38,10 @@ mod rtc;
 /// The channel on which commits that made deliveries due are announced to every node.
 const WORK_CHANNEL: &str = "herald_work";
 
+/// Connections of the worker's pool: one each for claiming, recording outcomes,
+/// maintenance, and the idle look at the next due time.
+pub const QUEUE_POOL_SIZE: u32 = 4;
+
 /// The name and sealing context of the master-key check in `herald_meta`.
 const KEY_CHECK: &str = "master_key_check";
 
@@ -46,14 +50,23 @@ const KEY_CHECK: &str = "master_key_check";
 pub struct PgSettings {
     /// `postgres://…`; it may carry a password, so it is never logged.
     pub url: SecretString,
-    /// Most connections this node opens for queries (one more is kept for `LISTEN`).
+    /// Most connections this node opens for management and ingest. The worker has its
+    /// own [`QUEUE_POOL_SIZE`], and one more is kept for `LISTEN`.
     pub pool_size: u32,
 }
 
 pub struct PgStore {
-    /// Every query: management, ingest and the delivery queue. Commits are durable when
-    /// they return (`synchronous_commit` as the server sets it, `on` by default).
+    /// Management and ingest. Commits are durable when they return (`synchronous_commit`
+    /// as the server sets it, `on` by default), so a 201 or a 202 survives a crash.
     pool: PgPool,
+    /// The workers' claims, completions and rescues, with `synchronous_commit = off`: a
+    /// commit returns before its WAL is flushed. A server crash can lose the last few
+    /// hundred milliseconds of them, which costs at most a re-sent callback (the lease
+    /// is rescued and the delivery goes out again), never an accepted event. It cannot
+    /// reorder a stream either: a synchronous commit (ingest) flushes all the WAL before
+    /// it, so nothing ingest saw can be lost while ingest is kept. The embedded store
+    /// makes the same trade with `synchronous=NORMAL`.
+    queue_pool: PgPool,
     /// Seals secrets on the way in and opens them on the way out.
     master: MasterKey,
     /// The `LISTEN` connection's options: it is held for as long as the node runs, so it
@@ -74,8 +87,14 @@ impl PgStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let queue_pool = PgPoolOptions::new()
+            .max_connections(QUEUE_POOL_SIZE)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone().options([("synchronous_commit", "off")]))
+            .await?;
         let store = Self {
             pool,
+            queue_pool,
             master,
             listen_options: options,
         };
@@ -105,6 +124,11 @@ impl PgStore {
 
     async fn begin(&self) -> Result<Transaction<'_, Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
+    }
+
+    /// A transaction on the worker's pool (see [`PgStore::queue_pool`]).
+    async fn begin_queue(&self) -> Result<Transaction<'_, Postgres>, StoreError> {
+        Ok(self.queue_pool.begin().await?)
     }
 }
 

@@ -86,11 +86,14 @@ async fn unblock_next_of_streams(
     lock_streams(tx, pairs.iter().map(|(c, s)| (c.as_str(), s.as_str()))).await?;
     let (configs, streams): (Vec<&str>, Vec<&str>) =
         pairs.iter().map(|(c, s)| (c.as_str(), s.as_str())).unzip();
+    // One index probe per stream for its oldest blocked delivery, then one per id: the
+    // plain `id IN (SELECT MIN(id) … GROUP BY …)` read every blocked row of each stream
+    // and joined them to a scan of the whole table.
     let done = sqlx::query(
-        "UPDATE deliveries SET state = 'pending', next_attempt_at_ms = $1 WHERE id IN \
-         (SELECT MIN(id) FROM deliveries WHERE state = 'blocked' AND (config_id, stream) IN \
-             (SELECT c, s FROM unnest($2::text[], $3::text[]) AS t(c, s)) \
-          GROUP BY config_id, stream)",
+        "UPDATE deliveries SET state = 'pending', next_attempt_at_ms = $1 WHERE id = ANY(ARRAY( \
+             SELECT (SELECT b.id FROM deliveries b WHERE b.state = 'blocked' \
+                     AND b.config_id = t.c AND b.stream = t.s ORDER BY b.id LIMIT 1) \
+             FROM unnest($2::text[], $3::text[]) AS t(c, s)))",
     )
     .bind(now_ms)
     .bind(configs)
@@ -192,9 +195,11 @@ async fn accept(
     let pairs = stream_pairs(&accepting);
     lock_streams(tx, pairs.iter().map(|[c, s]| (*c, *s))).await?;
     let (configs, streams): (Vec<&str>, Vec<&str>) = pairs.iter().map(|[c, s]| (*c, *s)).unzip();
+    // One index probe per stream.
     let busy: HashSet<(String, String)> = sqlx::query(&format!(
-        "SELECT DISTINCT config_id, stream FROM deliveries WHERE state IN {OPEN_STATES} \
-         AND (config_id, stream) IN (SELECT c, s FROM unnest($1::text[], $2::text[]) AS t(c, s))"
+        "SELECT DISTINCT t.c AS config_id, t.s AS stream FROM unnest($1::text[], $2::text[]) AS t(c, s) \
+         WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.config_id = t.c AND d.stream = t.s \
+             AND d.state IN {OPEN_STATES})"
     ))
     .bind(configs)
     .bind(streams)
@@ -350,23 +355,28 @@ impl PgStore {
         let room = serde_json::to_string(&room).unwrap_or_else(|_| "{}".into());
         let total = i64::try_from(limits.total).unwrap_or(i64::MAX);
         // One statement, so no transaction is held open. The scan skips full endpoints
-        // before its LIMIT and skips rows another node is leasing; the window function
-        // keeps each endpoint within its room.
+        // before its LIMIT; the window function keeps each endpoint within its room. Only
+        // the rows picked are locked, skipping those another node is leasing at this very
+        // moment (a row lock is a logged write: locking the whole scan cost more than the
+        // rest of the claim). A claim that loses rows to another node comes back short and
+        // looks again on the next wake-up.
         let rows = sqlx::query_as::<_, ClaimedRow>(
             "WITH room AS (SELECT key AS endpoint, value::bigint AS n FROM jsonb_each_text($4::jsonb)), \
              scan AS MATERIALIZED (SELECT id, endpoint, next_attempt_at_ms FROM deliveries \
                  WHERE state IN ('pending', 'retrying') AND next_attempt_at_ms <= $3 \
                  AND endpoint NOT IN (SELECT endpoint FROM room WHERE n = 0) \
-                 ORDER BY next_attempt_at_ms, id LIMIT $6 FOR UPDATE SKIP LOCKED), \
-             picked AS (SELECT id FROM ( \
+                 ORDER BY next_attempt_at_ms, id LIMIT $6), \
+             picked AS MATERIALIZED (SELECT id FROM ( \
                  SELECT s.id, s.next_attempt_at_ms, \
                      ROW_NUMBER() OVER (PARTITION BY s.endpoint ORDER BY s.next_attempt_at_ms, s.id) AS nth, \
                      COALESCE(room.n, $5) AS room \
                  FROM scan s LEFT JOIN room ON room.endpoint = s.endpoint) ranked \
                  WHERE nth <= room ORDER BY next_attempt_at_ms, id LIMIT $7), \
+             locked AS (SELECT d.id FROM deliveries d WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) \
+                 AND d.state IN ('pending', 'retrying') FOR UPDATE SKIP LOCKED), \
              leased AS (UPDATE deliveries d SET state = 'running', lease_owner = $1, \
                      lease_expires_at_ms = $2, attempts = d.attempts + 1 \
-                 FROM picked p, events e WHERE d.id = p.id AND e.seq = d.event_seq \
+                 FROM locked l, events e WHERE d.id = l.id AND e.seq = d.event_seq \
                  RETURNING d.id, d.project_id, e.event_id, e.payload, e.flavour, d.config_id, d.endpoint, \
                      d.url, d.sign_type, d.key_sealed, d.attempts, d.next_attempt_at_ms) \
              SELECT * FROM leased ORDER BY next_attempt_at_ms, id",
@@ -378,7 +388,7 @@ impl PgStore {
         .bind(i64::from(limits.per_endpoint))
         .bind(total.saturating_mul(8))
         .bind(total)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.queue_pool)
         .await?;
         rows.into_iter()
             .map(|row| row.into_claimed(&self.master))
@@ -395,14 +405,16 @@ impl PgStore {
             return Ok(0);
         }
         let next: Vec<(&str, i64)> = completions.iter().map(next_state).collect();
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_queue().await?;
         // Applied only where the lease still holds; a retry of a deleted config's delivery
-        // is cancelled instead.
+        // is cancelled instead. (`d.id = ANY($1)` makes PostgreSQL look the batch up by
+        // primary key rather than match it against every running delivery.)
         let moved = sqlx::query(&format!(
             "UPDATE deliveries d SET lease_owner = NULL, lease_expires_at_ms = NULL, next_attempt_at_ms = b.next, \
                  state = CASE WHEN b.state = 'retrying' AND NOT {TARGET_EXISTS} THEN 'cancelled' ELSE b.state END \
              FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[]) AS b(id, attempt, owner, state, next) \
-             WHERE d.id = b.id AND d.state = 'running' AND d.lease_owner = b.owner AND d.attempts = b.attempt \
+             WHERE d.id = ANY($1) AND d.id = b.id AND d.state = 'running' AND d.lease_owner = b.owner \
+                 AND d.attempts = b.attempt \
              RETURNING d.id, d.config_id, d.stream, d.state"
         ))
         .bind(completions.iter().map(|c| c.delivery_id).collect::<Vec<_>>())
@@ -448,7 +460,7 @@ impl PgStore {
         now: OffsetDateTime,
     ) -> Result<u64, StoreError> {
         let now_ms = unix_ms(now);
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_queue().await?;
         // SKIP LOCKED: rows a completion or another node's rescuer is writing are theirs.
         let rescued = sqlx::query(&format!(
             "UPDATE deliveries d SET next_attempt_at_ms = $1, lease_owner = NULL, lease_expires_at_ms = NULL, \
@@ -494,7 +506,7 @@ impl PgStore {
         let ms: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying')",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.queue_pool)
         .await?;
         Ok(ms.map(from_unix_ms))
     }
@@ -606,7 +618,7 @@ impl PgStore {
         now: OffsetDateTime,
     ) -> Result<QueueStats, StoreError> {
         let by_state = sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.queue_pool)
             .await?
             .iter()
             .map(|r| {
@@ -621,7 +633,7 @@ impl PgStore {
              AND next_attempt_at_ms <= $1",
         )
         .bind(unix_ms(now))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.queue_pool)
         .await?;
         Ok(QueueStats {
             by_state,
