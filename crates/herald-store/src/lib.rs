@@ -111,21 +111,19 @@ pub struct Page {
     pub limit: u64,
 }
 
+/// Everything above the store holds an `Arc<dyn Store>`. The store's interface is split by
+/// concern, and each backend implements each part in the module that holds its SQL.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    Credentials + LiveConfigs + DeliveryQueue + RtcApps + Send + Sync + 'static
+{
     /// Succeeds when the store answers a trivial query: `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+}
 
-    /// Signals `wake` whenever another process commits deliveries that may be due, until
-    /// `cancel` fires. Returns at once where no other process can (the embedded store,
-    /// which one process owns and which signals in-process). An error means the signals
-    /// stopped; the worker's poll still finds the work.
-    async fn relay_work_signals(
-        &self,
-        wake: Arc<Notify>,
-        cancel: CancellationToken,
-    ) -> Result<(), StoreError>;
-
+/// Access keys and tokens of the management and ingest APIs.
+#[async_trait]
+pub trait Credentials {
     async fn insert_access_key(&self, key: &AccessKey) -> Result<(), StoreError>;
     async fn find_access_key(&self, access_key: &str) -> Result<Option<AccessKey>, StoreError>;
     async fn list_access_keys(
@@ -144,7 +142,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     async fn find_token_project(&self, token_sha256: &str)
     -> Result<Option<ProjectId>, StoreError>;
+}
 
+/// Live-flavour callback configurations (SPEC §1).
+#[async_trait]
+pub trait LiveConfigs {
     /// [`StoreError::Conflict`] when the project already has a config for the domain and app.
     async fn insert_live_config(&self, config: &LiveCallbackConfig) -> Result<(), StoreError>;
     async fn get_live_config(
@@ -164,7 +166,11 @@ pub trait Store: Send + Sync + 'static {
     async fn update_live_config(&self, config: &LiveCallbackConfig) -> Result<bool, StoreError>;
     /// True when the config existed. Its deliveries not yet sent are cancelled.
     async fn delete_live_config(&self, project: &ProjectId, id: &str) -> Result<bool, StoreError>;
+}
 
+/// Accepted events and the durable delivery queue (SPEC §4–§6).
+#[async_trait]
+pub trait DeliveryQueue {
     /// Accepts events and creates their deliveries in one transaction: when this returns,
     /// all of it is durable, or none of it is. An `event_id` the project already used
     /// gets its first answer again and creates nothing.
@@ -222,6 +228,29 @@ pub trait Store: Send + Sync + 'static {
 
     async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError>;
 
+    /// [`DeliveryQueue::ingest_live`] for an RTC app's events; `None` when there is no such app.
+    async fn ingest_rtc(
+        &self,
+        project: &ProjectId,
+        app_id: &AppId,
+        events: &[(EventId, RtcEvent)],
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<Accepted>>, StoreError>;
+
+    /// Signals `wake` whenever another process commits deliveries that may be due, until
+    /// `cancel` fires. Returns at once where no other process can (the embedded store,
+    /// which one process owns and which signals in-process). An error means the signals
+    /// stopped; the worker's poll still finds the work.
+    async fn relay_work_signals(
+        &self,
+        wake: Arc<Notify>,
+        cancel: CancellationToken,
+    ) -> Result<(), StoreError>;
+}
+
+/// RTC apps and their record callback (SPEC §2).
+#[async_trait]
+pub trait RtcApps {
     async fn insert_rtc_app(&self, app: &RtcApp) -> Result<(), StoreError>;
     async fn get_rtc_app(
         &self,
@@ -246,12 +275,4 @@ pub trait Store: Send + Sync + 'static {
         callback: Option<&RecordCallback>,
         at: OffsetDateTime,
     ) -> Result<Option<RtcApp>, StoreError>;
-    /// [`Store::ingest_live`] for an RTC app's events; `None` when there is no such app.
-    async fn ingest_rtc(
-        &self,
-        project: &ProjectId,
-        app_id: &AppId,
-        events: &[(EventId, RtcEvent)],
-        now: OffsetDateTime,
-    ) -> Result<Option<Vec<Accepted>>, StoreError>;
 }

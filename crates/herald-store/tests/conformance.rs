@@ -17,8 +17,8 @@ use std::collections::HashMap;
 
 use herald_store::{
     Accepted, AccessKey, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
-    DeliveryFilter, DeliveryStatus, DeliveryView, Lease, LiveConfigFilter, Notification, Page,
-    QueueStats, RetryOutcome, Store, StoreError,
+    Credentials, DeliveryFilter, DeliveryStatus, DeliveryView, Lease, LiveConfigFilter,
+    LiveConfigs, Notification, Page, QueueStats, RetryOutcome, Store, StoreError,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};

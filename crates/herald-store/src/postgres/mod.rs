@@ -8,28 +8,22 @@
 //! database.
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herald_core::event::{EventId, LiveEvent, RtcEvent};
 use herald_core::live::LiveCallbackConfig;
 use herald_core::project::ProjectId;
-use herald_core::rtc::AppId;
 use herald_core::secrets::MasterKey;
 use herald_core::timefmt::{from_unix_ms, unix_ms};
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::rows::{LiveConfigRow, access_key_context, stored_project};
 use crate::{
-    Accepted, AccessKey, AccessKeySummary, ClaimLimits, ClaimedDelivery, Completion,
-    DeliveryFilter, DeliveryView, Lease, LiveConfigFilter, Page, QueueStats, RecordCallback,
-    RetryOutcome, RtcApp, Store, StoreError,
+    AccessKey, AccessKeySummary, Credentials, LiveConfigFilter, LiveConfigs, Page, Store,
+    StoreError,
 };
 
 mod queue;
@@ -166,35 +160,10 @@ impl Store for PgStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
 
-    async fn relay_work_signals(
-        &self,
-        wake: Arc<Notify>,
-        cancel: CancellationToken,
-    ) -> Result<(), StoreError> {
-        let connection = PgPoolOptions::new()
-            .max_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_lazy_with(self.listen_options.clone());
-        let mut listener = PgListener::connect_with(&connection).await?;
-        listener.listen(WORK_CHANNEL).await?;
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return Ok(()),
-                received = listener.try_recv() => match received? {
-                    Some(_) => wake.notify_one(),
-                    // The connection dropped and will be re-made on the next call; what
-                    // was announced meanwhile is lost, so look at the queue now.
-                    None => {
-                        tracing::warn!("the LISTEN connection to PostgreSQL dropped; reconnecting");
-                        wake.notify_one();
-                    }
-                },
-            }
-        }
-    }
-
+#[async_trait]
+impl Credentials for PgStore {
     async fn insert_access_key(&self, key: &AccessKey) -> Result<(), StoreError> {
         let sealed = self.master.seal(
             &access_key_context(&key.access_key),
@@ -296,7 +265,10 @@ impl Store for PgStore {
             .map(|p| stored_project("tokens", token_sha256, &p))
             .transpose()?)
     }
+}
 
+#[async_trait]
+impl LiveConfigs for PgStore {
     async fn insert_live_config(&self, config: &LiveCallbackConfig) -> Result<(), StoreError> {
         let row = LiveConfigRow::from_config(config, &self.master)?;
         sqlx::query(&format!(
@@ -404,110 +376,5 @@ impl Store for PgStore {
         }
         tx.commit().await?;
         Ok(existed)
-    }
-
-    async fn ingest_live(
-        &self,
-        project: &ProjectId,
-        events: &[(EventId, LiveEvent)],
-        now: OffsetDateTime,
-    ) -> Result<Vec<Accepted>, StoreError> {
-        self.ingest_live_impl(project, events, now).await
-    }
-
-    async fn claim_due_deliveries(
-        &self,
-        now: OffsetDateTime,
-        limits: ClaimLimits<'_>,
-        lease: &Lease,
-    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        self.claim_due_deliveries_impl(now, limits, lease).await
-    }
-
-    async fn complete_deliveries(&self, completions: &[Completion]) -> Result<u64, StoreError> {
-        self.complete_deliveries_impl(completions).await
-    }
-
-    async fn rescue_expired_leases(
-        &self,
-        expired_before: OffsetDateTime,
-        now: OffsetDateTime,
-    ) -> Result<u64, StoreError> {
-        self.rescue_expired_leases_impl(expired_before, now).await
-    }
-
-    async fn next_due_at(&self) -> Result<Option<OffsetDateTime>, StoreError> {
-        self.next_due_at_impl().await
-    }
-
-    async fn list_deliveries(
-        &self,
-        project: &ProjectId,
-        filter: &DeliveryFilter,
-        page: Page,
-    ) -> Result<(u64, Vec<DeliveryView>), StoreError> {
-        self.list_deliveries_impl(project, filter, page).await
-    }
-
-    async fn retry_delivery(
-        &self,
-        project: &ProjectId,
-        id: i64,
-        now: OffsetDateTime,
-    ) -> Result<RetryOutcome, StoreError> {
-        self.retry_delivery_impl(project, id, now).await
-    }
-
-    async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
-        self.queue_stats_impl(now).await
-    }
-
-    async fn insert_rtc_app(&self, app: &RtcApp) -> Result<(), StoreError> {
-        self.insert_rtc_app_impl(app).await
-    }
-
-    async fn get_rtc_app(
-        &self,
-        project: &ProjectId,
-        app_id: &AppId,
-    ) -> Result<Option<RtcApp>, StoreError> {
-        self.get_rtc_app_impl(project, app_id).await
-    }
-
-    async fn list_rtc_apps(
-        &self,
-        project: &ProjectId,
-        page: Page,
-    ) -> Result<(u64, Vec<RtcApp>), StoreError> {
-        self.list_rtc_apps_impl(project, page).await
-    }
-
-    async fn delete_rtc_app(
-        &self,
-        project: &ProjectId,
-        app_id: &AppId,
-    ) -> Result<bool, StoreError> {
-        self.delete_rtc_app_impl(project, app_id).await
-    }
-
-    async fn set_record_callback(
-        &self,
-        project: &ProjectId,
-        app_id: &AppId,
-        callback: Option<&RecordCallback>,
-        at: OffsetDateTime,
-    ) -> Result<Option<RtcApp>, StoreError> {
-        self.set_record_callback_impl(project, app_id, callback, at)
-            .await
-    }
-
-    async fn ingest_rtc(
-        &self,
-        project: &ProjectId,
-        app_id: &AppId,
-        events: &[(EventId, RtcEvent)],
-        now: OffsetDateTime,
-    ) -> Result<Option<Vec<Accepted>>, StoreError> {
-        self.ingest_rtc_impl(project, app_id, events, now).await
     }
 }

@@ -21,16 +21,22 @@
 //!   PostgreSQL at commit to every node's `LISTEN` connection.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
 
 use herald_core::event::{EventId, LiveEvent, RtcEvent};
 use herald_core::live::MatchCandidate;
 use herald_core::project::ProjectId;
 use herald_core::rtc::AppId;
 use herald_core::timefmt::{from_unix_ms, unix_ms};
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use super::{PgStore, limit_offset, notify_work};
+use super::{PgStore, WORK_CHANNEL, limit_offset, notify_work};
 use crate::accept::{
     Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, answers_in_order, batch_time_ms,
     live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, stream_pairs,
@@ -39,8 +45,8 @@ use crate::rows::{
     AttemptRow, CandidateRow, ClaimedRow, CorruptRow, DeliveryRow, Target, delivery_views,
 };
 use crate::{
-    Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryStatus,
-    DeliveryView, Lease, Page, QueueStats, RetryOutcome, StoreError,
+    Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
+    DeliveryStatus, DeliveryView, Lease, Page, QueueStats, RetryOutcome, StoreError,
 };
 
 /// SQL true when the delivery `d`'s config (Live) or app record callback (RTC) still
@@ -275,8 +281,9 @@ async fn commit_ingest<'e>(
     Ok(answers_in_order(ids, &answers))
 }
 
-impl PgStore {
-    pub(super) async fn ingest_live_impl(
+#[async_trait]
+impl DeliveryQueue for PgStore {
+    async fn ingest_live(
         &self,
         project: &ProjectId,
         events: &[(EventId, LiveEvent)],
@@ -308,7 +315,7 @@ impl PgStore {
         commit_ingest(tx, project, events.iter().map(|(id, _)| id), raced, answers).await
     }
 
-    pub(super) async fn ingest_rtc_impl(
+    async fn ingest_rtc(
         &self,
         project: &ProjectId,
         app_id: &AppId,
@@ -340,7 +347,7 @@ impl PgStore {
             .map(Some)
     }
 
-    pub(super) async fn claim_due_deliveries_impl(
+    async fn claim_due_deliveries(
         &self,
         now: OffsetDateTime,
         limits: ClaimLimits<'_>,
@@ -397,10 +404,7 @@ impl PgStore {
 
     /// Set-based: one guarded update for the whole batch, one insert of the attempts
     /// that counted, one update unblocking the next delivery of finished streams.
-    pub(super) async fn complete_deliveries_impl(
-        &self,
-        completions: &[Completion],
-    ) -> Result<u64, StoreError> {
+    async fn complete_deliveries(&self, completions: &[Completion]) -> Result<u64, StoreError> {
         if completions.is_empty() {
             return Ok(0);
         }
@@ -454,7 +458,7 @@ impl PgStore {
         Ok(u64::try_from(applied.len()).unwrap_or(0))
     }
 
-    pub(super) async fn rescue_expired_leases_impl(
+    async fn rescue_expired_leases(
         &self,
         expired_before: OffsetDateTime,
         now: OffsetDateTime,
@@ -502,7 +506,7 @@ impl PgStore {
         Ok(u64::try_from(ids.len()).unwrap_or(0))
     }
 
-    pub(super) async fn next_due_at_impl(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+    async fn next_due_at(&self) -> Result<Option<OffsetDateTime>, StoreError> {
         let ms: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying')",
         )
@@ -511,7 +515,7 @@ impl PgStore {
         Ok(ms.map(from_unix_ms))
     }
 
-    pub(super) async fn list_deliveries_impl(
+    async fn list_deliveries(
         &self,
         project: &ProjectId,
         filter: &DeliveryFilter,
@@ -555,7 +559,7 @@ impl PgStore {
         ))
     }
 
-    pub(super) async fn retry_delivery_impl(
+    async fn retry_delivery(
         &self,
         project: &ProjectId,
         id: i64,
@@ -613,10 +617,7 @@ impl PgStore {
         Ok(RetryOutcome::Requeued)
     }
 
-    pub(super) async fn queue_stats_impl(
-        &self,
-        now: OffsetDateTime,
-    ) -> Result<QueueStats, StoreError> {
+    async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
         let by_state = sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
             .fetch_all(&self.queue_pool)
             .await?
@@ -639,6 +640,34 @@ impl PgStore {
             by_state,
             oldest_due_at: oldest.map(from_unix_ms),
         })
+    }
+
+    async fn relay_work_signals(
+        &self,
+        wake: Arc<Notify>,
+        cancel: CancellationToken,
+    ) -> Result<(), StoreError> {
+        let connection = PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with(self.listen_options.clone());
+        let mut listener = PgListener::connect_with(&connection).await?;
+        listener.listen(WORK_CHANNEL).await?;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                received = listener.try_recv() => match received? {
+                    Some(_) => wake.notify_one(),
+                    // The connection dropped and will be re-made on the next call; what
+                    // was announced meanwhile is lost, so look at the queue now.
+                    None => {
+                        tracing::warn!("the LISTEN connection to PostgreSQL dropped; reconnecting");
+                        wake.notify_one();
+                    }
+                },
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! RTC apps and their record callback on PostgreSQL.
 
+use async_trait::async_trait;
 use herald_core::project::ProjectId;
 use herald_core::rtc::AppId;
 use herald_core::timefmt::unix_ms;
@@ -7,10 +8,11 @@ use time::OffsetDateTime;
 
 use super::{PgStore, conflict_or, limit_offset, queue};
 use crate::rows::{RTC_APP_COLUMNS, RtcAppRow, rtc_app_key_context};
-use crate::{Page, RecordCallback, RtcApp, StoreError};
+use crate::{Page, RecordCallback, RtcApp, RtcApps, StoreError};
 
-impl PgStore {
-    pub(super) async fn insert_rtc_app_impl(&self, app: &RtcApp) -> Result<(), StoreError> {
+#[async_trait]
+impl RtcApps for PgStore {
+    async fn insert_rtc_app(&self, app: &RtcApp) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO rtc_apps (app_id, project_id, app_name, created_at_ms, callback_updated_at_ms) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -26,7 +28,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn get_rtc_app_impl(
+    async fn get_rtc_app(
         &self,
         project: &ProjectId,
         app_id: &AppId,
@@ -42,7 +44,7 @@ impl PgStore {
         .transpose()
     }
 
-    pub(super) async fn list_rtc_apps_impl(
+    async fn list_rtc_apps(
         &self,
         project: &ProjectId,
         page: Page,
@@ -66,7 +68,7 @@ impl PgStore {
         Ok((u64::try_from(total).unwrap_or(0), apps))
     }
 
-    pub(super) async fn delete_rtc_app_impl(
+    async fn delete_rtc_app(
         &self,
         project: &ProjectId,
         app_id: &AppId,
@@ -85,7 +87,7 @@ impl PgStore {
         Ok(existed)
     }
 
-    pub(super) async fn set_record_callback_impl(
+    async fn set_record_callback(
         &self,
         project: &ProjectId,
         app_id: &AppId,

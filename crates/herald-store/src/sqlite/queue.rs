@@ -8,6 +8,9 @@
 //! `BEGIN IMMEDIATE` so concurrent writers queue on the busy timeout instead of failing.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
 
 use herald_core::event::{EventId, LiveEvent, RtcEvent};
 use herald_core::live::MatchCandidate;
@@ -16,6 +19,8 @@ use herald_core::rtc::AppId;
 use herald_core::timefmt::{from_unix_ms, unix_ms};
 use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::SqliteStore;
 use super::json_array;
@@ -25,8 +30,8 @@ use crate::accept::{
 };
 use crate::rows::{AttemptRow, CandidateRow, ClaimedRow, DeliveryRow, Target, delivery_views};
 use crate::{
-    Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryStatus,
-    DeliveryView, Lease, Page, QueueStats, RetryOutcome, StoreError,
+    Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
+    DeliveryStatus, DeliveryView, Lease, Page, QueueStats, RetryOutcome, StoreError,
 };
 
 /// SQL true when a delivery's config (Live) or app record callback (RTC) still exists;
@@ -207,11 +212,12 @@ async fn accept(
     Ok(())
 }
 
-impl SqliteStore {
+#[async_trait]
+impl DeliveryQueue for SqliteStore {
     /// Set-based, so a batch of any size costs a fixed handful of statements: earlier
     /// answers for repeated ids, one candidate query per distinct (domain, app), then
     /// [`accept`]'s inserts.
-    pub(super) async fn ingest_live_impl(
+    async fn ingest_live(
         &self,
         project: &ProjectId,
         events: &[(EventId, LiveEvent)],
@@ -230,7 +236,7 @@ impl SqliteStore {
         Ok(answers_in_order(events.iter().map(|(id, _)| id), &answers))
     }
 
-    pub(super) async fn ingest_rtc_impl(
+    async fn ingest_rtc(
         &self,
         project: &ProjectId,
         app_id: &AppId,
@@ -264,7 +270,7 @@ impl SqliteStore {
         )))
     }
 
-    pub(super) async fn claim_due_deliveries_impl(
+    async fn claim_due_deliveries(
         &self,
         now: OffsetDateTime,
         limits: ClaimLimits<'_>,
@@ -328,10 +334,7 @@ impl SqliteStore {
 
     /// Set-based like ingest: one guarded update for the whole batch, one insert of the
     /// attempts that counted, one update unblocking the next delivery of finished streams.
-    pub(super) async fn complete_deliveries_impl(
-        &self,
-        completions: &[Completion],
-    ) -> Result<u64, StoreError> {
+    async fn complete_deliveries(&self, completions: &[Completion]) -> Result<u64, StoreError> {
         if completions.is_empty() {
             return Ok(0);
         }
@@ -395,7 +398,7 @@ impl SqliteStore {
         Ok(u64::try_from(applied.len()).unwrap_or(0))
     }
 
-    pub(super) async fn rescue_expired_leases_impl(
+    async fn rescue_expired_leases(
         &self,
         expired_before: OffsetDateTime,
         now: OffsetDateTime,
@@ -439,7 +442,7 @@ impl SqliteStore {
         Ok(u64::try_from(rescued.len()).unwrap_or(0))
     }
 
-    pub(super) async fn next_due_at_impl(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+    async fn next_due_at(&self) -> Result<Option<OffsetDateTime>, StoreError> {
         let ms: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying')",
         )
@@ -448,7 +451,7 @@ impl SqliteStore {
         Ok(ms.map(from_unix_ms))
     }
 
-    pub(super) async fn list_deliveries_impl(
+    async fn list_deliveries(
         &self,
         project: &ProjectId,
         filter: &DeliveryFilter,
@@ -489,7 +492,7 @@ impl SqliteStore {
         Ok((u64::try_from(total).unwrap_or(0), views))
     }
 
-    pub(super) async fn retry_delivery_impl(
+    async fn retry_delivery(
         &self,
         project: &ProjectId,
         id: i64,
@@ -540,10 +543,7 @@ impl SqliteStore {
         Ok(RetryOutcome::Requeued)
     }
 
-    pub(super) async fn queue_stats_impl(
-        &self,
-        now: OffsetDateTime,
-    ) -> Result<QueueStats, StoreError> {
+    async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
         let by_state = sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
             .fetch_all(&self.queue_pool)
             .await?
@@ -567,6 +567,19 @@ impl SqliteStore {
         })
     }
 
+    async fn relay_work_signals(
+        &self,
+        _wake: Arc<Notify>,
+        _cancel: CancellationToken,
+    ) -> Result<(), StoreError> {
+        // The data dir's lock keeps other servers out, and the CLI writes only
+        // credentials, so every delivery is made due in this process, which wakes its
+        // worker itself.
+        Ok(())
+    }
+}
+
+impl SqliteStore {
     /// Cancels a deleted config's deliveries that have not gone out.
     pub(super) async fn cancel_open_deliveries(
         tx: &mut Transaction<'_, Sqlite>,

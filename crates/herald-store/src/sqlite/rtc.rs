@@ -1,5 +1,6 @@
 //! RTC apps and their record callback on SQLite.
 
+use async_trait::async_trait;
 use herald_core::project::ProjectId;
 use herald_core::rtc::AppId;
 use herald_core::timefmt::unix_ms;
@@ -7,10 +8,11 @@ use time::OffsetDateTime;
 
 use super::SqliteStore;
 use crate::rows::{RTC_APP_COLUMNS, RtcAppRow, rtc_app_key_context};
-use crate::{Page, RecordCallback, RtcApp, StoreError};
+use crate::{Page, RecordCallback, RtcApp, RtcApps, StoreError};
 
-impl SqliteStore {
-    pub(super) async fn insert_rtc_app_impl(&self, app: &RtcApp) -> Result<(), StoreError> {
+#[async_trait]
+impl RtcApps for SqliteStore {
+    async fn insert_rtc_app(&self, app: &RtcApp) -> Result<(), StoreError> {
         let (_gate, mut tx) = self.begin_write(&self.pool).await?;
         sqlx::query(
             "INSERT INTO rtc_apps (app_id, project_id, app_name, created_at_ms, callback_updated_at_ms) \
@@ -28,7 +30,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(super) async fn get_rtc_app_impl(
+    async fn get_rtc_app(
         &self,
         project: &ProjectId,
         app_id: &AppId,
@@ -43,7 +45,7 @@ impl SqliteStore {
         row.map(|r| r.into_app(&self.master)).transpose()
     }
 
-    pub(super) async fn list_rtc_apps_impl(
+    async fn list_rtc_apps(
         &self,
         project: &ProjectId,
         page: Page,
@@ -67,7 +69,7 @@ impl SqliteStore {
         Ok((u64::try_from(total).unwrap_or(0), apps))
     }
 
-    pub(super) async fn delete_rtc_app_impl(
+    async fn delete_rtc_app(
         &self,
         project: &ProjectId,
         app_id: &AppId,
@@ -86,7 +88,7 @@ impl SqliteStore {
         Ok(existed)
     }
 
-    pub(super) async fn set_record_callback_impl(
+    async fn set_record_callback(
         &self,
         project: &ProjectId,
         app_id: &AppId,
@@ -121,6 +123,6 @@ impl SqliteStore {
         }
         tx.commit().await?;
         drop(gate);
-        self.get_rtc_app_impl(project, app_id).await
+        self.get_rtc_app(project, app_id).await
     }
 }
