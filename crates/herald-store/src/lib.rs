@@ -12,6 +12,7 @@ mod accept;
 mod location;
 pub mod postgres;
 mod queue;
+mod records;
 mod rows;
 pub mod sqlite;
 #[cfg(feature = "testing")]

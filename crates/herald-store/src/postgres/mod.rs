@@ -10,21 +10,12 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use herald_core::live::LiveCallbackConfig;
-use herald_core::project::ProjectId;
 use herald_core::secrets::MasterKey;
-use herald_core::timefmt::{from_unix_ms, unix_ms};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row, Transaction};
-use time::OffsetDateTime;
+use sqlx::{Postgres, Transaction};
 
-use crate::rows::{LiveConfigRow, access_key_context, stored_project};
-use crate::{
-    AccessKey, AccessKeySummary, Credentials, LiveConfigFilter, LiveConfigs, Page, Store,
-    StoreError,
-};
+use crate::StoreError;
 
 mod queue;
 mod rtc;
@@ -120,6 +111,15 @@ impl PgStore {
         Ok(self.pool.begin().await?)
     }
 
+    /// A write transaction on `pool`, in the embedded store's shape: PostgreSQL needs no
+    /// guard beside it.
+    async fn begin_write<'p>(
+        &self,
+        pool: &'p PgPool,
+    ) -> Result<((), Transaction<'p, Postgres>), StoreError> {
+        Ok(((), pool.begin().await?))
+    }
+
     /// A transaction on the worker's pool (see [`PgStore::queue_pool`]).
     async fn begin_queue(&self) -> Result<Transaction<'_, Postgres>, StoreError> {
         Ok(self.queue_pool.begin().await?)
@@ -135,246 +135,4 @@ async fn notify_work(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Maps a unique-constraint violation to [`StoreError::Conflict`].
-fn conflict_or(e: sqlx::Error) -> StoreError {
-    match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
-        _ => StoreError::Database(e),
-    }
-}
-
-/// A page's bounds as SQL integers.
-fn limit_offset(page: Page) -> (i64, i64) {
-    (
-        i64::try_from(page.limit).unwrap_or(i64::MAX),
-        i64::try_from(page.offset).unwrap_or(i64::MAX),
-    )
-}
-
-const LIVE_CONFIG_COLUMNS: &str = "id, project_id, publish_domain, app, notify_callback_url, \
-     notify_event_subscription, sign_type, key_sealed, create_time_ms, update_time_ms";
-
-#[async_trait]
-impl Store for PgStore {
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Credentials for PgStore {
-    async fn insert_access_key(&self, key: &AccessKey) -> Result<(), StoreError> {
-        let sealed = self.master.seal(
-            &access_key_context(&key.access_key),
-            key.secret_key.expose_secret().as_bytes(),
-        )?;
-        sqlx::query(
-            "INSERT INTO access_keys (access_key, project_id, secret_key_sealed, created_at_ms) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&key.access_key)
-        .bind(key.project_id.as_str())
-        .bind(sealed)
-        .bind(unix_ms(key.created_at))
-        .execute(&self.pool)
-        .await
-        .map_err(conflict_or)?;
-        Ok(())
-    }
-
-    async fn find_access_key(&self, access_key: &str) -> Result<Option<AccessKey>, StoreError> {
-        let row = sqlx::query(
-            "SELECT project_id, secret_key_sealed, created_at_ms FROM access_keys WHERE access_key = $1",
-        )
-        .bind(access_key)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let sealed: Vec<u8> = row.try_get("secret_key_sealed")?;
-        Ok(Some(AccessKey {
-            access_key: access_key.to_owned(),
-            project_id: stored_project("access_keys", access_key, row.try_get("project_id")?)?,
-            secret_key: self
-                .master
-                .open_string(&access_key_context(access_key), &sealed)?,
-            created_at: from_unix_ms(row.try_get("created_at_ms")?),
-        }))
-    }
-
-    async fn list_access_keys(
-        &self,
-        project: Option<&ProjectId>,
-    ) -> Result<Vec<AccessKeySummary>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT access_key, project_id, created_at_ms FROM access_keys \
-             WHERE $1::text IS NULL OR project_id = $1 ORDER BY created_at_ms, access_key",
-        )
-        .bind(project.map(ProjectId::as_str))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let access_key: String = row.try_get("access_key")?;
-                let project_id: &str = row.try_get("project_id")?;
-                Ok(AccessKeySummary {
-                    project_id: stored_project("access_keys", &access_key, project_id)?,
-                    access_key,
-                    created_at: from_unix_ms(row.try_get("created_at_ms")?),
-                })
-            })
-            .collect()
-    }
-
-    async fn delete_access_key(&self, access_key: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM access_keys WHERE access_key = $1")
-            .bind(access_key)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn insert_token(
-        &self,
-        token_sha256: &str,
-        project: &ProjectId,
-        created_at: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO tokens (token_sha256, project_id, created_at_ms) VALUES ($1, $2, $3)",
-        )
-        .bind(token_sha256)
-        .bind(project.as_str())
-        .bind(unix_ms(created_at))
-        .execute(&self.pool)
-        .await
-        .map_err(conflict_or)?;
-        Ok(())
-    }
-
-    async fn find_token_project(
-        &self,
-        token_sha256: &str,
-    ) -> Result<Option<ProjectId>, StoreError> {
-        let project: Option<String> =
-            sqlx::query_scalar("SELECT project_id FROM tokens WHERE token_sha256 = $1")
-                .bind(token_sha256)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(project
-            .map(|p| stored_project("tokens", token_sha256, &p))
-            .transpose()?)
-    }
-}
-
-#[async_trait]
-impl LiveConfigs for PgStore {
-    async fn insert_live_config(&self, config: &LiveCallbackConfig) -> Result<(), StoreError> {
-        let row = LiveConfigRow::from_config(config, &self.master)?;
-        sqlx::query(&format!(
-            "INSERT INTO live_callback_configs ({LIVE_CONFIG_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-        ))
-        .bind(row.id)
-        .bind(row.project_id)
-        .bind(row.publish_domain)
-        .bind(row.app)
-        .bind(row.notify_callback_url)
-        .bind(row.notify_event_subscription)
-        .bind(row.sign_type)
-        .bind(row.key_sealed)
-        .bind(row.create_time_ms)
-        .bind(row.update_time_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(conflict_or)?;
-        Ok(())
-    }
-
-    async fn get_live_config(
-        &self,
-        project: &ProjectId,
-        id: &str,
-    ) -> Result<Option<LiveCallbackConfig>, StoreError> {
-        sqlx::query_as::<_, LiveConfigRow>(&format!(
-            "SELECT {LIVE_CONFIG_COLUMNS} FROM live_callback_configs WHERE project_id = $1 AND id = $2"
-        ))
-        .bind(project.as_str())
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| r.into_config(&self.master))
-        .transpose()
-    }
-
-    async fn list_live_configs(
-        &self,
-        project: &ProjectId,
-        filter: &LiveConfigFilter,
-        page: Page,
-    ) -> Result<(u64, Vec<LiveCallbackConfig>), StoreError> {
-        const WHERE: &str = "WHERE project_id = $1 AND ($2::text IS NULL OR publish_domain = $2) \
-                             AND ($3::text IS NULL OR app = $3)";
-        let total: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM live_callback_configs {WHERE}"
-        ))
-        .bind(project.as_str())
-        .bind(filter.publish_domain.as_deref())
-        .bind(filter.app.as_deref())
-        .fetch_one(&self.pool)
-        .await?;
-        let (limit, offset) = limit_offset(page);
-        let configs = sqlx::query_as::<_, LiveConfigRow>(&format!(
-            "SELECT {LIVE_CONFIG_COLUMNS} FROM live_callback_configs {WHERE} ORDER BY seq LIMIT $4 OFFSET $5"
-        ))
-        .bind(project.as_str())
-        .bind(filter.publish_domain.as_deref())
-        .bind(filter.app.as_deref())
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(|r| r.into_config(&self.master))
-        .collect::<Result<Vec<_>, _>>()?;
-        Ok((u64::try_from(total).unwrap_or(0), configs))
-    }
-
-    async fn update_live_config(&self, config: &LiveCallbackConfig) -> Result<bool, StoreError> {
-        let row = LiveConfigRow::from_config(config, &self.master)?;
-        let done = sqlx::query(
-            "UPDATE live_callback_configs SET publish_domain = $1, app = $2, notify_callback_url = $3, \
-             notify_event_subscription = $4, sign_type = $5, key_sealed = $6, update_time_ms = $7 \
-             WHERE project_id = $8 AND id = $9",
-        )
-        .bind(row.publish_domain)
-        .bind(row.app)
-        .bind(row.notify_callback_url)
-        .bind(row.notify_event_subscription)
-        .bind(row.sign_type)
-        .bind(row.key_sealed)
-        .bind(row.update_time_ms)
-        .bind(row.project_id)
-        .bind(row.id)
-        .execute(&self.pool)
-        .await
-        .map_err(conflict_or)?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn delete_live_config(&self, project: &ProjectId, id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let done =
-            sqlx::query("DELETE FROM live_callback_configs WHERE project_id = $1 AND id = $2")
-                .bind(project.as_str())
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        let existed = done.rows_affected() > 0;
-        if existed {
-            queue::cancel_open_deliveries(&mut tx, id).await?;
-        }
-        tx.commit().await?;
-        Ok(existed)
-    }
-}
+crate::records::shared_records!(PgStore);

@@ -36,11 +36,12 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{PgStore, WORK_CHANNEL, limit_offset, notify_work};
+use super::{PgStore, WORK_CHANNEL, notify_work};
 use crate::accept::{
     Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, answers_in_order, batch_time_ms,
     live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, stream_pairs,
 };
+use crate::records::limit_offset;
 use crate::rows::{
     AttemptRow, CandidateRow, ClaimedRow, CorruptRow, DeliveryRow, Target, delivery_views,
 };
@@ -671,27 +672,29 @@ impl DeliveryQueue for PgStore {
     }
 }
 
-/// Cancels the deliveries of a deleted config (or app callback) that have not gone out.
-/// The caller has already deleted or changed the target row, so no ingest can add to its
-/// streams any more; the streams are locked so that no completion unblocks one of them
-/// meanwhile.
-pub(super) async fn cancel_open_deliveries(
-    tx: &mut Transaction<'_, Postgres>,
-    config_id: &str,
-) -> Result<(), StoreError> {
-    let streams: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT DISTINCT stream FROM deliveries WHERE config_id = $1 AND state IN {OPEN_STATES}"
-    ))
-    .bind(config_id)
-    .fetch_all(&mut **tx)
-    .await?;
-    lock_streams(tx, streams.iter().map(|s| (config_id, s.as_str()))).await?;
-    sqlx::query(
-        "UPDATE deliveries SET state = 'cancelled' WHERE config_id = $1 \
-         AND state IN ('blocked', 'pending', 'retrying')",
-    )
-    .bind(config_id)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+impl PgStore {
+    /// Cancels the deliveries of a deleted config (or app callback) that have not gone out.
+    /// The caller has already deleted or changed the target row, so no ingest can add to its
+    /// streams any more; the streams are locked so that no completion unblocks one of them
+    /// meanwhile.
+    pub(super) async fn cancel_open_deliveries(
+        tx: &mut Transaction<'_, Postgres>,
+        config_id: &str,
+    ) -> Result<(), StoreError> {
+        let streams: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT DISTINCT stream FROM deliveries WHERE config_id = $1 AND state IN {OPEN_STATES}"
+        ))
+        .bind(config_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        lock_streams(tx, streams.iter().map(|s| (config_id, s.as_str()))).await?;
+        sqlx::query(
+            "UPDATE deliveries SET state = 'cancelled' WHERE config_id = $1 \
+             AND state IN ('blocked', 'pending', 'retrying')",
+        )
+        .bind(config_id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
 }

@@ -6,7 +6,8 @@ use herald_core::rtc::AppId;
 use herald_core::timefmt::unix_ms;
 use time::OffsetDateTime;
 
-use super::{PgStore, conflict_or, limit_offset, queue};
+use super::PgStore;
+use crate::records::{conflict_or, limit_offset};
 use crate::rows::{RTC_APP_COLUMNS, RtcAppRow, rtc_app_key_context};
 use crate::{Page, RecordCallback, RtcApp, RtcApps, StoreError};
 
@@ -73,18 +74,12 @@ impl RtcApps for PgStore {
         project: &ProjectId,
         app_id: &AppId,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let done = sqlx::query("DELETE FROM rtc_apps WHERE project_id = $1 AND app_id = $2")
-            .bind(project.as_str())
-            .bind(app_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        let existed = done.rows_affected() > 0;
-        if existed {
-            queue::cancel_open_deliveries(&mut tx, app_id.as_str()).await?;
-        }
-        tx.commit().await?;
-        Ok(existed)
+        self.delete_and_cancel(
+            "DELETE FROM rtc_apps WHERE project_id = $1 AND app_id = $2",
+            project,
+            app_id.as_str(),
+        )
+        .await
     }
 
     async fn set_record_callback(
@@ -118,7 +113,7 @@ impl RtcApps for PgStore {
         };
         if callback.is_none() {
             // Without a callback there is nowhere to send what has not gone out yet.
-            queue::cancel_open_deliveries(&mut tx, app_id.as_str()).await?;
+            Self::cancel_open_deliveries(&mut tx, app_id.as_str()).await?;
         }
         tx.commit().await?;
         row.into_app(&self.master).map(Some)

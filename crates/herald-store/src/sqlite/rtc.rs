@@ -25,7 +25,7 @@ impl RtcApps for SqliteStore {
         .bind(unix_ms(app.callback_updated_at))
         .execute(&mut *tx)
         .await
-        .map_err(super::conflict_or)?;
+        .map_err(crate::records::conflict_or)?;
         tx.commit().await?;
         Ok(())
     }
@@ -74,18 +74,12 @@ impl RtcApps for SqliteStore {
         project: &ProjectId,
         app_id: &AppId,
     ) -> Result<bool, StoreError> {
-        let (_gate, mut tx) = self.begin_write(&self.pool).await?;
-        let done = sqlx::query("DELETE FROM rtc_apps WHERE project_id = ? AND app_id = ?")
-            .bind(project.as_str())
-            .bind(app_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        let existed = done.rows_affected() > 0;
-        if existed {
-            Self::cancel_open_deliveries(&mut tx, app_id.as_str()).await?;
-        }
-        tx.commit().await?;
-        Ok(existed)
+        self.delete_and_cancel(
+            "DELETE FROM rtc_apps WHERE project_id = $1 AND app_id = $2",
+            project,
+            app_id.as_str(),
+        )
+        .await
     }
 
     async fn set_record_callback(
