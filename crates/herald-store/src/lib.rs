@@ -116,7 +116,7 @@ pub struct Page {
 /// concern, and each backend implements each part in the module that holds its SQL.
 #[async_trait]
 pub trait Store:
-    Credentials + LiveConfigs + DeliveryQueue + RtcApps + Send + Sync + 'static
+    Credentials + LiveConfigs + DeliveryQueue + QueueStatus + RtcApps + Send + Sync + 'static
 {
     /// Succeeds when the store answers a trivial query: `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -208,9 +208,6 @@ pub trait DeliveryQueue {
         now: OffsetDateTime,
     ) -> Result<u64, StoreError>;
 
-    /// When the earliest not-yet-due delivery comes due, for the worker to sleep until.
-    async fn next_due_at(&self) -> Result<Option<OffsetDateTime>, StoreError>;
-
     /// The project's deliveries, newest first, with their attempts.
     async fn list_deliveries(
         &self,
@@ -226,8 +223,6 @@ pub trait DeliveryQueue {
         id: i64,
         now: OffsetDateTime,
     ) -> Result<RetryOutcome, StoreError>;
-
-    async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError>;
 
     /// [`DeliveryQueue::ingest_live`] for an RTC app's events; `None` when there is no such app.
     async fn ingest_rtc(
@@ -247,6 +242,16 @@ pub trait DeliveryQueue {
         wake: Arc<Notify>,
         cancel: CancellationToken,
     ) -> Result<(), StoreError>;
+}
+
+/// What the worker and `/metrics` read about the queue.
+#[async_trait]
+pub trait QueueStatus {
+    /// When the earliest not-yet-due delivery comes due, for the worker to sleep until.
+    async fn next_due_at(&self) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    /// Queue depth by state, and the oldest due delivery.
+    async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError>;
 }
 
 /// RTC apps and their record callback (SPEC §2).

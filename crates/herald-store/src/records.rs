@@ -1,9 +1,11 @@
-//! What both backends store the same way, written once: credentials, Live configs, and
-//! the deletion of a config or app with the deliveries it leaves. The SQL is the same on
+//! What both backends store the same way, written once: credentials, Live configs, RTC
+//! apps, the queue's status, and the deletion of a config or app with the deliveries it
+//! leaves. The SQL is the same on
 //! SQLite and PostgreSQL (sqlx numbers `$N` parameters on both), and the Rust around it
 //! differs only in the pool's type, so [`shared_records!`] expands it for each store.
 //!
-//! A store type using it has `pool` (its management pool) and `master` fields, and two
+//! A store type using it has `pool` (its management pool), `queue_pool` (its workers')
+//! and `master` fields, and two
 //! items of its own: `begin_write(&pool)` (a write transaction, with whatever guard the
 //! backend needs held beside it) and `cancel_open_deliveries(&mut tx, target_id)`.
 
@@ -27,24 +29,30 @@ pub(crate) fn limit_offset(page: crate::Page) -> (i64, i64) {
 pub(crate) const LIVE_CONFIG_COLUMNS: &str = "id, project_id, publish_domain, app, notify_callback_url, \
      notify_event_subscription, sign_type, key_sealed, create_time_ms, update_time_ms";
 
-/// Implements [`crate::Store`], [`crate::Credentials`] and [`crate::LiveConfigs`] for a
-/// store type, and gives it `delete_and_cancel`.
+/// Implements [`crate::Store`], [`crate::Credentials`], [`crate::LiveConfigs`],
+/// [`crate::QueueStatus`] and [`crate::RtcApps`] for a store type, and gives it
+/// `delete_and_cancel`. `rtc_apps_in_creation_order_by` is the column that orders RTC
+/// apps by creation (SQLite's `rowid`, a sequence on PostgreSQL).
 macro_rules! shared_records {
-    ($store:ty) => {
+    ($store:ty, rtc_apps_in_creation_order_by: $rtc_order:literal) => {
         const _: () = {
             use async_trait::async_trait;
             use herald_core::live::LiveCallbackConfig;
             use herald_core::project::ProjectId;
+            use herald_core::rtc::AppId;
             use herald_core::timefmt::{from_unix_ms, unix_ms};
             use secrecy::ExposeSecret;
             use sqlx::Row;
             use time::OffsetDateTime;
 
             use $crate::records::{LIVE_CONFIG_COLUMNS, conflict_or, limit_offset};
-            use $crate::rows::{LiveConfigRow, access_key_context, stored_project};
+            use $crate::rows::{
+                LiveConfigRow, RTC_APP_COLUMNS, RtcAppRow, access_key_context, rtc_app_key_context,
+                stored_project,
+            };
             use $crate::{
                 AccessKey, AccessKeySummary, Credentials, LiveConfigFilter, LiveConfigs, Page,
-                Store, StoreError,
+                QueueStats, QueueStatus, RecordCallback, RtcApp, RtcApps, Store, StoreError,
             };
 
             impl $store {
@@ -287,6 +295,155 @@ macro_rules! shared_records {
                         id,
                     )
                     .await
+                }
+            }
+
+            #[async_trait]
+            impl QueueStatus for $store {
+                async fn next_due_at(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+                    let ms: Option<i64> = sqlx::query_scalar(
+                        "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying')",
+                    )
+                    .fetch_one(&self.queue_pool)
+                    .await?;
+                    Ok(ms.map(from_unix_ms))
+                }
+
+                async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
+                    let by_state = sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
+                        .fetch_all(&self.queue_pool)
+                        .await?
+                        .iter()
+                        .map(|r| {
+                            Ok((
+                                r.try_get("state")?,
+                                u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+                            ))
+                        })
+                        .collect::<Result<_, sqlx::Error>>()?;
+                    let oldest: Option<i64> = sqlx::query_scalar(
+                        "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying') \
+                         AND next_attempt_at_ms <= $1",
+                    )
+                    .bind(unix_ms(now))
+                    .fetch_one(&self.queue_pool)
+                    .await?;
+                    Ok(QueueStats {
+                        by_state,
+                        oldest_due_at: oldest.map(from_unix_ms),
+                    })
+                }
+            }
+
+            #[async_trait]
+            impl RtcApps for $store {
+                async fn insert_rtc_app(&self, app: &RtcApp) -> Result<(), StoreError> {
+                    let (_guard, mut tx) = self.begin_write(&self.pool).await?;
+                    sqlx::query(
+                        "INSERT INTO rtc_apps (app_id, project_id, app_name, created_at_ms, callback_updated_at_ms) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(app.app_id.as_str())
+                    .bind(app.project_id.as_str())
+                    .bind(app.app_name.as_str())
+                    .bind(unix_ms(app.created_at))
+                    .bind(unix_ms(app.callback_updated_at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(conflict_or)?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn get_rtc_app(
+                    &self,
+                    project: &ProjectId,
+                    app_id: &AppId,
+                ) -> Result<Option<RtcApp>, StoreError> {
+                    sqlx::query_as::<_, RtcAppRow>(&format!(
+                        "SELECT {RTC_APP_COLUMNS} FROM rtc_apps WHERE project_id = $1 AND app_id = $2"
+                    ))
+                    .bind(project.as_str())
+                    .bind(app_id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .map(|r| r.into_app(&self.master))
+                    .transpose()
+                }
+
+                async fn list_rtc_apps(
+                    &self,
+                    project: &ProjectId,
+                    page: Page,
+                ) -> Result<(u64, Vec<RtcApp>), StoreError> {
+                    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rtc_apps WHERE project_id = $1")
+                        .bind(project.as_str())
+                        .fetch_one(&self.pool)
+                        .await?;
+                    let (limit, offset) = limit_offset(page);
+                    let apps = sqlx::query_as::<_, RtcAppRow>(&format!(
+                        "SELECT {RTC_APP_COLUMNS} FROM rtc_apps WHERE project_id = $1 ORDER BY {} LIMIT $2 OFFSET $3",
+                        $rtc_order
+                    ))
+                    .bind(project.as_str())
+                    .bind(limit)
+                    .bind(offset)
+                    .fetch_all(&self.pool)
+                    .await?
+                    .into_iter()
+                    .map(|r| r.into_app(&self.master))
+                    .collect::<Result<Vec<_>, _>>()?;
+                    Ok((u64::try_from(total).unwrap_or(0), apps))
+                }
+
+                async fn delete_rtc_app(
+                    &self,
+                    project: &ProjectId,
+                    app_id: &AppId,
+                ) -> Result<bool, StoreError> {
+                    self.delete_and_cancel(
+                        "DELETE FROM rtc_apps WHERE project_id = $1 AND app_id = $2",
+                        project,
+                        app_id.as_str(),
+                    )
+                    .await
+                }
+
+                async fn set_record_callback(
+                    &self,
+                    project: &ProjectId,
+                    app_id: &AppId,
+                    callback: Option<&RecordCallback>,
+                    at: OffsetDateTime,
+                ) -> Result<Option<RtcApp>, StoreError> {
+                    let sealed = callback
+                        .and_then(|c| c.auth_key.as_ref())
+                        .map(|k| {
+                            self.master
+                                .seal(&rtc_app_key_context(app_id.as_str()), k.expose().as_bytes())
+                        })
+                        .transpose()?;
+                    let (_guard, mut tx) = self.begin_write(&self.pool).await?;
+                    let row = sqlx::query_as::<_, RtcAppRow>(&format!(
+                        "UPDATE rtc_apps SET callback_url = $1, auth_key_sealed = $2, callback_updated_at_ms = $3 \
+                         WHERE project_id = $4 AND app_id = $5 RETURNING {RTC_APP_COLUMNS}"
+                    ))
+                    .bind(callback.map(|c| c.url.as_str()))
+                    .bind(sealed)
+                    .bind(unix_ms(at))
+                    .bind(project.as_str())
+                    .bind(app_id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(row) = row else {
+                        return Ok(None);
+                    };
+                    if callback.is_none() {
+                        // Without a callback there is nowhere to send what has not gone out yet.
+                        Self::cancel_open_deliveries(&mut tx, app_id.as_str()).await?;
+                    }
+                    tx.commit().await?;
+                    row.into_app(&self.master).map(Some)
                 }
             }
         };

@@ -18,7 +18,6 @@ use sqlx::{Postgres, Transaction};
 use crate::StoreError;
 
 mod queue;
-mod rtc;
 
 /// The channel on which commits that made deliveries due are announced to every node.
 const WORK_CHANNEL: &str = "herald_work";
@@ -135,4 +134,4 @@ async fn notify_work(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreErro
     Ok(())
 }
 
-crate::records::shared_records!(PgStore);
+crate::records::shared_records!(PgStore, rtc_apps_in_creation_order_by: "seq");

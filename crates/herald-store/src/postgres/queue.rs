@@ -29,7 +29,7 @@ use herald_core::event::{EventId, LiveEvent, RtcEvent};
 use herald_core::live::MatchCandidate;
 use herald_core::project::ProjectId;
 use herald_core::rtc::AppId;
-use herald_core::timefmt::{from_unix_ms, unix_ms};
+use herald_core::timefmt::unix_ms;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
@@ -47,7 +47,7 @@ use crate::rows::{
 };
 use crate::{
     Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
-    DeliveryStatus, DeliveryView, Lease, Page, QueueStats, RetryOutcome, StoreError,
+    DeliveryStatus, DeliveryView, Lease, Page, RetryOutcome, StoreError,
 };
 
 /// SQL true when the delivery `d`'s config (Live) or app record callback (RTC) still
@@ -507,15 +507,6 @@ impl DeliveryQueue for PgStore {
         Ok(u64::try_from(ids.len()).unwrap_or(0))
     }
 
-    async fn next_due_at(&self) -> Result<Option<OffsetDateTime>, StoreError> {
-        let ms: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying')",
-        )
-        .fetch_one(&self.queue_pool)
-        .await?;
-        Ok(ms.map(from_unix_ms))
-    }
-
     async fn list_deliveries(
         &self,
         project: &ProjectId,
@@ -616,31 +607,6 @@ impl DeliveryQueue for PgStore {
         }
         tx.commit().await?;
         Ok(RetryOutcome::Requeued)
-    }
-
-    async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
-        let by_state = sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
-            .fetch_all(&self.queue_pool)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("state")?,
-                    u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
-                ))
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
-        let oldest: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying') \
-             AND next_attempt_at_ms <= $1",
-        )
-        .bind(unix_ms(now))
-        .fetch_one(&self.queue_pool)
-        .await?;
-        Ok(QueueStats {
-            by_state,
-            oldest_due_at: oldest.map(from_unix_ms),
-        })
     }
 
     async fn relay_work_signals(

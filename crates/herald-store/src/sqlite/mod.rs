@@ -15,7 +15,6 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use crate::StoreError;
 
 mod queue;
-mod rtc;
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "herald.sqlite3";
@@ -92,4 +91,4 @@ pub(crate) fn json_array<T: serde::Serialize>(items: &[T]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
 }
 
-crate::records::shared_records!(SqliteStore);
+crate::records::shared_records!(SqliteStore, rtc_apps_in_creation_order_by: "rowid");

@@ -16,7 +16,7 @@ use herald_core::event::{EventId, LiveEvent, RtcEvent};
 use herald_core::live::MatchCandidate;
 use herald_core::project::ProjectId;
 use herald_core::rtc::AppId;
-use herald_core::timefmt::{from_unix_ms, unix_ms};
+use herald_core::timefmt::unix_ms;
 use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -31,7 +31,7 @@ use crate::accept::{
 use crate::rows::{AttemptRow, CandidateRow, ClaimedRow, DeliveryRow, Target, delivery_views};
 use crate::{
     Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
-    DeliveryStatus, DeliveryView, Lease, Page, QueueStats, RetryOutcome, StoreError,
+    DeliveryStatus, DeliveryView, Lease, Page, RetryOutcome, StoreError,
 };
 
 /// SQL true when a delivery's config (Live) or app record callback (RTC) still exists;
@@ -442,15 +442,6 @@ impl DeliveryQueue for SqliteStore {
         Ok(u64::try_from(rescued.len()).unwrap_or(0))
     }
 
-    async fn next_due_at(&self) -> Result<Option<OffsetDateTime>, StoreError> {
-        let ms: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying')",
-        )
-        .fetch_one(&self.queue_pool)
-        .await?;
-        Ok(ms.map(from_unix_ms))
-    }
-
     async fn list_deliveries(
         &self,
         project: &ProjectId,
@@ -541,30 +532,6 @@ impl DeliveryQueue for SqliteStore {
             .await?;
         tx.commit().await?;
         Ok(RetryOutcome::Requeued)
-    }
-
-    async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
-        let by_state = sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
-            .fetch_all(&self.queue_pool)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("state")?,
-                    u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
-                ))
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
-        let oldest: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying') AND next_attempt_at_ms <= ?",
-        )
-        .bind(unix_ms(now))
-        .fetch_one(&self.queue_pool)
-        .await?;
-        Ok(QueueStats {
-            by_state,
-            oldest_due_at: oldest.map(from_unix_ms),
-        })
     }
 
     async fn relay_work_signals(
