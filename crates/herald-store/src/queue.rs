@@ -34,6 +34,26 @@ pub struct ClaimLimits<'a> {
     pub in_flight: &'a HashMap<String, u32>,
 }
 
+impl ClaimLimits<'_> {
+    /// The room each endpoint with deliveries in flight has left, as a JSON object of
+    /// endpoint to count (a claim's query parameter; endpoints not in it have the full
+    /// `per_endpoint`).
+    pub(crate) fn room_json(&self) -> String {
+        let room: HashMap<&str, u32> = self
+            .in_flight
+            .iter()
+            .map(|(endpoint, n)| (endpoint.as_str(), self.per_endpoint.saturating_sub(*n)))
+            .collect();
+        // Serialising strings and numbers cannot fail.
+        serde_json::to_string(&room).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// `total` as an SQL integer.
+    pub(crate) fn total_sql(&self) -> i64 {
+        i64::try_from(self.total).unwrap_or(i64::MAX)
+    }
+}
+
 /// A delivery handed to a worker: everything needed to render, sign and send it.
 #[derive(Debug, Clone)]
 pub struct ClaimedDelivery {

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use herald_store::{
     Accepted, AccessKey, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
     Credentials, DeliveryFilter, DeliveryStatus, DeliveryView, Lease, LiveConfigFilter,
-    LiveConfigs, Notification, Page, QueueStats, RetryOutcome, Store, StoreError,
+    Notification, Page, QueueStats, RetryOutcome, Store, StoreError,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -1675,11 +1675,9 @@ async fn sqlite_conforms() {
     run_suite(&store).await;
 }
 
-#[tokio::test]
-async fn sqlite_keeps_no_secret_in_plaintext() {
-    let dir = tempfile::tempdir().unwrap();
-    let (master, _) = MasterKey::generate();
-    let store = SqliteStore::open(dir.path(), master).await.unwrap();
+/// Stores a secret key and a signing key, and returns them: what must not be found in
+/// plaintext afterwards.
+async fn store_two_secrets(store: &dyn Store) -> [&'static str; 2] {
     let secret = "PLAINTEXTSECRETKEYPLAINTEXTSECRETKEY0000";
     store
         .insert_access_key(&AccessKey {
@@ -1696,6 +1694,15 @@ async fn sqlite_keeps_no_secret_in_plaintext() {
         .insert_live_config(&config("p1", "cfg", &body, OffsetDateTime::now_utc()))
         .await
         .unwrap();
+    [secret, sign_key]
+}
+
+#[tokio::test]
+async fn sqlite_keeps_no_secret_in_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let (master, _) = MasterKey::generate();
+    let store = SqliteStore::open(dir.path(), master).await.unwrap();
+    let secrets = store_two_secrets(&store).await;
     drop(store);
     let mut bytes = Vec::new();
     for entry in std::fs::read_dir(dir.path()).unwrap() {
@@ -1710,7 +1717,7 @@ async fn sqlite_keeps_no_secret_in_plaintext() {
         }
     }
     assert!(!bytes.is_empty());
-    for needle in [secret, sign_key] {
+    for needle in secrets {
         assert!(
             !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
             "{needle} found on disk"
@@ -1766,22 +1773,7 @@ async fn postgres_keeps_no_secret_in_plaintext() {
     let Some((store, schema)) = postgres(master).await else {
         return;
     };
-    let secret = "PLAINTEXTSECRETKEYPLAINTEXTSECRETKEY0000";
-    store
-        .insert_access_key(&AccessKey {
-            access_key: "AKPLAINTEXTCHECK0001".into(),
-            project_id: project("p1"),
-            secret_key: SecretString::from(secret),
-            created_at: OffsetDateTime::now_utc(),
-        })
-        .await
-        .unwrap();
-    let sign_key = "SIGNKEYSIGNKEYSIGNKEYSIGNKEY0000";
-    let body = format!(r#"{{"publish_domain": "d.example.com", "app": "a", "key": "{sign_key}"}}"#);
-    store
-        .insert_live_config(&config("p1", "cfg", &body, OffsetDateTime::now_utc()))
-        .await
-        .unwrap();
+    let secrets = store_two_secrets(&store).await;
     // Every row of every table in the schema, as text (bytea as hex, and as escaped bytes).
     let pool = sqlx::PgPool::connect(&schema.url).await.unwrap();
     let tables: Vec<String> = sqlx::query_scalar(
@@ -1802,7 +1794,7 @@ async fn postgres_keeps_no_secret_in_plaintext() {
         dump.extend(rows);
     }
     let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
-    for needle in [secret, sign_key] {
+    for needle in secrets {
         assert!(!dump.contains(needle), "{needle} stored in plaintext");
         assert!(
             !dump.contains(&hex(needle)),

@@ -125,21 +125,9 @@ async fn nothing_accepted_is_lost_to_kill_9() {
 
     eprintln!("phase: restarted and ingested at {:?}", killed_at.elapsed());
     let expected = accepted.lock().unwrap().clone();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let delivered = loop {
-        let got = receiver.received();
-        let ids: HashSet<String> = got.iter().map(|r| r.header("herald-event-id")).collect();
-        if expected.is_subset(&ids) {
-            break got;
-        }
-        let missing = expected.difference(&ids).count();
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} accepted events never arrived",
-            expected.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let delivered = receiver
+        .wait_for_ids(&expected, Duration::from_secs(60))
+        .await;
 
     eprintln!("phase: all delivered at {:?}", killed_at.elapsed());
     let mut arrivals: HashMap<String, Vec<Instant>> = HashMap::new();

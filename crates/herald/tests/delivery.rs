@@ -660,15 +660,7 @@ async fn metrics_are_exposed_with_bounded_labels() {
     )
     .await;
     receiver.wait_for(1, WAIT).await;
-    let text = server
-        .http
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(&server.http, &server.base).await;
     for name in [
         "herald_events_accepted_total",
         "herald_delivery_attempts_total",

@@ -140,29 +140,6 @@ async fn ingest(
     accepted
 }
 
-/// Waits until every id in `expected` has arrived; returns all arrivals.
-async fn wait_for_all(
-    receiver: &Receiver,
-    expected: &HashSet<String>,
-    limit: Duration,
-) -> Vec<Received> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let got = receiver.received();
-        let ids: HashSet<String> = got.iter().map(|r| r.header("herald-event-id")).collect();
-        if expected.is_subset(&ids) {
-            return got;
-        }
-        let missing = expected.difference(&ids).count();
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} accepted events never arrived",
-            expected.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Per stream, each node's events arrived in the order that node accepted them. (A
 /// stream's next callback goes out only once the one before it is answered, so arrival
 /// order at the receiver is the sending order.)
@@ -181,15 +158,9 @@ fn assert_stream_order(arrivals: &[Received]) {
 
 /// How many callbacks a node has finished, from its `/metrics`.
 async fn completed_by(http: &reqwest::Client, base: &str) -> f64 {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
+    common::metrics_text(http, base)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter(|l| l.starts_with("herald_deliveries_completed_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -229,7 +200,9 @@ async fn two_nodes_deliver_every_event_once_and_in_stream_order() {
     expected.extend(through_b.await.unwrap());
     assert_eq!(expected.len(), 5000);
 
-    let arrivals = wait_for_all(&receiver, &expected, Duration::from_secs(120)).await;
+    let arrivals = receiver
+        .wait_for_ids(&expected, Duration::from_secs(120))
+        .await;
     let unique: HashSet<String> = arrivals
         .iter()
         .map(|r| r.header("herald-event-id"))
@@ -301,7 +274,9 @@ async fn a_node_killed_mid_load_loses_nothing() {
     let after: HashSet<String> = ingest(http.clone(), base_b, token, "c", 500, never).await;
     expected.extend(after);
 
-    let arrivals = wait_for_all(&receiver, &expected, Duration::from_secs(90)).await;
+    let arrivals = receiver
+        .wait_for_ids(&expected, Duration::from_secs(90))
+        .await;
     let mut first_arrival: HashMap<String, Instant> = HashMap::new();
     let mut duplicates = 0;
     for r in &arrivals {

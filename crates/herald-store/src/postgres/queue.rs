@@ -354,14 +354,7 @@ impl DeliveryQueue for PgStore {
         limits: ClaimLimits<'_>,
         lease: &Lease,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        // Room left per endpoint that has deliveries in flight; others have the full cap.
-        let room: HashMap<&str, u32> = limits
-            .in_flight
-            .iter()
-            .map(|(endpoint, n)| (endpoint.as_str(), limits.per_endpoint.saturating_sub(*n)))
-            .collect();
-        let room = serde_json::to_string(&room).unwrap_or_else(|_| "{}".into());
-        let total = i64::try_from(limits.total).unwrap_or(i64::MAX);
+        let (room, total) = (limits.room_json(), limits.total_sql());
         // One statement, so no transaction is held open. The scan skips full endpoints
         // before its LIMIT; the window function keeps each endpoint within its room. Only
         // the rows picked are locked, skipping those another node is leasing at this very

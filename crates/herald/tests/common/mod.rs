@@ -326,6 +326,13 @@ pub async fn terminate(child: &mut tokio::process::Child) -> std::process::ExitS
         .unwrap()
 }
 
+/// The Prometheus text of a server's `/metrics`.
+pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    let response = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
 /// Status and JSON body (Null when the body is empty).
 pub async fn json(response: Response) -> (u16, Value) {
     let status = response.status().as_u16();

@@ -102,6 +102,32 @@ impl Receiver {
         self.received.lock().unwrap().clone()
     }
 
+    /// Waits until a callback of every event id in `expected` has arrived (by
+    /// `Herald-Event-Id`); returns all arrivals. Panics after `limit`, saying how many are
+    /// missing.
+    pub async fn wait_for_ids(
+        &self,
+        expected: &std::collections::HashSet<String>,
+        limit: Duration,
+    ) -> Vec<Received> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let got = self.received();
+            let ids: std::collections::HashSet<String> =
+                got.iter().map(|r| r.header("herald-event-id")).collect();
+            if expected.is_subset(&ids) {
+                return got;
+            }
+            let missing = expected.difference(&ids).count();
+            assert!(
+                Instant::now() < deadline,
+                "{missing} of {} accepted events never arrived",
+                expected.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until `n` requests have arrived; panics after `limit`.
     pub async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + limit;
