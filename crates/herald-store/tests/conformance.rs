@@ -2021,3 +2021,70 @@ async fn postgres_connects_over_tls() {
     .unwrap();
     assert!(encrypted > 0, "no connection of the store is encrypted");
 }
+
+/// A failed attempt recorded on one node while another deletes the config: however the two
+/// interleave, the delivery ends cancelled, never waiting to be retried to a config that
+/// is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_retry_racing_a_config_deletion_is_cancelled() {
+    use std::sync::Arc;
+    let (master, hex) = MasterKey::generate();
+    let Some((first, schema)) = postgres(master).await else {
+        return;
+    };
+    let second = PgStore::open(
+        &schema.settings(4),
+        MasterKey::from_hex(hex.expose_secret()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let (worker, admin): (Arc<dyn Store>, Arc<dyn Store>) = (Arc::new(first), Arc::new(second));
+    for round in 0..40 {
+        let now = OffsetDateTime::now_utc();
+        let id = format!("cfg{round}");
+        admin
+            .insert_live_config(&live_config(
+                "p1",
+                &id,
+                json!({"publish_domain": format!("d{round}.example.com"), "app": "*",
+                       "notify_callback_url": "https://hooks.example.com/cb"}),
+                now,
+            ))
+            .await
+            .unwrap();
+        let ev = event(
+            &format!("e{round}"),
+            "RECORD_FILE_COMPLETE",
+            &format!("d{round}.example.com"),
+            "live",
+            "s",
+        );
+        worker
+            .ingest_live(&project("p1"), &[ev], now)
+            .await
+            .unwrap();
+        let claimed = worker
+            .claim_due_deliveries(
+                now,
+                limits(10, ROOMY, &HashMap::new()),
+                &lease(WORKER, now + secs(60)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        let retry = outcome(
+            &claimed[0],
+            answer(now, 500),
+            AfterAttempt::RetryAt(now + secs(1)),
+        );
+        let (w, a, cfg) = (worker.clone(), admin.clone(), id.clone());
+        let completing =
+            tokio::spawn(async move { w.complete_deliveries(&[retry]).await.unwrap() });
+        let deleting =
+            tokio::spawn(async move { a.delete_live_config(&project("p1"), &cfg).await.unwrap() });
+        assert_eq!(completing.await.unwrap(), 1);
+        assert!(deleting.await.unwrap());
+        let d = delivery_of(admin.as_ref(), "p1", &format!("e{round}")).await;
+        assert_eq!(d.status, DeliveryStatus::Cancelled, "round {round}");
+    }
+}

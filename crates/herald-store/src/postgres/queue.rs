@@ -12,8 +12,10 @@
 //!   needs the writers that decide "is this stream busy?" (ingest, manual retry) and those
 //!   that end a stream's head and unblock the next (completion, rescue, cancellation) to
 //!   see each other's commits: each takes a transaction-scoped advisory lock per stream
-//!   ([`lock_streams`]) and reads after it has the lock. Locks are taken in key order, so
-//!   two writers cannot deadlock on them.
+//!   ([`lock_streams`]) and reads after it has the lock.
+//! - **No deadlocks.** Every writer takes its locks in one order: the config or app row
+//!   (ingest shares it, a deletion takes it), then the streams' advisory locks in key
+//!   order, then delivery rows. Claims lock only delivery rows, and skip locked ones.
 //! - **Targets.** Ingest holds `FOR KEY SHARE` (Live) or `FOR SHARE` (RTC) on the configs
 //!   it matched until it commits, so deleting a config (or an app's callback) waits for
 //!   it and then cancels its deliveries too.
@@ -108,6 +110,23 @@ async fn unblock_next_of_streams(
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// The `(config_id, stream)` of the deliveries `ids`, read without locking: a delivery's
+/// config and stream never change, so writers can lock its stream before its row.
+async fn streams_of(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[i64],
+) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(
+        sqlx::query("SELECT DISTINCT config_id, stream FROM deliveries WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("config_id")?, r.try_get("stream")?)))
+            .collect::<Result<_, sqlx::Error>>()?,
+    )
 }
 
 /// `(config_id, stream)` of the rows whose new state finished them (not `retrying`).
@@ -403,7 +422,17 @@ impl DeliveryQueue for PgStore {
             return Ok(0);
         }
         let next: Vec<(&str, i64)> = completions.iter().map(next_state).collect();
+        let ids: Vec<i64> = completions.iter().map(|c| c.delivery_id).collect();
         let mut tx = self.begin_queue().await?;
+        // Streams first, then rows, as every writer takes them: a config's deletion, which
+        // cancels under the same locks, then either sees this batch's retries or is seen
+        // by its target check below.
+        let streams = streams_of(&mut tx, &ids).await?;
+        lock_streams(
+            &mut tx,
+            streams.iter().map(|(c, s)| (c.as_str(), s.as_str())),
+        )
+        .await?;
         // Applied only where the lease still holds; a retry of a deleted config's delivery
         // is cancelled instead. (`d.id = ANY($1)` makes PostgreSQL look the batch up by
         // primary key rather than match it against every running delivery.)
@@ -415,7 +444,7 @@ impl DeliveryQueue for PgStore {
                  AND d.attempts = b.attempt \
              RETURNING d.id, d.config_id, d.stream, d.state"
         ))
-        .bind(completions.iter().map(|c| c.delivery_id).collect::<Vec<_>>())
+        .bind(&ids)
         .bind(completions.iter().map(|c| i64::from(c.attempt)).collect::<Vec<_>>())
         .bind(completions.iter().map(|c| c.lease_owner.as_str()).collect::<Vec<_>>())
         .bind(next.iter().map(|(state, _)| *state).collect::<Vec<_>>())
@@ -458,17 +487,33 @@ impl DeliveryQueue for PgStore {
         now: OffsetDateTime,
     ) -> Result<u64, StoreError> {
         let now_ms = unix_ms(now);
+        let expired: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM deliveries WHERE state = 'running' AND lease_expires_at_ms < $1",
+        )
+        .bind(unix_ms(expired_before))
+        .fetch_all(&self.queue_pool)
+        .await?;
+        if expired.is_empty() {
+            return Ok(0);
+        }
         let mut tx = self.begin_queue().await?;
-        // SKIP LOCKED: rows a completion or another node's rescuer is writing are theirs.
+        // Streams first, then rows, as every writer takes them. The update checks the
+        // lease again: its owner may have finished, or another node rescued it, meanwhile.
+        let streams = streams_of(&mut tx, &expired).await?;
+        lock_streams(
+            &mut tx,
+            streams.iter().map(|(c, s)| (c.as_str(), s.as_str())),
+        )
+        .await?;
         let rescued = sqlx::query(&format!(
             "UPDATE deliveries d SET next_attempt_at_ms = $1, lease_owner = NULL, lease_expires_at_ms = NULL, \
                  state = CASE WHEN {TARGET_EXISTS} THEN 'retrying' ELSE 'cancelled' END \
-             WHERE d.id IN (SELECT id FROM deliveries WHERE state = 'running' AND lease_expires_at_ms < $2 \
-                 FOR UPDATE SKIP LOCKED) \
+             WHERE d.id = ANY($3) AND d.state = 'running' AND d.lease_expires_at_ms < $2 \
              RETURNING d.id, d.attempts, d.config_id, d.stream, d.state"
         ))
         .bind(now_ms)
         .bind(unix_ms(expired_before))
+        .bind(&expired)
         .fetch_all(&mut *tx)
         .await?;
         if rescued.is_empty() {
