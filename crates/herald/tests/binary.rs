@@ -121,3 +121,43 @@ async fn sigterm_lets_a_callback_in_flight_finish_and_keeps_the_rest_queued() {
     );
     assert_eq!(receiver.received().len(), 1);
 }
+
+/// `HERALD_DATABASE_URL` may carry a password: when the database cannot be reached, both
+/// `herald serve` and the CLI say where they tried to go, and never the password. (A port
+/// nobody listens on: no PostgreSQL is needed.)
+#[tokio::test]
+async fn a_database_url_password_is_never_printed() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let url = "postgres://herald:Sup3rS3cretPw@127.0.0.1:1/herald";
+    for args in [
+        &["serve", "--listen", "127.0.0.1:0"][..],
+        &["credentials", "list"][..],
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .env("HERALD_DATABASE_URL", url)
+            .env("RUST_LOG", "trace")
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "herald {args:?} ran without its database"
+        );
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            printed.contains("PostgreSQL at 127.0.0.1:1/herald"),
+            "herald {args:?} did not say where it failed: {printed}"
+        );
+        assert!(
+            !printed.contains("Sup3rS3cretPw"),
+            "herald {args:?} printed the password: {printed}"
+        );
+    }
+}
