@@ -1758,6 +1758,22 @@ async fn postgres(master: MasterKey) -> Option<(PgStore, TestSchema)> {
     Some((store, schema))
 }
 
+/// Two stores on one fresh schema with one master key, as two nodes would be.
+async fn two_postgres_nodes() -> Option<([std::sync::Arc<dyn Store>; 2], TestSchema)> {
+    let (master, hex) = MasterKey::generate();
+    let (first, schema) = postgres(master).await?;
+    let second = PgStore::open(
+        &schema.settings(4),
+        MasterKey::from_hex(hex.expose_secret()).unwrap(),
+    )
+    .await
+    .unwrap();
+    Some((
+        [std::sync::Arc::new(first), std::sync::Arc::new(second)],
+        schema,
+    ))
+}
+
 #[tokio::test]
 async fn postgres_conforms() {
     let (master, _) = MasterKey::generate();
@@ -1832,17 +1848,9 @@ async fn postgres_nodes_share_the_queue_and_keep_each_stream_in_order() {
     const STREAMS: usize = 24;
     const BATCHES: usize = 150;
     const PER_BATCH: usize = 6;
-    let (master, hex) = MasterKey::generate();
-    let Some((first, schema)) = postgres(master).await else {
+    let Some((nodes, _schema)) = two_postgres_nodes().await else {
         return;
     };
-    let second = PgStore::open(
-        &schema.settings(4),
-        MasterKey::from_hex(hex.expose_secret()).unwrap(),
-    )
-    .await
-    .unwrap();
-    let nodes: [Arc<dyn Store>; 2] = [Arc::new(first), Arc::new(second)];
     let now = OffsetDateTime::now_utc();
     nodes[0]
         .insert_live_config(&live_config(
@@ -2027,18 +2035,9 @@ async fn postgres_connects_over_tls() {
 /// is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_a_retry_racing_a_config_deletion_is_cancelled() {
-    use std::sync::Arc;
-    let (master, hex) = MasterKey::generate();
-    let Some((first, schema)) = postgres(master).await else {
+    let Some(([worker, admin], _schema)) = two_postgres_nodes().await else {
         return;
     };
-    let second = PgStore::open(
-        &schema.settings(4),
-        MasterKey::from_hex(hex.expose_secret()).unwrap(),
-    )
-    .await
-    .unwrap();
-    let (worker, admin): (Arc<dyn Store>, Arc<dyn Store>) = (Arc::new(first), Arc::new(second));
     for round in 0..40 {
         let now = OffsetDateTime::now_utc();
         let id = format!("cfg{round}");
