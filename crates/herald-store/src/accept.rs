@@ -15,6 +15,12 @@ use crate::{Accepted, AfterAttempt, Completion, StoreError};
 /// The states in which a delivery still has to go out, as an SQL list.
 pub(crate) const OPEN_STATES: &str = "('blocked', 'pending', 'running', 'retrying')";
 
+/// SQL true when the delivery `d`'s config (Live) or app record callback (RTC) still
+/// exists; a delivery whose target is gone is cancelled rather than retried. Statements
+/// using it name the delivery row `d`.
+pub(crate) const TARGET_EXISTS: &str = "(EXISTS (SELECT 1 FROM live_callback_configs c WHERE c.id = d.config_id) \
+     OR EXISTS (SELECT 1 FROM rtc_apps a WHERE a.app_id = d.config_id AND a.callback_url IS NOT NULL))";
+
 /// The flavour of an event, as `events.flavour` stores it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Flavour {

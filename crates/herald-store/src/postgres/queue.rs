@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{PgStore, WORK_CHANNEL, notify_work};
 use crate::accept::{
-    Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, answers_in_order, batch_time_ms,
+    Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, TARGET_EXISTS, answers_in_order, batch_time_ms,
     live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, stream_pairs,
 };
 use crate::records::limit_offset;
@@ -51,11 +51,6 @@ use crate::{
     Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
     DeliveryStatus, DeliveryView, Lease, Page, RetryOutcome, StoreError,
 };
-
-/// SQL true when the delivery `d`'s config (Live) or app record callback (RTC) still
-/// exists; a delivery whose target is gone is cancelled rather than retried.
-const TARGET_EXISTS: &str = "(EXISTS (SELECT 1 FROM live_callback_configs c WHERE c.id = d.config_id) \
-     OR EXISTS (SELECT 1 FROM rtc_apps a WHERE a.app_id = d.config_id AND a.callback_url IS NOT NULL))";
 
 /// Takes the advisory lock of each `(config_id, stream)` until the transaction ends, in
 /// key order. (PostgreSQL evaluates a volatile function in the select list after the

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::SqliteStore;
 use super::json_array;
 use crate::accept::{
-    Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, answers_in_order, batch_time_ms,
+    Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, TARGET_EXISTS, answers_in_order, batch_time_ms,
     live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, stream_pairs,
 };
 use crate::rows::{AttemptRow, CandidateRow, ClaimedRow, DeliveryRow, Target, delivery_views};
@@ -33,11 +33,6 @@ use crate::{
     Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
     DeliveryStatus, DeliveryView, Lease, Page, RetryOutcome, StoreError,
 };
-
-/// SQL true when a delivery's config (Live) or app record callback (RTC) still exists;
-/// a delivery whose target is gone is cancelled rather than retried.
-pub(crate) const TARGET_EXISTS: &str = "(EXISTS (SELECT 1 FROM live_callback_configs c WHERE c.id = deliveries.config_id) \
-     OR EXISTS (SELECT 1 FROM rtc_apps a WHERE a.app_id = deliveries.config_id AND a.callback_url IS NOT NULL))";
 
 async fn candidates(
     tx: &mut Transaction<'_, Sqlite>,
@@ -349,12 +344,11 @@ impl DeliveryQueue for SqliteStore {
         let moved = sqlx::query(&format!(
             "WITH b AS MATERIALIZED (SELECT v ->> 'id' AS id, v ->> 'attempt' AS attempt, v ->> 'owner' AS owner, \
                  v ->> 'state' AS state, v ->> 'next' AS next FROM (SELECT jsonb(value) AS v FROM json_each(?))) \
-             UPDATE deliveries SET lease_owner = NULL, lease_expires_at_ms = NULL, next_attempt_at_ms = b.next, \
+             UPDATE deliveries AS d SET lease_owner = NULL, lease_expires_at_ms = NULL, next_attempt_at_ms = b.next, \
                  state = CASE WHEN b.state = 'retrying' AND NOT {TARGET_EXISTS} THEN 'cancelled' ELSE b.state END \
              FROM b \
-             WHERE deliveries.id = b.id AND deliveries.state = 'running' \
-                 AND deliveries.lease_owner = b.owner AND deliveries.attempts = b.attempt \
-             RETURNING deliveries.id, deliveries.config_id, deliveries.stream, deliveries.state"
+             WHERE d.id = b.id AND d.state = 'running' AND d.lease_owner = b.owner AND d.attempts = b.attempt \
+             RETURNING id, config_id, stream, state"
         ))
         .bind(&batch)
         .fetch_all(&mut *tx)
@@ -399,7 +393,7 @@ impl DeliveryQueue for SqliteStore {
         let now_ms = unix_ms(now);
         let (_gate, mut tx) = self.begin_write(&self.queue_pool).await?;
         let rescued = sqlx::query(&format!(
-            "UPDATE deliveries SET next_attempt_at_ms = ?1, lease_owner = NULL, lease_expires_at_ms = NULL, \
+            "UPDATE deliveries AS d SET next_attempt_at_ms = ?1, lease_owner = NULL, lease_expires_at_ms = NULL, \
              state = CASE WHEN {TARGET_EXISTS} THEN 'retrying' ELSE 'cancelled' END \
              WHERE state = 'running' AND lease_expires_at_ms < ?2 RETURNING id, attempts, config_id, stream, state"
         ))
@@ -501,7 +495,7 @@ impl DeliveryQueue for SqliteStore {
         let config_id: String = row.try_get("config_id")?;
         let stream: String = row.try_get("stream")?;
         let config_exists: bool = sqlx::query_scalar(&format!(
-            "SELECT {TARGET_EXISTS} FROM deliveries WHERE id = ?"
+            "SELECT {TARGET_EXISTS} FROM deliveries d WHERE d.id = ?"
         ))
         .bind(id)
         .fetch_one(&mut *tx)
