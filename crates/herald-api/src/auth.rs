@@ -118,11 +118,16 @@ async fn identify(
         let digest = token_digest(&String::from_utf8_lossy(token.as_bytes()));
         let project = match state.credentials.tokens.get(&digest) {
             Some(project) => Some(project.clone()),
-            None => state.store.find_token_project(&digest).await?,
+            None => {
+                state
+                    .store
+                    .find_token_project(&digest, OffsetDateTime::now_utc())
+                    .await?
+            }
         };
         return project
             .map(|project| Caller { project })
-            .ok_or_else(|| ApiError::Unauthenticated("unknown token".into()));
+            .ok_or_else(|| ApiError::Unauthenticated("unknown, revoked or expired token".into()));
     }
     let Some(authorization) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::Unauthenticated(

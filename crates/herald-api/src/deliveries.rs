@@ -92,7 +92,7 @@ pub async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Json<DeliveryList>, ApiError> {
     let project_id = caller.authorize(&project_id)?;
-    let query = QueryPairs::parse(query.as_deref());
+    let query = QueryPairs::parse(query.as_deref())?;
     let page = parse_page(&query, 10)?;
     let status = query
         .non_empty("status")

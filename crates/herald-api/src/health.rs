@@ -19,12 +19,20 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// The store answers; 503 when it does not.
+/// The store answers and the delivery worker runs; 503 when either does not.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Health)),
 )]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    if state.worker_stopped.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "delivery worker stopped",
+            }),
+        );
+    }
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, Json(Health { status: "ready" })),
         Err(e) => {

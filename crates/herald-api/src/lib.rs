@@ -56,6 +56,9 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Cancelled when the delivery worker stops: `/readyz` then answers 503, since
+    /// events would be accepted and never delivered.
+    pub worker_stopped: CancellationToken,
 }
 
 #[derive(OpenApi)]

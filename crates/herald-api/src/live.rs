@@ -153,7 +153,7 @@ pub async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Json<LiveConfigList>, ApiError> {
     let project_id = caller.authorize(&project_id)?;
-    let query = QueryPairs::parse(query.as_deref());
+    let query = QueryPairs::parse(query.as_deref())?;
     let page = parse_page(&query, 10)?;
     let filter = LiveConfigFilter {
         publish_domain: query
@@ -191,7 +191,7 @@ pub async fn show(
     let project_id = caller.authorize(&project_id)?;
     let config = state
         .store
-        .get_live_config(&project_id, &id)
+        .get_live_config(&project_id, known_id(&id)?)
         .await?
         .ok_or(ApiError::NotFound(CONFIG))?;
     Ok(Json(LiveConfigView::from(&config)))
@@ -221,7 +221,7 @@ pub async fn update(
     let request = LiveConfigRequest::parse(&body, state.allow_private_targets)?;
     let current = state
         .store
-        .get_live_config(&project_id, &id)
+        .get_live_config(&project_id, known_id(&id)?)
         .await?
         .ok_or(ApiError::NotFound(CONFIG))?;
     let config = LiveCallbackConfig {
@@ -254,9 +254,23 @@ pub async fn delete(
     Path((project_id, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let project_id = caller.authorize(&project_id)?;
-    if state.store.delete_live_config(&project_id, &id).await? {
+    if state
+        .store
+        .delete_live_config(&project_id, known_id(&id)?)
+        .await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(CONFIG))
     }
+}
+
+/// A config id from a path. One that no config can have (a NUL, which PostgreSQL cannot
+/// even compare, or an absurd length) is a 404 before it reaches the store, the same on
+/// every store.
+fn known_id(id: &str) -> Result<&str, ApiError> {
+    if id.contains('\0') || id.len() > 128 {
+        return Err(ApiError::NotFound(CONFIG));
+    }
+    Ok(id)
 }

@@ -1,17 +1,23 @@
 //! Query strings read by hand, so that a bad parameter is named in the 400.
 
-use herald_core::field::FieldError;
+use herald_core::field::{FieldError, MAX_TEXT_BYTES, check_text};
 use herald_store::Page;
 
 /// The decoded `k=v` pairs of a query string; the first value of a repeated key wins.
 pub struct QueryPairs(Vec<(String, String)>);
 
 impl QueryPairs {
-    pub fn parse(raw: Option<&str>) -> Self {
-        let pairs = url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        Self(pairs)
+    /// Decodes a query string; a value that breaks the text rule of every client string
+    /// ([`check_text`]: no NUL, bounded) is refused, naming its parameter.
+    pub fn parse(raw: Option<&str>) -> Result<Self, FieldError> {
+        let pairs: Vec<(String, String)> =
+            url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+        for (name, value) in &pairs {
+            check_text(name, value, MAX_TEXT_BYTES)?;
+        }
+        Ok(Self(pairs))
     }
 
     /// A parameter's value; an empty value counts as absent.
@@ -65,7 +71,7 @@ mod tests {
     use super::*;
 
     fn page(raw: &str) -> Result<Page, FieldError> {
-        parse_page(&QueryPairs::parse(Some(raw)), 10)
+        parse_page(&QueryPairs::parse(Some(raw))?, 10)
     }
 
     #[test]

@@ -178,7 +178,7 @@ pub async fn list_apps(
     Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<AppList>, RtcError> {
-    let query = QueryPairs::parse(query.as_deref());
+    let query = QueryPairs::parse(query.as_deref())?;
     let page = parse_page(&query, 100).map_err(ApiError::from)?;
     // The SDK's state filter: every Herald app is active, so another state lists none.
     match query.non_empty("state") {

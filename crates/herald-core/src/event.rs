@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::field::FieldError;
+use crate::field::{FieldError, MAX_TEXT_BYTES, check_text};
 use crate::live::LiveEventType;
 use crate::rtc::RtcEventType;
 
@@ -40,6 +40,18 @@ const LIVE_FIELDS: &[(&str, Kind)] = &[
     ("obs_object", Kind::Text),
     ("error_message", Kind::Text),
 ];
+
+/// The most bytes a text field of an event may hold (SPEC §4): the names that become
+/// callback routing keys are short, URLs are long, anything else is bounded too, so the
+/// same event is a 400 on every store rather than a 500 on one.
+fn max_text_bytes(name: &str) -> usize {
+    match name {
+        "publish_domain" => 255,
+        "app" | "stream" | "stream_name" | "room_id" => 256,
+        "download_url" | "play_url" => 2048,
+        _ => MAX_TEXT_BYTES,
+    }
+}
 
 /// The idempotency key of an event: 1–128 printable ASCII characters (it travels in the
 /// `Herald-Event-Id` header), unique per project.
@@ -124,7 +136,8 @@ impl ReadEvent {
         for (name, kind) in table {
             match (obj.get(*name), kind) {
                 (None | Some(Value::Null), _) => {}
-                (Some(v @ Value::String(_)), Kind::Text) => {
+                (Some(v @ Value::String(text)), Kind::Text) => {
+                    check_text(&named(name), text, max_text_bytes(name))?;
                     fields.insert((*name).to_owned(), v.clone());
                 }
                 (Some(v @ Value::Number(n)), Kind::Count) if n.is_u64() => {

@@ -26,6 +26,25 @@ impl FieldError {
     }
 }
 
+/// The rule every string from a client obeys, on every store: no U+0000 (PostgreSQL cannot
+/// store it in text, SQLite can; refusing it everywhere keeps the stores' answers equal),
+/// and at most `max_bytes` bytes.
+pub fn check_text(field: &str, value: &str, max_bytes: usize) -> Result<(), FieldError> {
+    if value.contains('\0') {
+        return Err(FieldError::new(field, "must not contain U+0000 (NUL)"));
+    }
+    if value.len() > max_bytes {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {max_bytes} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// The longest string field a client may send where no narrower rule applies.
+pub const MAX_TEXT_BYTES: usize = 4096;
+
 /// A JSON object received from a client.
 pub struct JsonObject(Map<String, Value>);
 
@@ -39,11 +58,15 @@ impl JsonObject {
         }
     }
 
-    /// A string field that may be absent; `null` counts as absent.
+    /// A string field that may be absent; `null` counts as absent. It obeys [`check_text`]
+    /// with [`MAX_TEXT_BYTES`]; narrower rules are the caller's.
     pub fn optional_str(&self, field: &str) -> Result<Option<&str>, FieldError> {
         match self.0.get(field) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
+            Some(Value::String(s)) => {
+                check_text(field, s, MAX_TEXT_BYTES)?;
+                Ok(Some(s))
+            }
             Some(_) => Err(FieldError::new(field, "must be a string")),
         }
     }
@@ -64,8 +87,11 @@ impl JsonObject {
             Some(Value::Array(items)) => items
                 .iter()
                 .map(|item| {
-                    item.as_str()
-                        .ok_or_else(|| FieldError::new(field, "must be an array of strings"))
+                    let s = item
+                        .as_str()
+                        .ok_or_else(|| FieldError::new(field, "must be an array of strings"))?;
+                    check_text(field, s, MAX_TEXT_BYTES)?;
+                    Ok(s)
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),
@@ -97,6 +123,22 @@ mod tests {
         assert_eq!(
             obj.optional_str_array("c").unwrap_err().to_string(),
             "c: must be an array of strings"
+        );
+    }
+
+    #[test]
+    fn refuses_nul_and_overlong_strings() {
+        let long = "x".repeat(MAX_TEXT_BYTES + 1);
+        let body = format!(r#"{{"a": "x\u0000y", "b": ["ok", "\u0000"], "c": "{long}"}}"#);
+        let obj = JsonObject::parse(body.as_bytes()).unwrap();
+        assert_eq!(
+            obj.optional_str("a").unwrap_err().to_string(),
+            "a: must not contain U+0000 (NUL)"
+        );
+        assert_eq!(obj.optional_str_array("b").unwrap_err().field, "b");
+        assert_eq!(
+            obj.optional_str("c").unwrap_err().to_string(),
+            "c: must be at most 4096 bytes"
         );
     }
 

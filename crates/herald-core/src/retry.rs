@@ -27,7 +27,12 @@ impl Default for RetrySchedule {
     }
 }
 
-/// `500ms`, `5s`, `2m`, `1h`, `1d`: a whole number and a unit.
+/// The longest duration any setting may hold: ten years. Every time Herald computes from a
+/// setting (now + a delay, now − the retention) stays far inside what a date can hold.
+pub const MAX_SETTING_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// `500ms`, `5s`, `2m`, `1h`, `1d`: a whole number and a unit, at most
+/// [`MAX_SETTING_DURATION`].
 pub fn parse_duration(field: &str, raw: &str) -> Result<Duration, FieldError> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
@@ -47,9 +52,17 @@ pub fn parse_duration(field: &str, raw: &str) -> Result<Duration, FieldError> {
         "d" => 86_400_000,
         _ => return Err(bad()),
     };
-    n.checked_mul(unit_ms)
+    let duration = n
+        .checked_mul(unit_ms)
         .map(Duration::from_millis)
-        .ok_or_else(bad)
+        .ok_or_else(bad)?;
+    if duration > MAX_SETTING_DURATION {
+        return Err(FieldError::new(
+            field,
+            format!("{raw:?} is longer than 10 years"),
+        ));
+    }
+    Ok(duration)
 }
 
 impl RetrySchedule {
@@ -89,7 +102,16 @@ mod tests {
         let s = RetrySchedule::parse("schedule", "0s,5s, 30s,2m,1h,500ms").unwrap();
         assert_eq!(s.attempts(), 6);
         assert_eq!(s.next_delay(3, 0.5), Some(Duration::from_secs(120)));
-        for bad in ["", "5", "5x", "-1s", "1s,,2s", "s"] {
+        for bad in [
+            "",
+            "5",
+            "5x",
+            "-1s",
+            "1s,,2s",
+            "s",
+            "3651d",
+            "18446744073709551615ms",
+        ] {
             assert!(RetrySchedule::parse("schedule", bad).is_err(), "{bad:?}");
         }
         assert_eq!(RetrySchedule::default().attempts(), 10);

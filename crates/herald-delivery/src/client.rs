@@ -60,6 +60,9 @@ impl Sender {
             .connect_timeout(timeout)
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
+            // HTTP_PROXY, ALL_PROXY and the like would route callbacks around the target
+            // check: the proxy, not the guarded resolver, would pick the address.
+            .no_proxy()
             .user_agent(concat!("Herald/", env!("CARGO_PKG_VERSION")))
             .dns_resolver(Arc::new(GuardedResolver { allow_private }))
             .build()?;
@@ -106,14 +109,26 @@ impl Sender {
                 }
                 Answer::Response {
                     status,
-                    head: String::from_utf8_lossy(&head).into_owned(),
+                    head: recorded_text(&head),
                 }
             }
             Err(e) => Answer::Failed {
                 timed_out: e.is_timeout(),
-                error: describe(&e),
+                error: recorded_text(describe(&e).as_bytes()),
             },
         }
+    }
+}
+
+/// What a receiver sent, as text any store keeps: invalid UTF-8 replaced, NUL removed
+/// (PostgreSQL refuses U+0000 in text, and one refused outcome must not be able to stop
+/// the recording of the others).
+pub fn recorded_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    if text.contains('\0') {
+        text.replace('\0', "")
+    } else {
+        text.into_owned()
     }
 }
 
@@ -161,4 +176,16 @@ pub fn callback_headers(event_id: &str, attempt: u32) -> HeaderMap {
     }
     headers.insert("herald-delivery-attempt", HeaderValue::from(attempt));
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recorded_text;
+
+    #[test]
+    fn answers_are_kept_as_clean_text() {
+        assert_eq!(recorded_text(b"ok\0done"), "okdone");
+        assert_eq!(recorded_text(b"a\xff\xfeb"), "a\u{fffd}\u{fffd}b");
+        assert_eq!(recorded_text("流".as_bytes()), "流");
+    }
 }

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use herald_store::{AfterAttempt, ClaimLimits, ClaimedDelivery, Completion, Lease, Store};
+use herald_store::{
+    AfterAttempt, ClaimLimits, ClaimedDelivery, Completion, Lease, Store, StoreError,
+};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -68,6 +70,30 @@ impl Held {
     }
 }
 
+/// A claimed delivery's place in [`Held`], given back when its attempt's task ends however
+/// it ends, a panic included: a slot can never leak, and the worker looks at the queue
+/// again because the endpoint has room.
+struct Slot {
+    held: Arc<Mutex<Held>>,
+    endpoint: String,
+    wake: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.remove(&self.endpoint);
+        metrics::gauge!("herald_deliveries_in_flight").set(f64::from(guard.total));
+        drop(guard);
+        self.wake.notify_one();
+    }
+}
+
+/// A part of the delivery worker stopped while the server was meant to run.
+#[derive(Debug, thiserror::Error)]
+#[error("the delivery worker stopped: {0} ended unexpectedly")]
+pub struct WorkerStopped(&'static str);
+
 pub struct Dispatcher {
     store: Arc<dyn Store>,
     sender: Sender,
@@ -103,10 +129,16 @@ impl Dispatcher {
 
     /// Runs until `cancel` fires, then lets in-flight attempts finish within `grace` and
     /// records their outcomes; what is left is picked up again after its lease expires.
-    pub async fn run(self, cancel: CancellationToken, grace: Duration) {
+    /// Returns an error when a part of the worker (the outcome recorder, the maintenance
+    /// task) stopped on its own: the caller must not go on as if callbacks were flowing.
+    pub async fn run(
+        self,
+        cancel: CancellationToken,
+        grace: Duration,
+    ) -> Result<(), WorkerStopped> {
         let tracker = TaskTracker::new();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let recorder = tokio::spawn(record_outcomes(
+        let mut recorder = tokio::spawn(record_outcomes(
             self.store.clone(),
             done_rx,
             self.wake.clone(),
@@ -114,6 +146,7 @@ impl Dispatcher {
         let maintenance = tokio::spawn(maintain(
             self.store.clone(),
             self.wake.clone(),
+            self.settings.retry_schedule.attempts(),
             cancel.clone(),
         ));
         let signals = tokio::spawn(relay_signals(
@@ -121,7 +154,16 @@ impl Dispatcher {
             self.wake.clone(),
             cancel.clone(),
         ));
+        let mut stopped = None;
         while !cancel.is_cancelled() {
+            if recorder.is_finished() {
+                stopped = Some(WorkerStopped("the outcome recorder"));
+                break;
+            }
+            if maintenance.is_finished() {
+                stopped = Some(WorkerStopped("lease rescue and queue metrics"));
+                break;
+            }
             let (claimed, wanted) = match self.claim().await {
                 Ok(claimed) => claimed,
                 Err(e) => {
@@ -134,6 +176,10 @@ impl Dispatcher {
                 self.spawn_attempt(&tracker, delivery, permits, done_tx.clone());
             }
             if drained {
+                // A short claim means that nothing else is due, or that what is due
+                // belongs to endpoints at their cap: either way the next look is worth
+                // taking only when an attempt ends, new work is committed, or a retry
+                // comes due.
                 let idle = self.idle_wait().await;
                 tokio::select! {
                     () = cancel.cancelled() => break,
@@ -150,11 +196,25 @@ impl Dispatcher {
             );
         }
         drop(done_tx);
-        if let Err(e) = recorder.await {
-            tracing::error!(error = %e, "outcome recorder stopped abnormally");
+        if stopped.is_none() {
+            match tokio::time::timeout(grace, &mut recorder).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "outcome recorder stopped abnormally");
+                }
+                Err(_) => tracing::warn!("outcomes not recorded at shutdown will be retried"),
+            }
         }
+        recorder.abort();
         maintenance.abort();
         signals.abort();
+        match stopped {
+            Some(part) => {
+                tracing::error!(part = part.0, "the delivery worker stopped");
+                Err(part)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Leases as many due deliveries as there is room for. Returns them and how many
@@ -212,34 +272,35 @@ impl Dispatcher {
             self.settings.clone(),
             self.owner.clone(),
         );
-        let (held, wake) = (self.held.clone(), self.wake.clone());
+        let slot = Slot {
+            held: self.held.clone(),
+            endpoint: delivery.endpoint.clone(),
+            wake: self.wake.clone(),
+        };
         tracker.spawn(
             async move {
                 // The semaphore is never closed, so acquiring only waits for a permit.
                 let permit = permits.acquire().await;
                 let completion = attempt(&sender, &settings, &delivery, &owner).await;
                 drop(permit);
-                {
-                    let mut guard = held.lock().unwrap_or_else(PoisonError::into_inner);
-                    guard.remove(&delivery.endpoint);
-                    metrics::gauge!("herald_deliveries_in_flight").set(f64::from(guard.total));
-                }
+                drop(slot);
                 // The recorder outlives every attempt task, so the receiver is still there.
                 let _ = done.send(completion);
-                wake.notify_one();
             }
             .instrument(span),
         );
     }
 
-    /// How long to sleep when nothing is due: until the next retry, at most a jittered
-    /// poll interval (the fallback for wake-ups from other processes).
+    /// How long to sleep when nothing can be claimed: until the next delivery comes due,
+    /// at most a jittered poll interval (the fallback for wake-ups from other processes).
+    /// What is due already but was not claimed belongs to endpoints at their cap; an
+    /// attempt that ends wakes the worker for it, so it is not a reason to look again now.
     async fn idle_wait(&self) -> Duration {
         let poll = self
             .settings
             .poll_interval
             .mul_f64(0.8 + 0.4 * rand::random::<f64>());
-        match self.store.next_due_at().await {
+        match self.store.next_due_after(OffsetDateTime::now_utc()).await {
             Ok(Some(at)) => {
                 let until = at - OffsetDateTime::now_utc();
                 Duration::try_from(until)
@@ -263,25 +324,7 @@ async fn record_outcomes(
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while done.recv_many(&mut batch, BATCH).await > 0 {
-        loop {
-            match store.complete_deliveries(&batch).await {
-                Ok(applied) => {
-                    if applied < batch.len() as u64 {
-                        tracing::info!(
-                            stale = batch.len() as u64 - applied,
-                            "outcomes of expired leases were discarded"
-                        );
-                    }
-                    break;
-                }
-                Err(e) => {
-                    // Keep the outcomes: if the store stays down, the leases expire and the
-                    // deliveries are retried, so nothing is lost either way.
-                    tracing::error!(error = %e, "recording outcomes failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
+        record_batch(store.as_ref(), &batch).await;
         for c in &batch {
             let outcome = match c.next {
                 AfterAttempt::Succeeded => "succeeded",
@@ -294,6 +337,77 @@ async fn record_outcomes(
         batch.clear();
         // Finished deliveries may have unblocked the next of their stream.
         wake.notify_one();
+    }
+}
+
+/// Where outcomes are written: the store (and, in tests, a store that refuses some).
+pub(crate) trait OutcomeStore: Sync {
+    fn complete<'a>(&'a self, batch: &'a [Completion]) -> Completing<'a>;
+}
+
+/// What [`OutcomeStore::complete`] returns: the store's own (boxed) future.
+pub(crate) type Completing<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<u64, StoreError>> + Send + 'a>>;
+
+impl OutcomeStore for dyn Store {
+    fn complete<'a>(&'a self, batch: &'a [Completion]) -> Completing<'a> {
+        self.complete_deliveries(batch)
+    }
+}
+
+/// Records a batch of outcomes. When the store refuses the batch, each outcome is written
+/// on its own ([`record_one`]), so that one outcome the store cannot take does not hold up
+/// the others, nor send their callbacks again.
+pub(crate) async fn record_batch(store: &(impl OutcomeStore + ?Sized), batch: &[Completion]) {
+    match store.complete(batch).await {
+        Ok(applied) => {
+            if applied < batch.len() as u64 {
+                tracing::info!(
+                    stale = batch.len() as u64 - applied,
+                    "outcomes of expired leases were discarded"
+                );
+            }
+        }
+        Err(e) if batch.len() > 1 => {
+            tracing::warn!(error = %e, n = batch.len(), "recording a batch of outcomes failed; recording them one by one");
+            for completion in batch {
+                record_one(store, completion).await;
+            }
+        }
+        Err(_) => {
+            if let Some(completion) = batch.first() {
+                record_one(store, completion).await;
+            }
+        }
+    }
+}
+
+/// Records one outcome. If the store refuses it but takes the same outcome reduced to
+/// "dead, and why", the outcome itself was the problem (a poison pill): the delivery ends
+/// there, kept for a manual retry, instead of being sent again forever. If the store
+/// refuses that too, it is down: wait and try again (meanwhile the lease may expire, and
+/// the rescuer re-queues the delivery; nothing is lost either way).
+async fn record_one(store: &(impl OutcomeStore + ?Sized), completion: &Completion) {
+    loop {
+        let refused = match store.complete(std::slice::from_ref(completion)).await {
+            Ok(_) => return,
+            Err(e) => e,
+        };
+        let ended =
+            completion.ended_because(&format!("the outcome could not be recorded: {refused}"));
+        match store.complete(std::slice::from_ref(&ended)).await {
+            Ok(_) => {
+                tracing::error!(
+                    delivery_id = completion.delivery_id, error = %refused,
+                    "an outcome the store refused ended its delivery (dead, kept for a manual retry)"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "recording outcomes failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 
@@ -315,12 +429,17 @@ async fn relay_signals(store: Arc<dyn Store>, wake: Arc<Notify>, cancel: Cancell
 }
 
 /// Rescues expired leases and refreshes the queue gauges.
-async fn maintain(store: Arc<dyn Store>, wake: Arc<Notify>, cancel: CancellationToken) {
+async fn maintain(
+    store: Arc<dyn Store>,
+    wake: Arc<Notify>,
+    max_attempts: u32,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
     while !cancel.is_cancelled() {
         tick.tick().await;
         let now = OffsetDateTime::now_utc();
-        match store.rescue_expired_leases(now, now).await {
+        match store.rescue_expired_leases(now, now, max_attempts).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::warn!(
@@ -343,5 +462,250 @@ async fn maintain(store: Arc<dyn Store>, wake: Arc<Notify>, cancel: Cancellation
             }
             Err(e) => tracing::warn!(error = %e, "reading queue statistics failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Test helpers: a failed unwrap is a failed test, which is what it should be.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use herald_core::event::{EventId, LiveEvent};
+    use herald_core::live::{LiveCallbackConfig, LiveConfigRequest};
+    use herald_core::project::ProjectId;
+    use herald_core::secrets::MasterKey;
+    use herald_store::postgres::PgStore;
+    use herald_store::sqlite::SqliteStore;
+    use herald_store::testing::TestSchema;
+    use herald_store::{AttemptRecord, DeliveryFilter, DeliveryStatus, Page};
+
+    use super::*;
+
+    /// The real store, except that it refuses the outcome of one delivery that carries the
+    /// receiver's answer (as PostgreSQL refused a NUL byte in one), and refuses everything
+    /// while it is "down".
+    struct Refusing<'a> {
+        store: &'a dyn Store,
+        poison: i64,
+        down_for: AtomicU32,
+    }
+
+    impl OutcomeStore for Refusing<'_> {
+        fn complete<'a>(&'a self, batch: &'a [Completion]) -> Completing<'a> {
+            Box::pin(async move {
+                let refuse = |why: &str| Err(StoreError::BadLocation(why.into()));
+                if self
+                    .down_for
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    return refuse("the store is down");
+                }
+                if batch
+                    .iter()
+                    .any(|c| c.delivery_id == self.poison && c.record.response_head.is_some())
+                {
+                    return refuse("invalid byte sequence for encoding UTF8: 0x00");
+                }
+                self.store.complete_deliveries(batch).await
+            })
+        }
+    }
+
+    fn project() -> ProjectId {
+        ProjectId::parse("project_id", "p1").unwrap()
+    }
+
+    /// Three deliveries on three streams, claimed by worker `w`, and their outcomes: each
+    /// a success with the receiver's answer.
+    async fn three_outcomes(store: &dyn Store) -> Vec<Completion> {
+        let now = OffsetDateTime::now_utc();
+        let body = br#"{"publish_domain": "d.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/x"}"#;
+        let config = LiveCallbackConfig {
+            id: "cfg".into(),
+            project_id: project(),
+            spec: LiveConfigRequest::parse(body, false)
+                .unwrap()
+                .into_new_spec(),
+            create_time: now,
+            update_time: now,
+        };
+        store.insert_live_config(&config).await.unwrap();
+        let events: Vec<_> = ["e1", "e2", "e3"]
+            .iter()
+            .map(|id| {
+                let event = serde_json::json!({"event_type": "RECORD_FILE_COMPLETE",
+                    "publish_domain": "d.example.com", "app": "live", "stream": id});
+                (
+                    EventId::parse("event_id", id).unwrap(),
+                    LiveEvent::parse("", &event).unwrap(),
+                )
+            })
+            .collect();
+        store.ingest_live(&project(), &events, now).await.unwrap();
+        let lease = Lease {
+            owner: "w".into(),
+            expires_at: now + time::Duration::minutes(5),
+        };
+        let none = HashMap::new();
+        let limits = ClaimLimits {
+            total: 10,
+            per_endpoint: 10,
+            in_flight: &none,
+        };
+        let mut claimed = store
+            .claim_due_deliveries(now, limits, &lease)
+            .await
+            .unwrap();
+        claimed.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+        assert_eq!(claimed.len(), 3);
+        claimed
+            .iter()
+            .map(|d| Completion {
+                delivery_id: d.id,
+                attempt: d.attempt,
+                lease_owner: "w".into(),
+                record: AttemptRecord {
+                    at: now,
+                    status_code: Some(200),
+                    error: None,
+                    latency_ms: 3,
+                    response_head: Some("ok".into()),
+                },
+                next: AfterAttempt::Succeeded,
+            })
+            .collect()
+    }
+
+    /// (event id, status, first attempt's error) of every delivery, by event id.
+    async fn statuses(store: &dyn Store) -> Vec<(String, DeliveryStatus, Option<String>)> {
+        let page = Page {
+            offset: 0,
+            limit: 100,
+        };
+        let (_, views) = store
+            .list_deliveries(&project(), &DeliveryFilter::default(), page)
+            .await
+            .unwrap();
+        let mut found: Vec<_> = views
+            .into_iter()
+            .map(|v| (v.event_id, v.status, v.attempts[0].error.clone()))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
+    /// No poison pills: one outcome the store refuses ends its own delivery (dead, with the
+    /// reason) and the others of its batch are recorded as they were.
+    async fn a_refused_outcome_ends_only_its_delivery(store: &dyn Store) {
+        let batch = three_outcomes(store).await;
+        let refusing = Refusing {
+            store,
+            poison: batch[1].delivery_id,
+            down_for: AtomicU32::new(0),
+        };
+        record_batch(&refusing, &batch).await;
+        let found = statuses(store).await;
+        assert_eq!(found[0].1, DeliveryStatus::Succeeded);
+        assert_eq!(found[2].1, DeliveryStatus::Succeeded);
+        assert_eq!(
+            (found[1].0.as_str(), found[1].1),
+            ("e2", DeliveryStatus::Dead)
+        );
+        let reason = found[1].2.clone().unwrap();
+        assert!(
+            reason.starts_with("the outcome could not be recorded: ") && reason.contains("0x00"),
+            "{reason}"
+        );
+    }
+
+    /// A store that is down is not a poison pill: outcomes wait for it and are recorded as
+    /// they were, none ends its delivery.
+    async fn outcomes_wait_for_a_store_that_is_down(store: &dyn Store) {
+        let batch = three_outcomes(store).await;
+        let refusing = Refusing {
+            store,
+            poison: -1,
+            down_for: AtomicU32::new(3),
+        };
+        record_batch(&refusing, &batch).await;
+        assert!(
+            statuses(store)
+                .await
+                .iter()
+                .all(|(_, status, _)| *status == DeliveryStatus::Succeeded)
+        );
+    }
+
+    async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), MasterKey::generate().0)
+            .await
+            .unwrap();
+        (store, dir)
+    }
+
+    async fn postgres() -> Option<(PgStore, TestSchema)> {
+        let Some(schema) = TestSchema::create().await else {
+            eprintln!("HERALD_TEST_DATABASE_URL is unset: PostgreSQL test skipped");
+            return None;
+        };
+        let store = PgStore::open(&schema.settings(4), MasterKey::generate().0)
+            .await
+            .unwrap();
+        Some((store, schema))
+    }
+
+    #[tokio::test]
+    async fn sqlite_a_refused_outcome_ends_only_its_delivery() {
+        let (store, _dir) = sqlite().await;
+        a_refused_outcome_ends_only_its_delivery(&store).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_a_refused_outcome_ends_only_its_delivery() {
+        if let Some((store, _schema)) = postgres().await {
+            a_refused_outcome_ends_only_its_delivery(&store).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_outcomes_wait_for_a_store_that_is_down() {
+        let (store, _dir) = sqlite().await;
+        outcomes_wait_for_a_store_that_is_down(&store).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_outcomes_wait_for_a_store_that_is_down() {
+        if let Some((store, _schema)) = postgres().await {
+            outcomes_wait_for_a_store_that_is_down(&store).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_attempt_gives_its_slot_back_and_wakes_the_worker() {
+        let held = Arc::new(Mutex::new(Held::default()));
+        let wake = Arc::new(Notify::new());
+        held.lock().unwrap().add("https://cb.example.com:443", 2);
+        let slot = Slot {
+            held: held.clone(),
+            endpoint: "https://cb.example.com:443".into(),
+            wake: wake.clone(),
+        };
+        let task = tokio::spawn(async move {
+            let _slot = slot;
+            panic!("an attempt panicked");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        let left = {
+            let guard = held.lock().unwrap();
+            (guard.total, guard.by_endpoint.len())
+        };
+        assert_eq!(left, (0, 0));
+        tokio::time::timeout(Duration::from_secs(1), wake.notified())
+            .await
+            .expect("the worker was not woken");
     }
 }

@@ -4,11 +4,13 @@
 //! - [`attempt`]: one attempt: render, sign, send, classify, decide what comes next.
 //! - [`dispatcher`]: claims due deliveries within concurrency limits, runs attempts,
 //!   records outcomes in batches, rescues expired leases, publishes queue metrics.
+//! - [`retention`]: deletes finished history older than the operator keeps.
 #![forbid(unsafe_code)]
 
 pub mod attempt;
 pub mod client;
 pub mod dispatcher;
+pub mod retention;
 
 use std::time::Duration;
 

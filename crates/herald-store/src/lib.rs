@@ -79,6 +79,34 @@ pub struct AccessKeySummary {
     pub created_at: OffsetDateTime,
 }
 
+/// A token as the operator sees it listed: never the token, nor its digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSummary {
+    /// The handle `herald tokens revoke` takes: the first 16 hex characters of the token's
+    /// SHA-256, which identify it without revealing anything that would let one use it.
+    pub id: String,
+    pub project_id: ProjectId,
+    pub created_at: OffsetDateTime,
+    /// `None`: valid until revoked.
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// A token to store: its digest (`herald_core::secrets::token_digest`), never the token.
+#[derive(Debug, Clone)]
+pub struct NewToken<'a> {
+    pub sha256: &'a str,
+    pub project_id: &'a ProjectId,
+    pub created_at: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+impl NewToken<'_> {
+    /// The token's id (see [`TokenSummary::id`]).
+    pub fn id(&self) -> &str {
+        self.sha256.get(..16).unwrap_or(self.sha256)
+    }
+}
+
 /// Filters of the Live config list; `None` matches everything.
 #[derive(Debug, Clone, Default)]
 pub struct LiveConfigFilter {
@@ -116,7 +144,15 @@ pub struct Page {
 /// concern, and each backend implements each part in the module that holds its SQL.
 #[async_trait]
 pub trait Store:
-    Credentials + LiveConfigs + DeliveryQueue + QueueStatus + RtcApps + Send + Sync + 'static
+    Credentials
+    + LiveConfigs
+    + DeliveryQueue
+    + QueueStatus
+    + Retention
+    + RtcApps
+    + Send
+    + Sync
+    + 'static
 {
     /// Succeeds when the store answers a trivial query: `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -134,15 +170,20 @@ pub trait Credentials {
     /// True when the key existed.
     async fn delete_access_key(&self, access_key: &str) -> Result<bool, StoreError>;
 
-    /// Stores the SHA-256 digest of a token (`herald_core::secrets::token_digest`).
-    async fn insert_token(
+    async fn insert_token(&self, token: &NewToken<'_>) -> Result<(), StoreError>;
+    /// The project of the token with this digest, if it exists and has not expired at `now`.
+    async fn find_token_project(
         &self,
         token_sha256: &str,
-        project: &ProjectId,
-        created_at: OffsetDateTime,
-    ) -> Result<(), StoreError>;
-    async fn find_token_project(&self, token_sha256: &str)
-    -> Result<Option<ProjectId>, StoreError>;
+        now: OffsetDateTime,
+    ) -> Result<Option<ProjectId>, StoreError>;
+    /// Tokens (expired ones included, until revoked), oldest first.
+    async fn list_tokens(
+        &self,
+        project: Option<&ProjectId>,
+    ) -> Result<Vec<TokenSummary>, StoreError>;
+    /// True when the token existed. Requests with it are refused from then on.
+    async fn delete_token(&self, id: &str) -> Result<bool, StoreError>;
 }
 
 /// Live-flavour callback configurations (SPEC §1).
@@ -200,12 +241,14 @@ pub trait DeliveryQueue {
     async fn complete_deliveries(&self, completions: &[Completion]) -> Result<u64, StoreError>;
 
     /// Returns deliveries whose lease expires before `expired_before` (their worker died)
-    /// to the queue, due at `now`. A single node that knows its predecessor is gone may
-    /// pass a later `expired_before` than `now` to take every lease back at once.
+    /// to the queue, due at `now`; one whose lost attempt was its `max_attempts`-th is dead
+    /// instead. A single node that knows its predecessor is gone may pass a later
+    /// `expired_before` than `now` to take every lease back at once.
     async fn rescue_expired_leases(
         &self,
         expired_before: OffsetDateTime,
         now: OffsetDateTime,
+        max_attempts: u32,
     ) -> Result<u64, StoreError>;
 
     /// The project's deliveries, newest first, with their attempts.
@@ -247,11 +290,28 @@ pub trait DeliveryQueue {
 /// What the worker and `/metrics` read about the queue.
 #[async_trait]
 pub trait QueueStatus {
-    /// When the earliest not-yet-due delivery comes due, for the worker to sleep until.
-    async fn next_due_at(&self) -> Result<Option<OffsetDateTime>, StoreError>;
+    /// When the earliest delivery not yet due at `now` comes due, for the worker to sleep
+    /// until. (What is due already and was not claimed waits for an endpoint's room.)
+    async fn next_due_after(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>, StoreError>;
 
     /// Queue depth by state, and the oldest due delivery.
     async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError>;
+}
+
+/// Retention (SPEC §6): history older than the operator keeps is deleted.
+#[async_trait]
+pub trait Retention {
+    /// Deletes up to `limit` events accepted before `before` whose deliveries are all
+    /// finished (succeeded, dead or cancelled), with their deliveries and attempts; an
+    /// event with an open delivery is never deleted. Returns how many events it deleted.
+    async fn delete_finished_events(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
 }
 
 /// RTC apps and their record callback (SPEC §2).

@@ -112,6 +112,27 @@ pub struct Completion {
     pub next: AfterAttempt,
 }
 
+impl Completion {
+    /// This attempt's outcome replaced by the end of its delivery, for `reason`: what is
+    /// recorded when the outcome itself cannot be, so that the delivery is not sent again
+    /// and again. The reason is kept in the attempt, for the delivery log.
+    pub fn ended_because(&self, reason: &str) -> Self {
+        Self {
+            delivery_id: self.delivery_id,
+            attempt: self.attempt,
+            lease_owner: self.lease_owner.clone(),
+            record: AttemptRecord {
+                at: self.record.at,
+                status_code: self.record.status_code,
+                error: Some(reason.replace('\0', "")),
+                latency_ms: self.record.latency_ms,
+                response_head: None,
+            },
+            next: AfterAttempt::Dead,
+        }
+    }
+}
+
 /// A delivery's status as the log API names it (SPEC §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryStatus {

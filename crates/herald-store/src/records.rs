@@ -51,8 +51,9 @@ macro_rules! shared_records {
                 stored_project,
             };
             use $crate::{
-                AccessKey, AccessKeySummary, Credentials, LiveConfigFilter, LiveConfigs, Page,
-                QueueStats, QueueStatus, RecordCallback, RtcApp, RtcApps, Store, StoreError,
+                AccessKey, AccessKeySummary, Credentials, LiveConfigFilter, LiveConfigs, NewToken,
+                Page, QueueStats, QueueStatus, RecordCallback, Retention, RtcApp, RtcApps, Store,
+                StoreError, TokenSummary,
             };
 
             impl $store {
@@ -160,18 +161,16 @@ macro_rules! shared_records {
                     Ok(done.rows_affected() > 0)
                 }
 
-                async fn insert_token(
-                    &self,
-                    token_sha256: &str,
-                    project: &ProjectId,
-                    created_at: OffsetDateTime,
-                ) -> Result<(), StoreError> {
+                async fn insert_token(&self, token: &NewToken<'_>) -> Result<(), StoreError> {
                     sqlx::query(
-                        "INSERT INTO tokens (token_sha256, project_id, created_at_ms) VALUES ($1, $2, $3)",
+                        "INSERT INTO tokens (token_sha256, id, project_id, created_at_ms, expires_at_ms) \
+                         VALUES ($1, $2, $3, $4, $5)",
                     )
-                    .bind(token_sha256)
-                    .bind(project.as_str())
-                    .bind(unix_ms(created_at))
+                    .bind(token.sha256)
+                    .bind(token.id())
+                    .bind(token.project_id.as_str())
+                    .bind(unix_ms(token.created_at))
+                    .bind(token.expires_at.map(unix_ms))
                     .execute(&self.pool)
                     .await
                     .map_err(conflict_or)?;
@@ -181,15 +180,54 @@ macro_rules! shared_records {
                 async fn find_token_project(
                     &self,
                     token_sha256: &str,
+                    now: OffsetDateTime,
                 ) -> Result<Option<ProjectId>, StoreError> {
-                    let project: Option<String> =
-                        sqlx::query_scalar("SELECT project_id FROM tokens WHERE token_sha256 = $1")
-                            .bind(token_sha256)
-                            .fetch_optional(&self.pool)
-                            .await?;
+                    let project: Option<String> = sqlx::query_scalar(
+                        "SELECT project_id FROM tokens WHERE token_sha256 = $1 \
+                         AND (expires_at_ms IS NULL OR expires_at_ms > $2)",
+                    )
+                    .bind(token_sha256)
+                    .bind(unix_ms(now))
+                    .fetch_optional(&self.pool)
+                    .await?;
                     Ok(project
                         .map(|p| stored_project("tokens", token_sha256, &p))
                         .transpose()?)
+                }
+
+                async fn list_tokens(
+                    &self,
+                    project: Option<&ProjectId>,
+                ) -> Result<Vec<TokenSummary>, StoreError> {
+                    let rows = sqlx::query(
+                        "SELECT id, project_id, created_at_ms, expires_at_ms FROM tokens \
+                         WHERE $1 IS NULL OR project_id = $1 ORDER BY created_at_ms, id",
+                    )
+                    .bind(project.map(ProjectId::as_str))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter()
+                        .map(|row| {
+                            let id: String = row.try_get("id")?;
+                            let project_id: &str = row.try_get("project_id")?;
+                            Ok(TokenSummary {
+                                project_id: stored_project("tokens", &id, project_id)?,
+                                id,
+                                created_at: from_unix_ms(row.try_get("created_at_ms")?),
+                                expires_at: row
+                                    .try_get::<Option<i64>, _>("expires_at_ms")?
+                                    .map(from_unix_ms),
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+                    let done = sqlx::query("DELETE FROM tokens WHERE id = $1")
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(done.rows_affected() > 0)
                 }
             }
 
@@ -299,11 +337,57 @@ macro_rules! shared_records {
             }
 
             #[async_trait]
+            impl Retention for $store {
+                /// Three deletes in one write transaction, each over the same pick (the
+                /// oldest finished events, by the acceptance-time index): attempts, then
+                /// deliveries, then the events, so no row is left pointing at a deleted one.
+                async fn delete_finished_events(
+                    &self,
+                    before: OffsetDateTime,
+                    limit: u32,
+                ) -> Result<u64, StoreError> {
+                    let pick = format!(
+                        "SELECT e.seq FROM events e WHERE e.accepted_at_ms < $1 AND NOT EXISTS \
+                         (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq AND o.state IN {}) \
+                         ORDER BY e.accepted_at_ms, e.seq LIMIT $2",
+                        $crate::accept::OPEN_STATES
+                    );
+                    let (_guard, mut tx) = self.begin_write(&self.queue_pool).await?;
+                    for sql in [
+                        format!(
+                            "DELETE FROM delivery_attempts WHERE delivery_id IN \
+                             (SELECT d.id FROM deliveries d WHERE d.event_seq IN ({pick}))"
+                        ),
+                        format!("DELETE FROM deliveries WHERE event_seq IN ({pick})"),
+                    ] {
+                        sqlx::query(&sql)
+                            .bind(unix_ms(before))
+                            .bind(i64::from(limit))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    let deleted = sqlx::query(&format!("DELETE FROM events WHERE seq IN ({pick})"))
+                        .bind(unix_ms(before))
+                        .bind(i64::from(limit))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    tx.commit().await?;
+                    Ok(deleted)
+                }
+            }
+
+            #[async_trait]
             impl QueueStatus for $store {
-                async fn next_due_at(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+                async fn next_due_after(
+                    &self,
+                    now: OffsetDateTime,
+                ) -> Result<Option<OffsetDateTime>, StoreError> {
                     let ms: Option<i64> = sqlx::query_scalar(
-                        "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying')",
+                        "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying') \
+                         AND next_attempt_at_ms > $1",
                     )
+                    .bind(unix_ms(now))
                     .fetch_one(&self.queue_pool)
                     .await?;
                     Ok(ms.map(from_unix_ms))

@@ -17,10 +17,11 @@ use herald_core::rtc::{AppId, AppName, AuthKey};
 use herald_core::secrets::{MasterKey, SealError};
 use herald_core::timefmt::{from_unix_ms, unix_ms};
 use secrecy::ExposeSecret;
+use time::OffsetDateTime;
 
 use crate::{
-    AttemptRecord, ClaimedDelivery, DeliveryStatus, DeliveryView, Notification, RecordCallback,
-    RtcApp, StoreError,
+    AfterAttempt, AttemptRecord, ClaimedDelivery, Completion, DeliveryQueue, DeliveryStatus,
+    DeliveryView, Notification, RecordCallback, RtcApp, StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -290,6 +291,47 @@ impl ClaimedRow {
     }
 }
 
+/// Turns leased rows into deliveries to send. A row that cannot be read back (a key sealed
+/// under another master key, a corrupt payload) can never be sent: rather than fail the
+/// claim, and with it every claim after it, the row's delivery is ended (`dead`, the reason
+/// in its attempt) and the others go out.
+pub(crate) async fn finish_claim(
+    store: &(dyn DeliveryQueue + Sync),
+    rows: Vec<ClaimedRow>,
+    master: &MasterKey,
+    lease_owner: &str,
+    now: OffsetDateTime,
+) -> Result<Vec<ClaimedDelivery>, StoreError> {
+    let mut claimed = Vec::with_capacity(rows.len());
+    let mut unreadable = Vec::new();
+    for row in rows {
+        let (id, attempts) = (row.id, row.attempts);
+        match row.into_claimed(master) {
+            Ok(delivery) => claimed.push(delivery),
+            Err(e) => {
+                tracing::error!(delivery_id = id, error = %e, "a claimed delivery cannot be read: it is dead");
+                unreadable.push(Completion {
+                    delivery_id: id,
+                    attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
+                    lease_owner: lease_owner.to_owned(),
+                    record: AttemptRecord {
+                        at: now,
+                        status_code: None,
+                        error: Some(format!("cannot be sent: {e}")),
+                        latency_ms: 0,
+                        response_head: None,
+                    },
+                    next: AfterAttempt::Dead,
+                });
+            }
+        }
+    }
+    if !unreadable.is_empty() {
+        store.complete_deliveries(&unreadable).await?;
+    }
+    Ok(claimed)
+}
+
 /// A delivery as the log lists it, before its attempts are attached.
 #[derive(sqlx::FromRow)]
 pub(crate) struct DeliveryRow {
@@ -297,7 +339,9 @@ pub(crate) struct DeliveryRow {
     pub event_id: String,
     pub config_id: String,
     pub url: String,
-    pub event_type: Option<String>,
+    /// The event as stored; the log shows its `event_type`. Read here rather than in SQL,
+    /// so that one unreadable payload shows as an empty type instead of failing the page.
+    pub payload: String,
     pub state: String,
     pub created_at_ms: i64,
     pub next_attempt_at_ms: i64,
@@ -341,7 +385,10 @@ pub(crate) fn delivery_views(
                 event_id: row.event_id,
                 config_id: row.config_id,
                 url: row.url,
-                event_type: row.event_type.unwrap_or_default(),
+                event_type: serde_json::from_str::<serde_json::Value>(&row.payload)
+                    .ok()
+                    .and_then(|p| p.get("event_type")?.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
                 status,
                 created_at: from_unix_ms(row.created_at_ms),
                 next_attempt_at: open.then(|| from_unix_ms(row.next_attempt_at_ms)),

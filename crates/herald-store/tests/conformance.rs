@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use herald_store::{
     Accepted, AccessKey, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
-    Credentials, DeliveryFilter, DeliveryStatus, DeliveryView, Lease, LiveConfigFilter,
+    Credentials, DeliveryFilter, DeliveryStatus, DeliveryView, Lease, LiveConfigFilter, NewToken,
     Notification, Page, QueueStats, RetryOutcome, Store, StoreError,
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -55,6 +55,37 @@ async fn run_suite(store: &dyn Store) {
     claims_share_out_endpoint_room(store).await;
     a_deleted_configs_deliveries_are_never_sent_again(store).await;
     an_early_rescue_requeues_due_now(store).await;
+    the_rescuer_honours_the_attempt_limit(store).await;
+}
+
+/// Where a store's database is, to run SQL behind the store's back (to break a row as a
+/// disk, an operator or a bug could).
+enum Behind {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Behind {
+    async fn execute(&self, sql: &str) {
+        match self {
+            Self::Sqlite(dir) => {
+                let url = format!("sqlite:{}", dir.join(DATABASE_FILE).display());
+                let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+                sqlx::query(sql).execute(&pool).await.unwrap();
+            }
+            Self::Postgres(url) => {
+                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                sqlx::query(sql).execute(&pool).await.unwrap();
+            }
+        }
+    }
+}
+
+/// What a store must survive (no poison pills) and forget (retention), on a fresh store
+/// (retention's counts are exact only where no other test left history).
+async fn run_hardening_suite(store: &dyn Store, behind: &Behind) {
+    retention_deletes_only_finished_history(store).await;
+    an_unreadable_delivery_is_dead_and_the_claim_goes_on(store, behind).await;
 }
 
 async fn access_keys(store: &dyn Store) {
@@ -101,23 +132,61 @@ async fn access_keys(store: &dyn Store) {
     );
 }
 
+/// Tokens (SPEC §6): found by digest until they expire or are revoked, listed by id.
 async fn tokens(store: &dyn Store) {
-    let digest = token_digest("herald_token");
-    store
-        .insert_token(&digest, &project("p1"), OffsetDateTime::now_utc())
-        .await
-        .unwrap();
+    let t0 = datetime!(2030-01-01 00:00:00 UTC);
+    let (forever, brief) = (token_digest("herald_token"), token_digest("brief_token"));
+    for (digest, expires_at) in [(&forever, None), (&brief, Some(t0 + secs(60)))] {
+        store
+            .insert_token(&NewToken {
+                sha256: digest,
+                project_id: &project("p1"),
+                created_at: t0,
+                expires_at,
+            })
+            .await
+            .unwrap();
+    }
     assert_eq!(
-        store.find_token_project(&digest).await.unwrap(),
+        store.find_token_project(&forever, t0).await.unwrap(),
         Some(project("p1"))
     );
     assert_eq!(
         store
-            .find_token_project(&token_digest("other"))
+            .find_token_project(&brief, t0 + secs(59))
+            .await
+            .unwrap(),
+        Some(project("p1"))
+    );
+    assert_eq!(
+        store
+            .find_token_project(&brief, t0 + secs(60))
             .await
             .unwrap(),
         None
     );
+    assert_eq!(
+        store
+            .find_token_project(&token_digest("other"), t0)
+            .await
+            .unwrap(),
+        None
+    );
+    let listed = store.list_tokens(Some(&project("p1"))).await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&&forever[..16]) && ids.contains(&&brief[..16]));
+    assert!(listed.iter().any(|t| t.expires_at == Some(t0 + secs(60))));
+    assert!(
+        store
+            .list_tokens(Some(&project("p2")))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.delete_token(&forever[..16]).await.unwrap());
+    assert!(!store.delete_token(&forever[..16]).await.unwrap());
+    assert_eq!(store.find_token_project(&forever, t0).await.unwrap(), None);
 }
 
 async fn live_configs(store: &dyn Store) {
@@ -363,6 +432,8 @@ fn endpoint_of(url: &str) -> String {
 
 /// A per-endpoint cap no test reaches unless it means to.
 const ROOMY: u32 = 100;
+/// The attempts a delivery has in these tests (the default schedule's ten).
+const ATTEMPTS: u32 = 10;
 
 fn limits(total: usize, per_endpoint: u32, in_flight: &HashMap<String, u32>) -> ClaimLimits<'_> {
     ClaimLimits {
@@ -504,13 +575,19 @@ async fn assert_idle(store: &dyn Store) {
         );
     }
     assert_eq!(stats.oldest_due_at, None);
-    assert_eq!(store.next_due_at().await.unwrap(), None);
+    assert_eq!(
+        store
+            .next_due_after(OffsetDateTime::UNIX_EPOCH)
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 /// Finishes every open delivery as succeeded at `at` (later than anything the test
 /// scheduled), then checks the queue is idle for the next test.
 async fn drain(store: &dyn Store, at: OffsetDateTime) {
-    store.rescue_expired_leases(at, at).await.unwrap();
+    store.rescue_expired_leases(at, at, ATTEMPTS).await.unwrap();
     loop {
         let claimed = store
             .claim_due_deliveries(
@@ -910,7 +987,12 @@ async fn each_stream_is_delivered_in_acceptance_order(store: &dyn Store) {
         AfterAttempt::RetryAt(retry_at),
     );
     assert_eq!(complete(store, &[failed]).await, 1);
-    assert_eq!(store.next_due_at().await.unwrap(), Some(retry_at));
+    assert_eq!(
+        store.next_due_after(t0 + secs(15)).await.unwrap(),
+        Some(retry_at)
+    );
+    // What is due already is not "next": the worker waits for room, not for it.
+    assert_eq!(store.next_due_after(retry_at).await.unwrap(), None);
     assert!(claim(store, t0 + secs(16), 10).await.is_empty());
     assert!(
         claim(store, retry_at - Duration::milliseconds(1), 10)
@@ -1007,7 +1089,7 @@ async fn completions_count_only_under_a_live_lease(store: &dyn Store) {
     // The lease still holds: nothing to rescue, nothing to claim.
     assert_eq!(
         store
-            .rescue_expired_leases(t0 + secs(30), t0 + secs(30))
+            .rescue_expired_leases(t0 + secs(30), t0 + secs(30), ATTEMPTS)
             .await
             .unwrap(),
         0
@@ -1019,7 +1101,7 @@ async fn completions_count_only_under_a_live_lease(store: &dyn Store) {
     let rescued_at = t0 + secs(32);
     assert_eq!(
         store
-            .rescue_expired_leases(rescued_at, rescued_at)
+            .rescue_expired_leases(rescued_at, rescued_at, ATTEMPTS)
             .await
             .unwrap(),
         1
@@ -1612,7 +1694,7 @@ async fn a_deleted_configs_deliveries_are_never_sent_again(store: &dyn Store) {
     // d3's worker died: its lease expires and the rescue cancels it instead of re-queueing it.
     assert_eq!(
         store
-            .rescue_expired_leases(t0 + secs(301), t0 + secs(301))
+            .rescue_expired_leases(t0 + secs(301), t0 + secs(301), ATTEMPTS)
             .await
             .unwrap(),
         1
@@ -1656,7 +1738,7 @@ async fn an_early_rescue_requeues_due_now(store: &dyn Store) {
     let now = t0 + secs(1);
     assert_eq!(
         store
-            .rescue_expired_leases(t0 + secs(1000), now)
+            .rescue_expired_leases(t0 + secs(1000), now, ATTEMPTS)
             .await
             .unwrap(),
         1
@@ -1667,12 +1749,237 @@ async fn an_early_rescue_requeues_due_now(store: &dyn Store) {
     assert_idle(store).await;
 }
 
+/// A delivery whose worker keeps dying (the lease expires every time) ends after the
+/// schedule's attempts, like any other: the rescuer counts the lost attempts and makes the
+/// last one dead, and the stream moves on.
+async fn the_rescuer_honours_the_attempt_limit(store: &dyn Store) {
+    let t0 = datetime!(2033-01-01 00:00:00 UTC);
+    let p = "q-rescue-limit";
+    let body = json!({"publish_domain": "limit.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/l",
+        "notify_event_subscription": ["RECORD_FILE_COMPLETE"]});
+    store
+        .insert_live_config(&live_config(p, "cfg-limit", body, t0))
+        .await
+        .unwrap();
+    let events = [
+        event(
+            "k1",
+            "RECORD_FILE_COMPLETE",
+            "limit.example.com",
+            "live",
+            "s",
+        ),
+        event(
+            "k2",
+            "RECORD_FILE_COMPLETE",
+            "limit.example.com",
+            "live",
+            "s",
+        ),
+    ];
+    store.ingest_live(&project(p), &events, t0).await.unwrap();
+    let max_attempts = 2;
+    let mut now = t0;
+    for attempt in 1..=max_attempts {
+        let claimed = claim(store, now, 10).await;
+        assert_eq!(
+            (event_ids(&claimed), claimed[0].attempt),
+            (vec!["k1"], attempt)
+        );
+        // The worker dies; the lease (300 s) runs out.
+        now += secs(301);
+        assert_eq!(
+            store
+                .rescue_expired_leases(now, now, max_attempts)
+                .await
+                .unwrap(),
+            1
+        );
+    }
+    let k1 = delivery_of(store, p, "k1").await;
+    assert_eq!(k1.status, DeliveryStatus::Dead);
+    assert_eq!(k1.attempts.len(), 2);
+    assert!(k1.attempts.iter().all(|a| {
+        a.error
+            .as_deref()
+            .is_some_and(|e| e.contains("lease expired"))
+    }));
+    let next = claim(store, now, 10).await;
+    assert_eq!(event_ids(&next), ["k2"]);
+    assert_eq!(complete(store, &[succeeded(&next[0], now)]).await, 1);
+    assert_idle(store).await;
+}
+
+/// A claimed row that cannot be decoded (a corrupt payload, a key sealed for another
+/// config) can never be sent: its delivery ends as dead with the reason in its attempt,
+/// the other deliveries of the claim go out, and its stream moves on.
+async fn an_unreadable_delivery_is_dead_and_the_claim_goes_on(store: &dyn Store, behind: &Behind) {
+    let t0 = datetime!(2034-01-01 00:00:00 UTC);
+    let p = "q-poison";
+    for (id, app) in [("cfg-poison-a", "live"), ("cfg-poison-b", "other")] {
+        let body = json!({"publish_domain": "poison.example.com", "app": app,
+            "notify_callback_url": "https://cb.example.com/p", "key": "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z"});
+        store
+            .insert_live_config(&live_config(p, id, body, t0))
+            .await
+            .unwrap();
+    }
+    let events = [
+        event(
+            "fine",
+            "RECORD_FILE_COMPLETE",
+            "poison.example.com",
+            "live",
+            "s1",
+        ),
+        event(
+            "bad-payload",
+            "RECORD_FILE_COMPLETE",
+            "poison.example.com",
+            "live",
+            "s2",
+        ),
+        event(
+            "after-bad",
+            "RECORD_FILE_COMPLETE",
+            "poison.example.com",
+            "live",
+            "s2",
+        ),
+        event(
+            "bad-key",
+            "RECORD_FILE_COMPLETE",
+            "poison.example.com",
+            "other",
+            "s3",
+        ),
+    ];
+    store.ingest_live(&project(p), &events, t0).await.unwrap();
+    behind
+        .execute("UPDATE events SET payload = 'not json' WHERE event_id = 'bad-payload'")
+        .await;
+    behind
+        .execute(
+            "UPDATE deliveries SET key_sealed = (SELECT key_sealed FROM live_callback_configs \
+             WHERE id = 'cfg-poison-a') WHERE config_id = 'cfg-poison-b'",
+        )
+        .await;
+    let claimed = claim(store, t0, 10).await;
+    assert_eq!(event_ids(&claimed), ["fine"]);
+    for id in ["bad-payload", "bad-key"] {
+        let view = delivery_of(store, p, id).await;
+        assert_eq!(view.status, DeliveryStatus::Dead, "{id}");
+        let error = view.attempts[0].error.clone().unwrap_or_default();
+        assert!(error.starts_with("cannot be sent: "), "{id}: {error}");
+    }
+    let next = claim(store, t0 + secs(1), 10).await;
+    assert_eq!(event_ids(&next), ["after-bad"]);
+    let done = [
+        succeeded(&claimed[0], t0),
+        succeeded(&next[0], t0 + secs(1)),
+    ];
+    assert_eq!(complete(store, &done).await, 2);
+    assert_idle(store).await;
+}
+
+/// Retention (SPEC §6): events accepted before the cut whose deliveries are all finished
+/// go, with their deliveries and attempts, in batches of the size asked; an open delivery
+/// keeps its event; a deleted event's id can be used again.
+async fn retention_deletes_only_finished_history(store: &dyn Store) {
+    let t0 = datetime!(2031-01-01 00:00:00 UTC);
+    let p = "q-retention";
+    let body = json!({"publish_domain": "keep.example.com", "app": "live", "notify_callback_url": "https://cb.example.com/k"});
+    store
+        .insert_live_config(&live_config(p, "cfg-keep", body, t0))
+        .await
+        .unwrap();
+    let old = [
+        event(
+            "old-done",
+            "RECORD_FILE_COMPLETE",
+            "keep.example.com",
+            "live",
+            "a",
+        ),
+        event(
+            "old-open",
+            "RECORD_FILE_COMPLETE",
+            "keep.example.com",
+            "live",
+            "b",
+        ),
+        event(
+            "old-none",
+            "RECORD_FILE_COMPLETE",
+            "keep.example.com",
+            "unmatched",
+            "c",
+        ),
+    ];
+    store.ingest_live(&project(p), &old, t0).await.unwrap();
+    let claimed = claim(store, t0, 10).await;
+    assert_eq!(event_ids(&claimed), ["old-done", "old-open"]);
+    let done = claimed_one(&claimed, "old-done");
+    let open = claimed_one(&claimed, "old-open");
+    let outcomes = [
+        succeeded(done, t0),
+        outcome(
+            open,
+            answer(t0, 503),
+            AfterAttempt::RetryAt(t0 + secs(1000)),
+        ),
+    ];
+    assert_eq!(complete(store, &outcomes).await, 2);
+    let new = [event(
+        "new-done",
+        "RECORD_FILE_COMPLETE",
+        "keep.example.com",
+        "live",
+        "d",
+    )];
+    store
+        .ingest_live(&project(p), &new, t0 + secs(100))
+        .await
+        .unwrap();
+    let claimed = claim(store, t0 + secs(100), 10).await;
+    assert_eq!(
+        complete(store, &[succeeded(&claimed[0], t0 + secs(100))]).await,
+        1
+    );
+
+    let cut = t0 + secs(50);
+    assert_eq!(store.delete_finished_events(cut, 1).await.unwrap(), 1);
+    assert_eq!(store.delete_finished_events(cut, 1000).await.unwrap(), 1);
+    assert_eq!(store.delete_finished_events(cut, 1000).await.unwrap(), 0);
+    let (total, listed) = log(store, p, None, None, ALL).await;
+    let mut ids: Vec<&str> = listed.iter().map(|d| d.event_id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!((total, ids), (2, vec!["new-done", "old-open"]));
+    assert_eq!(delivery_of(store, p, "old-open").await.attempts.len(), 1);
+
+    // A deleted event's id is no longer an idempotency key: it is accepted anew.
+    let again = store
+        .ingest_live(&project(p), &old[..1], t0 + secs(200))
+        .await
+        .unwrap();
+    assert_eq!(again, [accepted("old-done", 1)]);
+    drain(store, t0 + secs(5000)).await;
+}
+
 #[tokio::test]
 async fn sqlite_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let (master, _) = MasterKey::generate();
     let store = SqliteStore::open(dir.path(), master).await.unwrap();
     run_suite(&store).await;
+}
+
+#[tokio::test]
+async fn sqlite_survives_poison_and_forgets_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let (master, _) = MasterKey::generate();
+    let store = SqliteStore::open(dir.path(), master).await.unwrap();
+    run_hardening_suite(&store, &Behind::Sqlite(dir.path().to_owned())).await;
 }
 
 /// Stores a secret key and a signing key, and returns them: what must not be found in
@@ -1781,6 +2088,15 @@ async fn postgres_conforms() {
         return;
     };
     run_suite(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_survives_poison_and_forgets_history() {
+    let (master, _) = MasterKey::generate();
+    let Some((store, schema)) = postgres(master).await else {
+        return;
+    };
+    run_hardening_suite(&store, &Behind::Postgres(schema.url.clone())).await;
 }
 
 #[tokio::test]

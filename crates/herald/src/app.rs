@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use herald_api::auth::StaticCredentials;
 use herald_api::{AppState, router};
 use herald_core::project::ProjectId;
-use herald_delivery::dispatcher::Dispatcher;
+use herald_delivery::dispatcher::{Dispatcher, WorkerStopped};
 use herald_store::{Store, StoreLocation};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use secrecy::SecretString;
@@ -109,7 +109,7 @@ pub struct Running {
     pub local_addr: std::net::SocketAddr,
     pub shutdown: CancellationToken,
     pub api: tokio::task::JoinHandle<std::io::Result<()>>,
-    pub delivery: tokio::task::JoinHandle<()>,
+    pub delivery: tokio::task::JoinHandle<Result<(), WorkerStopped>>,
     /// Held for as long as the server runs on the embedded store.
     _data_dir_lock: Option<File>,
 }
@@ -118,6 +118,7 @@ pub struct Running {
 /// delivery worker until `shutdown` fires.
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let delivery = settings.delivery()?;
+    let retention = settings.retention()?;
     let location = store_location(settings)?;
     // On a shared store other nodes run beside this one and their leases are theirs;
     // only the embedded store is one process's alone.
@@ -133,6 +134,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             .rescue_expired_leases(
                 OffsetDateTime::now_utc() + delivery.lease(),
                 OffsetDateTime::now_utc(),
+                delivery.retry_schedule.attempts(),
             )
             .await?;
         if rescued > 0 {
@@ -143,12 +145,14 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         }
     }
     let wake = Arc::new(Notify::new());
+    let worker_stopped = CancellationToken::new();
     let state = AppState {
         store: store.clone(),
         credentials: Arc::new(static_credentials(settings)?),
         allow_private_targets: settings.allow_private_targets,
         wake: wake.clone(),
         metrics: metrics_handle(),
+        worker_stopped: worker_stopped.clone(),
     };
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -156,11 +160,22 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let local_addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
+    if let Some(keep) = retention {
+        let (store, cancel) = (store.clone(), shutdown.clone());
+        tokio::spawn(
+            async move { herald_delivery::retention::run(store.as_ref(), keep, cancel).await },
+        );
+    }
     let dispatcher = Dispatcher::new(store, delivery, wake).context("building the HTTP client")?;
+    let worker = dispatcher.run(shutdown.clone(), grace);
     Ok(Running {
         local_addr,
         api: tokio::spawn(herald_api::serve(listener, router(state), shutdown.clone())),
-        delivery: tokio::spawn(dispatcher.run(shutdown.clone(), grace)),
+        delivery: tokio::spawn(async move {
+            // Dropped however the worker ends, a panic included: /readyz then says so.
+            let _stopped = worker_stopped.drop_guard();
+            worker.await
+        }),
         shutdown,
         _data_dir_lock: lock,
     })
@@ -174,6 +189,16 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(addr = %running.local_addr, data_dir = %settings.data_dir.display(), "herald serving");
     tokio::select! {
         result = &mut running.api => return result?.context("server stopped"),
+        // Without its worker the server would accept events and never deliver them: exit
+        // non-zero, so that a supervisor restarts it (and its leases are rescued).
+        worker = &mut running.delivery => {
+            running.shutdown.cancel();
+            return match worker {
+                Ok(Ok(())) => Err(anyhow::anyhow!("the delivery worker stopped")),
+                Ok(Err(stopped)) => Err(stopped.into()),
+                Err(e) => Err(anyhow::anyhow!("the delivery worker panicked: {e}")),
+            };
+        }
         signal = shutdown_signal() => tracing::info!(signal, "shutting down"),
     }
     running.shutdown.cancel();
@@ -187,7 +212,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     match drained {
         Ok((api, delivery)) => {
             api?.context("server stopped")?;
-            delivery?;
+            delivery??;
         }
         Err(_) => tracing::warn!(?grace, "shutdown did not finish in time"),
     }

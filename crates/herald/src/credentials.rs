@@ -5,7 +5,9 @@ use herald_core::secrets::{
     generate_access_key, generate_secret_key, generate_token, token_digest,
 };
 use herald_core::timefmt::utc_seconds;
-use herald_store::{AccessKey, Store};
+use std::time::Duration;
+
+use herald_store::{AccessKey, NewToken, Store};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use serde_json::json;
@@ -73,29 +75,78 @@ pub async fn revoke(store: &dyn Store, access_key: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Creates an `X-Auth-Token` for a project and prints it once; only its digest is kept.
+/// Creates an `X-Auth-Token` for a project, valid for `ttl` (until revoked when `None`),
+/// and prints it once; only its digest is kept.
 pub async fn create_token(
     store: &dyn Store,
     project: &ProjectId,
+    ttl: Option<Duration>,
     as_json: bool,
 ) -> anyhow::Result<()> {
     let token = generate_token();
-    store
-        .insert_token(
-            &token_digest(token.expose_secret()),
-            project,
-            OffsetDateTime::now_utc(),
-        )
-        .await?;
+    let digest = token_digest(token.expose_secret());
+    let now = OffsetDateTime::now_utc();
+    let new = NewToken {
+        sha256: &digest,
+        project_id: project,
+        created_at: now,
+        expires_at: ttl.map(|ttl| now + ttl),
+    };
+    store.insert_token(&new).await?;
+    let expires_at = new.expires_at.map(utc_seconds);
     if as_json {
         println!(
             "{}",
-            json!({"project_id": project.as_str(), "token": token.expose_secret()})
+            json!({"project_id": project.as_str(), "token": token.expose_secret(), "id": new.id(), "expires_at": expires_at})
         );
     } else {
         println!("project_id: {project}");
         println!("token: {}", token.expose_secret());
+        println!("id: {}", new.id());
+        println!(
+            "expires_at: {}",
+            expires_at.as_deref().unwrap_or("never (until revoked)")
+        );
         println!("The token is shown only now; keep it somewhere safe.");
     }
     Ok(())
+}
+
+/// Lists tokens by id, never the tokens themselves.
+pub async fn list_tokens(
+    store: &dyn Store,
+    project: Option<&ProjectId>,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let now = OffsetDateTime::now_utc();
+    for token in store.list_tokens(project).await? {
+        let created = utc_seconds(token.created_at);
+        let expires = token.expires_at.map(utc_seconds);
+        let expired = token.expires_at.is_some_and(|at| at <= now);
+        if as_json {
+            println!(
+                "{}",
+                json!({"id": token.id, "project_id": token.project_id.as_str(), "created_at": created,
+                       "expires_at": expires, "expired": expired})
+            );
+        } else {
+            let expires = match (&expires, expired) {
+                (Some(at), true) => format!("expired {at}"),
+                (Some(at), false) => format!("expires {at}"),
+                (None, _) => "never expires".to_owned(),
+            };
+            println!("{}\t{}\t{created}\t{expires}", token.id, token.project_id);
+        }
+    }
+    Ok(())
+}
+
+/// Deletes a token by id; a running server refuses it from the next request on.
+pub async fn revoke_token(store: &dyn Store, id: &str) -> anyhow::Result<()> {
+    if store.delete_token(id).await? {
+        println!("revoked token {id}");
+        Ok(())
+    } else {
+        anyhow::bail!("no token {id}")
+    }
 }

@@ -132,12 +132,40 @@ enum TokensCommand {
     Create {
         #[arg(long)]
         project: String,
+        /// How long the token is valid, e.g. 30d or 12h [default: until revoked].
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<std::time::Duration>,
         #[command(flatten)]
         common: Common,
-        /// Print one JSON line: {"project_id", "token"}.
+        /// Print one JSON line: {"project_id", "token", "id", "expires_at"}.
         #[arg(long)]
         json: bool,
     },
+    /// List tokens by id (never the tokens), with when they expire.
+    List {
+        #[arg(long)]
+        project: Option<String>,
+        #[command(flatten)]
+        common: Common,
+        /// One JSON line per token: {"id", "project_id", "created_at", "expires_at", "expired"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id; a running server refuses it at once.
+    Revoke {
+        token_id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// `--ttl`: a duration of at least a second.
+fn parse_ttl(raw: &str) -> Result<std::time::Duration, String> {
+    let ttl = herald_core::retry::parse_duration("--ttl", raw).map_err(|e| e.rule)?;
+    if ttl < std::time::Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(ttl)
 }
 
 #[derive(Args)]
@@ -267,11 +295,25 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Tokens(TokensCommand::Create {
             project: p,
+            ttl,
             common,
             json,
         }) => {
             let store = common.open_store().await?;
-            credentials::create_token(store.as_ref(), &project(&p)?, json).await
+            credentials::create_token(store.as_ref(), &project(&p)?, ttl, json).await
+        }
+        Command::Tokens(TokensCommand::List {
+            project: p,
+            common,
+            json,
+        }) => {
+            let store = common.open_store().await?;
+            let p = p.as_deref().map(project).transpose()?;
+            credentials::list_tokens(store.as_ref(), p.as_ref(), json).await
+        }
+        Command::Tokens(TokensCommand::Revoke { token_id, common }) => {
+            let store = common.open_store().await?;
+            credentials::revoke_token(store.as_ref(), &token_id).await
         }
     }
 }

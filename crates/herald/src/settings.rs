@@ -44,6 +44,9 @@ pub struct Settings {
     pub max_in_flight: u32,
     /// Longest wait between looks at the queue when nothing signals work (`HERALD_POLL_INTERVAL`).
     pub poll_interval: String,
+    /// How long finished events, deliveries and attempts are kept, e.g. `30d`; `0` keeps
+    /// everything (`HERALD_RETENTION`).
+    pub retention: String,
     /// Access keys listed in the config file, beside those created by the CLI.
     pub credentials: Vec<StaticAccessKey>,
     /// Tokens listed in the config file.
@@ -79,6 +82,7 @@ impl Default for Settings {
             endpoint_concurrency: 32,
             max_in_flight: 512,
             poll_interval: "1s".into(),
+            retention: "30d".into(),
             credentials: Vec::new(),
             tokens: Vec::new(),
         }
@@ -128,6 +132,15 @@ impl Settings {
         })
     }
 
+    /// How long finished history is kept; `None` keeps it forever (`0`).
+    pub fn retention(&self) -> Result<Option<Duration>, FieldError> {
+        if self.retention.trim() == "0" {
+            return Ok(None);
+        }
+        let keep = parse_duration("HERALD_RETENTION", &self.retention)?;
+        Ok((!keep.is_zero()).then_some(keep))
+    }
+
     pub fn load(
         config_file: Option<&Path>,
         flags: &FlagOverrides,
@@ -151,6 +164,7 @@ impl Settings {
                 "endpoint_concurrency",
                 "max_in_flight",
                 "poll_interval",
+                "retention",
             ]))
             .merge(Serialized::defaults(flags))
             .extract()
@@ -207,6 +221,23 @@ mod tests {
         s.retry_schedule = "0s".into();
         s.delivery_timeout = "0s".into();
         assert_eq!(s.delivery().unwrap_err().field, "HERALD_DELIVERY_TIMEOUT");
+        s.delivery_timeout = "99999999999999d".into();
+        assert_eq!(s.delivery().unwrap_err().field, "HERALD_DELIVERY_TIMEOUT");
+    }
+
+    #[test]
+    fn retention_defaults_to_thirty_days_and_zero_keeps_everything() {
+        let mut s = Settings::default();
+        assert_eq!(
+            s.retention().unwrap(),
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        s.retention = "0".into();
+        assert_eq!(s.retention().unwrap(), None);
+        s.retention = "10s".into();
+        assert_eq!(s.retention().unwrap(), Some(Duration::from_secs(10)));
+        s.retention = "forever".into();
+        assert_eq!(s.retention().unwrap_err().field, "HERALD_RETENTION");
     }
 
     #[test]

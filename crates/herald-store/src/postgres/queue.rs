@@ -41,11 +41,12 @@ use tokio_util::sync::CancellationToken;
 use super::{PgStore, WORK_CHANNEL, notify_work};
 use crate::accept::{
     Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, TARGET_EXISTS, answers_in_order, batch_time_ms,
-    live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, stream_pairs,
+    live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, rescued_state, stream_pairs,
 };
 use crate::records::limit_offset;
 use crate::rows::{
     AttemptRow, CandidateRow, ClaimedRow, CorruptRow, DeliveryRow, Target, delivery_views,
+    finish_claim,
 };
 use crate::{
     Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
@@ -405,9 +406,7 @@ impl DeliveryQueue for PgStore {
         .bind(total)
         .fetch_all(&self.queue_pool)
         .await?;
-        rows.into_iter()
-            .map(|row| row.into_claimed(&self.master))
-            .collect()
+        finish_claim(self, rows, &self.master, &lease.owner, now).await
     }
 
     /// Set-based: one guarded update for the whole batch, one insert of the attempts
@@ -480,6 +479,7 @@ impl DeliveryQueue for PgStore {
         &self,
         expired_before: OffsetDateTime,
         now: OffsetDateTime,
+        max_attempts: u32,
     ) -> Result<u64, StoreError> {
         let now_ms = unix_ms(now);
         let expired: Vec<i64> = sqlx::query_scalar(
@@ -502,12 +502,14 @@ impl DeliveryQueue for PgStore {
         .await?;
         let rescued = sqlx::query(&format!(
             "UPDATE deliveries d SET next_attempt_at_ms = $1, lease_owner = NULL, lease_expires_at_ms = NULL, \
-                 state = CASE WHEN {TARGET_EXISTS} THEN 'retrying' ELSE 'cancelled' END \
-             WHERE d.id = ANY($3) AND d.state = 'running' AND d.lease_expires_at_ms < $2 \
-             RETURNING d.id, d.attempts, d.config_id, d.stream, d.state"
+                 state = {} \
+             WHERE d.id = ANY($4) AND d.state = 'running' AND d.lease_expires_at_ms < $2 \
+             RETURNING d.id, d.attempts, d.config_id, d.stream, d.state",
+            rescued_state("$3")
         ))
         .bind(now_ms)
         .bind(unix_ms(expired_before))
+        .bind(i64::from(max_attempts))
         .bind(&expired)
         .fetch_all(&mut *tx)
         .await?;
@@ -533,7 +535,8 @@ impl DeliveryQueue for PgStore {
         .bind(LEASE_EXPIRED)
         .execute(&mut *tx)
         .await?;
-        // A rescued delivery whose config was deleted is finished: its stream moves on.
+        // A rescued delivery that is finished (its config was deleted, or it has no attempt
+        // left) lets its stream move on.
         unblock_next_of_streams(&mut tx, &finished_streams(&rescued)?, now_ms).await?;
         notify_work(&mut tx).await?;
         tx.commit().await?;
@@ -559,7 +562,7 @@ impl DeliveryQueue for PgStore {
         .await?;
         let (limit, offset) = limit_offset(page);
         let rows = sqlx::query_as::<_, DeliveryRow>(&format!(
-            "SELECT d.id, e.event_id, d.config_id, d.url, e.payload::jsonb ->> 'event_type' AS event_type, \
+            "SELECT d.id, e.event_id, d.config_id, d.url, e.payload, \
              d.state, d.created_at_ms, d.next_attempt_at_ms \
              FROM deliveries d JOIN events e ON e.seq = d.event_seq {WHERE} ORDER BY d.id DESC LIMIT $4 OFFSET $5"
         ))

@@ -26,9 +26,11 @@ use super::SqliteStore;
 use super::json_array;
 use crate::accept::{
     Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, TARGET_EXISTS, answers_in_order, batch_time_ms,
-    live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, stream_pairs,
+    live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, rescued_state, stream_pairs,
 };
-use crate::rows::{AttemptRow, CandidateRow, ClaimedRow, DeliveryRow, Target, delivery_views};
+use crate::rows::{
+    AttemptRow, CandidateRow, ClaimedRow, DeliveryRow, Target, delivery_views, finish_claim,
+};
 use crate::{
     Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
     DeliveryStatus, DeliveryView, Lease, Page, RetryOutcome, StoreError,
@@ -88,6 +90,17 @@ async fn unblock_next_of_streams(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// `[config_id, stream]` of the rows whose new state finished them (not `retrying`).
+fn finished_streams(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<[String; 2]>, sqlx::Error> {
+    let mut finished = Vec::new();
+    for row in rows {
+        if row.try_get::<&str, _>("state")? != "retrying" {
+            finished.push([row.try_get("config_id")?, row.try_get("stream")?]);
+        }
+    }
+    Ok(finished)
 }
 
 /// The rows a new delivery copies its target from, joined on `j` (the batch).
@@ -272,7 +285,7 @@ impl DeliveryQueue for SqliteStore {
         lease: &Lease,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         let (room, total) = (limits.room_json(), limits.total_sql());
-        let (_gate, mut tx) = self.begin_write(&self.queue_pool).await?;
+        let (gate, mut tx) = self.begin_write(&self.queue_pool).await?;
         // The inner scan skips full endpoints before its LIMIT, so their backlog cannot fill
         // it; the window function then keeps each endpoint within its room.
         let rows = sqlx::query(
@@ -314,10 +327,8 @@ impl DeliveryQueue for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        claimed
-            .into_iter()
-            .map(|row| row.into_claimed(&self.master))
-            .collect()
+        drop(gate);
+        finish_claim(self, claimed, &self.master, &lease.owner, now).await
     }
 
     /// Set-based like ingest: one guarded update for the whole batch, one insert of the
@@ -369,14 +380,7 @@ impl DeliveryQueue for SqliteStore {
         .bind(json_array(&applied))
         .execute(&mut *tx)
         .await?;
-        let finished: Vec<[String; 2]> = moved
-            .iter()
-            .filter(|r| {
-                r.try_get::<String, _>("state")
-                    .is_ok_and(|s| s != "retrying")
-            })
-            .map(|r| Ok([r.try_get("config_id")?, r.try_get("stream")?]))
-            .collect::<Result<_, sqlx::Error>>()?;
+        let finished = finished_streams(&moved)?;
         if !finished.is_empty() {
             unblock_next_of_streams(&mut tx, &json_array(&finished), batch_time_ms(completions))
                 .await?;
@@ -389,16 +393,19 @@ impl DeliveryQueue for SqliteStore {
         &self,
         expired_before: OffsetDateTime,
         now: OffsetDateTime,
+        max_attempts: u32,
     ) -> Result<u64, StoreError> {
         let now_ms = unix_ms(now);
         let (_gate, mut tx) = self.begin_write(&self.queue_pool).await?;
         let rescued = sqlx::query(&format!(
             "UPDATE deliveries AS d SET next_attempt_at_ms = ?1, lease_owner = NULL, lease_expires_at_ms = NULL, \
-             state = CASE WHEN {TARGET_EXISTS} THEN 'retrying' ELSE 'cancelled' END \
-             WHERE state = 'running' AND lease_expires_at_ms < ?2 RETURNING id, attempts, config_id, stream, state"
+             state = {} \
+             WHERE state = 'running' AND lease_expires_at_ms < ?2 RETURNING id, attempts, config_id, stream, state",
+            rescued_state("?3")
         ))
         .bind(now_ms)
         .bind(unix_ms(expired_before))
+        .bind(i64::from(max_attempts))
         .fetch_all(&mut *tx)
         .await?;
         for row in &rescued {
@@ -413,17 +420,11 @@ impl DeliveryQueue for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        // A rescued delivery whose config was deleted is finished: its stream moves on.
-        let cancelled: Vec<[String; 2]> = rescued
-            .iter()
-            .filter(|r| {
-                r.try_get::<String, _>("state")
-                    .is_ok_and(|s| s == "cancelled")
-            })
-            .map(|r| Ok([r.try_get("config_id")?, r.try_get("stream")?]))
-            .collect::<Result<_, sqlx::Error>>()?;
-        if !cancelled.is_empty() {
-            unblock_next_of_streams(&mut tx, &json_array(&cancelled), now_ms).await?;
+        // A rescued delivery that is finished (its config was deleted, or it has no attempt
+        // left) lets its stream move on.
+        let finished = finished_streams(&rescued)?;
+        if !finished.is_empty() {
+            unblock_next_of_streams(&mut tx, &json_array(&finished), now_ms).await?;
         }
         tx.commit().await?;
         Ok(u64::try_from(rescued.len()).unwrap_or(0))
@@ -447,7 +448,7 @@ impl DeliveryQueue for SqliteStore {
         .fetch_one(&self.pool)
         .await?;
         let rows = sqlx::query_as::<_, DeliveryRow>(&format!(
-            "SELECT d.id, e.event_id, d.config_id, d.url, json_extract(e.payload, '$.event_type') AS event_type, \
+            "SELECT d.id, e.event_id, d.config_id, d.url, e.payload, \
              d.state, d.created_at_ms, d.next_attempt_at_ms \
              FROM deliveries d JOIN events e ON e.seq = d.event_seq {WHERE} ORDER BY d.id DESC LIMIT ?4 OFFSET ?5"
         ))
