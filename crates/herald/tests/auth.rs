@@ -4,7 +4,7 @@ mod common;
 
 use common::{TestServer, json};
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 use time::Duration;
 
 const LIST: &str = "/v1/p1/record/callbacks";
@@ -176,6 +176,81 @@ async fn tokens_authenticate_for_their_project_only() {
     assert_eq!(get(LIST).await.unwrap().status(), 200);
     let (status, _) = json(get("/v1/p2/record/callbacks").await.unwrap()).await;
     assert_eq!(status, 403);
+}
+
+/// SPEC §6: `herald tokens create --ttl`, `list` and `revoke`, run while the server runs;
+/// a revoked or expired token is refused at once.
+#[tokio::test]
+async fn tokens_expire_and_are_revoked_at_once() {
+    let server = TestServer::start().await;
+    let created = |args: &'static [&'static str]| async {
+        let out = server.herald(args).await;
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let lasting = created(&["tokens", "create", "--project", "p1", "--json"]).await;
+    let brief = created(&[
+        "tokens",
+        "create",
+        "--project",
+        "p1",
+        "--ttl",
+        "2s",
+        "--json",
+    ])
+    .await;
+    assert!(lasting["expires_at"].is_null(), "{lasting}");
+    assert!(
+        brief["expires_at"]
+            .as_str()
+            .is_some_and(|at| at.ends_with('Z')),
+        "{brief}"
+    );
+    let status = |token: Value| {
+        let request = server
+            .http
+            .get(format!("{}{LIST}", server.base))
+            .header("x-auth-token", token.as_str().unwrap());
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(lasting["token"].clone()).await, 200);
+    assert_eq!(status(brief["token"].clone()).await, 200);
+
+    let out = server
+        .herald(&["tokens", "list", "--project", "p1", "--json"])
+        .await;
+    let listed: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = listed.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&lasting["id"].as_str().unwrap()));
+    let text = serde_json::to_string(&listed).unwrap();
+    assert!(
+        !text.contains(lasting["token"].as_str().unwrap()),
+        "a listed token shows the token itself"
+    );
+
+    server
+        .herald(&["tokens", "revoke", lasting["id"].as_str().unwrap()])
+        .await;
+    assert_eq!(status(lasting["token"].clone()).await, 401, "revoked");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status(brief["token"].clone()).await == 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 2 s token never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(status(brief["token"].clone()).await, 401, "expired");
+    let out = server
+        .herald(&["tokens", "list", "--project", "p1", "--json"])
+        .await;
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["expired"], true, "{listed}");
 }
 
 #[tokio::test]
