@@ -183,27 +183,37 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
 
 /// `herald serve`: runs until SIGTERM or SIGINT, then drains within the grace period.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let mut running = start(&settings).await?;
+    let running = start(&settings).await?;
     // The one line on stdout, for scripts and tests that start herald on port 0.
     println!("listening on http://{}", running.local_addr);
     tracing::info!(addr = %running.local_addr, data_dir = %settings.data_dir.display(), "herald serving");
+    let grace = Duration::from_secs(settings.shutdown_grace_secs);
+    supervise(running, shutdown_signal(), grace).await
+}
+
+/// Runs a started server until `stop` resolves (a signal), then drains it within `grace`.
+/// Returns an error, for the process to exit non-zero, when the API or the delivery worker
+/// stops on its own: without its worker the server would accept events and never deliver
+/// them, so it goes down and a supervisor restarts it (and its leases are rescued).
+pub async fn supervise(
+    mut running: Running,
+    stop: impl Future<Output = &'static str>,
+    grace: Duration,
+) -> anyhow::Result<()> {
     tokio::select! {
         result = &mut running.api => return result?.context("server stopped"),
-        // Without its worker the server would accept events and never deliver them: exit
-        // non-zero, so that a supervisor restarts it (and its leases are rescued).
         worker = &mut running.delivery => {
             running.shutdown.cancel();
-            return match worker {
-                Ok(Ok(())) => Err(anyhow::anyhow!("the delivery worker stopped")),
-                Ok(Err(stopped)) => Err(stopped.into()),
-                Err(e) => Err(anyhow::anyhow!("the delivery worker panicked: {e}")),
-            };
+            return Err(match worker {
+                Ok(Ok(())) => anyhow::anyhow!("the delivery worker stopped"),
+                Ok(Err(stopped)) => stopped.into(),
+                Err(e) => anyhow::anyhow!("the delivery worker stopped: {e}"),
+            });
         }
-        signal = shutdown_signal() => tracing::info!(signal, "shutting down"),
+        signal = stop => tracing::info!(signal, "shutting down"),
     }
     running.shutdown.cancel();
     // The dispatcher bounds its own wait for in-flight callbacks by the grace period.
-    let grace = Duration::from_secs(settings.shutdown_grace_secs);
     let drained = tokio::time::timeout(grace + Duration::from_secs(1), async {
         let (api, delivery) = tokio::join!(&mut running.api, &mut running.delivery);
         (api, delivery)

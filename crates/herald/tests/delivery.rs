@@ -720,3 +720,38 @@ async fn redirects_are_not_followed_and_answers_are_kept_short() {
     );
     assert!(target.received().is_empty(), "the redirect was followed");
 }
+
+/// A node whose delivery worker stopped would accept events and never deliver them: it
+/// says so on /readyz (503) and its supervision ends in an error (the process exits
+/// non-zero, for a supervisor to restart it).
+#[tokio::test]
+async fn a_stopped_worker_makes_the_node_unready_and_the_process_exit() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let settings = herald::settings::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.path().to_owned(),
+        ..herald::settings::Settings::default()
+    };
+    let running = herald::app::start(&settings).await.unwrap();
+    let readyz = format!("http://{}/readyz", running.local_addr);
+    let http = reqwest::Client::new();
+    let ready = || async { http.get(&readyz).send().await.unwrap().status().as_u16() };
+    assert_eq!(ready().await, 200);
+    running.delivery.abort();
+    let deadline = std::time::Instant::now() + WAIT;
+    while ready().await != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never said 503"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ended = tokio::time::timeout(
+        WAIT,
+        herald::app::supervise(running, std::future::pending(), Duration::from_secs(1)),
+    )
+    .await
+    .expect("supervision went on without a worker");
+    let error = ended.unwrap_err().to_string();
+    assert!(error.contains("delivery worker stopped"), "{error}");
+}
