@@ -44,6 +44,8 @@ pub struct DeliveryJson {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryList {
+    /// How many deliveries match the filters, counted up to 10,000: a longer history
+    /// answers 10,000, so that a page costs the same however much history is kept.
     total: u64,
     deliveries: Vec<DeliveryJson>,
 }

@@ -34,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 pub use location::StoreLocation;
 pub use queue::{
     Accepted, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
-    DeliveryFilter, DeliveryStatus, DeliveryView, Lease, Notification, QueueStats, RetryOutcome,
+    DeliveryFilter, DeliveryStatus, DeliveryView, Lease, MOST_COUNTED_DELIVERIES, Notification,
+    QueueStats, RetryOutcome,
 };
 pub use rows::CorruptRow;
 

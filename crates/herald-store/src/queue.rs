@@ -192,6 +192,29 @@ impl DeliveryStatus {
     }
 }
 
+/// The delivery log counts matches up to this many: a page costs the same with a week of
+/// history as with an hour of it, where an exact count would read every delivery of the
+/// project on every page.
+pub const MOST_COUNTED_DELIVERIES: u64 = 10_000;
+
+/// The delivery log's filters and, for a backend, the conditions they add to a query of
+/// `deliveries d`: by event through the event's id index (never by scanning the project's
+/// history), by state. `$1` is the project, `$2` the event id, `$3` the states; each
+/// placeholder appears whether or not its filter is set, so the parameters bind alike.
+pub(crate) fn delivery_log_where(filter: &DeliveryFilter, states_match: &str) -> String {
+    let by_event = if filter.event_id.is_some() {
+        "d.event_seq = (SELECT seq FROM events WHERE project_id = $1 AND event_id = $2)"
+    } else {
+        "$2 IS NULL"
+    };
+    let by_state = if filter.status.is_some() {
+        states_match
+    } else {
+        "$3 IS NULL"
+    };
+    format!("WHERE d.project_id = $1 AND {by_event} AND {by_state}")
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
     pub status: Option<DeliveryStatus>,

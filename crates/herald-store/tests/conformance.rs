@@ -17,8 +17,9 @@ use std::collections::HashMap;
 
 use herald_store::{
     Accepted, AccessKey, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
-    Credentials, DeliveryFilter, DeliveryStatus, DeliveryView, Lease, LiveConfigFilter, NewToken,
-    Notification, Page, QueueStats, RetryOutcome, Store, StoreError,
+    Credentials, DeliveryFilter, DeliveryStatus, DeliveryView, Lease, LiveConfigFilter,
+    MOST_COUNTED_DELIVERIES, NewToken, Notification, Page, QueueStats, RetryOutcome, Store,
+    StoreError,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -86,6 +87,49 @@ impl Behind {
 async fn run_hardening_suite(store: &dyn Store, behind: &Behind) {
     retention_deletes_only_finished_history(store).await;
     an_unreadable_delivery_is_dead_and_the_claim_goes_on(store, behind).await;
+    the_log_counts_up_to_a_bound(store).await;
+}
+
+/// The delivery log's `total` is exact up to [`MOST_COUNTED_DELIVERIES`] and that bound
+/// beyond it; its pages and filters are unaffected. (Leaves deliveries pending: last.)
+async fn the_log_counts_up_to_a_bound(store: &dyn Store) {
+    let t0 = datetime!(2035-01-01 00:00:00 UTC);
+    let p = "q-counted";
+    let body = json!({"publish_domain": "many.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/m"});
+    store
+        .insert_live_config(&live_config(p, "cfg-many", body, t0))
+        .await
+        .unwrap();
+    let n = usize::try_from(MOST_COUNTED_DELIVERIES).unwrap() + 5;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let events: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                event(
+                    &format!("m{i}"),
+                    "RECORD_FILE_COMPLETE",
+                    "many.example.com",
+                    "live",
+                    &format!("s{i}"),
+                )
+            })
+            .collect();
+        store.ingest_live(&project(p), &events, t0).await.unwrap();
+    }
+    let page = Page {
+        offset: 0,
+        limit: 2,
+    };
+    let (total, newest) = log(store, p, None, None, page).await;
+    assert_eq!(total, MOST_COUNTED_DELIVERIES);
+    let ids: Vec<&str> = newest.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!(ids, [format!("m{}", n - 1), format!("m{}", n - 2)]);
+    let (total, _) = log(store, p, Some(DeliveryStatus::Pending), None, page).await;
+    assert_eq!(total, MOST_COUNTED_DELIVERIES);
+    let (total, found) = log(store, p, None, Some("m7"), page).await;
+    assert_eq!((total, found[0].event_id.as_str()), (1, "m7"));
+    let (total, _) = log(store, p, Some(DeliveryStatus::Dead), None, page).await;
+    assert_eq!(total, 0);
 }
 
 async fn access_keys(store: &dyn Store) {

@@ -43,6 +43,7 @@ use crate::accept::{
     Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, TARGET_EXISTS, answers_in_order, batch_time_ms,
     live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, rescued_state, stream_pairs,
 };
+use crate::queue::{MOST_COUNTED_DELIVERIES, delivery_log_where};
 use crate::records::limit_offset;
 use crate::rows::{
     AttemptRow, CandidateRow, ClaimedRow, CorruptRow, DeliveryRow, Target, delivery_views,
@@ -550,21 +551,24 @@ impl DeliveryQueue for PgStore {
         page: Page,
     ) -> Result<(u64, Vec<DeliveryView>), StoreError> {
         let states = filter.status.map(|s| s.states().to_vec());
-        const WHERE: &str = "WHERE d.project_id = $1 AND ($2::text IS NULL OR e.event_id = $2) \
-                             AND ($3::text[] IS NULL OR d.state = ANY($3))";
+        // The placeholders' types, for PostgreSQL to know them where a filter is unset.
+        let filtered = delivery_log_where(filter, "d.state = ANY($3::text[])")
+            .replace("$2 IS NULL", "$2::text IS NULL")
+            .replace("$3 IS NULL", "$3::text[] IS NULL");
         let total: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM deliveries d JOIN events e ON e.seq = d.event_seq {WHERE}"
+            "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries d {filtered} LIMIT $4) counted"
         ))
         .bind(project.as_str())
         .bind(filter.event_id.as_deref())
         .bind(states.as_deref())
+        .bind(i64::try_from(MOST_COUNTED_DELIVERIES).unwrap_or(i64::MAX))
         .fetch_one(&self.pool)
         .await?;
         let (limit, offset) = limit_offset(page);
         let rows = sqlx::query_as::<_, DeliveryRow>(&format!(
             "SELECT d.id, e.event_id, d.config_id, d.url, e.payload, \
              d.state, d.created_at_ms, d.next_attempt_at_ms \
-             FROM deliveries d JOIN events e ON e.seq = d.event_seq {WHERE} ORDER BY d.id DESC LIMIT $4 OFFSET $5"
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq {filtered} ORDER BY d.id DESC LIMIT $4 OFFSET $5"
         ))
         .bind(project.as_str())
         .bind(filter.event_id.as_deref())
