@@ -6,7 +6,10 @@ Sub-commands (each writes OUT_DIR/<name>.json and prints one line per run):
   e2e      ingest N events in batches as fast as possible; time until nginx has seen all
            (with --database-url: on PostgreSQL, on --nodes nodes sharing a fresh schema)
   latency  ingest at a steady rate; arrival at nginx minus the 202 seen by the client
-  memory   ingest N events towards a down endpoint; Herald's VmRSS once the queue settles
+  memory   ingest N events towards a down endpoint; Herald's VmRSS once the queue settles,
+           and the delivery log's first page with that history stored
+  idle     10 endpoints that never answer hold all their slots; Herald's CPU meanwhile
+  retention  a steady load with a short HERALD_RETENTION; the data dir's size over time
   report   read OUT_DIR/*.json, print the summary table and write OUT_DIR/summary.md
 
 Every loop is bounded in count and time; all traffic goes to 127.0.0.1.
@@ -99,8 +102,8 @@ class Herald:
         resp = conn.getresponse()
         return resp.status, resp.read()
 
-    def create_config(self, url):
-        body = json.dumps({"publish_domain": DOMAIN, "app": "*", "notify_callback_url": url,
+    def create_config(self, url, domain=DOMAIN):
+        body = json.dumps({"publish_domain": domain, "app": "*", "notify_callback_url": url,
                            "notify_event_subscription": ["RECORD_FILE_COMPLETE"],
                            "key": "BenchKey0123456789abcdefghijklmn"})
         c = self.conn()
@@ -634,14 +637,179 @@ def cmd_memory(a):
             "log_warn_error": h.log_counts(),
             **context([h], marks),
         }
+        res["log"] = log_latency(h)
         save_metrics(h, a.out_dir, tag)
     finally:
         h.stop()
         down.close()
     print(f"memory: {a.events} events ingested in {res['ingest_s']} s "
           f"({res['ingest_error_count']} errors); VmRSS {res['rss_mib']} MiB after {res['settle_s']} s, "
-          f"peak {res['hwm_mib']} MiB; store {res['store_bytes'] / 2**20:.0f} MiB", flush=True)
+          f"peak {res['hwm_mib']} MiB; store {res['store_bytes'] / 2**20:.0f} MiB; "
+          f"delivery log first page {res['log']['first_page']['median_ms']} ms", flush=True)
     save(a.out_dir, "memory", res)
+    return 0
+
+
+def log_latency(h, repeat=21):
+    """The delivery log with the history Herald holds: the median and worst time of its
+    first page, unfiltered, by status and by event id, each asked `repeat` times."""
+    queries = {
+        "first_page": "?limit=10",
+        "first_page_100": "?limit=100",
+        "status_failed": "?status=failed&limit=10",
+        "by_event_id": f"?event_id={PROJECT}-not-there&limit=10",
+    }
+    out = {}
+    c = h.conn(timeout=60)
+    for name, query in queries.items():
+        times, total = [], None
+        for _ in range(repeat):
+            t = time.perf_counter()
+            status, data = h.request(c, "GET", f"/v1/{PROJECT}/record/deliveries{query}")
+            times.append((time.perf_counter() - t) * 1000)
+            if status != 200:
+                raise RuntimeError(f"delivery log {query}: {status} {data[:200]!r}")
+            total = json.loads(data)["total"]
+        out[name] = {"query": query, "median_ms": round(statistics.median(times), 1),
+                     "max_ms": round(max(times), 1), "total": total}
+    c.close()
+    return out
+
+
+class SilentEndpoints:
+    """Sockets that accept connections and never answer: each holds every callback sent to
+    it for the whole delivery timeout."""
+
+    def __init__(self, n):
+        self.socks, self.held, self.stop = [], [], False
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            s.listen(4096)
+            s.settimeout(0.2)
+            self.socks.append(s)
+            threading.Thread(target=self._accept, args=(s,), daemon=True).start()
+
+    def _accept(self, s):
+        while not self.stop:
+            try:
+                conn, _ = s.accept()
+                self.held.append(conn)
+            except OSError:
+                continue
+
+    def urls(self):
+        return [f"http://127.0.0.1:{s.getsockname()[1]}/cb" for s in self.socks]
+
+    def close(self):
+        self.stop = True
+        for c in self.held + self.socks:
+            c.close()
+
+
+def metric(text, name):
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            try:
+                return float(line.rsplit(" ", 1)[1])
+            except ValueError:
+                return None
+    return None
+
+
+def cmd_idle(a):
+    """Every due delivery belongs to an endpoint at its cap: the dispatcher has nothing to
+    do until a slot frees. Herald's CPU over `a.window` seconds, from /proc/PID/stat."""
+    tag = f"idle-{uuid.uuid4().hex[:8]}"
+    silent = SilentEndpoints(a.endpoints)
+    h = Herald(a.herald, os.path.join(a.out_dir, f"{tag}-data"), os.path.join(a.out_dir, f"{tag}.log"),
+               {"HERALD_DELIVERY_TIMEOUT": "600s", "HERALD_RETRY_SCHEDULE": "0s,1h"})
+    try:
+        c = h.conn()
+        for k, url in enumerate(silent.urls()):
+            h.create_config(url, domain=f"idle{k}.example.com")
+            evs = [dict(event(f"{tag}-{k}-{i}", i, a.per_endpoint), publish_domain=f"idle{k}.example.com")
+                   for i in range(a.per_endpoint)]
+            status, data = h.request(c, "POST", EVENTS_PATH, json.dumps({"events": evs}))
+            if status != 202:
+                raise RuntimeError(f"ingest: {status} {data[:200]!r}")
+        c.close()
+        # Until every endpoint's slots are taken (the in-flight gauge stops rising).
+        deadline, last, steady = time.time() + 60, None, 0
+        while time.time() < deadline and steady < 3:
+            now = metric(h.metrics(), "herald_deliveries_in_flight")
+            steady = steady + 1 if now is not None and now == last and now > 0 else 0
+            last = now
+            time.sleep(1)
+        connections = len(silent.held)
+        cpu0, t0 = h.cpu_s(), time.time()
+        time.sleep(a.window)
+        cpu1, t1 = h.cpu_s(), time.time()
+        res = {
+            "endpoints": a.endpoints, "events_per_endpoint": a.per_endpoint,
+            "in_flight": last, "connections_held": connections,
+            "window_s": round(t1 - t0, 1), "herald_cpu_s": round(cpu1 - cpu0, 3),
+            "cpu_share_of_a_core_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 2),
+            "loadavg": open("/proc/loadavg").read().split()[:3],
+            "log_warn_error": h.log_counts(),
+        }
+    finally:
+        h.stop()
+        silent.close()
+    print(f"idle: {a.endpoints} silent endpoints holding {res['in_flight']:.0f} callbacks; Herald used "
+          f"{res['herald_cpu_s']} s of CPU in {res['window_s']} s = {res['cpu_share_of_a_core_pct']}% of a core",
+          flush=True)
+    save(a.out_dir, "idle", res)
+    return 0
+
+
+def dir_bytes(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def cmd_retention(a):
+    """A steady load of `a.rate` events/s delivered to nginx, with HERALD_RETENTION =
+    `a.keep`: the data dir's size every `a.every` seconds for `a.duration` seconds. Once the
+    retention period has passed, the cleaner frees as much as ingest adds and SQLite
+    reuses the freed pages: the size levels off."""
+    tag = f"ret-{uuid.uuid4().hex[:8]}"
+    h = Herald(a.herald, os.path.join(a.out_dir, f"{tag}-data"), os.path.join(a.out_dir, f"{tag}.log"),
+               {"HERALD_RETENTION": a.keep})
+    samples = []
+    try:
+        h.create_config(f"http://127.0.0.1:{a.nginx_port}/cb")
+        c = h.conn()
+        per_tick, tick = max(1, int(a.rate / 10)), 0.1
+        t0 = next_sample = time.time()
+        n = 0
+        while time.time() - t0 < a.duration:
+            evs = [event(f"{tag}-{n + k:08d}", n + k, 1000) for k in range(per_tick)]
+            status, data = h.request(c, "POST", EVENTS_PATH, json.dumps({"events": evs}))
+            if status != 202:
+                raise RuntimeError(f"ingest: {status} {data[:200]!r}")
+            n += per_tick
+            if time.time() >= next_sample:
+                text = h.metrics()
+                samples.append({"t_s": round(time.time() - t0), "events": n,
+                                "data_dir_mib": round(dir_bytes(h.data_dir) / 2**20, 2),
+                                "deleted": metric(text, "herald_retention_deleted_total"),
+                                "succeeded": metric(text, 'herald_deliveries{state="succeeded"}')})
+                print(f"  retention: {samples[-1]}", flush=True)
+                next_sample += a.every
+            time.sleep(max(0.0, t0 + (n / a.rate) - time.time()))
+        c.close()
+        later = [s["data_dir_mib"] for s in samples if s["t_s"] >= a.duration / 2]
+        res = {"rate": a.rate, "retention": a.keep, "duration_s": a.duration, "events": n,
+               "samples": samples,
+               "second_half_min_mib": min(later) if later else None,
+               "second_half_max_mib": max(later) if later else None,
+               "log_warn_error": h.log_counts()}
+    finally:
+        h.stop()
+    print(f"retention: {n} events at {a.rate}/s with HERALD_RETENTION={a.keep}; data dir "
+          f"{res['second_half_min_mib']}-{res['second_half_max_mib']} MiB over the second half "
+          f"(at {samples[len(samples) // 4]['data_dir_mib']} MiB a quarter in)", flush=True)
+    save(a.out_dir, "retention", res)
     return 0
 
 
@@ -700,11 +868,30 @@ def cmd_report(a):
                      f"VmRSS {mem['rss_mib']} MiB (peak {mem['hwm_mib']} MiB; "
                      f"ingest {mem['ingest_events_per_s']:,.0f} events/s)",
                      "<= 150 MiB", verdict(mem["rss_mib"] <= 150 and mem["ingest_error_count"] == 0)))
+    if mem and "log" in mem:
+        first = mem["log"]["first_page"]
+        rows.append((f"d2. delivery log, first page, {mem['events']:,} deliveries stored",
+                     f"median {first['median_ms']} ms, worst {first['max_ms']} ms "
+                     f"(status=failed: {mem['log']['status_failed']['median_ms']} ms, "
+                     f"event_id: {mem['log']['by_event_id']['median_ms']} ms)",
+                     "<= 50 ms", verdict(first["median_ms"] <= 50)))
+    idle = load(a.out_dir, "idle")
+    if idle:
+        rows.append((f"f. idle CPU: {idle['endpoints']} silent endpoints holding {idle['in_flight']:.0f} callbacks",
+                     f"{idle['cpu_share_of_a_core_pct']}% of a core ({idle['herald_cpu_s']} s in {idle['window_s']} s)",
+                     "< 1% of a core", verdict(idle["cpu_share_of_a_core_pct"] < 1)))
+    ret = load(a.out_dir, "retention")
+    if ret:
+        rows.append((f"g. retention {ret['retention']}: {ret['rate']:g} events/s for {ret['duration_s']:g} s",
+                     f"data dir {ret['second_half_min_mib']}-{ret['second_half_max_mib']} MiB over the second half",
+                     "levels off", verdict(ret["second_half_max_mib"] is not None
+                                           and ret["second_half_max_mib"] <= 1.5 * ret["second_half_min_mib"])))
     lines = ["| measurement | result | target | |", "|---|---|---|---|"]
     lines += [f"| {m} | {r} | {t} | {v} |" for m, r, t, v in rows]
     table = "\n".join(lines)
     notes = []
-    for name, d in (("e2e", e2e), ("e2e-pg1", pg1), ("e2e-pg2", pg2), ("latency", lat), ("memory", mem)):
+    for name, d in (("e2e", e2e), ("e2e-pg1", pg1), ("e2e-pg2", pg2), ("latency", lat), ("memory", mem),
+                    ("idle", idle), ("retention", ret)):
         for r in (d["runs"] if d and "runs" in d else [d] if d else []):
             if r.get("ingest_error_count"):
                 notes.append(f"- {name}: {r['ingest_error_count']} ingest errors, e.g. {r['ingest_errors'][:3]}")
@@ -763,13 +950,22 @@ def main():
     m.add_argument("--retry-schedule", default="0s,1h,1h")
     m.add_argument("--settle", type=float, default=120, help="longest wait for the queue to settle")
     m.add_argument("--time-limit", type=float, default=1800)
+    i = sub.add_parser("idle")
+    i.add_argument("--endpoints", type=int, default=10)
+    i.add_argument("--per-endpoint", type=int, default=100)
+    i.add_argument("--window", type=float, default=30, help="seconds of CPU measured")
+    rt = sub.add_parser("retention")
+    rt.add_argument("--rate", type=float, default=500, help="events per second")
+    rt.add_argument("--keep", default="10s", help="HERALD_RETENTION")
+    rt.add_argument("--duration", type=float, default=180)
+    rt.add_argument("--every", type=float, default=10, help="seconds between samples")
     r = sub.add_parser("report")
     r.add_argument("--machine", default="")
     a = p.parse_args()
     os.makedirs(a.out_dir, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return {"probe": cmd_probe, "e2e": cmd_e2e, "latency": cmd_latency, "memory": cmd_memory,
-            "report": cmd_report}[a.cmd](a)
+            "idle": cmd_idle, "retention": cmd_retention, "report": cmd_report}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ public class Receiver {
     static final long TOLERANCE = 300; // seconds either side of X-Rtc-Timestamp
     static final List<String> LIVE_SIGNED =
         List.of("event_type", "publish_domain", "app", "stream", "download_url", "play_url");
-    static final Map<String, Long> seenRands = new HashMap<>(); // X-Rtc-Rand -> its timestamp
+    static final Map<String, Long> seenSignatures = new HashMap<>(); // X-Rtc-Signature -> its timestamp
     static final Set<String> seenEvents = new HashSet<>(); // Herald-Event-Ids handled (use your database)
     // Top-level "name":"text" pairs, enough for Herald's flat bodies; use Jackson or Gson if you have them.
     static final String TEXT = "\"([^\"\\\\]*+(?:\\\\.[^\"\\\\]*+)*+)\"";
@@ -57,10 +57,12 @@ public class Receiver {
         long now = System.currentTimeMillis() / 1000;
         if (rand == null || ts == null || !ts.matches("[0-9]{1,12}") || Math.abs(now - Long.parseLong(ts)) > TOLERANCE)
             throw new Rejected("missing X-Rtc-Rand or X-Rtc-Timestamp outside tolerance");
-        if (!equal(hmacHex((rand + ts).getBytes(UTF_8), raw), headers.getFirst("X-Rtc-Signature")))
-            throw new Rejected("bad X-Rtc-Signature");
-        seenRands.values().removeIf(t -> t < now - TOLERANCE);
-        if (seenRands.putIfAbsent(rand, Long.parseLong(ts)) != null) throw new Rejected("replayed X-Rtc-Rand");
+        String expected = hmacHex((rand + ts).getBytes(UTF_8), raw);
+        if (!equal(expected, headers.getFirst("X-Rtc-Signature"))) throw new Rejected("bad X-Rtc-Signature");
+        seenSignatures.values().removeIf(t -> t < now - TOLERANCE);
+        // Known by its signature, which covers rand, timestamp and body: a replay is the same signed
+        // callback again, while two callbacks can share a 32-bit rand by chance.
+        if (seenSignatures.putIfAbsent(expected, Long.parseLong(ts)) != null) throw new Rejected("replayed callback");
         return parse(raw);
     }
 

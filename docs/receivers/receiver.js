@@ -13,7 +13,7 @@ const SIGN_TYPE = process.env.HERALD_SIGN_TYPE || 'HMACSHA256'; // Live only: HM
 const TOLERANCE = 300; // seconds either side of X-Rtc-Timestamp
 const DIGITS = /^[0-9]{1,12}$/;
 const LIVE_SIGNED = ['event_type', 'publish_domain', 'app', 'stream', 'download_url', 'play_url'];
-const seenRands = new Map(); // X-Rtc-Rand -> its timestamp, kept while a replay could still pass
+const seenSignatures = new Map(); // X-Rtc-Signature -> its timestamp, kept while a replay could still pass
 const seenEvents = new Set(); // Herald-Event-Id already handled (use your database in production)
 
 class Rejected extends Error {}
@@ -32,9 +32,11 @@ function verifyRtc(headers, raw) {
   }
   const expected = hmacHex(Buffer.concat([Buffer.from(rand + ts), raw]));
   if (!equal(expected, headers['x-rtc-signature'])) throw new Rejected('bad X-Rtc-Signature');
-  for (const [r, t] of seenRands) if (t < now - TOLERANCE) seenRands.delete(r);
-  if (seenRands.has(rand)) throw new Rejected('replayed X-Rtc-Rand');
-  seenRands.set(rand, Number(ts));
+  for (const [s, t] of seenSignatures) if (t < now - TOLERANCE) seenSignatures.delete(s);
+  // Known by its signature, which covers rand, timestamp and body: a replay is the same signed
+  // callback again, while two callbacks can share a 32-bit rand by chance.
+  if (seenSignatures.has(expected)) throw new Rejected('replayed callback');
+  seenSignatures.set(expected, Number(ts));
   return JSON.parse(raw);
 }
 

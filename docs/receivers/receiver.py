@@ -14,7 +14,7 @@ SIGN_TYPE = os.environ.get("HERALD_SIGN_TYPE", "HMACSHA256")  # Live only: HMACS
 TOLERANCE = 300  # seconds either side of X-Rtc-Timestamp
 DIGITS = re.compile(r"[0-9]{1,12}")
 LIVE_SIGNED = ("event_type", "publish_domain", "app", "stream", "download_url", "play_url")
-seen_rands = {}  # X-Rtc-Rand -> its timestamp, kept while a replay could still pass
+seen_signatures = {}  # X-Rtc-Signature -> its timestamp, kept while a replay could still pass
 seen_events = set()  # Herald-Event-Id already handled (use your database in production)
 
 
@@ -34,11 +34,13 @@ def verify_rtc(headers, raw):
     expected = hmac.new(KEY, (rand + ts).encode() + raw, hashlib.sha256).hexdigest()
     if not equal(expected, headers["X-Rtc-Signature"]):
         raise Rejected("bad X-Rtc-Signature")
-    for r in [r for r, t in seen_rands.items() if t < now - TOLERANCE]:
-        del seen_rands[r]
-    if rand in seen_rands:
-        raise Rejected("replayed X-Rtc-Rand")
-    seen_rands[rand] = int(ts)
+    for s in [s for s, t in seen_signatures.items() if t < now - TOLERANCE]:
+        del seen_signatures[s]
+    # Known by its signature, which covers rand, timestamp and body: a replay is the same signed
+    # callback again, while two callbacks can share a 32-bit rand by chance.
+    if expected in seen_signatures:
+        raise Rejected("replayed callback")
+    seen_signatures[expected] = int(ts)
     return json.loads(raw)
 
 

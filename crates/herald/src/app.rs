@@ -11,7 +11,7 @@ use herald_core::project::ProjectId;
 use herald_delivery::dispatcher::{Dispatcher, WorkerStopped};
 use herald_store::{Store, StoreLocation};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use secrecy::SecretString;
+use secrecy::ExposeSecret;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -23,7 +23,10 @@ use crate::settings::Settings;
 /// Where the settings put the store: the embedded one unless `database_url` says otherwise.
 pub fn store_location(settings: &Settings) -> anyhow::Result<StoreLocation> {
     Ok(StoreLocation::from_settings(
-        settings.database_url.as_deref(),
+        settings
+            .database_url
+            .as_ref()
+            .map(ExposeSecret::expose_secret),
         &settings.data_dir,
         settings.database_pool_size,
     )?)
@@ -36,7 +39,13 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
 }
 
 async fn open_at(location: &StoreLocation, settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    let master = master_key::load_or_create(settings.master_key.as_deref(), &settings.data_dir)?;
+    let master = master_key::load_or_create(
+        settings
+            .master_key
+            .as_ref()
+            .map(ExposeSecret::expose_secret),
+        &settings.data_dir,
+    )?;
     location
         .open(master)
         .await
@@ -47,15 +56,11 @@ fn static_credentials(settings: &Settings) -> anyhow::Result<StaticCredentials> 
     let mut creds = StaticCredentials::default();
     for (i, key) in settings.credentials.iter().enumerate() {
         let project = ProjectId::parse(&format!("credentials[{i}].project_id"), &key.project_id)?;
-        creds.add_access_key(
-            project,
-            key.access_key.clone(),
-            SecretString::from(key.secret_key.clone()),
-        );
+        creds.add_access_key(project, key.access_key.clone(), key.secret_key.clone());
     }
     for (i, token) in settings.tokens.iter().enumerate() {
         let project = ProjectId::parse(&format!("tokens[{i}].project_id"), &token.project_id)?;
-        creds.add_token(project, &SecretString::from(token.token.clone()));
+        creds.add_token(project, &token.token);
     }
     Ok(creds)
 }
@@ -118,7 +123,6 @@ pub struct Running {
 /// delivery worker until `shutdown` fires.
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let delivery = settings.delivery()?;
-    let retention = settings.retention()?;
     let location = store_location(settings)?;
     // On a shared store other nodes run beside this one and their leases are theirs;
     // only the embedded store is one process's alone.
@@ -159,8 +163,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         .with_context(|| format!("binding {}", settings.listen))?;
     let local_addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let grace = Duration::from_secs(settings.shutdown_grace_secs);
-    if let Some(keep) = retention {
+    let grace = settings.shutdown_grace;
+    if let Some(keep) = settings.retention {
         let (store, cancel) = (store.clone(), shutdown.clone());
         tokio::spawn(
             async move { herald_delivery::retention::run(store.as_ref(), keep, cancel).await },
@@ -187,7 +191,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // The one line on stdout, for scripts and tests that start herald on port 0.
     println!("listening on http://{}", running.local_addr);
     tracing::info!(addr = %running.local_addr, data_dir = %settings.data_dir.display(), "herald serving");
-    let grace = Duration::from_secs(settings.shutdown_grace_secs);
+    let grace = settings.shutdown_grace;
     supervise(running, shutdown_signal(), grace).await
 }
 

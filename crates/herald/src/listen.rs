@@ -28,7 +28,9 @@ pub struct ListenOptions {
 
 struct Listener {
     options: ListenOptions,
-    /// Remembers recent `X-Rtc-Rand` values, so a replay is flagged.
+    /// Remembers each callback it verified within the tolerance window by its signature
+    /// (which covers rand, timestamp and body), so the same signed callback sent again is
+    /// flagged as a replay while two callbacks that share an `X-Rtc-Rand` by chance both pass.
     rtc: Option<RtcVerifier>,
 }
 

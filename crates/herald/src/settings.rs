@@ -1,4 +1,8 @@
 //! Settings: defaults in code, then the TOML file, then `HERALD_*` variables, then flags.
+//!
+//! Parsed, not validated later: durations are [`Duration`]s (at most ten years, so no time
+//! computed from one can overflow), the retry schedule a [`RetrySchedule`], and secrets
+//! [`SecretString`]s, which `Debug` and logs show as redacted.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,18 +14,20 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use herald_core::field::FieldError;
 use herald_core::retry::{RetrySchedule, parse_duration};
 use herald_delivery::DeliverySettings;
-use serde::{Deserialize, Serialize};
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer, Serialize};
 
-/// Everything `herald` reads at start-up. Not `Debug`: it can hold secrets.
-#[derive(Clone, Serialize, Deserialize)]
+/// Everything `herald` reads at start-up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Where the API listens (`HERALD_LISTEN`).
     pub listen: SocketAddr,
     /// The embedded store and the generated master key live here (`HERALD_DATA_DIR`).
     pub data_dir: PathBuf,
     /// `postgres://…` to run on PostgreSQL, shared with other nodes, instead of the
-    /// embedded store (`HERALD_DATABASE_URL`). Never logged: it may carry a password.
-    pub database_url: Option<String>,
+    /// embedded store (`HERALD_DATABASE_URL`). A secret: it may carry a password.
+    pub database_url: Option<SecretString>,
     /// Most PostgreSQL connections this node opens for ingest and management, besides its
     /// worker's and the one it keeps for `LISTEN` (`HERALD_DATABASE_POOL_SIZE`).
     pub database_pool_size: u32,
@@ -29,41 +35,49 @@ pub struct Settings {
     pub allow_private_targets: bool,
     /// 64 hex characters; when unset, `master.key` in the data dir is used or created
     /// (`HERALD_MASTER_KEY`).
-    pub master_key: Option<String>,
-    /// How long shutdown waits for in-flight requests and callbacks, in seconds.
-    pub shutdown_grace_secs: u64,
+    pub master_key: Option<SecretString>,
+    /// How long shutdown waits for in-flight requests and callbacks (`HERALD_SHUTDOWN_GRACE`).
+    #[serde(deserialize_with = "shutdown_grace")]
+    pub shutdown_grace: Duration,
     /// Delays before each delivery attempt, e.g. `0s,5s,30s,2m` (`HERALD_RETRY_SCHEDULE`).
-    pub retry_schedule: String,
+    #[serde(deserialize_with = "retry_schedule")]
+    pub retry_schedule: RetrySchedule,
     /// Connect plus response time allowed per attempt (`HERALD_DELIVERY_TIMEOUT`).
-    pub delivery_timeout: String,
+    #[serde(deserialize_with = "delivery_timeout")]
+    pub delivery_timeout: Duration,
     /// Live `auth_timestamp` = send time + this (`HERALD_SIGNATURE_TTL`).
-    pub signature_ttl: String,
+    #[serde(deserialize_with = "signature_ttl")]
+    pub signature_ttl: Duration,
     /// Most callbacks in flight to one endpoint (`HERALD_ENDPOINT_CONCURRENCY`).
     pub endpoint_concurrency: u32,
     /// Most callbacks in flight from this process (`HERALD_MAX_IN_FLIGHT`).
     pub max_in_flight: u32,
     /// Longest wait between looks at the queue when nothing signals work (`HERALD_POLL_INTERVAL`).
-    pub poll_interval: String,
-    /// How long finished events, deliveries and attempts are kept, e.g. `30d`; `0` keeps
-    /// everything (`HERALD_RETENTION`).
-    pub retention: String,
+    #[serde(deserialize_with = "poll_interval")]
+    pub poll_interval: Duration,
+    /// How long finished events, deliveries and attempts are kept; `None` (written `0`)
+    /// keeps everything (`HERALD_RETENTION`).
+    #[serde(deserialize_with = "retention")]
+    pub retention: Option<Duration>,
     /// Access keys listed in the config file, beside those created by the CLI.
     pub credentials: Vec<StaticAccessKey>,
     /// Tokens listed in the config file.
     pub tokens: Vec<StaticToken>,
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StaticAccessKey {
     pub project_id: String,
     pub access_key: String,
-    pub secret_key: String,
+    pub secret_key: SecretString,
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StaticToken {
     pub project_id: String,
-    pub token: String,
+    pub token: SecretString,
 }
 
 impl Default for Settings {
@@ -75,18 +89,75 @@ impl Default for Settings {
             database_pool_size: 16,
             allow_private_targets: false,
             master_key: None,
-            shutdown_grace_secs: 10,
-            retry_schedule: "0s,5s,30s,2m,10m,30m,1h,3h,6h,12h".into(),
-            delivery_timeout: "5s".into(),
-            signature_ttl: "600s".into(),
+            shutdown_grace: Duration::from_secs(10),
+            retry_schedule: RetrySchedule::default(),
+            delivery_timeout: Duration::from_secs(5),
+            signature_ttl: Duration::from_secs(600),
             endpoint_concurrency: 32,
             max_in_flight: 512,
-            poll_interval: "1s".into(),
-            retention: "30d".into(),
+            poll_interval: Duration::from_secs(1),
+            retention: Some(Duration::from_secs(30 * 86_400)),
             credentials: Vec::new(),
             tokens: Vec::new(),
         }
     }
+}
+
+/// A setting as written: figment reads `HERALD_RETENTION=0` as a number, `5s` as text.
+fn written<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Text(String),
+        Number(u64),
+    }
+    Ok(match Written::deserialize(d)? {
+        Written::Text(text) => text,
+        Written::Number(n) => n.to_string(),
+    })
+}
+
+/// A duration setting, its errors naming the variable that sets it.
+fn duration_named<'de, D: Deserializer<'de>>(d: D, name: &str) -> Result<Duration, D::Error> {
+    parse_duration(name, &written(d)?).map_err(serde::de::Error::custom)
+}
+
+fn shutdown_grace<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    duration_named(d, "HERALD_SHUTDOWN_GRACE")
+}
+
+fn delivery_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let timeout = duration_named(d, "HERALD_DELIVERY_TIMEOUT")?;
+    if timeout.is_zero() {
+        return Err(serde::de::Error::custom(FieldError::new(
+            "HERALD_DELIVERY_TIMEOUT",
+            "must be more than 0",
+        )));
+    }
+    Ok(timeout)
+}
+
+fn signature_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    duration_named(d, "HERALD_SIGNATURE_TTL")
+}
+
+/// At least 10 ms: a shorter poll would only burn CPU.
+fn poll_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    Ok(duration_named(d, "HERALD_POLL_INTERVAL")?.max(Duration::from_millis(10)))
+}
+
+fn retry_schedule<'de, D: Deserializer<'de>>(d: D) -> Result<RetrySchedule, D::Error> {
+    RetrySchedule::parse("HERALD_RETRY_SCHEDULE", &written(d)?).map_err(serde::de::Error::custom)
+}
+
+/// `0` (or any zero duration) keeps everything.
+fn retention<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let raw = written(d)?;
+    if raw.trim() == "0" {
+        return Ok(None);
+    }
+    let keep = parse_duration("HERALD_RETENTION", &raw).map_err(serde::de::Error::custom)?;
+    Ok((!keep.is_zero()).then_some(keep))
 }
 
 /// Flags given on the command line; `None` leaves the lower layers' value.
@@ -101,7 +172,7 @@ pub struct FlagOverrides {
 }
 
 impl Settings {
-    /// The delivery settings, validated; errors name the variable to fix.
+    /// The delivery settings; errors name the variable to fix.
     pub fn delivery(&self) -> Result<DeliverySettings, FieldError> {
         let positive = |name: &str, value: u32| {
             if value == 0 {
@@ -110,42 +181,25 @@ impl Settings {
                 Ok(value)
             }
         };
-        let timeout = parse_duration("HERALD_DELIVERY_TIMEOUT", &self.delivery_timeout)?;
-        if timeout.is_zero() {
-            return Err(FieldError::new(
-                "HERALD_DELIVERY_TIMEOUT",
-                "must be more than 0",
-            ));
-        }
         Ok(DeliverySettings {
-            retry_schedule: RetrySchedule::parse("HERALD_RETRY_SCHEDULE", &self.retry_schedule)?,
-            timeout,
-            signature_ttl: parse_duration("HERALD_SIGNATURE_TTL", &self.signature_ttl)?,
+            retry_schedule: self.retry_schedule.clone(),
+            timeout: self.delivery_timeout,
+            signature_ttl: self.signature_ttl,
             per_endpoint_in_flight: positive(
                 "HERALD_ENDPOINT_CONCURRENCY",
                 self.endpoint_concurrency,
             )?,
             max_in_flight: positive("HERALD_MAX_IN_FLIGHT", self.max_in_flight)?,
             allow_private_targets: self.allow_private_targets,
-            poll_interval: parse_duration("HERALD_POLL_INTERVAL", &self.poll_interval)?
-                .max(Duration::from_millis(10)),
+            poll_interval: self.poll_interval,
         })
-    }
-
-    /// How long finished history is kept; `None` keeps it forever (`0`).
-    pub fn retention(&self) -> Result<Option<Duration>, FieldError> {
-        if self.retention.trim() == "0" {
-            return Ok(None);
-        }
-        let keep = parse_duration("HERALD_RETENTION", &self.retention)?;
-        Ok((!keep.is_zero()).then_some(keep))
     }
 
     pub fn load(
         config_file: Option<&Path>,
         flags: &FlagOverrides,
     ) -> Result<Self, Box<figment::Error>> {
-        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        let mut figment = Figment::new();
         if let Some(file) = config_file {
             figment = figment.merge(Toml::file_exact(file));
         }
@@ -157,7 +211,7 @@ impl Settings {
                 "database_pool_size",
                 "allow_private_targets",
                 "master_key",
-                "shutdown_grace_secs",
+                "shutdown_grace",
                 "retry_schedule",
                 "delivery_timeout",
                 "signature_ttl",
@@ -175,6 +229,8 @@ impl Settings {
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment::Jail's closures must return figment::Error.
 mod tests {
+    use secrecy::ExposeSecret;
+
     use super::*;
 
     #[test]
@@ -185,6 +241,7 @@ mod tests {
                 r#"
                     listen = "127.0.0.1:9000"
                     data_dir = "/from/file"
+                    delivery_timeout = "7s"
                     [[credentials]]
                     project_id = "p1"
                     access_key = "AK"
@@ -193,6 +250,7 @@ mod tests {
             )?;
             jail.set_env("HERALD_DATA_DIR", "/from/env");
             jail.set_env("HERALD_ALLOW_PRIVATE_TARGETS", "true");
+            jail.set_env("HERALD_RETENTION", "0");
             let flags = FlagOverrides {
                 data_dir: Some("/from/flag".into()),
                 ..FlagOverrides::default()
@@ -200,8 +258,10 @@ mod tests {
             let s = Settings::load(Some(Path::new("herald.toml")), &flags).map_err(|e| *e)?;
             assert_eq!(s.listen, SocketAddr::from(([127, 0, 0, 1], 9000)));
             assert_eq!(s.data_dir, PathBuf::from("/from/flag"));
+            assert_eq!(s.delivery_timeout, Duration::from_secs(7));
+            assert_eq!(s.retention, None);
             assert!(s.allow_private_targets);
-            assert_eq!(s.credentials.len(), 1);
+            assert_eq!(s.credentials[0].secret_key.expose_secret(), "SK");
             let s = Settings::load(Some(Path::new("herald.toml")), &FlagOverrides::default())
                 .map_err(|e| *e)?;
             assert_eq!(s.data_dir, PathBuf::from("/from/env"));
@@ -209,35 +269,38 @@ mod tests {
         });
     }
 
-    #[test]
-    fn delivery_settings_are_validated_by_name() {
-        let mut s = Settings::default();
-        let d = s.delivery().unwrap();
-        assert_eq!(d.retry_schedule.attempts(), 10);
-        assert_eq!(d.timeout, Duration::from_secs(5));
-        assert_eq!(d.signature_ttl, Duration::from_secs(600));
-        s.retry_schedule = "0s,5x".into();
-        assert_eq!(s.delivery().unwrap_err().field, "HERALD_RETRY_SCHEDULE");
-        s.retry_schedule = "0s".into();
-        s.delivery_timeout = "0s".into();
-        assert_eq!(s.delivery().unwrap_err().field, "HERALD_DELIVERY_TIMEOUT");
-        s.delivery_timeout = "99999999999999d".into();
-        assert_eq!(s.delivery().unwrap_err().field, "HERALD_DELIVERY_TIMEOUT");
+    /// The error of loading with one variable set.
+    fn refused(name: &str, value: &str) -> String {
+        let mut message = String::new();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(name, value);
+            message = Settings::load(None, &FlagOverrides::default())
+                .map(|_| "accepted".to_owned())
+                .unwrap_or_else(|e| e.to_string());
+            Ok(())
+        });
+        message
     }
 
     #[test]
-    fn retention_defaults_to_thirty_days_and_zero_keeps_everything() {
-        let mut s = Settings::default();
-        assert_eq!(
-            s.retention().unwrap(),
-            Some(Duration::from_secs(30 * 86_400))
-        );
-        s.retention = "0".into();
-        assert_eq!(s.retention().unwrap(), None);
-        s.retention = "10s".into();
-        assert_eq!(s.retention().unwrap(), Some(Duration::from_secs(10)));
-        s.retention = "forever".into();
-        assert_eq!(s.retention().unwrap_err().field, "HERALD_RETENTION");
+    fn bad_settings_are_refused_naming_the_variable() {
+        for (name, value) in [
+            ("HERALD_RETRY_SCHEDULE", "0s,5x"),
+            ("HERALD_DELIVERY_TIMEOUT", "0s"),
+            ("HERALD_DELIVERY_TIMEOUT", "99999999999999d"),
+            ("HERALD_SIGNATURE_TTL", "5"),
+            ("HERALD_RETENTION", "forever"),
+            ("HERALD_RETENTION", "3651d"),
+            ("HERALD_SHUTDOWN_GRACE", "soon"),
+        ] {
+            let message = refused(name, value);
+            assert!(message.contains(name), "{name}={value}: {message}");
+        }
+        let s = Settings {
+            max_in_flight: 0,
+            ..Settings::default()
+        };
+        assert_eq!(s.delivery().unwrap_err().field, "HERALD_MAX_IN_FLIGHT");
     }
 
     #[test]
@@ -247,7 +310,30 @@ mod tests {
             assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
             assert_eq!(s.data_dir, PathBuf::from("./herald-data"));
             assert!(!s.allow_private_targets);
+            assert_eq!(s.retention, Some(Duration::from_secs(30 * 86_400)));
+            let d = s.delivery().unwrap();
+            assert_eq!(d.retry_schedule.attempts(), 10);
+            assert_eq!(d.timeout, Duration::from_secs(5));
+            assert_eq!(d.signature_ttl, Duration::from_secs(600));
             Ok(())
         });
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let s = Settings {
+            database_url: Some(SecretString::from("postgres://u:hunter2@db/herald")),
+            master_key: Some(SecretString::from("ab".repeat(32))),
+            tokens: vec![StaticToken {
+                project_id: "p1".into(),
+                token: SecretString::from("token-hunter2"),
+            }],
+            ..Settings::default()
+        };
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains(&"ab".repeat(32)),
+            "{shown}"
+        );
     }
 }

@@ -18,13 +18,16 @@ use common::receiver::{Received, Receiver};
 use common::{cli_token, spawn_serve};
 use serde_json::{Value, json};
 
-/// Quick retries, so re-queued deliveries go out within the test.
+/// Quick retries, so re-queued deliveries go out within the test; a one-second retention,
+/// so that the cleaner deletes finished history all through the kill and the restart and
+/// is proved never to take an accepted event that has not been delivered.
 const ENV: &[(&str, &str)] = &[
     (
         "HERALD_RETRY_SCHEDULE",
         "0s,200ms,200ms,500ms,500ms,1s,1s,1s,1s,1s",
     ),
     ("HERALD_POLL_INTERVAL", "200ms"),
+    ("HERALD_RETENTION", "1s"),
 ];
 const ARGS: &[&str] = &["--allow-private-targets"];
 

@@ -26,8 +26,8 @@ async fn server(schedule: &str) -> (TestServer, String) {
     let schedule = schedule.to_owned();
     let server = TestServer::start_with(|s| {
         s.allow_private_targets = true;
-        s.retry_schedule = schedule;
-        s.delivery_timeout = "2s".into();
+        s.retry_schedule = common::schedule(&schedule);
+        s.delivery_timeout = std::time::Duration::from_secs(2);
     })
     .await;
     let token = server.token("p1").await;
@@ -615,7 +615,7 @@ async fn a_deleted_configs_waiting_deliveries_are_cancelled() {
 
 #[tokio::test]
 async fn a_name_resolving_to_loopback_is_refused_at_send_time() {
-    let server = TestServer::start_with(|s| s.retry_schedule = "0s".into()).await;
+    let server = TestServer::start_with(|s| s.retry_schedule = common::schedule("0s")).await;
     let token = server.token("p1").await;
     let receiver = Receiver::ok().await;
     let host = gethostname::gethostname().to_string_lossy().into_owned();

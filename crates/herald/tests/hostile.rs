@@ -142,8 +142,8 @@ impl HostileReceiver {
 async fn server() -> (TestServer, String) {
     let server = TestServer::start_with(|s| {
         s.allow_private_targets = true;
-        s.retry_schedule = "0s,1s,1h".into();
-        s.delivery_timeout = "2s".into();
+        s.retry_schedule = common::schedule("0s,1s,1h");
+        s.delivery_timeout = std::time::Duration::from_secs(2);
     })
     .await;
     let token = server.token("p1").await;

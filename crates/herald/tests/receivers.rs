@@ -1,7 +1,7 @@
 //! The sample receivers of `docs/receivers` (Python, Node.js, Java) against a real Herald:
 //! each one, run as its users would run it, verifies Live HMACSHA256, Live MD5 and RTC
 //! callbacks, rejects a callback signed with another key (Herald records the 401), drops a
-//! duplicate `Herald-Event-Id` and refuses a replayed `X-Rtc-Rand`. And `docs/receiving.md`
+//! duplicate `Herald-Event-Id` and refuses a replayed RTC callback (the same signature again). And `docs/receiving.md`
 //! must quote each receiver verbatim, so the doc cannot drift from the tested code.
 //!
 //! Needs `python3`, `node` (20+) and `java` (JDK 17+) on PATH; a missing one fails the test.
@@ -232,7 +232,7 @@ async fn exercise(lang: &Lang) {
     let started = Instant::now();
     let server = TestServer::start_with(|s| {
         s.allow_private_targets = true;
-        s.retry_schedule = "0s".into(); // one attempt: a rejected callback is dead at once
+        s.retry_schedule = common::schedule("0s"); // one attempt: a rejected callback is dead at once
     })
     .await;
     let token = server.token("p1").await;

@@ -235,7 +235,7 @@ fn expected_signature(r: &Received) -> String {
 async fn rtc_callbacks_are_signed_over_the_raw_body_and_resigned_on_retry() {
     let server = TestServer::start_with(|s| {
         s.allow_private_targets = true;
-        s.retry_schedule = "0s,1100ms".into();
+        s.retry_schedule = common::schedule("0s,1100ms");
     })
     .await;
     let token = server.token("p1").await;

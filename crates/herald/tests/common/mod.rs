@@ -46,6 +46,11 @@ async fn test_schema() -> Option<TestSchema> {
     }
 }
 
+/// A retry schedule written as in `HERALD_RETRY_SCHEDULE`.
+pub fn schedule(raw: &str) -> herald_core::retry::RetrySchedule {
+    herald_core::retry::RetrySchedule::parse("retry_schedule", raw).unwrap()
+}
+
 /// An AK/SK pair and the project it belongs to.
 #[derive(Clone)]
 pub struct Creds {
@@ -65,7 +70,9 @@ impl TestServer {
         let mut settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data_dir.path().to_owned(),
-            database_url: schema.as_ref().map(|s| s.url.clone()),
+            database_url: schema
+                .as_ref()
+                .map(|s| secrecy::SecretString::from(s.url.clone())),
             database_pool_size: 4,
             ..Settings::default()
         };
