@@ -1,8 +1,9 @@
 //! The sample receivers of `docs/receivers` (Python, Node.js, Java) against a real Herald:
 //! each one, run as its users would run it, verifies Live HMACSHA256, Live MD5 and RTC
 //! callbacks, rejects a callback signed with another key (Herald records the 401), drops a
-//! duplicate `Herald-Event-Id` and refuses a replayed RTC callback (the same signature again). And `docs/receiving.md`
-//! must quote each receiver verbatim, so the doc cannot drift from the tested code.
+//! duplicate `Herald-Event-Id` and refuses a replayed RTC callback (the same signature
+//! again). And `docs/receiving.md` must quote each receiver verbatim, so the doc cannot
+//! drift from the tested code.
 //!
 //! Needs `python3`, `node` (20+) and `java` (JDK 17+) on PATH; a missing one fails the test.
 
