@@ -160,7 +160,8 @@ impl Dispatcher {
                 stopped = Some(WorkerStopped("the outcome recorder"));
                 break;
             }
-            if maintenance.is_finished() {
+            // Maintenance ends by itself when `cancel` fires: only before that is it a fault.
+            if maintenance.is_finished() && !cancel.is_cancelled() {
                 stopped = Some(WorkerStopped("lease rescue and queue metrics"));
                 break;
             }
