@@ -197,22 +197,42 @@ impl DeliveryStatus {
 /// project on every page.
 pub const MOST_COUNTED_DELIVERIES: u64 = 10_000;
 
-/// The delivery log's filters and, for a backend, the conditions they add to a query of
-/// `deliveries d`: by event through the event's id index (never by scanning the project's
-/// history), by state. `$1` is the project, `$2` the event id, `$3` the states; each
-/// placeholder appears whether or not its filter is set, so the parameters bind alike.
-pub(crate) fn delivery_log_where(filter: &DeliveryFilter, states_match: &str) -> String {
+/// The states a delivery reaches only by failing (or by losing its config), as the
+/// partial index `deliveries_failing_by_project` is defined: a filter on them must repeat
+/// this term word for word for SQLite to use that index.
+const FAILING_STATES: &str = "d.state IN ('retrying', 'dead', 'cancelled')";
+
+/// The delivery log's filters as the conditions they add to a query of `deliveries d`, the
+/// same on every backend: by event through the event's id index (never by scanning the
+/// project's history), by state through a literal list (the states are Herald's own
+/// names), on the failing states' index where it applies. `$1` is the project, `$2` the
+/// event id, bound whether or not it is set.
+pub(crate) fn delivery_log_where(filter: &DeliveryFilter) -> String {
     let by_event = if filter.event_id.is_some() {
         "d.event_seq = (SELECT seq FROM events WHERE project_id = $1 AND event_id = $2)"
     } else {
-        "$2 IS NULL"
+        "CAST($2 AS TEXT) IS NULL"
     };
-    let by_state = if filter.status.is_some() {
-        states_match
-    } else {
-        "$3 IS NULL"
+    let by_state = match filter.status {
+        None => String::new(),
+        Some(status) => {
+            let states = status.states();
+            let listed: Vec<String> = states.iter().map(|s| format!("'{s}'")).collect();
+            let failing = states
+                .iter()
+                .all(|s| ["retrying", "dead", "cancelled"].contains(s));
+            format!(
+                " AND {}d.state IN ({})",
+                if failing {
+                    format!("{FAILING_STATES} AND ")
+                } else {
+                    String::new()
+                },
+                listed.join(", ")
+            )
+        }
     };
-    format!("WHERE d.project_id = $1 AND {by_event} AND {by_state}")
+    format!("WHERE d.project_id = $1 AND {by_event}{by_state}")
 }
 
 #[derive(Debug, Clone, Default)]

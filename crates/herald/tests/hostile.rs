@@ -348,6 +348,51 @@ async fn a_nonsense_status_line_is_a_failed_attempt() {
     assert_eq!(attempt(&d)["status_code"], 999);
 }
 
+/// SPEC §5: the callback client ignores the environment's proxy variables (a proxy, not
+/// the guarded resolver, would pick the address connected to). `herald serve` runs with
+/// every proxy variable pointing at a receiver that must see nothing.
+#[tokio::test]
+async fn proxy_variables_are_ignored() {
+    let proxy = Receiver::ok().await;
+    let target = Receiver::ok().await;
+    let proxy_url = format!("http://{}", proxy.addr);
+    let env: Vec<(&str, &str)> = [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .into_iter()
+    .map(|name| (name, proxy_url.as_str()))
+    .collect();
+    let data_dir = tempfile::tempdir().unwrap();
+    let (_serve, base) = common::spawn_serve(
+        data_dir.path(),
+        &["--allow-private-targets"],
+        &env,
+        std::process::Stdio::null(),
+    )
+    .await;
+    let token = common::cli_token(data_dir.path(), "p1").await;
+    let client = TestServer::client_for(&base);
+    config(&client, &token, "direct.example.com", &target.url()).await;
+    let (status, answer) = client
+        .post_with_token(
+            &token,
+            "/v1/p1/record/events",
+            &batch("d", "direct.example.com", 1),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    target.wait_for(1, PROMPTLY).await;
+    assert!(
+        proxy.received().is_empty(),
+        "a callback went through the proxy"
+    );
+}
+
 /// SPEC §4's field rules: the same 400, naming the field, on every store; nothing stored.
 #[tokio::test]
 async fn hostile_fields_are_refused_by_name_on_every_store() {

@@ -550,17 +550,12 @@ impl DeliveryQueue for PgStore {
         filter: &DeliveryFilter,
         page: Page,
     ) -> Result<(u64, Vec<DeliveryView>), StoreError> {
-        let states = filter.status.map(|s| s.states().to_vec());
-        // The placeholders' types, for PostgreSQL to know them where a filter is unset.
-        let filtered = delivery_log_where(filter, "d.state = ANY($3::text[])")
-            .replace("$2 IS NULL", "$2::text IS NULL")
-            .replace("$3 IS NULL", "$3::text[] IS NULL");
+        let filtered = delivery_log_where(filter);
         let total: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries d {filtered} LIMIT $4) counted"
+            "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries d {filtered} LIMIT $3) counted"
         ))
         .bind(project.as_str())
         .bind(filter.event_id.as_deref())
-        .bind(states.as_deref())
         .bind(i64::try_from(MOST_COUNTED_DELIVERIES).unwrap_or(i64::MAX))
         .fetch_one(&self.pool)
         .await?;
@@ -568,11 +563,10 @@ impl DeliveryQueue for PgStore {
         let rows = sqlx::query_as::<_, DeliveryRow>(&format!(
             "SELECT d.id, e.event_id, d.config_id, d.url, e.payload, \
              d.state, d.created_at_ms, d.next_attempt_at_ms \
-             FROM deliveries d JOIN events e ON e.seq = d.event_seq {filtered} ORDER BY d.id DESC LIMIT $4 OFFSET $5"
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq {filtered} ORDER BY d.id DESC LIMIT $3 OFFSET $4"
         ))
         .bind(project.as_str())
         .bind(filter.event_id.as_deref())
-        .bind(states.as_deref())
         .bind(limit)
         .bind(offset)
         .fetch_all(&self.pool)

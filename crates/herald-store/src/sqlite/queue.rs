@@ -437,25 +437,22 @@ impl DeliveryQueue for SqliteStore {
         filter: &DeliveryFilter,
         page: Page,
     ) -> Result<(u64, Vec<DeliveryView>), StoreError> {
-        let states = filter.status.map(|s| json_array(s.states()));
-        let filtered = delivery_log_where(filter, "d.state IN (SELECT value FROM json_each($3))");
+        let filtered = delivery_log_where(filter);
         let total: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries d {filtered} LIMIT $4)"
+            "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries d {filtered} LIMIT $3)"
         ))
         .bind(project.as_str())
         .bind(filter.event_id.as_deref())
-        .bind(states.as_deref())
         .bind(i64::try_from(MOST_COUNTED_DELIVERIES).unwrap_or(i64::MAX))
         .fetch_one(&self.pool)
         .await?;
         let rows = sqlx::query_as::<_, DeliveryRow>(&format!(
             "SELECT d.id, e.event_id, d.config_id, d.url, e.payload, \
              d.state, d.created_at_ms, d.next_attempt_at_ms \
-             FROM deliveries d JOIN events e ON e.seq = d.event_seq {filtered} ORDER BY d.id DESC LIMIT $4 OFFSET $5"
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq {filtered} ORDER BY d.id DESC LIMIT $3 OFFSET $4"
         ))
         .bind(project.as_str())
         .bind(filter.event_id.as_deref())
-        .bind(states.as_deref())
         .bind(i64::try_from(page.limit).unwrap_or(i64::MAX))
         .bind(i64::try_from(page.offset).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
