@@ -6,6 +6,8 @@
 //! - [`rtc`]: the RTC flavour: apps, record callbacks, RTC events (SPEC §2, §4).
 //! - [`deliveries`]: the delivery log and manual retry (SPEC §6).
 //! - [`health`]: `/healthz` and `/readyz`.
+//! - [`whoami`]: the caller's project, for clients that hold only a token (the console).
+//! - [`console`]: the web console's files, at `/console/`.
 //! - [`error`]: the one error type that becomes an HTTP answer.
 //! - [`request_id`]: `X-request-id` on every answer.
 //!
@@ -14,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod console;
 pub mod deliveries;
 pub mod error;
 pub mod health;
@@ -22,6 +25,7 @@ pub mod live;
 mod query;
 pub mod request_id;
 pub mod rtc;
+pub mod whoami;
 
 use std::sync::Arc;
 
@@ -75,6 +79,7 @@ pub struct AppState {
         (name = "ingest", description = "Recording events from engines (SPEC §4)"),
         (name = "deliveries", description = "The delivery log and manual retry (SPEC §6)"),
         (name = "operations", description = "Health and documents"),
+        (name = "auth", description = "Who the credential belongs to"),
     )
 )]
 struct ApiDoc;
@@ -113,6 +118,7 @@ pub fn router(state: AppState) -> Router {
             rtc::show_record_callback
         ))
         .routes(routes!(rtc::ingest_rtc))
+        .routes(routes!(whoami::projects))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -132,6 +138,7 @@ pub fn router(state: AppState) -> Router {
             "/openapi.json",
             get(move || async move { Json(openapi.as_ref().clone()) }),
         )
+        .merge(console::router())
         .fallback(|| async { ApiError::NoSuchApi })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(CatchPanicLayer::custom(|_| {

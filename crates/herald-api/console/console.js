@@ -1,0 +1,595 @@
+// Herald console (SPEC §8). Plain JavaScript, no framework: every view is built with `h`
+// (text always set as text, never parsed as HTML) from the public API's answers, with the
+// signed-in token. The token lives in sessionStorage: it is gone when the browser tab is.
+
+const TOKEN_KEY = "herald.token";
+const SAMPLES_KEY = "herald.samples";
+const WINDOW_MS = 15 * 60 * 1000;
+const SAMPLE_EVERY_MS = 5000;
+
+/// Live event types with the console labels of seed 001.
+const LIVE_TYPES = [
+  ["RECORD_START", "Recording started"],
+  ["RECORD_NEW_FILE_START", "Create a new recording file"],
+  ["RECORD_FILE_COMPLETE", "Recording file generation completed"],
+  ["RECORD_OVER", "End of recording"],
+  ["RECORD_FAILED", "Recording failed"],
+];
+const RTC_TYPES = ["RECORD_NEW_FILE_START", "RECORD_FILE_COMPLETE", "CLOUD_RECORD_SERVER_OVER"];
+const STATUSES = ["pending", "succeeded", "failed", "dead", "cancelled"];
+
+const main = document.getElementById("main");
+let project = null;
+let sampler = null;
+
+// --- DOM -------------------------------------------------------------------------------
+
+/** An element with attributes (`on*` become listeners) and children (strings are text). */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else if (value === true) el.setAttribute(name, "");
+    else el.setAttribute(name, String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+let ids = 0;
+/** A labelled input: the label names it, so screen readers and tests find it by name. */
+function field(label, attrs = {}, hint = null) {
+  const id = `f${++ids}`;
+  const hintId = hint ? `${id}-hint` : null;
+  const input = attrs.options
+    ? h("select", { id, name: attrs.name }, attrs.options.map(([v, t]) =>
+        h("option", { value: v, selected: v === attrs.value }, t)))
+    : h("input", { type: "text", id, "aria-describedby": hintId, ...attrs });
+  return {
+    input,
+    el: h("div", { class: "field" }, h("label", { for: id }, label), input,
+      hint ? h("p", { class: "hint", id: hintId }, hint) : null),
+  };
+}
+
+function checkbox(label, attrs = {}) {
+  const id = `f${++ids}`;
+  const input = h("input", { type: "checkbox", id, ...attrs });
+  return { input, el: h("div", { class: "check" }, input, h("label", { for: id }, label)) };
+}
+
+function say(text) {
+  const status = document.getElementById("status");
+  status.textContent = text;
+  clearTimeout(say.timer);
+  say.timer = setTimeout(() => { status.textContent = ""; }, 4000);
+}
+
+/** Asks with the page's own dialog (keyboard and screen-reader friendly); true on OK. */
+function confirmWith(text) {
+  const dialog = document.getElementById("confirm");
+  document.getElementById("confirm-text").textContent = text;
+  dialog.returnValue = "";
+  dialog.showModal();
+  dialog.querySelector('button[value="cancel"]').focus();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+  });
+}
+
+function show(...children) {
+  main.replaceChildren(...children);
+  main.focus();
+}
+
+/** A table whose cells carry their column's name (`data-label`), so that on a narrow
+ *  screen each row can stand as a card of labelled lines. */
+function table(caption, headers, rows, empty) {
+  const body = rows.length
+    ? rows.map((cells) => h("tr", {}, cells.map((cell, i) => {
+      const [content, cls] = Array.isArray(cell) ? cell : [cell, null];
+      return h("td", { class: cls, "data-label": headers[i] }, content);
+    })))
+    : h("tr", {}, h("td", { colspan: headers.length }, empty));
+  return h("div", { class: "scroll" }, h("table", { class: "cards" },
+    h("caption", {}, caption),
+    h("thead", {}, h("tr", {}, headers.map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", {}, body)));
+}
+
+const when = (iso) => (iso ? iso.replace("T", " ").replace(/\.\d+Z$|Z$/, " UTC") : "—");
+
+// --- API -------------------------------------------------------------------------------
+
+class ApiFailure extends Error {
+  constructor(status, body) {
+    super((body && body.error_msg) || `HTTP ${status}`);
+    this.status = status;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { "X-Auth-Token": sessionStorage.getItem(TOKEN_KEY) || "" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+  if (response.status === 401 && project) {
+    signOut("Your token is no longer accepted (revoked or expired): sign in again.");
+    throw new ApiFailure(401, data);
+  }
+  if (!response.ok) throw new ApiFailure(response.status, data);
+  return data;
+}
+
+const live = (rest) => `/v1/${encodeURIComponent(project)}/record/${rest}`;
+
+// --- Sign-in ---------------------------------------------------------------------------
+
+function signInView(message = "") {
+  const token = field("Access token", { type: "password", autocomplete: "off", required: true },
+    "A token from `herald tokens create --project P`. It is kept for this browser tab only.");
+  const error = h("p", { class: "error", role: "alert" }, message);
+  const form = h("form", { class: "panel signin", "aria-labelledby": "signin-title" },
+    h("h1", { id: "signin-title" }, "Sign in to Herald"),
+    error, token.el,
+    h("div", { class: "buttons" }, h("button", { type: "submit" }, "Sign in")));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    sessionStorage.setItem(TOKEN_KEY, token.input.value.trim());
+    try {
+      await start();
+      if (!location.hash || location.hash === "#/") location.hash = "#/configs";
+      else route();
+    } catch (e) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      error.textContent = e.status === 401 ? "That token is not accepted." : e.message;
+      token.input.focus();
+    }
+  });
+  show(form);
+  token.input.focus();
+}
+
+async function start() {
+  const answer = await api("GET", "/v3/auth/projects");
+  project = answer.projects[0].id;
+  document.getElementById("who").textContent = `Project ${project}`;
+  for (const id of ["nav", "who", "sign-out"]) document.getElementById(id).hidden = false;
+}
+
+function signOut(message = "") {
+  sessionStorage.removeItem(TOKEN_KEY);
+  project = null;
+  for (const id of ["nav", "who", "sign-out"]) document.getElementById(id).hidden = true;
+  stopSampling();
+  signInView(message);
+}
+
+// --- Callback configurations (Live) ----------------------------------------------------
+
+async function configsView() {
+  const list = await api("GET", live("callbacks?offset=0&limit=100"));
+  const formSlot = h("div");
+  const add = h("button", { type: "button", onclick: () => openConfigForm(formSlot, null) },
+    "Add Callback Configuration");
+  const rows = list.callback_config.map((c) => [
+    [c.publish_domain, "wrap"],
+    [c.app, "wrap"],
+    [c.notify_callback_url || "—", "url"],
+    c.notify_event_subscription.map(typeLabel).join(", "),
+    c.sign_type,
+    when(c.update_time),
+    h("div", { class: "buttons" },
+      h("button", { type: "button", class: "secondary", "aria-label": `Edit ${c.publish_domain} ${c.app}`,
+        onclick: () => openConfigForm(formSlot, c) }, "Edit"),
+      h("button", { type: "button", class: "danger", "aria-label": `Delete ${c.publish_domain} ${c.app}`,
+        onclick: () => deleteConfig(c) }, "Delete")),
+  ]);
+  const shown = list.callback_config.length;
+  show(
+    h("h1", {}, "Callback configurations"),
+    h("div", { class: "toolbar" }, add),
+    formSlot,
+    table((list.total === 1 ? "1 configuration" : `${list.total} configurations`)
+      + (list.total > shown ? ` (first ${shown} shown)` : ""),
+    ["Ingest domain", "App", "Callback URL", "Callback Type", "Authentication Mode", "Updated", "Operation"],
+    rows, "No callback configuration yet."));
+}
+
+function typeLabel(type) {
+  const found = LIVE_TYPES.find(([t]) => t === type);
+  return found ? found[1] : type;
+}
+
+/** The add (config null) or edit form. A refused save shows the API's message and keeps
+ *  what was typed. */
+function openConfigForm(slot, config) {
+  const editing = config !== null;
+  const domain = field("Ingest domain", { value: config?.publish_domain ?? "", required: true });
+  const app = field("App", { value: config?.app ?? "", required: true }, "An app name, or * for any app.");
+  const url = field("Callback URL", { type: "url", value: config?.notify_callback_url ?? "" },
+    "http:// or https://, without parameters.");
+  const subscribed = config?.notify_event_subscription ?? ["RECORD_FILE_COMPLETE"];
+  const types = LIVE_TYPES.map(([type, label]) => ({ type, ...checkbox(label, { checked: subscribed.includes(type) }) }));
+  const mode = field("Authentication Mode", {
+    options: [["HMACSHA256", "HMACSHA256"], ["MD5", "MD5"]], value: config?.sign_type ?? "HMACSHA256",
+  });
+  const key = field("Authentication Key", { type: "password", autocomplete: "off" },
+    editing ? "32 letters and digits. Leave empty to keep the current key." : "32 letters and digits; optional.");
+  const error = h("p", { class: "error", role: "alert" });
+  const title = editing ? "Edit Callback Configuration" : "Add Callback Configuration";
+  const form = h("form", { class: "panel", "aria-label": title },
+    h("h2", {}, title), error, domain.el, app.el, url.el,
+    h("fieldset", {}, h("legend", {}, "Callback Type"), types.map((t) => t.el)),
+    mode.el, key.el,
+    h("div", { class: "buttons" },
+      h("button", { type: "submit" }, "OK"),
+      h("button", { type: "button", class: "secondary", onclick: () => slot.replaceChildren() }, "Cancel")));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    const body = {
+      publish_domain: domain.input.value.trim(),
+      app: app.input.value.trim(),
+      notify_callback_url: url.input.value.trim(),
+      notify_event_subscription: types.filter((t) => t.input.checked).map((t) => t.type),
+      sign_type: mode.input.value,
+    };
+    if (key.input.value !== "") body.key = key.input.value;
+    try {
+      if (editing) await api("PUT", live(`callbacks/${encodeURIComponent(config.id)}`), body);
+      else await api("POST", live("callbacks"), body);
+      say(editing ? "Callback configuration saved." : "Callback configuration added.");
+      await configsView();
+    } catch (e) {
+      error.textContent = e.message;
+    }
+  });
+  slot.replaceChildren(form);
+  domain.input.focus();
+}
+
+async function deleteConfig(config) {
+  const ok = await confirmWith(`Delete the callback configuration of ${config.publish_domain} / ${config.app}? `
+    + "Its callbacks not yet sent are cancelled.");
+  if (!ok) return;
+  try {
+    await api("DELETE", live(`callbacks/${encodeURIComponent(config.id)}`));
+    say("Callback configuration deleted.");
+  } catch (e) {
+    say(e.message);
+  }
+  await configsView();
+}
+
+// --- Apps (RTC) -----------------------------------------------------------------------
+
+async function appsView() {
+  const list = await api("GET", "/v2/apps?offset=0&limit=100");
+  const formSlot = h("div");
+  const rows = list.apps.map((a) => [
+    [a.app_name, "wrap"],
+    h("code", {}, a.app_id),
+    when(a.create_time),
+    h("div", { class: "buttons" },
+      h("a", { href: `#/apps/${a.app_id}`, "aria-label": `Configure ${a.app_name}` }, "Configure"),
+      h("button", { type: "button", class: "danger", "aria-label": `Delete ${a.app_name}`,
+        onclick: () => deleteApp(a) }, "Delete")),
+  ]);
+  show(
+    h("h1", {}, "Apps"),
+    h("div", { class: "toolbar" },
+      h("button", { type: "button", onclick: () => openAppForm(formSlot) }, "Create App")),
+    formSlot,
+    table(list.count === 1 ? "1 app" : `${list.count} apps`,
+      ["App name", "App ID", "Created", "Operation"], rows, "No app yet."));
+}
+
+function openAppForm(slot) {
+  const name = field("App name", { required: true });
+  const error = h("p", { class: "error", role: "alert" });
+  const form = h("form", { class: "panel", "aria-label": "Create App" },
+    h("h2", {}, "Create App"), error, name.el,
+    h("div", { class: "buttons" },
+      h("button", { type: "submit" }, "OK"),
+      h("button", { type: "button", class: "secondary", onclick: () => slot.replaceChildren() }, "Cancel")));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    try {
+      const created = await api("POST", "/v2/apps", { app_name: name.input.value.trim() });
+      say(`App created: ${created.app_id}`);
+      await appsView();
+    } catch (e) {
+      error.textContent = e.message;
+    }
+  });
+  slot.replaceChildren(form);
+  name.input.focus();
+}
+
+async function deleteApp(app) {
+  if (!(await confirmWith(`Delete the app ${app.app_name}? Its callbacks not yet sent are cancelled.`))) return;
+  try {
+    await api("DELETE", `/v2/apps/${encodeURIComponent(app.app_id)}`);
+    say("App deleted.");
+  } catch (e) {
+    say(e.message);
+  }
+  await appsView();
+}
+
+async function appView(appId) {
+  const path = `/v2/apps/${encodeURIComponent(appId)}`;
+  const [app, callback] = await Promise.all([api("GET", path), api("GET", `${path}/record-callback`)]);
+  const cb = callback.record_callback || {};
+  const formSlot = h("div");
+  const masked = cb.auth_key ? `${cb.auth_key.slice(0, 4)}…${cb.auth_key.slice(-2)}` : "none";
+  show(
+    h("p", {}, h("a", { href: "#/apps" }, "← Apps")),
+    h("h1", {}, app.app_name),
+    h("dl", { class: "facts" }, h("dt", {}, "App ID"), h("dd", {}, h("code", {}, app.app_id))),
+    h("section", { class: "panel", "aria-labelledby": "rc-title" },
+      h("h2", { id: "rc-title" }, "Recording Callback"),
+      h("dl", { class: "facts" },
+        h("dt", {}, "Callback URL"), h("dd", {}, cb.url || "Not set"),
+        h("dt", {}, "Private Key"), h("dd", {}, masked),
+        h("dt", {}, "Event types"), h("dd", {}, (cb.notify_event_subscription || RTC_TYPES).join(", ")),
+        h("dt", {}, "Updated"), h("dd", {}, when(cb.update_time))),
+      h("button", { type: "button", onclick: () => openCallbackForm(formSlot, appId, cb) }, "Edit"),
+      formSlot)
+  );
+}
+
+function openCallbackForm(slot, appId, cb) {
+  const url = field("Callback URL", { type: "url", value: cb.url || "" },
+    "http:// or https://. Empty removes the callback.");
+  const key = field("Private Key", { type: "password", autocomplete: "off", value: cb.auth_key || "" },
+    "32 to 64 letters and digits; signs each callback (X-Rtc-Signature). Empty: unsigned.");
+  const types = RTC_TYPES.map((type) => checkbox(type, { checked: true, disabled: true }));
+  const error = h("p", { class: "error", role: "alert" });
+  const form = h("form", { class: "panel", "aria-label": "Edit Recording Callback" },
+    error, url.el, key.el,
+    h("fieldset", {}, h("legend", {}, "Event types"), types.map((t) => t.el),
+      h("p", { class: "hint" }, "A SparkRTC recording callback receives all three.")),
+    h("div", { class: "buttons" },
+      h("button", { type: "submit" }, "OK"),
+      h("button", { type: "button", class: "secondary", onclick: () => slot.replaceChildren() }, "Cancel")));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    const body = { url: url.input.value.trim() };
+    if (key.input.value !== "") body.auth_key = key.input.value;
+    try {
+      await api("PUT", `/v2/apps/${encodeURIComponent(appId)}/record-callback`, body);
+      say("Recording callback saved.");
+      await appView(appId);
+    } catch (e) {
+      error.textContent = e.message;
+    }
+  });
+  slot.replaceChildren(form);
+  url.input.focus();
+}
+
+// --- Deliveries ------------------------------------------------------------------------
+
+async function deliveriesView(params) {
+  const status = field("Status", {
+    name: "status", value: params.get("status") || "",
+    options: [["", "Any"], ...STATUSES.map((s) => [s, s])],
+  });
+  const eventId = field("Event ID", { name: "event_id", value: params.get("event_id") || "" });
+  const filters = h("form", { class: "toolbar", "aria-label": "Filter deliveries" },
+    status.el, eventId.el, h("div", { class: "field" }, h("button", { type: "submit" }, "Filter")));
+  filters.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const query = new URLSearchParams();
+    if (status.input.value) query.set("status", status.input.value);
+    if (eventId.input.value.trim()) query.set("event_id", eventId.input.value.trim());
+    location.hash = `#/deliveries${query.toString() ? "?" + query : ""}`;
+  });
+  const query = new URLSearchParams({ offset: "0", limit: "50" });
+  for (const name of ["status", "event_id"]) if (params.get(name)) query.set(name, params.get(name));
+  const list = await api("GET", live(`deliveries?${query}`));
+  const rows = list.deliveries.map((d) => [
+    [d.event_id, "wrap"],
+    d.event_type,
+    h("div", { class: "stack" }, h("span", { class: `badge ${d.status}` }, d.status),
+      (d.status === "dead" || d.status === "failed")
+        ? h("button", { type: "button", "aria-label": `Retry ${d.event_id}`, onclick: () => retry(d, params) }, "Retry")
+        : null),
+    when(d.created_at),
+    when(d.next_attempt_at),
+    [d.url, "url"],
+    [d.attempts.length
+      ? h("ol", { class: "attempts", "aria-label": `Attempts of ${d.event_id}` }, d.attempts.map((a) => h("li", {},
+        `${when(a.at)} · ${a.status_code ?? "no answer"} · ${a.error ?? "ok"} · ${a.latency_ms} ms`)))
+      : "none yet", "wrap"],
+  ]);
+  show(
+    h("h1", {}, "Deliveries"),
+    figuresSection(),
+    filters,
+    table(list.total >= 10000 ? "10,000 or more deliveries, newest first"
+      : `${list.total} ${list.total === 1 ? "delivery" : "deliveries"}, newest first`,
+    ["Event ID", "Event type", "Status", "Created", "Next attempt", "URL",
+      "Attempts (time · status code · error · latency)"], rows, "No delivery matches."));
+  startSampling();
+}
+
+async function retry(delivery, params) {
+  try {
+    await api("POST", live(`deliveries/${encodeURIComponent(delivery.id)}/retry`));
+    say(`Delivery of ${delivery.event_id} queued again.`);
+  } catch (e) {
+    say(e.message);
+  }
+  await deliveriesView(params);
+}
+
+// --- Live figures from /metrics --------------------------------------------------------
+
+/** Sums the samples of a metric in Prometheus text, optionally only those whose labels
+ *  include `label`. */
+function metricSum(text, name, label = null) {
+  let sum = 0;
+  let found = false;
+  for (const line of text.split("\n")) {
+    if (!line.startsWith(name) || line.startsWith("#")) continue;
+    const rest = line.slice(name.length);
+    if (rest[0] !== " " && rest[0] !== "{") continue;
+    if (label && !rest.includes(label)) continue;
+    const value = Number(line.slice(line.lastIndexOf(" ") + 1));
+    if (Number.isFinite(value)) { sum += value; found = true; }
+  }
+  return found ? sum : 0;
+}
+
+function readSamples() {
+  try { return JSON.parse(sessionStorage.getItem(SAMPLES_KEY) || "[]"); } catch { return []; }
+}
+
+async function takeSample() {
+  const response = await fetch("/metrics");
+  if (!response.ok) return;
+  const text = await response.text();
+  const sample = {
+    t: Date.now(),
+    accepted: metricSum(text, "herald_events_accepted_total"),
+    succeeded: metricSum(text, "herald_deliveries_completed_total", 'outcome="succeeded"'),
+    completed: metricSum(text, "herald_deliveries_completed_total"),
+    depth: ["blocked", "pending", "running", "retrying"]
+      .reduce((n, s) => n + metricSum(text, "herald_deliveries", `state="${s}"`), 0),
+    oldest: metricSum(text, "herald_oldest_due_delivery_age_seconds"),
+  };
+  const samples = readSamples().filter((s) => s.t > sample.t - WINDOW_MS);
+  // A restarted server starts its counters again: the history before it no longer adds up.
+  const last = samples[samples.length - 1];
+  const kept = last && sample.accepted < last.accepted ? [] : samples;
+  kept.push(sample);
+  sessionStorage.setItem(SAMPLES_KEY, JSON.stringify(kept));
+  renderFigures(kept);
+}
+
+/** Per-second rates between consecutive samples. */
+function rates(samples) {
+  const out = [];
+  for (let i = 1; i < samples.length; i++) {
+    const [a, b] = [samples[i - 1], samples[i]];
+    const secs = Math.max((b.t - a.t) / 1000, 0.001);
+    out.push({
+      t: b.t,
+      accepted: Math.max(0, b.accepted - a.accepted) / secs,
+      delivered: Math.max(0, b.succeeded - a.succeeded) / secs,
+      succeeded: b.succeeded - a.succeeded,
+      completed: b.completed - a.completed,
+    });
+  }
+  return out;
+}
+
+function figuresSection() {
+  return h("section", { class: "panel", "aria-labelledby": "figures-title" },
+    h("h2", { id: "figures-title" }, "Live figures"),
+    h("dl", { class: "figures", id: "figures" }),
+    h("div", { class: "chart", id: "chart" }),
+    h("p", { class: "hint" }, "Refreshed every 5 seconds from /metrics (the whole server); the chart keeps the last 15 minutes seen by this tab."));
+}
+
+function renderFigures(samples) {
+  const figures = document.getElementById("figures");
+  const chart = document.getElementById("chart");
+  if (!figures || !chart) return;
+  const r = rates(samples);
+  const latest = r[r.length - 1];
+  const recent = r.slice(-12);
+  const done = recent.reduce((n, x) => n + x.completed, 0);
+  const ok = recent.reduce((n, x) => n + x.succeeded, 0);
+  const last = samples[samples.length - 1];
+  const figure = (label, value) => h("div", {}, h("dt", {}, label), h("dd", {}, value));
+  figures.replaceChildren(
+    figure("Accepted events/s", latest ? latest.accepted.toFixed(1) : "…"),
+    figure("Success rate (last minute)", done > 0 ? `${((100 * ok) / done).toFixed(1)} %` : "—"),
+    figure("Queue depth", last ? String(last.depth) : "…"),
+    figure("Oldest due delivery", last ? `${last.oldest.toFixed(0)} s` : "…"));
+  chart.replaceChildren(chartSvg(r));
+}
+
+function chartSvg(r) {
+  const ns = "http://www.w3.org/2000/svg";
+  const [w, hgt, pad] = [600, 140, 6];
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${w} ${hgt}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("role", "img");
+  const peak = Math.max(1, ...r.map((x) => Math.max(x.accepted, x.delivered)));
+  const now = Date.now();
+  const x = (t) => pad + ((w - 2 * pad) * (t - (now - WINDOW_MS))) / WINDOW_MS;
+  const y = (v) => hgt - pad - ((hgt - 2 * pad) * v) / peak;
+  svg.setAttribute("aria-label", `Accepted and delivered events per second over the last 15 minutes; peak ${peak.toFixed(1)}/s`);
+  for (const [key, cls] of [["accepted", "accepted"], ["delivered", "delivered"]]) {
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("class", cls);
+    line.setAttribute("points", r.map((p) => `${x(p.t).toFixed(1)},${y(p[key]).toFixed(1)}`).join(" "));
+    svg.append(line);
+  }
+  return h("div", {}, svg, h("p", { class: "legend" },
+    h("span", { class: "accepted" }, "accepted/s"), h("span", { class: "delivered" }, "delivered/s"),
+    h("span", {}, `peak ${peak.toFixed(1)}/s`)));
+}
+
+function startSampling() {
+  stopSampling();
+  renderFigures(readSamples());
+  takeSample().catch(() => {});
+  sampler = setInterval(() => takeSample().catch(() => {}), SAMPLE_EVERY_MS);
+}
+
+function stopSampling() {
+  if (sampler) clearInterval(sampler);
+  sampler = null;
+}
+
+// --- Routing ---------------------------------------------------------------------------
+
+async function route() {
+  if (!project) return;
+  stopSampling();
+  const [path, query] = (location.hash.slice(1) || "/configs").split("?");
+  const params = new URLSearchParams(query || "");
+  for (const a of document.querySelectorAll("#nav a")) {
+    const current = path === a.getAttribute("href").slice(1) || path.startsWith(a.getAttribute("href").slice(1) + "/");
+    if (current) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+  }
+  try {
+    if (path === "/apps") await appsView();
+    else if (path.startsWith("/apps/")) await appView(decodeURIComponent(path.slice("/apps/".length)));
+    else if (path === "/deliveries") await deliveriesView(params);
+    else await configsView();
+  } catch (e) {
+    if (e.status !== 401) show(h("h1", {}, "Something went wrong"), h("p", { class: "error", role: "alert" }, e.message));
+  }
+}
+
+document.getElementById("sign-out").addEventListener("click", () => signOut());
+window.addEventListener("hashchange", route);
+
+(async () => {
+  if (!sessionStorage.getItem(TOKEN_KEY)) return signInView();
+  try {
+    await start();
+    await route();
+  } catch (e) {
+    signOut(e.status === 401 ? "Your token is no longer accepted: sign in again." : e.message);
+  }
+})();

@@ -1,0 +1,274 @@
+// Herald's web console (SPEC §8) in a real browser: Debian's chromium, driven by
+// playwright-core, against a real `herald serve`. Every step is checked through the public
+// API as well as on the page; any browser-console error fails the test (only the one 400
+// the test provokes on purpose is expected). Screenshots go to target/console-screenshots/.
+//
+// Run by scripts/test (after `cargo build --bin herald`): `npm ci && npm test` here, with
+// HERALD_BIN pointing at the binary and CHROMIUM at the browser (default /usr/bin/chromium).
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const ROOT = resolve(fileURLToPath(import.meta.url), "../../..");
+const HERALD = process.env.HERALD_BIN || join(ROOT, "target/debug/herald");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const SHOTS = join(ROOT, "target/console-screenshots");
+const PROJECT = "c0501e0000000000000000000000000a";
+const KEY = "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z";
+const WAIT = 15_000;
+
+let server, base, token, browser, dataDir;
+
+/** A loopback port nothing listens on: callbacks to it are refused at once. */
+async function closedPort() {
+  const probe = createServer();
+  await new Promise((ok) => probe.listen(0, "127.0.0.1", ok));
+  const { port } = probe.address();
+  await new Promise((ok) => probe.close(ok));
+  return port;
+}
+
+before(async () => {
+  mkdirSync(SHOTS, { recursive: true });
+  dataDir = mkdtempSync(join(tmpdir(), "herald-console-"));
+  server = spawn(HERALD, ["serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--allow-private-targets"], {
+    env: { ...process.env, HERALD_RETRY_SCHEDULE: "0s", RUST_LOG: "warn" },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  base = await new Promise((ok, fail) => {
+    const timer = setTimeout(() => fail(new Error("herald serve did not start")), 30_000);
+    server.stdout.once("data", (chunk) => {
+      clearTimeout(timer);
+      ok(String(chunk).trim().replace("listening on ", ""));
+    });
+  });
+  const created = execFileSync(HERALD, ["tokens", "create", "--project", PROJECT, "--data-dir", dataDir, "--json"]);
+  token = JSON.parse(created).token;
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.kill("SIGTERM");
+  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+});
+
+/** The public API, as a script would call it. */
+async function api(method, path, body) {
+  const response = await fetch(base + path, {
+    method,
+    headers: { "X-Auth-Token": token, "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  return { status: response.status, body: text ? JSON.parse(text) : null };
+}
+
+/** A page of `width` px whose console errors are collected; `expected(n)` allows n more
+ *  "Failed to load resource" errors (the answers the test provokes on purpose). */
+async function openPage(width) {
+  const context = await browser.newContext({ viewport: { width, height: 900 } });
+  const page = await context.newPage();
+  const errors = [];
+  let allowed = 0;
+  page.on("console", (message) => {
+    if (message.type() !== "error") return;
+    if (allowed > 0 && message.text().startsWith("Failed to load resource")) allowed -= 1;
+    else errors.push(message.text());
+  });
+  page.on("pageerror", (error) => errors.push(String(error)));
+  return { page, errors, context, expected: (n) => { allowed += n; } };
+}
+
+async function signIn(page) {
+  await page.goto(base + "/");
+  assert.equal(new URL(page.url()).pathname, "/console/");
+  await page.getByLabel("Access token").fill(token);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Callback configurations" }).waitFor();
+}
+
+async function noSidewaysScroll(page) {
+  const [scroll, width] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+  assert.ok(scroll <= width, `the page scrolls sideways: ${scroll} > ${width}`);
+}
+
+async function until(what, check) {
+  const deadline = Date.now() + WAIT;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
+    await new Promise((ok) => setTimeout(ok, 200));
+  }
+}
+
+test("Live callback configurations, RTC apps and deliveries at 1280 px", async () => {
+  const { page, errors, context, expected } = await openPage(1280);
+  await signIn(page);
+
+  // Add.
+  await page.getByRole("button", { name: "Add Callback Configuration" }).click();
+  await page.getByLabel("Ingest domain").fill("push.example.com");
+  await page.getByLabel("App", { exact: true }).fill("live");
+  await page.getByLabel("Callback URL").fill("https://cb.example.com/notify");
+  await page.getByLabel("Recording started").check();
+  await page.getByLabel("End of recording").check();
+  await page.getByLabel("Authentication Mode").selectOption("MD5");
+  await page.getByLabel("Authentication Key").fill(KEY);
+  await page.getByRole("button", { name: "OK" }).click();
+  await page.getByRole("cell", { name: "https://cb.example.com/notify" }).waitFor();
+  let list = await api("GET", `/v1/${PROJECT}/record/callbacks`);
+  assert.equal(list.body.total, 1);
+  const added = list.body.callback_config[0];
+  assert.deepEqual(
+    [added.publish_domain, added.app, added.sign_type, added.notify_event_subscription.sort()],
+    ["push.example.com", "live", "MD5", ["RECORD_FILE_COMPLETE", "RECORD_OVER", "RECORD_START"]]);
+  await page.screenshot({ path: join(SHOTS, "configs-1280.png"), fullPage: true });
+
+  // Refused: the API's message by the form, what was typed kept, nothing stored.
+  await page.getByRole("button", { name: "Add Callback Configuration" }).click();
+  await page.getByLabel("Ingest domain").fill("other.example.com");
+  await page.getByLabel("App", { exact: true }).fill("*");
+  await page.getByLabel("Callback URL").fill("https://cb.example.com/notify?token=1");
+  expected(1);
+  await page.getByRole("button", { name: "OK" }).click();
+  const alert = page.getByRole("alert").filter({ hasText: "notify_callback_url" });
+  await alert.waitFor();
+  const refused = await api("POST", `/v1/${PROJECT}/record/callbacks`,
+    { publish_domain: "other.example.com", app: "*", notify_callback_url: "https://cb.example.com/notify?token=1" });
+  assert.equal(await alert.textContent(), refused.body.error_msg);
+  assert.equal(await page.getByLabel("Callback URL").inputValue(), "https://cb.example.com/notify?token=1");
+  assert.equal(await page.getByLabel("Ingest domain").inputValue(), "other.example.com");
+  await page.screenshot({ path: join(SHOTS, "config-refused-1280.png"), fullPage: true });
+  await page.getByRole("button", { name: "Cancel" }).click();
+  assert.equal((await api("GET", `/v1/${PROJECT}/record/callbacks`)).body.total, 1);
+
+  // Edit.
+  await page.getByRole("button", { name: "Edit push.example.com live" }).click();
+  assert.equal(await page.getByLabel("Ingest domain").inputValue(), "push.example.com");
+  await page.getByLabel("Callback URL").fill("https://cb.example.com/changed");
+  await page.getByRole("button", { name: "OK" }).click();
+  await page.getByRole("cell", { name: "https://cb.example.com/changed" }).waitFor();
+  const shown = await api("GET", `/v1/${PROJECT}/record/callbacks/${added.id}`);
+  assert.equal(shown.body.notify_callback_url, "https://cb.example.com/changed");
+  assert.equal(shown.body.sign_type, "MD5", "an edit that leaves the key empty keeps it and its mode");
+
+  // Delete, after confirming.
+  await page.getByRole("button", { name: "Delete push.example.com live" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "OK" }).click();
+  await page.getByText("No callback configuration yet.").waitFor();
+  assert.equal((await api("GET", `/v1/${PROJECT}/record/callbacks`)).body.total, 0);
+
+  // An RTC app and its recording callback.
+  await page.getByRole("link", { name: "Apps" }).click();
+  await page.getByRole("button", { name: "Create App" }).click();
+  await page.getByLabel("App name").fill("console-app");
+  await page.getByRole("button", { name: "OK" }).click();
+  await page.getByRole("link", { name: "Configure console-app" }).click();
+  await page.getByRole("heading", { name: "Recording Callback" }).waitFor();
+  await page.getByRole("button", { name: "Edit" }).click();
+  await page.getByLabel("Callback URL").fill("https://rtc.example.com/record");
+  await page.getByLabel("Private Key").fill(KEY + "0123");
+  for (const type of ["RECORD_NEW_FILE_START", "RECORD_FILE_COMPLETE", "CLOUD_RECORD_SERVER_OVER"]) {
+    assert.ok(await page.getByLabel(type).isChecked());
+  }
+  await page.getByRole("button", { name: "OK" }).click();
+  await page.getByText("https://rtc.example.com/record").waitFor();
+  const apps = await api("GET", "/v2/apps");
+  assert.equal(apps.body.count, 1);
+  const callback = await api("GET", `/v2/apps/${apps.body.apps[0].app_id}/record-callback`);
+  assert.equal(callback.body.record_callback.url, "https://rtc.example.com/record");
+  assert.equal(callback.body.record_callback.auth_key, KEY + "0123");
+  await page.screenshot({ path: join(SHOTS, "app-1280.png"), fullPage: true });
+
+  // A dead delivery, retried from the console: a second attempt appears.
+  const port = await closedPort();
+  const config = await api("POST", `/v1/${PROJECT}/record/callbacks`, {
+    publish_domain: "dead.example.com", app: "*", notify_callback_url: `http://127.0.0.1:${port}/cb`,
+    notify_event_subscription: ["RECORD_OVER"],
+  });
+  assert.equal(config.status, 201);
+  const ingested = await api("POST", `/v1/${PROJECT}/record/events`, {
+    event_id: "dead-1", event_type: "RECORD_OVER", publish_domain: "dead.example.com", app: "live", stream: "s1",
+  });
+  assert.equal(ingested.status, 202);
+  await until("the delivery to die", async () =>
+    (await api("GET", `/v1/${PROJECT}/record/deliveries?status=dead`)).body.total === 1);
+  await page.getByRole("link", { name: "Deliveries" }).click();
+  await page.getByLabel("Status").selectOption("dead");
+  await page.getByLabel("Event ID").fill("dead-1");
+  await page.getByRole("button", { name: "Filter" }).click();
+  const attempts = page.getByRole("list", { name: "Attempts of dead-1" }).getByRole("listitem");
+  await until("the dead delivery on the page", async () => (await attempts.count()) === 1);
+  assert.match(await attempts.first().textContent(), /no answer · connect error/);
+  await page.getByRole("button", { name: "Retry dead-1" }).click();
+  await until("a second attempt", async () => {
+    await page.getByRole("button", { name: "Filter" }).click();
+    return (await attempts.count()) === 2;
+  });
+  const log = await api("GET", `/v1/${PROJECT}/record/deliveries?event_id=dead-1`);
+  assert.equal(log.body.deliveries[0].attempts.length, 2);
+  await page.getByText("Accepted events/s").waitFor();
+  await until("live figures", async () => (await page.locator("#figures dd").first().textContent()) !== "…");
+  await page.screenshot({ path: join(SHOTS, "deliveries-1280.png"), fullPage: true });
+
+  assert.deepEqual(errors, []);
+  await context.close();
+});
+
+test("keyboard only, at 360 px", async () => {
+  const { page, errors, context } = await openPage(360);
+  await page.goto(base + "/console/");
+  // The token field has the focus; Enter submits.
+  await page.keyboard.type(token);
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: "Callback configurations" }).waitFor();
+  await noSidewaysScroll(page);
+  await page.screenshot({ path: join(SHOTS, "configs-360.png"), fullPage: true });
+  // Tab to the navigation and follow each link with Enter; the focus is always visible.
+  for (const [link, heading, shot] of [["Apps", "Apps", "apps-360.png"], ["Deliveries", "Deliveries", "deliveries-360.png"],
+    ["Callback configurations", "Callback configurations", null]]) {
+    await page.evaluate(() => document.activeElement?.blur());
+    let found = false;
+    for (let i = 0; i < 40 && !found; i++) {
+      await page.keyboard.press("Tab");
+      found = await page.evaluate((name) => document.activeElement?.textContent === name
+        && document.activeElement.tagName === "A", link);
+    }
+    assert.ok(found, `the ${link} link cannot be reached with Tab`);
+    const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+    assert.notEqual(outline, "none", "the focused link shows no focus ring");
+    await page.keyboard.press("Enter");
+    await page.getByRole("heading", { name: heading, exact: true }).waitFor();
+    await noSidewaysScroll(page);
+    if (shot) await page.screenshot({ path: join(SHOTS, shot), fullPage: true });
+  }
+  // Add a configuration with the keyboard alone: the form opens with the focus in it.
+  await page.getByRole("button", { name: "Add Callback Configuration" }).focus();
+  await page.keyboard.press("Enter");
+  await page.keyboard.type("kbd.example.com");
+  await page.keyboard.press("Tab");
+  await page.keyboard.type("live");
+  await page.keyboard.press("Tab");
+  await page.keyboard.type("https://cb.example.com/kbd");
+  await page.keyboard.press("Enter");
+  await page.getByRole("cell", { name: "https://cb.example.com/kbd" }).waitFor();
+  await noSidewaysScroll(page);
+  await page.screenshot({ path: join(SHOTS, "config-form-360.png"), fullPage: true });
+  const list = await api("GET", `/v1/${PROJECT}/record/callbacks?publish_domain=kbd.example.com`);
+  assert.equal(list.body.total, 1);
+  assert.deepEqual(errors, []);
+  await context.close();
+});
