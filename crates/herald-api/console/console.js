@@ -81,6 +81,40 @@ function confirmWith(text) {
   });
 }
 
+/** A form in `slot`: the fields, then OK and Cancel. OK runs `save`; when the API refuses,
+ *  its message is shown above the fields and what was typed stays. */
+function openForm(slot, title, fields, save, { heading = true } = {}) {
+  const error = h("p", { class: "error", role: "alert" });
+  const form = h("form", { class: "panel", "aria-label": title },
+    heading ? h("h2", {}, title) : null, error, fields,
+    h("div", { class: "buttons" },
+      h("button", { type: "submit" }, "OK"),
+      h("button", { type: "button", class: "secondary", onclick: () => slot.replaceChildren() }, "Cancel")));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    try {
+      await save();
+    } catch (e) {
+      error.textContent = e.message;
+    }
+  });
+  slot.replaceChildren(form);
+  form.querySelector("input, select")?.focus();
+}
+
+/** Deletes `path` once the user confirms `question`, then shows the page again. */
+async function confirmDelete(question, path, done, reload) {
+  if (!(await confirmWith(question))) return;
+  try {
+    await api("DELETE", path);
+    say(done);
+  } catch (e) {
+    say(e.message);
+  }
+  await reload();
+}
+
 function show(...children) {
   main.replaceChildren(...children);
   main.focus();
@@ -225,18 +259,11 @@ function openConfigForm(slot, config) {
   });
   const key = field("Authentication Key", { type: "password", autocomplete: "off" },
     editing ? "32 letters and digits. Leave empty to keep the current key." : "32 letters and digits; optional.");
-  const error = h("p", { class: "error", role: "alert" });
   const title = editing ? "Edit Callback Configuration" : "Add Callback Configuration";
-  const form = h("form", { class: "panel", "aria-label": title },
-    h("h2", {}, title), error, domain.el, app.el, url.el,
+  const fields = [domain.el, app.el, url.el,
     h("fieldset", {}, h("legend", {}, "Callback Type"), types.map((t) => t.el)),
-    mode.el, key.el,
-    h("div", { class: "buttons" },
-      h("button", { type: "submit" }, "OK"),
-      h("button", { type: "button", class: "secondary", onclick: () => slot.replaceChildren() }, "Cancel")));
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    error.textContent = "";
+    mode.el, key.el];
+  openForm(slot, title, fields, async () => {
     const body = {
       publish_domain: domain.input.value.trim(),
       app: app.input.value.trim(),
@@ -245,30 +272,17 @@ function openConfigForm(slot, config) {
       sign_type: mode.input.value,
     };
     if (key.input.value !== "") body.key = key.input.value;
-    try {
-      if (editing) await api("PUT", live(`callbacks/${encodeURIComponent(config.id)}`), body);
-      else await api("POST", live("callbacks"), body);
-      say(editing ? "Callback configuration saved." : "Callback configuration added.");
-      await configsView();
-    } catch (e) {
-      error.textContent = e.message;
-    }
+    if (editing) await api("PUT", live(`callbacks/${encodeURIComponent(config.id)}`), body);
+    else await api("POST", live("callbacks"), body);
+    say(editing ? "Callback configuration saved." : "Callback configuration added.");
+    await configsView();
   });
-  slot.replaceChildren(form);
-  domain.input.focus();
 }
 
-async function deleteConfig(config) {
-  const ok = await confirmWith(`Delete the callback configuration of ${config.publish_domain} / ${config.app}? `
-    + "Its callbacks not yet sent are cancelled.");
-  if (!ok) return;
-  try {
-    await api("DELETE", live(`callbacks/${encodeURIComponent(config.id)}`));
-    say("Callback configuration deleted.");
-  } catch (e) {
-    say(e.message);
-  }
-  await configsView();
+function deleteConfig(config) {
+  return confirmDelete(`Delete the callback configuration of ${config.publish_domain} / ${config.app}? `
+    + "Its callbacks not yet sent are cancelled.",
+  live(`callbacks/${encodeURIComponent(config.id)}`), "Callback configuration deleted.", configsView);
 }
 
 // --- Apps (RTC) -----------------------------------------------------------------------
@@ -296,36 +310,16 @@ async function appsView() {
 
 function openAppForm(slot) {
   const name = field("App name", { required: true });
-  const error = h("p", { class: "error", role: "alert" });
-  const form = h("form", { class: "panel", "aria-label": "Create App" },
-    h("h2", {}, "Create App"), error, name.el,
-    h("div", { class: "buttons" },
-      h("button", { type: "submit" }, "OK"),
-      h("button", { type: "button", class: "secondary", onclick: () => slot.replaceChildren() }, "Cancel")));
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    error.textContent = "";
-    try {
-      const created = await api("POST", "/v2/apps", { app_name: name.input.value.trim() });
-      say(`App created: ${created.app_id}`);
-      await appsView();
-    } catch (e) {
-      error.textContent = e.message;
-    }
+  openForm(slot, "Create App", [name.el], async () => {
+    const created = await api("POST", "/v2/apps", { app_name: name.input.value.trim() });
+    say(`App created: ${created.app_id}`);
+    await appsView();
   });
-  slot.replaceChildren(form);
-  name.input.focus();
 }
 
-async function deleteApp(app) {
-  if (!(await confirmWith(`Delete the app ${app.app_name}? Its callbacks not yet sent are cancelled.`))) return;
-  try {
-    await api("DELETE", `/v2/apps/${encodeURIComponent(app.app_id)}`);
-    say("App deleted.");
-  } catch (e) {
-    say(e.message);
-  }
-  await appsView();
+function deleteApp(app) {
+  return confirmDelete(`Delete the app ${app.app_name}? Its callbacks not yet sent are cancelled.`,
+    `/v2/apps/${encodeURIComponent(app.app_id)}`, "App deleted.", appsView);
 }
 
 async function appView(appId) {
@@ -356,29 +350,16 @@ function openCallbackForm(slot, appId, cb) {
   const key = field("Private Key", { type: "password", autocomplete: "off", value: cb.auth_key || "" },
     "32 to 64 letters and digits; signs each callback (X-Rtc-Signature). Empty: unsigned.");
   const types = RTC_TYPES.map((type) => checkbox(type, { checked: true, disabled: true }));
-  const error = h("p", { class: "error", role: "alert" });
-  const form = h("form", { class: "panel", "aria-label": "Edit Recording Callback" },
-    error, url.el, key.el,
+  const fields = [url.el, key.el,
     h("fieldset", {}, h("legend", {}, "Event types"), types.map((t) => t.el),
-      h("p", { class: "hint" }, "A SparkRTC recording callback receives all three.")),
-    h("div", { class: "buttons" },
-      h("button", { type: "submit" }, "OK"),
-      h("button", { type: "button", class: "secondary", onclick: () => slot.replaceChildren() }, "Cancel")));
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    error.textContent = "";
+      h("p", { class: "hint" }, "A SparkRTC recording callback receives all three."))];
+  openForm(slot, "Edit Recording Callback", fields, async () => {
     const body = { url: url.input.value.trim() };
     if (key.input.value !== "") body.auth_key = key.input.value;
-    try {
-      await api("PUT", `/v2/apps/${encodeURIComponent(appId)}/record-callback`, body);
-      say("Recording callback saved.");
-      await appView(appId);
-    } catch (e) {
-      error.textContent = e.message;
-    }
-  });
-  slot.replaceChildren(form);
-  url.input.focus();
+    await api("PUT", `/v2/apps/${encodeURIComponent(appId)}/record-callback`, body);
+    say("Recording callback saved.");
+    await appView(appId);
+  }, { heading: false });
 }
 
 // --- Deliveries ------------------------------------------------------------------------
@@ -396,7 +377,10 @@ async function deliveriesView(params) {
     const query = new URLSearchParams();
     if (status.input.value) query.set("status", status.input.value);
     if (eventId.input.value.trim()) query.set("event_id", eventId.input.value.trim());
-    location.hash = `#/deliveries${query.toString() ? "?" + query : ""}`;
+    const target = `#/deliveries${query.toString() ? "?" + query : ""}`;
+    // The same filters again: no hashchange, so look again here (Filter also refreshes).
+    if (location.hash === target) route();
+    else location.hash = target;
   });
   const query = new URLSearchParams({ offset: "0", limit: "50" });
   for (const name of ["status", "event_id"]) if (params.get(name)) query.set(name, params.get(name));
