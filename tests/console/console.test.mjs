@@ -64,6 +64,9 @@ after(async () => {
   if (dataDir) rmSync(dataDir, { recursive: true, force: true });
 });
 
+/** The table row holding `text`, to reach its "Edit", "Delete", "Configure" or "Retry". */
+const row = (page, text) => page.getByRole("row").filter({ hasText: text });
+
 /** The public API, as a script would call it. */
 async function api(method, path, body) {
   const response = await fetch(base + path, {
@@ -156,7 +159,7 @@ test("Live callback configurations, RTC apps and deliveries at 1280 px", async (
   assert.equal((await api("GET", `/v1/${PROJECT}/record/callbacks`)).body.total, 1);
 
   // Edit.
-  await page.getByRole("button", { name: "Edit push.example.com live" }).click();
+  await row(page, "push.example.com").getByRole("button", { name: "Edit", exact: true }).click();
   assert.equal(await page.getByLabel("Ingest domain").inputValue(), "push.example.com");
   await page.getByLabel("Callback URL").fill("https://cb.example.com/changed");
   await page.getByRole("button", { name: "OK" }).click();
@@ -166,7 +169,7 @@ test("Live callback configurations, RTC apps and deliveries at 1280 px", async (
   assert.equal(shown.body.sign_type, "MD5", "an edit that leaves the key empty keeps it and its mode");
 
   // Delete, after confirming.
-  await page.getByRole("button", { name: "Delete push.example.com live" }).click();
+  await row(page, "push.example.com").getByRole("button", { name: "Delete", exact: true }).click();
   await page.getByRole("dialog").getByRole("button", { name: "OK" }).click();
   await page.getByText("No callback configuration yet.").waitFor();
   assert.equal((await api("GET", `/v1/${PROJECT}/record/callbacks`)).body.total, 0);
@@ -176,14 +179,15 @@ test("Live callback configurations, RTC apps and deliveries at 1280 px", async (
   await page.getByRole("button", { name: "Create App" }).click();
   await page.getByLabel("App name").fill("console-app");
   await page.getByRole("button", { name: "OK" }).click();
-  await page.getByRole("link", { name: "Configure console-app" }).click();
+  await row(page, "console-app").getByRole("link", { name: "Configure", exact: true }).click();
   await page.getByRole("heading", { name: "Recording Callback" }).waitFor();
   await page.getByRole("button", { name: "Edit" }).click();
   await page.getByLabel("Callback URL").fill("https://rtc.example.com/record");
   await page.getByLabel("Private Key").fill(KEY + "0123");
   for (const type of ["RECORD_NEW_FILE_START", "RECORD_FILE_COMPLETE", "CLOUD_RECORD_SERVER_OVER"]) {
-    assert.ok(await page.getByLabel(type).isChecked());
+    assert.ok(await page.getByLabel(type).isChecked(), `${type} is subscribed by default`);
   }
+  await page.getByLabel("RECORD_NEW_FILE_START").uncheck();
   await page.getByRole("button", { name: "OK" }).click();
   await page.getByText("https://rtc.example.com/record").waitFor();
   const apps = await api("GET", "/v2/apps");
@@ -191,6 +195,8 @@ test("Live callback configurations, RTC apps and deliveries at 1280 px", async (
   const callback = await api("GET", `/v2/apps/${apps.body.apps[0].app_id}/record-callback`);
   assert.equal(callback.body.record_callback.url, "https://rtc.example.com/record");
   assert.equal(callback.body.record_callback.auth_key, KEY + "0123");
+  assert.deepEqual(callback.body.record_callback.notify_event_subscription,
+    ["RECORD_FILE_COMPLETE", "CLOUD_RECORD_SERVER_OVER"]);
   await page.screenshot({ path: join(SHOTS, "app-1280.png"), fullPage: true });
 
   // A dead delivery, retried from the console: a second attempt appears.
@@ -213,7 +219,7 @@ test("Live callback configurations, RTC apps and deliveries at 1280 px", async (
   const attempts = page.getByRole("list", { name: "Attempts of dead-1" }).getByRole("listitem");
   await until("the dead delivery on the page", async () => (await attempts.count()) === 1);
   assert.match(await attempts.first().textContent(), /no answer · connect error/);
-  await page.getByRole("button", { name: "Retry dead-1" }).click();
+  await row(page, "dead-1").getByRole("button", { name: "Retry", exact: true }).click();
   await until("a second attempt", async () => {
     await page.getByRole("button", { name: "Filter" }).click();
     return (await attempts.count()) === 2;

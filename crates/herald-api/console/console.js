@@ -1,4 +1,6 @@
-// Herald console (SPEC §8). Plain JavaScript, no framework: every view is built with `h`
+// Herald console (SPEC §8). A control's accessible name is its visible label, as SPEC §8
+// names them ("Edit", "Delete", "Configure", "Retry"): the table row around it says which
+// item it acts on. Plain JavaScript, no framework: every view is built with `h`
 // (text always set as text, never parsed as HTML) from the public API's answers, with the
 // signed-in token. The token lives in sessionStorage: it is gone when the browser tab is.
 
@@ -223,9 +225,9 @@ async function configsView() {
     c.sign_type,
     when(c.update_time),
     h("div", { class: "buttons" },
-      h("button", { type: "button", class: "secondary", "aria-label": `Edit ${c.publish_domain} ${c.app}`,
+      h("button", { type: "button", class: "secondary",
         onclick: () => openConfigForm(formSlot, c) }, "Edit"),
-      h("button", { type: "button", class: "danger", "aria-label": `Delete ${c.publish_domain} ${c.app}`,
+      h("button", { type: "button", class: "danger",
         onclick: () => deleteConfig(c) }, "Delete")),
   ]);
   const shown = list.callback_config.length;
@@ -295,8 +297,8 @@ async function appsView() {
     h("code", {}, a.app_id),
     when(a.create_time),
     h("div", { class: "buttons" },
-      h("a", { href: `#/apps/${a.app_id}`, "aria-label": `Configure ${a.app_name}` }, "Configure"),
-      h("button", { type: "button", class: "danger", "aria-label": `Delete ${a.app_name}`,
+      h("a", { href: `#/apps/${a.app_id}` }, "Configure"),
+      h("button", { type: "button", class: "danger",
         onclick: () => deleteApp(a) }, "Delete")),
   ]);
   show(
@@ -349,12 +351,15 @@ function openCallbackForm(slot, appId, cb) {
     "http:// or https://. Empty removes the callback.");
   const key = field("Private Key", { type: "password", autocomplete: "off", value: cb.auth_key || "" },
     "32 to 64 letters and digits; signs each callback (X-Rtc-Signature). Empty: unsigned.");
-  const types = RTC_TYPES.map((type) => checkbox(type, { checked: true, disabled: true }));
+  const subscribed = cb.notify_event_subscription || RTC_TYPES;
+  const types = RTC_TYPES.map((type) => ({ type, ...checkbox(type, { checked: subscribed.includes(type) }) }));
   const fields = [url.el, key.el,
-    h("fieldset", {}, h("legend", {}, "Event types"), types.map((t) => t.el),
-      h("p", { class: "hint" }, "A SparkRTC recording callback receives all three."))];
+    h("fieldset", {}, h("legend", {}, "Event types"), types.map((t) => t.el))];
   openForm(slot, "Edit Recording Callback", fields, async () => {
-    const body = { url: url.input.value.trim() };
+    const body = {
+      url: url.input.value.trim(),
+      notify_event_subscription: types.filter((t) => t.input.checked).map((t) => t.type),
+    };
     if (key.input.value !== "") body.auth_key = key.input.value;
     await api("PUT", `/v2/apps/${encodeURIComponent(appId)}/record-callback`, body);
     say("Recording callback saved.");
@@ -390,7 +395,7 @@ async function deliveriesView(params) {
     d.event_type,
     h("div", { class: "stack" }, h("span", { class: `badge ${d.status}` }, d.status),
       (d.status === "dead" || d.status === "failed")
-        ? h("button", { type: "button", "aria-label": `Retry ${d.event_id}`, onclick: () => retry(d, params) }, "Retry")
+        ? h("button", { type: "button", onclick: () => retry(d, params) }, "Retry")
         : null),
     when(d.created_at),
     when(d.next_attempt_at),

@@ -9,7 +9,7 @@ use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::StatusCode;
 use herald_core::event::{EventId, parse_rtc_ingest};
 use herald_core::field::FieldError;
-use herald_core::rtc::{AppId, AppName, RecordCallbackRequest, RtcEventType};
+use herald_core::rtc::{AppId, AppName, RecordCallbackRequest, RtcSubscription};
 use herald_core::timefmt::utc_millis;
 use herald_store::{RecordCallback, RtcApp};
 use serde::Serialize;
@@ -79,6 +79,9 @@ pub struct RecordCallbackBody {
     url: String,
     /// 32–64 ASCII letters and digits.
     auth_key: Option<String>,
+    /// The event types the callback is sent (`RECORD_NEW_FILE_START`,
+    /// `RECORD_FILE_COMPLETE`, `CLOUD_RECORD_SERVER_OVER`); all three when left out.
+    notify_event_subscription: Option<Vec<String>>,
 }
 
 fn app_json(app: &RtcApp) -> AppJson {
@@ -94,22 +97,27 @@ fn app_json(app: &RtcApp) -> AppJson {
 }
 
 fn record_callback_json(app: &RtcApp) -> AppRecordCallback {
-    let (url, auth_key) = match &app.callback {
+    let (url, auth_key, subscription) = match &app.callback {
         Some(c) => (
             c.url.as_str().to_owned(),
             c.auth_key
                 .as_ref()
                 .map(|k| k.expose().to_owned())
                 .unwrap_or_default(),
+            c.subscription.names(),
         ),
-        None => (String::new(), String::new()),
+        None => (
+            String::new(),
+            String::new(),
+            RtcSubscription::default().names(),
+        ),
     };
     AppRecordCallback {
         app_id: app.app_id.as_str().to_owned(),
         record_callback: RecordCallbackJson {
             url,
             auth_key,
-            notify_event_subscription: RtcEventType::names(),
+            notify_event_subscription: subscription,
             update_time: utc_millis(app.callback_updated_at),
         },
     }
@@ -264,7 +272,15 @@ pub async fn update_record_callback(
     let callback = match RecordCallbackRequest::parse(&body, state.allow_private_targets)
         .map_err(ApiError::from)?
     {
-        RecordCallbackRequest::Set { url, auth_key } => Some(RecordCallback { url, auth_key }),
+        RecordCallbackRequest::Set {
+            url,
+            auth_key,
+            subscription,
+        } => Some(RecordCallback {
+            url,
+            auth_key,
+            subscription,
+        }),
         RecordCallbackRequest::Remove => None,
     };
     let app = state

@@ -7,8 +7,7 @@ use crate::field::{FieldError, JsonObject};
 use crate::live::CallbackUrl;
 use crate::notify::hmac_sha256_hex;
 
-/// The events an RTC record callback is notified of: all three, always (the API has no
-/// way to choose).
+/// The three RTC recording event types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RtcEventType {
     RecordNewFileStart,
@@ -41,10 +40,41 @@ impl RtcEventType {
             )
         })
     }
+}
 
-    /// The subscription every record callback has.
-    pub fn names() -> Vec<&'static str> {
-        Self::ALL.iter().map(|t| t.as_str()).collect()
+/// The event types a record callback is notified of: all three unless the request names
+/// some (`notify_event_subscription`, as the API returns it; SPEC §2: all three by
+/// default). Never empty, no type twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtcSubscription(Vec<RtcEventType>);
+
+impl Default for RtcSubscription {
+    fn default() -> Self {
+        Self(RtcEventType::ALL.to_vec())
+    }
+}
+
+impl RtcSubscription {
+    pub fn parse(field: &str, raw: &[&str]) -> Result<Self, FieldError> {
+        let mut types = Vec::with_capacity(raw.len());
+        for name in raw {
+            let t = RtcEventType::parse(field, name)?;
+            if !types.contains(&t) {
+                types.push(t);
+            }
+        }
+        if types.is_empty() {
+            return Err(FieldError::new(field, "must name at least one event type"));
+        }
+        Ok(Self(types))
+    }
+
+    pub fn contains(&self, event_type: RtcEventType) -> bool {
+        self.0.contains(&event_type)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.0.iter().map(|t| t.as_str()).collect()
     }
 }
 
@@ -129,6 +159,7 @@ pub enum RecordCallbackRequest {
     Set {
         url: CallbackUrl,
         auth_key: Option<AuthKey>,
+        subscription: RtcSubscription,
     },
     Remove,
 }
@@ -147,7 +178,15 @@ impl RecordCallbackRequest {
             None | Some("") => None,
             Some(key) => Some(AuthKey::parse("auth_key", key)?),
         };
-        Ok(Self::Set { url, auth_key })
+        let subscription = match obj.optional_str_array("notify_event_subscription")? {
+            None => RtcSubscription::default(),
+            Some(names) => RtcSubscription::parse("notify_event_subscription", &names)?,
+        };
+        Ok(Self::Set {
+            url,
+            auth_key,
+            subscription,
+        })
     }
 }
 
@@ -222,11 +261,32 @@ mod tests {
             parse(r#"{"url": ""}"#).unwrap(),
             RecordCallbackRequest::Remove
         ));
-        assert!(matches!(
-            parse(r#"{"url": "https://cb.example.com/r"}"#).unwrap(),
-            RecordCallbackRequest::Set { auth_key: None, .. }
-        ));
+        let RecordCallbackRequest::Set {
+            auth_key: None,
+            subscription,
+            ..
+        } = parse(r#"{"url": "https://cb.example.com/r"}"#).unwrap()
+        else {
+            panic!("a URL alone sets a callback without a key");
+        };
+        assert_eq!(subscription, RtcSubscription::default());
+        let RecordCallbackRequest::Set { subscription, .. } = parse(
+            r#"{"url": "https://cb.example.com/r", "notify_event_subscription": ["RECORD_FILE_COMPLETE", "RECORD_FILE_COMPLETE"]}"#,
+        )
+        .unwrap() else {
+            panic!("a subscription sets a callback");
+        };
+        assert_eq!(subscription.names(), ["RECORD_FILE_COMPLETE"]);
+        assert!(!subscription.contains(RtcEventType::CloudRecordServerOver));
         for (body, field) in [
+            (
+                r#"{"url": "https://cb.example.com/r", "notify_event_subscription": []}"#,
+                "notify_event_subscription",
+            ),
+            (
+                r#"{"url": "https://cb.example.com/r", "notify_event_subscription": ["RECORD_OVER"]}"#,
+                "notify_event_subscription",
+            ),
             (r#"{}"#, "url"),
             (r#"{"url": "cb.example.com"}"#, "url"),
             (r#"{"url": "http://10.0.0.1/x"}"#, "url"),

@@ -7,9 +7,10 @@ use std::collections::{HashMap, HashSet};
 
 use herald_core::event::{EventId, LiveEvent, RtcEvent};
 use herald_core::live::{CallbackUrl, MatchCandidate, select_config};
+use herald_core::rtc::RtcSubscription;
 use herald_core::timefmt::unix_ms;
 
-use crate::rows::{CorruptRow, Target};
+use crate::rows::{CorruptRow, Target, stored_rtc_subscription};
 use crate::{Accepted, AfterAttempt, Completion, StoreError};
 
 /// The states in which a delivery still has to go out, as an SQL list.
@@ -121,20 +122,44 @@ pub(crate) fn plan_live<'e>(
     Ok(accepting)
 }
 
-/// Every new RTC event goes to the app's record callback, if it has one: a record
-/// callback subscribes to all three RTC event types.
+/// An app's record callback as ingest reads it: where it goes and what it is sent.
+pub(crate) struct RtcCallback {
+    pub url: String,
+    pub subscription: RtcSubscription,
+}
+
+impl RtcCallback {
+    /// From `rtc_apps.callback_url` and `notify_event_subscription`; `None` without a URL.
+    pub fn from_columns(
+        app_id: &str,
+        url: Option<String>,
+        subscription: Option<&str>,
+    ) -> Result<Option<Self>, CorruptRow> {
+        let Some(url) = url else { return Ok(None) };
+        let subscription = stored_rtc_subscription(subscription).map_err(|e| CorruptRow {
+            table: "rtc_apps",
+            id: app_id.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(Self { url, subscription }))
+    }
+}
+
+/// Every new RTC event whose type the app's record callback subscribes to goes there.
 pub(crate) fn plan_rtc<'e>(
     events: &'e [(EventId, RtcEvent)],
     answers: &mut HashMap<String, u32>,
     app_id: &str,
-    callback_url: Option<&str>,
+    callback: Option<&RtcCallback>,
 ) -> Result<Vec<Accepting<'e>>, StoreError> {
     let mut accepting = Vec::new();
     for (event_id, event) in events {
         if answers.contains_key(event_id.as_str()) {
             continue;
         }
-        let target = callback_url.map(|url| (app_id.to_owned(), url.to_owned()));
+        let target = callback
+            .filter(|c| c.subscription.contains(event.event_type))
+            .map(|c| (app_id.to_owned(), c.url.clone()));
         let a = Accepting::new(event_id, &event.fields, &event.stream_name, target)?;
         answers.insert(event_id.as_str().to_owned(), a.deliveries());
         accepting.push(a);

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use herald_core::event::{EventId, LiveEvent, RtcEvent};
 use herald_core::live::{CallbackUrl, LiveCallbackConfig};
 use herald_core::project::ProjectId;
-use herald_core::rtc::{AppId, AppName, AuthKey};
+use herald_core::rtc::{AppId, AppName, AuthKey, RtcSubscription};
 use herald_core::secrets::SealError;
 use secrecy::SecretString;
 use time::OffsetDateTime;
@@ -132,6 +132,8 @@ pub struct RtcApp {
 pub struct RecordCallback {
     pub url: CallbackUrl,
     pub auth_key: Option<AuthKey>,
+    /// The event types it is sent; others are accepted and delivered nowhere.
+    pub subscription: RtcSubscription,
 }
 
 /// A window of a list, already validated by the API (`limit` 1–100).

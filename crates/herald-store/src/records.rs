@@ -509,12 +509,13 @@ macro_rules! shared_records {
                         .transpose()?;
                     let (_guard, mut tx) = self.begin_write(&self.pool).await?;
                     let row = sqlx::query_as::<_, RtcAppRow>(&format!(
-                        "UPDATE rtc_apps SET callback_url = $1, auth_key_sealed = $2, callback_updated_at_ms = $3 \
-                         WHERE project_id = $4 AND app_id = $5 RETURNING {RTC_APP_COLUMNS}"
+                        "UPDATE rtc_apps SET callback_url = $1, auth_key_sealed = $2, callback_updated_at_ms = $3, \
+                         notify_event_subscription = $4 WHERE project_id = $5 AND app_id = $6 RETURNING {RTC_APP_COLUMNS}"
                     ))
                     .bind(callback.map(|c| c.url.as_str()))
                     .bind(sealed)
                     .bind(unix_ms(at))
+                    .bind(callback.map(|c| c.subscription.names().join(",")))
                     .bind(project.as_str())
                     .bind(app_id.as_str())
                     .fetch_optional(&mut *tx)

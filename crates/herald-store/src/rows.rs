@@ -13,7 +13,7 @@ use herald_core::live::{
 };
 use herald_core::notify::LiveSigning;
 use herald_core::project::ProjectId;
-use herald_core::rtc::{AppId, AppName, AuthKey};
+use herald_core::rtc::{AppId, AppName, AuthKey, RtcSubscription};
 use herald_core::secrets::{MasterKey, SealError};
 use herald_core::timefmt::{from_unix_ms, unix_ms};
 use secrecy::ExposeSecret;
@@ -160,12 +160,25 @@ pub(crate) struct RtcAppRow {
     pub created_at_ms: i64,
     pub callback_url: Option<String>,
     pub auth_key_sealed: Option<Vec<u8>>,
+    pub notify_event_subscription: Option<String>,
     pub callback_updated_at_ms: i64,
 }
 
 /// The columns of [`RtcAppRow`], for `SELECT`.
 pub(crate) const RTC_APP_COLUMNS: &str = "app_id, project_id, app_name, created_at_ms, callback_url, \
-     auth_key_sealed, callback_updated_at_ms";
+     auth_key_sealed, notify_event_subscription, callback_updated_at_ms";
+
+/// A record callback's subscription as `rtc_apps.notify_event_subscription` stores it:
+/// event type names joined by ','; NULL (apps from before it could be chosen) is all three.
+pub(crate) fn stored_rtc_subscription(raw: Option<&str>) -> Result<RtcSubscription, FieldError> {
+    match raw {
+        None => Ok(RtcSubscription::default()),
+        Some(joined) => {
+            let names: Vec<&str> = joined.split(',').collect();
+            RtcSubscription::parse("notify_event_subscription", &names)
+        }
+    }
+}
 
 impl RtcAppRow {
     pub fn into_app(self, master: &MasterKey) -> Result<RtcApp, StoreError> {
@@ -185,6 +198,10 @@ impl RtcAppRow {
                 Some(RecordCallback {
                     url: CallbackUrl::parse("url", url, true).map_err(|e| bad(e.to_string()))?,
                     auth_key,
+                    subscription: stored_rtc_subscription(
+                        self.notify_event_subscription.as_deref(),
+                    )
+                    .map_err(|e| bad(e.to_string()))?,
                 })
             }
         };

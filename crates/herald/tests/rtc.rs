@@ -473,3 +473,88 @@ async fn deleting_an_app_cancels_its_waiting_callbacks() {
         (Some(1), Some("b"))
     );
 }
+
+/// SPEC §2: a record callback is sent all three event types by default, or only those its
+/// `notify_event_subscription` names; the others are accepted with no delivery. A bad
+/// subscription is a 400 naming the field.
+#[tokio::test]
+async fn a_record_callback_is_sent_only_the_types_it_subscribes_to() {
+    use reqwest::Method as M;
+    let server = TestServer::start_with(|s| s.allow_private_targets = true).await;
+    let token = server.token("p1").await;
+    let receiver = Receiver::ok().await;
+    let id = new_app(&server, &token, "chosen").await;
+    let path = format!("/v2/apps/{id}/record-callback");
+    let (status, shown) = send(&server, &token, M::GET, &path, None).await;
+    assert_eq!(
+        (
+            status,
+            &shown["record_callback"]["notify_event_subscription"]
+        ),
+        (
+            200,
+            &json!([
+                "RECORD_NEW_FILE_START",
+                "RECORD_FILE_COMPLETE",
+                "CLOUD_RECORD_SERVER_OVER"
+            ])
+        )
+    );
+    for (subscription, field) in [
+        (json!([]), "notify_event_subscription"),
+        (json!(["RECORD_OVER"]), "notify_event_subscription"),
+    ] {
+        let body = json!({"url": receiver.url(), "notify_event_subscription": subscription});
+        let (status, refused) = send(&server, &token, M::PUT, &path, Some(body)).await;
+        assert_eq!(status, 400, "{refused}");
+        assert!(
+            refused["error_msg"].as_str().unwrap().contains(field),
+            "{refused}"
+        );
+    }
+    let body =
+        json!({"url": receiver.url(), "notify_event_subscription": ["RECORD_FILE_COMPLETE"]});
+    let (status, set) = send(&server, &token, M::PUT, &path, Some(body)).await;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(
+        set["record_callback"]["notify_event_subscription"],
+        json!(["RECORD_FILE_COMPLETE"])
+    );
+    let (_, shown) = send(&server, &token, M::GET, &path, None).await;
+    assert_eq!(
+        shown["record_callback"]["notify_event_subscription"],
+        json!(["RECORD_FILE_COMPLETE"])
+    );
+    let events = json!({"events": [
+        {"event_id": "skipped", "event_type": "RECORD_NEW_FILE_START", "stream_name": "s"},
+        {"event_id": "sent", "event_type": "RECORD_FILE_COMPLETE", "stream_name": "s"},
+    ]});
+    let (status, answer) = send(
+        &server,
+        &token,
+        M::POST,
+        &format!("/v2/apps/{id}/record/events"),
+        Some(events),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["deliveries"], 1, "{answer}");
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("herald-event-id"), "sent");
+    // Setting the callback again without a subscription subscribes it to all three.
+    let (_, set) = send(
+        &server,
+        &token,
+        M::PUT,
+        &path,
+        Some(json!({"url": receiver.url()})),
+    )
+    .await;
+    assert_eq!(
+        set["record_callback"]["notify_event_subscription"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}

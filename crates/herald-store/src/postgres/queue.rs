@@ -40,8 +40,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{PgStore, WORK_CHANNEL, notify_work};
 use crate::accept::{
-    Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, TARGET_EXISTS, answers_in_order, batch_time_ms,
-    live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, rescued_state, stream_pairs,
+    Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, RtcCallback, TARGET_EXISTS, answers_in_order,
+    batch_time_ms, live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, rescued_state,
+    stream_pairs,
 };
 use crate::queue::{MOST_COUNTED_DELIVERIES, delivery_log_where};
 use crate::records::limit_offset;
@@ -341,23 +342,19 @@ impl DeliveryQueue for PgStore {
     ) -> Result<Option<Vec<Accepted>>, StoreError> {
         let ids: Vec<&str> = events.iter().map(|(id, _)| id.as_str()).collect();
         let mut tx = self.begin().await?;
-        let callback_url: Option<Option<String>> = sqlx::query_scalar(
-            "SELECT callback_url FROM rtc_apps WHERE project_id = $1 AND app_id = $2 FOR SHARE",
+        let app: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT callback_url, notify_event_subscription FROM rtc_apps WHERE project_id = $1 AND app_id = $2 FOR SHARE",
         )
         .bind(project.as_str())
         .bind(app_id.as_str())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(callback_url) = callback_url else {
+        let Some((url, subscription)) = app else {
             return Ok(None);
         };
+        let callback = RtcCallback::from_columns(app_id.as_str(), url, subscription.as_deref())?;
         let mut answers = earlier_answers(&mut tx, project, &ids).await?;
-        let accepting = plan_rtc(
-            events,
-            &mut answers,
-            app_id.as_str(),
-            callback_url.as_deref(),
-        )?;
+        let accepting = plan_rtc(events, &mut answers, app_id.as_str(), callback.as_ref())?;
         let raced = accept(&mut tx, project, Flavour::Rtc, accepting, unix_ms(now)).await?;
         commit_ingest(tx, project, events.iter().map(|(id, _)| id), raced, answers)
             .await

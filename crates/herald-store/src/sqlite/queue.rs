@@ -25,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 use super::SqliteStore;
 use super::json_array;
 use crate::accept::{
-    Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, TARGET_EXISTS, answers_in_order, batch_time_ms,
-    live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, rescued_state, stream_pairs,
+    Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, RtcCallback, TARGET_EXISTS, answers_in_order,
+    batch_time_ms, live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, rescued_state,
+    stream_pairs,
 };
 use crate::queue::{MOST_COUNTED_DELIVERIES, delivery_log_where};
 use crate::rows::{
@@ -253,24 +254,20 @@ impl DeliveryQueue for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<Option<Vec<Accepted>>, StoreError> {
         let (_gate, mut tx) = self.begin_write(&self.pool).await?;
-        let callback_url: Option<Option<String>> = sqlx::query_scalar(
-            "SELECT callback_url FROM rtc_apps WHERE project_id = ? AND app_id = ?",
+        let app: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT callback_url, notify_event_subscription FROM rtc_apps WHERE project_id = ? AND app_id = ?",
         )
         .bind(project.as_str())
         .bind(app_id.as_str())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(callback_url) = callback_url else {
+        let Some((url, subscription)) = app else {
             return Ok(None);
         };
+        let callback = RtcCallback::from_columns(app_id.as_str(), url, subscription.as_deref())?;
         let mut answers =
             earlier_answers(&mut tx, project, events.iter().map(|(id, _)| id)).await?;
-        let accepting = plan_rtc(
-            events,
-            &mut answers,
-            app_id.as_str(),
-            callback_url.as_deref(),
-        )?;
+        let accepting = plan_rtc(events, &mut answers, app_id.as_str(), callback.as_ref())?;
         accept(&mut tx, project, Flavour::Rtc, accepting, unix_ms(now)).await?;
         tx.commit().await?;
         Ok(Some(answers_in_order(
