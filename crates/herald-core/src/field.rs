@@ -45,6 +45,26 @@ pub fn check_text(field: &str, value: &str, max_bytes: usize) -> Result<(), Fiel
 /// The longest string field a client may send where no narrower rule applies.
 pub const MAX_TEXT_BYTES: usize = 4096;
 
+/// A subscription's event types read by `parse`: never empty, each once, in the order
+/// given. Both flavours' subscriptions are read this way.
+pub fn event_types<T: PartialEq>(
+    field: &str,
+    raw: &[&str],
+    parse: impl Fn(&str, &str) -> Result<T, FieldError>,
+) -> Result<Vec<T>, FieldError> {
+    let mut types = Vec::with_capacity(raw.len());
+    for name in raw {
+        let t = parse(field, name)?;
+        if !types.contains(&t) {
+            types.push(t);
+        }
+    }
+    if types.is_empty() {
+        return Err(FieldError::new(field, "must name at least one event type"));
+    }
+    Ok(types)
+}
+
 /// A JSON object received from a client.
 pub struct JsonObject(Map<String, Value>);
 

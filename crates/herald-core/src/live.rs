@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use url::{Host, Url};
 
-use crate::field::{FieldError, JsonObject};
+use crate::field::{FieldError, JsonObject, event_types};
 use crate::project::ProjectId;
 use crate::target::{is_local_host_name, is_private_target};
 
@@ -66,17 +66,7 @@ pub struct Subscription(Vec<LiveEventType>);
 
 impl Subscription {
     pub fn parse(field: &str, raw: &[&str]) -> Result<Self, FieldError> {
-        let mut types = Vec::with_capacity(raw.len());
-        for name in raw {
-            let t = LiveEventType::parse(field, name)?;
-            if !types.contains(&t) {
-                types.push(t);
-            }
-        }
-        if types.is_empty() {
-            return Err(FieldError::new(field, "must name at least one event type"));
-        }
-        Ok(Self(types))
+        event_types(field, raw, LiveEventType::parse).map(Self)
     }
 
     pub fn event_types(&self) -> &[LiveEventType] {

@@ -3,7 +3,7 @@
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::event::RtcEvent;
-use crate::field::{FieldError, JsonObject};
+use crate::field::{FieldError, JsonObject, event_types};
 use crate::live::CallbackUrl;
 use crate::notify::hmac_sha256_hex;
 
@@ -56,17 +56,7 @@ impl Default for RtcSubscription {
 
 impl RtcSubscription {
     pub fn parse(field: &str, raw: &[&str]) -> Result<Self, FieldError> {
-        let mut types = Vec::with_capacity(raw.len());
-        for name in raw {
-            let t = RtcEventType::parse(field, name)?;
-            if !types.contains(&t) {
-                types.push(t);
-            }
-        }
-        if types.is_empty() {
-            return Err(FieldError::new(field, "must name at least one event type"));
-        }
-        Ok(Self(types))
+        event_types(field, raw, RtcEventType::parse).map(Self)
     }
 
     pub fn contains(&self, event_type: RtcEventType) -> bool {
