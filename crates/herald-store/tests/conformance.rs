@@ -96,10 +96,7 @@ async fn the_log_counts_up_to_a_bound(store: &dyn Store) {
     let t0 = datetime!(2035-01-01 00:00:00 UTC);
     let p = "q-counted";
     let body = json!({"publish_domain": "many.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/m"});
-    store
-        .insert_live_config(&live_config(p, "cfg-many", body, t0))
-        .await
-        .unwrap();
+    add_config(store, p, "cfg-many", body, t0).await;
     let n = usize::try_from(MOST_COUNTED_DELIVERIES).unwrap() + 5;
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         let events: Vec<_> = chunk
@@ -432,6 +429,20 @@ fn secs(n: i64) -> Duration {
 
 fn live_config(project_id: &str, id: &str, body: Value, at: OffsetDateTime) -> LiveCallbackConfig {
     config(project_id, id, &body.to_string(), at)
+}
+
+/// Stores the config `body` as `id` of `project_id`, created at `at`.
+async fn add_config(
+    store: &dyn Store,
+    project_id: &str,
+    id: &str,
+    body: Value,
+    at: OffsetDateTime,
+) {
+    store
+        .insert_live_config(&live_config(project_id, id, body, at))
+        .await
+        .unwrap();
 }
 
 /// An event as an engine reports it, with the idempotency key passed beside it.
@@ -862,25 +873,23 @@ async fn claim_leases_each_due_delivery_once(store: &dyn Store) {
     let key = "ClaimKeyClaimKeyClaimKeyClaimKey";
     let signed_url = "https://signed.example.com/hook";
     let plain_url = "https://plain.example.com:8443/hook";
-    store
-        .insert_live_config(&live_config(
-            "q-claim",
-            "clm-signed",
-            json!({"publish_domain": domain, "app": "signed", "notify_callback_url": signed_url,
+    add_config(
+        store,
+        "q-claim",
+        "clm-signed",
+        json!({"publish_domain": domain, "app": "signed", "notify_callback_url": signed_url,
                    "sign_type": "MD5", "key": key}),
-            t0,
-        ))
-        .await
-        .unwrap();
-    store
-        .insert_live_config(&live_config(
-            "q-claim",
-            "clm-plain",
-            json!({"publish_domain": domain, "app": "plain", "notify_callback_url": plain_url}),
-            t0,
-        ))
-        .await
-        .unwrap();
+        t0,
+    )
+    .await;
+    add_config(
+        store,
+        "q-claim",
+        "clm-plain",
+        json!({"publish_domain": domain, "app": "plain", "notify_callback_url": plain_url}),
+        t0,
+    )
+    .await;
     let events = [
         (
             t0,
@@ -971,15 +980,14 @@ async fn each_stream_is_delivered_in_acceptance_order(store: &dyn Store) {
         ("fifo-cfg", "fifo", "https://fifo.example.com/cb"),
         ("fifo-cfg2", "fifo2", "https://fifo2.example.com/cb"),
     ] {
-        store
-            .insert_live_config(&live_config(
-                "q-fifo",
-                id,
-                json!({"publish_domain": domain, "app": app, "notify_callback_url": url}),
-                t0,
-            ))
-            .await
-            .unwrap();
+        add_config(
+            store,
+            "q-fifo",
+            id,
+            json!({"publish_domain": domain, "app": app, "notify_callback_url": url}),
+            t0,
+        )
+        .await;
     }
     let events = [
         event("a1", "RECORD_FILE_COMPLETE", domain, "fifo", "s"),
@@ -1080,16 +1088,15 @@ async fn completions_count_only_under_a_live_lease(store: &dyn Store) {
     assert_idle(store).await;
     let t0 = datetime!(2026-12-04 10:00:00 UTC);
     let domain = "lease.example.com";
-    store
-        .insert_live_config(&live_config(
-            "q-lease",
-            "lease-cfg",
-            json!({"publish_domain": domain, "app": "live",
+    add_config(
+        store,
+        "q-lease",
+        "lease-cfg",
+        json!({"publish_domain": domain, "app": "live",
                    "notify_callback_url": "https://lease.example.com/cb"}),
-            t0,
-        ))
-        .await
-        .unwrap();
+        t0,
+    )
+    .await;
     store
         .ingest_live(
             &project("q-lease"),
@@ -1328,16 +1335,15 @@ async fn delivery_log_retry_and_stats(store: &dyn Store) {
     let domain = "log.example.com";
     let url = "https://log.example.com/cb";
     for (project_id, id) in [("q-log", "log-cfg"), ("q-log-other", "log-other-cfg")] {
-        store
-            .insert_live_config(&live_config(
-                project_id,
-                id,
-                json!({"publish_domain": domain, "app": "live", "notify_callback_url": url,
+        add_config(
+            store,
+            project_id,
+            id,
+            json!({"publish_domain": domain, "app": "live", "notify_callback_url": url,
                        "notify_event_subscription": ["RECORD_FILE_COMPLETE", "RECORD_OVER"]}),
-                t0,
-            ))
-            .await
-            .unwrap();
+            t0,
+        )
+        .await;
     }
     let ingest = |project_id: &'static str,
                   id: &'static str,
@@ -1570,15 +1576,14 @@ async fn claims_share_out_endpoint_room(store: &dyn Store) {
         ("room-slow", "slow", slow_url),
         ("room-fast", "fast", fast_url),
     ] {
-        store
-            .insert_live_config(&live_config(
-                "q-room",
-                id,
-                json!({"publish_domain": domain, "app": app, "notify_callback_url": url}),
-                t0,
-            ))
-            .await
-            .unwrap();
+        add_config(
+            store,
+            "q-room",
+            id,
+            json!({"publish_domain": domain, "app": app, "notify_callback_url": url}),
+            t0,
+        )
+        .await;
     }
     // A backlog of 30 at the slow endpoint, one per stream so all are due, oldest first.
     for i in 0..30 {
@@ -1674,10 +1679,7 @@ async fn a_deleted_configs_deliveries_are_never_sent_again(store: &dyn Store) {
     ] {
         let body = json!({"publish_domain": domain, "app": "*", "notify_callback_url": "https://cb.example.com/n",
             "notify_event_subscription": ["RECORD_FILE_COMPLETE"]});
-        store
-            .insert_live_config(&live_config(p, id, body, t0))
-            .await
-            .unwrap();
+        add_config(store, p, id, body, t0).await;
     }
     let events = [
         event(
@@ -1766,10 +1768,7 @@ async fn an_early_rescue_requeues_due_now(store: &dyn Store) {
     let p = "q-early-rescue";
     let body = json!({"publish_domain": "early.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/n",
         "notify_event_subscription": ["RECORD_FILE_COMPLETE"]});
-    store
-        .insert_live_config(&live_config(p, "cfg-early", body, t0))
-        .await
-        .unwrap();
+    add_config(store, p, "cfg-early", body, t0).await;
     let events = [event(
         "r1",
         "RECORD_FILE_COMPLETE",
@@ -1801,10 +1800,7 @@ async fn the_rescuer_honours_the_attempt_limit(store: &dyn Store) {
     let p = "q-rescue-limit";
     let body = json!({"publish_domain": "limit.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/l",
         "notify_event_subscription": ["RECORD_FILE_COMPLETE"]});
-    store
-        .insert_live_config(&live_config(p, "cfg-limit", body, t0))
-        .await
-        .unwrap();
+    add_config(store, p, "cfg-limit", body, t0).await;
     let events = [
         event(
             "k1",
@@ -1863,10 +1859,7 @@ async fn an_unreadable_delivery_is_dead_and_the_claim_goes_on(store: &dyn Store,
     for (id, app) in [("cfg-poison-a", "live"), ("cfg-poison-b", "other")] {
         let body = json!({"publish_domain": "poison.example.com", "app": app,
             "notify_callback_url": "https://cb.example.com/p", "key": "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z"});
-        store
-            .insert_live_config(&live_config(p, id, body, t0))
-            .await
-            .unwrap();
+        add_config(store, p, id, body, t0).await;
     }
     let events = [
         event(
@@ -1933,10 +1926,7 @@ async fn retention_deletes_only_finished_history(store: &dyn Store) {
     let t0 = datetime!(2031-01-01 00:00:00 UTC);
     let p = "q-retention";
     let body = json!({"publish_domain": "keep.example.com", "app": "live", "notify_callback_url": "https://cb.example.com/k"});
-    store
-        .insert_live_config(&live_config(p, "cfg-keep", body, t0))
-        .await
-        .unwrap();
+    add_config(store, p, "cfg-keep", body, t0).await;
     let old = [
         event(
             "old-done",
@@ -2401,16 +2391,15 @@ async fn postgres_a_retry_racing_a_config_deletion_is_cancelled() {
     for round in 0..40 {
         let now = OffsetDateTime::now_utc();
         let id = format!("cfg{round}");
-        admin
-            .insert_live_config(&live_config(
-                "p1",
-                &id,
-                json!({"publish_domain": format!("d{round}.example.com"), "app": "*",
+        add_config(
+            admin.as_ref(),
+            "p1",
+            &id,
+            json!({"publish_domain": format!("d{round}.example.com"), "app": "*",
                        "notify_callback_url": "https://hooks.example.com/cb"}),
-                now,
-            ))
-            .await
-            .unwrap();
+            now,
+        )
+        .await;
         let ev = event(
             &format!("e{round}"),
             "RECORD_FILE_COMPLETE",
