@@ -331,7 +331,8 @@ async function appView(appId) {
   const formSlot = h("div");
   const masked = cb.auth_key ? `${cb.auth_key.slice(0, 4)}…${cb.auth_key.slice(-2)}` : "none";
   show(
-    h("p", {}, h("a", { href: "#/apps" }, "← Apps")),
+    // Not "← Apps": a second link whose name holds "Apps" would shadow the navigation's.
+    h("p", {}, h("a", { href: "#/apps" }, "Back to the app list")),
     h("h1", {}, app.app_name),
     h("dl", { class: "facts" }, h("dt", {}, "App ID"), h("dd", {}, h("code", {}, app.app_id))),
     h("section", { class: "panel", "aria-labelledby": "rc-title" },
