@@ -33,6 +33,26 @@ pub(crate) fn rescued_state(max_attempts: &str) -> String {
     )
 }
 
+/// `(config_id, stream)` of the rows an update returned whose new `state` finished them
+/// (anything but `retrying`): the streams whose next delivery may go out now. Generic over
+/// the backend's row type, as both backends' completions and rescues ask it.
+pub(crate) fn finished_streams<R: sqlx::Row>(
+    rows: &[R],
+) -> Result<Vec<(String, String)>, sqlx::Error>
+where
+    for<'r> &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    &'static str: sqlx::ColumnIndex<R>,
+{
+    let mut finished = Vec::new();
+    for row in rows {
+        if row.try_get::<&str, _>("state")? != "retrying" {
+            finished.push((row.try_get("config_id")?, row.try_get("stream")?));
+        }
+    }
+    Ok(finished)
+}
+
 /// The flavour of an event, as `events.flavour` stores it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Flavour {

@@ -197,10 +197,16 @@ impl DeliveryStatus {
 /// project on every page.
 pub const MOST_COUNTED_DELIVERIES: u64 = 10_000;
 
-/// The states a delivery reaches only by failing (or by losing its config), as the
-/// partial index `deliveries_failing_by_project` is defined: a filter on them must repeat
-/// this term word for word for SQLite to use that index.
-const FAILING_STATES: &str = "d.state IN ('retrying', 'dead', 'cancelled')";
+/// The states a delivery reaches only by failing (or by losing its config), in the order
+/// the partial index `deliveries_failing_by_project` lists them: a filter on them repeats
+/// that term word for word, for SQLite to use the index.
+const FAILING_STATES: [&str; 3] = ["retrying", "dead", "cancelled"];
+
+/// `d.state IN ('a', 'b')` for Herald's own state names.
+fn state_in(states: &[&str]) -> String {
+    let quoted: Vec<String> = states.iter().map(|s| format!("'{s}'")).collect();
+    format!("d.state IN ({})", quoted.join(", "))
+}
 
 /// The delivery log's filters as the conditions they add to a query of `deliveries d`, the
 /// same on every backend: by event through the event's id index (never by scanning the
@@ -213,24 +219,16 @@ pub(crate) fn delivery_log_where(filter: &DeliveryFilter) -> String {
     } else {
         "CAST($2 AS TEXT) IS NULL"
     };
-    let by_state = match filter.status {
+    let by_state = match filter.status.map(DeliveryStatus::states) {
         None => String::new(),
-        Some(status) => {
-            let states = status.states();
-            let listed: Vec<String> = states.iter().map(|s| format!("'{s}'")).collect();
-            let failing = states
-                .iter()
-                .all(|s| ["retrying", "dead", "cancelled"].contains(s));
+        Some(states) if states.iter().all(|s| FAILING_STATES.contains(s)) => {
             format!(
-                " AND {}d.state IN ({})",
-                if failing {
-                    format!("{FAILING_STATES} AND ")
-                } else {
-                    String::new()
-                },
-                listed.join(", ")
+                " AND {} AND {}",
+                state_in(&FAILING_STATES),
+                state_in(states)
             )
         }
+        Some(states) => format!(" AND {}", state_in(states)),
     };
     format!("WHERE d.project_id = $1 AND {by_event}{by_state}")
 }

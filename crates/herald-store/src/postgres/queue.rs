@@ -41,8 +41,8 @@ use tokio_util::sync::CancellationToken;
 use super::{PgStore, WORK_CHANNEL, notify_work};
 use crate::accept::{
     Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, RtcCallback, TARGET_EXISTS, answers_in_order,
-    batch_time_ms, live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, rescued_state,
-    stream_pairs,
+    batch_time_ms, finished_streams, live_match_keys, new_deliveries, next_state, plan_live,
+    plan_rtc, rescued_state, stream_pairs,
 };
 use crate::queue::{MOST_COUNTED_DELIVERIES, delivery_log_where};
 use crate::records::limit_offset;
@@ -125,17 +125,6 @@ async fn streams_of(
             .map(|r| Ok((r.try_get("config_id")?, r.try_get("stream")?)))
             .collect::<Result<_, sqlx::Error>>()?,
     )
-}
-
-/// `(config_id, stream)` of the rows whose new state finished them (not `retrying`).
-fn finished_streams(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<(String, String)>, sqlx::Error> {
-    let mut finished = Vec::new();
-    for row in rows {
-        if row.try_get::<&str, _>("state")? != "retrying" {
-            finished.push((row.try_get("config_id")?, row.try_get("stream")?));
-        }
-    }
-    Ok(finished)
 }
 
 /// The stored answers of ids the project already used.

@@ -26,8 +26,8 @@ use super::SqliteStore;
 use super::json_array;
 use crate::accept::{
     Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, RtcCallback, TARGET_EXISTS, answers_in_order,
-    batch_time_ms, live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, rescued_state,
-    stream_pairs,
+    batch_time_ms, finished_streams, live_match_keys, new_deliveries, next_state, plan_live,
+    plan_rtc, rescued_state, stream_pairs,
 };
 use crate::queue::{MOST_COUNTED_DELIVERIES, delivery_log_where};
 use crate::rows::{
@@ -92,17 +92,6 @@ async fn unblock_next_of_streams(
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-/// `[config_id, stream]` of the rows whose new state finished them (not `retrying`).
-fn finished_streams(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<[String; 2]>, sqlx::Error> {
-    let mut finished = Vec::new();
-    for row in rows {
-        if row.try_get::<&str, _>("state")? != "retrying" {
-            finished.push([row.try_get("config_id")?, row.try_get("stream")?]);
-        }
-    }
-    Ok(finished)
 }
 
 /// The rows a new delivery copies its target from, joined on `j` (the batch).
