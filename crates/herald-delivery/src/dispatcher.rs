@@ -369,14 +369,9 @@ pub(crate) async fn record_batch(store: &(impl OutcomeStore + ?Sized), batch: &[
                 );
             }
         }
-        Err(e) if batch.len() > 1 => {
-            tracing::warn!(error = %e, n = batch.len(), "recording a batch of outcomes failed; recording them one by one");
+        Err(e) => {
+            tracing::warn!(error = %e, n = batch.len(), "recording outcomes failed; recording them one by one");
             for completion in batch {
-                record_one(store, completion).await;
-            }
-        }
-        Err(_) => {
-            if let Some(completion) = batch.first() {
                 record_one(store, completion).await;
             }
         }
