@@ -126,7 +126,13 @@ pub fn generate_token() -> SecretString {
     SecretString::from(format!("{TOKEN_PREFIX}{}", random_string(ALPHANUMERIC, 43)))
 }
 
-/// What is stored of a token: its SHA-256, hex.
+/// The secret in a recording source's hook URL: 32 letters and digits (about 190 bits),
+/// which only URL-safe characters keep pasteable into any media server's config.
+pub fn generate_hook_secret() -> SecretString {
+    SecretString::from(random_string(ALPHANUMERIC, 32))
+}
+
+/// What is stored of a token (or a hook secret) to find it by: its SHA-256, hex.
 pub fn token_digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }

@@ -1,0 +1,612 @@
+//! Recording sessions (SPEC §7): where a media server's hook becomes recording events.
+//!
+//! A hook changes a stream's [`Session`] and queues [`Step`]s: what is to be reported, in
+//! the order it is to be reported. [`transition`] decides both, from the session as it is
+//! and the hook; the store writes them in one transaction before the hook is answered. A
+//! background tracker then takes each stream's steps in order, reads finished files
+//! (ffprobe, after the hook was answered), and turns each step into events with
+//! [`events_of`]. Event ids are derived from the step, so a step done twice (a crash
+//! between ingesting its events and marking it done) is accepted once.
+//!
+//! The lifecycle, per (source, app, stream):
+//! - the first publish opens a session: `RECORD_START` (Live only), then
+//!   `RECORD_NEW_FILE_START` when the engine opens a file by itself;
+//! - a finished file: `RECORD_FILE_COMPLETE` (or `RECORD_FAILED`), then, when the engine
+//!   opens the next one by itself and the stream is still published, `RECORD_NEW_FILE_START`;
+//! - an unpublish pauses the session; a publish within `max_pause` resumes it, and once
+//!   the pause has lasted `max_pause` and every step is done, the session ends with
+//!   `RECORD_OVER` (`CLOUD_RECORD_SERVER_OVER`).
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::event::{EventId, LiveEvent, RtcEvent};
+use crate::field::FieldError;
+use crate::hook::{HookCall, StreamKey};
+use crate::source::{RecordingSource, SourceTarget};
+use crate::timefmt::utc_seconds;
+
+/// A stream's recording session, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The session's id: every event of the session carries it as `job_id`.
+    pub job_id: String,
+    pub published: bool,
+    /// While unpublished: when the session ends unless the stream is published again.
+    pub over_at: Option<OffsetDateTime>,
+    /// How many files the session has begun: numbers `RECORD_NEW_FILE_START` events.
+    pub files_started: i64,
+}
+
+/// What a step reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// `RECORD_START` (Live only).
+    Start,
+    /// `RECORD_NEW_FILE_START`, of the session's file number `file_no`.
+    FileStart,
+    /// A finished file: `RECORD_FILE_COMPLETE` or `RECORD_FAILED`, once it has been read.
+    File,
+    /// `RECORD_OVER` or `CLOUD_RECORD_SERVER_OVER`.
+    Over,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::FileStart => "file_start",
+            Self::File => "file",
+            Self::Over => "over",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [Self::Start, Self::FileStart, Self::File, Self::Over]
+            .into_iter()
+            .find(|k| k.as_str() == raw)
+    }
+}
+
+/// A step to take for a stream, in the order steps were queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub kind: StepKind,
+    pub stream: StreamKey,
+    pub job_id: String,
+    /// [`StepKind::FileStart`]: the file's number in the session.
+    pub file_no: i64,
+    /// [`StepKind::File`]: the file as the hook named it (resolved against `cwd` when the
+    /// hook gave one); checked against the record dir before it is ever opened.
+    pub path: Option<String>,
+    /// When the hook arrived: a finished file's `end_time`.
+    pub at: OffsetDateTime,
+    /// The hook's identity where it has one (a file): a second hook with the same key is
+    /// the same hook repeated, and is accepted once.
+    pub hook_key: Option<String>,
+}
+
+/// What a hook does: the session as it is to be stored (`None`: left as it is), and the
+/// steps to queue after those already queued.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Transition {
+    pub session: Option<Session>,
+    pub steps: Vec<Step>,
+}
+
+/// Decides what `call` does to the stream's `current` session, at `now`.
+/// `is_repeat(hook_key)` says whether a hook with that key was already taken.
+pub fn transition(
+    source: &RecordingSource,
+    current: Option<&Session>,
+    call: &HookCall,
+    now: OffsetDateTime,
+    is_repeat: impl Fn(&str) -> bool,
+) -> Transition {
+    let engine = source.spec.engine;
+    let is_live = matches!(source.spec.target, SourceTarget::Live { .. });
+    let mut plan = Plan {
+        session: current.cloned(),
+        changed: false,
+        steps: Vec::new(),
+        now,
+    };
+    match call {
+        HookCall::Ignored => {}
+        HookCall::Publish(stream) => match current {
+            Some(session) if session.published => {}
+            Some(_) => {
+                plan.publish(true);
+                if engine.opens_files_implicitly() {
+                    plan.file_start(stream, None);
+                }
+            }
+            None => {
+                plan.open(stream, is_live, true);
+                if engine.opens_files_implicitly() {
+                    plan.file_start(stream, None);
+                }
+            }
+        },
+        HookCall::Unpublish(_) => {
+            if current.is_some_and(|s| s.published) {
+                plan.publish(false);
+                plan.pause_until(now + source.spec.max_pause);
+            }
+        }
+        HookCall::FileStarted { stream, file } => {
+            let path = file.joined();
+            if current.is_none() {
+                plan.open(stream, is_live, true);
+            }
+            let key = plan.hook_key("file_start", &path);
+            if !is_repeat(&key) {
+                plan.publish(true);
+                plan.file_start(stream, Some(key));
+            }
+        }
+        HookCall::FileDone { stream, file } => {
+            let path = file.joined();
+            if current.is_none() {
+                // A file of a stream whose publish Herald never saw (the source was created
+                // mid-stream, say): it opens a session that ends after `max_pause`.
+                plan.open(stream, is_live, false);
+                plan.pause_until(now + source.spec.max_pause);
+            }
+            let key = plan.hook_key("file", &path);
+            if !is_repeat(&key) {
+                plan.file(stream, path, key);
+                if engine.opens_files_implicitly() && plan.is_published() {
+                    plan.file_start(stream, None);
+                }
+            }
+        }
+    }
+    Transition {
+        session: plan.changed.then_some(plan.session).flatten(),
+        steps: plan.steps,
+    }
+}
+
+/// A transition being built.
+struct Plan {
+    session: Option<Session>,
+    changed: bool,
+    steps: Vec<Step>,
+    now: OffsetDateTime,
+}
+
+impl Plan {
+    fn session_mut(&mut self) -> Option<&mut Session> {
+        self.changed = true;
+        self.session.as_mut()
+    }
+
+    fn job_id(&self) -> String {
+        self.session
+            .as_ref()
+            .map(|s| s.job_id.clone())
+            .unwrap_or_default()
+    }
+
+    fn is_published(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.published)
+    }
+
+    fn open(&mut self, stream: &StreamKey, is_live: bool, published: bool) {
+        self.session = Some(Session {
+            job_id: uuid::Uuid::new_v4().to_string(),
+            published,
+            over_at: None,
+            files_started: 0,
+        });
+        self.changed = true;
+        if is_live {
+            self.push(StepKind::Start, stream, 0, None, None);
+        }
+    }
+
+    fn publish(&mut self, published: bool) {
+        if let Some(session) = self.session_mut() {
+            session.published = published;
+            if published {
+                session.over_at = None;
+            }
+        }
+    }
+
+    fn pause_until(&mut self, over_at: OffsetDateTime) {
+        if let Some(session) = self.session_mut() {
+            session.over_at = Some(over_at);
+        }
+    }
+
+    fn hook_key(&self, kind: &str, path: &str) -> String {
+        format!("{kind}:{}:{path}", self.job_id())
+    }
+
+    fn file_start(&mut self, stream: &StreamKey, hook_key: Option<String>) {
+        let file_no = match self.session_mut() {
+            Some(session) => {
+                session.files_started += 1;
+                session.files_started
+            }
+            None => return,
+        };
+        self.push(StepKind::FileStart, stream, file_no, None, hook_key);
+    }
+
+    fn file(&mut self, stream: &StreamKey, path: String, hook_key: String) {
+        self.push(StepKind::File, stream, 0, Some(path), Some(hook_key));
+    }
+
+    fn push(
+        &mut self,
+        kind: StepKind,
+        stream: &StreamKey,
+        file_no: i64,
+        path: Option<String>,
+        hook_key: Option<String>,
+    ) {
+        let step = Step {
+            kind,
+            stream: stream.clone(),
+            job_id: self.job_id(),
+            file_no,
+            path,
+            at: self.now,
+            hook_key,
+        };
+        self.steps.push(step);
+    }
+}
+
+/// The step that ends a session (queued when its pause has lasted `max_pause`).
+pub fn over_step(stream: StreamKey, job_id: String, now: OffsetDateTime) -> Step {
+    Step {
+        kind: StepKind::Over,
+        stream,
+        job_id,
+        file_no: 0,
+        path: None,
+        at: now,
+        hook_key: None,
+    }
+}
+
+/// What reading a finished file found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FileOutcome {
+    /// A media file with frames.
+    Complete(FileFacts),
+    /// A media file without a single audio or video frame (nginx-rtmp's stub at the end of
+    /// a publish): not reported.
+    Empty,
+    /// Missing, unreadable, not a media file, or outside the record dir: why.
+    Failed(String),
+}
+
+/// The facts of a finished file that `RECORD_FILE_COMPLETE` reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileFacts {
+    /// The file's path below the record dir (for `download_url`).
+    pub relative_path: std::path::PathBuf,
+    /// Bytes on disk.
+    pub size: u64,
+    /// Seconds, as ffprobe reads the container.
+    pub duration: f64,
+    pub width: Option<u64>,
+    pub height: Option<u64>,
+    /// `FLV`, `MP4`, `HLS`, `TS` (or the container's name in capitals).
+    pub record_format: String,
+}
+
+/// `record_format` from ffprobe's `format_name` (a comma-separated list of names).
+pub fn record_format(format_name: &str) -> String {
+    let names: Vec<&str> = format_name.split(',').map(str::trim).collect();
+    let has = |n: &str| names.contains(&n);
+    if has("flv") {
+        "FLV".into()
+    } else if has("mp4") || has("mov") {
+        "MP4".into()
+    } else if has("hls") || has("applehttp") {
+        "HLS".into()
+    } else if has("mpegts") {
+        "TS".into()
+    } else {
+        names.first().copied().unwrap_or("").to_ascii_uppercase()
+    }
+}
+
+/// An event derived from a step, for the source's flavour.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DerivedEvent {
+    Live(EventId, LiveEvent),
+    Rtc(EventId, RtcEvent),
+}
+
+/// The events a step reports: none, one, or (never more than) one per step. `outcome` is
+/// the reading of a [`StepKind::File`] step's file.
+pub fn events_of(
+    source: &RecordingSource,
+    step: &Step,
+    outcome: Option<&FileOutcome>,
+) -> Result<Vec<DerivedEvent>, FieldError> {
+    let is_live = matches!(source.spec.target, SourceTarget::Live { .. });
+    let (live_type, rtc_type, identity) = match (step.kind, outcome) {
+        (StepKind::Start, _) => ("RECORD_START", None, format!("start\n{}", step.job_id)),
+        (StepKind::FileStart, _) => (
+            "RECORD_NEW_FILE_START",
+            Some("RECORD_NEW_FILE_START"),
+            format!("file_start\n{}\n{}", step.job_id, step.file_no),
+        ),
+        (StepKind::File, Some(FileOutcome::Complete(_))) => (
+            "RECORD_FILE_COMPLETE",
+            Some("RECORD_FILE_COMPLETE"),
+            format!(
+                "file\n{}\n{}",
+                step.job_id,
+                step.path.as_deref().unwrap_or("")
+            ),
+        ),
+        (StepKind::File, Some(FileOutcome::Failed(_))) => (
+            "RECORD_FAILED",
+            None,
+            format!(
+                "file\n{}\n{}",
+                step.job_id,
+                step.path.as_deref().unwrap_or("")
+            ),
+        ),
+        (StepKind::File, Some(FileOutcome::Empty) | None) => return Ok(Vec::new()),
+        (StepKind::Over, _) => (
+            "RECORD_OVER",
+            Some("CLOUD_RECORD_SERVER_OVER"),
+            format!("over\n{}", step.job_id),
+        ),
+    };
+    let event_id = derived_event_id(&source.id, &identity);
+    let mut fields = Map::new();
+    let mut put = |name: &str, value: Value| {
+        fields.insert(name.to_owned(), value);
+    };
+    put("job_id", json!(step.job_id));
+    match &source.spec.target {
+        SourceTarget::Live { publish_domain } => {
+            put("event_type", json!(live_type));
+            put("publish_domain", json!(publish_domain.as_str()));
+            put("app", json!(step.stream.app));
+            put("stream", json!(step.stream.stream));
+        }
+        SourceTarget::Rtc { .. } => {
+            let Some(rtc_type) = rtc_type else {
+                return Ok(Vec::new());
+            };
+            put("event_type", json!(rtc_type));
+            put("stream_name", json!(step.stream.stream));
+            put("room_id", json!(step.stream.app));
+        }
+    }
+    match outcome {
+        Some(FileOutcome::Complete(facts)) if step.kind == StepKind::File => {
+            let seconds = facts.duration.max(0.0).round();
+            // Whole seconds below 2^53 are exact in an f64.
+            let whole = Duration::from_secs_f64(seconds.min(9.0e15));
+            put("record_format", json!(facts.record_format));
+            if let Some(base) = &source.spec.download_base {
+                put("download_url", json!(base.url_of(&facts.relative_path)));
+            }
+            put("file_size", json!(facts.size));
+            put("record_duration", json!(whole.as_secs()));
+            let end = step.at;
+            let start = end - time::Duration::seconds_f64(facts.duration.clamp(0.0, 9.0e15));
+            put("start_time", json!(utc_seconds(start)));
+            put("end_time", json!(utc_seconds(end)));
+            if let Some(width) = facts.width {
+                put("width", json!(width));
+            }
+            if let Some(height) = facts.height {
+                put("height", json!(height));
+            }
+        }
+        Some(FileOutcome::Failed(why)) if is_live => {
+            put("error_message", json!(why));
+        }
+        _ => {}
+    }
+    let value = Value::Object(fields);
+    Ok(vec![match source.spec.target {
+        SourceTarget::Live { .. } => DerivedEvent::Live(event_id, LiveEvent::parse("", &value)?),
+        SourceTarget::Rtc { .. } => DerivedEvent::Rtc(event_id, RtcEvent::parse("", &value)?),
+    }])
+}
+
+/// `src-` and 40 hex characters of a hash of the source and what the event reports.
+fn derived_event_id(source_id: &str, identity: &str) -> EventId {
+    let digest = Sha256::new()
+        .chain_update(source_id.as_bytes())
+        .chain_update(b"\n")
+        .chain_update(identity.as_bytes())
+        .finalize();
+    let hex = hex::encode(digest);
+    EventId::parse("event_id", &format!("src-{}", &hex[..40]))
+        .unwrap_or_else(|_| EventId::generate())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hook::HookFile;
+    use crate::project::ProjectId;
+    use crate::source::{Engine, SourceSpec};
+    use secrecy::SecretString;
+
+    fn source(engine: &str, target: &str) -> RecordingSource {
+        let body = format!(
+            r#"{{"engine": "{engine}", {target}, "record_dir": "/rec", "download_base": "https://cdn.example.com/vod", "max_pause": "30s"}}"#
+        );
+        RecordingSource {
+            id: "s1".into(),
+            project_id: ProjectId::parse("p", "p1").unwrap(),
+            spec: SourceSpec::parse(body.as_bytes()).unwrap(),
+            secret: SecretString::from("x"),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn live(engine: &str) -> RecordingSource {
+        source(engine, r#""publish_domain": "push.example.com""#)
+    }
+
+    fn key() -> StreamKey {
+        StreamKey {
+            app: "live".into(),
+            stream: "cam".into(),
+        }
+    }
+
+    fn done(path: &str) -> HookCall {
+        HookCall::FileDone {
+            stream: key(),
+            file: HookFile {
+                base: None,
+                path: path.into(),
+            },
+        }
+    }
+
+    /// Runs hooks through [`transition`], as the store would, and lists the steps' kinds.
+    fn run(source: &RecordingSource, calls: &[HookCall]) -> (Option<Session>, Vec<StepKind>) {
+        let mut session: Option<Session> = None;
+        let mut steps: Vec<Step> = Vec::new();
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1);
+        for call in calls {
+            let t = transition(source, session.as_ref(), call, now, |k| {
+                steps.iter().any(|s| s.hook_key.as_deref() == Some(k))
+            });
+            if let Some(s) = t.session {
+                session = Some(s);
+            }
+            steps.extend(t.steps);
+        }
+        (session, steps.iter().map(|s| s.kind).collect())
+    }
+
+    #[test]
+    fn nginx_rtmp_lifecycle_with_publish_done_before_the_last_file() {
+        use StepKind::*;
+        let src = live("nginx-rtmp");
+        let (session, kinds) = run(
+            &src,
+            &[
+                HookCall::Publish(key()),
+                done("/rec/cam-1.flv"),
+                done("/rec/cam-1.flv"), // repeated: accepted once
+                HookCall::Unpublish(key()),
+                done("/rec/cam-2.flv"),
+                HookCall::Unpublish(key()), // repeated: nothing
+            ],
+        );
+        assert_eq!(kinds, [Start, FileStart, File, FileStart, File]);
+        let session = session.unwrap();
+        assert!(!session.published);
+        assert!(session.over_at.is_some());
+        // Republished within max_pause: the session goes on with a new file, no new start.
+        let (_, kinds) = run(
+            &src,
+            &[
+                HookCall::Publish(key()),
+                HookCall::Unpublish(key()),
+                HookCall::Publish(key()),
+            ],
+        );
+        assert_eq!(kinds, [Start, FileStart, FileStart]);
+    }
+
+    #[test]
+    fn mediamtx_files_start_by_hook_and_rtc_has_no_start() {
+        use StepKind::*;
+        let src = source("mediamtx", r#""app_id": "0123456789abcdef01234567""#);
+        assert_eq!(src.spec.engine, Engine::Mediamtx);
+        let created = HookCall::FileStarted {
+            stream: key(),
+            file: HookFile {
+                base: None,
+                path: "/rec/live/cam/1.mp4".into(),
+            },
+        };
+        let (_, kinds) = run(
+            &src,
+            &[
+                HookCall::Publish(key()),
+                created.clone(),
+                created,
+                done("/rec/live/cam/1.mp4"),
+                HookCall::Unpublish(key()),
+            ],
+        );
+        assert_eq!(kinds, [FileStart, File]);
+    }
+
+    #[test]
+    fn a_file_without_a_session_opens_one_that_is_paused() {
+        let (session, kinds) = run(&live("srs"), &[done("/rec/a.flv")]);
+        assert_eq!(kinds, [StepKind::Start, StepKind::File]);
+        assert!(!session.unwrap().published);
+    }
+
+    #[test]
+    fn file_events_carry_the_facts_and_ids_are_stable() {
+        let src = live("nginx-rtmp");
+        let step = Step {
+            kind: StepKind::File,
+            stream: key(),
+            job_id: "j1".into(),
+            file_no: 0,
+            path: Some("/rec/live/cam 1.flv".into()),
+            at: OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(100),
+            hook_key: None,
+        };
+        let facts = FileFacts {
+            relative_path: "live/cam 1.flv".into(),
+            size: 1234,
+            duration: 6.6,
+            width: Some(1280),
+            height: Some(720),
+            record_format: record_format("flv"),
+        };
+        let events = events_of(&src, &step, Some(&FileOutcome::Complete(facts))).unwrap();
+        let [DerivedEvent::Live(id, event)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert!(id.as_str().starts_with("src-"));
+        assert_eq!(
+            Value::Object(event.fields.clone()),
+            json!({
+                "job_id": "j1", "event_type": "RECORD_FILE_COMPLETE",
+                "publish_domain": "push.example.com", "app": "live", "stream": "cam",
+                "record_format": "FLV",
+                "download_url": "https://cdn.example.com/vod/live/cam%201.flv",
+                "file_size": 1234, "record_duration": 7,
+                "start_time": "1970-01-01T00:01:33Z", "end_time": "1970-01-01T00:01:40Z",
+                "width": 1280, "height": 720,
+            })
+        );
+        let again = events_of(&src, &step, Some(&FileOutcome::Failed("gone".into()))).unwrap();
+        let [DerivedEvent::Live(again_id, failed)] = again.as_slice() else {
+            panic!()
+        };
+        assert_eq!(again_id, id, "one file, one event id, whatever was found");
+        assert_eq!(failed.text("error_message"), "gone");
+        assert!(
+            events_of(&src, &step, Some(&FileOutcome::Empty))
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(record_format("mov,mp4,m4a,3gp,3g2,mj2"), "MP4");
+        assert_eq!(record_format("mpegts"), "TS");
+    }
+}
