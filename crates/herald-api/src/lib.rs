@@ -4,6 +4,8 @@
 //! - [`live`]: the Live-flavour callback configuration API (SPEC §1).
 //! - [`ingest`]: recording events from engines (SPEC §4).
 //! - [`rtc`]: the RTC flavour: apps, record callbacks, RTC events (SPEC §2, §4).
+//! - [`sources`]: recording sources (SPEC §7).
+//! - [`hooks`]: the media servers' hooks, which drive recording sessions (SPEC §7).
 //! - [`deliveries`]: the delivery log and manual retry (SPEC §6).
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`whoami`]: the caller's project, for clients that hold only a token (the console).
@@ -20,11 +22,13 @@ pub mod console;
 pub mod deliveries;
 pub mod error;
 pub mod health;
+pub mod hooks;
 pub mod ingest;
 pub mod live;
 mod query;
 pub mod request_id;
 pub mod rtc;
+pub mod sources;
 pub mod whoami;
 
 use std::sync::Arc;
@@ -60,6 +64,10 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Where media servers reach this server: the base of every source's hook URL.
+    pub public_url: Arc<str>,
+    /// Signalled after a hook changed a recording session, so the tracker need not poll.
+    pub recordings: Arc<Notify>,
     /// Cancelled when the delivery worker stops: `/readyz` then answers 503, since
     /// events would be accepted and never delivered.
     pub worker_stopped: CancellationToken,
@@ -77,6 +85,7 @@ pub struct AppState {
         (name = "live", description = "Live-flavour callback configs (SPEC §1)"),
         (name = "rtc", description = "RTC-flavour apps and record callbacks (SPEC §2)"),
         (name = "ingest", description = "Recording events from engines (SPEC §4)"),
+        (name = "sources", description = "Recording sources: media servers' hooks (SPEC §7)"),
         (name = "deliveries", description = "The delivery log and manual retry (SPEC §6)"),
         (name = "operations", description = "Health and documents"),
         (name = "auth", description = "Who the credential belongs to"),
@@ -118,6 +127,8 @@ pub fn router(state: AppState) -> Router {
             rtc::show_record_callback
         ))
         .routes(routes!(rtc::ingest_rtc))
+        .routes(routes!(sources::create, sources::list))
+        .routes(routes!(sources::show, sources::delete))
         .routes(routes!(whoami::projects))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -139,6 +150,7 @@ pub fn router(state: AppState) -> Router {
             get(move || async move { Json(openapi.as_ref().clone()) }),
         )
         .merge(console::router())
+        .merge(hooks::router())
         .fallback(|| async { ApiError::NoSuchApi })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(CatchPanicLayer::custom(|_| {

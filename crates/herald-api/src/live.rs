@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::query::{QueryPairs, parse_page};
+use crate::query::{QueryPairs, known_id, parse_page};
 
 /// A create or update body, for the OpenAPI document. Bodies are parsed by
 /// `herald_core::live::LiveConfigRequest`, which enforces the rules described here.
@@ -191,7 +191,7 @@ pub async fn show(
     let project_id = caller.authorize(&project_id)?;
     let config = state
         .store
-        .get_live_config(&project_id, known_id(&id)?)
+        .get_live_config(&project_id, known_id(&id, CONFIG)?)
         .await?
         .ok_or(ApiError::NotFound(CONFIG))?;
     Ok(Json(LiveConfigView::from(&config)))
@@ -221,7 +221,7 @@ pub async fn update(
     let request = LiveConfigRequest::parse(&body, state.allow_private_targets)?;
     let current = state
         .store
-        .get_live_config(&project_id, known_id(&id)?)
+        .get_live_config(&project_id, known_id(&id, CONFIG)?)
         .await?
         .ok_or(ApiError::NotFound(CONFIG))?;
     let config = LiveCallbackConfig {
@@ -256,21 +256,11 @@ pub async fn delete(
     let project_id = caller.authorize(&project_id)?;
     if state
         .store
-        .delete_live_config(&project_id, known_id(&id)?)
+        .delete_live_config(&project_id, known_id(&id, CONFIG)?)
         .await?
     {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(CONFIG))
     }
-}
-
-/// A config id from a path. One that no config can have (a NUL, which PostgreSQL cannot
-/// even compare, or an absurd length) is a 404 before it reaches the store, the same on
-/// every store.
-fn known_id(id: &str) -> Result<&str, ApiError> {
-    if id.contains('\0') || id.len() > 128 {
-        return Err(ApiError::NotFound(CONFIG));
-    }
-    Ok(id)
 }

@@ -66,6 +66,16 @@ pub fn parse_page(query: &QueryPairs, default_limit: u64) -> Result<Page, FieldE
     })
 }
 
+/// An id from a path. One that nothing can have (a NUL, which PostgreSQL cannot even
+/// compare, or an absurd length) is a 404 for `what` before it reaches the store, the same
+/// on every store.
+pub fn known_id<'a>(id: &'a str, what: &'static str) -> Result<&'a str, crate::error::ApiError> {
+    if id.contains('\0') || id.len() > 128 {
+        return Err(crate::error::ApiError::NotFound(what));
+    }
+    Ok(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

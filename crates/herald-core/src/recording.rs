@@ -97,14 +97,36 @@ pub struct Transition {
     pub steps: Vec<Step>,
 }
 
-/// Decides what `call` does to the stream's `current` session, at `now`.
-/// `is_repeat(hook_key)` says whether a hook with that key was already taken.
+/// The identity of a hook that names a file, within the session it joins: a second hook
+/// with the same key is the first one repeated. `None` for other hooks, and for a hook
+/// that opens a session (which nothing can repeat yet).
+pub fn hook_key(current: Option<&Session>, call: &HookCall) -> Option<String> {
+    let session = current?;
+    match call {
+        HookCall::FileStarted { file, .. } => Some(file_key(
+            StepKind::FileStart,
+            &session.job_id,
+            &file.joined(),
+        )),
+        HookCall::FileDone { file, .. } => {
+            Some(file_key(StepKind::File, &session.job_id, &file.joined()))
+        }
+        _ => None,
+    }
+}
+
+fn file_key(kind: StepKind, job_id: &str, path: &str) -> String {
+    format!("{}:{job_id}:{path}", kind.as_str())
+}
+
+/// Decides what `call` does to the stream's `current` session, at `now`. `repeat`: the
+/// hook's [`hook_key`] was already taken.
 pub fn transition(
     source: &RecordingSource,
     current: Option<&Session>,
     call: &HookCall,
     now: OffsetDateTime,
-    is_repeat: impl Fn(&str) -> bool,
+    repeat: bool,
 ) -> Transition {
     let engine = source.spec.engine;
     let is_live = matches!(source.spec.target, SourceTarget::Live { .. });
@@ -142,8 +164,8 @@ pub fn transition(
             if current.is_none() {
                 plan.open(stream, is_live, true);
             }
-            let key = plan.hook_key("file_start", &path);
-            if !is_repeat(&key) {
+            let key = file_key(StepKind::FileStart, &plan.job_id(), &path);
+            if !repeat {
                 plan.publish(true);
                 plan.file_start(stream, Some(key));
             }
@@ -156,8 +178,8 @@ pub fn transition(
                 plan.open(stream, is_live, false);
                 plan.pause_until(now + source.spec.max_pause);
             }
-            let key = plan.hook_key("file", &path);
-            if !is_repeat(&key) {
+            let key = file_key(StepKind::File, &plan.job_id(), &path);
+            if !repeat {
                 plan.file(stream, path, key);
                 if engine.opens_files_implicitly() && plan.is_published() {
                     plan.file_start(stream, None);
@@ -222,10 +244,6 @@ impl Plan {
         if let Some(session) = self.session_mut() {
             session.over_at = Some(over_at);
         }
-    }
-
-    fn hook_key(&self, kind: &str, path: &str) -> String {
-        format!("{kind}:{}:{path}", self.job_id())
     }
 
     fn file_start(&mut self, stream: &StreamKey, hook_key: Option<String>) {
@@ -484,9 +502,9 @@ mod tests {
         let mut steps: Vec<Step> = Vec::new();
         let now = OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1);
         for call in calls {
-            let t = transition(source, session.as_ref(), call, now, |k| {
-                steps.iter().any(|s| s.hook_key.as_deref() == Some(k))
-            });
+            let repeat = hook_key(session.as_ref(), call)
+                .is_some_and(|k| steps.iter().any(|s| s.hook_key.as_deref() == Some(&k)));
+            let t = transition(source, session.as_ref(), call, now, repeat);
             if let Some(s) = t.session {
                 session = Some(s);
             }

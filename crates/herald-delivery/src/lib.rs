@@ -5,12 +5,16 @@
 //! - [`dispatcher`]: claims due deliveries within concurrency limits, runs attempts,
 //!   records outcomes in batches, rescues expired leases, publishes queue metrics.
 //! - [`retention`]: deletes finished history older than the operator keeps.
+//! - [`tracker`]: turns the steps media servers' hooks queued into recording events.
+//! - [`probe`]: reads a finished recording (where it is, ffprobe's facts).
 #![forbid(unsafe_code)]
 
 pub mod attempt;
 pub mod client;
 pub mod dispatcher;
+pub mod probe;
 pub mod retention;
+pub mod tracker;
 
 use std::time::Duration;
 

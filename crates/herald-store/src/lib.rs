@@ -12,6 +12,7 @@ mod accept;
 mod location;
 pub mod postgres;
 mod queue;
+mod recording;
 mod records;
 mod rows;
 pub mod sqlite;
@@ -22,10 +23,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use herald_core::event::{EventId, LiveEvent, RtcEvent};
+use herald_core::hook::HookCall;
 use herald_core::live::{CallbackUrl, LiveCallbackConfig};
 use herald_core::project::ProjectId;
 use herald_core::rtc::{AppId, AppName, AuthKey, RtcSubscription};
 use herald_core::secrets::SealError;
+use herald_core::source::RecordingSource;
 use secrecy::SecretString;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -37,6 +40,7 @@ pub use queue::{
     DeliveryFilter, DeliveryStatus, DeliveryView, Lease, MOST_COUNTED_DELIVERIES, Notification,
     QueueStats, RetryOutcome,
 };
+pub use recording::{ClaimedStep, SourceError, SourceView};
 pub use rows::CorruptRow;
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +155,8 @@ pub trait Store:
     + LiveConfigs
     + DeliveryQueue
     + QueueStatus
+    + RecordingSessions
+    + RecordingSources
     + Retention
     + RtcApps
     + Send
@@ -344,4 +350,80 @@ pub trait RtcApps {
         callback: Option<&RecordCallback>,
         at: OffsetDateTime,
     ) -> Result<Option<RtcApp>, StoreError>;
+}
+
+/// Recording sources (SPEC §7): the media servers whose hooks Herald reads.
+#[async_trait]
+pub trait RecordingSources {
+    async fn insert_source(&self, source: &RecordingSource) -> Result<(), StoreError>;
+    async fn get_source(
+        &self,
+        project: &ProjectId,
+        id: &str,
+    ) -> Result<Option<SourceView>, StoreError>;
+    /// The project's sources in creation order, and how many there are in all.
+    async fn list_sources(
+        &self,
+        project: &ProjectId,
+        page: Page,
+    ) -> Result<(u64, Vec<SourceView>), StoreError>;
+    /// True when the source existed (in `project`, when given: the CLI deletes by id
+    /// alone). Its open sessions and queued steps go with it; the events it caused stay.
+    async fn delete_source(
+        &self,
+        project: Option<&ProjectId>,
+        id: &str,
+    ) -> Result<bool, StoreError>;
+    /// The source whose hook secret has this digest (`secrets::token_digest`).
+    async fn find_source_by_secret(
+        &self,
+        secret_sha256: &str,
+    ) -> Result<Option<RecordingSource>, StoreError>;
+    /// How many sources there are in every project.
+    async fn count_sources(&self) -> Result<u64, StoreError>;
+}
+
+/// Recording sessions and the steps the tracker takes (SPEC §7, `herald_core::recording`).
+#[async_trait]
+pub trait RecordingSessions {
+    /// Applies a hook to its stream's session in one transaction, durable when this
+    /// returns. Returns how many steps it queued (none for a repeated hook).
+    async fn apply_hook(
+        &self,
+        source: &RecordingSource,
+        call: &HookCall,
+        now: OffsetDateTime,
+    ) -> Result<usize, StoreError>;
+    /// Ends (up to 100) sessions whose pause reached `max_pause` and whose steps are all
+    /// done, queueing each one's last step. Returns how many ended.
+    async fn end_paused_sessions(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
+    /// Leases, until `lease_until`, the first open step of up to `limit` streams whose
+    /// first step is due and not leased: one stream's steps are taken in order, one by one.
+    async fn claim_steps(
+        &self,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<ClaimedStep>, StoreError>;
+    /// Marks a step done; the stream's next step becomes its head.
+    async fn finish_step(&self, id: i64, now: OffsetDateTime) -> Result<(), StoreError>;
+    /// Gives a step back, to be taken again at `due_at` (ffprobe missing, say).
+    async fn postpone_step(&self, id: i64, due_at: OffsetDateTime) -> Result<(), StoreError>;
+    /// Records the last file a source could not report, for its status.
+    async fn note_source_error(
+        &self,
+        source_id: &str,
+        error: &SourceError,
+    ) -> Result<(), StoreError>;
+    /// The next moment after `now` at which a step comes due, a lease runs out or a pause
+    /// reaches `max_pause`: the tracker sleeps until then unless a hook wakes it.
+    async fn next_recording_wake(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>, StoreError>;
+    /// Gives back every step lease: the embedded store's tracker, at start, knows the
+    /// process that held them is gone.
+    async fn release_step_leases(&self) -> Result<u64, StoreError>;
+    /// Forgets done steps older than `before`: a hook repeated after that is taken anew.
+    async fn forget_done_steps(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 }

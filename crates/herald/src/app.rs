@@ -9,6 +9,8 @@ use herald_api::auth::StaticCredentials;
 use herald_api::{AppState, router};
 use herald_core::project::ProjectId;
 use herald_delivery::dispatcher::{Dispatcher, WorkerStopped};
+use herald_delivery::probe::Prober;
+use herald_delivery::tracker::Tracker;
 use herald_store::{Store, StoreLocation};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use secrecy::ExposeSecret;
@@ -147,9 +149,18 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                 "re-queued deliveries that were in flight when herald last stopped"
             );
         }
+        store.release_step_leases().await?;
     }
+    let prober = Prober::new(&settings.ffprobe);
+    warn_without_ffprobe(store.as_ref(), &prober).await?;
     let wake = Arc::new(Notify::new());
+    let recordings = Arc::new(Notify::new());
     let worker_stopped = CancellationToken::new();
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let local_addr = listener.local_addr()?;
+    let public_url: Arc<str> = settings.public_url_for(local_addr).into();
     let state = AppState {
         store: store.clone(),
         credentials: Arc::new(static_credentials(settings)?),
@@ -157,11 +168,9 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         wake: wake.clone(),
         metrics: metrics_handle(),
         worker_stopped: worker_stopped.clone(),
+        public_url,
+        recordings: recordings.clone(),
     };
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("binding {}", settings.listen))?;
-    let local_addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let grace = settings.shutdown_grace;
     if let Some(keep) = settings.retention {
@@ -170,6 +179,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             async move { herald_delivery::retention::run(store.as_ref(), keep, cancel).await },
         );
     }
+    let tracker = Tracker::new(store.clone(), prober, recordings, wake.clone());
+    tokio::spawn(tracker.run(shutdown.clone()));
     let dispatcher = Dispatcher::new(store, delivery, wake).context("building the HTTP client")?;
     let worker = dispatcher.run(shutdown.clone(), grace);
     Ok(Running {
@@ -183,6 +194,17 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         shutdown,
         _data_dir_lock: lock,
     })
+}
+
+/// ffprobe is a run-time dependency of recording sources: say so at start-up when one
+/// exists and ffprobe does not run (files then wait to be read; nothing is lost).
+async fn warn_without_ffprobe(store: &dyn Store, prober: &Prober) -> anyhow::Result<()> {
+    if store.count_sources().await? > 0
+        && let Err(e) = prober.available().await
+    {
+        tracing::warn!(error = %e, "recording sources exist but ffprobe cannot be run: finished recordings wait until it can (install Debian's ffmpeg, or set HERALD_FFPROBE)");
+    }
+    Ok(())
 }
 
 /// `herald serve`: runs until SIGTERM or SIGINT, then drains within the grace period.

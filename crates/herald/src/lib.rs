@@ -4,6 +4,7 @@
 //! - [`master_key`]: the key that seals secrets at rest.
 //! - [`app`]: opening the store and running the server.
 //! - [`credentials`]: creating, listing and revoking access keys and tokens.
+//! - [`sources`]: creating, listing and deleting recording sources.
 //! - [`listen`]: `herald listen`, a local receiver that verifies callbacks.
 //! - [`emit`]: `herald emit`, a signed test event sent to a running Herald.
 #![forbid(unsafe_code)]
@@ -14,3 +15,4 @@ pub mod emit;
 pub mod listen;
 pub mod master_key;
 pub mod settings;
+pub mod sources;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use herald::settings::{FlagOverrides, Settings};
-use herald::{app, credentials, emit, listen};
+use herald::{app, credentials, emit, listen, sources};
 use herald_core::project::ProjectId;
 
 #[derive(Parser)]
@@ -33,6 +33,9 @@ enum Command {
     /// Manage X-Auth-Token tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Manage recording sources: media servers whose hooks Herald turns into recording events.
+    #[command(subcommand)]
+    Sources(SourcesCommand),
     /// Receive callbacks locally, print them and check their signatures.
     Listen {
         /// Port on 127.0.0.1 to listen on.
@@ -159,6 +162,55 @@ enum TokensCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum SourcesCommand {
+    /// Create a recording source and print it with its hook URL.
+    Create {
+        #[arg(long)]
+        project: String,
+        /// The media server: nginx-rtmp, srs or mediamtx.
+        #[arg(long)]
+        engine: String,
+        /// Report Live events for this ingest domain.
+        #[arg(long, required_unless_present = "app_id", conflicts_with = "app_id")]
+        publish_domain: Option<String>,
+        /// Report RTC events for this app.
+        #[arg(long)]
+        app_id: Option<String>,
+        /// The absolute directory the media server records into.
+        #[arg(long)]
+        record_dir: String,
+        /// A file's download_url is this plus its path below --record-dir.
+        #[arg(long)]
+        download_base: Option<String>,
+        /// How long a stream may stay unpublished before its recording is over [default: 30s].
+        #[arg(long)]
+        max_pause: Option<String>,
+        #[command(flatten)]
+        common: Common,
+        /// Print one JSON line: {"id", "project_id", "engine", "publish_domain" or "app_id",
+        /// "record_dir", "download_base", "max_pause", "hook_url", …}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a project's recording sources with their hook URLs.
+    List {
+        #[arg(long)]
+        project: String,
+        #[command(flatten)]
+        common: Common,
+        /// One JSON line per source.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a recording source by its id.
+    Delete {
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
 /// `--ttl`: a duration of at least a second.
 fn parse_ttl(raw: &str) -> Result<std::time::Duration, String> {
     let ttl = herald_core::retry::parse_duration("--ttl", raw).map_err(|e| e.rule)?;
@@ -187,6 +239,15 @@ impl Common {
     /// The store of the settings, for the commands that only manage records.
     async fn open_store(&self) -> anyhow::Result<std::sync::Arc<dyn herald_store::Store>> {
         app::open_store(&self.settings(FlagOverrides::default())?).await
+    }
+
+    /// The store, and the base of hook URLs (`HERALD_PUBLIC_URL`, or the listen address).
+    async fn open_store_and_public_url(
+        &self,
+    ) -> anyhow::Result<(std::sync::Arc<dyn herald_store::Store>, String)> {
+        let settings = self.settings(FlagOverrides::default())?;
+        let public_url = settings.public_url_for(settings.listen);
+        Ok((app::open_store(&settings).await?, public_url))
     }
 }
 
@@ -310,6 +371,40 @@ async fn main() -> anyhow::Result<()> {
             let store = common.open_store().await?;
             let p = p.as_deref().map(project).transpose()?;
             credentials::list_tokens(store.as_ref(), p.as_ref(), json).await
+        }
+        Command::Sources(SourcesCommand::Create {
+            project: p,
+            engine,
+            publish_domain,
+            app_id,
+            record_dir,
+            download_base,
+            max_pause,
+            common,
+            json,
+        }) => {
+            let (store, public_url) = common.open_store_and_public_url().await?;
+            let options = sources::CreateOptions {
+                engine,
+                publish_domain,
+                app_id,
+                record_dir,
+                download_base,
+                max_pause,
+            };
+            sources::create(store.as_ref(), project(&p)?, &options, &public_url, json).await
+        }
+        Command::Sources(SourcesCommand::List {
+            project: p,
+            common,
+            json,
+        }) => {
+            let (store, public_url) = common.open_store_and_public_url().await?;
+            sources::list(store.as_ref(), &project(&p)?, &public_url, json).await
+        }
+        Command::Sources(SourcesCommand::Delete { id, common }) => {
+            let store = common.open_store().await?;
+            sources::delete(store.as_ref(), &id).await
         }
         Command::Tokens(TokensCommand::Revoke { token_id, common }) => {
             let store = common.open_store().await?;

@@ -59,6 +59,12 @@ pub struct Settings {
     /// keeps everything (`HERALD_RETENTION`).
     #[serde(deserialize_with = "retention")]
     pub retention: Option<Duration>,
+    /// Where media servers reach Herald: the base of recording sources' hook URLs
+    /// (`HERALD_PUBLIC_URL`; default `http://` + the listen address).
+    #[serde(deserialize_with = "public_url")]
+    pub public_url: Option<String>,
+    /// The ffprobe program that reads finished recordings (`HERALD_FFPROBE`).
+    pub ffprobe: PathBuf,
     /// Access keys listed in the config file, beside those created by the CLI.
     pub credentials: Vec<StaticAccessKey>,
     /// Tokens listed in the config file.
@@ -97,6 +103,8 @@ impl Default for Settings {
             max_in_flight: 512,
             poll_interval: Duration::from_secs(1),
             retention: Some(Duration::from_secs(30 * 86_400)),
+            public_url: None,
+            ffprobe: PathBuf::from("ffprobe"),
             credentials: Vec::new(),
             tokens: Vec::new(),
         }
@@ -160,6 +168,17 @@ fn retention<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Err
     Ok((!keep.is_zero()).then_some(keep))
 }
 
+/// An absolute `http`/`https` URL (a path is kept: Herald may sit behind a proxy's prefix).
+fn public_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let raw = String::deserialize(d)?;
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    herald_core::source::DownloadBase::parse("HERALD_PUBLIC_URL", &raw)
+        .map(|url| Some(url.as_str().trim_end_matches('/').to_owned()))
+        .map_err(serde::de::Error::custom)
+}
+
 /// Flags given on the command line; `None` leaves the lower layers' value.
 #[derive(Default, Serialize)]
 pub struct FlagOverrides {
@@ -172,6 +191,13 @@ pub struct FlagOverrides {
 }
 
 impl Settings {
+    /// The base of hook URLs for a server listening on `listen`.
+    pub fn public_url_for(&self, listen: SocketAddr) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{listen}"))
+    }
+
     /// The delivery settings; errors name the variable to fix.
     pub fn delivery(&self) -> Result<DeliverySettings, FieldError> {
         let positive = |name: &str, value: u32| {
@@ -219,6 +245,8 @@ impl Settings {
                 "max_in_flight",
                 "poll_interval",
                 "retention",
+                "public_url",
+                "ffprobe",
             ]))
             .merge(Serialized::defaults(flags))
             .extract()

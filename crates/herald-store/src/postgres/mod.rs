@@ -125,6 +125,28 @@ impl PgStore {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::recording::SqlBackend for PgStore {
+    type Db = Postgres;
+    type Guard<'a> = ();
+    const LOCK_ROW: &'static str = " FOR UPDATE";
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn master(&self) -> &MasterKey {
+        &self.master
+    }
+
+    async fn write_tx(&self) -> Result<crate::recording::WriteTx<'_, Postgres, ()>, StoreError> {
+        Ok(crate::recording::WriteTx {
+            tx: self.pool.begin().await?,
+            _guard: (),
+        })
+    }
+}
+
 /// Announces, at commit, that deliveries may have become due.
 async fn notify_work(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_notify($1, '')")

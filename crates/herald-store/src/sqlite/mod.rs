@@ -84,6 +84,28 @@ impl SqliteStore {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::recording::SqlBackend for SqliteStore {
+    type Db = sqlx::Sqlite;
+    type Guard<'a> = tokio::sync::MutexGuard<'a, ()>;
+    const LOCK_ROW: &'static str = "";
+
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    fn master(&self) -> &MasterKey {
+        &self.master
+    }
+
+    async fn write_tx(
+        &self,
+    ) -> Result<crate::recording::WriteTx<'_, sqlx::Sqlite, Self::Guard<'_>>, StoreError> {
+        let (guard, tx) = self.begin_write(&self.pool).await?;
+        Ok(crate::recording::WriteTx { tx, _guard: guard })
+    }
+}
+
 /// A slice as JSON text, for `json_each(?)`: how SQLite takes a batch as one parameter.
 /// Serialising strings and numbers cannot fail; the empty array is only the type
 /// system's due.

@@ -1,0 +1,268 @@
+//! Recording sources (SPEC §7): `/v1/{project_id}/record/sources`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, RawQuery, State};
+use axum::http::StatusCode;
+use herald_core::field::FieldError;
+use herald_core::project::ProjectId;
+use herald_core::secrets::generate_hook_secret;
+use herald_core::source::{RecordingSource, SourceSpec, SourceTarget, format_max_pause};
+use herald_core::timefmt::utc_seconds;
+use herald_store::{SourceView, Store};
+use serde::Serialize;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::query::{QueryPairs, known_id, parse_page};
+
+/// A create body, for the OpenAPI document; `herald_core::source::SourceSpec` parses it.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the wire format only; never constructed.
+pub struct SourceBody {
+    /// `nginx-rtmp`, `srs` or `mediamtx`.
+    #[schema(pattern = "^(nginx-rtmp|srs|mediamtx)$")]
+    engine: String,
+    /// The Live ingest domain the source reports for. Exactly one of this and `app_id`.
+    #[schema(max_length = 253)]
+    publish_domain: Option<String>,
+    /// The RTC app (of this project) the source reports for.
+    #[schema(pattern = "^[0-9a-f]{24}$")]
+    app_id: Option<String>,
+    /// Absolute path of the directory the media server records into; at most 1024 bytes.
+    #[schema(max_length = 1024, pattern = "^/")]
+    record_dir: String,
+    /// http(s) URL; a file's `download_url` is this plus its path below `record_dir`.
+    #[schema(max_length = 1024)]
+    download_base: Option<String>,
+    /// How long a stream may stay unpublished before its recording is over: whole
+    /// seconds from `1s` to `1d` (`30s`, `5m`); default `30s`.
+    max_pause: Option<String>,
+}
+
+/// A recording source as returned.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SourceJson {
+    id: String,
+    project_id: String,
+    engine: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    publish_domain: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app_id: Option<String>,
+    record_dir: String,
+    download_base: Option<String>,
+    /// Whole seconds, e.g. `30s`.
+    max_pause: String,
+    /// The URL to paste into the media server's hooks; it holds the source's secret.
+    hook_url: String,
+    /// UTC, `yyyy-mm-ddThh:mm:ssZ`.
+    created_at: String,
+    status: SourceStatusJson,
+}
+
+/// What is going on at a source.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SourceStatusJson {
+    /// Streams with an open recording session.
+    open_sessions: u64,
+    /// Finished files not yet read and reported.
+    files_waiting: u64,
+    /// The last file that could not be reported (missing, not media, outside the record dir).
+    last_error: Option<SourceErrorJson>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SourceErrorJson {
+    at: String,
+    file: String,
+    message: String,
+}
+
+impl SourceJson {
+    /// The JSON of a source; `public_url` is where media servers reach Herald.
+    pub fn new(view: &SourceView, public_url: &str) -> Self {
+        let source = &view.source;
+        let (publish_domain, app_id) = match &source.spec.target {
+            SourceTarget::Live { publish_domain } => (Some(publish_domain.as_str().into()), None),
+            SourceTarget::Rtc { app_id } => (None, Some(app_id.as_str().into())),
+        };
+        Self {
+            id: source.id.clone(),
+            project_id: source.project_id.as_str().into(),
+            engine: source.spec.engine.as_str(),
+            publish_domain,
+            app_id,
+            record_dir: source.spec.record_dir.as_str().into(),
+            download_base: source
+                .spec
+                .download_base
+                .as_ref()
+                .map(|b| b.as_str().into()),
+            max_pause: format_max_pause(source.spec.max_pause),
+            hook_url: source.hook_url(public_url),
+            created_at: utc_seconds(source.created_at),
+            status: SourceStatusJson {
+                open_sessions: view.open_sessions,
+                files_waiting: view.files_waiting,
+                last_error: view.last_error.as_ref().map(|e| SourceErrorJson {
+                    at: utc_seconds(e.at),
+                    file: e.file.clone(),
+                    message: e.message.clone(),
+                }),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SourceList {
+    total: u64,
+    sources: Vec<SourceJson>,
+}
+
+const SOURCE: &str = "recording source";
+
+/// Creates a source for `project` from a validated spec: the one way in for the API and
+/// the CLI. An RTC source's app must be the project's.
+pub async fn create_source(
+    store: &dyn Store,
+    project: ProjectId,
+    spec: SourceSpec,
+) -> Result<SourceView, ApiError> {
+    if let SourceTarget::Rtc { app_id } = &spec.target
+        && store.get_rtc_app(&project, app_id).await?.is_none()
+    {
+        return Err(FieldError::new("app_id", "is not an app of this project").into());
+    }
+    let source = RecordingSource {
+        id: RecordingSource::new_id(),
+        project_id: project,
+        spec,
+        secret: generate_hook_secret(),
+        created_at: OffsetDateTime::now_utc(),
+    };
+    store.insert_source(&source).await?;
+    Ok(SourceView {
+        source,
+        open_sessions: 0,
+        files_waiting: 0,
+        last_error: None,
+    })
+}
+
+/// Create a recording source.
+#[utoipa::path(
+    post, path = "/v1/{project_id}/record/sources", tag = "sources",
+    params(("project_id" = String, Path)),
+    request_body = SourceBody,
+    responses(
+        (status = 201, body = SourceJson),
+        (status = 400, body = ErrorBody, description = "LIVE.100011001: a field broke a rule"),
+        (status = 401, body = ErrorBody, description = "APIGW.0301"),
+    ),
+    security(("aksk" = []), ("token" = [])),
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(project_id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<SourceJson>), ApiError> {
+    let project_id = caller.authorize(&project_id)?;
+    let spec = SourceSpec::parse(&body)?;
+    let view = create_source(state.store.as_ref(), project_id, spec).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SourceJson::new(&view, &state.public_url)),
+    ))
+}
+
+/// List a project's recording sources, in creation order.
+#[utoipa::path(
+    get, path = "/v1/{project_id}/record/sources", tag = "sources",
+    params(
+        ("project_id" = String, Path),
+        ("offset" = Option<u64>, Query, description = "≥ 0, default 0"),
+        ("limit" = Option<u64>, Query, description = "1–100, default 10"),
+    ),
+    responses(
+        (status = 200, body = SourceList),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+    ),
+    security(("aksk" = []), ("token" = [])),
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(project_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<SourceList>, ApiError> {
+    let project_id = caller.authorize(&project_id)?;
+    let page = parse_page(&QueryPairs::parse(query.as_deref())?, 10)?;
+    let (total, views) = state.store.list_sources(&project_id, page).await?;
+    Ok(Json(SourceList {
+        total,
+        sources: views
+            .iter()
+            .map(|v| SourceJson::new(v, &state.public_url))
+            .collect(),
+    }))
+}
+
+/// Show one recording source, with its status.
+#[utoipa::path(
+    get, path = "/v1/{project_id}/record/sources/{id}", tag = "sources",
+    params(("project_id" = String, Path), ("id" = String, Path)),
+    responses(
+        (status = 200, body = SourceJson),
+        (status = 404, body = ErrorBody, description = "LIVE.100011004"),
+        (status = 401, body = ErrorBody),
+    ),
+    security(("aksk" = []), ("token" = [])),
+)]
+pub async fn show(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((project_id, id)): Path<(String, String)>,
+) -> Result<Json<SourceJson>, ApiError> {
+    let project_id = caller.authorize(&project_id)?;
+    let view = state
+        .store
+        .get_source(&project_id, known_id(&id, SOURCE)?)
+        .await?
+        .ok_or(ApiError::NotFound(SOURCE))?;
+    Ok(Json(SourceJson::new(&view, &state.public_url)))
+}
+
+/// Delete a recording source: its hook URL stops working at once.
+#[utoipa::path(
+    delete, path = "/v1/{project_id}/record/sources/{id}", tag = "sources",
+    params(("project_id" = String, Path), ("id" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+    ),
+    security(("aksk" = []), ("token" = [])),
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((project_id, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let project_id = caller.authorize(&project_id)?;
+    if state
+        .store
+        .delete_source(Some(&project_id), known_id(&id, SOURCE)?)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(SOURCE))
+    }
+}

@@ -1,0 +1,209 @@
+//! The recording tracker (SPEC §7): takes the steps hooks queued, stream by stream and in
+//! order, reads finished files, and ingests the recording events they make; ends sessions
+//! whose pause reached `max_pause`.
+//!
+//! Everything it acts on is in the store (sessions, steps, pause deadlines), so a crash
+//! loses nothing: after a restart the same steps are taken again, and since an event's id
+//! is derived from its step, what was ingested before the crash is accepted once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::recording::{DerivedEvent, FileOutcome, StepKind, events_of};
+use herald_core::source::SourceTarget;
+use herald_store::{ClaimedStep, SourceError, Store, StoreError};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::probe::Prober;
+
+/// How long a claimed step is this tracker's: reading a long recording can take minutes.
+/// Another node takes the step over when it runs out (the embedded store gives every
+/// lease back at start).
+const LEASE: Duration = Duration::from_secs(15 * 60);
+/// Streams whose next step is taken at once.
+const STREAMS_AT_ONCE: u32 = 8;
+/// When ffprobe cannot run, or the store fails, a step is tried again after this.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// The longest sleep when nothing is due: a fallback for a wake-up another node missed.
+const MOST_IDLE: Duration = Duration::from_secs(30);
+/// How long done file steps are kept to recognise a repeated hook.
+const KEEP_DONE_STEPS: Duration = Duration::from_secs(24 * 3600);
+
+pub struct Tracker {
+    store: Arc<dyn Store>,
+    prober: Prober,
+    /// Signalled by hooks: there may be steps to take or a new pause deadline.
+    hooks: Arc<Notify>,
+    /// Signalled after ingest, for the delivery worker.
+    deliveries: Arc<Notify>,
+}
+
+impl Tracker {
+    pub fn new(
+        store: Arc<dyn Store>,
+        prober: Prober,
+        hooks: Arc<Notify>,
+        deliveries: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            prober,
+            hooks,
+            deliveries,
+        }
+    }
+
+    /// Runs until `cancel` fires. A step in progress then is left leased, and taken again
+    /// after a restart.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut last_forget = OffsetDateTime::UNIX_EPOCH;
+        while !cancel.is_cancelled() {
+            let now = OffsetDateTime::now_utc();
+            if now - last_forget > time::Duration::HOUR {
+                last_forget = now;
+                if let Err(e) = self.store.forget_done_steps(now - KEEP_DONE_STEPS).await {
+                    tracing::warn!(error = %e, "recordings: forgetting old steps failed");
+                }
+            }
+            let busy = tokio::select! {
+                () = cancel.cancelled() => return,
+                round = self.round(now) => round,
+            };
+            let sleep = match busy {
+                Ok(true) => continue,
+                Ok(false) => match self.store.next_recording_wake(now).await {
+                    Ok(Some(at)) => (at - OffsetDateTime::now_utc())
+                        .try_into()
+                        .unwrap_or(Duration::ZERO)
+                        .min(MOST_IDLE),
+                    Ok(None) => MOST_IDLE,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "recordings: reading the next deadline failed");
+                        RETRY_AFTER
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "recordings: a round failed; trying again");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = self.hooks.notified() => {}
+                () = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// Ends the sessions whose pause is over, then takes the next step of each stream
+    /// that has one due. True when it did anything (there may be more).
+    async fn round(&self, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let ended = self.store.end_paused_sessions(now).await?;
+        let claimed = self
+            .store
+            .claim_steps(now, now + LEASE, STREAMS_AT_ONCE)
+            .await?;
+        let took = claimed.len();
+        let steps = claimed.into_iter().map(|c| self.take(c));
+        futures_util::future::join_all(steps).await;
+        Ok(ended > 0 || took > 0)
+    }
+
+    /// Takes one step: reads its file if it has one, ingests its events, marks it done.
+    async fn take(&self, claimed: ClaimedStep) {
+        let ClaimedStep { id, source, step } = claimed;
+        let outcome = match (step.kind, &step.path) {
+            (StepKind::File, Some(path)) => {
+                match self.prober.read(&source.spec.record_dir, path).await {
+                    Ok(outcome) => Some(outcome),
+                    Err(unavailable) => {
+                        tracing::warn!(source = %source.id, file = %path, error = %unavailable,
+                            "recordings: the file waits until ffprobe can be run");
+                        self.postpone(id).await;
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let now = OffsetDateTime::now_utc();
+        if let (Some(FileOutcome::Failed(why)), Some(path)) = (&outcome, &step.path) {
+            tracing::warn!(source = %source.id, file = %path, reason = %why, "recordings: a file cannot be reported");
+            metrics::counter!("herald_recording_files_failed_total").increment(1);
+            let error = SourceError {
+                at: now,
+                file: path.clone(),
+                message: why.clone(),
+            };
+            if let Err(e) = self.store.note_source_error(&source.id, &error).await {
+                tracing::warn!(error = %e, "recordings: noting a source's error failed");
+            }
+        }
+        let events = match events_of(&source, &step, outcome.as_ref()) {
+            Ok(events) => events,
+            Err(e) => {
+                // The hook's names broke an event rule; no retry can change that.
+                tracing::error!(source = %source.id, error = %e, "recordings: the step makes no valid event");
+                Vec::new()
+            }
+        };
+        match self
+            .ingest(&source.project_id, &source.spec.target, events, now)
+            .await
+        {
+            Ok(()) => {
+                if let Err(e) = self.store.finish_step(id, now).await {
+                    tracing::warn!(error = %e, "recordings: marking a step done failed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(source = %source.id, error = %e, "recordings: ingesting a step's events failed");
+                self.postpone(id).await;
+            }
+        }
+    }
+
+    async fn ingest(
+        &self,
+        project: &herald_core::project::ProjectId,
+        target: &SourceTarget,
+        events: Vec<DerivedEvent>,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        for event in events {
+            match (event, target) {
+                (DerivedEvent::Live(id, event), _) => {
+                    self.store.ingest_live(project, &[(id, event)], now).await?;
+                    metrics::counter!("herald_events_accepted_total", "flavour" => "live")
+                        .increment(1);
+                }
+                (DerivedEvent::Rtc(id, event), SourceTarget::Rtc { app_id }) => {
+                    let accepted = self
+                        .store
+                        .ingest_rtc(project, app_id, &[(id, event)], now)
+                        .await?;
+                    if accepted.is_none() {
+                        tracing::warn!(
+                            app_id = app_id.as_str(),
+                            "recordings: the source's app is gone; its event is dropped"
+                        );
+                    }
+                    metrics::counter!("herald_events_accepted_total", "flavour" => "rtc")
+                        .increment(1);
+                }
+                (DerivedEvent::Rtc(..), SourceTarget::Live { .. }) => {}
+            }
+            self.deliveries.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn postpone(&self, id: i64) {
+        let due = OffsetDateTime::now_utc() + RETRY_AFTER;
+        if let Err(e) = self.store.postpone_step(id, due).await {
+            tracing::warn!(error = %e, "recordings: postponing a step failed; its lease will run out");
+        }
+    }
+}

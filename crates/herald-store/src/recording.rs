@@ -1,0 +1,686 @@
+//! Recording sources, sessions and steps (SPEC §7), on both backends.
+//!
+//! The SQL here is the same on SQLite and PostgreSQL, so it is written once, generic over
+//! sqlx's database traits: a backend implements [`SqlBackend`] (its pool, its master key,
+//! a write transaction) and gets [`RecordingSources`] and [`RecordingSessions`] from the
+//! blanket implementations below. `rows_affected` is not part of sqlx's generic
+//! interface, so statements whose effect matters say `RETURNING` and count the rows.
+
+use async_trait::async_trait;
+use herald_core::hook::{HookCall, StreamKey};
+use herald_core::live::PublishDomain;
+use herald_core::project::ProjectId;
+use herald_core::recording::{Session, Step, StepKind, hook_key, over_step, transition};
+use herald_core::rtc::AppId;
+use herald_core::secrets::MasterKey;
+use herald_core::source::{
+    DownloadBase, Engine, RecordDir, RecordingSource, SourceSpec, SourceTarget,
+};
+use herald_core::timefmt::{from_unix_ms, unix_ms};
+use secrecy::ExposeSecret;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
+use time::OffsetDateTime;
+
+use crate::records::{conflict_or, limit_offset};
+use crate::rows::{CorruptRow, stored_project};
+use crate::{Page, RecordingSessions, RecordingSources, StoreError};
+
+/// A write transaction with whatever the backend holds beside it (the embedded store's
+/// writer gate).
+pub(crate) struct WriteTx<'a, D: Database, G> {
+    pub tx: sqlx::Transaction<'a, D>,
+    pub _guard: G,
+}
+
+/// What the generic SQL needs of a backend.
+#[async_trait]
+pub(crate) trait SqlBackend: Send + Sync + 'static {
+    type Db: Database;
+    type Guard<'a>: Send
+    where
+        Self: 'a;
+    /// Appended to a `SELECT` whose row must stay as read until commit: `FOR UPDATE` on
+    /// PostgreSQL; nothing on SQLite, whose write transactions (`BEGIN IMMEDIATE`) are
+    /// serial already.
+    const LOCK_ROW: &'static str;
+    fn pool(&self) -> &Pool<Self::Db>;
+    fn master(&self) -> &MasterKey;
+    async fn write_tx(&self) -> Result<WriteTx<'_, Self::Db, Self::Guard<'_>>, StoreError>;
+}
+
+/// A recording source with what is going on at it, as the API lists it.
+#[derive(Debug, Clone)]
+pub struct SourceView {
+    pub source: RecordingSource,
+    /// Streams with an open session.
+    pub open_sessions: u64,
+    /// Finished files not yet read and reported.
+    pub files_waiting: u64,
+    pub last_error: Option<SourceError>,
+}
+
+/// The last file a source could not report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceError {
+    pub at: OffsetDateTime,
+    pub file: String,
+    pub message: String,
+}
+
+/// A step leased to this tracker, with its source.
+#[derive(Debug, Clone)]
+pub struct ClaimedStep {
+    pub id: i64,
+    pub source: RecordingSource,
+    pub step: Step,
+}
+
+/// Associated data binding a sealed hook secret to its source.
+fn secret_context(id: &str) -> String {
+    format!("record_source:{id}")
+}
+
+const SOURCE_COLUMNS: &str = "id, project_id, engine, publish_domain, app_id, record_dir, \
+     download_base, max_pause_ms, secret_sealed, created_at_ms, last_error_at_ms, \
+     last_error_file, last_error_message";
+
+#[derive(sqlx::FromRow)]
+struct SourceRow {
+    id: String,
+    project_id: String,
+    engine: String,
+    publish_domain: Option<String>,
+    app_id: Option<String>,
+    record_dir: String,
+    download_base: Option<String>,
+    max_pause_ms: i64,
+    secret_sealed: Vec<u8>,
+    created_at_ms: i64,
+    last_error_at_ms: Option<i64>,
+    last_error_file: Option<String>,
+    last_error_message: Option<String>,
+}
+
+impl SourceRow {
+    fn into_source(
+        self,
+        master: &MasterKey,
+    ) -> Result<(RecordingSource, Option<SourceError>), StoreError> {
+        let bad = |reason: String| CorruptRow {
+            table: "record_sources",
+            id: self.id.clone(),
+            reason,
+        };
+        let target = match (&self.publish_domain, &self.app_id) {
+            (Some(domain), None) => SourceTarget::Live {
+                publish_domain: PublishDomain::parse("publish_domain", domain)
+                    .map_err(|e| bad(e.to_string()))?,
+            },
+            (None, Some(app)) => SourceTarget::Rtc {
+                app_id: AppId::parse(app).ok_or_else(|| bad("app_id is not an app id".into()))?,
+            },
+            _ => return Err(bad("not exactly one of publish_domain and app_id".into()).into()),
+        };
+        let spec = SourceSpec {
+            engine: Engine::parse("engine", &self.engine).map_err(|e| bad(e.to_string()))?,
+            target,
+            record_dir: RecordDir::parse("record_dir", &self.record_dir)
+                .map_err(|e| bad(e.to_string()))?,
+            download_base: self
+                .download_base
+                .as_deref()
+                .map(|b| DownloadBase::parse("download_base", b))
+                .transpose()
+                .map_err(|e| bad(e.to_string()))?,
+            max_pause: std::time::Duration::from_millis(
+                u64::try_from(self.max_pause_ms).map_err(|_| bad("negative max_pause".into()))?,
+            ),
+        };
+        let last_error = match (
+            self.last_error_at_ms,
+            self.last_error_file,
+            self.last_error_message,
+        ) {
+            (Some(at), Some(file), Some(message)) => Some(SourceError {
+                at: from_unix_ms(at),
+                file,
+                message,
+            }),
+            _ => None,
+        };
+        Ok((
+            RecordingSource {
+                project_id: stored_project("record_sources", &self.id, &self.project_id)?,
+                secret: master.open_string(&secret_context(&self.id), &self.secret_sealed)?,
+                spec,
+                created_at: from_unix_ms(self.created_at_ms),
+                id: self.id,
+            },
+            last_error,
+        ))
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    job_id: String,
+    published: bool,
+    over_at_ms: Option<i64>,
+    files_started: i64,
+}
+
+impl From<SessionRow> for Session {
+    fn from(row: SessionRow) -> Self {
+        Self {
+            job_id: row.job_id,
+            published: row.published,
+            over_at: row.over_at_ms.map(from_unix_ms),
+            files_started: row.files_started,
+        }
+    }
+}
+
+const STEP_COLUMNS: &str =
+    "id, source_id, app, stream, job_id, kind, file_no, path, at_ms, hook_key";
+
+#[derive(sqlx::FromRow)]
+struct StepRow {
+    id: i64,
+    source_id: String,
+    app: String,
+    stream: String,
+    job_id: String,
+    kind: String,
+    file_no: i64,
+    path: Option<String>,
+    at_ms: i64,
+    hook_key: Option<String>,
+}
+
+impl StepRow {
+    fn into_step(self) -> Result<Step, CorruptRow> {
+        Ok(Step {
+            kind: StepKind::parse(&self.kind).ok_or_else(|| CorruptRow {
+                table: "record_steps",
+                id: self.id.to_string(),
+                reason: format!("unknown kind {:?}", self.kind),
+            })?,
+            stream: StreamKey {
+                app: self.app,
+                stream: self.stream,
+            },
+            job_id: self.job_id,
+            file_no: self.file_no,
+            path: self.path,
+            at: from_unix_ms(self.at_ms),
+            hook_key: self.hook_key,
+        })
+    }
+}
+
+#[async_trait]
+impl<S> RecordingSources for S
+where
+    S: SqlBackend,
+    for<'c> &'c mut <S::Db as Database>::Connection: Executor<'c, Database = S::Db>,
+    for<'q> <S::Db as Database>::Arguments<'q>: IntoArguments<'q, S::Db>,
+    for<'q> i64: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
+    for<'q> bool: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
+    for<'q> String: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
+    for<'q> &'q str: Encode<'q, S::Db> + Type<S::Db>,
+    for<'q> Option<&'q str>: Encode<'q, S::Db>,
+    for<'q> Option<i64>: Encode<'q, S::Db>,
+    for<'q> Vec<u8>: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
+    for<'r> &'r str: ColumnIndex<<S::Db as Database>::Row>,
+    usize: ColumnIndex<<S::Db as Database>::Row>,
+{
+    async fn insert_source(&self, source: &RecordingSource) -> Result<(), StoreError> {
+        let secret = source.secret.expose_secret();
+        let sealed = self
+            .master()
+            .seal(&secret_context(&source.id), secret.as_bytes())?;
+        let (domain, app) = match &source.spec.target {
+            SourceTarget::Live { publish_domain } => (Some(publish_domain.as_str()), None),
+            SourceTarget::Rtc { app_id } => (None, Some(app_id.as_str())),
+        };
+        let mut w = self.write_tx().await?;
+        sqlx::query(&format!(
+            "INSERT INTO record_sources ({SOURCE_COLUMNS}, secret_sha256) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, $11)"
+        ))
+        .bind(source.id.as_str())
+        .bind(source.project_id.as_str())
+        .bind(source.spec.engine.as_str())
+        .bind(domain)
+        .bind(app)
+        .bind(source.spec.record_dir.as_str())
+        .bind(source.spec.download_base.as_ref().map(DownloadBase::as_str))
+        .bind(i64::try_from(source.spec.max_pause.as_millis()).unwrap_or(i64::MAX))
+        .bind(sealed)
+        .bind(unix_ms(source.created_at))
+        .bind(herald_core::secrets::token_digest(secret))
+        .execute(&mut *w.tx)
+        .await
+        .map_err(conflict_or)?;
+        w.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_source(
+        &self,
+        project: &ProjectId,
+        id: &str,
+    ) -> Result<Option<SourceView>, StoreError> {
+        let row: Option<SourceRow> = sqlx::query_as(&format!(
+            "SELECT {SOURCE_COLUMNS} FROM record_sources WHERE project_id = $1 AND id = $2"
+        ))
+        .bind(project.as_str())
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        match row {
+            Some(row) => Ok(Some(view_of(self, row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_sources(
+        &self,
+        project: &ProjectId,
+        page: Page,
+    ) -> Result<(u64, Vec<SourceView>), StoreError> {
+        let total: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM record_sources WHERE project_id = $1")
+                .bind(project.as_str())
+                .fetch_one(self.pool())
+                .await?;
+        let (limit, offset) = limit_offset(page);
+        let rows: Vec<SourceRow> = sqlx::query_as(&format!(
+            "SELECT {SOURCE_COLUMNS} FROM record_sources WHERE project_id = $1 \
+             ORDER BY created_at_ms, id LIMIT $2 OFFSET $3"
+        ))
+        .bind(project.as_str())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(self.pool())
+        .await?;
+        let mut views = Vec::with_capacity(rows.len());
+        for row in rows {
+            views.push(view_of(self, row).await?);
+        }
+        Ok((u64::try_from(total).unwrap_or(0), views))
+    }
+
+    async fn delete_source(
+        &self,
+        project: Option<&ProjectId>,
+        id: &str,
+    ) -> Result<bool, StoreError> {
+        let mut w = self.write_tx().await?;
+        let deleted: Option<String> = sqlx::query_scalar(
+            "DELETE FROM record_sources WHERE ($1 IS NULL OR project_id = $1) AND id = $2 \
+             RETURNING id",
+        )
+        .bind(project.map(ProjectId::as_str))
+        .bind(id)
+        .fetch_optional(&mut *w.tx)
+        .await?;
+        w.tx.commit().await?;
+        Ok(deleted.is_some())
+    }
+
+    async fn find_source_by_secret(
+        &self,
+        secret_sha256: &str,
+    ) -> Result<Option<RecordingSource>, StoreError> {
+        let row: Option<SourceRow> = sqlx::query_as(&format!(
+            "SELECT {SOURCE_COLUMNS} FROM record_sources WHERE secret_sha256 = $1"
+        ))
+        .bind(secret_sha256)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| r.into_source(self.master()).map(|(source, _)| source))
+            .transpose()
+    }
+
+    async fn count_sources(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM record_sources")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+/// A source row with its status counted.
+async fn view_of<S>(store: &S, row: SourceRow) -> Result<SourceView, StoreError>
+where
+    S: SqlBackend,
+    for<'c> &'c mut <S::Db as Database>::Connection: Executor<'c, Database = S::Db>,
+    for<'q> <S::Db as Database>::Arguments<'q>: IntoArguments<'q, S::Db>,
+    for<'q> i64: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
+    for<'q> &'q str: Encode<'q, S::Db> + Type<S::Db>,
+    usize: ColumnIndex<<S::Db as Database>::Row>,
+{
+    let (open_sessions, files_waiting): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM record_sessions WHERE source_id = $1), \
+                (SELECT COUNT(*) FROM record_steps WHERE source_id = $1 \
+                 AND kind = 'file' AND done_at_ms IS NULL)",
+    )
+    .bind(row.id.as_str())
+    .fetch_one(store.pool())
+    .await?;
+    let (source, last_error) = row.into_source(store.master())?;
+    Ok(SourceView {
+        source,
+        open_sessions: u64::try_from(open_sessions).unwrap_or(0),
+        files_waiting: u64::try_from(files_waiting).unwrap_or(0),
+        last_error,
+    })
+}
+
+#[async_trait]
+impl<S> RecordingSessions for S
+where
+    S: SqlBackend,
+    for<'c> &'c mut <S::Db as Database>::Connection: Executor<'c, Database = S::Db>,
+    for<'q> <S::Db as Database>::Arguments<'q>: IntoArguments<'q, S::Db>,
+    for<'q> i64: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
+    for<'q> bool: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
+    for<'q> String: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
+    for<'q> &'q str: Encode<'q, S::Db> + Type<S::Db>,
+    for<'q> Option<&'q str>: Encode<'q, S::Db>,
+    for<'q> Option<i64>: Encode<'q, S::Db>,
+    for<'q> Vec<u8>: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
+    for<'r> &'r str: ColumnIndex<<S::Db as Database>::Row>,
+    usize: ColumnIndex<<S::Db as Database>::Row>,
+{
+    async fn apply_hook(
+        &self,
+        source: &RecordingSource,
+        call: &HookCall,
+        now: OffsetDateTime,
+    ) -> Result<usize, StoreError> {
+        let stream = match call {
+            HookCall::Ignored => return Ok(0),
+            HookCall::Publish(stream) | HookCall::Unpublish(stream) => stream,
+            HookCall::FileStarted { stream, .. } | HookCall::FileDone { stream, .. } => stream,
+        };
+        // Two nodes opening one stream's session at once: the second insert conflicts,
+        // and its second try finds the session the first one opened.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut w = self.write_tx().await?;
+            let current: Option<Session> = sqlx::query_as::<_, SessionRow>(&format!(
+                "SELECT job_id, published, over_at_ms, files_started FROM record_sessions \
+                 WHERE source_id = $1 AND app = $2 AND stream = $3{}",
+                Self::LOCK_ROW
+            ))
+            .bind(source.id.as_str())
+            .bind(stream.app.as_str())
+            .bind(stream.stream.as_str())
+            .fetch_optional(&mut *w.tx)
+            .await?
+            .map(Session::from);
+            let repeat = match hook_key(current.as_ref(), call) {
+                Some(key) => sqlx::query_scalar::<_, i64>(
+                    "SELECT id FROM record_steps WHERE source_id = $1 AND hook_key = $2",
+                )
+                .bind(source.id.as_str())
+                .bind(key.as_str())
+                .fetch_optional(&mut *w.tx)
+                .await?
+                .is_some(),
+                None => false,
+            };
+            let plan = transition(source, current.as_ref(), call, now, repeat);
+            let written = async {
+                if let Some(session) = &plan.session {
+                    let sql = if current.is_some() {
+                        "UPDATE record_sessions SET job_id = $4, published = $5, over_at_ms = $6, \
+                         files_started = $7 WHERE source_id = $1 AND app = $2 AND stream = $3"
+                    } else {
+                        "INSERT INTO record_sessions (source_id, app, stream, job_id, published, \
+                         over_at_ms, files_started) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                    };
+                    sqlx::query(sql)
+                        .bind(source.id.as_str())
+                        .bind(stream.app.as_str())
+                        .bind(stream.stream.as_str())
+                        .bind(session.job_id.as_str())
+                        .bind(session.published)
+                        .bind(session.over_at.map(unix_ms))
+                        .bind(session.files_started)
+                        .execute(&mut *w.tx)
+                        .await
+                        .map_err(conflict_or)?;
+                }
+                for step in &plan.steps {
+                    insert_step(&mut w.tx, &source.id, step).await?;
+                }
+                Ok::<_, StoreError>(())
+            }
+            .await;
+            match written {
+                Err(StoreError::Conflict) if tries < 2 => continue,
+                Err(e) => return Err(e),
+                Ok(()) => {
+                    w.tx.commit().await?;
+                    return Ok(plan.steps.len());
+                }
+            }
+        }
+    }
+
+    async fn end_paused_sessions(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let mut w = self.write_tx().await?;
+        let ended: Vec<(String, String, String, String)> = sqlx::query_as(
+            "DELETE FROM record_sessions WHERE (source_id, app, stream) IN ( \
+                 SELECT s.source_id, s.app, s.stream FROM record_sessions s \
+                 WHERE s.over_at_ms <= $1 AND NOT s.published AND NOT EXISTS ( \
+                     SELECT 1 FROM record_steps t WHERE t.source_id = s.source_id \
+                     AND t.app = s.app AND t.stream = s.stream AND t.done_at_ms IS NULL) \
+                 LIMIT 100) \
+             AND over_at_ms <= $1 AND NOT published \
+             RETURNING source_id, app, stream, job_id",
+        )
+        .bind(unix_ms(now))
+        .fetch_all(&mut *w.tx)
+        .await?;
+        for (source_id, app, stream, job_id) in &ended {
+            let step = over_step(
+                StreamKey {
+                    app: app.clone(),
+                    stream: stream.clone(),
+                },
+                job_id.clone(),
+                now,
+            );
+            insert_step(&mut w.tx, source_id, &step).await?;
+        }
+        w.tx.commit().await?;
+        Ok(ended.len() as u64)
+    }
+
+    async fn claim_steps(
+        &self,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<ClaimedStep>, StoreError> {
+        let mut w = self.write_tx().await?;
+        // The head of each stream's open steps, if it is due and not leased. The lease
+        // test is repeated outside the subquery so that PostgreSQL re-checks it on the row
+        // it locks: of two nodes claiming at once, the second finds it leased.
+        let rows: Vec<StepRow> = sqlx::query_as(&format!(
+            "UPDATE record_steps SET lease_until_ms = $1 WHERE id IN ( \
+                 SELECT t.id FROM record_steps t JOIN ( \
+                     SELECT MIN(id) AS id FROM record_steps WHERE done_at_ms IS NULL \
+                     GROUP BY source_id, app, stream) head ON head.id = t.id \
+                 WHERE t.due_at_ms <= $2 AND (t.lease_until_ms IS NULL OR t.lease_until_ms <= $2) \
+                 ORDER BY t.id LIMIT $3) \
+             AND (lease_until_ms IS NULL OR lease_until_ms <= $2) AND done_at_ms IS NULL \
+             RETURNING {STEP_COLUMNS}"
+        ))
+        .bind(unix_ms(lease_until))
+        .bind(unix_ms(now))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *w.tx)
+        .await?;
+        w.tx.commit().await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut sources: Vec<RecordingSource> = Vec::new();
+        for row in rows {
+            let source = match sources.iter().find(|s| s.id == row.source_id) {
+                Some(source) => source.clone(),
+                None => {
+                    let found: Option<SourceRow> = sqlx::query_as(&format!(
+                        "SELECT {SOURCE_COLUMNS} FROM record_sources WHERE id = $1"
+                    ))
+                    .bind(row.source_id.as_str())
+                    .fetch_optional(self.pool())
+                    .await?;
+                    // Deleted since: its steps went with it.
+                    let Some(found) = found else { continue };
+                    let (source, _) = found.into_source(self.master())?;
+                    sources.push(source.clone());
+                    source
+                }
+            };
+            let id = row.id;
+            claimed.push(ClaimedStep {
+                id,
+                source,
+                step: row.into_step()?,
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn finish_step(&self, id: i64, now: OffsetDateTime) -> Result<(), StoreError> {
+        let mut w = self.write_tx().await?;
+        // A step without a hook key can never be repeated: it need not be kept.
+        sqlx::query("DELETE FROM record_steps WHERE id = $1 AND hook_key IS NULL RETURNING id")
+            .bind(id)
+            .fetch_optional(&mut *w.tx)
+            .await?;
+        sqlx::query(
+            "UPDATE record_steps SET done_at_ms = $2, lease_until_ms = NULL WHERE id = $1 RETURNING id",
+        )
+        .bind(id)
+        .bind(unix_ms(now))
+        .fetch_optional(&mut *w.tx)
+        .await?;
+        w.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn postpone_step(&self, id: i64, due_at: OffsetDateTime) -> Result<(), StoreError> {
+        let mut w = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE record_steps SET due_at_ms = $2, lease_until_ms = NULL WHERE id = $1 RETURNING id",
+        )
+        .bind(id)
+        .bind(unix_ms(due_at))
+        .fetch_optional(&mut *w.tx)
+        .await?;
+        w.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn note_source_error(
+        &self,
+        source_id: &str,
+        error: &SourceError,
+    ) -> Result<(), StoreError> {
+        let mut w = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE record_sources SET last_error_at_ms = $2, last_error_file = $3, \
+             last_error_message = $4 WHERE id = $1 RETURNING id",
+        )
+        .bind(source_id)
+        .bind(unix_ms(error.at))
+        .bind(error.file.as_str())
+        .bind(error.message.as_str())
+        .fetch_optional(&mut *w.tx)
+        .await?;
+        w.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn next_recording_wake(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(t) FROM ( \
+                 SELECT MIN(CASE WHEN lease_until_ms > due_at_ms THEN lease_until_ms \
+                                 ELSE due_at_ms END) AS t \
+                 FROM record_steps WHERE done_at_ms IS NULL \
+                 UNION ALL \
+                 SELECT MIN(over_at_ms) AS t FROM record_sessions WHERE NOT published \
+             ) due WHERE t > $1",
+        )
+        .bind(unix_ms(now))
+        .fetch_one(self.pool())
+        .await?;
+        Ok(next.map(from_unix_ms))
+    }
+
+    async fn release_step_leases(&self) -> Result<u64, StoreError> {
+        let mut w = self.write_tx().await?;
+        let released: Vec<i64> = sqlx::query_scalar(
+            "UPDATE record_steps SET lease_until_ms = NULL \
+             WHERE lease_until_ms IS NOT NULL AND done_at_ms IS NULL RETURNING id",
+        )
+        .fetch_all(&mut *w.tx)
+        .await?;
+        w.tx.commit().await?;
+        Ok(released.len() as u64)
+    }
+
+    async fn forget_done_steps(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let mut w = self.write_tx().await?;
+        let gone: Vec<i64> =
+            sqlx::query_scalar("DELETE FROM record_steps WHERE done_at_ms < $1 RETURNING id")
+                .bind(unix_ms(before))
+                .fetch_all(&mut *w.tx)
+                .await?;
+        w.tx.commit().await?;
+        Ok(gone.len() as u64)
+    }
+}
+
+/// Queues a step after the stream's others.
+async fn insert_step<D>(
+    tx: &mut sqlx::Transaction<'_, D>,
+    source_id: &str,
+    step: &Step,
+) -> Result<(), StoreError>
+where
+    D: Database,
+    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
+    for<'q> D::Arguments<'q>: IntoArguments<'q, D>,
+    for<'q> i64: Encode<'q, D> + Type<D>,
+    for<'q> &'q str: Encode<'q, D> + Type<D>,
+    for<'q> Option<&'q str>: Encode<'q, D>,
+{
+    let at = unix_ms(step.at);
+    sqlx::query(
+        "INSERT INTO record_steps (source_id, app, stream, job_id, kind, file_no, path, at_ms, \
+         hook_key, due_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8)",
+    )
+    .bind(source_id)
+    .bind(step.stream.app.as_str())
+    .bind(step.stream.stream.as_str())
+    .bind(step.job_id.as_str())
+    .bind(step.kind.as_str())
+    .bind(step.file_no)
+    .bind(step.path.as_deref())
+    .bind(at)
+    .bind(step.hook_key.as_deref())
+    .execute(&mut **tx)
+    .await
+    .map_err(conflict_or)?;
+    Ok(())
+}

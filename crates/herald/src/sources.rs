@@ -1,0 +1,90 @@
+//! `herald sources …`: recording sources (SPEC §7) from the command line.
+
+use herald_api::sources::{SourceJson, create_source};
+use herald_core::project::ProjectId;
+use herald_core::source::SourceSpec;
+use herald_store::{Page, SourceView, Store};
+
+/// The options of `herald sources create`, as typed.
+pub struct CreateOptions {
+    pub engine: String,
+    pub publish_domain: Option<String>,
+    pub app_id: Option<String>,
+    pub record_dir: String,
+    pub download_base: Option<String>,
+    pub max_pause: Option<String>,
+}
+
+/// Creates a source and prints it with its hook URL.
+pub async fn create(
+    store: &dyn Store,
+    project: ProjectId,
+    options: &CreateOptions,
+    public_url: &str,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let spec = SourceSpec::from_fields(
+        &options.engine,
+        options.publish_domain.as_deref(),
+        options.app_id.as_deref(),
+        &options.record_dir,
+        options.download_base.as_deref(),
+        options.max_pause.as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.rule))?;
+    let view = create_source(store, project, spec)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    print(&view, public_url, as_json)
+}
+
+/// Prints every source of a project, oldest first.
+pub async fn list(
+    store: &dyn Store,
+    project: &ProjectId,
+    public_url: &str,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let mut offset = 0;
+    loop {
+        let page = Page { offset, limit: 100 };
+        let (_, views) = store.list_sources(project, page).await?;
+        for view in &views {
+            print(view, public_url, as_json)?;
+        }
+        if views.len() < 100 {
+            return Ok(());
+        }
+        offset += 100;
+    }
+}
+
+/// Deletes a source: its hook URL stops working at once.
+pub async fn delete(store: &dyn Store, id: &str) -> anyhow::Result<()> {
+    if store.delete_source(None, id).await? {
+        println!("deleted {id}");
+        Ok(())
+    } else {
+        anyhow::bail!("no recording source {id}")
+    }
+}
+
+/// One JSON line, or the source's fields one per line.
+fn print(view: &SourceView, public_url: &str, as_json: bool) -> anyhow::Result<()> {
+    let json = serde_json::to_value(SourceJson::new(view, public_url))?;
+    if as_json {
+        println!("{json}");
+        return Ok(());
+    }
+    if let serde_json::Value::Object(fields) = json {
+        for (name, value) in fields {
+            match value {
+                serde_json::Value::String(text) => println!("{name}: {text}"),
+                serde_json::Value::Null => println!("{name}: -"),
+                other => println!("{name}: {other}"),
+            }
+        }
+        println!();
+    }
+    Ok(())
+}
