@@ -1,0 +1,886 @@
+//! Recording sources (SPEC §7) driven by real media software: nginx with Debian's RTMP
+//! module recording what ffmpeg publishes, SRS's and MediaMTX's hooks exactly as their
+//! code sends them over files ffmpeg wrote, hostile hooks, and a kill -9 while a session
+//! waits for its `max_pause`. Callbacks go to a real receiver and are verified with the
+//! receiver kit.
+
+// Test helpers: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::media::{self, Format, Nginx};
+use common::receiver::{Received, Receiver};
+use common::{TestServer, cli_json, cli_token, spawn_serve};
+use herald_verify::{RtcHeaders, RtcVerifier, SignType, verify_live};
+use serde_json::{Value, json};
+
+const KEY: &str = "K8s3kd9Sk2mdLx0qPz7Rt5Vb1Nc4Hj6W";
+const AUTH_KEY: &str = "rtcAuthKey0123456789abcdefABCDEF";
+const DOMAIN: &str = "push.example.com";
+const ALL_LIVE: [&str; 5] = [
+    "RECORD_START",
+    "RECORD_NEW_FILE_START",
+    "RECORD_FILE_COMPLETE",
+    "RECORD_OVER",
+    "RECORD_FAILED",
+];
+
+/// A server whose project has a Live config for [`DOMAIN`] subscribed to every event type,
+/// signed with [`KEY`], pointing at a receiver.
+struct Live {
+    server: TestServer,
+    token: String,
+    receiver: Receiver,
+    record_dir: tempfile::TempDir,
+}
+
+impl Live {
+    async fn start() -> Self {
+        let server = TestServer::start_with(|s| s.allow_private_targets = true).await;
+        let token = server.token("p1").await;
+        let receiver = Receiver::ok().await;
+        let (status, body) = server
+            .post_with_token(
+                &token,
+                "/v1/p1/record/callbacks",
+                &json!({"publish_domain": DOMAIN, "app": "*", "notify_callback_url": receiver.url(),
+                        "notify_event_subscription": ALL_LIVE, "sign_type": "HMACSHA256", "key": KEY}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        Self {
+            server,
+            token,
+            receiver,
+            record_dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn record_dir(&self) -> PathBuf {
+        self.record_dir.path().canonicalize().unwrap()
+    }
+
+    /// Creates a Live source of `engine` over the record dir; returns its JSON.
+    async fn source(&self, engine: &str, max_pause: &str) -> Value {
+        let (status, source) = self
+            .server
+            .post_with_token(
+                &self.token,
+                "/v1/p1/record/sources",
+                &json!({"engine": engine, "publish_domain": DOMAIN,
+                        "record_dir": self.record_dir().to_str().unwrap(),
+                        "download_base": "https://cdn.example.com/vod/", "max_pause": max_pause}),
+            )
+            .await;
+        assert_eq!(status, 201, "{source}");
+        source
+    }
+
+    /// The callbacks received so far, verified, each event once (the first arrival).
+    fn events(&self) -> Vec<Value> {
+        unique(&self.receiver.received())
+            .iter()
+            .map(|r| {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let fields = verify_live(&r.body, KEY, SignType::HmacSha256, now)
+                    .unwrap_or_else(|e| panic!("a callback's signature: {e}"));
+                Value::Object(fields)
+            })
+            .collect()
+    }
+
+    /// Waits until an event of `event_type` has arrived; returns every event so far.
+    async fn wait_for_type(&self, event_type: &str) -> Vec<Value> {
+        wait_until(&self.receiver, || {
+            let events = self.events();
+            events
+                .iter()
+                .any(|e| e["event_type"] == event_type)
+                .then_some(events)
+        })
+        .await
+    }
+}
+
+/// Each event once, in order of first arrival (delivery is at least once).
+fn unique(received: &[Received]) -> Vec<Received> {
+    let mut seen = std::collections::HashSet::new();
+    received
+        .iter()
+        .filter(|r| seen.insert(r.header("herald-event-id")))
+        .cloned()
+        .collect()
+}
+
+/// Polls `done` until it gives a value; fails after a minute, listing what arrived.
+async fn wait_until<T>(receiver: &Receiver, mut done: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(found) = done() {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting; received: {:?}",
+            receiver
+                .received()
+                .iter()
+                .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn types(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect()
+}
+
+/// The file a `download_url` names, below `record_dir`.
+fn file_of(download_url: &str, record_dir: &Path) -> PathBuf {
+    let relative = download_url
+        .strip_prefix("https://cdn.example.com/vod/")
+        .unwrap_or_else(|| panic!("download_url {download_url} is not below download_base"));
+    record_dir.join(
+        percent_encoding::percent_decode_str(relative)
+            .decode_utf8()
+            .unwrap()
+            .as_ref(),
+    )
+}
+
+/// Checks a RECORD_FILE_COMPLETE against the file on disk and ffprobe's own reading.
+async fn check_file_complete(event: &Value, record_dir: &Path, format: &str) {
+    let file = file_of(event["download_url"].as_str().unwrap(), record_dir);
+    let on_disk = std::fs::metadata(&file).unwrap().len();
+    assert_eq!(event["file_size"], on_disk, "file_size of {file:?}");
+    let probed = media::ffprobe_duration(&file).await;
+    let reported = event["record_duration"].as_f64().unwrap();
+    assert!(
+        (reported - probed).abs() <= 1.0,
+        "record_duration {reported} of {file:?}, ffprobe says {probed}"
+    );
+    assert_eq!(event["width"], 1280);
+    assert_eq!(event["height"], 720);
+    assert_eq!(event["record_format"], format);
+    for time in ["start_time", "end_time"] {
+        let text = event[time].as_str().unwrap();
+        assert!(text.len() == 20 && text.ends_with('Z'), "{time} {text}");
+    }
+}
+
+/// The hook URL of a source on the server at `base` (the CLI prints it for its default
+/// listen address).
+fn hook_on(base: &str, source: &Value) -> String {
+    let url = source["hook_url"].as_str().unwrap();
+    let path = &url[url.find("/hooks/").unwrap()..];
+    format!("{base}{path}")
+}
+
+#[tokio::test]
+async fn nginx_rtmp_recording_reports_the_whole_lifecycle_and_a_republish_continues_it() {
+    media::require_tools();
+    let live = Live::start().await;
+    let source = live.source("nginx-rtmp", "6s").await;
+    let nginx = Nginx::start(
+        source["hook_url"].as_str().unwrap(),
+        &live.record_dir(),
+        "3s",
+    )
+    .await;
+    let url = nginx.rtmp_url("live", "cam");
+    // Several record_intervals, then a republish within max_pause.
+    media::publish(&url, 8).await;
+    media::publish(&url, 4).await;
+    let events = live.wait_for_type("RECORD_OVER").await;
+    let seen = types(&events);
+    eprintln!("received in order: {seen:?}");
+    assert_eq!(seen[0], "RECORD_START");
+    assert_eq!(seen[1], "RECORD_NEW_FILE_START");
+    assert_eq!(*seen.last().unwrap(), "RECORD_OVER");
+    assert_eq!(seen.iter().filter(|t| **t == "RECORD_START").count(), 1);
+    assert_eq!(seen.iter().filter(|t| **t == "RECORD_OVER").count(), 1);
+    assert!(!seen.contains(&"RECORD_FAILED"), "{events:?}");
+    let completes: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event_type"] == "RECORD_FILE_COMPLETE")
+        .collect();
+    assert!(
+        completes.len() >= 3,
+        "12 s at a 3 s interval: {completes:?}"
+    );
+    // Each file starts (is announced) before it completes, and the republish announced a
+    // new file without a new session.
+    let starts = seen
+        .iter()
+        .filter(|t| **t == "RECORD_NEW_FILE_START")
+        .count();
+    assert!(starts >= completes.len(), "{seen:?}");
+    let job = events[0]["job_id"].as_str().unwrap();
+    for event in &events {
+        assert_eq!(event["job_id"], job, "one session: {event}");
+        assert_eq!(event["publish_domain"], DOMAIN);
+        assert_eq!(event["app"], "live");
+        assert_eq!(event["stream"], "cam");
+        assert_eq!(event["project_id"], "p1");
+    }
+    for complete in &completes {
+        check_file_complete(complete, &live.record_dir(), "FLV").await;
+    }
+    // The source's status is back to idle, and nginx saw no refused hook.
+    let (_, shown) = live
+        .server
+        .get_with_token(
+            &live.token,
+            &format!("/v1/p1/record/sources/{}", source["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(shown["status"]["open_sessions"], 0, "{shown}");
+    assert_eq!(shown["status"]["files_waiting"], 0, "{shown}");
+    assert!(
+        !nginx.logs().contains("notify: HTTP retcode: 4"),
+        "{}",
+        nginx.logs()
+    );
+    eprintln!(
+        "one real session's callbacks:\n{}",
+        events
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// What SRS sends (trunk/src/app/srs_app_http_hooks.cpp): every field a string.
+fn srs_hook(action: &str, extra: &[(&str, &str)]) -> Value {
+    let mut body = json!({
+        "server_id": "vid-0x8u3k1", "service_id": "c4t5b0ad", "action": action,
+        "client_id": "341w361a", "ip": "127.0.0.1", "vhost": "__defaultVhost__", "app": "live",
+        "tcUrl": "rtmp://127.0.0.1/live", "stream": "cam", "param": "",
+        "stream_url": "/live/cam", "stream_id": "vid-2a0n9zi",
+    });
+    for (k, v) in extra {
+        body[*k] = json!(v);
+    }
+    body
+}
+
+#[tokio::test]
+async fn srs_hooks_as_srs_sends_them_report_its_dvr_segments() {
+    media::require_tools();
+    let live = Live::start().await;
+    let source = live.source("srs", "2s").await;
+    let hook = source["hook_url"].as_str().unwrap().to_owned();
+    // The configuration the docs give points all three hooks at the hook URL and records
+    // FLV below the record dir, which is what this test then sends.
+    let record_dir = live.record_dir();
+    let conf = media::render(
+        "srs.conf",
+        &[
+            ("HOOK_URL", hook.as_str()),
+            ("RECORD_DIR", record_dir.to_str().unwrap()),
+        ],
+    );
+    for name in ["on_publish", "on_unpublish", "on_dvr"] {
+        assert!(
+            conf.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [name, &format!("{hook};")]),
+            "{name} in srs.conf"
+        );
+    }
+    let segment_dir = record_dir.join("live/cam");
+    std::fs::create_dir_all(&segment_dir).unwrap();
+    let first = segment_dir.join("20261202-063700-123.flv");
+    let last = segment_dir.join("20261202-063704-456.flv");
+    media::write_recording(&first, Format::Flv, 4).await;
+    media::write_recording(&last, Format::Flv, 2).await;
+    let post = |body: Value| {
+        let (http, hook) = (live.server.http.clone(), hook.clone());
+        async move {
+            let response = http.post(hook).json(&body).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(
+        post(srs_hook("on_publish", &[])).await,
+        (200, json!({"code": 0}))
+    );
+    // `file` relative to `cwd`, as with SRS's default relative dvr_path.
+    let cwd = record_dir.to_str().unwrap();
+    let answer = post(srs_hook(
+        "on_dvr",
+        &[("cwd", cwd), ("file", "./live/cam/20261202-063700-123.flv")],
+    ))
+    .await;
+    assert_eq!(answer, (200, json!({"code": 0})));
+    // SRS sends the last on_dvr and on_unpublish at once: either may arrive first.
+    let (dvr, unpublish) = tokio::join!(
+        post(srs_hook(
+            "on_dvr",
+            &[("cwd", "/usr/local/srs"), ("file", last.to_str().unwrap())]
+        )),
+        post(srs_hook("on_unpublish", &[])),
+    );
+    assert_eq!((dvr.0, unpublish.0), (200, 200));
+    let events = live.wait_for_type("RECORD_OVER").await;
+    let seen = types(&events);
+    assert_eq!(
+        &seen[..4],
+        [
+            "RECORD_START",
+            "RECORD_NEW_FILE_START",
+            "RECORD_FILE_COMPLETE",
+            "RECORD_NEW_FILE_START"
+        ],
+        "{seen:?}"
+    );
+    assert_eq!(*seen.last().unwrap(), "RECORD_OVER");
+    let completes: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event_type"] == "RECORD_FILE_COMPLETE")
+        .collect();
+    assert_eq!(completes.len(), 2, "{seen:?}");
+    for complete in completes {
+        check_file_complete(complete, &record_dir, "FLV").await;
+    }
+    assert!(
+        events[2]["download_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/live/cam/20261202-063700-123.flv")
+    );
+}
+
+#[tokio::test]
+async fn mediamtx_commands_report_rtc_recordings() {
+    media::require_tools();
+    let server = TestServer::start_with(|s| s.allow_private_targets = true).await;
+    let token = server.token("p1").await;
+    let receiver = Receiver::ok().await;
+    let (status, app) = server
+        .post_with_token(&token, "/v2/apps", &json!({"app_name": "studio"}))
+        .await;
+    assert_eq!(status, 201, "{app}");
+    let app_id = app["app_id"].as_str().unwrap().to_owned();
+    let response = server
+        .http
+        .put(format!("{}/v2/apps/{app_id}/record-callback", server.base))
+        .header("x-auth-token", &token)
+        .json(&json!({"url": receiver.url(), "auth_key": AUTH_KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let record_dir = tempfile::tempdir().unwrap();
+    let record_dir = record_dir.path().canonicalize().unwrap();
+    let (status, source) = server
+        .post_with_token(
+            &token,
+            "/v1/p1/record/sources",
+            &json!({"engine": "mediamtx", "app_id": app_id,
+                    "record_dir": record_dir.to_str().unwrap(), "max_pause": "1s",
+                    "download_base": "https://cdn.example.com/vod"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{source}");
+    assert_eq!(source["app_id"], app_id.as_str());
+    assert!(source.get("publish_domain").is_none());
+    let hook = source["hook_url"].as_str().unwrap();
+    // The commands of the configuration the docs give, run as MediaMTX runs them.
+    let yml = media::render(
+        "mediamtx.yml",
+        &[
+            ("HOOK_URL", hook),
+            ("RECORD_DIR", record_dir.to_str().unwrap()),
+        ],
+    );
+    let hooks = media::mediamtx_hooks(&yml);
+    let command = |name: &str| {
+        hooks
+            .iter()
+            .find(|(key, _)| key == name)
+            .unwrap_or_else(|| panic!("{name} in mediamtx.yml"))
+            .1
+            .clone()
+    };
+    let segment = record_dir.join("live/cam/2026-12-02_06-37-00-123456.mp4");
+    std::fs::create_dir_all(segment.parent().unwrap()).unwrap();
+    media::write_recording(&segment, Format::Mp4, 3).await;
+    let segment_path = segment.to_str().unwrap();
+    let env = [
+        ("MTX_PATH", "live/cam"),
+        ("MTX_QUERY", ""),
+        ("MTX_SEGMENT_PATH", segment_path),
+        ("MTX_SEGMENT_DURATION", "3.04"),
+    ];
+    for name in [
+        "runOnReady",
+        "runOnRecordSegmentCreate",
+        "runOnRecordSegmentComplete",
+        "runOnNotReady",
+    ] {
+        let out = media::run_mediamtx_command(&command(name), &env).await;
+        assert!(out.status.success(), "{name}: {out:?}");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+            json!({"code": 0}),
+            "{name}"
+        );
+    }
+    let verifier = RtcVerifier::new(AUTH_KEY);
+    let events = wait_until(&receiver, || {
+        let got = unique(&receiver.received());
+        got.iter()
+            .any(|r| r.json()["event_type"] == "CLOUD_RECORD_SERVER_OVER")
+            .then_some(got)
+    })
+    .await;
+    for r in &events {
+        let headers = RtcHeaders {
+            rand: Some(&r.header("x-rtc-rand")),
+            timestamp: Some(&r.header("x-rtc-timestamp")),
+            signature: Some(&r.header("x-rtc-signature")),
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        verifier.verify(headers, &r.body, now).unwrap();
+    }
+    let events: Vec<Value> = events.iter().map(Received::json).collect();
+    assert_eq!(
+        types(&events),
+        [
+            "RECORD_NEW_FILE_START",
+            "RECORD_FILE_COMPLETE",
+            "CLOUD_RECORD_SERVER_OVER"
+        ]
+    );
+    for event in &events {
+        assert_eq!(event["app_id"], app_id.as_str());
+        assert_eq!(event["stream_name"], "cam");
+        assert_eq!(event["room_id"], "live");
+        assert_eq!(event["job_id"], events[0]["job_id"]);
+    }
+    check_file_complete(&events[1], &record_dir, "MP4").await;
+}
+
+#[tokio::test]
+async fn hostile_hooks_are_failed_without_opening_anything_outside_and_repeats_count_once() {
+    media::require_tools();
+    let live = Live::start().await;
+    let source = live.source("nginx-rtmp", "1s").await;
+    let hook = source["hook_url"].as_str().unwrap().to_owned();
+    let dir = live.record_dir();
+    let good = dir.join("cam-1.flv");
+    media::write_recording(&good, Format::Flv, 2).await;
+    std::fs::write(dir.join("notes.txt"), "not a recording\n").unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", dir.join("escape.flv")).unwrap();
+    let post = |body: String| {
+        let (http, hook) = (live.server.http.clone(), hook.clone());
+        async move {
+            http.post(hook)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let done = |path: &str| {
+        format!(
+            "app=live&flashver=FMLE&call=record_done&recorder=&name=cam&path={}",
+            percent_encoding::utf8_percent_encode(path, percent_encoding::NON_ALPHANUMERIC)
+        )
+    };
+    assert_eq!(
+        post("app=live&call=publish&name=cam&type=live".into()).await,
+        200
+    );
+    let forged = [
+        "/etc/passwd".to_owned(),
+        format!("{}/../../etc/passwd", dir.display()),
+        dir.join("escape.flv").display().to_string(),
+        dir.join("missing.flv").display().to_string(),
+        dir.join("notes.txt").display().to_string(),
+    ];
+    for path in &forged {
+        assert_eq!(post(done(path)).await, 200, "{path}");
+    }
+    let good_hook = done(good.to_str().unwrap());
+    assert_eq!(post(good_hook.clone()).await, 200);
+    assert_eq!(post(good_hook).await, 200, "a repeated hook is answered");
+    // A publisher's own `name=`/`path=` after the module's are not the module's.
+    assert_eq!(
+        post(format!(
+            "{}&path=%2Fetc%2Fshadow",
+            done(good.to_str().unwrap())
+        ))
+        .await,
+        200
+    );
+    assert_eq!(
+        post("app=live&call=publish_done&name=cam".into()).await,
+        200
+    );
+
+    let events = live.wait_for_type("RECORD_OVER").await;
+    let failed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event_type"] == "RECORD_FAILED")
+        .collect();
+    assert_eq!(failed.len(), forged.len(), "{events:?}");
+    let messages: Vec<&str> = failed
+        .iter()
+        .map(|e| e["error_message"].as_str().unwrap())
+        .collect();
+    assert!(
+        messages[0].contains("outside the record directory") && messages[0].contains("not opened"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].contains("outside the record directory"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[2].contains("outside the record directory"),
+        "a symlink out: {messages:?}"
+    );
+    assert!(messages[3].contains("does not exist"), "{messages:?}");
+    assert!(messages[4].contains("not a media file"), "{messages:?}");
+    let completes = events
+        .iter()
+        .filter(|e| e["event_type"] == "RECORD_FILE_COMPLETE")
+        .count();
+    assert_eq!(
+        completes, 1,
+        "the repeated hook is accepted once: {events:?}"
+    );
+    let (_, shown) = live
+        .server
+        .get_with_token(
+            &live.token,
+            &format!("/v1/p1/record/sources/{}", source["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(shown["status"]["last_error"]["file"], forged[4], "{shown}");
+
+    // Unknown secret, another engine's path, unreadable hooks, oversized bodies.
+    let base = live.server.base.clone();
+    let secret = hook.rsplit('/').next().unwrap();
+    let http = &live.server.http;
+    for (url, body, status) in [
+        (
+            format!("{base}/hooks/nginx-rtmp/nosuchsecret"),
+            "call=publish&app=a&name=b".to_owned(),
+            404,
+        ),
+        (format!("{base}/hooks/srs/{secret}"), "{}".to_owned(), 404),
+        (format!("{base}/hooks/obs/{secret}"), "".to_owned(), 404),
+        (hook.clone(), "call=publish&app=live".to_owned(), 400),
+        (
+            hook.clone(),
+            "call=publish&app=live&name=a%00b".to_owned(),
+            400,
+        ),
+        (
+            hook.clone(),
+            format!("call=publish&app=live&name={}", "x".repeat(300)),
+            400,
+        ),
+        (hook.clone(), "x".repeat(100_000), 413),
+    ] {
+        let response = http.post(&url).body(body).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{url}");
+    }
+}
+
+#[tokio::test]
+async fn sources_are_managed_by_api_and_cli_and_their_input_is_checked() {
+    let live = Live::start().await;
+    let (server, token) = (&live.server, &live.token);
+    for (body, field) in [
+        (
+            json!({"engine": "obs", "publish_domain": DOMAIN, "record_dir": "/r"}),
+            "engine",
+        ),
+        (
+            json!({"engine": "srs", "publish_domain": DOMAIN, "record_dir": "rec"}),
+            "record_dir",
+        ),
+        (
+            json!({"engine": "srs", "record_dir": "/r"}),
+            "publish_domain",
+        ),
+        (
+            json!({"engine": "srs", "app_id": "0123456789abcdef01234567", "record_dir": "/r"}),
+            "app_id",
+        ),
+        (
+            json!({"engine": "srs", "publish_domain": DOMAIN, "record_dir": "/r", "max_pause": "forever"}),
+            "max_pause",
+        ),
+        (
+            json!({"engine": "srs", "publish_domain": DOMAIN, "record_dir": "/r", "download_base": "cdn"}),
+            "download_base",
+        ),
+    ] {
+        let (status, answer) = server
+            .post_with_token(token, "/v1/p1/record/sources", &body)
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(answer["error_code"], "LIVE.100011001");
+        assert!(
+            answer["error_msg"].as_str().unwrap().starts_with(field),
+            "{answer}"
+        );
+    }
+    let created = live.source("nginx-rtmp", "45s").await;
+    assert_eq!(created["max_pause"], "45s");
+    assert_eq!(created["download_base"], "https://cdn.example.com/vod/");
+    let hook = created["hook_url"].as_str().unwrap();
+    assert!(
+        hook.starts_with(&format!("{}/hooks/nginx-rtmp/", server.base)),
+        "{hook}"
+    );
+
+    // The CLI creates and lists into the same store, and the running server honours its
+    // source at once.
+    let out = server
+        .herald(&[
+            "sources",
+            "create",
+            "--project",
+            "p1",
+            "--engine",
+            "srs",
+            "--publish-domain",
+            DOMAIN,
+            "--record-dir",
+            "/srv/rec",
+            "--json",
+        ])
+        .await;
+    let from_cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "id",
+        "project_id",
+        "engine",
+        "publish_domain",
+        "record_dir",
+        "download_base",
+        "max_pause",
+        "hook_url",
+    ] {
+        assert!(from_cli.get(key).is_some(), "{key} in {from_cli}");
+    }
+    assert_eq!(from_cli["max_pause"], "30s");
+    assert_eq!(from_cli["download_base"], Value::Null);
+    let cli_hook = hook_on(&server.base, &from_cli);
+    let answer = server
+        .http
+        .post(&cli_hook)
+        .json(&srs_hook("on_publish", &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let listed = server
+        .herald(&["sources", "list", "--project", "p1", "--json"])
+        .await;
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 2);
+    let (status, list) = server
+        .get_with_token(token, "/v1/p1/record/sources?limit=1&offset=1")
+        .await;
+    assert_eq!((status, list["total"].clone()), (200, json!(2)), "{list}");
+    assert_eq!(list["sources"][0]["id"], from_cli["id"]);
+    assert_eq!(list["sources"][0]["status"]["open_sessions"], 1);
+
+    // Another project sees none of them; deleting one stops its hook at once.
+    let other = server.token("p2").await;
+    let (status, _) = server
+        .get_with_token(
+            &other,
+            &format!("/v1/p2/record/sources/{}", created["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(status, 404);
+    server
+        .herald(&["sources", "delete", from_cli["id"].as_str().unwrap()])
+        .await;
+    let answer = server
+        .http
+        .post(&cli_hook)
+        .json(&srs_hook("on_unpublish", &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 404);
+    let response = server
+        .http
+        .delete(format!(
+            "{}/v1/p1/record/sources/{}",
+            server.base,
+            created["id"].as_str().unwrap()
+        ))
+        .header("x-auth-token", token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let (_, list) = server.get_with_token(token, "/v1/p1/record/sources").await;
+    assert_eq!(list["total"], 0);
+}
+
+#[tokio::test]
+async fn the_public_url_setting_makes_the_hook_url() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let out = common::run_cli_with(
+        data_dir.path(),
+        &[
+            "sources",
+            "create",
+            "--project",
+            "p1",
+            "--engine",
+            "mediamtx",
+            "--publish-domain",
+            DOMAIN,
+            "--record-dir",
+            "/srv/rec",
+            "--max-pause",
+            "2m",
+            "--json",
+        ],
+        &[("HERALD_PUBLIC_URL", "https://herald.example.com/")],
+    )
+    .await;
+    let source: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hook = source["hook_url"].as_str().unwrap();
+    assert!(
+        hook.starts_with("https://herald.example.com/hooks/mediamtx/"),
+        "{hook}"
+    );
+    assert_eq!(hook.rsplit('/').next().unwrap().len(), 32);
+    assert_eq!(source["max_pause"], "120s");
+}
+
+/// kill -9 while a session waits for its max_pause: after a restart, the session still
+/// ends with RECORD_OVER, and the file reported before or after the crash is reported once.
+#[tokio::test]
+async fn a_session_paused_at_a_kill_9_still_ends_after_restart() {
+    media::require_tools();
+    let data_dir = tempfile::tempdir().unwrap();
+    let record_dir = tempfile::tempdir().unwrap();
+    let record_dir = record_dir.path().canonicalize().unwrap();
+    let env = [("HERALD_RETRY_SCHEDULE", "0s,200ms,500ms,1s,1s")];
+    let receiver = Receiver::ok().await;
+    let token = cli_token(data_dir.path(), "p1").await;
+    let source = cli_json(
+        data_dir.path(),
+        &[
+            "sources",
+            "create",
+            "--project",
+            "p1",
+            "--engine",
+            "nginx-rtmp",
+            "--publish-domain",
+            DOMAIN,
+            "--record-dir",
+            record_dir.to_str().unwrap(),
+            "--max-pause",
+            "3s",
+            "--json",
+        ],
+    )
+    .await;
+    let file = record_dir.join("cam-1.flv");
+    media::write_recording(&file, Format::Flv, 2).await;
+
+    let (mut first, base) = spawn_serve(
+        data_dir.path(),
+        &["--allow-private-targets"],
+        &env,
+        Stdio::null(),
+    )
+    .await;
+    let client = TestServer::client_for(&base);
+    let (status, _) = client
+        .post_with_token(
+            &token,
+            "/v1/p1/record/callbacks",
+            &json!({"publish_domain": DOMAIN, "app": "live", "notify_callback_url": receiver.url(),
+                    "notify_event_subscription": ALL_LIVE}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let hook = hook_on(&base, &source);
+    for body in [
+        "app=live&call=publish&name=cam&type=live".to_owned(),
+        format!("app=live&call=record_done&name=cam&path={}", file.display()),
+        "app=live&call=publish_done&name=cam".to_owned(),
+    ] {
+        let status = client
+            .http
+            .post(&hook)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    // The session now waits 3 s for a republish; the process dies in the middle of it and
+    // stays down past the deadline.
+    first.kill().await.unwrap();
+    let killed_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_second, _) = spawn_serve(
+        data_dir.path(),
+        &["--allow-private-targets"],
+        &env,
+        Stdio::null(),
+    )
+    .await;
+    let events = wait_until(&receiver, || {
+        let got: Vec<Value> = unique(&receiver.received())
+            .iter()
+            .map(Received::json)
+            .collect();
+        got.iter()
+            .any(|e| e["event_type"] == "RECORD_OVER")
+            .then_some(got)
+    })
+    .await;
+    eprintln!(
+        "after the kill at {:?}: {:?}",
+        killed_at.elapsed(),
+        types(&events)
+    );
+    assert_eq!(
+        types(&events),
+        [
+            "RECORD_START",
+            "RECORD_NEW_FILE_START",
+            "RECORD_FILE_COMPLETE",
+            // nginx-rtmp opened the next file when this one was done, before publish_done.
+            "RECORD_NEW_FILE_START",
+            "RECORD_OVER"
+        ]
+    );
+    assert!(events.iter().all(|e| e["job_id"] == events[0]["job_id"]));
+    assert_eq!(
+        events[2]["file_size"],
+        std::fs::metadata(&file).unwrap().len()
+    );
+}
