@@ -884,3 +884,79 @@ async fn a_session_paused_at_a_kill_9_still_ends_after_restart() {
         std::fs::metadata(&file).unwrap().len()
     );
 }
+
+/// ffprobe is a run-time dependency: without it `herald serve` says so at start-up, and a
+/// finished file waits to be read instead of being failed or lost.
+#[tokio::test]
+async fn without_ffprobe_serve_warns_and_files_wait() {
+    use tokio::io::AsyncBufReadExt;
+    media::require_tools();
+    let data_dir = tempfile::tempdir().unwrap();
+    let record_dir = tempfile::tempdir().unwrap();
+    let record_dir = record_dir.path().canonicalize().unwrap();
+    let token = cli_token(data_dir.path(), "p1").await;
+    let source = cli_json(
+        data_dir.path(),
+        &[
+            "sources",
+            "create",
+            "--project",
+            "p1",
+            "--engine",
+            "nginx-rtmp",
+            "--publish-domain",
+            DOMAIN,
+            "--record-dir",
+            record_dir.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .await;
+    let file = record_dir.join("cam-1.flv");
+    media::write_recording(&file, Format::Flv, 1).await;
+    let env = [("HERALD_FFPROBE", "/nonexistent/ffprobe")];
+    let (mut serve, base) = spawn_serve(data_dir.path(), &[], &env, Stdio::piped()).await;
+    let mut stderr = tokio::io::BufReader::new(serve.stderr.take().unwrap()).lines();
+    let warned = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("ffprobe cannot be run") {
+                return line;
+            }
+        }
+        panic!("herald serve ended without warning")
+    })
+    .await
+    .expect("no warning about ffprobe at start-up");
+    assert!(warned.contains("WARN"), "{warned}");
+    let client = TestServer::client_for(&base);
+    let hook = hook_on(&base, &source);
+    for body in [
+        "app=live&call=publish&name=cam".to_owned(),
+        format!("app=live&call=record_done&name=cam&path={}", file.display()),
+    ] {
+        let status = client
+            .http
+            .post(&hook)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    let path = format!("/v1/p1/record/sources/{}", source["id"].as_str().unwrap());
+    // The tracker has tried the file (it logs that it waits) …
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("waits until ffprobe can be run") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the tracker never tried the file");
+    // … and it is still waiting, not failed.
+    let (_, shown) = client.get_with_token(&token, &path).await;
+    assert_eq!(shown["status"]["files_waiting"], 1, "{shown}");
+    assert_eq!(shown["status"]["last_error"], Value::Null, "{shown}");
+}
