@@ -1,7 +1,7 @@
 // Herald's web console (SPEC §8) in a real browser: Debian's chromium, driven by
 // playwright-core, against a real `herald serve`. Every step is checked through the public
-// API as well as on the page; any browser-console error fails the test (only the one 400
-// the test provokes on purpose is expected). Screenshots go to target/console-screenshots/.
+// API as well as on the page; any browser-console error fails the test (only the 400s the
+// tests provoke on purpose are expected). Screenshots go to target/console-screenshots/.
 //
 // Run by scripts/test (after `cargo build --bin herald`): `npm ci && npm test` here, with
 // HERALD_BIN pointing at the binary and CHROMIUM at the browser (default /usr/bin/chromium).
@@ -67,6 +67,9 @@ after(async () => {
 /** The table row holding `text`, to reach its "Edit", "Delete", "Configure" or "Retry". */
 const row = (page, text) => page.getByRole("row").filter({ hasText: text });
 
+/** A recording source's section, named by its heading, to reach its "Copy" or "Delete". */
+const sourceSection = (page, name) => page.getByRole("region", { name, exact: true });
+
 /** The public API, as a script would call it. */
 async function api(method, path, body) {
   const response = await fetch(base + path, {
@@ -105,6 +108,17 @@ async function signIn(page) {
 async function noSidewaysScroll(page) {
   const [scroll, width] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
   assert.ok(scroll <= width, `the page scrolls sideways: ${scroll} > ${width}`);
+}
+
+/** Tabs (forwards, or backwards with `back`) until the focus is on `name`, a control of
+ *  `tag`; fails if 40 presses do not reach it. */
+async function tabTo(page, name, tag, back = false) {
+  for (let i = 0; i < 40; i++) {
+    await page.keyboard.press(back ? "Shift+Tab" : "Tab");
+    if (await page.evaluate(([n, t]) => document.activeElement?.textContent === n
+      && document.activeElement.tagName === t, [name, tag])) return;
+  }
+  assert.fail(`the ${name} ${tag.toLowerCase()} cannot be reached with ${back ? "Shift+Tab" : "Tab"}`);
 }
 
 async function until(what, check) {
@@ -245,15 +259,9 @@ test("keyboard only, at 360 px", async () => {
   await page.screenshot({ path: join(SHOTS, "configs-360.png"), fullPage: true });
   // Tab to the navigation and follow each link with Enter; the focus is always visible.
   for (const [link, heading, shot] of [["Apps", "Apps", "apps-360.png"], ["Deliveries", "Deliveries", "deliveries-360.png"],
-    ["Callback configurations", "Callback configurations", null]]) {
+    ["Recording sources", "Recording sources", null], ["Callback configurations", "Callback configurations", null]]) {
     await page.evaluate(() => document.activeElement?.blur());
-    let found = false;
-    for (let i = 0; i < 40 && !found; i++) {
-      await page.keyboard.press("Tab");
-      found = await page.evaluate((name) => document.activeElement?.textContent === name
-        && document.activeElement.tagName === "A", link);
-    }
-    assert.ok(found, `the ${link} link cannot be reached with Tab`);
+    await tabTo(page, link, "A");
     const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
     assert.notEqual(outline, "none", "the focused link shows no focus ring");
     await page.keyboard.press("Enter");
@@ -275,6 +283,213 @@ test("keyboard only, at 360 px", async () => {
   await page.screenshot({ path: join(SHOTS, "config-form-360.png"), fullPage: true });
   const list = await api("GET", `/v1/${PROJECT}/record/callbacks?publish_domain=kbd.example.com`);
   assert.equal(list.body.total, 1);
+  assert.deepEqual(errors, []);
+  await context.close();
+});
+
+const sources = () => api("GET", `/v1/${PROJECT}/record/sources?offset=0&limit=100`);
+
+/** Runs the `curl` command of `key` in a MediaMTX snippet the way MediaMTX would, with
+ *  `env` for its $MTX_… variables, but through fetch: `curl -s "URL" --data-urlencode
+ *  "name=$VAR"…` is a form POST to URL. Fails unless the hook answers 200. */
+async function runMediamtxCommand(snippet, key, env) {
+  const line = snippet.split("\n").find((l) => l.trimStart().startsWith(`${key}: `));
+  assert.ok(line, `no ${key} in the snippet`);
+  const quoted = [...line.matchAll(/"([^"]*)"/g)].map((m) => m[1]);
+  assert.match(line, /^\s*\w+: 'curl -s "[^"]+"( --data-urlencode "[^"]+")+'$/);
+  const [url, ...fields] = quoted;
+  const form = new URLSearchParams(fields.map((f) => {
+    const [name, value] = f.split("=");
+    return [name, value.replace(/^\$(\w+)$/, (_, v) => env[v])];
+  }));
+  const response = await fetch(url, { method: "POST", body: form });
+  assert.equal(response.status, 200, `${key}: ${await response.text()}`);
+}
+
+test("recording sources at 1280 px", async () => {
+  const { page, errors, context, expected } = await openPage(1280);
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: base });
+  const app = await api("POST", "/v2/apps", { app_name: "sources-app" });
+  assert.equal(app.status, 201);
+  const appId = app.body.app_id;
+  await signIn(page);
+  await page.getByRole("link", { name: "Recording sources" }).click();
+  await page.getByRole("heading", { name: "Recording sources", exact: true }).waitFor();
+  await page.getByText("No recording source yet.").waitFor();
+
+  // Refused: a relative record directory. The API's message by the form, what was typed kept.
+  await page.getByRole("button", { name: "Add Recording Source" }).click();
+  assert.equal(await page.getByLabel("Engine").inputValue(), "nginx-rtmp");
+  assert.equal(await page.getByLabel("Reports for").inputValue(), "live");
+  assert.ok(await page.getByLabel("App ID").isHidden(), "App ID is shown only for RTC");
+  await page.getByLabel("Ingest domain").fill("push.example.com");
+  await page.getByLabel("Record directory").fill("rec");
+  await page.getByLabel("Download base URL").fill("https://media.example.com/vod");
+  assert.equal(await page.getByLabel("Max pause").inputValue(), "30s");
+  expected(1);
+  await page.getByRole("button", { name: "OK" }).click();
+  const alert = page.getByRole("alert").filter({ hasText: "record_dir" });
+  await alert.waitFor();
+  const refused = await api("POST", `/v1/${PROJECT}/record/sources`, {
+    engine: "nginx-rtmp", publish_domain: "push.example.com", record_dir: "rec",
+    download_base: "https://media.example.com/vod", max_pause: "30s",
+  });
+  assert.equal(refused.status, 400);
+  assert.equal(await alert.textContent(), refused.body.error_msg);
+  assert.equal(await page.getByLabel("Ingest domain").inputValue(), "push.example.com");
+  assert.equal(await page.getByLabel("Record directory").inputValue(), "rec");
+  assert.equal(await page.getByLabel("Download base URL").inputValue(), "https://media.example.com/vod");
+  await page.screenshot({ path: join(SHOTS, "source-refused-1280.png"), fullPage: true });
+  assert.equal((await sources()).body.total, 0);
+
+  // Corrected and saved: a Live source for an ingest domain.
+  await page.getByLabel("Record directory").fill("/var/rec/live");
+  await page.getByRole("button", { name: "OK" }).click();
+  const liveSection = sourceSection(page, "nginx-rtmp for push.example.com");
+  await liveSection.waitFor();
+  let list = await sources();
+  assert.equal(list.body.total, 1);
+  const liveSource = list.body.sources[0];
+  assert.deepEqual(
+    [liveSource.engine, liveSource.publish_domain, liveSource.record_dir, liveSource.download_base, liveSource.max_pause],
+    ["nginx-rtmp", "push.example.com", "/var/rec/live", "https://media.example.com/vod", "30s"]);
+  assert.match(liveSource.hook_url, /\/hooks\/nginx-rtmp\/[^/]+$/);
+  await liveSection.getByText(liveSource.hook_url, { exact: true }).waitFor();
+  const liveSnippet = await liveSection.locator("pre").textContent();
+  assert.ok(liveSnippet.includes(`on_record_done ${liveSource.hook_url};`), liveSnippet);
+  assert.ok(liveSnippet.includes("record_path /var/rec/live;"), liveSnippet);
+  // "Copy" puts the snippet, exactly as shown, on the clipboard.
+  await liveSection.getByRole("button", { name: "Copy", exact: true }).click();
+  await page.getByRole("status").filter({ hasText: "Configuration copied." }).waitFor();
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), liveSnippet);
+
+  // An RTC source for the app, picked by name: "Ingest domain" gives way to "App ID".
+  await page.getByRole("button", { name: "Add Recording Source" }).click();
+  await page.getByLabel("Engine").selectOption("mediamtx");
+  await page.getByLabel("Reports for").selectOption({ label: "RTC" });
+  assert.ok(await page.getByLabel("Ingest domain").isHidden(), "Ingest domain is shown only for Live");
+  await page.getByLabel("App ID").selectOption({ label: `sources-app (${appId})` });
+  await page.getByLabel("Record directory").fill("/var/rec/rtc");
+  await page.getByLabel("Max pause").fill("2m");
+  await page.getByRole("button", { name: "OK" }).click();
+  const rtcSection = sourceSection(page, "mediamtx for app sources-app");
+  await rtcSection.waitFor();
+  list = await sources();
+  assert.equal(list.body.total, 2);
+  const rtcSource = list.body.sources.find((s) => s.engine === "mediamtx");
+  assert.deepEqual(
+    [rtcSource.app_id, rtcSource.publish_domain, rtcSource.record_dir, rtcSource.download_base, rtcSource.max_pause],
+    [appId, undefined, "/var/rec/rtc", null, "120s"]);
+  assert.match(rtcSource.hook_url, /\/hooks\/mediamtx\/[^/]+$/);
+  await rtcSection.getByText(rtcSource.hook_url, { exact: true }).waitFor();
+  const rtcSnippet = await rtcSection.locator("pre").textContent();
+  assert.ok(rtcSnippet.includes(`"${rtcSource.hook_url}?event=segment_complete"`), rtcSnippet);
+  assert.ok(rtcSnippet.includes("recordPath: /var/rec/rtc/%path/"), rtcSnippet);
+
+  // The snippet's own MediaMTX commands, as the media server would run them: a stream
+  // publishes and a file "completes" that is not there. The source's status shows both.
+  const env = { MTX_PATH: "live/cam1", MTX_SEGMENT_PATH: "/var/rec/rtc/live/cam1/missing.mp4", MTX_SEGMENT_DURATION: "1.5" };
+  for (const event of ["runOnReady", "runOnRecordSegmentComplete"]) {
+    await runMediamtxCommand(rtcSnippet, event, env);
+  }
+  const status = await until("the missing file in the source's status", async () => {
+    const shown = await api("GET", `/v1/${PROJECT}/record/sources/${rtcSource.id}`);
+    return shown.body.status.last_error ? shown.body.status : null;
+  });
+  assert.equal(status.last_error.file, env.MTX_SEGMENT_PATH);
+  await page.getByRole("button", { name: "Refresh", exact: true }).click();
+  await rtcSection.getByText(status.last_error.message).waitFor();
+  const facts = Object.fromEntries(await rtcSection.locator("dl > dt").evaluateAll((dts) =>
+    dts.map((dt) => [dt.textContent, dt.nextElementSibling.textContent])));
+  assert.equal(facts["Open sessions"], String(status.open_sessions));
+  assert.equal(facts["Open sessions"], "1");
+  assert.ok(facts["Last error"].includes(env.MTX_SEGMENT_PATH), facts["Last error"]);
+  await page.screenshot({ path: join(SHOTS, "sources-1280.png"), fullPage: true });
+
+  // Delete asks first: Cancel keeps the source, OK deletes it.
+  await liveSection.getByRole("button", { name: "Delete", exact: true }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Cancel" }).click();
+  assert.equal((await sources()).body.total, 2);
+  await liveSection.getByRole("button", { name: "Delete", exact: true }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "OK" }).click();
+  await liveSection.waitFor({ state: "detached" });
+  list = await sources();
+  assert.deepEqual(list.body.sources.map((s) => s.id), [rtcSource.id]);
+  assert.equal((await api("GET", `/v1/${PROJECT}/record/sources/${liveSource.id}`)).status, 404);
+  await rtcSection.getByRole("button", { name: "Delete", exact: true }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "OK" }).click();
+  await page.getByText("No recording source yet.").waitFor();
+  assert.equal((await sources()).body.total, 0);
+
+  assert.deepEqual(errors, []);
+  await context.close();
+});
+
+test("recording sources, keyboard only, at 360 px", async () => {
+  const { page, errors, context, expected } = await openPage(360);
+  const app = await api("POST", "/v2/apps", { app_name: "kbd-app" });
+  assert.equal(app.status, 201);
+  const before = (await sources()).body.total;
+  await page.goto(base + "/console/");
+  await page.keyboard.type(token);
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: "Callback configurations" }).waitFor();
+  await page.evaluate(() => document.activeElement?.blur());
+  await tabTo(page, "Recording sources", "A");
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: "Recording sources", exact: true }).waitFor();
+
+  // The form opens with the focus on "Engine": arrows pick srs, then RTC, whose "App ID"
+  // comes next; typing the app's first letter picks it.
+  await tabTo(page, "Add Recording Source", "BUTTON");
+  await page.keyboard.press("Enter");
+  assert.equal(await page.evaluate(() => document.activeElement.labels[0].textContent), "Engine");
+  await page.keyboard.press("ArrowDown");
+  assert.equal(await page.getByLabel("Engine").inputValue(), "srs");
+  await page.keyboard.press("Tab");
+  await page.keyboard.press("ArrowDown");
+  assert.equal(await page.getByLabel("Reports for").inputValue(), "rtc");
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement.labels[0].textContent), "App ID");
+  await page.keyboard.type("k");
+  const appId = app.body.app_id;
+  assert.equal(await page.getByLabel("App ID").inputValue(), appId);
+  await page.keyboard.press("Tab");
+  await page.keyboard.type("rec");
+  // Enter in a text field saves; the refusal is shown and the focus stays where it was.
+  expected(1);
+  await page.keyboard.press("Enter");
+  await page.getByRole("alert").filter({ hasText: "record_dir" }).waitFor();
+  await noSidewaysScroll(page);
+  await page.screenshot({ path: join(SHOTS, "source-form-360.png"), fullPage: true });
+  assert.equal(await page.evaluate(() => document.activeElement.labels[0].textContent), "Record directory");
+  await page.keyboard.press("Control+A");
+  await page.keyboard.type("/srv/srs");
+  await page.keyboard.press("Enter");
+  const section = sourceSection(page, "srs for app kbd-app");
+  await section.waitFor();
+  const list = await sources();
+  assert.equal(list.body.total, before + 1);
+  const source = list.body.sources.find((s) => s.app_id === app.body.app_id);
+  assert.deepEqual([source.engine, source.app_id, source.record_dir, source.max_pause], ["srs", appId, "/srv/srs", "30s"]);
+  assert.match(source.hook_url, /\/hooks\/srs\/[^/]+$/);
+  const snippet = await section.locator("pre").textContent();
+  assert.ok(snippet.includes(`on_dvr          ${source.hook_url};`), snippet);
+  assert.ok(snippet.includes("dvr_path        /srv/srs/[app]/[stream]/"), snippet);
+  await noSidewaysScroll(page);
+  await page.screenshot({ path: join(SHOTS, "sources-360.png"), fullPage: true });
+
+  // Delete with the keyboard: the dialog opens on Cancel; Shift+Tab reaches OK.
+  await page.evaluate(() => document.activeElement?.blur());
+  await tabTo(page, "Delete", "BUTTON");
+  const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+  assert.notEqual(outline, "none", "the focused button shows no focus ring");
+  await page.keyboard.press("Enter");
+  await page.getByRole("dialog").waitFor();
+  await page.keyboard.press("Shift+Tab");
+  await page.keyboard.press("Enter");
+  await section.waitFor({ state: "detached" });
+  assert.equal((await sources()).body.total, before);
   assert.deepEqual(errors, []);
   await context.close();
 });

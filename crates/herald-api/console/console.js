@@ -1,6 +1,6 @@
 // Herald console (SPEC §8). A control's accessible name is its visible label, as SPEC §8
-// names them ("Edit", "Delete", "Configure", "Retry"): the table row around it says which
-// item it acts on. Plain JavaScript, no framework: every view is built with `h`
+// names them ("Edit", "Delete", "Configure", "Retry", "Copy"): the table row or the section
+// around it says which item it acts on. Plain JavaScript, no framework: every view is built with `h`
 // (text always set as text, never parsed as HTML) from the public API's answers, with the
 // signed-in token. The token lives in sessionStorage: it is gone when the browser tab is.
 
@@ -19,6 +19,7 @@ const LIVE_TYPES = [
 ];
 const RTC_TYPES = ["RECORD_NEW_FILE_START", "RECORD_FILE_COMPLETE", "CLOUD_RECORD_SERVER_OVER"];
 const STATUSES = ["pending", "succeeded", "failed", "dead", "cancelled"];
+const ENGINES = ["nginx-rtmp", "srs", "mediamtx"];
 
 const main = document.getElementById("main");
 let project = null;
@@ -48,7 +49,7 @@ function field(label, attrs = {}, hint = null) {
   const id = `f${++ids}`;
   const hintId = hint ? `${id}-hint` : null;
   const input = attrs.options
-    ? h("select", { id, name: attrs.name }, attrs.options.map(([v, t]) =>
+    ? h("select", { id, name: attrs.name, "aria-describedby": hintId }, attrs.options.map(([v, t]) =>
         h("option", { value: v, selected: v === attrs.value }, t)))
     : h("input", { type: "text", id, "aria-describedby": hintId, ...attrs });
   return {
@@ -368,6 +369,188 @@ function openCallbackForm(slot, appId, cb) {
   }, { heading: false });
 }
 
+// --- Recording sources (SPEC §7) -------------------------------------------------------
+
+async function sourcesView() {
+  const [list, apps] = await Promise.all([
+    api("GET", live("sources?offset=0&limit=100")),
+    api("GET", "/v2/apps?offset=0&limit=100"),
+  ]);
+  const appNames = new Map(apps.apps.map((a) => [a.app_id, a.app_name]));
+  const formSlot = h("div");
+  const shown = list.sources.length;
+  show(
+    h("h1", {}, "Recording sources"),
+    h("p", { class: "lead" }, "A media server whose recordings Herald reports. Paste a source's "
+      + "configuration into its media server: the hook URL in it is secret, anyone holding it can report recordings."),
+    h("div", { class: "toolbar" },
+      h("button", { type: "button", onclick: () => openSourceForm(formSlot, apps) }, "Add Recording Source"),
+      // Sessions and files move on while the page is open: look again without a reload.
+      h("button", { type: "button", class: "secondary", onclick: () => sourcesView() }, "Refresh")),
+    formSlot,
+    h("p", { class: "count" }, (list.total === 1 ? "1 recording source" : `${list.total} recording sources`)
+      + (list.total > shown ? ` (first ${shown} shown)` : "")),
+    shown ? h("div", {}, list.sources.map((s) => sourceSection(s, appNames))) : h("p", {}, "No recording source yet."));
+}
+
+/** What a source reports for, in words: its ingest domain, or its app's name. */
+function sourceTarget(source, appNames) {
+  if (source.app_id == null) return source.publish_domain;
+  return `app ${appNames.get(source.app_id) ?? source.app_id}`;
+}
+
+/** One source: its settings and status, its hook URL, and the configuration to paste. */
+function sourceSection(source, appNames) {
+  const titleId = `f${++ids}`;
+  const status = source.status || {};
+  const error = status.last_error;
+  const snippet = engineSnippet(source);
+  const code = h("code", {}, snippet.text);
+  const fact = (label, value) => [h("dt", {}, label), h("dd", {}, value)];
+  return h("section", { class: "panel source", "aria-labelledby": titleId },
+    h("h2", { id: titleId }, `${source.engine} for ${sourceTarget(source, appNames)}`),
+    h("dl", { class: "facts" },
+      fact("Engine", source.engine),
+      source.app_id == null
+        ? fact("Ingest domain", source.publish_domain)
+        : fact("App ID", [h("code", {}, source.app_id),
+          appNames.has(source.app_id) ? ` (${appNames.get(source.app_id)})` : null]),
+      fact("Record directory", h("code", {}, source.record_dir)),
+      fact("Download base URL", source.download_base || "none"),
+      fact("Max pause", source.max_pause),
+      fact("Hook URL", h("code", {}, source.hook_url)),
+      fact("Open sessions", String(status.open_sessions ?? 0)),
+      fact("Files waiting", String(status.files_waiting ?? 0)),
+      fact("Last error", error
+        ? h("span", { class: "error-text" }, `${when(error.at)} · ${error.file} · ${error.message}`)
+        : "none"),
+      fact("Created", when(source.created_at))),
+    h("h3", {}, `Configuration for ${source.engine}`),
+    h("p", { class: "hint" }, snippet.where),
+    h("pre", { class: "snippet" }, code),
+    h("div", { class: "buttons" },
+      h("button", { type: "button", class: "secondary", onclick: () => copySnippet(snippet.text, code) }, "Copy"),
+      h("button", { type: "button", class: "danger", onclick: () => deleteSource(source, appNames) }, "Delete")));
+}
+
+/** The lines a source's engine needs (SPEC §7), with its hook URL and record directory
+ *  filled in, and where they go. */
+function engineSnippet(source) {
+  const hook = source.hook_url;
+  const dir = source.record_dir;
+  const under = (rest) => `${dir.replace(/\/+$/, "")}/${rest}`;
+  if (source.engine === "srs") {
+    return {
+      where: "In the vhost of SRS's configuration file.",
+      text: `http_hooks {
+    enabled         on;
+    on_publish      ${hook};
+    on_unpublish    ${hook};
+    on_dvr          ${hook};
+}
+dvr {
+    enabled         on;
+    dvr_apply       all;
+    dvr_plan        segment;
+    dvr_path        ${under("[app]/[stream]/[2006][01][02]-[15][04][05]-[999].flv")};
+    dvr_duration    1800;
+    dvr_wait_keyframe on;
+}
+`,
+    };
+  }
+  if (source.engine === "mediamtx") {
+    const run = (event, extra = "") =>
+      `'curl -s "${hook}?event=${event}" --data-urlencode "path=$MTX_PATH"${extra}'`;
+    const segment = ' --data-urlencode "segment_path=$MTX_SEGMENT_PATH"';
+    return {
+      where: "In mediamtx.yml, in place of its own pathDefaults recording and runOn… settings.",
+      text: `pathDefaults:
+  record: yes
+  recordPath: ${under("%path/%Y-%m-%d_%H-%M-%S-%f")}
+  recordFormat: fmp4
+  recordDeleteAfter: 0s
+  runOnReady: ${run("ready")}
+  runOnNotReady: ${run("not_ready")}
+  runOnRecordSegmentCreate: ${run("segment_create", segment)}
+  runOnRecordSegmentComplete: ${run("segment_complete", `${segment} --data-urlencode "duration=$MTX_SEGMENT_DURATION"`)}
+`,
+    };
+  }
+  return {
+    where: "In nginx.conf, inside rtmp { server { … } } (Debian: libnginx-mod-rtmp).",
+    text: `application live {
+    live on;
+    record all;
+    record_path ${dir};
+    record_unique on;
+    record_interval 30m;
+    on_publish ${hook};
+    on_publish_done ${hook};
+    on_record_done ${hook};
+}
+`,
+  };
+}
+
+/** Copies to the clipboard; where the page may not (plain http on another host is not a
+ *  secure context), selects the text for the user's own Ctrl+C. */
+async function copySnippet(text, code) {
+  try {
+    await navigator.clipboard.writeText(text);
+    say("Configuration copied.");
+  } catch {
+    getSelection().selectAllChildren(code);
+    say("Configuration selected: press Ctrl+C to copy it.");
+  }
+}
+
+/** The create form. "Reports for" shows either "Ingest domain" (Live) or "App ID" (RTC);
+ *  the other is hidden and disabled, so it is neither sent nor checked. */
+function openSourceForm(slot, apps) {
+  const engine = field("Engine", { options: ENGINES.map((e) => [e, e]), value: ENGINES[0] });
+  const flavour = field("Reports for", { options: [["live", "Live"], ["rtc", "RTC"]], value: "live" },
+    "Live: an ingest domain's callback configurations. RTC: an app's recording callback.");
+  const domain = field("Ingest domain", { required: true });
+  // Every app of the project in a select; past 100 apps, or with none yet, the ID is typed.
+  const app = apps.apps.length > 0 && apps.count <= apps.apps.length
+    ? field("App ID", { options: apps.apps.map((a) => [a.app_id, `${a.app_name} (${a.app_id})`]) })
+    : field("App ID", { required: true },
+      apps.apps.length ? "The app's ID, as on the Apps page." : "No app yet: create one on the Apps page first.");
+  const dir = field("Record directory", { required: true },
+    "The absolute path where the media server writes its recordings, as Herald sees it.");
+  const download = field("Download base URL", { type: "url" },
+    "Optional. A file's download URL is this followed by its path below the record directory.");
+  const pause = field("Max pause", { value: "30s" },
+    "How long a stream may stay unpublished before its recording is over, e.g. 30s or 5m.");
+  const pick = () => {
+    const rtc = flavour.input.value === "rtc";
+    domain.el.hidden = rtc;
+    domain.input.disabled = rtc;
+    app.el.hidden = !rtc;
+    app.input.disabled = !rtc;
+  };
+  flavour.input.addEventListener("change", pick);
+  pick();
+  const fields = [engine.el, flavour.el, domain.el, app.el, dir.el, download.el, pause.el];
+  openForm(slot, "Add Recording Source", fields, async () => {
+    const body = { engine: engine.input.value, record_dir: dir.input.value.trim() };
+    if (flavour.input.value === "rtc") body.app_id = app.input.value.trim();
+    else body.publish_domain = domain.input.value.trim();
+    if (download.input.value.trim() !== "") body.download_base = download.input.value.trim();
+    if (pause.input.value.trim() !== "") body.max_pause = pause.input.value.trim();
+    await api("POST", live("sources"), body);
+    say("Recording source added.");
+    await sourcesView();
+  });
+}
+
+function deleteSource(source, appNames) {
+  return confirmDelete(`Delete the ${source.engine} source for ${sourceTarget(source, appNames)}? `
+    + "Its hook URL stops working at once.",
+  live(`sources/${encodeURIComponent(source.id)}`), "Recording source deleted.", sourcesView);
+}
+
 // --- Deliveries ------------------------------------------------------------------------
 
 async function deliveriesView(params) {
@@ -565,6 +748,7 @@ async function route() {
     if (path === "/apps") await appsView();
     else if (path.startsWith("/apps/")) await appView(decodeURIComponent(path.slice("/apps/".length)));
     else if (path === "/deliveries") await deliveriesView(params);
+    else if (path === "/sources") await sourcesView();
     else await configsView();
   } catch (e) {
     if (e.status !== 401) show(h("h1", {}, "Something went wrong"), h("p", { class: "error", role: "alert" }, e.message));

@@ -155,7 +155,6 @@ pub trait Store:
     + LiveConfigs
     + DeliveryQueue
     + QueueStatus
-    + RecordingSessions
     + RecordingSources
     + Retention
     + RtcApps
@@ -352,7 +351,8 @@ pub trait RtcApps {
     ) -> Result<Option<RtcApp>, StoreError>;
 }
 
-/// Recording sources (SPEC §7): the media servers whose hooks Herald reads.
+/// Recording sources (SPEC §7): the media servers whose hooks Herald reads, their streams'
+/// recording sessions, and the steps the tracker takes.
 #[async_trait]
 pub trait RecordingSources {
     async fn insert_source(&self, source: &RecordingSource) -> Result<(), StoreError>;
@@ -381,11 +381,9 @@ pub trait RecordingSources {
     ) -> Result<Option<RecordingSource>, StoreError>;
     /// How many sources there are in every project.
     async fn count_sources(&self) -> Result<u64, StoreError>;
-}
 
-/// Recording sessions and the steps the tracker takes (SPEC §7, `herald_core::recording`).
-#[async_trait]
-pub trait RecordingSessions {
+    // The sessions and steps of the sources' streams (`herald_core::recording`).
+
     /// Applies a hook to its stream's session in one transaction, durable when this
     /// returns. Returns how many steps it queued (none for a repeated hook).
     async fn apply_hook(

@@ -2,8 +2,8 @@
 //!
 //! The SQL here is the same on SQLite and PostgreSQL, so it is written once, generic over
 //! sqlx's database traits: a backend implements [`SqlBackend`] (its pool, its master key,
-//! a write transaction) and gets [`RecordingSources`] and [`RecordingSessions`] from the
-//! blanket implementations below. `rows_affected` is not part of sqlx's generic
+//! a write transaction) and gets [`RecordingSources`] from the
+//! blanket implementation below. `rows_affected` is not part of sqlx's generic
 //! interface, so statements whose effect matters say `RETURNING` and count the rows.
 
 use async_trait::async_trait;
@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 
 use crate::records::{conflict_or, limit_offset};
 use crate::rows::{CorruptRow, stored_project};
-use crate::{Page, RecordingSessions, RecordingSources, StoreError};
+use crate::{Page, RecordingSources, StoreError};
 
 /// A write transaction with whatever the backend holds beside it (the embedded store's
 /// writer gate).
@@ -349,51 +349,7 @@ where
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
-}
 
-/// A source row with its status counted.
-async fn view_of<S>(store: &S, row: SourceRow) -> Result<SourceView, StoreError>
-where
-    S: SqlBackend,
-    for<'c> &'c mut <S::Db as Database>::Connection: Executor<'c, Database = S::Db>,
-    for<'q> <S::Db as Database>::Arguments<'q>: IntoArguments<'q, S::Db>,
-    for<'q> i64: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
-    for<'q> &'q str: Encode<'q, S::Db> + Type<S::Db>,
-    usize: ColumnIndex<<S::Db as Database>::Row>,
-{
-    let (open_sessions, files_waiting): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM record_sessions WHERE source_id = $1), \
-                (SELECT COUNT(*) FROM record_steps WHERE source_id = $1 \
-                 AND kind = 'file' AND done_at_ms IS NULL)",
-    )
-    .bind(row.id.as_str())
-    .fetch_one(store.pool())
-    .await?;
-    let (source, last_error) = row.into_source(store.master())?;
-    Ok(SourceView {
-        source,
-        open_sessions: u64::try_from(open_sessions).unwrap_or(0),
-        files_waiting: u64::try_from(files_waiting).unwrap_or(0),
-        last_error,
-    })
-}
-
-#[async_trait]
-impl<S> RecordingSessions for S
-where
-    S: SqlBackend,
-    for<'c> &'c mut <S::Db as Database>::Connection: Executor<'c, Database = S::Db>,
-    for<'q> <S::Db as Database>::Arguments<'q>: IntoArguments<'q, S::Db>,
-    for<'q> i64: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
-    for<'q> bool: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
-    for<'q> String: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
-    for<'q> &'q str: Encode<'q, S::Db> + Type<S::Db>,
-    for<'q> Option<&'q str>: Encode<'q, S::Db>,
-    for<'q> Option<i64>: Encode<'q, S::Db>,
-    for<'q> Vec<u8>: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
-    for<'r> &'r str: ColumnIndex<<S::Db as Database>::Row>,
-    usize: ColumnIndex<<S::Db as Database>::Row>,
-{
     async fn apply_hook(
         &self,
         source: &RecordingSource,
@@ -649,6 +605,33 @@ where
         w.tx.commit().await?;
         Ok(gone.len() as u64)
     }
+}
+
+/// A source row with its status counted.
+async fn view_of<S>(store: &S, row: SourceRow) -> Result<SourceView, StoreError>
+where
+    S: SqlBackend,
+    for<'c> &'c mut <S::Db as Database>::Connection: Executor<'c, Database = S::Db>,
+    for<'q> <S::Db as Database>::Arguments<'q>: IntoArguments<'q, S::Db>,
+    for<'q> i64: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
+    for<'q> &'q str: Encode<'q, S::Db> + Type<S::Db>,
+    usize: ColumnIndex<<S::Db as Database>::Row>,
+{
+    let (open_sessions, files_waiting): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM record_sessions WHERE source_id = $1), \
+                (SELECT COUNT(*) FROM record_steps WHERE source_id = $1 \
+                 AND kind = 'file' AND done_at_ms IS NULL)",
+    )
+    .bind(row.id.as_str())
+    .fetch_one(store.pool())
+    .await?;
+    let (source, last_error) = row.into_source(store.master())?;
+    Ok(SourceView {
+        source,
+        open_sessions: u64::try_from(open_sessions).unwrap_or(0),
+        files_waiting: u64::try_from(files_waiting).unwrap_or(0),
+        last_error,
+    })
 }
 
 /// Queues a step after the stream's others.

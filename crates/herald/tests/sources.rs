@@ -774,84 +774,114 @@ async fn the_public_url_setting_makes_the_hook_url() {
     assert_eq!(source["max_pause"], "120s");
 }
 
+/// A data dir for `herald serve` run as a process: a token for p1 and an nginx-rtmp source
+/// made by the CLI, over a record dir that holds one real recording, `cam-1.flv`.
+struct Offline {
+    data_dir: tempfile::TempDir,
+    _record_dir: tempfile::TempDir,
+    token: String,
+    source: Value,
+    file: PathBuf,
+}
+
+impl Offline {
+    async fn new(max_pause: &str) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let record = tempfile::tempdir().unwrap();
+        let record_dir = record.path().canonicalize().unwrap();
+        let token = cli_token(data_dir.path(), "p1").await;
+        let source = cli_json(
+            data_dir.path(),
+            &[
+                "sources",
+                "create",
+                "--project",
+                "p1",
+                "--engine",
+                "nginx-rtmp",
+                "--publish-domain",
+                DOMAIN,
+                "--record-dir",
+                record_dir.to_str().unwrap(),
+                "--max-pause",
+                max_pause,
+                "--json",
+            ],
+        )
+        .await;
+        let file = record_dir.join("cam-1.flv");
+        media::write_recording(&file, Format::Flv, 2).await;
+        Self {
+            data_dir,
+            _record_dir: record,
+            token,
+            source,
+            file,
+        }
+    }
+
+    /// Sends nginx-rtmp's hooks, form-encoded, to the server at `base`; each must be a 200.
+    async fn hooks(&self, base: &str, bodies: &[String]) {
+        let hook = hook_on(base, &self.source);
+        let http = reqwest::Client::new();
+        for body in bodies {
+            let status = http
+                .post(&hook)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+
+    fn record_done(&self) -> String {
+        format!(
+            "app=live&call=record_done&name=cam&path={}",
+            self.file.display()
+        )
+    }
+}
+
 /// kill -9 while a session waits for its max_pause: after a restart, the session still
 /// ends with RECORD_OVER, and the file reported before or after the crash is reported once.
 #[tokio::test]
 async fn a_session_paused_at_a_kill_9_still_ends_after_restart() {
     media::require_tools();
-    let data_dir = tempfile::tempdir().unwrap();
-    let record_dir = tempfile::tempdir().unwrap();
-    let record_dir = record_dir.path().canonicalize().unwrap();
+    let offline = Offline::new("3s").await;
+    let data_dir = offline.data_dir.path();
     let env = [("HERALD_RETRY_SCHEDULE", "0s,200ms,500ms,1s,1s")];
     let receiver = Receiver::ok().await;
-    let token = cli_token(data_dir.path(), "p1").await;
-    let source = cli_json(
-        data_dir.path(),
-        &[
-            "sources",
-            "create",
-            "--project",
-            "p1",
-            "--engine",
-            "nginx-rtmp",
-            "--publish-domain",
-            DOMAIN,
-            "--record-dir",
-            record_dir.to_str().unwrap(),
-            "--max-pause",
-            "3s",
-            "--json",
-        ],
-    )
-    .await;
-    let file = record_dir.join("cam-1.flv");
-    media::write_recording(&file, Format::Flv, 2).await;
-
-    let (mut first, base) = spawn_serve(
-        data_dir.path(),
-        &["--allow-private-targets"],
-        &env,
-        Stdio::null(),
-    )
-    .await;
+    let (mut first, base) =
+        spawn_serve(data_dir, &["--allow-private-targets"], &env, Stdio::null()).await;
     let client = TestServer::client_for(&base);
     let (status, _) = client
         .post_with_token(
-            &token,
+            &offline.token,
             "/v1/p1/record/callbacks",
             &json!({"publish_domain": DOMAIN, "app": "live", "notify_callback_url": receiver.url(),
                     "notify_event_subscription": ALL_LIVE}),
         )
         .await;
     assert_eq!(status, 201);
-    let hook = hook_on(&base, &source);
-    for body in [
-        "app=live&call=publish&name=cam&type=live".to_owned(),
-        format!("app=live&call=record_done&name=cam&path={}", file.display()),
-        "app=live&call=publish_done&name=cam".to_owned(),
-    ] {
-        let status = client
-            .http
-            .post(&hook)
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status, 200);
-    }
+    offline
+        .hooks(
+            &base,
+            &[
+                "app=live&call=publish&name=cam&type=live".to_owned(),
+                offline.record_done(),
+                "app=live&call=publish_done&name=cam".to_owned(),
+            ],
+        )
+        .await;
     // The session now waits 3 s for a republish; the process dies in the middle of it and
     // stays down past the deadline.
     first.kill().await.unwrap();
     let killed_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let (_second, _) = spawn_serve(
-        data_dir.path(),
-        &["--allow-private-targets"],
-        &env,
-        Stdio::null(),
-    )
-    .await;
+    let (_second, _) =
+        spawn_serve(data_dir, &["--allow-private-targets"], &env, Stdio::null()).await;
     let events = wait_until(&receiver, || {
         let got: Vec<Value> = unique(&receiver.received())
             .iter()
@@ -881,7 +911,7 @@ async fn a_session_paused_at_a_kill_9_still_ends_after_restart() {
     assert!(events.iter().all(|e| e["job_id"] == events[0]["job_id"]));
     assert_eq!(
         events[2]["file_size"],
-        std::fs::metadata(&file).unwrap().len()
+        std::fs::metadata(&offline.file).unwrap().len()
     );
 }
 
@@ -891,31 +921,9 @@ async fn a_session_paused_at_a_kill_9_still_ends_after_restart() {
 async fn without_ffprobe_serve_warns_and_files_wait() {
     use tokio::io::AsyncBufReadExt;
     media::require_tools();
-    let data_dir = tempfile::tempdir().unwrap();
-    let record_dir = tempfile::tempdir().unwrap();
-    let record_dir = record_dir.path().canonicalize().unwrap();
-    let token = cli_token(data_dir.path(), "p1").await;
-    let source = cli_json(
-        data_dir.path(),
-        &[
-            "sources",
-            "create",
-            "--project",
-            "p1",
-            "--engine",
-            "nginx-rtmp",
-            "--publish-domain",
-            DOMAIN,
-            "--record-dir",
-            record_dir.to_str().unwrap(),
-            "--json",
-        ],
-    )
-    .await;
-    let file = record_dir.join("cam-1.flv");
-    media::write_recording(&file, Format::Flv, 1).await;
+    let offline = Offline::new("30s").await;
     let env = [("HERALD_FFPROBE", "/nonexistent/ffprobe")];
-    let (mut serve, base) = spawn_serve(data_dir.path(), &[], &env, Stdio::piped()).await;
+    let (mut serve, base) = spawn_serve(offline.data_dir.path(), &[], &env, Stdio::piped()).await;
     let mut stderr = tokio::io::BufReader::new(serve.stderr.take().unwrap()).lines();
     let warned = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(line) = stderr.next_line().await.unwrap() {
@@ -928,23 +936,19 @@ async fn without_ffprobe_serve_warns_and_files_wait() {
     .await
     .expect("no warning about ffprobe at start-up");
     assert!(warned.contains("WARN"), "{warned}");
-    let client = TestServer::client_for(&base);
-    let hook = hook_on(&base, &source);
-    for body in [
-        "app=live&call=publish&name=cam".to_owned(),
-        format!("app=live&call=record_done&name=cam&path={}", file.display()),
-    ] {
-        let status = client
-            .http
-            .post(&hook)
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status, 200);
-    }
-    let path = format!("/v1/p1/record/sources/{}", source["id"].as_str().unwrap());
+    offline
+        .hooks(
+            &base,
+            &[
+                "app=live&call=publish&name=cam".to_owned(),
+                offline.record_done(),
+            ],
+        )
+        .await;
+    let path = format!(
+        "/v1/p1/record/sources/{}",
+        offline.source["id"].as_str().unwrap()
+    );
     // The tracker has tried the file (it logs that it waits) …
     tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(line) = stderr.next_line().await.unwrap() {
@@ -956,7 +960,8 @@ async fn without_ffprobe_serve_warns_and_files_wait() {
     .await
     .expect("the tracker never tried the file");
     // … and it is still waiting, not failed.
-    let (_, shown) = client.get_with_token(&token, &path).await;
+    let client = TestServer::client_for(&base);
+    let (_, shown) = client.get_with_token(&offline.token, &path).await;
     assert_eq!(shown["status"]["files_waiting"], 1, "{shown}");
     assert_eq!(shown["status"]["last_error"], Value::Null, "{shown}");
 }
