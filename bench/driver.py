@@ -10,6 +10,8 @@ Sub-commands (each writes OUT_DIR/<name>.json and prints one line per run):
            and the delivery log's first page with that history stored
   idle     10 endpoints that never answer hold all their slots; Herald's CPU meanwhile
   retention  a steady load with a short HERALD_RETENTION; the data dir's size over time
+  hooks    a recording source's hooks, as nginx-rtmp sends them (publish, record_done of a real
+           file, publish_done) from many streams at once: how long each answer takes
   report   read OUT_DIR/*.json, print the summary table and write OUT_DIR/summary.md
 
 Every loop is bounded in count and time; all traffic goes to 127.0.0.1.
@@ -841,6 +843,78 @@ def e2e_row(label, d, limit, share):
             f">= {share} x limit" if share is not None else "-", verdict(ok))
 
 
+def cmd_hooks(a):
+    """Media servers wait for a hook's answer and never retry it: SPEC §7 wants it within
+    50 ms, once the session state it changes is durable. `a.threads` streams at once, each
+    sending publish, `a.files` record_done hooks (of real FLV files, hard links of one, read
+    by ffprobe in the background) and publish_done; the time from sending a hook to its answer."""
+    tag = f"hooks-{uuid.uuid4().hex[:8]}"
+    data_dir = os.path.join(a.out_dir, f"{tag}-data")
+    record_dir = os.path.join(a.out_dir, f"{tag}-rec")
+    os.makedirs(record_dir, exist_ok=True)
+    flv = os.path.join(record_dir, "cam.flv")
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=25",
+                    "-t", "2", "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-f", "flv", "-y",
+                    flv], check=True, timeout=120)
+    for k in range(a.streams):
+        for i in range(a.files):
+            os.link(flv, os.path.join(record_dir, f"s{k}-{i}.flv"))
+    h = Herald(a.herald, data_dir, os.path.join(a.out_dir, f"{tag}.log"))
+    try:
+        out = subprocess.run(
+            [a.herald, "sources", "create", "--project", PROJECT, "--engine", "nginx-rtmp",
+             "--publish-domain", DOMAIN, "--record-dir", record_dir, "--max-pause", "1s",
+             "--data-dir", data_dir, "--json"],
+            check=True, capture_output=True, timeout=30, env=h.env).stdout
+        hook_path = "/hooks/" + json.loads(out)["hook_url"].split("/hooks/", 1)[1]
+        times, errors = [], []
+        lock = threading.Lock()
+
+        def stream(k):
+            c = h.conn()
+            bodies = [f"app=live&call=publish&name=s{k}&type=live"]
+            bodies += [f"app=live&call=record_done&name=s{k}&path={record_dir}/s{k}-{i}.flv"
+                       for i in range(a.files)]
+            bodies += [f"app=live&call=publish_done&name=s{k}"]
+            for body in bodies:
+                t0 = time.perf_counter()
+                c.request("POST", hook_path, body=body,
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+                resp = c.getresponse()
+                resp.read()
+                dt = (time.perf_counter() - t0) * 1000
+                with lock:
+                    times.append(dt)
+                    if resp.status != 200:
+                        errors.append(resp.status)
+            c.close()
+
+        cpu0, t0 = h.cpu_s(), time.time()
+        for start in range(0, a.streams, a.threads):
+            ts = [threading.Thread(target=stream, args=(k,))
+                  for k in range(start, min(a.streams, start + a.threads))]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+        elapsed = time.time() - t0
+        res = {
+            "streams": a.streams, "concurrent": a.threads, "hooks": len(times),
+            "p50_ms": round(pct(times, 50), 2), "p99_ms": round(pct(times, 99), 2),
+            "max_ms": round(max(times), 2), "hooks_per_s": round(len(times) / elapsed, 1),
+            "herald_cpu_ms_per_hook": round(1000 * (h.cpu_s() - cpu0) / max(1, len(times)), 3),
+            "errors": errors[:10], "error_count": len(errors),
+            "log_warn_error": h.log_counts(),
+        }
+    finally:
+        h.stop()
+    print(f"hooks: {res['hooks']} hooks from {a.streams} streams, {a.threads} at once: answered in "
+          f"p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, max {res['max_ms']} ms "
+          f"({res['hooks_per_s']}/s, {res['error_count']} errors)", flush=True)
+    save(a.out_dir, "hooks", res)
+    return 0
+
+
 def cmd_report(a):
     wrk, e2e, lat, mem, pg1, pg2 = (load(a.out_dir, n) for n in
                                     ("wrk", "e2e", "latency", "memory", "e2e-pg1", "e2e-pg2"))
@@ -886,6 +960,12 @@ def cmd_report(a):
                      f"data dir {ret['second_half_min_mib']}-{ret['second_half_max_mib']} MiB over the second half",
                      "levels off", verdict(ret["second_half_max_mib"] is not None
                                            and ret["second_half_max_mib"] <= 1.5 * ret["second_half_min_mib"])))
+    hooks = load(a.out_dir, "hooks")
+    if hooks:
+        rows.append((f"h. hook answers: {hooks['hooks']:,} nginx-rtmp hooks, {hooks['concurrent']} streams at once",
+                     f"p50 {hooks['p50_ms']} ms, p99 {hooks['p99_ms']} ms, max {hooks['max_ms']} ms "
+                     f"({hooks['hooks_per_s']:,.0f} hooks/s)",
+                     "p99 <= 50 ms", verdict(hooks["p99_ms"] <= 50 and hooks["error_count"] == 0)))
     lines = ["| measurement | result | target | |", "|---|---|---|---|"]
     lines += [f"| {m} | {r} | {t} | {v} |" for m, r, t, v in rows]
     table = "\n".join(lines)
@@ -959,13 +1039,18 @@ def main():
     rt.add_argument("--keep", default="10s", help="HERALD_RETENTION")
     rt.add_argument("--duration", type=float, default=180)
     rt.add_argument("--every", type=float, default=10, help="seconds between samples")
+    hk = sub.add_parser("hooks")
+    hk.add_argument("--streams", type=int, default=200)
+    hk.add_argument("--threads", type=int, default=16, help="streams sending hooks at once")
+    hk.add_argument("--files", type=int, default=3, help="record_done hooks per stream")
     r = sub.add_parser("report")
     r.add_argument("--machine", default="")
     a = p.parse_args()
     os.makedirs(a.out_dir, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return {"probe": cmd_probe, "e2e": cmd_e2e, "latency": cmd_latency, "memory": cmd_memory,
-            "idle": cmd_idle, "retention": cmd_retention, "report": cmd_report}[a.cmd](a)
+            "idle": cmd_idle, "retention": cmd_retention, "hooks": cmd_hooks,
+            "report": cmd_report}[a.cmd](a)
 
 
 if __name__ == "__main__":

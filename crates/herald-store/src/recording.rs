@@ -484,6 +484,9 @@ where
         .fetch_all(&mut *w.tx)
         .await?;
         w.tx.commit().await?;
+        // `RETURNING` gives no order on PostgreSQL: oldest first.
+        let mut rows = rows;
+        rows.sort_by_key(|row| row.id);
         let mut claimed = Vec::with_capacity(rows.len());
         let mut sources: Vec<RecordingSource> = Vec::new();
         for row in rows {
@@ -570,11 +573,11 @@ where
     ) -> Result<Option<OffsetDateTime>, StoreError> {
         let next: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(t) FROM ( \
-                 SELECT MIN(CASE WHEN lease_until_ms > due_at_ms THEN lease_until_ms \
-                                 ELSE due_at_ms END) AS t \
+                 SELECT CASE WHEN lease_until_ms > due_at_ms THEN lease_until_ms \
+                             ELSE due_at_ms END AS t \
                  FROM record_steps WHERE done_at_ms IS NULL \
                  UNION ALL \
-                 SELECT MIN(over_at_ms) AS t FROM record_sessions WHERE NOT published \
+                 SELECT over_at_ms AS t FROM record_sessions WHERE NOT published \
              ) due WHERE t > $1",
         )
         .bind(unix_ms(now))

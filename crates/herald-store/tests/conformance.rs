@@ -57,6 +57,227 @@ async fn run_suite(store: &dyn Store) {
     a_deleted_configs_deliveries_are_never_sent_again(store).await;
     an_early_rescue_requeues_due_now(store).await;
     the_rescuer_honours_the_attempt_limit(store).await;
+    recording_steps_go_stream_by_stream_in_order(store).await;
+}
+
+/// Hooks become steps taken one at a time per stream, in order; a paused session ends
+/// once its pause is over and its steps are done; a repeated hook queues nothing.
+async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
+    use herald_core::hook::{HookCall, HookFile, StreamKey};
+    use herald_core::recording::StepKind;
+    use herald_core::source::{RecordingSource, SourceSpec};
+    let t0 = datetime!(2026-12-02 08:00 UTC);
+    let source = RecordingSource {
+        id: RecordingSource::new_id(),
+        project_id: project("rec"),
+        spec: SourceSpec::parse(
+            br#"{"engine": "nginx-rtmp", "publish_domain": "push.example.com", "record_dir": "/rec", "max_pause": "10s"}"#,
+        )
+        .unwrap(),
+        secret: SecretString::from("hooksecret0123456789abcdefABCDEF"),
+        created_at: t0,
+    };
+    store.insert_source(&source).await.unwrap();
+    let found = store
+        .find_source_by_secret(&token_digest("hooksecret0123456789abcdefABCDEF"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, source.id);
+    assert!(
+        store
+            .find_source_by_secret(&token_digest("x"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let key = |stream: &str| StreamKey {
+        app: "live".into(),
+        stream: stream.into(),
+    };
+    let done = |path: &str| HookCall::FileDone {
+        stream: key("a"),
+        file: HookFile {
+            base: None,
+            path: path.into(),
+        },
+    };
+    assert_eq!(
+        store
+            .apply_hook(&source, &HookCall::Publish(key("a")), t0)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .apply_hook(&source, &HookCall::Publish(key("b")), t0)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .apply_hook(&source, &HookCall::Publish(key("a")), t0)
+            .await
+            .unwrap(),
+        0
+    );
+    let lease = t0 + secs(60);
+    let kinds = |claimed: &[herald_store::ClaimedStep]| -> Vec<(String, StepKind)> {
+        claimed
+            .iter()
+            .map(|c| (c.step.stream.stream.clone(), c.step.kind))
+            .collect()
+    };
+    let first = store.claim_steps(t0, lease, 10).await.unwrap();
+    assert_eq!(
+        kinds(&first),
+        [("a".into(), StepKind::Start), ("b".into(), StepKind::Start)]
+    );
+    assert!(
+        store.claim_steps(t0, lease, 10).await.unwrap().is_empty(),
+        "leased heads block their streams"
+    );
+    store.finish_step(first[0].id, t0).await.unwrap();
+    let next = store.claim_steps(t0, lease, 10).await.unwrap();
+    assert_eq!(kinds(&next), [("a".into(), StepKind::FileStart)]);
+    assert_eq!(next[0].step.file_no, 1);
+    assert_eq!(
+        store
+            .apply_hook(&source, &done("/rec/a-1.flv"), t0)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .apply_hook(&source, &done("/rec/a-1.flv"), t0)
+            .await
+            .unwrap(),
+        0,
+        "a repeat"
+    );
+    let t1 = t0 + secs(1);
+    store
+        .apply_hook(&source, &HookCall::Unpublish(key("a")), t1)
+        .await
+        .unwrap();
+    let view = store
+        .get_source(&project("rec"), &source.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((view.open_sessions, view.files_waiting), (2, 1));
+    // A lease that runs out lets another tracker take the step (the same step again).
+    let retaken = store
+        .claim_steps(lease, lease + secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        kinds(&retaken),
+        [
+            ("a".into(), StepKind::FileStart),
+            ("b".into(), StepKind::Start)
+        ]
+    );
+    for step in &retaken {
+        store.finish_step(step.id, t1).await.unwrap();
+    }
+    // Across streams, oldest first.
+    let file = store.claim_steps(t1, lease, 10).await.unwrap();
+    assert_eq!(
+        kinds(&file),
+        [
+            ("b".into(), StepKind::FileStart),
+            ("a".into(), StepKind::File)
+        ]
+    );
+    store.finish_step(file[0].id, t1).await.unwrap();
+    store.postpone_step(file[1].id, t1 + secs(5)).await.unwrap();
+    assert_eq!(
+        store.next_recording_wake(t1).await.unwrap(),
+        Some(t1 + secs(5))
+    );
+    // Paused past max_pause, but a's file is not reported yet: the session waits for it.
+    let over_at = t1 + secs(10);
+    assert_eq!(store.end_paused_sessions(over_at).await.unwrap(), 0);
+    let file = store
+        .claim_steps(over_at, over_at + secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(kinds(&file), [("a".into(), StepKind::File)]);
+    assert_eq!(file[0].step.path.as_deref(), Some("/rec/a-1.flv"));
+    store.finish_step(file[0].id, over_at).await.unwrap();
+    let last = store
+        .claim_steps(over_at, over_at + secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        kinds(&last),
+        [("a".into(), StepKind::FileStart)],
+        "opened after the file"
+    );
+    store.finish_step(last[0].id, over_at).await.unwrap();
+    assert_eq!(store.end_paused_sessions(over_at).await.unwrap(), 1);
+    let over = store
+        .claim_steps(over_at, over_at + secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(kinds(&over), [("a".into(), StepKind::Over)]);
+    assert_eq!(over[0].step.job_id, first[0].step.job_id);
+    store
+        .note_source_error(
+            &source.id,
+            &herald_store::SourceError {
+                at: t1,
+                file: "/rec/x".into(),
+                message: "gone".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let view = store
+        .get_source(&project("rec"), &source.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.open_sessions, 1, "b is still published");
+    assert_eq!(view.last_error.unwrap().message, "gone");
+    assert!(
+        store
+            .delete_source(Some(&project("other")), &source.id)
+            .await
+            .unwrap()
+            == false
+    );
+    assert!(
+        store
+            .delete_source(Some(&project("rec")), &source.id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_steps(over_at, over_at + secs(60), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .list_sources(
+                &project("rec"),
+                Page {
+                    offset: 0,
+                    limit: 10
+                }
+            )
+            .await
+            .unwrap()
+            .0,
+        0
+    );
 }
 
 /// Where a store's database is, to run SQL behind the store's back (to break a row as a
