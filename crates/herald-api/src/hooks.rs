@@ -1,10 +1,13 @@
 //! Media server hooks (SPEC §7): `POST /hooks/{engine}/{secret}`.
 //!
 //! The secret in the path is the only credential: media servers cannot sign. A hook is
-//! answered once the session state it changes is durable (one short transaction), and the
-//! tracker does the rest — reading files, ending sessions — after the answer, because
-//! media servers wait for it (nginx-rtmp holds a publish until `on_publish` answers) and
-//! none of them retries.
+//! answered once the session state it changes is durable, and the tracker does the rest —
+//! reading files, ending sessions — after the answer, because media servers wait for it
+//! (nginx-rtmp holds a publish until `on_publish` answers) and none of them retries.
+//! Hooks that arrive while a commit is under way share the next one ([`HookQueue`]): a
+//! burst of hooks costs one flush to disk, not one each.
+
+use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
@@ -13,9 +16,11 @@ use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::routing::post;
 use herald_core::hook::{self, HookCall};
 use herald_core::secrets::token_digest;
-use herald_core::source::Engine;
+use herald_core::source::{Engine, RecordingSource};
+use herald_store::Store;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -24,6 +29,81 @@ use crate::error::ApiError;
 const MAX_HOOK_BYTES: usize = 64 * 1024;
 
 const HOOK: &str = "hook";
+/// Most hooks one commit applies.
+const MOST_PER_COMMIT: usize = 256;
+
+/// A hook waiting for the commit that applies it.
+struct Pending {
+    source: RecordingSource,
+    call: HookCall,
+    /// How many steps it queued, or why the commit failed.
+    applied: oneshot::Sender<Result<usize, String>>,
+}
+
+/// Where hooks wait for their commit. One task commits: it takes every hook waiting (up to
+/// [`MOST_PER_COMMIT`]) into one transaction, answers each once it is durable, then wakes
+/// the tracker. A lone hook is committed at once, as it would be without the queue.
+#[derive(Clone)]
+pub struct HookQueue(mpsc::Sender<Pending>);
+
+impl HookQueue {
+    /// Starts the committing task; it ends when the last queue handle is dropped.
+    pub fn start(store: Arc<dyn Store>, tracker: Arc<Notify>) -> Self {
+        let (tx, rx) = mpsc::channel(4 * MOST_PER_COMMIT);
+        tokio::spawn(commit_hooks(store, tracker, rx));
+        Self(tx)
+    }
+
+    /// Applies a hook; returns once its change is durable.
+    async fn apply(&self, source: RecordingSource, call: HookCall) -> Result<usize, ApiError> {
+        let (applied, answer) = oneshot::channel();
+        let pending = Pending {
+            source,
+            call,
+            applied,
+        };
+        self.0
+            .send(pending)
+            .await
+            .map_err(|_| ApiError::internal("the hook committer has stopped"))?;
+        answer
+            .await
+            .map_err(|_| ApiError::internal("the hook committer has stopped"))?
+            .map_err(ApiError::Internal)
+    }
+}
+
+async fn commit_hooks(
+    store: Arc<dyn Store>,
+    tracker: Arc<Notify>,
+    mut rx: mpsc::Receiver<Pending>,
+) {
+    let mut batch = Vec::with_capacity(MOST_PER_COMMIT);
+    while rx.recv_many(&mut batch, MOST_PER_COMMIT).await > 0 {
+        let hooks: Vec<(RecordingSource, HookCall)> = batch
+            .iter()
+            .map(|p| (p.source.clone(), p.call.clone()))
+            .collect();
+        let result = store.apply_hooks(&hooks, OffsetDateTime::now_utc()).await;
+        // Even a hook that queued no step may have set a pause's end, which the tracker
+        // must now wake for.
+        tracker.notify_one();
+        match result {
+            Ok(queued) => {
+                for (pending, n) in batch.drain(..).zip(queued) {
+                    // The client may have gone; its hook is applied all the same.
+                    let _ = pending.applied.send(Ok(n));
+                }
+            }
+            Err(e) => {
+                let cause = e.to_string();
+                for pending in batch.drain(..) {
+                    let _ = pending.applied.send(Err(cause.clone()));
+                }
+            }
+        }
+    }
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -82,13 +162,9 @@ async fn take(
     if call == HookCall::Ignored {
         return Ok(false);
     }
-    let queued = state
-        .store
-        .apply_hook(&source, &call, OffsetDateTime::now_utc())
-        .await?;
-    tracing::info!(source = %source.id, ?call, queued, "hook");
-    // Even a hook that queued nothing may have set a pause's end, which the tracker must
-    // now wake for.
-    state.recordings.notify_one();
+    let source_id = source.id.clone();
+    let log = format!("{call:?}");
+    let queued = state.hooks.apply(source, call).await?;
+    tracing::info!(source = %source_id, call = %log, queued, "hook");
     Ok(true)
 }

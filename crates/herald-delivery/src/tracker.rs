@@ -22,8 +22,9 @@ use crate::probe::Prober;
 /// Another node takes the step over when it runs out (the embedded store gives every
 /// lease back at start).
 const LEASE: Duration = Duration::from_secs(15 * 60);
-/// Streams whose next step is taken at once.
-const STREAMS_AT_ONCE: u32 = 8;
+/// Streams whose next step is taken at once: files are read one or two at a time, so that
+/// ffprobe never takes every core from the hooks, which media servers wait for.
+const STREAMS_AT_ONCE: u32 = 2;
 /// When ffprobe cannot run, or the store fails, a step is tried again after this.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// The longest sleep when nothing is due: a fallback for a wake-up another node missed.

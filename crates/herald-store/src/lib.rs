@@ -384,14 +384,14 @@ pub trait RecordingSources {
 
     // The sessions and steps of the sources' streams (`herald_core::recording`).
 
-    /// Applies a hook to its stream's session in one transaction, durable when this
-    /// returns. Returns how many steps it queued (none for a repeated hook).
-    async fn apply_hook(
+    /// Applies hooks, in order, to their streams' sessions in one transaction, durable when
+    /// this returns (hooks that arrive together share one commit). Returns how many steps
+    /// each queued (none for a repeated hook); on an error, none of them is applied.
+    async fn apply_hooks(
         &self,
-        source: &RecordingSource,
-        call: &HookCall,
+        hooks: &[(RecordingSource, HookCall)],
         now: OffsetDateTime,
-    ) -> Result<usize, StoreError>;
+    ) -> Result<Vec<usize>, StoreError>;
     /// Ends (up to 100) sessions whose pause reached `max_pause` and whose steps are all
     /// done, queueing each one's last step. Returns how many ended.
     async fn end_paused_sessions(&self, now: OffsetDateTime) -> Result<u64, StoreError>;

@@ -45,7 +45,15 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     const LOCK_ROW: &'static str;
     fn pool(&self) -> &Pool<Self::Db>;
     fn master(&self) -> &MasterKey;
+    /// A write transaction that is durable when it commits: sources, and the session
+    /// changes a hook is answered after.
     async fn write_tx(&self) -> Result<WriteTx<'_, Self::Db, Self::Guard<'_>>, StoreError>;
+    /// A write transaction on the workers' pool, whose commits skip the wait for the disk
+    /// (`synchronous=NORMAL`, `synchronous_commit = off`): the tracker's bookkeeping
+    /// (claims, done steps, ended sessions). Losing one to power loss only takes a step
+    /// again, which its derived event ids make harmless; the hooks' own commits, which
+    /// wait for the disk, are not held up behind it.
+    async fn tracker_tx(&self) -> Result<WriteTx<'_, Self::Db, Self::Guard<'_>>, StoreError>;
 }
 
 /// A recording source with what is going on at it, as the API lists it.
@@ -350,86 +358,41 @@ where
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    async fn apply_hook(
+    async fn apply_hooks(
         &self,
-        source: &RecordingSource,
-        call: &HookCall,
+        hooks: &[(RecordingSource, HookCall)],
         now: OffsetDateTime,
-    ) -> Result<usize, StoreError> {
-        let stream = match call {
-            HookCall::Ignored => return Ok(0),
-            HookCall::Publish(stream) | HookCall::Unpublish(stream) => stream,
-            HookCall::FileStarted { stream, .. } | HookCall::FileDone { stream, .. } => stream,
-        };
+    ) -> Result<Vec<usize>, StoreError> {
         // Two nodes opening one stream's session at once: the second insert conflicts,
-        // and its second try finds the session the first one opened.
+        // and the second try finds the session the first one opened.
         let mut tries = 0;
         loop {
             tries += 1;
             let mut w = self.write_tx().await?;
-            let current: Option<Session> = sqlx::query_as::<_, SessionRow>(&format!(
-                "SELECT job_id, published, over_at_ms, files_started FROM record_sessions \
-                 WHERE source_id = $1 AND app = $2 AND stream = $3{}",
-                Self::LOCK_ROW
-            ))
-            .bind(source.id.as_str())
-            .bind(stream.app.as_str())
-            .bind(stream.stream.as_str())
-            .fetch_optional(&mut *w.tx)
-            .await?
-            .map(Session::from);
-            let repeat = match hook_key(current.as_ref(), call) {
-                Some(key) => sqlx::query_scalar::<_, i64>(
-                    "SELECT id FROM record_steps WHERE source_id = $1 AND hook_key = $2",
-                )
-                .bind(source.id.as_str())
-                .bind(key.as_str())
-                .fetch_optional(&mut *w.tx)
-                .await?
-                .is_some(),
-                None => false,
-            };
-            let plan = transition(source, current.as_ref(), call, now, repeat);
-            let written = async {
-                if let Some(session) = &plan.session {
-                    let sql = if current.is_some() {
-                        "UPDATE record_sessions SET job_id = $4, published = $5, over_at_ms = $6, \
-                         files_started = $7 WHERE source_id = $1 AND app = $2 AND stream = $3"
-                    } else {
-                        "INSERT INTO record_sessions (source_id, app, stream, job_id, published, \
-                         over_at_ms, files_started) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-                    };
-                    sqlx::query(sql)
-                        .bind(source.id.as_str())
-                        .bind(stream.app.as_str())
-                        .bind(stream.stream.as_str())
-                        .bind(session.job_id.as_str())
-                        .bind(session.published)
-                        .bind(session.over_at.map(unix_ms))
-                        .bind(session.files_started)
-                        .execute(&mut *w.tx)
-                        .await
-                        .map_err(conflict_or)?;
+            let mut queued = Vec::with_capacity(hooks.len());
+            let mut failed = None;
+            for (source, call) in hooks {
+                match apply_in(&mut w.tx, Self::LOCK_ROW, source, call, now).await {
+                    Ok(n) => queued.push(n),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
-                for step in &plan.steps {
-                    insert_step(&mut w.tx, &source.id, step).await?;
-                }
-                Ok::<_, StoreError>(())
             }
-            .await;
-            match written {
-                Err(StoreError::Conflict) if tries < 2 => continue,
-                Err(e) => return Err(e),
-                Ok(()) => {
+            match failed {
+                Some(StoreError::Conflict) if tries < 2 => continue,
+                Some(e) => return Err(e),
+                None => {
                     w.tx.commit().await?;
-                    return Ok(plan.steps.len());
+                    return Ok(queued);
                 }
             }
         }
     }
 
     async fn end_paused_sessions(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
-        let mut w = self.write_tx().await?;
+        let mut w = self.tracker_tx().await?;
         let ended: Vec<(String, String, String, String)> = sqlx::query_as(
             "DELETE FROM record_sessions WHERE (source_id, app, stream) IN ( \
                  SELECT s.source_id, s.app, s.stream FROM record_sessions s \
@@ -464,7 +427,7 @@ where
         lease_until: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<ClaimedStep>, StoreError> {
-        let mut w = self.write_tx().await?;
+        let mut w = self.tracker_tx().await?;
         // The head of each stream's open steps, if it is due and not leased. The lease
         // test is repeated outside the subquery so that PostgreSQL re-checks it on the row
         // it locks: of two nodes claiming at once, the second finds it leased.
@@ -517,7 +480,7 @@ where
     }
 
     async fn finish_step(&self, id: i64, now: OffsetDateTime) -> Result<(), StoreError> {
-        let mut w = self.write_tx().await?;
+        let mut w = self.tracker_tx().await?;
         // A step without a hook key can never be repeated: it need not be kept.
         sqlx::query("DELETE FROM record_steps WHERE id = $1 AND hook_key IS NULL RETURNING id")
             .bind(id)
@@ -535,7 +498,7 @@ where
     }
 
     async fn postpone_step(&self, id: i64, due_at: OffsetDateTime) -> Result<(), StoreError> {
-        let mut w = self.write_tx().await?;
+        let mut w = self.tracker_tx().await?;
         sqlx::query(
             "UPDATE record_steps SET due_at_ms = $2, lease_until_ms = NULL WHERE id = $1 RETURNING id",
         )
@@ -552,7 +515,7 @@ where
         source_id: &str,
         error: &SourceError,
     ) -> Result<(), StoreError> {
-        let mut w = self.write_tx().await?;
+        let mut w = self.tracker_tx().await?;
         sqlx::query(
             "UPDATE record_sources SET last_error_at_ms = $2, last_error_file = $3, \
              last_error_message = $4 WHERE id = $1 RETURNING id",
@@ -587,7 +550,7 @@ where
     }
 
     async fn release_step_leases(&self) -> Result<u64, StoreError> {
-        let mut w = self.write_tx().await?;
+        let mut w = self.tracker_tx().await?;
         let released: Vec<i64> = sqlx::query_scalar(
             "UPDATE record_steps SET lease_until_ms = NULL \
              WHERE lease_until_ms IS NOT NULL AND done_at_ms IS NULL RETURNING id",
@@ -599,7 +562,7 @@ where
     }
 
     async fn forget_done_steps(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        let mut w = self.write_tx().await?;
+        let mut w = self.tracker_tx().await?;
         let gone: Vec<i64> =
             sqlx::query_scalar("DELETE FROM record_steps WHERE done_at_ms < $1 RETURNING id")
                 .bind(unix_ms(before))
@@ -635,6 +598,81 @@ where
         files_waiting: u64::try_from(files_waiting).unwrap_or(0),
         last_error,
     })
+}
+
+/// Applies one hook to its stream's session inside `tx`; returns how many steps it queued.
+/// `lock_row` is [`SqlBackend::LOCK_ROW`].
+async fn apply_in<D>(
+    tx: &mut sqlx::Transaction<'_, D>,
+    lock_row: &str,
+    source: &RecordingSource,
+    call: &HookCall,
+    now: OffsetDateTime,
+) -> Result<usize, StoreError>
+where
+    D: Database,
+    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
+    for<'q> D::Arguments<'q>: IntoArguments<'q, D>,
+    for<'q> i64: Encode<'q, D> + Decode<'q, D> + Type<D>,
+    for<'q> bool: Encode<'q, D> + Decode<'q, D> + Type<D>,
+    for<'q> String: Decode<'q, D> + Type<D>,
+    for<'q> &'q str: Encode<'q, D> + Type<D>,
+    for<'q> Option<&'q str>: Encode<'q, D>,
+    for<'q> Option<i64>: Encode<'q, D>,
+    for<'r> &'r str: ColumnIndex<D::Row>,
+    usize: ColumnIndex<D::Row>,
+{
+    let stream = match call {
+        HookCall::Ignored => return Ok(0),
+        HookCall::Publish(stream) | HookCall::Unpublish(stream) => stream,
+        HookCall::FileStarted { stream, .. } | HookCall::FileDone { stream, .. } => stream,
+    };
+    let current: Option<Session> = sqlx::query_as::<_, SessionRow>(&format!(
+        "SELECT job_id, published, over_at_ms, files_started FROM record_sessions \
+         WHERE source_id = $1 AND app = $2 AND stream = $3{lock_row}"
+    ))
+    .bind(source.id.as_str())
+    .bind(stream.app.as_str())
+    .bind(stream.stream.as_str())
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(Session::from);
+    let repeat = match hook_key(current.as_ref(), call) {
+        Some(key) => sqlx::query_scalar::<_, i64>(
+            "SELECT id FROM record_steps WHERE source_id = $1 AND hook_key = $2",
+        )
+        .bind(source.id.as_str())
+        .bind(key.as_str())
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some(),
+        None => false,
+    };
+    let plan = transition(source, current.as_ref(), call, now, repeat);
+    if let Some(session) = &plan.session {
+        let sql = if current.is_some() {
+            "UPDATE record_sessions SET job_id = $4, published = $5, over_at_ms = $6, \
+             files_started = $7 WHERE source_id = $1 AND app = $2 AND stream = $3"
+        } else {
+            "INSERT INTO record_sessions (source_id, app, stream, job_id, published, \
+             over_at_ms, files_started) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        };
+        sqlx::query(sql)
+            .bind(source.id.as_str())
+            .bind(stream.app.as_str())
+            .bind(stream.stream.as_str())
+            .bind(session.job_id.as_str())
+            .bind(session.published)
+            .bind(session.over_at.map(unix_ms))
+            .bind(session.files_started)
+            .execute(&mut **tx)
+            .await
+            .map_err(conflict_or)?;
+    }
+    for step in &plan.steps {
+        insert_step(tx, &source.id, step).await?;
+    }
+    Ok(plan.steps.len())
 }
 
 /// Queues a step after the stream's others.

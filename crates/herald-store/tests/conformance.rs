@@ -60,6 +60,19 @@ async fn run_suite(store: &dyn Store) {
     recording_steps_go_stream_by_stream_in_order(store).await;
 }
 
+/// Applies one hook, alone in its commit; returns how many steps it queued.
+async fn apply(
+    store: &dyn Store,
+    source: &herald_core::source::RecordingSource,
+    call: herald_core::hook::HookCall,
+    at: OffsetDateTime,
+) -> usize {
+    store
+        .apply_hooks(&[(source.clone(), call)], at)
+        .await
+        .unwrap()[0]
+}
+
 /// Hooks become steps taken one at a time per stream, in order; a paused session ends
 /// once its pause is over and its steps are done; a repeated hook queues nothing.
 async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
@@ -103,24 +116,15 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
         },
     };
     assert_eq!(
-        store
-            .apply_hook(&source, &HookCall::Publish(key("a")), t0)
-            .await
-            .unwrap(),
+        apply(store, &source, HookCall::Publish(key("a")), t0).await,
         2
     );
     assert_eq!(
-        store
-            .apply_hook(&source, &HookCall::Publish(key("b")), t0)
-            .await
-            .unwrap(),
+        apply(store, &source, HookCall::Publish(key("b")), t0).await,
         2
     );
     assert_eq!(
-        store
-            .apply_hook(&source, &HookCall::Publish(key("a")), t0)
-            .await
-            .unwrap(),
+        apply(store, &source, HookCall::Publish(key("a")), t0).await,
         0
     );
     let lease = t0 + secs(60);
@@ -143,26 +147,14 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
     let next = store.claim_steps(t0, lease, 10).await.unwrap();
     assert_eq!(kinds(&next), [("a".into(), StepKind::FileStart)]);
     assert_eq!(next[0].step.file_no, 1);
+    assert_eq!(apply(store, &source, done("/rec/a-1.flv"), t0).await, 2);
     assert_eq!(
-        store
-            .apply_hook(&source, &done("/rec/a-1.flv"), t0)
-            .await
-            .unwrap(),
-        2
-    );
-    assert_eq!(
-        store
-            .apply_hook(&source, &done("/rec/a-1.flv"), t0)
-            .await
-            .unwrap(),
+        apply(store, &source, done("/rec/a-1.flv"), t0).await,
         0,
         "a repeat"
     );
     let t1 = t0 + secs(1);
-    store
-        .apply_hook(&source, &HookCall::Unpublish(key("a")), t1)
-        .await
-        .unwrap();
+    apply(store, &source, HookCall::Unpublish(key("a")), t1).await;
     let view = store
         .get_source(&project("rec"), &source.id)
         .await
@@ -226,6 +218,20 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
         .unwrap();
     assert_eq!(kinds(&over), [("a".into(), StepKind::Over)]);
     assert_eq!(over[0].step.job_id, first[0].step.job_id);
+    // Hooks that share a commit see each other's changes, in order.
+    let c_done = HookCall::FileDone {
+        stream: key("c"),
+        file: HookFile {
+            base: None,
+            path: "/rec/c.flv".into(),
+        },
+    };
+    let batch = [
+        (source.clone(), HookCall::Publish(key("c"))),
+        (source.clone(), c_done.clone()),
+        (source.clone(), c_done),
+    ];
+    assert_eq!(store.apply_hooks(&batch, over_at).await.unwrap(), [2, 2, 0]);
     store
         .note_source_error(
             &source.id,
@@ -242,7 +248,7 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(view.open_sessions, 1, "b is still published");
+    assert_eq!(view.open_sessions, 2, "b and c are still published");
     assert_eq!(view.last_error.unwrap().message, "gone");
     assert!(
         !store

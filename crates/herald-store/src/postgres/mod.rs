@@ -145,6 +145,13 @@ impl crate::recording::SqlBackend for PgStore {
             _guard: (),
         })
     }
+
+    async fn tracker_tx(&self) -> Result<crate::recording::WriteTx<'_, Postgres, ()>, StoreError> {
+        Ok(crate::recording::WriteTx {
+            tx: self.queue_pool.begin().await?,
+            _guard: (),
+        })
+    }
 }
 
 /// Announces, at commit, that deliveries may have become due.

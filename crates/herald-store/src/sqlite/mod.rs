@@ -104,6 +104,13 @@ impl crate::recording::SqlBackend for SqliteStore {
         let (guard, tx) = self.begin_write(&self.pool).await?;
         Ok(crate::recording::WriteTx { tx, _guard: guard })
     }
+
+    async fn tracker_tx(
+        &self,
+    ) -> Result<crate::recording::WriteTx<'_, sqlx::Sqlite, Self::Guard<'_>>, StoreError> {
+        let (guard, tx) = self.begin_write(&self.queue_pool).await?;
+        Ok(crate::recording::WriteTx { tx, _guard: guard })
+    }
 }
 
 /// A slice as JSON text, for `json_each(?)`: how SQLite takes a batch as one parameter.
