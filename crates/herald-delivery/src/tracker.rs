@@ -9,11 +9,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_core::project::ProjectId;
 use herald_core::recording::{DerivedEvent, FileOutcome, StepKind, events_of};
-use herald_core::source::SourceTarget;
+use herald_core::source::{RecordingSource, SourceTarget};
 use herald_store::{ClaimedStep, SourceError, Store, StoreError};
 use time::OffsetDateTime;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::probe::Prober;
@@ -22,9 +23,11 @@ use crate::probe::Prober;
 /// Another node takes the step over when it runs out (the embedded store gives every
 /// lease back at start).
 const LEASE: Duration = Duration::from_secs(15 * 60);
-/// Streams whose next step is taken at once: files are read one or two at a time, so that
-/// ffprobe never takes every core from the hooks, which media servers wait for.
-const STREAMS_AT_ONCE: u32 = 2;
+/// Streams whose next step one round takes.
+const STREAMS_AT_ONCE: u32 = 64;
+/// Files read at once: ffprobe must never take every core from the hooks, which media
+/// servers wait for.
+const FILES_AT_ONCE: usize = 2;
 /// When ffprobe cannot run, or the store fails, a step is tried again after this.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// The longest sleep when nothing is due: a fallback for a wake-up another node missed.
@@ -39,6 +42,15 @@ pub struct Tracker {
     hooks: Arc<Notify>,
     /// Signalled after ingest, for the delivery worker.
     deliveries: Arc<Notify>,
+    /// Turns to read a file ([`FILES_AT_ONCE`]).
+    files: Semaphore,
+}
+
+/// A step read: its events, ready to ingest.
+struct ReadStep {
+    id: i64,
+    source: RecordingSource,
+    events: Vec<DerivedEvent>,
 }
 
 impl Tracker {
@@ -53,6 +65,7 @@ impl Tracker {
             prober,
             hooks,
             deliveries,
+            files: Semaphore::new(FILES_AT_ONCE),
         }
     }
 
@@ -99,7 +112,9 @@ impl Tracker {
     }
 
     /// Ends the sessions whose pause is over, then takes the next step of each stream
-    /// that has one due. True when it did anything (there may be more).
+    /// that has one due: reads their files, ingests all their events in one commit per
+    /// project (and app), and marks them done in one more. True when it did anything
+    /// (there may be more).
     async fn round(&self, now: OffsetDateTime) -> Result<bool, StoreError> {
         let ended = self.store.end_paused_sessions(now).await?;
         let claimed = self
@@ -107,34 +122,70 @@ impl Tracker {
             .claim_steps(now, now + LEASE, STREAMS_AT_ONCE)
             .await?;
         let took = claimed.len();
-        let steps = claimed.into_iter().map(|c| self.take(c));
-        futures_util::future::join_all(steps).await;
+        let read = futures_util::future::join_all(claimed.into_iter().map(|c| self.read(c))).await;
+        // One ingest per project and target: its events are of different streams (a round
+        // takes one step per stream), so their order among each other does not matter.
+        let mut groups: Vec<(ProjectId, SourceTarget, Vec<DerivedEvent>, Vec<i64>)> = Vec::new();
+        for step in read.into_iter().flatten() {
+            let (project, target) = (&step.source.project_id, &step.source.spec.target);
+            match groups
+                .iter_mut()
+                .find(|(p, t, _, _)| p == project && t == target)
+            {
+                Some((_, _, events, ids)) => {
+                    events.extend(step.events);
+                    ids.push(step.id);
+                }
+                None => groups.push((project.clone(), target.clone(), step.events, vec![step.id])),
+            }
+        }
+        let now = OffsetDateTime::now_utc();
+        let mut done = Vec::with_capacity(took);
+        for (project, target, events, ids) in groups {
+            match self.ingest(&project, &target, events, now).await {
+                Ok(()) => done.extend(ids),
+                Err(e) => {
+                    tracing::warn!(project = %project, error = %e, "recordings: ingesting steps' events failed");
+                    for id in ids {
+                        self.postpone(id).await;
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.store.finish_steps(&done, now).await {
+            // Their leases run out and they are taken again; their events are accepted once.
+            tracing::warn!(error = %e, "recordings: marking steps done failed");
+        }
         Ok(ended > 0 || took > 0)
     }
 
-    /// Takes one step: reads its file if it has one, ingests its events, marks it done.
-    async fn take(&self, claimed: ClaimedStep) {
+    /// Reads a step's file if it has one (at most [`FILES_AT_ONCE`] at a time) and makes
+    /// its events. `None` when the step must wait (ffprobe cannot run): it is postponed.
+    async fn read(&self, claimed: ClaimedStep) -> Option<ReadStep> {
         let ClaimedStep { id, source, step } = claimed;
         let outcome = match (step.kind, &step.path) {
             (StepKind::File, Some(path)) => {
-                match self.prober.read(&source.spec.record_dir, path).await {
+                let read = async {
+                    let _turn = self.files.acquire().await;
+                    self.prober.read(&source.spec.record_dir, path).await
+                };
+                match read.await {
                     Ok(outcome) => Some(outcome),
                     Err(unavailable) => {
                         tracing::warn!(source = %source.id, file = %path, error = %unavailable,
                             "recordings: the file waits until ffprobe can be run");
                         self.postpone(id).await;
-                        return;
+                        return None;
                     }
                 }
             }
             _ => None,
         };
-        let now = OffsetDateTime::now_utc();
         if let (Some(FileOutcome::Failed(why)), Some(path)) = (&outcome, &step.path) {
             tracing::warn!(source = %source.id, file = %path, reason = %why, "recordings: a file cannot be reported");
             metrics::counter!("herald_recording_files_failed_total").increment(1);
             let error = SourceError {
-                at: now,
+                at: OffsetDateTime::now_utc(),
                 file: path.clone(),
                 message: why.clone(),
             };
@@ -142,62 +193,50 @@ impl Tracker {
                 tracing::warn!(error = %e, "recordings: noting a source's error failed");
             }
         }
-        let events = match events_of(&source, &step, outcome.as_ref()) {
-            Ok(events) => events,
-            Err(e) => {
-                // The hook's names broke an event rule; no retry can change that.
-                tracing::error!(source = %source.id, error = %e, "recordings: the step makes no valid event");
-                Vec::new()
-            }
-        };
-        match self
-            .ingest(&source.project_id, &source.spec.target, events, now)
-            .await
-        {
-            Ok(()) => {
-                if let Err(e) = self.store.finish_step(id, now).await {
-                    tracing::warn!(error = %e, "recordings: marking a step done failed");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(source = %source.id, error = %e, "recordings: ingesting a step's events failed");
-                self.postpone(id).await;
-            }
-        }
+        let events = events_of(&source, &step, outcome.as_ref()).unwrap_or_else(|e| {
+            // The hook's names broke an event rule; no retry can change that.
+            tracing::error!(source = %source.id, error = %e, "recordings: the step makes no valid event");
+            Vec::new()
+        });
+        Some(ReadStep { id, source, events })
     }
 
+    /// Ingests one target's events in one commit.
     async fn ingest(
         &self,
-        project: &herald_core::project::ProjectId,
+        project: &ProjectId,
         target: &SourceTarget,
         events: Vec<DerivedEvent>,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
+        let (mut live, mut rtc) = (Vec::new(), Vec::new());
         for event in events {
-            match (event, target) {
-                (DerivedEvent::Live(id, event), _) => {
-                    self.store.ingest_live(project, &[(id, event)], now).await?;
-                    metrics::counter!("herald_events_accepted_total", "flavour" => "live")
-                        .increment(1);
-                }
-                (DerivedEvent::Rtc(id, event), SourceTarget::Rtc { app_id }) => {
-                    let accepted = self
-                        .store
-                        .ingest_rtc(project, app_id, &[(id, event)], now)
-                        .await?;
-                    if accepted.is_none() {
-                        tracing::warn!(
-                            app_id = app_id.as_str(),
-                            "recordings: the source's app is gone; its event is dropped"
-                        );
-                    }
-                    metrics::counter!("herald_events_accepted_total", "flavour" => "rtc")
-                        .increment(1);
-                }
-                (DerivedEvent::Rtc(..), SourceTarget::Live { .. }) => {}
+            match event {
+                DerivedEvent::Live(id, event) => live.push((id, event)),
+                DerivedEvent::Rtc(id, event) => rtc.push((id, event)),
             }
-            self.deliveries.notify_one();
         }
+        if !live.is_empty() {
+            self.store.ingest_live(project, &live, now).await?;
+            metrics::counter!("herald_events_accepted_total", "flavour" => "live")
+                .increment(live.len() as u64);
+        }
+        if let (false, SourceTarget::Rtc { app_id }) = (rtc.is_empty(), target) {
+            if self
+                .store
+                .ingest_rtc(project, app_id, &rtc, now)
+                .await?
+                .is_none()
+            {
+                tracing::warn!(
+                    app_id = app_id.as_str(),
+                    "recordings: the source's app is gone; its events are dropped"
+                );
+            }
+            metrics::counter!("herald_events_accepted_total", "flavour" => "rtc")
+                .increment(rtc.len() as u64);
+        }
+        self.deliveries.notify_one();
         Ok(())
     }
 

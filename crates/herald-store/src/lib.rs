@@ -403,8 +403,8 @@ pub trait RecordingSources {
         lease_until: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<ClaimedStep>, StoreError>;
-    /// Marks a step done; the stream's next step becomes its head.
-    async fn finish_step(&self, id: i64, now: OffsetDateTime) -> Result<(), StoreError>;
+    /// Marks steps done, in one commit; each one's stream's next step becomes its head.
+    async fn finish_steps(&self, ids: &[i64], now: OffsetDateTime) -> Result<(), StoreError>;
     /// Gives a step back, to be taken again at `due_at` (ffprobe missing, say).
     async fn postpone_step(&self, id: i64, due_at: OffsetDateTime) -> Result<(), StoreError>;
     /// Records the last file a source could not report, for its status.

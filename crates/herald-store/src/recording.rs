@@ -479,20 +479,23 @@ where
         Ok(claimed)
     }
 
-    async fn finish_step(&self, id: i64, now: OffsetDateTime) -> Result<(), StoreError> {
+    async fn finish_steps(&self, ids: &[i64], now: OffsetDateTime) -> Result<(), StoreError> {
         let mut w = self.tracker_tx().await?;
-        // A step without a hook key can never be repeated: it need not be kept.
-        sqlx::query("DELETE FROM record_steps WHERE id = $1 AND hook_key IS NULL RETURNING id")
+        for &id in ids {
+            // A step without a hook key can never be repeated: it need not be kept.
+            sqlx::query("DELETE FROM record_steps WHERE id = $1 AND hook_key IS NULL RETURNING id")
+                .bind(id)
+                .fetch_optional(&mut *w.tx)
+                .await?;
+            sqlx::query(
+                "UPDATE record_steps SET done_at_ms = $2, lease_until_ms = NULL \
+                 WHERE id = $1 RETURNING id",
+            )
             .bind(id)
+            .bind(unix_ms(now))
             .fetch_optional(&mut *w.tx)
             .await?;
-        sqlx::query(
-            "UPDATE record_steps SET done_at_ms = $2, lease_until_ms = NULL WHERE id = $1 RETURNING id",
-        )
-        .bind(id)
-        .bind(unix_ms(now))
-        .fetch_optional(&mut *w.tx)
-        .await?;
+        }
         w.tx.commit().await?;
         Ok(())
     }

@@ -143,7 +143,7 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
         store.claim_steps(t0, lease, 10).await.unwrap().is_empty(),
         "leased heads block their streams"
     );
-    store.finish_step(first[0].id, t0).await.unwrap();
+    store.finish_steps(&[first[0].id], t0).await.unwrap();
     let next = store.claim_steps(t0, lease, 10).await.unwrap();
     assert_eq!(kinds(&next), [("a".into(), StepKind::FileStart)]);
     assert_eq!(next[0].step.file_no, 1);
@@ -174,7 +174,7 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
         ]
     );
     for step in &retaken {
-        store.finish_step(step.id, t1).await.unwrap();
+        store.finish_steps(&[step.id], t1).await.unwrap();
     }
     // Across streams, oldest first.
     let file = store.claim_steps(t1, lease, 10).await.unwrap();
@@ -185,7 +185,7 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
             ("a".into(), StepKind::File)
         ]
     );
-    store.finish_step(file[0].id, t1).await.unwrap();
+    store.finish_steps(&[file[0].id], t1).await.unwrap();
     store.postpone_step(file[1].id, t1 + secs(5)).await.unwrap();
     assert_eq!(
         store.next_recording_wake(t1).await.unwrap(),
@@ -200,7 +200,7 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
         .unwrap();
     assert_eq!(kinds(&file), [("a".into(), StepKind::File)]);
     assert_eq!(file[0].step.path.as_deref(), Some("/rec/a-1.flv"));
-    store.finish_step(file[0].id, over_at).await.unwrap();
+    store.finish_steps(&[file[0].id], over_at).await.unwrap();
     let last = store
         .claim_steps(over_at, over_at + secs(60), 10)
         .await
@@ -210,7 +210,7 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
         [("a".into(), StepKind::FileStart)],
         "opened after the file"
     );
-    store.finish_step(last[0].id, over_at).await.unwrap();
+    store.finish_steps(&[last[0].id], over_at).await.unwrap();
     assert_eq!(store.end_paused_sessions(over_at).await.unwrap(), 1);
     let over = store
         .claim_steps(over_at, over_at + secs(60), 10)
