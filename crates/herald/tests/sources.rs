@@ -482,6 +482,8 @@ async fn hostile_hooks_are_failed_without_opening_anything_outside_and_repeats_c
     let good = dir.join("cam-1.flv");
     media::write_recording(&good, Format::Flv, 2).await;
     std::fs::write(dir.join("notes.txt"), "not a recording\n").unwrap();
+    let stub = dir.join("cam-2.flv");
+    media::write_frameless_flv(&stub).await;
     std::os::unix::fs::symlink("/etc/hostname", dir.join("escape.flv")).unwrap();
     let post = |body: String| {
         let (http, hook) = (live.server.http.clone(), hook.clone());
@@ -519,6 +521,8 @@ async fn hostile_hooks_are_failed_without_opening_anything_outside_and_repeats_c
     let good_hook = done(good.to_str().unwrap());
     assert_eq!(post(good_hook.clone()).await, 200);
     assert_eq!(post(good_hook).await, 200, "a repeated hook is answered");
+    // A file without a frame is neither complete nor failed: it is not reported.
+    assert_eq!(post(done(stub.to_str().unwrap())).await, 200);
     // A publisher's own `name=`/`path=` after the module's are not the module's.
     assert_eq!(
         post(format!(

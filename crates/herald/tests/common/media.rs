@@ -295,6 +295,18 @@ pub async fn write_recording(path: &Path, format: Format, seconds: u32) {
     ffmpeg(&args).await;
 }
 
+/// Writes an FLV file with its stream headers and not a single frame, like the stub
+/// nginx-rtmp leaves when a publish ends just as a new file begins.
+pub async fn write_frameless_flv(path: &Path) {
+    let args = format!(
+        "-f lavfi -i {VIDEO_SOURCE} -f lavfi -i {AUDIO_SOURCE} -frames:v 0 -t 0 \
+         -c:v libx264 -c:a aac -f flv -y"
+    );
+    let mut args: Vec<String> = args.split_whitespace().map(str::to_owned).collect();
+    args.push(path.to_str().unwrap().to_owned());
+    ffmpeg(&args).await;
+}
+
 /// The container's duration in seconds, as ffprobe reads it.
 pub async fn ffprobe_duration(path: &Path) -> f64 {
     let output = Command::new(program("ffprobe"))
