@@ -48,6 +48,7 @@ async fn run_suite(store: &dyn Store) {
     tokens(store).await;
     live_configs(store).await;
     ingest_matches_and_is_idempotent(store).await;
+    concurrent_ingests_are_each_accepted_once(store).await;
     claim_leases_each_due_delivery_once(store).await;
     each_stream_is_delivered_in_acceptance_order(store).await;
     completions_count_only_under_a_live_lease(store).await;
@@ -897,6 +898,53 @@ async fn drain(store: &dyn Store, at: OffsetDateTime) {
 /// subscription and URL decide, another project's configs never match. Idempotency
 /// (SPEC §4): a repeated `event_id` (across calls or inside one batch) gets the first
 /// answer and creates nothing, while the same id in another project is a new event.
+/// Ingests that arrive together (the embedded store commits them together) are each
+/// accepted, and an `event_id` sent by two of them at once is accepted once.
+async fn concurrent_ingests_are_each_accepted_once(store: &dyn Store) {
+    assert_idle(store).await;
+    let t0 = datetime!(2026-12-01 11:00:00 UTC);
+    let domain = "together.example.com";
+    add_config(
+        store,
+        "q-together",
+        "tog-config",
+        json!({"publish_domain": domain, "app": "*",
+               "notify_callback_url": "https://together.example.com/cb"}),
+        t0,
+    )
+    .await;
+    let project = project("q-together");
+    let ingests = (0..60).map(|i| {
+        let one = [event(
+            &format!("tog-{}", i % 30),
+            "RECORD_FILE_COMPLETE",
+            domain,
+            "live",
+            &format!("s{}", i % 3),
+        )];
+        let project = &project;
+        async move { store.ingest_live(project, &one, t0).await }
+    });
+    for answer in futures_util::future::join_all(ingests).await {
+        let answer = answer.unwrap();
+        assert_eq!(answer.len(), 1);
+        assert_eq!(answer[0].deliveries, 1, "{}", answer[0].event_id);
+    }
+    let (total, _) = store
+        .list_deliveries(
+            &project,
+            &DeliveryFilter::default(),
+            Page {
+                offset: 0,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(total, 30);
+    drain(store, t0).await;
+}
+
 async fn ingest_matches_and_is_idempotent(store: &dyn Store) {
     assert_idle(store).await;
     let t0 = datetime!(2026-12-01 10:00:00 UTC);

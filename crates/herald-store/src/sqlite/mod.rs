@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::secrets::MasterKey;
@@ -14,6 +15,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::StoreError;
 
+mod group_commit;
 mod queue;
 
 /// File name of the database inside the data directory.
@@ -36,7 +38,9 @@ pub struct SqliteStore {
     /// idle latency under load, and no fairness between ingest and the workers. Writers
     /// in this process queue here instead, first come first served, and the busy timeout
     /// is left for other processes (the CLI).
-    write_gate: tokio::sync::Mutex<()>,
+    write_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Ingest's writer: concurrent ingests share one commit (see [`group_commit`]).
+    ingest_commits: group_commit::IngestCommits,
 }
 
 impl SqliteStore {
@@ -58,11 +62,13 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.synchronous(SqliteSynchronous::Normal))
             .await?;
+        let write_gate = Arc::new(tokio::sync::Mutex::new(()));
         Ok(Self {
+            ingest_commits: group_commit::IngestCommits::start(pool.clone(), write_gate.clone()),
             pool,
             queue_pool,
             master,
-            write_gate: tokio::sync::Mutex::new(()),
+            write_gate,
         })
     }
 

@@ -211,6 +211,51 @@ async fn accept(
     Ok(())
 }
 
+/// Accepts Live events inside `tx` (one ingest of [`super::group_commit`]'s commit).
+pub(super) async fn ingest_live_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    project: &ProjectId,
+    events: &[(EventId, LiveEvent)],
+    now: OffsetDateTime,
+) -> Result<Vec<Accepted>, StoreError> {
+    let mut answers = earlier_answers(tx, project, events.iter().map(|(id, _)| id)).await?;
+    let mut candidates_by_key = HashMap::new();
+    for key in live_match_keys(events, &answers) {
+        candidates_by_key.insert(key, candidates(tx, project, key.0, key.1).await?);
+    }
+    let accepting = plan_live(events, &mut answers, &candidates_by_key)?;
+    accept(tx, project, Flavour::Live, accepting, unix_ms(now)).await?;
+    Ok(answers_in_order(events.iter().map(|(id, _)| id), &answers))
+}
+
+/// Accepts an RTC app's events inside `tx`; `None` when there is no such app.
+pub(super) async fn ingest_rtc_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    project: &ProjectId,
+    app_id: &AppId,
+    events: &[(EventId, RtcEvent)],
+    now: OffsetDateTime,
+) -> Result<Option<Vec<Accepted>>, StoreError> {
+    let app: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT callback_url, notify_event_subscription FROM rtc_apps WHERE project_id = ? AND app_id = ?",
+    )
+    .bind(project.as_str())
+    .bind(app_id.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((url, subscription)) = app else {
+        return Ok(None);
+    };
+    let callback = RtcCallback::from_columns(app_id.as_str(), url, subscription.as_deref())?;
+    let mut answers = earlier_answers(tx, project, events.iter().map(|(id, _)| id)).await?;
+    let accepting = plan_rtc(events, &mut answers, app_id.as_str(), callback.as_ref())?;
+    accept(tx, project, Flavour::Rtc, accepting, unix_ms(now)).await?;
+    Ok(Some(answers_in_order(
+        events.iter().map(|(id, _)| id),
+        &answers,
+    )))
+}
+
 #[async_trait]
 impl DeliveryQueue for SqliteStore {
     /// Set-based, so a batch of any size costs a fixed handful of statements: earlier
@@ -222,17 +267,9 @@ impl DeliveryQueue for SqliteStore {
         events: &[(EventId, LiveEvent)],
         now: OffsetDateTime,
     ) -> Result<Vec<Accepted>, StoreError> {
-        let (_gate, mut tx) = self.begin_write(&self.pool).await?;
-        let mut answers =
-            earlier_answers(&mut tx, project, events.iter().map(|(id, _)| id)).await?;
-        let mut candidates_by_key = HashMap::new();
-        for key in live_match_keys(events, &answers) {
-            candidates_by_key.insert(key, candidates(&mut tx, project, key.0, key.1).await?);
-        }
-        let accepting = plan_live(events, &mut answers, &candidates_by_key)?;
-        accept(&mut tx, project, Flavour::Live, accepting, unix_ms(now)).await?;
-        tx.commit().await?;
-        Ok(answers_in_order(events.iter().map(|(id, _)| id), &answers))
+        self.ingest_commits
+            .live(project.clone(), events.to_vec(), now)
+            .await
     }
 
     async fn ingest_rtc(
@@ -242,27 +279,9 @@ impl DeliveryQueue for SqliteStore {
         events: &[(EventId, RtcEvent)],
         now: OffsetDateTime,
     ) -> Result<Option<Vec<Accepted>>, StoreError> {
-        let (_gate, mut tx) = self.begin_write(&self.pool).await?;
-        let app: Option<(Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT callback_url, notify_event_subscription FROM rtc_apps WHERE project_id = ? AND app_id = ?",
-        )
-        .bind(project.as_str())
-        .bind(app_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((url, subscription)) = app else {
-            return Ok(None);
-        };
-        let callback = RtcCallback::from_columns(app_id.as_str(), url, subscription.as_deref())?;
-        let mut answers =
-            earlier_answers(&mut tx, project, events.iter().map(|(id, _)| id)).await?;
-        let accepting = plan_rtc(events, &mut answers, app_id.as_str(), callback.as_ref())?;
-        accept(&mut tx, project, Flavour::Rtc, accepting, unix_ms(now)).await?;
-        tx.commit().await?;
-        Ok(Some(answers_in_order(
-            events.iter().map(|(id, _)| id),
-            &answers,
-        )))
+        self.ingest_commits
+            .rtc(project.clone(), app_id.clone(), events.to_vec(), now)
+            .await
     }
 
     async fn claim_due_deliveries(

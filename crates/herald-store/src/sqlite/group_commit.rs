@@ -1,0 +1,170 @@
+//! Group commit of ingest on the embedded store.
+//!
+//! Every ingest must be on disk before its 202 (`synchronous=FULL`), and SQLite writes one
+//! transaction at a time: one commit per request made concurrent requests queue for one
+//! flush to disk each. Here one task commits: it takes every ingest waiting (up to
+//! [`MOST_PER_COMMIT`]) into one transaction, each in a savepoint of its own, and answers
+//! each once the transaction that holds it is durable. A lone request is committed at once,
+//! as before; a burst shares one flush. One ingest that fails is rolled back to its
+//! savepoint and answered with its error; the others commit.
+
+use herald_core::event::{EventId, LiveEvent, RtcEvent};
+use herald_core::project::ProjectId;
+use herald_core::rtc::AppId;
+use sqlx::{Sqlite, SqlitePool, Transaction};
+use std::sync::Arc;
+use time::OffsetDateTime;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::queue::{ingest_live_in, ingest_rtc_in};
+use crate::{Accepted, StoreError};
+
+/// Most ingests one commit takes.
+const MOST_PER_COMMIT: usize = 256;
+
+/// One ingest request, waiting for its commit.
+enum Ingest {
+    Live {
+        project: ProjectId,
+        events: Vec<(EventId, LiveEvent)>,
+        now: OffsetDateTime,
+        reply: oneshot::Sender<Result<Vec<Accepted>, StoreError>>,
+    },
+    Rtc {
+        project: ProjectId,
+        app_id: AppId,
+        events: Vec<(EventId, RtcEvent)>,
+        now: OffsetDateTime,
+        reply: oneshot::Sender<Result<Option<Vec<Accepted>>, StoreError>>,
+    },
+}
+
+/// What an ingest came to inside the shared transaction, before the commit.
+enum Outcome {
+    Live(Result<Vec<Accepted>, StoreError>),
+    Rtc(Result<Option<Vec<Accepted>>, StoreError>),
+}
+
+/// Where ingests wait for the committing task; it ends when this is dropped.
+pub(super) struct IngestCommits(mpsc::Sender<Ingest>);
+
+fn stopped() -> StoreError {
+    StoreError::Database(sqlx::Error::WorkerCrashed)
+}
+
+impl IngestCommits {
+    /// Starts the committing task on `pool`, writing in turn with the store's other
+    /// writers behind `gate`.
+    pub(super) fn start(pool: SqlitePool, gate: Arc<Mutex<()>>) -> Self {
+        let (tx, rx) = mpsc::channel(4 * MOST_PER_COMMIT);
+        tokio::spawn(commit_ingests(pool, gate, rx));
+        Self(tx)
+    }
+
+    pub(super) async fn live(
+        &self,
+        project: ProjectId,
+        events: Vec<(EventId, LiveEvent)>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Accepted>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let ingest = Ingest::Live {
+            project,
+            events,
+            now,
+            reply,
+        };
+        self.0.send(ingest).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    pub(super) async fn rtc(
+        &self,
+        project: ProjectId,
+        app_id: AppId,
+        events: Vec<(EventId, RtcEvent)>,
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<Accepted>>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let ingest = Ingest::Rtc {
+            project,
+            app_id,
+            events,
+            now,
+            reply,
+        };
+        self.0.send(ingest).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn commit_ingests(pool: SqlitePool, gate: Arc<Mutex<()>>, mut rx: mpsc::Receiver<Ingest>) {
+    let mut waiting = Vec::with_capacity(MOST_PER_COMMIT);
+    while rx.recv_many(&mut waiting, MOST_PER_COMMIT).await > 0 {
+        let outcomes = {
+            let _turn = gate.lock().await;
+            commit(&pool, &waiting).await
+        };
+        match outcomes {
+            Ok(outcomes) => {
+                for (ingest, outcome) in waiting.drain(..).zip(outcomes) {
+                    // A client that has gone away gets no answer; its events are in.
+                    match (ingest, outcome) {
+                        (Ingest::Live { reply, .. }, Outcome::Live(r)) => drop(reply.send(r)),
+                        (Ingest::Rtc { reply, .. }, Outcome::Rtc(r)) => drop(reply.send(r)),
+                        // `commit` makes each outcome from its own ingest, so no other pair
+                        // occurs; a dropped reply would answer "stopped".
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => {
+                // Nothing was committed: every ingest of the batch is refused with the cause.
+                let cause = e.to_string();
+                let failed = || StoreError::Database(sqlx::Error::Protocol(cause.clone()));
+                for ingest in waiting.drain(..) {
+                    match ingest {
+                        Ingest::Live { reply, .. } => drop(reply.send(Err(failed()))),
+                        Ingest::Rtc { reply, .. } => drop(reply.send(Err(failed()))),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs every waiting ingest in one transaction, each in its own savepoint, and commits.
+async fn commit(pool: &SqlitePool, waiting: &[Ingest]) -> Result<Vec<Outcome>, StoreError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut outcomes = Vec::with_capacity(waiting.len());
+    for ingest in waiting {
+        sqlx::query("SAVEPOINT ingest").execute(&mut *tx).await?;
+        let outcome = match ingest {
+            Ingest::Live {
+                project,
+                events,
+                now,
+                ..
+            } => Outcome::Live(ingest_live_in(&mut tx, project, events, *now).await),
+            Ingest::Rtc {
+                project,
+                app_id,
+                events,
+                now,
+                ..
+            } => Outcome::Rtc(ingest_rtc_in(&mut tx, project, app_id, events, *now).await),
+        };
+        if matches!(&outcome, Outcome::Live(Err(_)) | Outcome::Rtc(Err(_))) {
+            undo(&mut tx).await?;
+        }
+        sqlx::query("RELEASE ingest").execute(&mut *tx).await?;
+        outcomes.push(outcome);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+async fn undo(tx: &mut Transaction<'_, Sqlite>) -> Result<(), StoreError> {
+    sqlx::query("ROLLBACK TO ingest").execute(&mut **tx).await?;
+    Ok(())
+}
