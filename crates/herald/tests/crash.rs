@@ -31,8 +31,11 @@ const ENV: &[(&str, &str)] = &[
 ];
 const ARGS: &[&str] = &["--allow-private-targets"];
 
-/// Most events one ingest phase sends, so the test's backlog stays small.
-const PHASE_EVENTS: u32 = 2000;
+/// Most events one client sends in one phase, so the test's backlog stays small.
+const PHASE_EVENTS: u32 = 600;
+/// Clients ingesting at once in each phase: the embedded store commits concurrent ingests
+/// together, so the kill finds commits shared by several requests.
+const CLIENTS: usize = 4;
 
 /// Sends batches of fresh events until `stop` (or [`PHASE_EVENTS`]), recording the ids
 /// that got a 202.
@@ -42,7 +45,7 @@ async fn ingest_until(
     token: String,
     stop: Arc<AtomicBool>,
     accepted: Arc<Mutex<HashSet<String>>>,
-    prefix: &'static str,
+    prefix: String,
 ) {
     let mut n = 0u32;
     while !stop.load(Ordering::SeqCst) && n < PHASE_EVENTS {
@@ -72,6 +75,34 @@ async fn ingest_until(
     }
 }
 
+/// [`CLIENTS`] clients running [`ingest_until`] at once; the handle ends when all have.
+fn ingest_phase(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    stop: &Arc<AtomicBool>,
+    accepted: &Arc<Mutex<HashSet<String>>>,
+    phase: &str,
+) -> tokio::task::JoinHandle<()> {
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|k| {
+            tokio::spawn(ingest_until(
+                http.clone(),
+                base.to_owned(),
+                token.to_owned(),
+                stop.clone(),
+                accepted.clone(),
+                format!("{phase}{k}"),
+            ))
+        })
+        .collect();
+    tokio::spawn(async move {
+        for client in clients {
+            client.await.unwrap();
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_accepted_is_lost_to_kill_9() {
     // A slowish receiver keeps many callbacks on the wire when the kill comes.
@@ -95,14 +126,7 @@ async fn nothing_accepted_is_lost_to_kill_9() {
 
     let accepted = Arc::new(Mutex::new(HashSet::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let ingest = tokio::spawn(ingest_until(
-        http.clone(),
-        base.clone(),
-        token.clone(),
-        stop.clone(),
-        accepted.clone(),
-        "before",
-    ));
+    let ingest = ingest_phase(&http, &base, &token, &stop, &accepted, "before");
     // Kill once deliveries are flowing and ingest is in full swing.
     receiver.wait_for(100, Duration::from_secs(30)).await;
     first.kill().await.unwrap();
@@ -114,14 +138,7 @@ async fn nothing_accepted_is_lost_to_kill_9() {
 
     let (_second, base) = spawn_serve(data_dir.path(), ARGS, ENV, Stdio::null()).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let ingest = tokio::spawn(ingest_until(
-        http,
-        base,
-        token,
-        stop.clone(),
-        accepted.clone(),
-        "after",
-    ));
+    let ingest = ingest_phase(&http, &base, &token, &stop, &accepted, "after");
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     ingest.await.unwrap();
