@@ -175,4 +175,25 @@ async fn nothing_accepted_is_lost_to_kill_9() {
         duplicates.len(),
         unexpected.len(),
     );
+    // Every callback is an accepted event, a re-sent one, or one of a request that died
+    // with the server: at most one request (20 events) per client was in flight then.
+    let resent: usize = duplicates.iter().map(|(_, at)| at.len() - 1).sum();
+    assert_eq!(delivered.len(), arrivals.len() + resent);
+    assert!(
+        unexpected.len() <= CLIENTS * 20,
+        "{} events were delivered that no client saw accepted",
+        unexpected.len()
+    );
+    for id in &unexpected {
+        assert!(
+            id.starts_with("before"),
+            "{id}: only a request cut by the kill may lose its 202"
+        );
+    }
+    // Re-sent are only the callbacks in flight at the kill, which the limits bound.
+    assert!(
+        duplicates.len() <= 512,
+        "{} duplicates: more than can be in flight",
+        duplicates.len()
+    );
 }
