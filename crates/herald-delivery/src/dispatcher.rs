@@ -644,10 +644,7 @@ mod tests {
     }
 
     async fn postgres() -> Option<(PgStore, TestSchema)> {
-        let Some(schema) = TestSchema::create().await else {
-            eprintln!("HERALD_TEST_DATABASE_URL is unset: PostgreSQL test skipped");
-            return None;
-        };
+        let schema = TestSchema::create().await?;
         let store = PgStore::open(&schema.settings(4), MasterKey::generate().0)
             .await
             .unwrap();

@@ -2365,10 +2365,7 @@ async fn sqlite_refuses_secrets_under_another_master_key() {
 
 /// A fresh PostgreSQL store, or `None` (the test skips) without `HERALD_TEST_DATABASE_URL`.
 async fn postgres(master: MasterKey) -> Option<(PgStore, TestSchema)> {
-    let Some(schema) = TestSchema::create().await else {
-        eprintln!("HERALD_TEST_DATABASE_URL is unset: PostgreSQL test skipped");
-        return None;
-    };
+    let schema = TestSchema::create().await?;
     let store = PgStore::open(&schema.settings(4), master).await.unwrap();
     Some((store, schema))
 }
