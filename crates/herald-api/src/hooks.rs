@@ -4,10 +4,8 @@
 //! answered once the session state it changes is durable, and the tracker does the rest —
 //! reading files, ending sessions — after the answer, because media servers wait for it
 //! (nginx-rtmp holds a publish until `on_publish` answers) and none of them retries.
-//! Hooks that arrive while a commit is under way share the next one ([`HookQueue`]): a
-//! burst of hooks costs one flush to disk, not one each.
-
-use std::sync::Arc;
+//! (On the embedded store, hooks that arrive while a commit is under way share the next
+//! one: a burst of hooks costs one flush to disk, not one each.)
 
 use axum::Json;
 use axum::Router;
@@ -16,11 +14,9 @@ use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::routing::post;
 use herald_core::hook::{self, HookCall};
 use herald_core::secrets::token_digest;
-use herald_core::source::{Engine, RecordingSource};
-use herald_store::Store;
+use herald_core::source::Engine;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -29,82 +25,6 @@ use crate::error::ApiError;
 const MAX_HOOK_BYTES: usize = 64 * 1024;
 
 const HOOK: &str = "hook";
-/// Most hooks one commit applies.
-const MOST_PER_COMMIT: usize = 256;
-
-/// A hook waiting for the commit that applies it.
-struct Pending {
-    source: RecordingSource,
-    call: HookCall,
-    /// How many steps it queued, or why the commit failed.
-    applied: oneshot::Sender<Result<usize, String>>,
-}
-
-/// Where hooks wait for their commit. One task commits: it takes every hook waiting (up to
-/// [`MOST_PER_COMMIT`]) into one transaction, answers each once it is durable, then wakes
-/// the tracker. A lone hook is committed at once, as it would be without the queue.
-#[derive(Clone)]
-pub struct HookQueue(mpsc::Sender<Pending>);
-
-impl HookQueue {
-    /// Starts the committing task; it ends when the last queue handle is dropped.
-    pub fn start(store: Arc<dyn Store>, tracker: Arc<Notify>) -> Self {
-        let (tx, rx) = mpsc::channel(4 * MOST_PER_COMMIT);
-        tokio::spawn(commit_hooks(store, tracker, rx));
-        Self(tx)
-    }
-
-    /// Applies a hook; returns once its change is durable.
-    async fn apply(&self, source: RecordingSource, call: HookCall) -> Result<usize, ApiError> {
-        let (applied, answer) = oneshot::channel();
-        let pending = Pending {
-            source,
-            call,
-            applied,
-        };
-        self.0
-            .send(pending)
-            .await
-            .map_err(|_| ApiError::internal("the hook committer has stopped"))?;
-        answer
-            .await
-            .map_err(|_| ApiError::internal("the hook committer has stopped"))?
-            .map_err(ApiError::Internal)
-    }
-}
-
-async fn commit_hooks(
-    store: Arc<dyn Store>,
-    tracker: Arc<Notify>,
-    mut rx: mpsc::Receiver<Pending>,
-) {
-    let mut batch = Vec::with_capacity(MOST_PER_COMMIT);
-    while rx.recv_many(&mut batch, MOST_PER_COMMIT).await > 0 {
-        let hooks: Vec<(RecordingSource, HookCall)> = batch
-            .iter()
-            .map(|p| (p.source.clone(), p.call.clone()))
-            .collect();
-        let result = store.apply_hooks(&hooks, OffsetDateTime::now_utc()).await;
-        // Even a hook that queued no step may have set a pause's end, which the tracker
-        // must now wake for.
-        tracker.notify_one();
-        match result {
-            Ok(queued) => {
-                for (pending, n) in batch.drain(..).zip(queued) {
-                    // The client may have gone; its hook is applied all the same.
-                    let _ = pending.applied.send(Ok(n));
-                }
-            }
-            Err(e) => {
-                let cause = e.to_string();
-                for pending in batch.drain(..) {
-                    let _ = pending.applied.send(Err(cause.clone()));
-                }
-            }
-        }
-    }
-}
-
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/hooks/{engine}/{secret}", post(receive))
@@ -162,9 +82,15 @@ async fn take(
     if call == HookCall::Ignored {
         return Ok(false);
     }
-    let source_id = source.id.clone();
-    let log = format!("{call:?}");
-    let queued = state.hooks.apply(source, call).await?;
-    tracing::info!(source = %source_id, call = %log, queued, "hook");
+    let hook = [(source, call)];
+    let queued = state
+        .store
+        .apply_hooks(&hook, OffsetDateTime::now_utc())
+        .await?;
+    // Even a hook that queued no step may have set a pause's end, which the tracker must
+    // now wake for.
+    state.recordings.notify_one();
+    let [(source, call)] = &hook;
+    tracing::info!(source = %source.id, ?call, queued = ?queued, "hook");
     Ok(true)
 }

@@ -66,8 +66,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Where media servers reach this server: the base of every source's hook URL.
     pub public_url: Arc<str>,
-    /// Where hooks wait for the commit that applies them.
-    pub hooks: hooks::HookQueue,
+    /// Signalled after a hook changed a recording session, so the tracker need not poll.
+    pub recordings: Arc<Notify>,
     /// Cancelled when the delivery worker stops: `/readyz` then answers 503, since
     /// events would be accepted and never delivered.
     pub worker_stopped: CancellationToken,

@@ -45,6 +45,11 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     const LOCK_ROW: &'static str;
     fn pool(&self) -> &Pool<Self::Db>;
     fn master(&self) -> &MasterKey;
+    /// Where the backend commits concurrent writers together, if it does (the embedded
+    /// store): hooks join those commits rather than each waiting for a flush of its own.
+    fn group_commits(&self) -> Option<&crate::sqlite::group_commit::IngestCommits> {
+        None
+    }
     /// A write transaction that is durable when it commits: sources, and the session
     /// changes a hook is answered after.
     async fn write_tx(&self) -> Result<WriteTx<'_, Self::Db, Self::Guard<'_>>, StoreError>;
@@ -363,6 +368,9 @@ where
         hooks: &[(RecordingSource, HookCall)],
         now: OffsetDateTime,
     ) -> Result<Vec<usize>, StoreError> {
+        if let Some(commits) = self.group_commits() {
+            return commits.hooks(hooks.to_vec(), now).await;
+        }
         // Two nodes opening one stream's session at once: the second insert conflicts,
         // and the second try finds the session the first one opened.
         let mut tries = 0;
@@ -605,7 +613,7 @@ where
 
 /// Applies one hook to its stream's session inside `tx`; returns how many steps it queued.
 /// `lock_row` is [`SqlBackend::LOCK_ROW`].
-async fn apply_in<D>(
+pub(crate) async fn apply_in<D>(
     tx: &mut sqlx::Transaction<'_, D>,
     lock_row: &str,
     source: &RecordingSource,

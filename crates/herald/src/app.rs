@@ -169,7 +169,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         metrics: metrics_handle(),
         worker_stopped: worker_stopped.clone(),
         public_url,
-        hooks: herald_api::hooks::HookQueue::start(store.clone(), recordings.clone()),
+        recordings: recordings.clone(),
     };
     let shutdown = CancellationToken::new();
     let grace = settings.shutdown_grace;

@@ -15,7 +15,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::StoreError;
 
-mod group_commit;
+pub(crate) mod group_commit;
 mod queue;
 
 /// File name of the database inside the data directory.
@@ -39,7 +39,7 @@ pub struct SqliteStore {
     /// in this process queue here instead, first come first served, and the busy timeout
     /// is left for other processes (the CLI).
     write_gate: Arc<tokio::sync::Mutex<()>>,
-    /// Ingest's writer: concurrent ingests share one commit (see [`group_commit`]).
+    /// Ingest's and hooks' writer: concurrent ones share one commit (see [`group_commit`]).
     ingest_commits: group_commit::IngestCommits,
 }
 
@@ -95,6 +95,10 @@ impl crate::recording::SqlBackend for SqliteStore {
     type Db = sqlx::Sqlite;
     type Guard<'a> = tokio::sync::MutexGuard<'a, ()>;
     const LOCK_ROW: &'static str = "";
+
+    fn group_commits(&self) -> Option<&group_commit::IngestCommits> {
+        Some(&self.ingest_commits)
+    }
 
     fn pool(&self) -> &SqlitePool {
         &self.pool
