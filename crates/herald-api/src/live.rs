@@ -4,8 +4,10 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::StatusCode;
+use herald_core::config::live::{
+    LiveCallbackConfig, LiveConfigRequest, LiveConfigSpec, PublishDomain,
+};
 use herald_core::field::FieldError;
-use herald_core::live::{LiveCallbackConfig, LiveConfigRequest, LiveConfigSpec, PublishDomain};
 use herald_core::timefmt::utc_seconds;
 use herald_store::{LiveConfigFilter, StoreError};
 use serde::Serialize;
@@ -18,7 +20,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::query::{QueryPairs, known_id, parse_page};
 
 /// A create or update body, for the OpenAPI document. Bodies are parsed by
-/// `herald_core::live::LiveConfigRequest`, which enforces the rules described here.
+/// `herald_core::config::live::LiveConfigRequest`, which enforces the rules described here.
 #[derive(ToSchema)]
 #[allow(dead_code)] // Describes the wire format only; never constructed.
 pub struct LiveConfigBody {

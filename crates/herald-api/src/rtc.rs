@@ -7,9 +7,10 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::StatusCode;
-use herald_core::event::{EventId, parse_rtc_ingest};
+use herald_core::config::rtc::{AppId, AppName, RecordCallbackRequest, RtcSubscription};
+use herald_core::event::EventId;
+use herald_core::event::rtc::parse_rtc_ingest;
 use herald_core::field::FieldError;
-use herald_core::rtc::{AppId, AppName, RecordCallbackRequest, RtcSubscription};
 use herald_core::timefmt::utc_millis;
 use herald_store::{RecordCallback, RtcApp};
 use serde::Serialize;
@@ -71,7 +72,7 @@ pub struct AppRecordCallback {
 }
 
 /// A `PUT …/record-callback` body, for the OpenAPI document; parsed by
-/// `herald_core::rtc::RecordCallbackRequest`.
+/// `herald_core::config::rtc::RecordCallbackRequest`.
 #[derive(ToSchema)]
 #[allow(dead_code)] // Describes the wire format only; never constructed.
 pub struct RecordCallbackBody {

@@ -23,7 +23,9 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use crate::event::{EventId, LiveEvent, RtcEvent};
+use crate::event::EventId;
+use crate::event::live::LiveEvent;
+use crate::event::rtc::RtcEvent;
 use crate::field::FieldError;
 use crate::hook::{HookCall, StreamKey};
 use crate::source::{RecordingSource, SourceTarget};

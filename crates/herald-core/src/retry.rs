@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::duration::parse_duration;
 use crate::field::FieldError;
 
 /// Delays before each attempt; its length is the number of attempts (SPEC §6).
@@ -25,44 +26,6 @@ impl Default for RetrySchedule {
         ];
         Self(secs.into_iter().map(Duration::from_secs).collect())
     }
-}
-
-/// The longest duration any setting may hold: ten years. Every time Herald computes from a
-/// setting (now + a delay, now − the retention) stays far inside what a date can hold.
-pub const MAX_SETTING_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
-
-/// `500ms`, `5s`, `2m`, `1h`, `1d`: a whole number and a unit, at most
-/// [`MAX_SETTING_DURATION`].
-pub fn parse_duration(field: &str, raw: &str) -> Result<Duration, FieldError> {
-    let raw = raw.trim();
-    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
-    let (number, unit) = raw.split_at(split);
-    let bad = || {
-        FieldError::new(
-            field,
-            format!("{raw:?} is not a duration like 500ms, 5s, 2m, 1h or 1d"),
-        )
-    };
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let unit_ms: u64 = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(bad()),
-    };
-    let duration = n
-        .checked_mul(unit_ms)
-        .map(Duration::from_millis)
-        .ok_or_else(bad)?;
-    if duration > MAX_SETTING_DURATION {
-        return Err(FieldError::new(
-            field,
-            format!("{raw:?} is longer than 10 years"),
-        ));
-    }
-    Ok(duration)
 }
 
 impl RetrySchedule {

@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use time::macros::format_description;
 use time::{Duration, OffsetDateTime, PrimitiveDateTime};
 
-use crate::notify::hmac_sha256_hex;
+use crate::mac::hmac_sha256_hex;
 
 pub const ALGORITHM: &str = "SDK-HMAC-SHA256";
 /// A request dated further than this from the server clock is refused.

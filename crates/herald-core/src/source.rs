@@ -7,11 +7,12 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 
+use crate::config::callback_url::CallbackUrl;
+use crate::config::live::PublishDomain;
+use crate::config::rtc::AppId;
+use crate::duration::parse_duration;
 use crate::field::{FieldError, JsonObject, check_text};
-use crate::live::{CallbackUrl, PublishDomain};
 use crate::project::ProjectId;
-use crate::retry::parse_duration;
-use crate::rtc::AppId;
 
 /// The media servers whose hooks Herald reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -2,8 +2,9 @@
 
 use std::time::Instant;
 
-use herald_core::notify::render_live;
-use herald_core::rtc::{render_rtc, rtc_signature};
+use herald_core::notification::render_live;
+use herald_core::notification::render_rtc;
+use herald_core::signing::rtc_signature;
 use herald_store::{AfterAttempt, AttemptRecord, ClaimedDelivery, Completion, Notification};
 use reqwest::header::{HeaderMap, HeaderValue};
 use time::OffsetDateTime;

@@ -468,8 +468,9 @@ mod tests {
 
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use herald_core::event::{EventId, LiveEvent};
-    use herald_core::live::{LiveCallbackConfig, LiveConfigRequest};
+    use herald_core::config::live::{LiveCallbackConfig, LiveConfigRequest};
+    use herald_core::event::EventId;
+    use herald_core::event::live::LiveEvent;
     use herald_core::project::ProjectId;
     use herald_core::secrets::MasterKey;
     use herald_store::postgres::PgStore;

@@ -5,9 +5,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use herald_core::event::{EventId, LiveEvent, RtcEvent};
-use herald_core::live::{CallbackUrl, MatchCandidate, select_config};
-use herald_core::rtc::RtcSubscription;
+use herald_core::config::callback_url::CallbackUrl;
+use herald_core::config::rtc::RtcSubscription;
+use herald_core::event::EventId;
+use herald_core::event::live::LiveEvent;
+use herald_core::event::rtc::RtcEvent;
+use herald_core::matching::{MatchCandidate, select_config, select_rtc_callback};
 use herald_core::timefmt::unix_ms;
 
 use crate::rows::{CorruptRow, Target, stored_rtc_subscription};
@@ -177,8 +180,7 @@ pub(crate) fn plan_rtc<'e>(
         if answers.contains_key(event_id.as_str()) {
             continue;
         }
-        let target = callback
-            .filter(|c| c.subscription.contains(event.event_type))
+        let target = select_rtc_callback(callback.map(|c| (&c.subscription, c)), event.event_type)
             .map(|c| (app_id.to_owned(), c.url.clone()));
         let a = Accepting::new(event_id, &event.fields, &event.stream_name, target)?;
         answers.insert(event_id.as_str().to_owned(), a.deliveries());

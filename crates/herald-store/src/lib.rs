@@ -22,11 +22,14 @@ pub mod testing;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use herald_core::event::{EventId, LiveEvent, RtcEvent};
+use herald_core::config::callback_url::CallbackUrl;
+use herald_core::config::live::LiveCallbackConfig;
+use herald_core::config::rtc::{AppId, AppName, AuthKey, RtcSubscription};
+use herald_core::event::EventId;
+use herald_core::event::live::LiveEvent;
+use herald_core::event::rtc::RtcEvent;
 use herald_core::hook::HookCall;
-use herald_core::live::{CallbackUrl, LiveCallbackConfig};
 use herald_core::project::ProjectId;
-use herald_core::rtc::{AppId, AppName, AuthKey, RtcSubscription};
 use herald_core::secrets::SealError;
 use herald_core::source::RecordingSource;
 use secrecy::SecretString;

@@ -2,10 +2,11 @@
 
 use std::collections::HashMap;
 
-use herald_core::event::{LiveEvent, RtcEvent};
-use herald_core::notify::LiveSigning;
+use herald_core::config::rtc::AuthKey;
+use herald_core::event::live::LiveEvent;
+use herald_core::event::rtc::RtcEvent;
 use herald_core::project::ProjectId;
-use herald_core::rtc::AuthKey;
+use herald_core::signing::LiveSigning;
 use time::OffsetDateTime;
 
 /// What acceptance answered for one event; a repeated `event_id` gets the first answer.

@@ -7,11 +7,11 @@
 //! interface, so statements whose effect matters say `RETURNING` and count the rows.
 
 use async_trait::async_trait;
+use herald_core::config::live::PublishDomain;
+use herald_core::config::rtc::AppId;
 use herald_core::hook::{HookCall, StreamKey};
-use herald_core::live::PublishDomain;
 use herald_core::project::ProjectId;
 use herald_core::recording::{Session, Step, StepKind, hook_key, over_step, transition};
-use herald_core::rtc::AppId;
 use herald_core::secrets::MasterKey;
 use herald_core::source::{
     DownloadBase, Engine, RecordDir, RecordingSource, SourceSpec, SourceTarget,

@@ -37,9 +37,9 @@ macro_rules! shared_records {
     ($store:ty, rtc_apps_in_creation_order_by: $rtc_order:literal) => {
         const _: () = {
             use async_trait::async_trait;
-            use herald_core::live::LiveCallbackConfig;
+            use herald_core::config::live::LiveCallbackConfig;
             use herald_core::project::ProjectId;
-            use herald_core::rtc::AppId;
+            use herald_core::config::rtc::AppId;
             use herald_core::timefmt::{from_unix_ms, unix_ms};
             use secrecy::ExposeSecret;
             use sqlx::Row;

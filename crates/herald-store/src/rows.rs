@@ -5,16 +5,18 @@
 
 use std::collections::HashMap;
 
-use herald_core::event::{LiveEvent, RtcEvent};
-use herald_core::field::FieldError;
-use herald_core::live::{
-    AppSelector, CallbackUrl, LiveCallbackConfig, LiveConfigSpec, MatchCandidate, PublishDomain,
-    SignKey, SignType, Subscription,
+use herald_core::config::callback_url::CallbackUrl;
+use herald_core::config::live::{
+    AppSelector, LiveCallbackConfig, LiveConfigSpec, PublishDomain, SignKey, SignType, Subscription,
 };
-use herald_core::notify::LiveSigning;
+use herald_core::config::rtc::{AppId, AppName, AuthKey, RtcSubscription};
+use herald_core::event::live::LiveEvent;
+use herald_core::event::rtc::RtcEvent;
+use herald_core::field::FieldError;
+use herald_core::matching::MatchCandidate;
 use herald_core::project::ProjectId;
-use herald_core::rtc::{AppId, AppName, AuthKey, RtcSubscription};
 use herald_core::secrets::{MasterKey, SealError};
+use herald_core::signing::LiveSigning;
 use herald_core::timefmt::{from_unix_ms, unix_ms};
 use secrecy::ExposeSecret;
 use time::OffsetDateTime;

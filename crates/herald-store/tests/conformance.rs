@@ -5,11 +5,13 @@
 // Test helpers: a failed unwrap is a failed test, which is what it should be.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use herald_core::event::{EventId, LiveEvent};
-use herald_core::live::{CallbackUrl, LiveCallbackConfig, LiveConfigRequest, SignType};
-use herald_core::notify::LiveSigning;
+use herald_core::config::callback_url::CallbackUrl;
+use herald_core::config::live::{LiveCallbackConfig, LiveConfigRequest, SignType};
+use herald_core::event::EventId;
+use herald_core::event::live::LiveEvent;
 use herald_core::project::ProjectId;
 use herald_core::secrets::{MasterKey, token_digest};
+use herald_core::signing::LiveSigning;
 use herald_store::postgres::PgStore;
 use herald_store::sqlite::{DATABASE_FILE, SqliteStore};
 use herald_store::testing::TestSchema;

@@ -8,10 +8,14 @@
 // Test helpers: a failed unwrap is a failed test, which is what it should be.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use herald_core::event::{LiveEvent, RtcEvent};
-use herald_core::live::{SignKey, SignType as CoreSignType};
-use herald_core::notify::{LiveSigning, render_live};
-use herald_core::rtc::{AuthKey, render_rtc, rtc_signature};
+use herald_core::config::live::{SignKey, SignType as CoreSignType};
+use herald_core::config::rtc::AuthKey;
+use herald_core::event::live::LiveEvent;
+use herald_core::event::rtc::RtcEvent;
+use herald_core::notification::render_live;
+use herald_core::notification::render_rtc;
+use herald_core::signing::LiveSigning;
+use herald_core::signing::rtc_signature;
 use herald_verify::{RtcHeaders, RtcVerifier, SignType, VerifyError, verify_live};
 use proptest::prelude::*;
 use serde_json::json;

@@ -213,7 +213,7 @@ enum SourcesCommand {
 
 /// `--ttl`: a duration of at least a second.
 fn parse_ttl(raw: &str) -> Result<std::time::Duration, String> {
-    let ttl = herald_core::retry::parse_duration("--ttl", raw).map_err(|e| e.rule)?;
+    let ttl = herald_core::duration::parse_duration("--ttl", raw).map_err(|e| e.rule)?;
     if ttl < std::time::Duration::from_secs(1) {
         return Err("must be at least 1s".into());
     }

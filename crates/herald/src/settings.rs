@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use herald_core::duration::parse_duration;
 use herald_core::field::FieldError;
-use herald_core::retry::{RetrySchedule, parse_duration};
+use herald_core::retry::RetrySchedule;
 use herald_delivery::DeliverySettings;
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};

@@ -8,10 +8,12 @@
 //! as before; a burst shares one flush. One ingest that fails is rolled back to its
 //! savepoint and answered with its error; the others commit.
 
-use herald_core::event::{EventId, LiveEvent, RtcEvent};
+use herald_core::config::rtc::AppId;
+use herald_core::event::EventId;
+use herald_core::event::live::LiveEvent;
+use herald_core::event::rtc::RtcEvent;
 use herald_core::hook::HookCall;
 use herald_core::project::ProjectId;
-use herald_core::rtc::AppId;
 use herald_core::source::RecordingSource;
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use std::sync::Arc;

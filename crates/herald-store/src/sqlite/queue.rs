@@ -12,10 +12,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use herald_core::event::{EventId, LiveEvent, RtcEvent};
-use herald_core::live::MatchCandidate;
+use herald_core::config::rtc::AppId;
+use herald_core::event::EventId;
+use herald_core::event::live::LiveEvent;
+use herald_core::event::rtc::RtcEvent;
+use herald_core::matching::MatchCandidate;
 use herald_core::project::ProjectId;
-use herald_core::rtc::AppId;
 use herald_core::timefmt::unix_ms;
 use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;

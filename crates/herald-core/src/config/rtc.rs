@@ -1,46 +1,10 @@
-//! The RTC flavour (SPEC §2): apps, their record callback, and its `X-Rtc-*` signature.
+//! The RTC flavour's configuration (SPEC §2): apps and their record callback.
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::event::RtcEvent;
+use super::callback_url::CallbackUrl;
+use crate::event::rtc::RtcEventType;
 use crate::field::{FieldError, JsonObject, event_types};
-use crate::live::CallbackUrl;
-use crate::notify::hmac_sha256_hex;
-
-/// The three RTC recording event types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RtcEventType {
-    RecordNewFileStart,
-    RecordFileComplete,
-    CloudRecordServerOver,
-}
-
-impl RtcEventType {
-    pub const ALL: [Self; 3] = [
-        Self::RecordNewFileStart,
-        Self::RecordFileComplete,
-        Self::CloudRecordServerOver,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::RecordNewFileStart => "RECORD_NEW_FILE_START",
-            Self::RecordFileComplete => "RECORD_FILE_COMPLETE",
-            Self::CloudRecordServerOver => "CLOUD_RECORD_SERVER_OVER",
-        }
-    }
-
-    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
-        Self::ALL.into_iter().find(|t| t.as_str() == raw).ok_or_else(|| {
-            FieldError::new(
-                field,
-                format!(
-                    "unknown RTC event type {raw:?}; expected RECORD_NEW_FILE_START, RECORD_FILE_COMPLETE or CLOUD_RECORD_SERVER_OVER"
-                ),
-            )
-        })
-    }
-}
 
 /// The event types a record callback is notified of: all three unless the request names
 /// some (`notify_event_subscription`, as the API returns it; SPEC §2: all three by
@@ -180,42 +144,6 @@ impl RecordCallbackRequest {
     }
 }
 
-/// The `X-Rtc-*` headers of one callback (RTC-SIGNATURE.md): `rand`, `timestamp` and the
-/// lower-case hex HMAC-SHA256 of `rand + timestamp + body`, keyed by the auth key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RtcSignature {
-    pub rand: String,
-    pub timestamp: String,
-    pub signature: String,
-}
-
-pub fn rtc_signature(key: &AuthKey, rand: u32, timestamp: i64, body: &[u8]) -> RtcSignature {
-    let (rand, timestamp) = (rand.to_string(), timestamp.to_string());
-    let mut message = Vec::with_capacity(rand.len() + timestamp.len() + body.len());
-    message.extend_from_slice(rand.as_bytes());
-    message.extend_from_slice(timestamp.as_bytes());
-    message.extend_from_slice(body);
-    let signature = hmac_sha256_hex(key.expose().as_bytes(), &message);
-    RtcSignature {
-        rand,
-        timestamp,
-        signature,
-    }
-}
-
-/// The RTC notification body: `app_id`, then the event's fields; absent ones left out.
-pub fn render_rtc(app_id: &str, event: &RtcEvent) -> Vec<u8> {
-    let mut body = serde_json::Map::with_capacity(event.fields.len() + 1);
-    body.insert(
-        "app_id".into(),
-        serde_json::Value::String(app_id.to_owned()),
-    );
-    for (name, value) in &event.fields {
-        body.insert(name.clone(), value.clone());
-    }
-    serde_json::to_vec(&serde_json::Value::Object(body)).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,19 +227,6 @@ mod tests {
         assert!(
             AuthKey::parse("k", &"a".repeat(64)).is_ok()
                 && AuthKey::parse("k", &"a".repeat(32)).is_ok()
-        );
-    }
-
-    #[test]
-    fn signature_is_hmac_of_rand_timestamp_and_body() {
-        let key = AuthKey::parse("k", "8923ab8c2dcef4538923ab8c2dcef453").unwrap();
-        let sig = rtc_signature(&key, 12345, 1700000000, br#"{"a":1}"#);
-        // printf '%s' '123451700000000{"a":1}' | openssl dgst -sha256 -hmac 8923ab8c2dcef4538923ab8c2dcef453
-        assert_eq!(sig.rand, "12345");
-        assert_eq!(sig.timestamp, "1700000000");
-        assert_eq!(
-            sig.signature,
-            "fdc2e16b925d7ab6891f1370e9096b71322dcf78b07ee7c779f841c0211793f7"
         );
     }
 }

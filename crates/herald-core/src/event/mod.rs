@@ -1,45 +1,27 @@
 //! Recording events as engines report them (SPEC §4), validated into domain types.
 //!
-//! An event keeps its fields in the order of seed 001's Table 2, so the notification
-//! rendered from it reads like the documented example.
+//! - [`live`]: the Live flavour's event types and events.
+//! - [`rtc`]: the RTC flavour's.
+//!
+//! This module holds what both share: the event id, reading an event object against a
+//! flavour's field table, and the ingest body (one event or a batch). An event keeps its
+//! fields in its flavour's documented order, so the notification rendered from it reads
+//! like the documented example.
 
 use serde_json::{Map, Value};
 
 use crate::field::{FieldError, MAX_TEXT_BYTES, check_text};
-use crate::live::LiveEventType;
-use crate::rtc::RtcEventType;
+
+pub mod live;
+pub mod rtc;
 
 /// The kind of value a notification field holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Text,
     /// A non-negative integer (bytes, seconds, pixels).
     Count,
 }
-
-/// The Live notification fields an engine may report (Table 2 minus `project_id`,
-/// `auth_sign` and `auth_timestamp`, which Herald adds), in the documented order.
-const LIVE_FIELDS: &[(&str, Kind)] = &[
-    ("job_id", Kind::Text),
-    ("event_type", Kind::Text),
-    ("publish_domain", Kind::Text),
-    ("app", Kind::Text),
-    ("stream", Kind::Text),
-    ("record_format", Kind::Text),
-    ("download_url", Kind::Text),
-    ("asset_id", Kind::Text),
-    ("play_url", Kind::Text),
-    ("file_size", Kind::Count),
-    ("record_duration", Kind::Count),
-    ("start_time", Kind::Text),
-    ("end_time", Kind::Text),
-    ("width", Kind::Count),
-    ("height", Kind::Count),
-    ("obs_location", Kind::Text),
-    ("obs_bucket", Kind::Text),
-    ("obs_object", Kind::Text),
-    ("error_message", Kind::Text),
-];
 
 /// The most bytes a text field of an event may hold (SPEC §4): the names that become
 /// callback routing keys are short, URLs are long, anything else is bounded too, so the
@@ -84,33 +66,19 @@ impl EventId {
     }
 }
 
-/// A validated Live-flavour event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LiveEvent {
-    /// `None` when the engine sent none; Herald generates one at ingest.
-    pub event_id: Option<EventId>,
-    pub event_type: LiveEventType,
-    /// Lower-cased, as configs store it, so matching is case-insensitive.
-    pub publish_domain: String,
-    pub app: String,
-    pub stream: String,
-    /// Every reported field (the required ones included), in Table 2 order.
-    pub fields: Map<String, Value>,
-}
-
 /// An event object read against a flavour's field table, before its required fields
 /// are checked.
-struct ReadEvent {
+pub(crate) struct ReadEvent {
     path: String,
-    event_id: Option<EventId>,
-    fields: Map<String, Value>,
+    pub(crate) event_id: Option<EventId>,
+    pub(crate) fields: Map<String, Value>,
 }
 
 impl ReadEvent {
     /// Reads `value` as an event of `flavour` whose fields are `table`; `path` prefixes
     /// field names in errors (`events[3].`). Unknown fields are refused: a typo must not
     /// silently drop data from the notification.
-    fn read(
+    pub(crate) fn read(
         path: &str,
         value: &Value,
         table: &[(&str, Kind)],
@@ -166,12 +134,12 @@ impl ReadEvent {
         })
     }
 
-    fn named(&self, name: &str) -> String {
+    pub(crate) fn named(&self, name: &str) -> String {
         format!("{}{name}", self.path)
     }
 
     /// A text field that must be present and not empty.
-    fn required(&self, name: &str) -> Result<String, FieldError> {
+    pub(crate) fn required(&self, name: &str) -> Result<String, FieldError> {
         match self.fields.get(name).and_then(Value::as_str) {
             Some(s) if !s.is_empty() => Ok(s.to_owned()),
             Some(_) => Err(FieldError::new(self.named(name), "must not be empty")),
@@ -180,42 +148,12 @@ impl ReadEvent {
     }
 }
 
-impl LiveEvent {
-    /// Parses one event object; `path` prefixes field names in errors (`events[3].`).
-    pub fn parse(path: &str, value: &Value) -> Result<Self, FieldError> {
-        let mut read = ReadEvent::read(path, value, LIVE_FIELDS, "Live")?;
-        let event_type =
-            LiveEventType::parse(&read.named("event_type"), &read.required("event_type")?)?;
-        let publish_domain = read.required("publish_domain")?.to_ascii_lowercase();
-        let app = read.required("app")?;
-        let stream = read.required("stream")?;
-        read.fields.insert(
-            "publish_domain".into(),
-            Value::String(publish_domain.clone()),
-        );
-        Ok(Self {
-            event_id: read.event_id,
-            event_type,
-            publish_domain,
-            app,
-            stream,
-            fields: read.fields,
-        })
-    }
-
-    /// A field's text, or `""` when absent: the HMACSHA256 string to sign counts absent
-    /// fields as empty.
-    pub fn text(&self, name: &str) -> &str {
-        self.fields.get(name).and_then(Value::as_str).unwrap_or("")
-    }
-}
-
 /// Most events one ingest request may carry.
 pub const MAX_BATCH: usize = 1000;
 
 /// An ingest body: one event, or `{"events": [...]}` with 1 to 1000. Returns the events
 /// and whether the body was a batch (the answer's shape follows it).
-fn parse_ingest<E>(
+pub(crate) fn parse_ingest<E>(
     body: &[u8],
     parse_one: impl Fn(&str, &Value) -> Result<E, FieldError>,
 ) -> Result<(Vec<E>, bool), FieldError> {
@@ -247,132 +185,11 @@ fn parse_ingest<E>(
     }
 }
 
-/// A Live ingest body (SPEC §4).
-pub fn parse_live_ingest(body: &[u8]) -> Result<(Vec<LiveEvent>, bool), FieldError> {
-    parse_ingest(body, LiveEvent::parse)
-}
-
-/// The RTC notification fields an engine may report (seed 004 without `app_id`, which
-/// Herald adds, plus `file_size` from seed 000's example), in seed 000's order.
-const RTC_FIELDS: &[(&str, Kind)] = &[
-    ("event_type", Kind::Text),
-    ("stream_name", Kind::Text),
-    ("record_format", Kind::Text),
-    ("download_url", Kind::Text),
-    ("file_size", Kind::Count),
-    ("record_duration", Kind::Count),
-    ("start_time", Kind::Text),
-    ("end_time", Kind::Text),
-    ("width", Kind::Count),
-    ("height", Kind::Count),
-    ("obs_location", Kind::Text),
-    ("obs_bucket", Kind::Text),
-    ("obs_object", Kind::Text),
-    ("job_id", Kind::Text),
-    ("room_id", Kind::Text),
-    ("detail_message", Kind::Text),
-];
-
-/// A validated RTC-flavour event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RtcEvent {
-    pub event_id: Option<EventId>,
-    pub event_type: RtcEventType,
-    pub stream_name: String,
-    /// Every reported field, in seed 000's order.
-    pub fields: Map<String, Value>,
-}
-
-impl RtcEvent {
-    pub fn parse(path: &str, value: &Value) -> Result<Self, FieldError> {
-        let read = ReadEvent::read(path, value, RTC_FIELDS, "RTC")?;
-        let event_type =
-            RtcEventType::parse(&read.named("event_type"), &read.required("event_type")?)?;
-        let stream_name = read.required("stream_name")?;
-        Ok(Self {
-            event_id: read.event_id,
-            event_type,
-            stream_name,
-            fields: read.fields,
-        })
-    }
-}
-
-/// An RTC ingest body (SPEC §4).
-pub fn parse_rtc_ingest(body: &[u8]) -> Result<(Vec<RtcEvent>, bool), FieldError> {
-    parse_ingest(body, RtcEvent::parse)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::live::parse_live_ingest;
+    use super::rtc::{RtcEvent, parse_rtc_ingest};
     use serde_json::json;
-
-    fn parse(v: Value) -> Result<LiveEvent, FieldError> {
-        LiveEvent::parse("", &v)
-    }
-
-    #[test]
-    fn keeps_fields_in_table_order_and_normalises_the_domain() {
-        let e = parse(json!({
-            "height": 720, "stream": "s", "app": "live", "publish_domain": "Push.Example.com",
-            "event_type": "RECORD_FILE_COMPLETE", "file_size": 3957964, "event_id": "e1",
-        }))
-        .unwrap();
-        let keys: Vec<_> = e.fields.keys().map(String::as_str).collect();
-        assert_eq!(
-            keys,
-            [
-                "event_type",
-                "publish_domain",
-                "app",
-                "stream",
-                "file_size",
-                "height"
-            ]
-        );
-        assert_eq!(e.publish_domain, "push.example.com");
-        assert_eq!(e.event_id.as_ref().unwrap().as_str(), "e1");
-        assert_eq!(e.text("download_url"), "");
-    }
-
-    #[test]
-    fn names_the_bad_field() {
-        let base =
-            json!({"event_type": "RECORD_OVER", "publish_domain": "d", "app": "a", "stream": "s"});
-        let with = |k: &str, v: Value| {
-            let mut b = base.clone();
-            b[k] = v;
-            b
-        };
-        for (body, field) in [
-            (with("event_type", json!("RECORD_PAUSED")), "event_type"),
-            (
-                with("event_type", json!("CLOUD_RECORD_SERVER_OVER")),
-                "event_type",
-            ),
-            (with("stream", json!("")), "stream"),
-            (with("file_size", json!("12")), "file_size"),
-            (with("width", json!(-1)), "width"),
-            (with("height", json!(1.5)), "height"),
-            (with("download_url", json!(5)), "download_url"),
-            (with("event_id", json!("")), "event_id"),
-            (with("event_id", json!("é")), "event_id"),
-            (with("event_id", json!("x".repeat(129))), "event_id"),
-            (with("auth_sign", json!("x")), "auth_sign"),
-            (with("project_id", json!("p")), "project_id"),
-            (
-                json!({"publish_domain": "d", "app": "a", "stream": "s"}),
-                "event_type",
-            ),
-            (
-                json!({"event_type": "RECORD_OVER", "app": "a", "stream": "s"}),
-                "publish_domain",
-            ),
-        ] {
-            assert_eq!(parse(body.clone()).unwrap_err().field, field, "{body}");
-        }
-    }
 
     #[test]
     fn batches_are_bounded_and_errors_carry_the_index() {

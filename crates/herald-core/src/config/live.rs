@@ -2,63 +2,13 @@
 //!
 //! A request body becomes a [`LiveConfigRequest`] before any handler logic runs; from
 //! then on an invalid domain, URL, key or subscription cannot be represented.
-
-use std::net::IpAddr;
-
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
-use url::{Host, Url};
 
+use super::callback_url::CallbackUrl;
+use crate::event::live::LiveEventType;
 use crate::field::{FieldError, JsonObject, event_types};
 use crate::project::ProjectId;
-use crate::target::{is_local_host_name, is_private_target};
-
-/// The events a Live config can subscribe to. The API page lists four; the console page
-/// and the message table (seed 001) also have `RECORD_START`, so it is accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LiveEventType {
-    RecordStart,
-    RecordNewFileStart,
-    RecordFileComplete,
-    RecordOver,
-    RecordFailed,
-}
-
-impl LiveEventType {
-    pub const ALL: [Self; 5] = [
-        Self::RecordStart,
-        Self::RecordNewFileStart,
-        Self::RecordFileComplete,
-        Self::RecordOver,
-        Self::RecordFailed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::RecordStart => "RECORD_START",
-            Self::RecordNewFileStart => "RECORD_NEW_FILE_START",
-            Self::RecordFileComplete => "RECORD_FILE_COMPLETE",
-            Self::RecordOver => "RECORD_OVER",
-            Self::RecordFailed => "RECORD_FAILED",
-        }
-    }
-
-    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.as_str() == raw)
-            .ok_or_else(|| {
-                let names: Vec<_> = Self::ALL.iter().map(|t| t.as_str()).collect();
-                FieldError::new(
-                    field,
-                    format!(
-                        "unknown event type {raw:?}; expected one of {}",
-                        names.join(", ")
-                    ),
-                )
-            })
-    }
-}
 
 /// The event types a config is notified of: never empty, no duplicates, in the order given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,76 +107,6 @@ impl AppSelector {
     }
 }
 
-/// Where a config's notifications go: an absolute `http`/`https` URL with a host, no
-/// query and no fragment ("cannot contain parameters"), at most 1024 bytes. Kept exactly
-/// as the client wrote it, so it reads back unchanged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallbackUrl(String);
-
-impl CallbackUrl {
-    pub const MAX_BYTES: usize = 1024;
-
-    /// `allow_private` is the operator's `--allow-private-targets`: without it, a literal
-    /// private IP or a `localhost` name is refused here, before it is ever stored.
-    pub fn parse(field: &str, raw: &str, allow_private: bool) -> Result<Self, FieldError> {
-        let refuse = |rule: &str| Err(FieldError::new(field, rule));
-        if raw.len() > Self::MAX_BYTES {
-            return refuse("must be at most 1024 bytes");
-        }
-        // The WHATWG parser is lenient with http(s): it reads `https:///x` and `http:x` as
-        // host `x` and turns `\\` into `/`. A URL that needs that leniency is refused.
-        let lower = raw.get(..8).unwrap_or(raw).to_ascii_lowercase();
-        let Some(authority) = ["http://", "https://"]
-            .iter()
-            .find_map(|scheme| lower.starts_with(scheme).then(|| &raw[scheme.len()..]))
-        else {
-            return refuse("must be an absolute URL starting with http:// or https://");
-        };
-        if authority.starts_with('/') || authority.is_empty() {
-            return refuse("must have a host");
-        }
-        if raw
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
-        {
-            return refuse("must not contain whitespace, control characters or backslashes");
-        }
-        let Ok(url) = Url::parse(raw) else {
-            return refuse("must be an absolute http:// or https:// URL");
-        };
-        if raw.contains('?') {
-            return refuse("must not contain a query string (parameters)");
-        }
-        if raw.contains('#') {
-            return refuse("must not contain a fragment");
-        }
-        let host_is_private = match url.host() {
-            None => return refuse("must have a host"),
-            Some(Host::Domain(name)) => is_local_host_name(name),
-            Some(Host::Ipv4(ip)) => is_private_target(IpAddr::V4(ip)),
-            Some(Host::Ipv6(ip)) => is_private_target(IpAddr::V6(ip)),
-        };
-        if host_is_private && !allow_private {
-            return refuse(
-                "must not point to a loopback, private, link-local or metadata address \
-                 (the operator can allow it with --allow-private-targets)",
-            );
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// `scheme://host:port`: callbacks to one endpoint share its concurrency cap.
-    pub fn endpoint(&self) -> String {
-        Url::parse(&self.0)
-            .map(|u| u.origin().ascii_serialization())
-            .unwrap_or_else(|_| self.0.clone())
-    }
-}
-
 /// How notifications are signed (SPEC §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SignType {
@@ -272,36 +152,6 @@ impl SignKey {
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
     }
-}
-
-/// What matching needs to know of one of the project's configs for the event's domain.
-#[derive(Debug, Clone)]
-pub struct MatchCandidate<T> {
-    pub app: AppSelector,
-    pub subscription: Subscription,
-    pub has_url: bool,
-    /// What the caller wants back for the chosen config (e.g. its id).
-    pub target: T,
-}
-
-/// SPEC §1: among the configs of the event's domain, the one whose app is the event's
-/// app, or only if there is none, the `*` one; the event goes out only if that config
-/// subscribes to its type and has a URL.
-pub fn select_config<T>(
-    candidates: Vec<MatchCandidate<T>>,
-    app: &str,
-    event_type: LiveEventType,
-) -> Option<T> {
-    let (exact, wildcard): (Vec<_>, Vec<_>) = candidates
-        .into_iter()
-        .filter(|c| c.app == AppSelector::Any || c.app.as_str() == app)
-        .partition(|c| c.app != AppSelector::Any);
-    let chosen = exact
-        .into_iter()
-        .next()
-        .or_else(|| wildcard.into_iter().next())?;
-    (chosen.has_url && chosen.subscription.event_types().contains(&event_type))
-        .then_some(chosen.target)
 }
 
 /// Everything a client sets on a config.
@@ -518,53 +368,6 @@ mod tests {
         .unwrap()
         .apply_to(current);
         assert!(cleared.key.is_none() && cleared.notify_callback_url.is_none());
-    }
-
-    #[test]
-    fn exact_app_wins_over_wildcard_and_subscription_filters() {
-        let candidate = |app: &str, subscription: &[&str], has_url: bool, target: &'static str| {
-            MatchCandidate {
-                app: AppSelector::parse("app", app).unwrap(),
-                subscription: Subscription::parse("s", subscription).unwrap(),
-                has_url,
-                target,
-            }
-        };
-        let both = || {
-            vec![
-                candidate("*", &["RECORD_OVER", "RECORD_FILE_COMPLETE"], true, "any"),
-                candidate("live", &["RECORD_FILE_COMPLETE"], true, "live"),
-            ]
-        };
-        assert_eq!(
-            select_config(both(), "live", LiveEventType::RecordFileComplete),
-            Some("live")
-        );
-        assert_eq!(
-            select_config(both(), "vod", LiveEventType::RecordFileComplete),
-            Some("any")
-        );
-        // The exact config decides even when it does not subscribe: no fallback to `*`.
-        assert_eq!(
-            select_config(both(), "live", LiveEventType::RecordOver),
-            None
-        );
-        assert_eq!(
-            select_config(
-                vec![candidate("live", &["RECORD_OVER"], false, "x")],
-                "live",
-                LiveEventType::RecordOver
-            ),
-            None
-        );
-        assert_eq!(
-            select_config(
-                Vec::<MatchCandidate<&str>>::new(),
-                "live",
-                LiveEventType::RecordOver
-            ),
-            None
-        );
     }
 
     #[test]
