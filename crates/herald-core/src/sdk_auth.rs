@@ -10,7 +10,6 @@
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use time::macros::format_description;
 use time::{Duration, OffsetDateTime, PrimitiveDateTime};
 
 use crate::mac::hmac_sha256_hex;
@@ -206,8 +205,7 @@ pub fn signature(secret_key: &str, string_to_sign: &str) -> String {
 }
 
 fn parse_sdk_date(raw: &str) -> Result<OffsetDateTime, AuthError> {
-    let format = format_description!("[year][month][day]T[hour][minute][second]Z");
-    PrimitiveDateTime::parse(raw, format)
+    PrimitiveDateTime::parse(raw, crate::timefmt::BASIC)
         .map(PrimitiveDateTime::assume_utc)
         .map_err(|_| AuthError::MalformedDate)
 }

@@ -1,35 +1,39 @@
 //! The UTC timestamp formats the documented APIs use.
 
+use time::format_description::FormatItem;
+use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
+
+const SECONDS: &[FormatItem<'_>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+const MILLIS: &[FormatItem<'_>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+/// Also the parse format of [`crate::sdk_auth`]'s `X-Sdk-Date`.
+pub(crate) const BASIC: &[FormatItem<'_>] =
+    format_description!("[year][month][day]T[hour][minute][second]Z");
+
+/// `at` in UTC written as `format`. Formatting fails only for components a value lacks
+/// (an offset of a date without one) or a failing writer; an `OffsetDateTime` has every
+/// component these formats name, written to a `String`, so this cannot fail.
+fn utc(at: OffsetDateTime, format: &[FormatItem<'_>]) -> String {
+    at.to_offset(UtcOffset::UTC)
+        .format(format)
+        .unwrap_or_default()
+}
 
 /// `yyyy-mm-ddThh:mm:ssZ`, as Live configs show `create_time` and `update_time`.
 pub fn utc_seconds(at: OffsetDateTime) -> String {
-    utc_with_separators(at, "-", ":")
+    utc(at, SECONDS)
 }
 
 /// `yyyy-mm-ddThh:mm:ss.mmmZ`, for the delivery log and RTC `update_time`.
 pub fn utc_millis(at: OffsetDateTime) -> String {
-    let seconds = utc_seconds(at);
-    let ms = at.millisecond();
-    format!("{}.{ms:03}Z", seconds.trim_end_matches('Z'))
+    utc(at, MILLIS)
 }
 
 /// `yyyymmddThhmmssZ`, the `X-Sdk-Date` format of the SDK signature.
 pub fn utc_basic(at: OffsetDateTime) -> String {
-    utc_with_separators(at, "", "")
-}
-
-fn utc_with_separators(at: OffsetDateTime, date_sep: &str, time_sep: &str) -> String {
-    let t = at.to_offset(UtcOffset::UTC);
-    format!(
-        "{:04}{date_sep}{:02}{date_sep}{:02}T{:02}{time_sep}{:02}{time_sep}{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    utc(at, BASIC)
 }
 
 /// Milliseconds since the Unix epoch, the resolution timestamps are stored at.
@@ -57,6 +61,10 @@ mod tests {
         assert_eq!(
             utc_basic(datetime!(2026-11-22 10:30:00 UTC)),
             "20261122T103000Z"
+        );
+        assert_eq!(
+            utc_millis(datetime!(2026-11-22 10:30:00.0459 UTC)),
+            "2026-11-22T10:30:00.045Z"
         );
     }
 
