@@ -465,6 +465,14 @@ async fn every_answer_has_a_request_id() {
             .send()
             .await
             .unwrap(),
+        // A client's own id is replaced: every id names the node that answered.
+        server
+            .http
+            .get(format!("{}/healthz", server.base))
+            .header("x-request-id", "mine")
+            .send()
+            .await
+            .unwrap(),
     ];
     for response in responses {
         let id = response.headers()["x-request-id"]
