@@ -1,5 +1,7 @@
 //! SPEC §3 end to end: AK/SK signatures, tokens, project isolation, body bounds.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{TestServer, json};
