@@ -20,22 +20,30 @@ impl QueryPairs {
         Ok(Self(pairs))
     }
 
-    /// A parameter's value; an empty value counts as absent.
-    pub fn non_empty(&self, name: &str) -> Option<&str> {
+    /// A parameter's value, empty or not.
+    fn value(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
     }
 
+    /// A filter's value; an empty value counts as absent (`?publish_domain=&app=` lists
+    /// everything, as SPEC §1 writes it).
+    pub fn non_empty(&self, name: &str) -> Option<&str> {
+        self.value(name).filter(|v| !v.is_empty())
+    }
+
+    /// An integer, `default` when the parameter is left out. An empty value is not an
+    /// integer and is refused like any other (`?offset=`): no client sends one, and a
+    /// document that says "integer" must not be contradicted by the server.
     fn integer(
         &self,
         name: &str,
         default: u64,
         range: std::ops::RangeInclusive<u64>,
     ) -> Result<u64, FieldError> {
-        let Some(raw) = self.non_empty(name) else {
+        let Some(raw) = self.value(name) else {
             return Ok(default);
         };
         let rule = || {
@@ -95,6 +103,9 @@ mod tests {
             ("limit=101", "limit"),
             ("offset=-1", "offset"),
             ("limit=x", "limit"),
+            ("offset=", "offset"),
+            ("offset=0&limit=", "limit"),
+            ("limit=+5", "limit"),
         ] {
             assert_eq!(page(raw).unwrap_err().field, field, "{raw}");
         }
