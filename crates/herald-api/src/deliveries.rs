@@ -8,11 +8,13 @@ use herald_core::timefmt::utc_millis;
 use herald_store::{AttemptRecord, DeliveryFilter, DeliveryStatus, DeliveryView, RetryOutcome};
 use serde::Serialize;
 use time::OffsetDateTime;
-use utoipa::ToSchema;
+use utoipa::openapi::schema::ObjectBuilder;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
+use crate::openapi;
 use crate::query::{QueryPairs, parse_page};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -35,7 +37,7 @@ pub struct DeliveryJson {
     config_id: String,
     url: String,
     event_type: String,
-    /// `pending`, `succeeded`, `failed` (waiting for a retry), `dead` or `cancelled`.
+    #[schema(schema_with = status)]
     status: &'static str,
     created_at: String,
     next_attempt_at: Option<String>,
@@ -74,17 +76,47 @@ fn delivery_json(d: DeliveryView) -> DeliveryJson {
     }
 }
 
+/// The log's filters and page.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Describes the wire format only; never constructed.
+pub struct ListQuery {
+    #[param(schema_with = status_filter)]
+    status: Option<String>,
+    /// Only the deliveries of this event; empty: any.
+    #[param(schema_with = openapi::text_filter)]
+    event_id: Option<String>,
+    #[param(schema_with = openapi::offset)]
+    offset: Option<u64>,
+    #[param(schema_with = openapi::limit_10)]
+    limit: Option<u64>,
+}
+
+/// Every status, as the log names them.
+const STATUSES: [DeliveryStatus; 5] = [
+    DeliveryStatus::Pending,
+    DeliveryStatus::Succeeded,
+    DeliveryStatus::Failed,
+    DeliveryStatus::Dead,
+    DeliveryStatus::Cancelled,
+];
+
+fn status_filter() -> ObjectBuilder {
+    openapi::one_of_names(std::iter::once("").chain(STATUSES.map(DeliveryStatus::as_str)))
+        .description(Some("Only deliveries in this state; empty: any."))
+}
+
+fn status() -> ObjectBuilder {
+    openapi::one_of_names(STATUSES.map(DeliveryStatus::as_str)).description(Some(
+        "`pending`, `succeeded`, `failed` (waiting for a retry), `dead` or `cancelled`.",
+    ))
+}
+
 /// List the project's deliveries, newest first, with their attempts.
 #[utoipa::path(
     get, path = "/v1/{project_id}/record/deliveries", tag = "deliveries",
-    params(
-        ("project_id" = String, Path),
-        ("status" = Option<String>, Query, description = "pending, succeeded, failed, dead or cancelled"),
-        ("event_id" = Option<String>, Query),
-        ("offset" = Option<u64>, Query, description = "≥ 0, default 0"),
-        ("limit" = Option<u64>, Query, description = "1–100, default 10"),
-    ),
-    responses((status = 200, body = DeliveryList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    params(ListQuery),
+    responses((status = 200, body = DeliveryList)),
     security(("aksk" = []), ("token" = [])),
 )]
 pub async fn list(
@@ -124,11 +156,13 @@ pub async fn list(
 /// Re-queue a dead or failed delivery for an attempt now.
 #[utoipa::path(
     post, path = "/v1/{project_id}/record/deliveries/{id}/retry", tag = "deliveries",
-    params(("project_id" = String, Path), ("id" = String, Path)),
+    params(("id" = i64, Path,
+        description = "The delivery's id, as the log shows it; any other names no delivery (404)")),
     responses(
         (status = 202, description = "Re-queued"),
-        (status = 400, body = ErrorBody, description = "The delivery is not dead or failed"),
-        (status = 404, body = ErrorBody),
+        (status = 400, body = ErrorBody, description = "LIVE.100011001: the delivery is not \
+            dead or failed, or its callback config was deleted"),
+        (status = 404, body = ErrorBody, description = "LIVE.100011004: no such delivery"),
     ),
     security(("aksk" = []), ("token" = [])),
 )]

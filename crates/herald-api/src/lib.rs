@@ -11,6 +11,7 @@
 //! - [`whoami`]: the caller's project, for clients that hold only a token (the console).
 //! - [`console`]: the web console's files, at `/console/`.
 //! - [`error`]: the one error type that becomes an HTTP answer.
+//! - [`openapi`]: the document's shared rules (patterns, bounds) and common answers.
 //! - [`request_id`]: `X-request-id` on every answer.
 //!
 //! [`router`] assembles everything; [`serve`] runs it on a bound listener until a
@@ -25,6 +26,7 @@ pub mod health;
 pub mod hooks;
 pub mod ingest;
 pub mod live;
+pub mod openapi;
 mod query;
 pub mod request_id;
 pub mod rtc;
@@ -53,6 +55,7 @@ use utoipa_axum::routes;
 
 use crate::auth::StaticCredentials;
 use crate::error::ApiError;
+use crate::openapi::Conventions;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -143,10 +146,12 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics));
-    let (routes, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (routes, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(authenticated)
         .merge(public)
         .split_for_parts();
+    // After the merge: a derive's modifiers run before the routes' operations are in.
+    Conventions.modify(&mut openapi);
     let openapi = Arc::new(openapi);
     let hostname: Arc<str> = request_id::hostname().into();
     routes

@@ -5,40 +5,72 @@ use axum::body::Bytes;
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::StatusCode;
 use herald_core::config::live::{
-    LiveCallbackConfig, LiveConfigRequest, LiveConfigSpec, PublishDomain,
+    LiveCallbackConfig, LiveConfigRequest, LiveConfigSpec, PublishDomain, SignType,
 };
+use herald_core::event::live::LiveEventType;
 use herald_core::field::FieldError;
 use herald_core::timefmt::utc_seconds;
 use herald_store::{LiveConfigFilter, StoreError};
 use serde::Serialize;
 use time::OffsetDateTime;
-use utoipa::ToSchema;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
+use crate::openapi;
 use crate::query::{QueryPairs, known_id, parse_page};
 
 /// A create or update body, for the OpenAPI document. Bodies are parsed by
-/// `herald_core::config::live::LiveConfigRequest`, which enforces the rules described here.
+/// `herald_core::config::live::LiveConfigRequest`, which enforces the rules described here;
+/// fields it does not know are ignored.
 #[derive(ToSchema)]
 #[allow(dead_code)] // Describes the wire format only; never constructed.
 pub struct LiveConfigBody {
-    /// Ingest domain name. Required.
+    #[schema(schema_with = openapi::domain)]
     publish_domain: String,
-    /// App name, or `*` for any app. Required. An exact app wins over `*`.
+    #[schema(schema_with = openapi::app_selector)]
     app: String,
-    /// Absolute http(s) URL, no query or fragment, at most 1024 bytes. On update, `""`
-    /// removes it; left out, it is kept.
+    #[schema(schema_with = notify_callback_url)]
     notify_callback_url: Option<String>,
-    /// Any of `RECORD_START`, `RECORD_NEW_FILE_START`, `RECORD_FILE_COMPLETE`,
-    /// `RECORD_OVER`, `RECORD_FAILED`; default `[RECORD_FILE_COMPLETE]`.
+    #[schema(schema_with = subscription)]
     notify_event_subscription: Option<Vec<String>>,
-    /// `HMACSHA256` (default) or `MD5`.
+    #[schema(schema_with = sign_type)]
     sign_type: Option<String>,
-    /// 32 ASCII letters and digits. Never returned. On update, `""` removes it; left out,
-    /// it is kept.
+    #[schema(schema_with = sign_key)]
     key: Option<String>,
+}
+
+fn notify_callback_url() -> ObjectBuilder {
+    openapi::nullable_string(openapi::callback_url_or_empty(
+        "`\"\"` for none (on update: removes it); left out or null: none (on update: kept)",
+    ))
+}
+
+fn subscription() -> ArrayBuilder {
+    openapi::subscription(
+        LiveEventType::ALL.map(LiveEventType::as_str),
+        "`[RECORD_FILE_COMPLETE]` (on update: kept)",
+    )
+}
+
+fn sign_type() -> ObjectBuilder {
+    openapi::nullable_string(openapi::one_of_names(
+        [SignType::HmacSha256, SignType::Md5].map(SignType::as_str),
+    ))
+    .description(Some(
+        "How notifications are signed; left out or null: `HMACSHA256` (on update: kept).",
+    ))
+}
+
+fn sign_key() -> ObjectBuilder {
+    openapi::nullable_string(ObjectBuilder::new().pattern(Some("^([A-Za-z0-9]{32})?$")))
+        .max_length(Some(32))
+        .description(Some(
+            "The signing key: exactly 32 ASCII letters and digits; never returned. `\"\"` for \
+             none (on update: removes it); left out or null: none (on update: kept).",
+        ))
 }
 
 /// A config as returned: everything but the key.
@@ -83,6 +115,22 @@ pub struct LiveConfigList {
     callback_config: Vec<LiveConfigView>,
 }
 
+/// The list's filters and page.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Describes the wire format only; never constructed.
+pub struct ListQuery {
+    #[param(schema_with = openapi::domain_filter)]
+    publish_domain: Option<String>,
+    /// Only configs of this app (`*`: the wildcard configs); empty: any.
+    #[param(schema_with = openapi::text_filter)]
+    app: Option<String>,
+    #[param(schema_with = openapi::offset)]
+    offset: Option<u64>,
+    #[param(schema_with = openapi::limit_10)]
+    limit: Option<u64>,
+}
+
 const CONFIG: &str = "record callback config";
 
 fn duplicate(spec: &LiveConfigSpec) -> ApiError {
@@ -99,12 +147,11 @@ fn duplicate(spec: &LiveConfigSpec) -> ApiError {
 /// Create a recording callback config.
 #[utoipa::path(
     post, path = "/v1/{project_id}/record/callbacks", tag = "live",
-    params(("project_id" = String, Path)),
     request_body = LiveConfigBody,
     responses(
         (status = 201, body = LiveConfigView),
-        (status = 400, body = ErrorBody, description = "LIVE.100011001: a field broke a rule"),
-        (status = 401, body = ErrorBody, description = "APIGW.0301"),
+        (status = 400, body = ErrorBody, description = "LIVE.100011001: a field broke a rule, \
+            or the project has a config for this publish_domain and app already"),
     ),
     security(("aksk" = []), ("token" = [])),
 )]
@@ -134,18 +181,8 @@ pub async fn create(
 /// List a project's recording callback configs, in creation order.
 #[utoipa::path(
     get, path = "/v1/{project_id}/record/callbacks", tag = "live",
-    params(
-        ("project_id" = String, Path),
-        ("publish_domain" = Option<String>, Query, description = "Only configs of this domain"),
-        ("app" = Option<String>, Query, description = "Only configs of this app (`*` for wildcard configs)"),
-        ("offset" = Option<u64>, Query, description = "≥ 0, default 0"),
-        ("limit" = Option<u64>, Query, description = "1–100, default 10"),
-    ),
-    responses(
-        (status = 200, body = LiveConfigList),
-        (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody),
-    ),
+    params(ListQuery),
+    responses((status = 200, body = LiveConfigList)),
     security(("aksk" = []), ("token" = [])),
 )]
 pub async fn list(
@@ -177,11 +214,11 @@ pub async fn list(
 /// Show one recording callback config.
 #[utoipa::path(
     get, path = "/v1/{project_id}/record/callbacks/{id}", tag = "live",
-    params(("project_id" = String, Path), ("id" = String, Path)),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{32}$",
+        description = "32 lower-case hex characters; any other id names no config (404)")),
     responses(
         (status = 200, body = LiveConfigView),
-        (status = 404, body = ErrorBody, description = "LIVE.100011004"),
-        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "LIVE.100011004: no such config"),
     ),
     security(("aksk" = []), ("token" = [])),
 )]
@@ -203,13 +240,14 @@ pub async fn show(
 /// `notify_callback_url` or `key` removes it.
 #[utoipa::path(
     put, path = "/v1/{project_id}/record/callbacks/{id}", tag = "live",
-    params(("project_id" = String, Path), ("id" = String, Path)),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{32}$",
+        description = "32 lower-case hex characters; any other id names no config (404)")),
     request_body = LiveConfigBody,
     responses(
         (status = 200, body = LiveConfigView),
-        (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody),
-        (status = 401, body = ErrorBody),
+        (status = 400, body = ErrorBody, description = "LIVE.100011001: a field broke a rule, \
+            or another config of the project has this publish_domain and app"),
+        (status = 404, body = ErrorBody, description = "LIVE.100011004: no such config"),
     ),
     security(("aksk" = []), ("token" = [])),
 )]
@@ -242,11 +280,11 @@ pub async fn update(
 /// Delete a recording callback config.
 #[utoipa::path(
     delete, path = "/v1/{project_id}/record/callbacks/{id}", tag = "live",
-    params(("project_id" = String, Path), ("id" = String, Path)),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{32}$",
+        description = "32 lower-case hex characters; any other id names no config (404)")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, body = ErrorBody),
-        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "LIVE.100011004: no such config"),
     ),
     security(("aksk" = []), ("token" = [])),
 )]

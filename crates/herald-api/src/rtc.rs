@@ -9,18 +9,20 @@ use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::StatusCode;
 use herald_core::config::rtc::{AppId, AppName, RecordCallbackRequest, RtcSubscription};
 use herald_core::event::EventId;
-use herald_core::event::rtc::parse_rtc_ingest;
+use herald_core::event::rtc::{RtcEventType, parse_rtc_ingest};
 use herald_core::field::FieldError;
 use herald_core::timefmt::utc_millis;
 use herald_store::{RecordCallback, RtcApp};
 use serde::Serialize;
 use time::OffsetDateTime;
-use utoipa::ToSchema;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, RtcError};
-use crate::ingest::{IngestAnswer, answer};
+use crate::ingest::{self, IngestAnswer, answer};
+use crate::openapi;
 use crate::query::{QueryPairs, parse_page};
 
 const APP: &str = "app";
@@ -72,17 +74,154 @@ pub struct AppRecordCallback {
 }
 
 /// A `PUT …/record-callback` body, for the OpenAPI document; parsed by
-/// `herald_core::config::rtc::RecordCallbackRequest`.
+/// `herald_core::config::rtc::RecordCallbackRequest`: a callback to set, or `"url": ""` to
+/// remove it. Fields it does not know are ignored.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Describes the wire format only; never constructed.
+pub enum RecordCallbackBody {
+    Set(SetRecordCallback),
+    Remove(RemoveRecordCallback),
+}
+
+/// Sets the app's record callback.
 #[derive(ToSchema)]
 #[allow(dead_code)] // Describes the wire format only; never constructed.
-pub struct RecordCallbackBody {
-    /// Absolute http(s) URL; `""` removes the callback.
+pub struct SetRecordCallback {
+    #[schema(schema_with = openapi::callback_url)]
     url: String,
-    /// 32–64 ASCII letters and digits.
+    #[schema(schema_with = auth_key)]
     auth_key: Option<String>,
-    /// The event types the callback is sent (`RECORD_NEW_FILE_START`,
-    /// `RECORD_FILE_COMPLETE`, `CLOUD_RECORD_SERVER_OVER`); all three when left out.
+    #[schema(schema_with = subscription)]
     notify_event_subscription: Option<Vec<String>>,
+}
+
+/// `"url": ""` removes the app's record callback; the other fields are then not read.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the wire format only; never constructed.
+pub struct RemoveRecordCallback {
+    #[schema(schema_with = no_url)]
+    url: String,
+}
+
+fn auth_key() -> ObjectBuilder {
+    openapi::nullable_string(ObjectBuilder::new().pattern(Some("^([A-Za-z0-9]{32,64})?$")))
+        .max_length(Some(64))
+        .description(Some(
+            "The key callbacks are signed with (X-Rtc-Signature): 32 to 64 ASCII letters and \
+             digits. Empty, null or left out: callbacks are not signed.",
+        ))
+}
+
+fn subscription() -> ArrayBuilder {
+    openapi::subscription(RtcEventType::ALL.map(RtcEventType::as_str), "all three")
+}
+
+fn no_url() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(0))
+        .description(Some("Empty: removes the record callback."))
+}
+
+/// A create-app body.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the wire format only; never constructed.
+pub struct CreateAppBody {
+    #[schema(schema_with = openapi::app_name)]
+    app_name: String,
+}
+
+/// The app list's filter and page.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Describes the wire format only; never constructed.
+pub struct ListAppsQuery {
+    #[param(schema_with = state_filter)]
+    state: Option<String>,
+    #[param(schema_with = openapi::offset)]
+    offset: Option<u64>,
+    #[param(schema_with = openapi::limit_100)]
+    limit: Option<u64>,
+}
+
+/// The states the SDK can filter by; every Herald app is `ACTIVATION`.
+const STATES: [&str; 4] = [ACTIVE, "DEACTIVATION", "ARREARS", "DELETED"];
+
+fn state_filter() -> ObjectBuilder {
+    openapi::one_of_names(std::iter::once("").chain(STATES)).description(Some(
+        "Only apps in this state (Herald's apps are all ACTIVATION); empty: any.",
+    ))
+}
+
+/// An RTC ingest body, for the OpenAPI document: one event, or a batch.
+/// `herald_core::event::rtc::parse_rtc_ingest` parses it; the body is at most 1 MiB.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Describes the wire format only; never constructed.
+pub enum RtcIngestBody {
+    One(Box<RtcEventBody>),
+    Batch(RtcEventBatch),
+}
+
+/// `{"events": [...]}`: 1 to 1000 events, accepted or refused together.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Describes the wire format only; never constructed.
+pub struct RtcEventBatch {
+    #[schema(min_items = 1, max_items = 1000)]
+    events: Vec<RtcEventBody>,
+}
+
+/// One RTC recording event: the fields of seed 004 but `app_id`, which Herald adds, plus
+/// `file_size` and `event_id`. A field it does not name is refused; null is a field left
+/// out.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Describes the wire format only; never constructed.
+pub struct RtcEventBody {
+    #[schema(schema_with = ingest::event_id)]
+    event_id: Option<String>,
+    #[schema(schema_with = rtc_event_type)]
+    event_type: String,
+    #[schema(schema_with = ingest::routing_key)]
+    stream_name: String,
+    #[schema(schema_with = ingest::optional_text)]
+    record_format: Option<String>,
+    #[schema(schema_with = ingest::optional_url_text)]
+    download_url: Option<String>,
+    #[schema(schema_with = ingest::count)]
+    file_size: Option<u64>,
+    #[schema(schema_with = ingest::count)]
+    record_duration: Option<u64>,
+    #[schema(schema_with = ingest::optional_text)]
+    start_time: Option<String>,
+    #[schema(schema_with = ingest::optional_text)]
+    end_time: Option<String>,
+    #[schema(schema_with = ingest::count)]
+    width: Option<u64>,
+    #[schema(schema_with = ingest::count)]
+    height: Option<u64>,
+    #[schema(schema_with = ingest::optional_text)]
+    obs_location: Option<String>,
+    #[schema(schema_with = ingest::optional_text)]
+    obs_bucket: Option<String>,
+    #[schema(schema_with = ingest::optional_text)]
+    obs_object: Option<String>,
+    #[schema(schema_with = ingest::optional_text)]
+    job_id: Option<String>,
+    #[schema(schema_with = room_id)]
+    room_id: Option<String>,
+    #[schema(schema_with = ingest::optional_text)]
+    detail_message: Option<String>,
+}
+
+fn rtc_event_type() -> ObjectBuilder {
+    openapi::one_of_names(RtcEventType::ALL.map(RtcEventType::as_str))
+}
+
+fn room_id() -> ObjectBuilder {
+    ingest::optional_text_of(256)
 }
 
 fn app_json(app: &RtcApp) -> AppJson {
@@ -140,11 +279,10 @@ async fn find_app(state: &AppState, caller: &Caller, raw: &str) -> Result<RtcApp
 /// Create an app.
 #[utoipa::path(
     post, path = "/v2/apps", tag = "rtc",
-    request_body(content = serde_json::Value, description = "{\"app_name\": \"...\"} (1–64 characters)"),
+    request_body = CreateAppBody,
     responses(
         (status = 201, body = CreatedApp),
-        (status = 400, body = ErrorBody, description = "RTC.00001003"),
-        (status = 401, body = ErrorBody),
+        (status = 400, body = ErrorBody, description = "RTC.00001003: a field broke a rule"),
     ),
     security(("aksk" = []), ("token" = [])),
 )]
@@ -174,12 +312,8 @@ pub async fn create_app(
 /// List the project's apps in creation order.
 #[utoipa::path(
     get, path = "/v2/apps", tag = "rtc",
-    params(
-        ("state" = Option<String>, Query, description = "ACTIVATION, DEACTIVATION, ARREARS or DELETED; Herald's apps are all ACTIVATION"),
-        ("offset" = Option<u64>, Query, description = "≥ 0, default 0"),
-        ("limit" = Option<u64>, Query, description = "1–100, default 100"),
-    ),
-    responses((status = 200, body = AppList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    params(ListAppsQuery),
+    responses((status = 200, body = AppList)),
     security(("aksk" = []), ("token" = [])),
 )]
 pub async fn list_apps(
@@ -216,8 +350,12 @@ pub async fn list_apps(
 /// Show an app.
 #[utoipa::path(
     get, path = "/v2/apps/{app_id}", tag = "rtc",
-    params(("app_id" = String, Path)),
-    responses((status = 200, body = AppJson), (status = 404, body = ErrorBody, description = "RTC.00001003")),
+    params(("app_id" = String, Path, pattern = "^[0-9a-f]{24}$",
+        description = "24 lower-case hex characters; another project's app, or none, is a 404")),
+    responses(
+        (status = 200, body = AppJson),
+        (status = 404, body = ErrorBody, description = "RTC.00001003: no such app"),
+    ),
     security(("aksk" = []), ("token" = [])),
 )]
 pub async fn show_app(
@@ -231,8 +369,12 @@ pub async fn show_app(
 /// Delete an app; its callbacks not yet sent are cancelled.
 #[utoipa::path(
     delete, path = "/v2/apps/{app_id}", tag = "rtc",
-    params(("app_id" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)),
+    params(("app_id" = String, Path, pattern = "^[0-9a-f]{24}$",
+        description = "24 lower-case hex characters; another project's app, or none, is a 404")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = ErrorBody, description = "RTC.00001003: no such app"),
+    ),
     security(("aksk" = []), ("token" = [])),
 )]
 pub async fn delete_app(
@@ -254,12 +396,13 @@ pub async fn delete_app(
 /// Set an app's record callback, or remove it with `"url": ""`.
 #[utoipa::path(
     put, path = "/v2/apps/{app_id}/record-callback", tag = "rtc",
-    params(("app_id" = String, Path)),
+    params(("app_id" = String, Path, pattern = "^[0-9a-f]{24}$",
+        description = "24 lower-case hex characters; another project's app, or none, is a 404")),
     request_body = RecordCallbackBody,
     responses(
         (status = 200, body = AppRecordCallback),
-        (status = 400, body = ErrorBody, description = "RTC.00001003"),
-        (status = 404, body = ErrorBody, description = "RTC.00001003"),
+        (status = 400, body = ErrorBody, description = "RTC.00001003: a field broke a rule"),
+        (status = 404, body = ErrorBody, description = "RTC.00001003: no such app"),
     ),
     security(("aksk" = []), ("token" = [])),
 )]
@@ -300,8 +443,12 @@ pub async fn update_record_callback(
 /// Show an app's record callback.
 #[utoipa::path(
     get, path = "/v2/apps/{app_id}/record-callback", tag = "rtc",
-    params(("app_id" = String, Path)),
-    responses((status = 200, body = AppRecordCallback), (status = 404, body = ErrorBody)),
+    params(("app_id" = String, Path, pattern = "^[0-9a-f]{24}$",
+        description = "24 lower-case hex characters; another project's app, or none, is a 404")),
+    responses(
+        (status = 200, body = AppRecordCallback),
+        (status = 404, body = ErrorBody, description = "RTC.00001003: no such app"),
+    ),
     security(("aksk" = []), ("token" = [])),
 )]
 pub async fn show_record_callback(
@@ -321,11 +468,13 @@ pub async fn show_record_callback(
 /// `stream_name` are required; optional `event_id` is the idempotency key.
 #[utoipa::path(
     post, path = "/v2/apps/{app_id}/record/events", tag = "ingest",
-    params(("app_id" = String, Path)),
-    request_body(content = serde_json::Value, description = "One event, or {\"events\": [...]}"),
+    params(("app_id" = String, Path, pattern = "^[0-9a-f]{24}$",
+        description = "24 lower-case hex characters; another project's app, or none, is a 404")),
+    request_body = RtcIngestBody,
     responses(
         (status = 202, body = IngestAnswer),
-        (status = 400, body = ErrorBody, description = "RTC.00001003: a field broke a rule"),
+        (status = 400, body = ErrorBody, description = "RTC.00001003: a field broke a rule \
+            (the message names it, with the event's index in a batch); nothing is stored"),
         (status = 404, body = ErrorBody, description = "RTC.00001003: no such app"),
     ),
     security(("aksk" = []), ("token" = [])),

@@ -7,40 +7,106 @@ use axum::http::StatusCode;
 use herald_core::field::FieldError;
 use herald_core::project::ProjectId;
 use herald_core::secrets::generate_hook_secret;
-use herald_core::source::{RecordingSource, SourceSpec, SourceTarget, format_max_pause};
+use herald_core::source::{Engine, RecordingSource, SourceSpec, SourceTarget, format_max_pause};
 use herald_core::timefmt::utc_seconds;
 use herald_store::{SourceView, Store};
 use serde::Serialize;
 use time::OffsetDateTime;
-use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
+use crate::openapi;
 use crate::query::{QueryPairs, known_id, parse_page};
 
 /// A create body, for the OpenAPI document; `herald_core::source::SourceSpec` parses it.
+/// A source reports either Live events for an ingest domain or RTC events for an app:
+/// exactly one of `publish_domain` and `app_id`. Fields it does not know are ignored.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Describes the wire format only; never constructed.
+pub enum SourceBody {
+    Live(LiveSourceBody),
+    Rtc(RtcSourceBody),
+}
+
+/// A source that reports Live events.
 #[derive(ToSchema)]
 #[allow(dead_code)] // Describes the wire format only; never constructed.
-pub struct SourceBody {
-    /// `nginx-rtmp`, `srs` or `mediamtx`.
-    #[schema(pattern = "^(nginx-rtmp|srs|mediamtx)$")]
+pub struct LiveSourceBody {
+    #[schema(schema_with = engine)]
     engine: String,
-    /// The Live ingest domain the source reports for. Exactly one of this and `app_id`.
-    #[schema(max_length = 253)]
-    publish_domain: Option<String>,
-    /// The RTC app (of this project) the source reports for.
-    #[schema(pattern = "^[0-9a-f]{24}$")]
+    #[schema(schema_with = openapi::domain)]
+    publish_domain: String,
+    #[schema(schema_with = absent)]
     app_id: Option<String>,
-    /// Absolute path of the directory the media server records into; at most 1024 bytes.
-    #[schema(max_length = 1024, pattern = "^/")]
+    #[schema(schema_with = openapi::record_dir)]
     record_dir: String,
-    /// http(s) URL; a file's `download_url` is this plus its path below `record_dir`.
-    #[schema(max_length = 1024)]
+    #[schema(schema_with = download_base)]
     download_base: Option<String>,
-    /// How long a stream may stay unpublished before its recording is over: whole
-    /// seconds from `1s` to `1d` (`30s`, `5m`); default `30s`.
+    #[schema(schema_with = openapi::max_pause)]
     max_pause: Option<String>,
+}
+
+/// A source that reports RTC events.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the wire format only; never constructed.
+pub struct RtcSourceBody {
+    #[schema(schema_with = engine)]
+    engine: String,
+    #[schema(schema_with = absent)]
+    publish_domain: Option<String>,
+    #[schema(schema_with = app_id)]
+    app_id: String,
+    #[schema(schema_with = openapi::record_dir)]
+    record_dir: String,
+    #[schema(schema_with = download_base)]
+    download_base: Option<String>,
+    #[schema(schema_with = openapi::max_pause)]
+    max_pause: Option<String>,
+}
+
+fn engine() -> ObjectBuilder {
+    openapi::one_of_names(Engine::ALL.map(Engine::as_str))
+        .description(Some("The media server whose hooks the source takes."))
+}
+
+/// The target a source does not have: left out or null.
+fn absent() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Null)
+        .description(Some("Left out or null: a source has one target."))
+}
+
+fn app_id() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^[0-9a-f]{24}$"))
+        .description(Some(
+            "The RTC app (24 lower-case hex characters) the source reports for; one that is \
+             not an app of this project is a 400.",
+        ))
+}
+
+fn download_base() -> ObjectBuilder {
+    openapi::nullable_string(openapi::url_or_empty()).description(Some(
+        "An absolute http:// or https:// URL with a host, no query string and no fragment, \
+         at most 1024 bytes; a file's `download_url` is this plus its path below \
+         `record_dir`. Empty, null or left out: files have no `download_url`.",
+    ))
+}
+
+/// The list's page.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Describes the wire format only; never constructed.
+pub struct ListQuery {
+    #[param(schema_with = openapi::offset)]
+    offset: Option<u64>,
+    #[param(schema_with = openapi::limit_10)]
+    limit: Option<u64>,
 }
 
 /// A recording source as returned.
@@ -157,12 +223,11 @@ pub async fn create_source(
 /// Create a recording source.
 #[utoipa::path(
     post, path = "/v1/{project_id}/record/sources", tag = "sources",
-    params(("project_id" = String, Path)),
     request_body = SourceBody,
     responses(
         (status = 201, body = SourceJson),
-        (status = 400, body = ErrorBody, description = "LIVE.100011001: a field broke a rule"),
-        (status = 401, body = ErrorBody, description = "APIGW.0301"),
+        (status = 400, body = ErrorBody, description = "LIVE.100011001: a field broke a rule, \
+            or `app_id` is not an app of this project"),
     ),
     security(("aksk" = []), ("token" = [])),
 )]
@@ -184,16 +249,8 @@ pub async fn create(
 /// List a project's recording sources, in creation order.
 #[utoipa::path(
     get, path = "/v1/{project_id}/record/sources", tag = "sources",
-    params(
-        ("project_id" = String, Path),
-        ("offset" = Option<u64>, Query, description = "≥ 0, default 0"),
-        ("limit" = Option<u64>, Query, description = "1–100, default 10"),
-    ),
-    responses(
-        (status = 200, body = SourceList),
-        (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody),
-    ),
+    params(ListQuery),
+    responses((status = 200, body = SourceList)),
     security(("aksk" = []), ("token" = [])),
 )]
 pub async fn list(
@@ -217,11 +274,11 @@ pub async fn list(
 /// Show one recording source, with its status.
 #[utoipa::path(
     get, path = "/v1/{project_id}/record/sources/{id}", tag = "sources",
-    params(("project_id" = String, Path), ("id" = String, Path)),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{32}$",
+        description = "32 lower-case hex characters; any other id names no source (404)")),
     responses(
         (status = 200, body = SourceJson),
-        (status = 404, body = ErrorBody, description = "LIVE.100011004"),
-        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "LIVE.100011004: no such source"),
     ),
     security(("aksk" = []), ("token" = [])),
 )]
@@ -242,11 +299,11 @@ pub async fn show(
 /// Delete a recording source: its hook URL stops working at once.
 #[utoipa::path(
     delete, path = "/v1/{project_id}/record/sources/{id}", tag = "sources",
-    params(("project_id" = String, Path), ("id" = String, Path)),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{32}$",
+        description = "32 lower-case hex characters; any other id names no source (404)")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, body = ErrorBody),
-        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "LIVE.100011004: no such source"),
     ),
     security(("aksk" = []), ("token" = [])),
 )]
