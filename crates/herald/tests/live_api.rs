@@ -356,11 +356,27 @@ async fn list_filters_and_pages() {
     )
     .await;
     assert_eq!(beyond, json!({"total": 4, "callback_config": []}));
+    // SPEC §1's query as written: empty filters are no filters.
+    let (_, unfiltered) = json(
+        server
+            .signed(
+                &c,
+                Method::GET,
+                &format!("{path}?publish_domain=&app=&offset=0&limit=10"),
+                None,
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(unfiltered["total"], 4);
     for (query, field) in [
         ("limit=0", "limit"),
         ("limit=101", "limit"),
         ("offset=-1", "offset"),
         ("limit=ten", "limit"),
+        // Empty is not an integer (an empty filter, though, is no filter: above).
+        ("offset=", "offset"),
+        ("publish_domain=&app=&limit=", "limit"),
     ] {
         let (status, err) = json(
             server

@@ -179,7 +179,13 @@ async fn bad_input_and_other_projects_apps_are_refused_with_rtc_codes() {
         );
         assert!(err["error_msg"].as_str().unwrap().contains(field));
     }
-    for query in ["limit=0", "limit=101", "offset=-1"] {
+    for query in [
+        "limit=0",
+        "limit=101",
+        "offset=-1",
+        "offset=",
+        "state=&limit=",
+    ] {
         let (status, err) = send(&server, &token, M::GET, &format!("/v2/apps?{query}"), None).await;
         assert_eq!(
             (status, err["error_code"].as_str()),
