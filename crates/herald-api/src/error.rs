@@ -10,11 +10,39 @@ use herald_core::field::FieldError;
 use herald_store::StoreError;
 use serde::Serialize;
 use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+
+const LIVE_BAD_REQUEST: &str = "LIVE.100011001";
+const LIVE_NOT_FOUND: &str = "LIVE.100011004";
+const LIVE_INTERNAL: &str = "LIVE.100011500";
+const UNAUTHENTICATED: &str = "APIGW.0301";
+const WRONG_PROJECT: &str = "APIGW.0302";
+const NO_SUCH_API: &str = "APIGW.0101";
+const RTC_INVALID: &str = "RTC.00001003";
+const RTC_INTERNAL: &str = "RTC.00002001";
+
+/// Every `error_code` Herald sends, for the OpenAPI document.
+const ERROR_CODES: [&str; 8] = [
+    LIVE_BAD_REQUEST,
+    LIVE_NOT_FOUND,
+    LIVE_INTERNAL,
+    UNAUTHENTICATED,
+    WRONG_PROJECT,
+    NO_SUCH_API,
+    RTC_INVALID,
+    RTC_INTERNAL,
+];
+
+fn error_code() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(ERROR_CODES))
+}
 
 /// The error body of both documented APIs.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// e.g. `LIVE.100011001`.
+    #[schema(schema_with = error_code)]
     pub error_code: &'static str,
     /// Says what was wrong; for a bad field, names the field and the rule.
     pub error_msg: String,
@@ -58,13 +86,13 @@ impl ApiError {
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "LIVE.100011001"),
-            Self::NotFound(_) => (StatusCode::NOT_FOUND, "LIVE.100011004"),
-            Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "APIGW.0301"),
-            Self::WrongProject(_) => (StatusCode::FORBIDDEN, "APIGW.0302"),
-            Self::NoSuchApi => (StatusCode::NOT_FOUND, "APIGW.0101"),
-            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "APIGW.0101"),
-            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "LIVE.100011500"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, LIVE_BAD_REQUEST),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, LIVE_NOT_FOUND),
+            Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, UNAUTHENTICATED),
+            Self::WrongProject(_) => (StatusCode::FORBIDDEN, WRONG_PROJECT),
+            Self::NoSuchApi => (StatusCode::NOT_FOUND, NO_SUCH_API),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, NO_SUCH_API),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, LIVE_INTERNAL),
         }
     }
 }
@@ -116,17 +144,17 @@ impl IntoResponse for RtcError {
         match self.0 {
             ApiError::BadRequest(e) => respond(
                 StatusCode::BAD_REQUEST,
-                "RTC.00001003",
+                RTC_INVALID,
                 format!("InvalidParameterValue: {e}"),
             ),
             ApiError::NotFound(what) => respond(
                 StatusCode::NOT_FOUND,
-                "RTC.00001003",
+                RTC_INVALID,
                 format!("InvalidParameterValue: {what} not found"),
             ),
             ApiError::Internal(_) => respond(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "RTC.00002001",
+                RTC_INTERNAL,
                 "InternalError".into(),
             ),
             other => other.into_response(),
