@@ -7,8 +7,12 @@ use herald::settings::{FlagOverrides, Settings};
 use herald::{app, credentials, emit, listen, sources};
 use herald_core::project::ProjectId;
 
+/// `herald --version`: the release and the commit it was built from (build.rs), e.g.
+/// `herald 0.1.0 (088064b)`, so a bug report names the exact build.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("HERALD_COMMIT"), ")");
+
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Self-hosted recording callbacks")]
+#[command(name = "herald", version = VERSION, about = "Self-hosted recording callbacks")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

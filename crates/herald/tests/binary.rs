@@ -161,3 +161,41 @@ async fn a_database_url_password_is_never_printed() {
         );
     }
 }
+
+/// `herald --version` names the release and the commit it was built from: HEAD's when built
+/// in a git checkout (build.rs reruns when HEAD moves, so this holds after a new commit too).
+#[test]
+fn version_names_the_release_and_its_commit() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let commit = printed
+        .trim_end()
+        .strip_prefix(concat!("herald ", env!("CARGO_PKG_VERSION"), " ("))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("not `herald VERSION (COMMIT)`: {printed:?}"));
+    let looks_like_a_hash = (7..=40).contains(&commit.len())
+        && commit
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    assert!(
+        looks_like_a_hash || commit == "unknown",
+        "not a commit: {printed:?}"
+    );
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    if let (Some(head), Err(_)) = (head, std::env::var("HERALD_COMMIT")) {
+        assert!(
+            looks_like_a_hash && head.starts_with(commit),
+            "built from {head}, says {printed:?}"
+        );
+    }
+}
