@@ -9,6 +9,7 @@
 //! plaintext secret go to disk.
 
 mod accept;
+mod backend;
 mod location;
 pub mod postgres;
 mod queue;

@@ -18,48 +18,12 @@ use herald_core::source::{
 };
 use herald_core::timefmt::{from_unix_ms, unix_ms};
 use secrecy::ExposeSecret;
-use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type};
 use time::OffsetDateTime;
 
-use crate::records::{conflict_or, limit_offset};
+use crate::backend::{SqlBackend, conflict_or, limit_offset};
 use crate::rows::{CorruptRow, stored_project};
 use crate::{Page, RecordingSources, StoreError};
-
-/// A write transaction with whatever the backend holds beside it (the embedded store's
-/// writer gate).
-pub(crate) struct WriteTx<'a, D: Database, G> {
-    pub tx: sqlx::Transaction<'a, D>,
-    pub _guard: G,
-}
-
-/// What the generic SQL needs of a backend.
-#[async_trait]
-pub(crate) trait SqlBackend: Send + Sync + 'static {
-    type Db: Database;
-    type Guard<'a>: Send
-    where
-        Self: 'a;
-    /// Appended to a `SELECT` whose row must stay as read until commit: `FOR UPDATE` on
-    /// PostgreSQL; nothing on SQLite, whose write transactions (`BEGIN IMMEDIATE`) are
-    /// serial already.
-    const LOCK_ROW: &'static str;
-    fn pool(&self) -> &Pool<Self::Db>;
-    fn master(&self) -> &MasterKey;
-    /// Where the backend commits concurrent writers together, if it does (the embedded
-    /// store): hooks join those commits rather than each waiting for a flush of its own.
-    fn group_commits(&self) -> Option<&crate::sqlite::group_commit::IngestCommits> {
-        None
-    }
-    /// A write transaction that is durable when it commits: sources, and the session
-    /// changes a hook is answered after.
-    async fn write_tx(&self) -> Result<WriteTx<'_, Self::Db, Self::Guard<'_>>, StoreError>;
-    /// A write transaction on the workers' pool, whose commits skip the wait for the disk
-    /// (`synchronous=NORMAL`, `synchronous_commit = off`): the tracker's bookkeeping
-    /// (claims, done steps, ended sessions). Losing one to power loss only takes a step
-    /// again, which its derived event ids make harmless; the hooks' own commits, which
-    /// wait for the disk, are not held up behind it.
-    async fn tracker_tx(&self) -> Result<WriteTx<'_, Self::Db, Self::Guard<'_>>, StoreError>;
-}
 
 /// A recording source with what is going on at it, as the API lists it.
 #[derive(Debug, Clone)]

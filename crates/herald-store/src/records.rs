@@ -9,22 +9,6 @@
 //! items of its own: `begin_write(&pool)` (a write transaction, with whatever guard the
 //! backend needs held beside it) and `cancel_open_deliveries(&mut tx, target_id)`.
 
-/// Maps a unique-constraint violation to [`crate::StoreError::Conflict`].
-pub(crate) fn conflict_or(e: sqlx::Error) -> crate::StoreError {
-    match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => crate::StoreError::Conflict,
-        _ => crate::StoreError::Database(e),
-    }
-}
-
-/// A page's bounds as SQL integers.
-pub(crate) fn limit_offset(page: crate::Page) -> (i64, i64) {
-    (
-        i64::try_from(page.limit).unwrap_or(i64::MAX),
-        i64::try_from(page.offset).unwrap_or(i64::MAX),
-    )
-}
-
 /// The columns of [`crate::rows::LiveConfigRow`], in the order the insert binds them.
 pub(crate) const LIVE_CONFIG_COLUMNS: &str = "id, project_id, publish_domain, app, notify_callback_url, \
      notify_event_subscription, sign_type, key_sealed, create_time_ms, update_time_ms";
@@ -45,7 +29,8 @@ macro_rules! shared_records {
             use sqlx::Row;
             use time::OffsetDateTime;
 
-            use $crate::records::{LIVE_CONFIG_COLUMNS, conflict_or, limit_offset};
+            use $crate::backend::{conflict_or, limit_offset};
+            use $crate::records::LIVE_CONFIG_COLUMNS;
             use $crate::rows::{
                 LiveConfigRow, RTC_APP_COLUMNS, RtcAppRow, access_key_context, rtc_app_key_context,
                 stored_project,

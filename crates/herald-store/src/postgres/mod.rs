@@ -126,7 +126,7 @@ impl PgStore {
 }
 
 #[async_trait::async_trait]
-impl crate::recording::SqlBackend for PgStore {
+impl crate::backend::SqlBackend for PgStore {
     type Db = Postgres;
     type Guard<'a> = ();
     const LOCK_ROW: &'static str = " FOR UPDATE";
@@ -139,15 +139,15 @@ impl crate::recording::SqlBackend for PgStore {
         &self.master
     }
 
-    async fn write_tx(&self) -> Result<crate::recording::WriteTx<'_, Postgres, ()>, StoreError> {
-        Ok(crate::recording::WriteTx {
+    async fn write_tx(&self) -> Result<crate::backend::WriteTx<'_, Postgres, ()>, StoreError> {
+        Ok(crate::backend::WriteTx {
             tx: self.pool.begin().await?,
             _guard: (),
         })
     }
 
-    async fn tracker_tx(&self) -> Result<crate::recording::WriteTx<'_, Postgres, ()>, StoreError> {
-        Ok(crate::recording::WriteTx {
+    async fn tracker_tx(&self) -> Result<crate::backend::WriteTx<'_, Postgres, ()>, StoreError> {
+        Ok(crate::backend::WriteTx {
             tx: self.queue_pool.begin().await?,
             _guard: (),
         })

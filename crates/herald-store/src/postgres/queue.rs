@@ -46,8 +46,8 @@ use crate::accept::{
     batch_time_ms, finished_streams, live_match_keys, new_deliveries, next_state, plan_live,
     plan_rtc, rescued_state, stream_pairs,
 };
+use crate::backend::limit_offset;
 use crate::queue::{MOST_COUNTED_DELIVERIES, delivery_log_where};
-use crate::records::limit_offset;
 use crate::rows::{
     AttemptRow, CandidateRow, ClaimedRow, CorruptRow, DeliveryRow, Target, delivery_views,
     finish_claim,

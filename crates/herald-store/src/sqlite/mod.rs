@@ -91,7 +91,7 @@ impl SqliteStore {
 }
 
 #[async_trait::async_trait]
-impl crate::recording::SqlBackend for SqliteStore {
+impl crate::backend::SqlBackend for SqliteStore {
     type Db = sqlx::Sqlite;
     type Guard<'a> = tokio::sync::MutexGuard<'a, ()>;
     const LOCK_ROW: &'static str = "";
@@ -110,16 +110,16 @@ impl crate::recording::SqlBackend for SqliteStore {
 
     async fn write_tx(
         &self,
-    ) -> Result<crate::recording::WriteTx<'_, sqlx::Sqlite, Self::Guard<'_>>, StoreError> {
+    ) -> Result<crate::backend::WriteTx<'_, sqlx::Sqlite, Self::Guard<'_>>, StoreError> {
         let (guard, tx) = self.begin_write(&self.pool).await?;
-        Ok(crate::recording::WriteTx { tx, _guard: guard })
+        Ok(crate::backend::WriteTx { tx, _guard: guard })
     }
 
     async fn tracker_tx(
         &self,
-    ) -> Result<crate::recording::WriteTx<'_, sqlx::Sqlite, Self::Guard<'_>>, StoreError> {
+    ) -> Result<crate::backend::WriteTx<'_, sqlx::Sqlite, Self::Guard<'_>>, StoreError> {
         let (guard, tx) = self.begin_write(&self.queue_pool).await?;
-        Ok(crate::recording::WriteTx { tx, _guard: guard })
+        Ok(crate::backend::WriteTx { tx, _guard: guard })
     }
 }
 

@@ -1,0 +1,60 @@
+//! What the SQL both backends share needs of a backend: [`SqlBackend`], which the
+//! embedded store and PostgreSQL each implement, and the helpers that SQL uses.
+
+use async_trait::async_trait;
+use herald_core::secrets::MasterKey;
+use sqlx::{Database, Pool};
+
+use crate::StoreError;
+
+/// A write transaction with whatever the backend holds beside it (the embedded store's
+/// writer gate).
+pub(crate) struct WriteTx<'a, D: Database, G> {
+    pub tx: sqlx::Transaction<'a, D>,
+    pub _guard: G,
+}
+
+/// What the generic SQL needs of a backend.
+#[async_trait]
+pub(crate) trait SqlBackend: Send + Sync + 'static {
+    type Db: Database;
+    type Guard<'a>: Send
+    where
+        Self: 'a;
+    /// Appended to a `SELECT` whose row must stay as read until commit: `FOR UPDATE` on
+    /// PostgreSQL; nothing on SQLite, whose write transactions (`BEGIN IMMEDIATE`) are
+    /// serial already.
+    const LOCK_ROW: &'static str;
+    fn pool(&self) -> &Pool<Self::Db>;
+    fn master(&self) -> &MasterKey;
+    /// Where the backend commits concurrent writers together, if it does (the embedded
+    /// store): hooks join those commits rather than each waiting for a flush of its own.
+    fn group_commits(&self) -> Option<&crate::sqlite::group_commit::IngestCommits> {
+        None
+    }
+    /// A write transaction that is durable when it commits: sources, and the session
+    /// changes a hook is answered after.
+    async fn write_tx(&self) -> Result<WriteTx<'_, Self::Db, Self::Guard<'_>>, StoreError>;
+    /// A write transaction on the workers' pool, whose commits skip the wait for the disk
+    /// (`synchronous=NORMAL`, `synchronous_commit = off`): the tracker's bookkeeping
+    /// (claims, done steps, ended sessions). Losing one to power loss only takes a step
+    /// again, which its derived event ids make harmless; the hooks' own commits, which
+    /// wait for the disk, are not held up behind it.
+    async fn tracker_tx(&self) -> Result<WriteTx<'_, Self::Db, Self::Guard<'_>>, StoreError>;
+}
+
+/// Maps a unique-constraint violation to [`crate::StoreError::Conflict`].
+pub(crate) fn conflict_or(e: sqlx::Error) -> crate::StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => crate::StoreError::Conflict,
+        _ => crate::StoreError::Database(e),
+    }
+}
+
+/// A page's bounds as SQL integers.
+pub(crate) fn limit_offset(page: crate::Page) -> (i64, i64) {
+    (
+        i64::try_from(page.limit).unwrap_or(i64::MAX),
+        i64::try_from(page.offset).unwrap_or(i64::MAX),
+    )
+}
