@@ -27,6 +27,9 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     const LOCK_ROW: &'static str;
     fn pool(&self) -> &Pool<Self::Db>;
     fn master(&self) -> &MasterKey;
+    /// How many rows a statement changed. sqlx's generic interface has no `rows_affected`;
+    /// each backend's own result type has.
+    fn rows_affected(done: &<Self::Db as Database>::QueryResult) -> u64;
     /// Where the backend commits concurrent writers together, if it does (the embedded
     /// store): hooks join those commits rather than each waiting for a flush of its own.
     fn group_commits(&self) -> Option<&crate::sqlite::group_commit::IngestCommits> {

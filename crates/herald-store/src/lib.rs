@@ -10,6 +10,7 @@
 
 mod accept;
 mod backend;
+mod credentials;
 mod location;
 pub mod postgres;
 mod queue;

@@ -139,6 +139,10 @@ impl crate::backend::SqlBackend for PgStore {
         &self.master
     }
 
+    fn rows_affected(done: &sqlx::postgres::PgQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
     async fn write_tx(&self) -> Result<crate::backend::WriteTx<'_, Postgres, ()>, StoreError> {
         Ok(crate::backend::WriteTx {
             tx: self.pool.begin().await?,

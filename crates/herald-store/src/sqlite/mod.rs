@@ -108,6 +108,10 @@ impl crate::backend::SqlBackend for SqliteStore {
         &self.master
     }
 
+    fn rows_affected(done: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
     async fn write_tx(
         &self,
     ) -> Result<crate::backend::WriteTx<'_, sqlx::Sqlite, Self::Guard<'_>>, StoreError> {
