@@ -26,6 +26,9 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     /// serial already.
     const LOCK_ROW: &'static str;
     fn pool(&self) -> &Pool<Self::Db>;
+    /// The workers' pool (see [`SqlBackend::tracker_tx`]), where what they read about the
+    /// queue is read too.
+    fn queue_pool(&self) -> &Pool<Self::Db>;
     fn master(&self) -> &MasterKey;
     /// How many rows a statement changed. sqlx's generic interface has no `rows_affected`;
     /// each backend's own result type has.

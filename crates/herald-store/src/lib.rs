@@ -14,6 +14,7 @@ mod credentials;
 mod location;
 pub mod postgres;
 mod queue;
+mod queue_status;
 mod recording;
 mod records;
 mod rows;

@@ -24,15 +24,14 @@ macro_rules! shared_records {
             use herald_core::config::live::LiveCallbackConfig;
             use herald_core::project::ProjectId;
             use herald_core::config::rtc::AppId;
-            use herald_core::timefmt::{from_unix_ms, unix_ms};
-            use sqlx::Row;
+            use herald_core::timefmt::unix_ms;
             use time::OffsetDateTime;
 
             use $crate::backend::{conflict_or, limit_offset};
             use $crate::records::LIVE_CONFIG_COLUMNS;
             use $crate::rows::{LiveConfigRow, RTC_APP_COLUMNS, RtcAppRow, rtc_app_key_context};
             use $crate::{
-                LiveConfigFilter, LiveConfigs, Page, QueueStats, QueueStatus, RecordCallback,
+                LiveConfigFilter, LiveConfigs, Page, RecordCallback,
                 Retention, RtcApp, RtcApps, Store, StoreError,
             };
 
@@ -212,48 +211,6 @@ macro_rules! shared_records {
                         .rows_affected();
                     tx.commit().await?;
                     Ok(deleted)
-                }
-            }
-
-            #[async_trait]
-            impl QueueStatus for $store {
-                async fn next_due_after(
-                    &self,
-                    now: OffsetDateTime,
-                ) -> Result<Option<OffsetDateTime>, StoreError> {
-                    let ms: Option<i64> = sqlx::query_scalar(
-                        "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying') \
-                         AND next_attempt_at_ms > $1",
-                    )
-                    .bind(unix_ms(now))
-                    .fetch_one(&self.queue_pool)
-                    .await?;
-                    Ok(ms.map(from_unix_ms))
-                }
-
-                async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
-                    let by_state = sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
-                        .fetch_all(&self.queue_pool)
-                        .await?
-                        .iter()
-                        .map(|r| {
-                            Ok((
-                                r.try_get("state")?,
-                                u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
-                            ))
-                        })
-                        .collect::<Result<_, sqlx::Error>>()?;
-                    let oldest: Option<i64> = sqlx::query_scalar(
-                        "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying') \
-                         AND next_attempt_at_ms <= $1",
-                    )
-                    .bind(unix_ms(now))
-                    .fetch_one(&self.queue_pool)
-                    .await?;
-                    Ok(QueueStats {
-                        by_state,
-                        oldest_due_at: oldest.map(from_unix_ms),
-                    })
                 }
             }
 

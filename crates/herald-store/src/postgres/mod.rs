@@ -135,6 +135,10 @@ impl crate::backend::SqlBackend for PgStore {
         &self.pool
     }
 
+    fn queue_pool(&self) -> &PgPool {
+        &self.queue_pool
+    }
+
     fn master(&self) -> &MasterKey {
         &self.master
     }

@@ -104,6 +104,10 @@ impl crate::backend::SqlBackend for SqliteStore {
         &self.pool
     }
 
+    fn queue_pool(&self) -> &SqlitePool {
+        &self.queue_pool
+    }
+
     fn master(&self) -> &MasterKey {
         &self.master
     }
