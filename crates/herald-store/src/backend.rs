@@ -26,7 +26,7 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     /// serial already.
     const LOCK_ROW: &'static str;
     fn pool(&self) -> &Pool<Self::Db>;
-    /// The workers' pool (see [`SqlBackend::tracker_tx`]), where what they read about the
+    /// The workers' pool (see [`SqlBackend::queue_tx`]), where what they read about the
     /// queue is read too.
     fn queue_pool(&self) -> &Pool<Self::Db>;
     fn master(&self) -> &MasterKey;
@@ -43,10 +43,11 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     async fn write_tx(&self) -> Result<WriteTx<'_, Self::Db, Self::Guard<'_>>, StoreError>;
     /// A write transaction on the workers' pool, whose commits skip the wait for the disk
     /// (`synchronous=NORMAL`, `synchronous_commit = off`): the tracker's bookkeeping
-    /// (claims, done steps, ended sessions). Losing one to power loss only takes a step
-    /// again, which its derived event ids make harmless; the hooks' own commits, which
-    /// wait for the disk, are not held up behind it.
-    async fn tracker_tx(&self) -> Result<WriteTx<'_, Self::Db, Self::Guard<'_>>, StoreError>;
+    /// (claims, done steps, ended sessions) and retention's deletes. Losing one to power
+    /// loss only takes a step again, which its derived event ids make harmless, or leaves
+    /// history for retention's next pass; the hooks' own commits, which wait for the
+    /// disk, are not held up behind it.
+    async fn queue_tx(&self) -> Result<WriteTx<'_, Self::Db, Self::Guard<'_>>, StoreError>;
 }
 
 /// Maps a unique-constraint violation to [`crate::StoreError::Conflict`].

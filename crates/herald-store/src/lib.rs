@@ -17,6 +17,7 @@ mod queue;
 mod queue_status;
 mod recording;
 mod records;
+mod retention;
 mod rows;
 pub mod sqlite;
 #[cfg(feature = "testing")]

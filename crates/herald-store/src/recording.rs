@@ -364,7 +364,7 @@ where
     }
 
     async fn end_paused_sessions(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
-        let mut w = self.tracker_tx().await?;
+        let mut w = self.queue_tx().await?;
         let ended: Vec<(String, String, String, String)> = sqlx::query_as(
             "DELETE FROM record_sessions WHERE (source_id, app, stream) IN ( \
                  SELECT s.source_id, s.app, s.stream FROM record_sessions s \
@@ -399,7 +399,7 @@ where
         lease_until: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<ClaimedStep>, StoreError> {
-        let mut w = self.tracker_tx().await?;
+        let mut w = self.queue_tx().await?;
         // The head of each stream's open steps, if it is due and not leased. The lease
         // test is repeated outside the subquery so that PostgreSQL re-checks it on the row
         // it locks: of two nodes claiming at once, the second finds it leased.
@@ -452,7 +452,7 @@ where
     }
 
     async fn finish_steps(&self, ids: &[i64], now: OffsetDateTime) -> Result<(), StoreError> {
-        let mut w = self.tracker_tx().await?;
+        let mut w = self.queue_tx().await?;
         for &id in ids {
             // A step without a hook key can never be repeated: it need not be kept.
             sqlx::query("DELETE FROM record_steps WHERE id = $1 AND hook_key IS NULL RETURNING id")
@@ -473,7 +473,7 @@ where
     }
 
     async fn postpone_step(&self, id: i64, due_at: OffsetDateTime) -> Result<(), StoreError> {
-        let mut w = self.tracker_tx().await?;
+        let mut w = self.queue_tx().await?;
         sqlx::query(
             "UPDATE record_steps SET due_at_ms = $2, lease_until_ms = NULL WHERE id = $1 RETURNING id",
         )
@@ -490,7 +490,7 @@ where
         source_id: &str,
         error: &SourceError,
     ) -> Result<(), StoreError> {
-        let mut w = self.tracker_tx().await?;
+        let mut w = self.queue_tx().await?;
         sqlx::query(
             "UPDATE record_sources SET last_error_at_ms = $2, last_error_file = $3, \
              last_error_message = $4 WHERE id = $1 RETURNING id",
@@ -525,7 +525,7 @@ where
     }
 
     async fn release_step_leases(&self) -> Result<u64, StoreError> {
-        let mut w = self.tracker_tx().await?;
+        let mut w = self.queue_tx().await?;
         let released: Vec<i64> = sqlx::query_scalar(
             "UPDATE record_steps SET lease_until_ms = NULL \
              WHERE lease_until_ms IS NOT NULL AND done_at_ms IS NULL RETURNING id",
@@ -537,7 +537,7 @@ where
     }
 
     async fn forget_done_steps(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        let mut w = self.tracker_tx().await?;
+        let mut w = self.queue_tx().await?;
         let gone: Vec<i64> =
             sqlx::query_scalar("DELETE FROM record_steps WHERE done_at_ms < $1 RETURNING id")
                 .bind(unix_ms(before))

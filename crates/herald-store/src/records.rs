@@ -32,7 +32,7 @@ macro_rules! shared_records {
             use $crate::rows::{LiveConfigRow, RTC_APP_COLUMNS, RtcAppRow, rtc_app_key_context};
             use $crate::{
                 LiveConfigFilter, LiveConfigs, Page, RecordCallback,
-                Retention, RtcApp, RtcApps, Store, StoreError,
+                RtcApp, RtcApps, Store, StoreError,
             };
 
             impl $store {
@@ -170,47 +170,6 @@ macro_rules! shared_records {
                         id,
                     )
                     .await
-                }
-            }
-
-            #[async_trait]
-            impl Retention for $store {
-                /// Three deletes in one write transaction, each over the same pick (the
-                /// oldest finished events, by the acceptance-time index): attempts, then
-                /// deliveries, then the events, so no row is left pointing at a deleted one.
-                async fn delete_finished_events(
-                    &self,
-                    before: OffsetDateTime,
-                    limit: u32,
-                ) -> Result<u64, StoreError> {
-                    let pick = format!(
-                        "SELECT e.seq FROM events e WHERE e.accepted_at_ms < $1 AND NOT EXISTS \
-                         (SELECT 1 FROM deliveries o WHERE o.event_seq = e.seq AND o.state IN {}) \
-                         ORDER BY e.accepted_at_ms, e.seq LIMIT $2",
-                        $crate::accept::OPEN_STATES
-                    );
-                    let (_guard, mut tx) = self.begin_write(&self.queue_pool).await?;
-                    for sql in [
-                        format!(
-                            "DELETE FROM delivery_attempts WHERE delivery_id IN \
-                             (SELECT d.id FROM deliveries d WHERE d.event_seq IN ({pick}))"
-                        ),
-                        format!("DELETE FROM deliveries WHERE event_seq IN ({pick})"),
-                    ] {
-                        sqlx::query(&sql)
-                            .bind(unix_ms(before))
-                            .bind(i64::from(limit))
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    let deleted = sqlx::query(&format!("DELETE FROM events WHERE seq IN ({pick})"))
-                        .bind(unix_ms(before))
-                        .bind(i64::from(limit))
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    tx.commit().await?;
-                    Ok(deleted)
                 }
             }
 

@@ -154,7 +154,7 @@ impl crate::backend::SqlBackend for PgStore {
         })
     }
 
-    async fn tracker_tx(&self) -> Result<crate::backend::WriteTx<'_, Postgres, ()>, StoreError> {
+    async fn queue_tx(&self) -> Result<crate::backend::WriteTx<'_, Postgres, ()>, StoreError> {
         Ok(crate::backend::WriteTx {
             tx: self.queue_pool.begin().await?,
             _guard: (),

@@ -123,7 +123,7 @@ impl crate::backend::SqlBackend for SqliteStore {
         Ok(crate::backend::WriteTx { tx, _guard: guard })
     }
 
-    async fn tracker_tx(
+    async fn queue_tx(
         &self,
     ) -> Result<crate::backend::WriteTx<'_, sqlx::Sqlite, Self::Guard<'_>>, StoreError> {
         let (guard, tx) = self.begin_write(&self.queue_pool).await?;
