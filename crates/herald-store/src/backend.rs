@@ -2,8 +2,9 @@
 //! embedded store and PostgreSQL each implement, and the helpers that SQL uses.
 
 use async_trait::async_trait;
+use herald_core::project::ProjectId;
 use herald_core::secrets::MasterKey;
-use sqlx::{Database, Pool};
+use sqlx::{Database, Encode, Executor, IntoArguments, Pool, Type};
 
 use crate::StoreError;
 
@@ -48,6 +49,42 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     /// history for retention's next pass; the hooks' own commits, which wait for the
     /// disk, are not held up behind it.
     async fn queue_tx(&self) -> Result<WriteTx<'_, Self::Db, Self::Guard<'_>>, StoreError>;
+    /// Cancels, inside `tx`, the deliveries not yet sent of a config or an app that was
+    /// deleted, or of an app whose record callback was removed. Each backend keeps its
+    /// delivery queue's rules: PostgreSQL locks the streams first.
+    async fn cancel_open_deliveries(
+        tx: &mut sqlx::Transaction<'_, Self::Db>,
+        target_id: &str,
+    ) -> Result<(), StoreError>;
+}
+
+/// Deletes a config or an app (`sql` binds the project, then the id) and
+/// cancels its deliveries not yet sent, in one transaction. True when it
+/// existed.
+pub(crate) async fn delete_and_cancel<B>(
+    store: &B,
+    sql: &str,
+    project: &ProjectId,
+    id: &str,
+) -> Result<bool, StoreError>
+where
+    B: SqlBackend,
+    for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
+    for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
+    for<'q> &'q str: Encode<'q, B::Db> + Type<B::Db>,
+{
+    let mut w = store.write_tx().await?;
+    let done = sqlx::query(sql)
+        .bind(project.as_str())
+        .bind(id)
+        .execute(&mut *w.tx)
+        .await?;
+    let existed = B::rows_affected(&done) > 0;
+    if existed {
+        B::cancel_open_deliveries(&mut w.tx, id).await?;
+    }
+    w.tx.commit().await?;
+    Ok(existed)
 }
 
 /// Maps a unique-constraint violation to [`crate::StoreError::Conflict`].

@@ -35,31 +35,6 @@ macro_rules! shared_records {
                 RtcApp, RtcApps, Store, StoreError,
             };
 
-            impl $store {
-                /// Deletes a config or an app (`sql` binds the project, then the id) and
-                /// cancels its deliveries not yet sent, in one transaction. True when it
-                /// existed.
-                pub(crate) async fn delete_and_cancel(
-                    &self,
-                    sql: &str,
-                    project: &ProjectId,
-                    id: &str,
-                ) -> Result<bool, StoreError> {
-                    let (_guard, mut tx) = self.begin_write(&self.pool).await?;
-                    let done = sqlx::query(sql)
-                        .bind(project.as_str())
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                    let existed = done.rows_affected() > 0;
-                    if existed {
-                        Self::cancel_open_deliveries(&mut tx, id).await?;
-                    }
-                    tx.commit().await?;
-                    Ok(existed)
-                }
-            }
-
             #[async_trait]
             impl Store for $store {
                 async fn ping(&self) -> Result<(), StoreError> {
@@ -164,7 +139,8 @@ macro_rules! shared_records {
                 }
 
                 async fn delete_live_config(&self, project: &ProjectId, id: &str) -> Result<bool, StoreError> {
-                    self.delete_and_cancel(
+                    $crate::backend::delete_and_cancel(
+                        self,
                         "DELETE FROM live_callback_configs WHERE project_id = $1 AND id = $2",
                         project,
                         id,
@@ -239,7 +215,8 @@ macro_rules! shared_records {
                     project: &ProjectId,
                     app_id: &AppId,
                 ) -> Result<bool, StoreError> {
-                    self.delete_and_cancel(
+                    $crate::backend::delete_and_cancel(
+                        self,
                         "DELETE FROM rtc_apps WHERE project_id = $1 AND app_id = $2",
                         project,
                         app_id.as_str(),
@@ -279,7 +256,7 @@ macro_rules! shared_records {
                     };
                     if callback.is_none() {
                         // Without a callback there is nowhere to send what has not gone out yet.
-                        Self::cancel_open_deliveries(&mut tx, app_id.as_str()).await?;
+                        <Self as $crate::backend::SqlBackend>::cancel_open_deliveries(&mut tx, app_id.as_str()).await?;
                     }
                     tx.commit().await?;
                     row.into_app(&self.master).map(Some)

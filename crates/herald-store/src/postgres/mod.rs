@@ -160,6 +160,13 @@ impl crate::backend::SqlBackend for PgStore {
             _guard: (),
         })
     }
+
+    async fn cancel_open_deliveries(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        target_id: &str,
+    ) -> Result<(), StoreError> {
+        queue::cancel_open_deliveries(tx, target_id).await
+    }
 }
 
 /// Announces, at commit, that deliveries may have become due.

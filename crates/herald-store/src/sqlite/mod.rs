@@ -129,6 +129,13 @@ impl crate::backend::SqlBackend for SqliteStore {
         let (guard, tx) = self.begin_write(&self.queue_pool).await?;
         Ok(crate::backend::WriteTx { tx, _guard: guard })
     }
+
+    async fn cancel_open_deliveries(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        target_id: &str,
+    ) -> Result<(), StoreError> {
+        queue::cancel_open_deliveries(tx, target_id).await
+    }
 }
 
 /// A slice as JSON text, for `json_each(?)`: how SQLite takes a batch as one parameter.
