@@ -11,6 +11,7 @@
 mod accept;
 mod backend;
 mod credentials;
+mod live_configs;
 mod location;
 pub mod postgres;
 mod queue;
