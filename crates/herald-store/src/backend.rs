@@ -26,6 +26,9 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     /// PostgreSQL; nothing on SQLite, whose write transactions (`BEGIN IMMEDIATE`) are
     /// serial already.
     const LOCK_ROW: &'static str;
+    /// The column that orders RTC apps by creation: SQLite's `rowid`, a sequence (`seq`)
+    /// on PostgreSQL.
+    const RTC_APPS_IN_CREATION_ORDER_BY: &'static str;
     fn pool(&self) -> &Pool<Self::Db>;
     /// The workers' pool (see [`SqlBackend::queue_tx`]), where what they read about the
     /// queue is read too.

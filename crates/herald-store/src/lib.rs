@@ -20,6 +20,7 @@ mod recording;
 mod records;
 mod retention;
 mod rows;
+mod rtc_apps;
 pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -110,15 +110,6 @@ impl PgStore {
         Ok(self.pool.begin().await?)
     }
 
-    /// A write transaction on `pool`, in the embedded store's shape: PostgreSQL needs no
-    /// guard beside it.
-    async fn begin_write<'p>(
-        &self,
-        pool: &'p PgPool,
-    ) -> Result<((), Transaction<'p, Postgres>), StoreError> {
-        Ok(((), pool.begin().await?))
-    }
-
     /// A transaction on the worker's pool (see [`PgStore::queue_pool`]).
     async fn begin_queue(&self) -> Result<Transaction<'_, Postgres>, StoreError> {
         Ok(self.queue_pool.begin().await?)
@@ -128,8 +119,11 @@ impl PgStore {
 #[async_trait::async_trait]
 impl crate::backend::SqlBackend for PgStore {
     type Db = Postgres;
+    /// A write transaction has the embedded store's shape, but PostgreSQL needs no guard
+    /// beside it.
     type Guard<'a> = ();
     const LOCK_ROW: &'static str = " FOR UPDATE";
+    const RTC_APPS_IN_CREATION_ORDER_BY: &'static str = "seq";
 
     fn pool(&self) -> &PgPool {
         &self.pool

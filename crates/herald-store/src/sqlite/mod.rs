@@ -95,6 +95,7 @@ impl crate::backend::SqlBackend for SqliteStore {
     type Db = sqlx::Sqlite;
     type Guard<'a> = tokio::sync::MutexGuard<'a, ()>;
     const LOCK_ROW: &'static str = "";
+    const RTC_APPS_IN_CREATION_ORDER_BY: &'static str = "rowid";
 
     fn group_commits(&self) -> Option<&group_commit::IngestCommits> {
         Some(&self.ingest_commits)
