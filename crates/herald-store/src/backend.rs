@@ -1,12 +1,27 @@
-//! What the SQL both backends share needs of a backend: [`SqlBackend`], which the
-//! embedded store and PostgreSQL each implement, and the helpers that SQL uses.
+//! The backend abstraction of the whole crate: [`SqlBackend`], what the SQL both backends
+//! share needs of a backend, which the embedded store and PostgreSQL each implement (their
+//! pools, master key and write transactions, and the little that differs between them).
+//!
+//! Most of the SQL is the same on SQLite and PostgreSQL (sqlx numbers `$N` parameters on
+//! both), and the Rust around it differs only in the database type, so it is written once,
+//! generic over sqlx's database traits, as a blanket impl for every [`SqlBackend`], one
+//! module per part of [`Store`]: `credentials`, `live_configs`, `rtc_apps`,
+//! `queue_status`, `retention` and `recording`. The delivery queue is not the same, and
+//! each backend writes its own (`sqlite::queue`, `postgres::queue`). Here too are the helpers that shared SQL uses, and
+//! [`Store`] itself.
+//!
+//! Rust does not carry a trait's `where` clauses over to the code that uses it, so each
+//! blanket impl lists the sqlx bounds its own statements need.
 
 use async_trait::async_trait;
 use herald_core::project::ProjectId;
 use herald_core::secrets::MasterKey;
 use sqlx::{Database, Encode, Executor, IntoArguments, Pool, Type};
 
-use crate::StoreError;
+use crate::{
+    Credentials, DeliveryQueue, LiveConfigs, QueueStatus, RecordingSources, Retention, RtcApps,
+    Store, StoreError,
+};
 
 /// A write transaction with whatever the backend holds beside it (the embedded store's
 /// writer gate).
@@ -59,6 +74,27 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
         tx: &mut sqlx::Transaction<'_, Self::Db>,
         target_id: &str,
     ) -> Result<(), StoreError>;
+}
+
+/// A backend with all the parts of the store, its delivery queue among them, is a store.
+#[async_trait]
+impl<B> Store for B
+where
+    B: SqlBackend
+        + Credentials
+        + LiveConfigs
+        + DeliveryQueue
+        + QueueStatus
+        + RecordingSources
+        + Retention
+        + RtcApps,
+    for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
+    for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
+{
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(self.pool()).await?;
+        Ok(())
+    }
 }
 
 /// Deletes a config or an app (`sql` binds the project, then the id) and

@@ -171,5 +171,3 @@ async fn notify_work(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreErro
         .await?;
     Ok(())
 }
-
-crate::records::shared_records!(PgStore, rtc_apps_in_creation_order_by: "seq");

@@ -145,5 +145,3 @@ impl crate::backend::SqlBackend for SqliteStore {
 pub(crate) fn json_array<T: serde::Serialize>(items: &[T]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
 }
-
-crate::records::shared_records!(SqliteStore, rtc_apps_in_creation_order_by: "rowid");
