@@ -7,14 +7,31 @@
 //! Backends speak domain types, and seal and open secrets with the master key
 //! themselves, so nothing above the store sees ciphertext and nothing below it sees a
 //! plaintext secret go to disk.
+//!
+//! The modules, by what they hold:
+//! - `backend`: what SQL both backends share needs of a backend (`SqlBackend`, which each
+//!   implements), the helpers that SQL uses, and [`Store`] for a backend with every part.
+//! - `credentials`, `live_configs`, `rtc_apps`, `queue_status`, `retention` and
+//!   `recording`: the parts of [`Store`] whose SQL is the same on both backends, each
+//!   written once, generic over sqlx's database traits, for every `SqlBackend`.
+//! - [`sqlite`] and [`postgres`]: each backend's connections and migrations, its
+//!   `SqlBackend`, and its [`DeliveryQueue`] (`queue`), whose SQL is its own.
+//! - `accept`: the backend-neutral steps of accepting events and finishing attempts;
+//!   `rows`: stored rows to domain types and back; `queue`: the delivery queue's types;
+//!   `location`: which backend the operator's settings name.
 
 mod accept;
+mod backend;
+mod credentials;
+mod live_configs;
 mod location;
 pub mod postgres;
 mod queue;
+mod queue_status;
 mod recording;
-mod records;
+mod retention;
 mod rows;
+mod rtc_apps;
 pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -151,7 +168,8 @@ pub struct Page {
 }
 
 /// Everything above the store holds an `Arc<dyn Store>`. The store's interface is split by
-/// concern, and each backend implements each part in the module that holds its SQL.
+/// concern, and each part is implemented in the module that holds its SQL: once for both
+/// backends where that SQL is the same, in each backend (the delivery queue) where not.
 #[async_trait]
 pub trait Store:
     Credentials

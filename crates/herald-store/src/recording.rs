@@ -18,48 +18,12 @@ use herald_core::source::{
 };
 use herald_core::timefmt::{from_unix_ms, unix_ms};
 use secrecy::ExposeSecret;
-use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type};
 use time::OffsetDateTime;
 
-use crate::records::{conflict_or, limit_offset};
+use crate::backend::{SqlBackend, conflict_or, limit_offset};
 use crate::rows::{CorruptRow, stored_project};
 use crate::{Page, RecordingSources, StoreError};
-
-/// A write transaction with whatever the backend holds beside it (the embedded store's
-/// writer gate).
-pub(crate) struct WriteTx<'a, D: Database, G> {
-    pub tx: sqlx::Transaction<'a, D>,
-    pub _guard: G,
-}
-
-/// What the generic SQL needs of a backend.
-#[async_trait]
-pub(crate) trait SqlBackend: Send + Sync + 'static {
-    type Db: Database;
-    type Guard<'a>: Send
-    where
-        Self: 'a;
-    /// Appended to a `SELECT` whose row must stay as read until commit: `FOR UPDATE` on
-    /// PostgreSQL; nothing on SQLite, whose write transactions (`BEGIN IMMEDIATE`) are
-    /// serial already.
-    const LOCK_ROW: &'static str;
-    fn pool(&self) -> &Pool<Self::Db>;
-    fn master(&self) -> &MasterKey;
-    /// Where the backend commits concurrent writers together, if it does (the embedded
-    /// store): hooks join those commits rather than each waiting for a flush of its own.
-    fn group_commits(&self) -> Option<&crate::sqlite::group_commit::IngestCommits> {
-        None
-    }
-    /// A write transaction that is durable when it commits: sources, and the session
-    /// changes a hook is answered after.
-    async fn write_tx(&self) -> Result<WriteTx<'_, Self::Db, Self::Guard<'_>>, StoreError>;
-    /// A write transaction on the workers' pool, whose commits skip the wait for the disk
-    /// (`synchronous=NORMAL`, `synchronous_commit = off`): the tracker's bookkeeping
-    /// (claims, done steps, ended sessions). Losing one to power loss only takes a step
-    /// again, which its derived event ids make harmless; the hooks' own commits, which
-    /// wait for the disk, are not held up behind it.
-    async fn tracker_tx(&self) -> Result<WriteTx<'_, Self::Db, Self::Guard<'_>>, StoreError>;
-}
 
 /// A recording source with what is going on at it, as the API lists it.
 #[derive(Debug, Clone)]
@@ -400,7 +364,7 @@ where
     }
 
     async fn end_paused_sessions(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
-        let mut w = self.tracker_tx().await?;
+        let mut w = self.queue_tx().await?;
         let ended: Vec<(String, String, String, String)> = sqlx::query_as(
             "DELETE FROM record_sessions WHERE (source_id, app, stream) IN ( \
                  SELECT s.source_id, s.app, s.stream FROM record_sessions s \
@@ -435,7 +399,7 @@ where
         lease_until: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<ClaimedStep>, StoreError> {
-        let mut w = self.tracker_tx().await?;
+        let mut w = self.queue_tx().await?;
         // The head of each stream's open steps, if it is due and not leased. The lease
         // test is repeated outside the subquery so that PostgreSQL re-checks it on the row
         // it locks: of two nodes claiming at once, the second finds it leased.
@@ -488,7 +452,7 @@ where
     }
 
     async fn finish_steps(&self, ids: &[i64], now: OffsetDateTime) -> Result<(), StoreError> {
-        let mut w = self.tracker_tx().await?;
+        let mut w = self.queue_tx().await?;
         for &id in ids {
             // A step without a hook key can never be repeated: it need not be kept.
             sqlx::query("DELETE FROM record_steps WHERE id = $1 AND hook_key IS NULL RETURNING id")
@@ -509,7 +473,7 @@ where
     }
 
     async fn postpone_step(&self, id: i64, due_at: OffsetDateTime) -> Result<(), StoreError> {
-        let mut w = self.tracker_tx().await?;
+        let mut w = self.queue_tx().await?;
         sqlx::query(
             "UPDATE record_steps SET due_at_ms = $2, lease_until_ms = NULL WHERE id = $1 RETURNING id",
         )
@@ -526,7 +490,7 @@ where
         source_id: &str,
         error: &SourceError,
     ) -> Result<(), StoreError> {
-        let mut w = self.tracker_tx().await?;
+        let mut w = self.queue_tx().await?;
         sqlx::query(
             "UPDATE record_sources SET last_error_at_ms = $2, last_error_file = $3, \
              last_error_message = $4 WHERE id = $1 RETURNING id",
@@ -561,7 +525,7 @@ where
     }
 
     async fn release_step_leases(&self) -> Result<u64, StoreError> {
-        let mut w = self.tracker_tx().await?;
+        let mut w = self.queue_tx().await?;
         let released: Vec<i64> = sqlx::query_scalar(
             "UPDATE record_steps SET lease_until_ms = NULL \
              WHERE lease_until_ms IS NOT NULL AND done_at_ms IS NULL RETURNING id",
@@ -573,7 +537,7 @@ where
     }
 
     async fn forget_done_steps(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        let mut w = self.tracker_tx().await?;
+        let mut w = self.queue_tx().await?;
         let gone: Vec<i64> =
             sqlx::query_scalar("DELETE FROM record_steps WHERE done_at_ms < $1 RETURNING id")
                 .bind(unix_ms(before))

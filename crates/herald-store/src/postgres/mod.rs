@@ -110,15 +110,6 @@ impl PgStore {
         Ok(self.pool.begin().await?)
     }
 
-    /// A write transaction on `pool`, in the embedded store's shape: PostgreSQL needs no
-    /// guard beside it.
-    async fn begin_write<'p>(
-        &self,
-        pool: &'p PgPool,
-    ) -> Result<((), Transaction<'p, Postgres>), StoreError> {
-        Ok(((), pool.begin().await?))
-    }
-
     /// A transaction on the worker's pool (see [`PgStore::queue_pool`]).
     async fn begin_queue(&self) -> Result<Transaction<'_, Postgres>, StoreError> {
         Ok(self.queue_pool.begin().await?)
@@ -126,31 +117,49 @@ impl PgStore {
 }
 
 #[async_trait::async_trait]
-impl crate::recording::SqlBackend for PgStore {
+impl crate::backend::SqlBackend for PgStore {
     type Db = Postgres;
+    /// A write transaction has the embedded store's shape, but PostgreSQL needs no guard
+    /// beside it.
     type Guard<'a> = ();
     const LOCK_ROW: &'static str = " FOR UPDATE";
+    const RTC_APPS_IN_CREATION_ORDER_BY: &'static str = "seq";
 
     fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    fn queue_pool(&self) -> &PgPool {
+        &self.queue_pool
     }
 
     fn master(&self) -> &MasterKey {
         &self.master
     }
 
-    async fn write_tx(&self) -> Result<crate::recording::WriteTx<'_, Postgres, ()>, StoreError> {
-        Ok(crate::recording::WriteTx {
+    fn rows_affected(done: &sqlx::postgres::PgQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    async fn write_tx(&self) -> Result<crate::backend::WriteTx<'_, Postgres, ()>, StoreError> {
+        Ok(crate::backend::WriteTx {
             tx: self.pool.begin().await?,
             _guard: (),
         })
     }
 
-    async fn tracker_tx(&self) -> Result<crate::recording::WriteTx<'_, Postgres, ()>, StoreError> {
-        Ok(crate::recording::WriteTx {
+    async fn queue_tx(&self) -> Result<crate::backend::WriteTx<'_, Postgres, ()>, StoreError> {
+        Ok(crate::backend::WriteTx {
             tx: self.queue_pool.begin().await?,
             _guard: (),
         })
+    }
+
+    async fn cancel_open_deliveries(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        target_id: &str,
+    ) -> Result<(), StoreError> {
+        queue::cancel_open_deliveries(tx, target_id).await
     }
 }
 
@@ -162,5 +171,3 @@ async fn notify_work(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreErro
         .await?;
     Ok(())
 }
-
-crate::records::shared_records!(PgStore, rtc_apps_in_creation_order_by: "seq");

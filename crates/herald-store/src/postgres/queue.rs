@@ -46,8 +46,8 @@ use crate::accept::{
     batch_time_ms, finished_streams, live_match_keys, new_deliveries, next_state, plan_live,
     plan_rtc, rescued_state, stream_pairs,
 };
+use crate::backend::limit_offset;
 use crate::queue::{MOST_COUNTED_DELIVERIES, delivery_log_where};
-use crate::records::limit_offset;
 use crate::rows::{
     AttemptRow, CandidateRow, ClaimedRow, CorruptRow, DeliveryRow, Target, delivery_views,
     finish_claim,
@@ -660,29 +660,27 @@ impl DeliveryQueue for PgStore {
     }
 }
 
-impl PgStore {
-    /// Cancels the deliveries of a deleted config (or app callback) that have not gone out.
-    /// The caller has already deleted or changed the target row, so no ingest can add to its
-    /// streams any more; the streams are locked so that no completion unblocks one of them
-    /// meanwhile.
-    pub(super) async fn cancel_open_deliveries(
-        tx: &mut Transaction<'_, Postgres>,
-        config_id: &str,
-    ) -> Result<(), StoreError> {
-        let streams: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT DISTINCT stream FROM deliveries WHERE config_id = $1 AND state IN {OPEN_STATES}"
-        ))
-        .bind(config_id)
-        .fetch_all(&mut **tx)
-        .await?;
-        lock_streams(tx, streams.iter().map(|s| (config_id, s.as_str()))).await?;
-        sqlx::query(
-            "UPDATE deliveries SET state = 'cancelled' WHERE config_id = $1 \
-             AND state IN ('blocked', 'pending', 'retrying')",
-        )
-        .bind(config_id)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
+/// Cancels the deliveries of a deleted config (or app callback) that have not gone out.
+/// The caller has already deleted or changed the target row, so no ingest can add to its
+/// streams any more; the streams are locked so that no completion unblocks one of them
+/// meanwhile.
+pub(super) async fn cancel_open_deliveries(
+    tx: &mut Transaction<'_, Postgres>,
+    config_id: &str,
+) -> Result<(), StoreError> {
+    let streams: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT DISTINCT stream FROM deliveries WHERE config_id = $1 AND state IN {OPEN_STATES}"
+    ))
+    .bind(config_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    lock_streams(tx, streams.iter().map(|s| (config_id, s.as_str()))).await?;
+    sqlx::query(
+        "UPDATE deliveries SET state = 'cancelled' WHERE config_id = $1 \
+         AND state IN ('blocked', 'pending', 'retrying')",
+    )
+    .bind(config_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -91,10 +91,11 @@ impl SqliteStore {
 }
 
 #[async_trait::async_trait]
-impl crate::recording::SqlBackend for SqliteStore {
+impl crate::backend::SqlBackend for SqliteStore {
     type Db = sqlx::Sqlite;
     type Guard<'a> = tokio::sync::MutexGuard<'a, ()>;
     const LOCK_ROW: &'static str = "";
+    const RTC_APPS_IN_CREATION_ORDER_BY: &'static str = "rowid";
 
     fn group_commits(&self) -> Option<&group_commit::IngestCommits> {
         Some(&self.ingest_commits)
@@ -104,22 +105,37 @@ impl crate::recording::SqlBackend for SqliteStore {
         &self.pool
     }
 
+    fn queue_pool(&self) -> &SqlitePool {
+        &self.queue_pool
+    }
+
     fn master(&self) -> &MasterKey {
         &self.master
     }
 
-    async fn write_tx(
-        &self,
-    ) -> Result<crate::recording::WriteTx<'_, sqlx::Sqlite, Self::Guard<'_>>, StoreError> {
-        let (guard, tx) = self.begin_write(&self.pool).await?;
-        Ok(crate::recording::WriteTx { tx, _guard: guard })
+    fn rows_affected(done: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        done.rows_affected()
     }
 
-    async fn tracker_tx(
+    async fn write_tx(
         &self,
-    ) -> Result<crate::recording::WriteTx<'_, sqlx::Sqlite, Self::Guard<'_>>, StoreError> {
+    ) -> Result<crate::backend::WriteTx<'_, sqlx::Sqlite, Self::Guard<'_>>, StoreError> {
+        let (guard, tx) = self.begin_write(&self.pool).await?;
+        Ok(crate::backend::WriteTx { tx, _guard: guard })
+    }
+
+    async fn queue_tx(
+        &self,
+    ) -> Result<crate::backend::WriteTx<'_, sqlx::Sqlite, Self::Guard<'_>>, StoreError> {
         let (guard, tx) = self.begin_write(&self.queue_pool).await?;
-        Ok(crate::recording::WriteTx { tx, _guard: guard })
+        Ok(crate::backend::WriteTx { tx, _guard: guard })
+    }
+
+    async fn cancel_open_deliveries(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        target_id: &str,
+    ) -> Result<(), StoreError> {
+        queue::cancel_open_deliveries(tx, target_id).await
     }
 }
 
@@ -129,5 +145,3 @@ impl crate::recording::SqlBackend for SqliteStore {
 pub(crate) fn json_array<T: serde::Serialize>(items: &[T]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
 }
-
-crate::records::shared_records!(SqliteStore, rtc_apps_in_creation_order_by: "rowid");

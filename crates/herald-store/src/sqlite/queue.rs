@@ -539,16 +539,14 @@ impl DeliveryQueue for SqliteStore {
     }
 }
 
-impl SqliteStore {
-    /// Cancels a deleted config's deliveries that have not gone out.
-    pub(super) async fn cancel_open_deliveries(
-        tx: &mut Transaction<'_, Sqlite>,
-        config_id: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE deliveries SET state = 'cancelled' WHERE config_id = ? AND state IN ('blocked', 'pending', 'retrying')")
-            .bind(config_id)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
+/// Cancels a deleted config's deliveries that have not gone out.
+pub(super) async fn cancel_open_deliveries(
+    tx: &mut Transaction<'_, Sqlite>,
+    config_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE deliveries SET state = 'cancelled' WHERE config_id = ? AND state IN ('blocked', 'pending', 'retrying')")
+        .bind(config_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

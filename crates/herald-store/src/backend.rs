@@ -1,0 +1,143 @@
+//! The backend abstraction of the whole crate: [`SqlBackend`], what the SQL both backends
+//! share needs of a backend, which the embedded store and PostgreSQL each implement (their
+//! pools, master key and write transactions, and the little that differs between them).
+//!
+//! Most of the SQL is the same on SQLite and PostgreSQL (sqlx numbers `$N` parameters on
+//! both), and the Rust around it differs only in the database type, so it is written once,
+//! generic over sqlx's database traits, as a blanket impl for every [`SqlBackend`], one
+//! module per part of [`Store`]: `credentials`, `live_configs`, `rtc_apps`,
+//! `queue_status`, `retention` and `recording`. The delivery queue is not the same, and
+//! each backend writes its own (`sqlite::queue`, `postgres::queue`). Here too are the helpers that shared SQL uses, and
+//! [`Store`] itself.
+//!
+//! Rust does not carry a trait's `where` clauses over to the code that uses it, so each
+//! blanket impl lists the sqlx bounds its own statements need.
+
+use async_trait::async_trait;
+use herald_core::project::ProjectId;
+use herald_core::secrets::MasterKey;
+use sqlx::{Database, Encode, Executor, IntoArguments, Pool, Type};
+
+use crate::{
+    Credentials, DeliveryQueue, LiveConfigs, QueueStatus, RecordingSources, Retention, RtcApps,
+    Store, StoreError,
+};
+
+/// A write transaction with whatever the backend holds beside it (the embedded store's
+/// writer gate).
+pub(crate) struct WriteTx<'a, D: Database, G> {
+    pub tx: sqlx::Transaction<'a, D>,
+    pub _guard: G,
+}
+
+/// What the generic SQL needs of a backend.
+#[async_trait]
+pub(crate) trait SqlBackend: Send + Sync + 'static {
+    type Db: Database;
+    type Guard<'a>: Send
+    where
+        Self: 'a;
+    /// Appended to a `SELECT` whose row must stay as read until commit: `FOR UPDATE` on
+    /// PostgreSQL; nothing on SQLite, whose write transactions (`BEGIN IMMEDIATE`) are
+    /// serial already.
+    const LOCK_ROW: &'static str;
+    /// The column that orders RTC apps by creation: SQLite's `rowid`, a sequence (`seq`)
+    /// on PostgreSQL.
+    const RTC_APPS_IN_CREATION_ORDER_BY: &'static str;
+    fn pool(&self) -> &Pool<Self::Db>;
+    /// The workers' pool (see [`SqlBackend::queue_tx`]), where what they read about the
+    /// queue is read too.
+    fn queue_pool(&self) -> &Pool<Self::Db>;
+    fn master(&self) -> &MasterKey;
+    /// How many rows a statement changed. sqlx's generic interface has no `rows_affected`;
+    /// each backend's own result type has.
+    fn rows_affected(done: &<Self::Db as Database>::QueryResult) -> u64;
+    /// Where the backend commits concurrent writers together, if it does (the embedded
+    /// store): hooks join those commits rather than each waiting for a flush of its own.
+    fn group_commits(&self) -> Option<&crate::sqlite::group_commit::IngestCommits> {
+        None
+    }
+    /// A write transaction that is durable when it commits: sources, and the session
+    /// changes a hook is answered after.
+    async fn write_tx(&self) -> Result<WriteTx<'_, Self::Db, Self::Guard<'_>>, StoreError>;
+    /// A write transaction on the workers' pool, whose commits skip the wait for the disk
+    /// (`synchronous=NORMAL`, `synchronous_commit = off`): the tracker's bookkeeping
+    /// (claims, done steps, ended sessions) and retention's deletes. Losing one to power
+    /// loss only takes a step again, which its derived event ids make harmless, or leaves
+    /// history for retention's next pass; the hooks' own commits, which wait for the
+    /// disk, are not held up behind it.
+    async fn queue_tx(&self) -> Result<WriteTx<'_, Self::Db, Self::Guard<'_>>, StoreError>;
+    /// Cancels, inside `tx`, the deliveries not yet sent of a config or an app that was
+    /// deleted, or of an app whose record callback was removed. Each backend keeps its
+    /// delivery queue's rules: PostgreSQL locks the streams first.
+    async fn cancel_open_deliveries(
+        tx: &mut sqlx::Transaction<'_, Self::Db>,
+        target_id: &str,
+    ) -> Result<(), StoreError>;
+}
+
+/// A backend with all the parts of the store, its delivery queue among them, is a store.
+#[async_trait]
+impl<B> Store for B
+where
+    B: SqlBackend
+        + Credentials
+        + LiveConfigs
+        + DeliveryQueue
+        + QueueStatus
+        + RecordingSources
+        + Retention
+        + RtcApps,
+    for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
+    for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
+{
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(self.pool()).await?;
+        Ok(())
+    }
+}
+
+/// Deletes a config or an app (`sql` binds the project, then the id) and
+/// cancels its deliveries not yet sent, in one transaction. True when it
+/// existed.
+pub(crate) async fn delete_and_cancel<B>(
+    store: &B,
+    sql: &str,
+    project: &ProjectId,
+    id: &str,
+) -> Result<bool, StoreError>
+where
+    B: SqlBackend,
+    for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
+    for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
+    for<'q> &'q str: Encode<'q, B::Db> + Type<B::Db>,
+{
+    let mut w = store.write_tx().await?;
+    let done = sqlx::query(sql)
+        .bind(project.as_str())
+        .bind(id)
+        .execute(&mut *w.tx)
+        .await?;
+    let existed = B::rows_affected(&done) > 0;
+    if existed {
+        B::cancel_open_deliveries(&mut w.tx, id).await?;
+    }
+    w.tx.commit().await?;
+    Ok(existed)
+}
+
+/// Maps a unique-constraint violation to [`crate::StoreError::Conflict`].
+pub(crate) fn conflict_or(e: sqlx::Error) -> crate::StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => crate::StoreError::Conflict,
+        _ => crate::StoreError::Database(e),
+    }
+}
+
+/// A page's bounds as SQL integers.
+pub(crate) fn limit_offset(page: crate::Page) -> (i64, i64) {
+    (
+        i64::try_from(page.limit).unwrap_or(i64::MAX),
+        i64::try_from(page.offset).unwrap_or(i64::MAX),
+    )
+}
