@@ -48,27 +48,9 @@ pub fn render_rtc(app_id: &str, event: &RtcEvent) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::live::{SignKey, SignType};
-    use serde_json::json;
+    use crate::config::live::SignType;
+    use crate::signing::tests::{event, signing};
 
-    fn event() -> LiveEvent {
-        LiveEvent::parse(
-            "",
-            &json!({
-                "event_type": "RECORD_FILE_COMPLETE", "publish_domain": "push.example.com",
-                "app": "live", "stream": "mystream", "file_size": 3957964,
-                "download_url": "https://obs.example.com/a.m3u8",
-            }),
-        )
-        .unwrap()
-    }
-
-    fn signing(sign_type: SignType) -> LiveSigning {
-        LiveSigning {
-            sign_type,
-            key: SignKey::parse("key", "0123456789abcdef0123456789abcdef").unwrap(),
-        }
-    }
     #[test]
     fn body_has_project_fields_and_signature_and_no_nulls() {
         let body: Value = serde_json::from_slice(&render_live(

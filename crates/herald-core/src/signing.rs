@@ -63,11 +63,12 @@ pub fn rtc_signature(key: &AuthKey, rand: u32, timestamp: i64, body: &[u8]) -> R
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn event() -> LiveEvent {
+    /// A Live event with some fields absent (notification.rs's tests use it too).
+    pub(crate) fn event() -> LiveEvent {
         LiveEvent::parse(
             "",
             &json!({
@@ -79,7 +80,7 @@ mod tests {
         .unwrap()
     }
 
-    fn signing(sign_type: SignType) -> LiveSigning {
+    pub(crate) fn signing(sign_type: SignType) -> LiveSigning {
         LiveSigning {
             sign_type,
             key: SignKey::parse("key", "0123456789abcdef0123456789abcdef").unwrap(),
