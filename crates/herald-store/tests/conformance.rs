@@ -316,7 +316,67 @@ impl Behind {
 async fn run_hardening_suite(store: &dyn Store, behind: &Behind) {
     retention_deletes_only_finished_history(store).await;
     an_unreadable_delivery_is_dead_and_the_claim_goes_on(store, behind).await;
+    a_corrupt_config_fails_only_its_own_ingest(store, behind).await;
     the_log_counts_up_to_a_bound(store).await;
+}
+
+/// An ingest that meets a corrupt config row fails alone: the embedded store plans the
+/// ingests that share a commit together, and when that plan fails it takes them one by
+/// one, so the others arriving with it are accepted all the same.
+async fn a_corrupt_config_fails_only_its_own_ingest(store: &dyn Store, behind: &Behind) {
+    let t0 = datetime!(2035-01-01 00:00:00 UTC);
+    let p = "q-corrupt-config";
+    for (id, domain) in [
+        ("cfg-sound", "sound.example.com"),
+        ("cfg-broken", "broken.example.com"),
+    ] {
+        let body = json!({"publish_domain": domain, "app": "*", "notify_callback_url": "https://cb.example.com/c"});
+        add_config(store, p, id, body, t0).await;
+    }
+    behind
+        .execute("UPDATE live_callback_configs SET notify_event_subscription = 'NO_SUCH_EVENT' WHERE id = 'cfg-broken'")
+        .await;
+    let project = project(p);
+    let ingests = (0..20).map(|i| {
+        let domain = if i == 7 {
+            "broken.example.com"
+        } else {
+            "sound.example.com"
+        };
+        let one = [event(
+            &format!("cc-{i}"),
+            "RECORD_FILE_COMPLETE",
+            domain,
+            "live",
+            &format!("s{i}"),
+        )];
+        let project = &project;
+        async move { store.ingest_live(project, &one, t0).await }
+    });
+    for (i, answer) in futures_util::future::join_all(ingests)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        if i == 7 {
+            assert!(matches!(answer, Err(StoreError::Corrupt(_))), "{answer:?}");
+        } else {
+            assert_eq!(answer.unwrap(), [accepted(&format!("cc-{i}"), 1)]);
+        }
+    }
+    let page = Page {
+        offset: 0,
+        limit: 100,
+    };
+    let (total, _) = store
+        .list_deliveries(&project, &DeliveryFilter::default(), page)
+        .await
+        .unwrap();
+    assert_eq!(total, 19);
+    behind
+        .execute("DELETE FROM live_callback_configs WHERE id = 'cfg-broken'")
+        .await;
+    drain(store, t0).await;
 }
 
 /// The delivery log's `total` is exact up to [`MOST_COUNTED_DELIVERIES`] and that bound

@@ -8,10 +8,6 @@
 //! as before; a burst shares one flush. One ingest that fails is rolled back to its
 //! savepoint and answered with its error; the others commit.
 
-use herald_core::config::rtc::AppId;
-use herald_core::event::EventId;
-use herald_core::event::live::LiveEvent;
-use herald_core::event::rtc::RtcEvent;
 use herald_core::hook::HookCall;
 use herald_core::project::ProjectId;
 use herald_core::source::RecordingSource;
@@ -20,27 +16,20 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::queue::{ingest_live_in, ingest_rtc_in};
+use super::queue::{Batch, BatchAnswer, ingest_together};
+use crate::StoreError;
 use crate::recording::apply_in;
-use crate::{Accepted, StoreError};
 
 /// Most requests one commit takes.
 const MOST_PER_COMMIT: usize = 256;
 
-/// One ingest request, waiting for its commit.
+/// One request, waiting for its commit.
 enum Ingest {
-    Live {
+    Events {
         project: ProjectId,
-        events: Vec<(EventId, LiveEvent)>,
+        batch: Batch,
         now: OffsetDateTime,
-        reply: oneshot::Sender<Result<Vec<Accepted>, StoreError>>,
-    },
-    Rtc {
-        project: ProjectId,
-        app_id: AppId,
-        events: Vec<(EventId, RtcEvent)>,
-        now: OffsetDateTime,
-        reply: oneshot::Sender<Result<Option<Vec<Accepted>>, StoreError>>,
+        reply: oneshot::Sender<Result<BatchAnswer, StoreError>>,
     },
     Hooks {
         hooks: Vec<(RecordingSource, HookCall)>,
@@ -51,9 +40,14 @@ enum Ingest {
 
 /// What a request came to inside the shared transaction, before the commit.
 enum Outcome {
-    Live(Result<Vec<Accepted>, StoreError>),
-    Rtc(Result<Option<Vec<Accepted>>, StoreError>),
+    Events(Result<BatchAnswer, StoreError>),
     Hooks(Result<Vec<usize>, StoreError>),
+}
+
+impl Outcome {
+    fn failed(&self) -> bool {
+        matches!(self, Self::Events(Err(_)) | Self::Hooks(Err(_)))
+    }
 }
 
 /// Where requests wait for the committing task; it ends when this is dropped.
@@ -72,35 +66,17 @@ impl IngestCommits {
         Self(tx)
     }
 
-    pub(super) async fn live(
+    /// Accepts one request's events (`DeliveryQueue::ingest_live` and `ingest_rtc`).
+    pub(super) async fn events(
         &self,
         project: ProjectId,
-        events: Vec<(EventId, LiveEvent)>,
+        batch: Batch,
         now: OffsetDateTime,
-    ) -> Result<Vec<Accepted>, StoreError> {
+    ) -> Result<BatchAnswer, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let ingest = Ingest::Live {
+        let ingest = Ingest::Events {
             project,
-            events,
-            now,
-            reply,
-        };
-        self.0.send(ingest).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
-    }
-
-    pub(super) async fn rtc(
-        &self,
-        project: ProjectId,
-        app_id: AppId,
-        events: Vec<(EventId, RtcEvent)>,
-        now: OffsetDateTime,
-    ) -> Result<Option<Vec<Accepted>>, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let ingest = Ingest::Rtc {
-            project,
-            app_id,
-            events,
+            batch,
             now,
             reply,
         };
@@ -133,8 +109,7 @@ async fn commit_ingests(pool: SqlitePool, gate: Arc<Mutex<()>>, mut rx: mpsc::Re
                 for (ingest, outcome) in waiting.drain(..).zip(outcomes) {
                     // A client that has gone away gets no answer; its events are in.
                     match (ingest, outcome) {
-                        (Ingest::Live { reply, .. }, Outcome::Live(r)) => drop(reply.send(r)),
-                        (Ingest::Rtc { reply, .. }, Outcome::Rtc(r)) => drop(reply.send(r)),
+                        (Ingest::Events { reply, .. }, Outcome::Events(r)) => drop(reply.send(r)),
                         (Ingest::Hooks { reply, .. }, Outcome::Hooks(r)) => drop(reply.send(r)),
                         // `commit` makes each outcome from its own ingest, so no other pair
                         // occurs; a dropped reply would answer "stopped".
@@ -148,8 +123,7 @@ async fn commit_ingests(pool: SqlitePool, gate: Arc<Mutex<()>>, mut rx: mpsc::Re
                 let failed = || StoreError::Database(sqlx::Error::Protocol(cause.clone()));
                 for ingest in waiting.drain(..) {
                     match ingest {
-                        Ingest::Live { reply, .. } => drop(reply.send(Err(failed()))),
-                        Ingest::Rtc { reply, .. } => drop(reply.send(Err(failed()))),
+                        Ingest::Events { reply, .. } => drop(reply.send(Err(failed()))),
                         Ingest::Hooks { reply, .. } => drop(reply.send(Err(failed()))),
                     }
                 }
@@ -158,41 +132,108 @@ async fn commit_ingests(pool: SqlitePool, gate: Arc<Mutex<()>>, mut rx: mpsc::Re
     }
 }
 
-/// Runs every waiting ingest in one transaction, each in its own savepoint, and commits.
+/// Runs every waiting request in one transaction and commits: the ingests planned together
+/// ([`together`]), and if that fails, each request again in a savepoint of its own
+/// ([`one_by_one`]), so that the request at fault fails alone.
 async fn commit(pool: &SqlitePool, waiting: &[Ingest]) -> Result<Vec<Outcome>, StoreError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let mut outcomes = Vec::with_capacity(waiting.len());
-    for ingest in waiting {
-        sqlx::query("SAVEPOINT ingest").execute(&mut *tx).await?;
-        let outcome = match ingest {
-            Ingest::Live {
-                project,
-                events,
-                now,
-                ..
-            } => Outcome::Live(ingest_live_in(&mut tx, project, events, *now).await),
-            Ingest::Rtc {
-                project,
-                app_id,
-                events,
-                now,
-                ..
-            } => Outcome::Rtc(ingest_rtc_in(&mut tx, project, app_id, events, *now).await),
-            Ingest::Hooks { hooks, now, .. } => {
-                Outcome::Hooks(apply_hooks_in(&mut tx, hooks, *now).await)
-            }
-        };
-        if matches!(
-            &outcome,
-            Outcome::Live(Err(_)) | Outcome::Rtc(Err(_)) | Outcome::Hooks(Err(_))
-        ) {
-            undo(&mut tx).await?;
+    sqlx::query("SAVEPOINT together").execute(&mut *tx).await?;
+    let outcomes = match together(&mut tx, waiting).await {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            tracing::debug!(error = %e, "a shared ingest plan failed; committing one by one");
+            sqlx::query("ROLLBACK TO together")
+                .execute(&mut *tx)
+                .await?;
+            one_by_one(&mut tx, waiting).await?
         }
-        sqlx::query("RELEASE ingest").execute(&mut *tx).await?;
-        outcomes.push(outcome);
-    }
+    };
+    sqlx::query("RELEASE together").execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// The ingests of each project as one set ([`ingest_together`]), in arrival order; then the
+/// hooks, each in its own savepoint. Any error fails the whole (the caller rolls it back).
+async fn together(
+    tx: &mut Transaction<'_, Sqlite>,
+    waiting: &[Ingest],
+) -> Result<Vec<Outcome>, StoreError> {
+    let mut outcomes: Vec<Option<Outcome>> = waiting.iter().map(|_| None).collect();
+    let mut by_project: Vec<(&ProjectId, Vec<usize>)> = Vec::new();
+    for (i, ingest) in waiting.iter().enumerate() {
+        let Ingest::Events { project, .. } = ingest else {
+            continue;
+        };
+        match by_project.iter_mut().find(|(p, _)| *p == project) {
+            Some((_, requests)) => requests.push(i),
+            None => by_project.push((project, vec![i])),
+        }
+    }
+    for (project, requests) in by_project {
+        let mut batches = Vec::with_capacity(requests.len());
+        let mut latest = OffsetDateTime::UNIX_EPOCH;
+        for &i in &requests {
+            if let Ingest::Events { batch, now, .. } = &waiting[i] {
+                batches.push(batch);
+                latest = latest.max(*now);
+            }
+        }
+        let answers = ingest_together(tx, project, &batches, latest).await?;
+        for (i, answer) in requests.into_iter().zip(answers) {
+            outcomes[i] = Some(Outcome::Events(Ok(answer)));
+        }
+    }
+    for (i, ingest) in waiting.iter().enumerate() {
+        if matches!(ingest, Ingest::Hooks { .. }) {
+            outcomes[i] = Some(in_savepoint(tx, ingest).await?);
+        }
+    }
+    // Every request got its outcome above; a gap would be answered "stopped".
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome::Events(Err(stopped()))))
+        .collect())
+}
+
+/// Each request in a savepoint of its own: one that fails is rolled back and answered with
+/// its error; the others commit.
+async fn one_by_one(
+    tx: &mut Transaction<'_, Sqlite>,
+    waiting: &[Ingest],
+) -> Result<Vec<Outcome>, StoreError> {
+    let mut outcomes = Vec::with_capacity(waiting.len());
+    for ingest in waiting {
+        outcomes.push(in_savepoint(tx, ingest).await?);
+    }
+    Ok(outcomes)
+}
+
+/// One request in a savepoint; an error of the request is its outcome, an error of the
+/// savepoint itself fails the commit.
+async fn in_savepoint(
+    tx: &mut Transaction<'_, Sqlite>,
+    ingest: &Ingest,
+) -> Result<Outcome, StoreError> {
+    sqlx::query("SAVEPOINT ingest").execute(&mut **tx).await?;
+    let outcome = match ingest {
+        Ingest::Events {
+            project,
+            batch,
+            now,
+            ..
+        } => Outcome::Events(
+            ingest_together(tx, project, &[batch], *now)
+                .await
+                .and_then(|mut answers| answers.pop().ok_or_else(stopped)),
+        ),
+        Ingest::Hooks { hooks, now, .. } => Outcome::Hooks(apply_hooks_in(tx, hooks, *now).await),
+    };
+    if outcome.failed() {
+        sqlx::query("ROLLBACK TO ingest").execute(&mut **tx).await?;
+    }
+    sqlx::query("RELEASE ingest").execute(&mut **tx).await?;
+    Ok(outcome)
 }
 
 /// Applies hooks in order inside `tx`; SQLite's write transactions are serial, so the
@@ -207,9 +248,4 @@ async fn apply_hooks_in(
         queued.push(apply_in(tx, "", source, call, now).await?);
     }
     Ok(queued)
-}
-
-async fn undo(tx: &mut Transaction<'_, Sqlite>) -> Result<(), StoreError> {
-    sqlx::query("ROLLBACK TO ingest").execute(&mut **tx).await?;
-    Ok(())
 }

@@ -53,13 +53,17 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        // A connection to a local file cannot go stale, so the pool's check before lending
+        // one (a round trip to the connection's thread per acquire) is skipped.
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         let queue_pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(options.synchronous(SqliteSynchronous::Normal))
             .await?;
         let write_gate = Arc::new(tokio::sync::Mutex::new(()));

@@ -7,6 +7,7 @@
 //! and, when it is finished, unblocks the next delivery of its stream. Writes use
 //! `BEGIN IMMEDIATE` so concurrent writers queue on the busy timeout instead of failing.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -213,31 +214,92 @@ async fn accept(
     Ok(())
 }
 
-/// Accepts Live events inside `tx` (one ingest of [`super::group_commit`]'s commit).
-pub(super) async fn ingest_live_in(
-    tx: &mut Transaction<'_, Sqlite>,
-    project: &ProjectId,
-    events: &[(EventId, LiveEvent)],
-    now: OffsetDateTime,
-) -> Result<Vec<Accepted>, StoreError> {
-    let mut answers = earlier_answers(tx, project, events.iter().map(|(id, _)| id)).await?;
-    let mut candidates_by_key = HashMap::new();
-    for key in live_match_keys(events, &answers) {
-        candidates_by_key.insert(key, candidates(tx, project, key.0, key.1).await?);
-    }
-    let accepting = plan_live(events, &mut answers, &candidates_by_key)?;
-    accept(tx, project, Flavour::Live, accepting, unix_ms(now)).await?;
-    Ok(answers_in_order(events.iter().map(|(id, _)| id), &answers))
+/// One request's events, as [`ingest_together`] takes them.
+pub(super) enum Batch {
+    Live(Vec<(EventId, LiveEvent)>),
+    /// An RTC app's events.
+    Rtc(AppId, Vec<(EventId, RtcEvent)>),
 }
 
-/// Accepts an RTC app's events inside `tx`; `None` when there is no such app.
-pub(super) async fn ingest_rtc_in(
+impl Batch {
+    fn ids(&self) -> Vec<&EventId> {
+        match self {
+            Self::Live(events) => events.iter().map(|(id, _)| id).collect(),
+            Self::Rtc(_, events) => events.iter().map(|(id, _)| id).collect(),
+        }
+    }
+}
+
+/// A request's answers: one per event in request order; for RTC, `None` when there is no
+/// such app.
+pub(super) enum BatchAnswer {
+    Live(Vec<Accepted>),
+    Rtc(Option<Vec<Accepted>>),
+}
+
+/// Accepts several requests of one project inside `tx`, in order, as if each ran after
+/// the one before it: an id repeated in a later request gets the earlier one's answer.
+/// Set-based across the requests too, so a commit of many single-event requests costs the
+/// same handful of statements as one request: earlier answers for all their ids, one
+/// candidate query per distinct (domain, app), one lookup per RTC app, then [`accept`]'s
+/// inserts once per flavour.
+pub(super) async fn ingest_together(
+    tx: &mut Transaction<'_, Sqlite>,
+    project: &ProjectId,
+    batches: &[&Batch],
+    now: OffsetDateTime,
+) -> Result<Vec<BatchAnswer>, StoreError> {
+    let ids = batches.iter().flat_map(|b| b.ids());
+    let mut answers = earlier_answers(tx, project, ids).await?;
+    let mut candidates_by_key = HashMap::new();
+    let mut apps = HashMap::new();
+    for batch in batches {
+        match batch {
+            Batch::Live(events) => {
+                for key in live_match_keys(events, &answers) {
+                    if let Entry::Vacant(slot) = candidates_by_key.entry(key) {
+                        slot.insert(candidates(tx, project, key.0, key.1).await?);
+                    }
+                }
+            }
+            Batch::Rtc(app_id, _) => {
+                if let Entry::Vacant(slot) = apps.entry(app_id.as_str()) {
+                    slot.insert(rtc_callback(tx, project, app_id).await?);
+                }
+            }
+        }
+    }
+    let (mut live, mut rtc) = (Vec::new(), Vec::new());
+    let mut out = Vec::with_capacity(batches.len());
+    for batch in batches {
+        out.push(match batch {
+            Batch::Live(events) => {
+                live.extend(plan_live(events, &mut answers, &candidates_by_key)?);
+                BatchAnswer::Live(answers_in_order(batch.ids().into_iter(), &answers))
+            }
+            Batch::Rtc(app_id, events) => match apps.get(app_id.as_str()) {
+                Some(Some(callback)) => {
+                    let callback = callback.as_ref();
+                    rtc.extend(plan_rtc(events, &mut answers, app_id.as_str(), callback)?);
+                    BatchAnswer::Rtc(Some(answers_in_order(batch.ids().into_iter(), &answers)))
+                }
+                _ => BatchAnswer::Rtc(None),
+            },
+        });
+    }
+    let now_ms = unix_ms(now);
+    accept(tx, project, Flavour::Live, live, now_ms).await?;
+    accept(tx, project, Flavour::Rtc, rtc, now_ms).await?;
+    Ok(out)
+}
+
+/// The app's record callback: `None` when there is no such app, `Some(None)` when it has
+/// no callback.
+async fn rtc_callback(
     tx: &mut Transaction<'_, Sqlite>,
     project: &ProjectId,
     app_id: &AppId,
-    events: &[(EventId, RtcEvent)],
-    now: OffsetDateTime,
-) -> Result<Option<Vec<Accepted>>, StoreError> {
+) -> Result<Option<Option<RtcCallback>>, StoreError> {
     let app: Option<(Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT callback_url, notify_event_subscription FROM rtc_apps WHERE project_id = ? AND app_id = ?",
     )
@@ -245,17 +307,11 @@ pub(super) async fn ingest_rtc_in(
     .bind(app_id.as_str())
     .fetch_optional(&mut **tx)
     .await?;
-    let Some((url, subscription)) = app else {
-        return Ok(None);
-    };
-    let callback = RtcCallback::from_columns(app_id.as_str(), url, subscription.as_deref())?;
-    let mut answers = earlier_answers(tx, project, events.iter().map(|(id, _)| id)).await?;
-    let accepting = plan_rtc(events, &mut answers, app_id.as_str(), callback.as_ref())?;
-    accept(tx, project, Flavour::Rtc, accepting, unix_ms(now)).await?;
-    Ok(Some(answers_in_order(
-        events.iter().map(|(id, _)| id),
-        &answers,
-    )))
+    app.map(|(url, subscription)| {
+        RtcCallback::from_columns(app_id.as_str(), url, subscription.as_deref())
+            .map_err(StoreError::from)
+    })
+    .transpose()
 }
 
 #[async_trait]
@@ -269,9 +325,15 @@ impl DeliveryQueue for SqliteStore {
         events: &[(EventId, LiveEvent)],
         now: OffsetDateTime,
     ) -> Result<Vec<Accepted>, StoreError> {
-        self.ingest_commits
-            .live(project.clone(), events.to_vec(), now)
-            .await
+        match self
+            .ingest_commits
+            .events(project.clone(), Batch::Live(events.to_vec()), now)
+            .await?
+        {
+            BatchAnswer::Live(accepted) => Ok(accepted),
+            // A Live batch is answered as one.
+            BatchAnswer::Rtc(_) => Ok(Vec::new()),
+        }
     }
 
     async fn ingest_rtc(
@@ -281,9 +343,16 @@ impl DeliveryQueue for SqliteStore {
         events: &[(EventId, RtcEvent)],
         now: OffsetDateTime,
     ) -> Result<Option<Vec<Accepted>>, StoreError> {
-        self.ingest_commits
-            .rtc(project.clone(), app_id.clone(), events.to_vec(), now)
-            .await
+        let batch = Batch::Rtc(app_id.clone(), events.to_vec());
+        match self
+            .ingest_commits
+            .events(project.clone(), batch, now)
+            .await?
+        {
+            BatchAnswer::Rtc(accepted) => Ok(accepted),
+            // An RTC batch is answered as one.
+            BatchAnswer::Live(_) => Ok(None),
+        }
     }
 
     async fn claim_due_deliveries(
