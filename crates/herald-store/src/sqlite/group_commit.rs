@@ -16,6 +16,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use super::BEGIN_DURABLE;
 use super::queue::{Batch, BatchAnswer, ingest_together};
 use crate::StoreError;
 use crate::recording::apply_in;
@@ -136,7 +137,7 @@ async fn commit_ingests(pool: SqlitePool, gate: Arc<Mutex<()>>, mut rx: mpsc::Re
 /// ([`together`]), and if that fails, each request again in a savepoint of its own
 /// ([`one_by_one`]), so that the request at fault fails alone.
 async fn commit(pool: &SqlitePool, waiting: &[Ingest]) -> Result<Vec<Outcome>, StoreError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = pool.begin_with(BEGIN_DURABLE).await?;
     sqlx::query("SAVEPOINT together").execute(&mut *tx).await?;
     let outcomes = match together(&mut tx, waiting).await {
         Ok(outcomes) => outcomes,

@@ -22,15 +22,16 @@ mod queue;
 pub const DATABASE_FILE: &str = "herald.sqlite3";
 
 pub struct SqliteStore {
-    /// `synchronous=FULL`: every commit is on disk before it returns. Ingest and the
-    /// management API write here, so a 202 or a 201 survives power loss.
+    /// Readers (`synchronous=FULL`, for the few management writes that go without a
+    /// transaction).
     pool: SqlitePool,
-    /// `synchronous=NORMAL`: the workers' claims, completions and rescues. Losing one of
-    /// these to power loss costs at most a re-sent callback (at-least-once allows it),
-    /// never an accepted event; and in WAL mode the next FULL commit makes them durable
-    /// too. Skipping their fsyncs is what lets a single endpoint reach thousands of
-    /// callbacks per second.
-    queue_pool: SqlitePool,
+    /// The one connection every write transaction of this process runs on, in turn behind
+    /// `write_gate`. SQLite writes one transaction at a time anyway; on one connection
+    /// the pages a write touches stay in its cache, whereas a connection that sees another
+    /// one's commit throws its whole page cache away (WAL mode) and reads it again.
+    /// Each transaction sets its own durability as it begins ([`BEGIN_DURABLE`],
+    /// [`BEGIN_QUEUE`]).
+    writer: SqlitePool,
     /// Seals secrets on the way in and opens them on the way out.
     master: MasterKey,
     /// SQLite has one writer at a time. Left to itself, a second writer waits in SQLite's
@@ -42,6 +43,17 @@ pub struct SqliteStore {
     /// Ingest's and hooks' writer: concurrent ones share one commit (see [`group_commit`]).
     ingest_commits: group_commit::IngestCommits,
 }
+
+/// Begins a transaction whose commit is on disk before it returns (`synchronous=FULL`):
+/// ingest and the management API, so that a 202 or a 201 survives power loss.
+pub(crate) const BEGIN_DURABLE: &str = "PRAGMA synchronous = FULL; BEGIN IMMEDIATE";
+
+/// Begins one of the workers' claims, completions and rescues (`synchronous=NORMAL`).
+/// Losing one of these to power loss costs at most a re-sent callback (at-least-once
+/// allows it), never an accepted event; and in WAL mode the next durable commit makes them
+/// durable too. Skipping their flushes is what lets a single endpoint reach thousands of
+/// callbacks per second.
+pub(crate) const BEGIN_QUEUE: &str = "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE";
 
 impl SqliteStore {
     /// Opens (creating if needed) the database in `data_dir` and applies migrations.
@@ -61,35 +73,36 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        let queue_pool = SqlitePoolOptions::new()
-            .max_connections(4)
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
             .test_before_acquire(false)
-            .connect_with(options.synchronous(SqliteSynchronous::Normal))
+            .connect_with(options)
             .await?;
         let write_gate = Arc::new(tokio::sync::Mutex::new(()));
         Ok(Self {
-            ingest_commits: group_commit::IngestCommits::start(pool.clone(), write_gate.clone()),
+            ingest_commits: group_commit::IngestCommits::start(writer.clone(), write_gate.clone()),
             pool,
-            queue_pool,
+            writer,
             master,
             write_gate,
         })
     }
 
-    /// A write transaction on `pool`, taken in turn with this process's other writers.
-    /// Keep the guard for as long as the transaction.
-    async fn begin_write<'p>(
+    /// A write transaction begun with `begin` ([`BEGIN_DURABLE`] or [`BEGIN_QUEUE`]), taken
+    /// in turn with this process's other writers. Keep the guard for as long as the
+    /// transaction.
+    async fn begin_write(
         &self,
-        pool: &'p SqlitePool,
+        begin: &'static str,
     ) -> Result<
         (
             tokio::sync::MutexGuard<'_, ()>,
-            sqlx::Transaction<'p, sqlx::Sqlite>,
+            sqlx::Transaction<'_, sqlx::Sqlite>,
         ),
         StoreError,
     > {
         let gate = self.write_gate.lock().await;
-        let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let tx = self.writer.begin_with(begin).await?;
         Ok((gate, tx))
     }
 }
@@ -109,8 +122,10 @@ impl crate::backend::SqlBackend for SqliteStore {
         &self.pool
     }
 
+    /// What the workers read about the queue is read by the readers: the writer is theirs
+    /// only inside a transaction.
     fn queue_pool(&self) -> &SqlitePool {
-        &self.queue_pool
+        &self.pool
     }
 
     fn master(&self) -> &MasterKey {
@@ -124,14 +139,14 @@ impl crate::backend::SqlBackend for SqliteStore {
     async fn write_tx(
         &self,
     ) -> Result<crate::backend::WriteTx<'_, sqlx::Sqlite, Self::Guard<'_>>, StoreError> {
-        let (guard, tx) = self.begin_write(&self.pool).await?;
+        let (guard, tx) = self.begin_write(BEGIN_DURABLE).await?;
         Ok(crate::backend::WriteTx { tx, _guard: guard })
     }
 
     async fn queue_tx(
         &self,
     ) -> Result<crate::backend::WriteTx<'_, sqlx::Sqlite, Self::Guard<'_>>, StoreError> {
-        let (guard, tx) = self.begin_write(&self.queue_pool).await?;
+        let (guard, tx) = self.begin_write(BEGIN_QUEUE).await?;
         Ok(crate::backend::WriteTx { tx, _guard: guard })
     }
 

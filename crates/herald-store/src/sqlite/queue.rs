@@ -25,8 +25,8 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::SqliteStore;
 use super::json_array;
+use super::{BEGIN_DURABLE, BEGIN_QUEUE, SqliteStore};
 use crate::accept::{
     Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, RtcCallback, TARGET_EXISTS, answers_in_order,
     batch_time_ms, finished_streams, live_match_keys, new_deliveries, next_state, plan_live,
@@ -362,7 +362,7 @@ impl DeliveryQueue for SqliteStore {
         lease: &Lease,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         let (room, total) = (limits.room_json(), limits.total_sql());
-        let (gate, mut tx) = self.begin_write(&self.queue_pool).await?;
+        let (gate, mut tx) = self.begin_write(BEGIN_QUEUE).await?;
         // The inner scan skips full endpoints before its LIMIT, so their backlog cannot fill
         // it; the window function then keeps each endpoint within its room.
         let rows = sqlx::query(
@@ -426,7 +426,7 @@ impl DeliveryQueue for SqliteStore {
             })
             .collect();
         let batch = serde_json::Value::Array(rows).to_string();
-        let (_gate, mut tx) = self.begin_write(&self.queue_pool).await?;
+        let (_gate, mut tx) = self.begin_write(BEGIN_QUEUE).await?;
         // Applied only where the lease still holds; a retry of a deleted config's delivery
         // is cancelled instead.
         let moved = sqlx::query(&format!(
@@ -473,7 +473,7 @@ impl DeliveryQueue for SqliteStore {
         max_attempts: u32,
     ) -> Result<u64, StoreError> {
         let now_ms = unix_ms(now);
-        let (_gate, mut tx) = self.begin_write(&self.queue_pool).await?;
+        let (_gate, mut tx) = self.begin_write(BEGIN_QUEUE).await?;
         let rescued = sqlx::query(&format!(
             "UPDATE deliveries AS d SET next_attempt_at_ms = ?1, lease_owner = NULL, lease_expires_at_ms = NULL, \
              state = {} \
@@ -551,7 +551,7 @@ impl DeliveryQueue for SqliteStore {
         id: i64,
         now: OffsetDateTime,
     ) -> Result<RetryOutcome, StoreError> {
-        let (_gate, mut tx) = self.begin_write(&self.pool).await?;
+        let (_gate, mut tx) = self.begin_write(BEGIN_DURABLE).await?;
         let row = sqlx::query(
             "SELECT state, config_id, stream FROM deliveries WHERE project_id = ? AND id = ?",
         )
