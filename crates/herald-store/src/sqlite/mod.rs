@@ -164,3 +164,58 @@ impl crate::backend::SqlBackend for SqliteStore {
 pub(crate) fn json_array<T: serde::Serialize>(items: &[T]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::{ClaimLimits, DeliveryQueue, Lease};
+    use herald_core::event::EventId;
+    use herald_core::event::live::LiveEvent;
+    use herald_core::project::ProjectId;
+    use std::collections::HashMap;
+    use time::OffsetDateTime;
+
+    /// `PRAGMA synchronous` of the writer connection, as its last transaction left it.
+    async fn writer_synchronous(store: &SqliteStore) -> i64 {
+        sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&store.writer)
+            .await
+            .unwrap()
+    }
+
+    /// Ingest commits with `synchronous=FULL` (2): its 202 must survive power loss; the
+    /// workers' writes on the same connection with `NORMAL` (1).
+    #[tokio::test]
+    async fn each_transaction_sets_its_own_durability() {
+        let dir = tempfile::tempdir().unwrap();
+        let (master, _) = MasterKey::generate();
+        let store = SqliteStore::open(dir.path(), master).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        let lease = Lease {
+            owner: "w".into(),
+            expires_at: now,
+        };
+        let in_flight = HashMap::new();
+        let limits = ClaimLimits {
+            total: 1,
+            per_endpoint: 1,
+            in_flight: &in_flight,
+        };
+        store
+            .claim_due_deliveries(now, limits, &lease)
+            .await
+            .unwrap();
+        assert_eq!(writer_synchronous(&store).await, 1);
+        let project = ProjectId::parse("project_id", "p").unwrap();
+        let body = serde_json::json!({"event_type": "RECORD_OVER", "publish_domain": "d.example.com",
+            "app": "live", "stream": "s"});
+        let event = (
+            EventId::parse("event_id", "e1").unwrap(),
+            LiveEvent::parse("", &body).unwrap(),
+        );
+        store.ingest_live(&project, &[event], now).await.unwrap();
+        assert_eq!(writer_synchronous(&store).await, 2);
+    }
+}
