@@ -36,14 +36,20 @@ pub struct ClaimLimits<'a> {
 }
 
 impl ClaimLimits<'_> {
+    /// The room `endpoint` has left in this claim, before what the claim itself takes.
+    pub(crate) fn room_of(&self, endpoint: &str) -> u32 {
+        let held = self.in_flight.get(endpoint).copied().unwrap_or(0);
+        self.per_endpoint.saturating_sub(held)
+    }
+
     /// The room each endpoint with deliveries in flight has left, as a JSON object of
     /// endpoint to count (a claim's query parameter; endpoints not in it have the full
     /// `per_endpoint`).
     pub(crate) fn room_json(&self) -> String {
         let room: HashMap<&str, u32> = self
             .in_flight
-            .iter()
-            .map(|(endpoint, n)| (endpoint.as_str(), self.per_endpoint.saturating_sub(*n)))
+            .keys()
+            .map(|endpoint| (endpoint.as_str(), self.room_of(endpoint)))
             .collect();
         // Serialising strings and numbers cannot fail.
         serde_json::to_string(&room).unwrap_or_else(|_| "{}".into())

@@ -314,6 +314,81 @@ async fn rtc_callback(
     .transpose()
 }
 
+/// The due deliveries a claim takes, oldest due first, each endpoint within its room.
+///
+/// The due index is read in pages, each page one row of JSON (sqlx hands rows from its
+/// SQLite thread one at a time, so one row per page is one hand-off). A page asks for no
+/// more than the endpoints seen can still take, plus one endpoint's room for one not seen
+/// yet, and every page leaves out the endpoints that are full (in flight, or filled by this
+/// claim). So a claim of a few reads a few rows, however long the queue behind a busy
+/// endpoint. The scan stops at 8 × the claim, so a claim stays bounded.
+async fn due_within_room(
+    tx: &mut Transaction<'_, Sqlite>,
+    now: OffsetDateTime,
+    limits: &ClaimLimits<'_>,
+) -> Result<Vec<i64>, StoreError> {
+    let budget = limits.total.saturating_mul(8);
+    // Taken by this claim, by endpoint.
+    let mut taken: HashMap<String, u32> = HashMap::new();
+    let mut ids = Vec::new();
+    let (mut scanned, mut after) = (0, (i64::MIN, i64::MIN));
+    while ids.len() < limits.total && scanned < budget {
+        let seen: HashSet<&str> = (limits.in_flight.keys())
+            .chain(taken.keys())
+            .map(String::as_str)
+            .collect();
+        let left = |e: &str| {
+            let used = taken.get(e).copied().unwrap_or(0);
+            limits.room_of(e).saturating_sub(used)
+        };
+        let full: Vec<&str> = seen.iter().copied().filter(|e| left(e) == 0).collect();
+        let seen_room: u32 = seen.iter().map(|e| left(e)).sum();
+        let page_size = (limits.total - ids.len())
+            .min(
+                usize::try_from(seen_room.saturating_add(limits.per_endpoint))
+                    .unwrap_or(usize::MAX),
+            )
+            .min(budget - scanned)
+            .max(1);
+        let page: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(id, endpoint, next_attempt_at_ms)) FROM ( \
+                 SELECT id, endpoint, next_attempt_at_ms FROM deliveries \
+                 WHERE state IN ('pending', 'retrying') AND next_attempt_at_ms <= ?1 \
+                 AND endpoint NOT IN (SELECT value FROM json_each(?2)) \
+                 AND (next_attempt_at_ms, id) > (?3, ?4) \
+                 ORDER BY next_attempt_at_ms, id LIMIT ?5)",
+        )
+        .bind(unix_ms(now))
+        .bind(json_array(&full))
+        .bind(after.0)
+        .bind(after.1)
+        .bind(i64::try_from(page_size).unwrap_or(i64::MAX))
+        .fetch_one(&mut **tx)
+        .await?;
+        let mut rows: Vec<(i64, String, i64)> =
+            serde_json::from_str(&page).map_err(|e| crate::rows::CorruptRow {
+                table: "deliveries",
+                id: "a claim's page".into(),
+                reason: e.to_string(),
+            })?;
+        // json_group_array keeps the order its rows come in, which SQL does not promise.
+        rows.sort_unstable_by_key(|(id, _, due)| (*due, *id));
+        scanned += rows.len();
+        for (id, endpoint, due) in &rows {
+            after = (*due, *id);
+            let used = taken.entry(endpoint.clone()).or_default();
+            if *used < limits.room_of(endpoint) && ids.len() < limits.total {
+                *used += 1;
+                ids.push(*id);
+            }
+        }
+        if rows.len() < page_size {
+            break;
+        }
+    }
+    Ok(ids)
+}
+
 #[async_trait]
 impl DeliveryQueue for SqliteStore {
     /// Set-based, so a batch of any size costs a fixed handful of statements: earlier
@@ -361,39 +436,17 @@ impl DeliveryQueue for SqliteStore {
         limits: ClaimLimits<'_>,
         lease: &Lease,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        let (room, total) = (limits.room_json(), limits.total_sql());
         let (gate, mut tx) = self.begin_write(BEGIN_QUEUE).await?;
-        // The inner scan skips full endpoints before its LIMIT, so their backlog cannot fill
-        // it; the window function then keeps each endpoint within its room.
-        let rows = sqlx::query(
-            "WITH room (endpoint, n) AS MATERIALIZED (SELECT key, value FROM json_each(?4)) \
-             UPDATE deliveries SET state = 'running', lease_owner = ?1, lease_expires_at_ms = ?2, \
-             attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM ( \
-                 SELECT d.id, d.next_attempt_at_ms, \
-                     ROW_NUMBER() OVER (PARTITION BY d.endpoint ORDER BY d.next_attempt_at_ms, d.id) AS nth, \
-                     COALESCE(room.n, ?5) AS room \
-                 FROM (SELECT id, endpoint, next_attempt_at_ms FROM deliveries \
-                     WHERE state IN ('pending', 'retrying') AND next_attempt_at_ms <= ?3 \
-                     AND endpoint NOT IN (SELECT endpoint FROM room WHERE n = 0) \
-                     ORDER BY next_attempt_at_ms, id LIMIT ?6) d \
-                 LEFT JOIN room ON room.endpoint = d.endpoint) \
-                 WHERE nth <= room ORDER BY next_attempt_at_ms, id LIMIT ?7) \
-             RETURNING id",
+        let ids = due_within_room(&mut tx, now, &limits).await?;
+        sqlx::query(
+            "UPDATE deliveries SET state = 'running', lease_owner = ?1, lease_expires_at_ms = ?2, \
+             attempts = attempts + 1 WHERE id IN (SELECT value FROM json_each(?3))",
         )
         .bind(&lease.owner)
         .bind(unix_ms(lease.expires_at))
-        .bind(unix_ms(now))
-        .bind(room)
-        .bind(i64::from(limits.per_endpoint))
-        .bind(total.saturating_mul(8))
-        .bind(total)
-        .fetch_all(&mut *tx)
+        .bind(json_array(&ids))
+        .execute(&mut *tx)
         .await?;
-        let ids: Vec<i64> = rows
-            .iter()
-            .map(|r| r.try_get("id"))
-            .collect::<Result<_, _>>()?;
         let claimed = sqlx::query_as::<_, ClaimedRow>(
             "SELECT d.id, d.project_id, e.event_id, e.payload, e.flavour, d.config_id, d.endpoint, d.url, \
                  d.sign_type, d.key_sealed, d.attempts \
