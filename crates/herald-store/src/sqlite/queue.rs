@@ -1,11 +1,13 @@
 //! The delivery queue on SQLite.
 //!
 //! Life of a delivery: created `pending` (or `blocked` behind an open delivery of the
-//! same config and stream) in the transaction that accepts its event; leased (`running`)
-//! by a claim, one short `UPDATE … RETURNING`; finished by a batched, lease-guarded
-//! completion that records the attempt and moves it to `succeeded`, `retrying` or `dead`
-//! and, when it is finished, unblocks the next delivery of its stream. Writes use
-//! `BEGIN IMMEDIATE` so concurrent writers queue on the busy timeout instead of failing.
+//! same config and stream) in the transaction that accepts its event (the ingests that share
+//! a commit are planned together, [`ingest_together`]); leased (`running`) by a claim, which
+//! reads the due index in pages of what the endpoints can take ([`due_within_room`]) and
+//! updates those rows; finished by a batched, lease-guarded completion that records the
+//! attempt and moves it to `succeeded`, `retrying` or `dead` and, when it is finished,
+//! unblocks the next delivery of its stream. Every write transaction runs on the store's one
+//! writer connection, in turn behind its write gate.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
