@@ -134,22 +134,21 @@ async fn commit_ingests(pool: SqlitePool, gate: Arc<Mutex<()>>, mut rx: mpsc::Re
 }
 
 /// Runs every waiting request in one transaction and commits: the ingests planned together
-/// ([`together`]), and if that fails, each request again in a savepoint of its own
-/// ([`one_by_one`]), so that the request at fault fails alone.
+/// ([`together`]), and if that fails, the transaction again with each request in a
+/// savepoint of its own ([`one_by_one`]), so that the request at fault fails alone. The
+/// shared plan runs outside any savepoint: under one, SQLite copies every page the
+/// transaction first changes to a sub-journal, a cost the common case need not pay.
 async fn commit(pool: &SqlitePool, waiting: &[Ingest]) -> Result<Vec<Outcome>, StoreError> {
     let mut tx = pool.begin_with(BEGIN_DURABLE).await?;
-    sqlx::query("SAVEPOINT together").execute(&mut *tx).await?;
     let outcomes = match together(&mut tx, waiting).await {
         Ok(outcomes) => outcomes,
         Err(e) => {
             tracing::debug!(error = %e, "a shared ingest plan failed; committing one by one");
-            sqlx::query("ROLLBACK TO together")
-                .execute(&mut *tx)
-                .await?;
+            tx.rollback().await?;
+            tx = pool.begin_with(BEGIN_DURABLE).await?;
             one_by_one(&mut tx, waiting).await?
         }
     };
-    sqlx::query("RELEASE together").execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(outcomes)
 }
