@@ -26,12 +26,12 @@ pub(crate) const TARGET_EXISTS: &str = "(EXISTS (SELECT 1 FROM live_callback_con
      OR EXISTS (SELECT 1 FROM rtc_apps a WHERE a.app_id = d.config_id AND a.callback_url IS NOT NULL))";
 
 /// SQL: the state a rescued delivery `d` moves to. Cancelled when its target is gone; dead
-/// when the attempt its worker died in was its last (`max_attempts` is the parameter that
-/// holds the number of attempts), so that a delivery that kills its worker every time is
-/// not sent forever; else retried.
-pub(crate) fn rescued_state(max_attempts: &str) -> String {
+/// when the attempt its worker died in (number `attempts`, an SQL expression) was its last
+/// (`max_attempts` is the parameter that holds the number of attempts), so that a delivery
+/// that kills its worker every time is not sent forever; else retried.
+pub(crate) fn rescued_state(attempts: &str, max_attempts: &str) -> String {
     format!(
-        "CASE WHEN NOT {TARGET_EXISTS} THEN 'cancelled' WHEN d.attempts >= {max_attempts} THEN 'dead' \
+        "CASE WHEN NOT {TARGET_EXISTS} THEN 'cancelled' WHEN {attempts} >= {max_attempts} THEN 'dead' \
          ELSE 'retrying' END"
     )
 }

@@ -49,6 +49,12 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     /// queue is read too.
     fn queue_pool(&self) -> &Pool<Self::Db>;
     fn master(&self) -> &MasterKey;
+    /// The deliveries leased in this process's memory, with the state their rows keep
+    /// meanwhile (`pending` or `retrying`): the embedded store's. Where leases are written
+    /// into the rows (PostgreSQL), none.
+    fn leased_in_memory(&self) -> std::collections::HashMap<i64, &'static str> {
+        std::collections::HashMap::new()
+    }
     /// How many rows a statement changed. sqlx's generic interface has no `rows_affected`;
     /// each backend's own result type has.
     fn rows_affected(done: &<Self::Db as Database>::QueryResult) -> u64;
@@ -71,6 +77,7 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     /// deleted, or of an app whose record callback was removed. Each backend keeps its
     /// delivery queue's rules: PostgreSQL locks the streams first.
     async fn cancel_open_deliveries(
+        &self,
         tx: &mut sqlx::Transaction<'_, Self::Db>,
         target_id: &str,
     ) -> Result<(), StoreError>;
@@ -120,7 +127,7 @@ where
         .await?;
     let existed = B::rows_affected(&done) > 0;
     if existed {
-        B::cancel_open_deliveries(&mut w.tx, id).await?;
+        store.cancel_open_deliveries(&mut w.tx, id).await?;
     }
     w.tx.commit().await?;
     Ok(existed)

@@ -35,25 +35,45 @@ where
         Ok(ms.map(from_unix_ms))
     }
 
+    /// Deliveries leased in memory ([`SqlBackend::leased_in_memory`]) count as `running`,
+    /// not in the state their rows keep, and are not the oldest due.
     async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
-        let by_state = sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
-            .fetch_all(self.queue_pool())
-            .await?
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("state")?,
-                    u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
-                ))
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
-        let oldest: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying') \
-             AND next_attempt_at_ms <= $1",
+        let leased = self.leased_in_memory();
+        let mut by_state: Vec<(String, u64)> =
+            sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
+                .fetch_all(self.queue_pool())
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get("state")?,
+                        u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+                    ))
+                })
+                .collect::<Result<_, sqlx::Error>>()?;
+        if !leased.is_empty() {
+            for (state, n) in &mut by_state {
+                let in_flight = leased.values().filter(|s| **s == state.as_str()).count();
+                *n = n.saturating_sub(in_flight as u64);
+            }
+            by_state.retain(|(state, _)| state != "running");
+            by_state.push(("running".into(), leased.len() as u64));
+        }
+        // The first due row that is not leased: at most all the leased ones come before it.
+        let oldest: Option<i64> = sqlx::query(
+            "SELECT id, next_attempt_at_ms FROM deliveries WHERE state IN ('pending', 'retrying') \
+             AND next_attempt_at_ms <= $1 ORDER BY next_attempt_at_ms, id LIMIT $2",
         )
         .bind(unix_ms(now))
-        .fetch_one(self.queue_pool())
-        .await?;
+        .bind(i64::try_from(leased.len() + 1).unwrap_or(i64::MAX))
+        .fetch_all(self.queue_pool())
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get::<i64, _>("id")?, r.try_get("next_attempt_at_ms")?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?
+        .into_iter()
+        .find(|(id, _)| !leased.contains_key(id))
+        .map(|(_, due)| due);
         Ok(QueueStats {
             by_state,
             oldest_due_at: oldest.map(from_unix_ms),

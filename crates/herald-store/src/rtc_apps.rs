@@ -135,7 +135,8 @@ where
         };
         if callback.is_none() {
             // Without a callback there is nowhere to send what has not gone out yet.
-            B::cancel_open_deliveries(&mut w.tx, app_id.as_str()).await?;
+            self.cancel_open_deliveries(&mut w.tx, app_id.as_str())
+                .await?;
         }
         w.tx.commit().await?;
         row.into_app(self.master()).map(Some)

@@ -156,6 +156,7 @@ impl crate::backend::SqlBackend for PgStore {
     }
 
     async fn cancel_open_deliveries(
+        &self,
         tx: &mut sqlx::Transaction<'_, Postgres>,
         target_id: &str,
     ) -> Result<(), StoreError> {

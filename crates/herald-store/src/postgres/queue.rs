@@ -494,7 +494,7 @@ impl DeliveryQueue for PgStore {
                  state = {} \
              WHERE d.id = ANY($4) AND d.state = 'running' AND d.lease_expires_at_ms < $2 \
              RETURNING d.id, d.attempts, d.config_id, d.stream, d.state",
-            rescued_state("$3")
+            rescued_state("d.attempts", "$3")
         ))
         .bind(now_ms)
         .bind(unix_ms(expired_before))

@@ -16,6 +16,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use crate::StoreError;
 
 pub(crate) mod group_commit;
+mod leases;
 mod queue;
 
 /// File name of the database inside the data directory.
@@ -42,6 +43,8 @@ pub struct SqliteStore {
     write_gate: Arc<tokio::sync::Mutex<()>>,
     /// Ingest's and hooks' writer: concurrent ones share one commit (see [`group_commit`]).
     ingest_commits: group_commit::IngestCommits,
+    /// The deliveries this process's worker holds (see [`leases`]).
+    leases: leases::Leases,
 }
 
 /// Begins a transaction whose commit is on disk before it returns (`synchronous=FULL`):
@@ -85,6 +88,7 @@ impl SqliteStore {
             writer,
             master,
             write_gate,
+            leases: leases::Leases::default(),
         })
     }
 
@@ -132,6 +136,10 @@ impl crate::backend::SqlBackend for SqliteStore {
         &self.master
     }
 
+    fn leased_in_memory(&self) -> std::collections::HashMap<i64, &'static str> {
+        self.leases.states()
+    }
+
     fn rows_affected(done: &sqlx::sqlite::SqliteQueryResult) -> u64 {
         done.rows_affected()
     }
@@ -151,10 +159,11 @@ impl crate::backend::SqlBackend for SqliteStore {
     }
 
     async fn cancel_open_deliveries(
+        &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         target_id: &str,
     ) -> Result<(), StoreError> {
-        queue::cancel_open_deliveries(tx, target_id).await
+        queue::cancel_open_deliveries(tx, target_id, &self.leases.ids()).await
     }
 }
 
@@ -170,12 +179,156 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::{ClaimLimits, DeliveryQueue, Lease};
+    use crate::{
+        AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion, DeliveryQueue,
+        Lease, LiveConfigs,
+    };
+    use herald_core::config::live::{LiveCallbackConfig, LiveConfigRequest};
     use herald_core::event::EventId;
     use herald_core::event::live::LiveEvent;
     use herald_core::project::ProjectId;
     use std::collections::HashMap;
     use time::OffsetDateTime;
+
+    fn project() -> ProjectId {
+        ProjectId::parse("project_id", "p").unwrap()
+    }
+
+    /// A store in `dir` with one config and one event accepted for it at `now`.
+    async fn store_with_one_delivery(dir: &Path, now: OffsetDateTime) -> SqliteStore {
+        let (master, _) = MasterKey::generate();
+        let store = SqliteStore::open(dir, master).await.unwrap();
+        let body = r#"{"publish_domain": "d.example.com", "app": "live",
+            "notify_callback_url": "https://cb.example.com/cb"}"#;
+        let config = LiveCallbackConfig {
+            id: "cfg".into(),
+            project_id: project(),
+            spec: LiveConfigRequest::parse(body.as_bytes(), false)
+                .unwrap()
+                .into_new_spec(),
+            create_time: now,
+            update_time: now,
+        };
+        store.insert_live_config(&config).await.unwrap();
+        let event = serde_json::json!({"event_type": "RECORD_FILE_COMPLETE", "publish_domain": "d.example.com",
+            "app": "live", "stream": "s", "download_url": "https://obs.example.com/f.mp4"});
+        let event = (
+            EventId::parse("event_id", "e1").unwrap(),
+            LiveEvent::parse("", &event).unwrap(),
+        );
+        let accepted = store.ingest_live(&project(), &[event], now).await.unwrap();
+        assert_eq!(accepted[0].deliveries, 1);
+        store
+    }
+
+    async fn claim(store: &SqliteStore, now: OffsetDateTime) -> Vec<ClaimedDelivery> {
+        let in_flight = HashMap::new();
+        let limits = ClaimLimits {
+            total: 10,
+            per_endpoint: 10,
+            in_flight: &in_flight,
+        };
+        let lease = Lease {
+            owner: "w".into(),
+            expires_at: now + time::Duration::seconds(30),
+        };
+        store
+            .claim_due_deliveries(now, limits, &lease)
+            .await
+            .unwrap()
+    }
+
+    /// The one delivery's row as the readers see it: state and attempts.
+    async fn row(store: &SqliteStore) -> (String, i64) {
+        sqlx::query_as("SELECT state, attempts FROM deliveries")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+    }
+
+    /// A claim leases in memory: it writes nothing, so it goes ahead while a write holds
+    /// the writer, and the row stays `pending` until the outcome is written; the lease
+    /// keeps a second claim off it until then.
+    #[tokio::test]
+    async fn a_claim_leases_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let store = store_with_one_delivery(dir.path(), now).await;
+        let writing = store.write_gate.lock().await;
+        let claimed = tokio::time::timeout(Duration::from_secs(10), claim(&store, now))
+            .await
+            .expect("the claim waited for the writer");
+        drop(writing);
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].attempt, 1);
+        assert_eq!(row(&store).await, ("pending".into(), 0));
+        assert!(claim(&store, now).await.is_empty());
+
+        let done = Completion {
+            delivery_id: claimed[0].id,
+            attempt: 1,
+            lease_owner: "w".into(),
+            record: AttemptRecord {
+                at: now,
+                status_code: Some(200),
+                error: None,
+                latency_ms: 3,
+                response_head: None,
+            },
+            next: AfterAttempt::Succeeded,
+        };
+        assert_eq!(store.complete_deliveries(&[done.clone()]).await.unwrap(), 1);
+        assert_eq!(row(&store).await, ("succeeded".into(), 1));
+        // The lease ended with its outcome: the same outcome again is not applied.
+        assert_eq!(store.complete_deliveries(&[done]).await.unwrap(), 0);
+    }
+
+    /// Leases end with the process: a delivery in flight when it stopped is due at once in
+    /// the next one, as the same attempt.
+    #[tokio::test]
+    async fn leases_end_with_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let store = store_with_one_delivery(dir.path(), now).await;
+        let first = claim(&store, now).await;
+        assert_eq!(first.len(), 1);
+        drop(store);
+
+        let (master, _) = MasterKey::generate();
+        let next = SqliteStore::open(dir.path(), master).await.unwrap();
+        let again = claim(&next, now).await;
+        assert_eq!(
+            again.iter().map(|d| (d.id, d.attempt)).collect::<Vec<_>>(),
+            [(first[0].id, 1)]
+        );
+    }
+
+    /// Herald before in-memory leases wrote them into the rows (`running`); a data dir it
+    /// left with a delivery in flight has it rescued like an expired lease: the lost
+    /// attempt logged, the delivery due again as the next attempt.
+    #[tokio::test]
+    async fn leases_written_into_rows_are_rescued() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let store = store_with_one_delivery(dir.path(), now).await;
+        sqlx::query(
+            "UPDATE deliveries SET state = 'running', lease_owner = 'old', lease_expires_at_ms = 0, attempts = 1",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        assert!(claim(&store, now).await.is_empty());
+        assert_eq!(store.rescue_expired_leases(now, now, 5).await.unwrap(), 1);
+        assert_eq!(row(&store).await, ("retrying".into(), 1));
+        let lost: String =
+            sqlx::query_scalar("SELECT error FROM delivery_attempts WHERE attempt = 1")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert!(lost.contains("lease expired"), "{lost}");
+        let again = claim(&store, now).await;
+        assert_eq!(again.iter().map(|d| d.attempt).collect::<Vec<_>>(), [2]);
+    }
 
     /// `PRAGMA synchronous` of the writer connection, as its last transaction left it.
     async fn writer_synchronous(store: &SqliteStore) -> i64 {
@@ -186,27 +339,14 @@ mod tests {
     }
 
     /// Ingest commits with `synchronous=FULL` (2): its 202 must survive power loss; the
-    /// workers' writes on the same connection with `NORMAL` (1).
+    /// workers' writes (a rescue, here) on the same connection with `NORMAL` (1).
     #[tokio::test]
     async fn each_transaction_sets_its_own_durability() {
         let dir = tempfile::tempdir().unwrap();
         let (master, _) = MasterKey::generate();
         let store = SqliteStore::open(dir.path(), master).await.unwrap();
         let now = OffsetDateTime::now_utc();
-        let lease = Lease {
-            owner: "w".into(),
-            expires_at: now,
-        };
-        let in_flight = HashMap::new();
-        let limits = ClaimLimits {
-            total: 1,
-            per_endpoint: 1,
-            in_flight: &in_flight,
-        };
-        store
-            .claim_due_deliveries(now, limits, &lease)
-            .await
-            .unwrap();
+        store.rescue_expired_leases(now, now, 1).await.unwrap();
         assert_eq!(writer_synchronous(&store).await, 1);
         let project = ProjectId::parse("project_id", "p").unwrap();
         let body = serde_json::json!({"event_type": "RECORD_OVER", "publish_domain": "d.example.com",

@@ -22,12 +22,13 @@ use herald_core::event::rtc::RtcEvent;
 use herald_core::matching::MatchCandidate;
 use herald_core::project::ProjectId;
 use herald_core::timefmt::unix_ms;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::json_array;
+use super::leases::Held;
 use super::{BEGIN_DURABLE, BEGIN_QUEUE, SqliteStore};
 use crate::accept::{
     Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, RtcCallback, TARGET_EXISTS, answers_in_order,
@@ -316,7 +317,8 @@ async fn rtc_callback(
     .transpose()
 }
 
-/// The due deliveries a claim takes, oldest due first, each endpoint within its room.
+/// The due deliveries a claim takes, oldest due first, each endpoint within its room,
+/// leaving out `leased` (a JSON array of ids): with whether each is a retry.
 ///
 /// The due index is read in pages, each page one row of JSON (sqlx hands rows from its
 /// SQLite thread one at a time, so one row per page is one hand-off). A page asks for no
@@ -325,16 +327,17 @@ async fn rtc_callback(
 /// claim). So a claim of a few reads a few rows, however long the queue behind a busy
 /// endpoint. The scan stops at 8 × the claim, so a claim stays bounded.
 async fn due_within_room(
-    tx: &mut Transaction<'_, Sqlite>,
+    conn: &mut SqliteConnection,
     now: OffsetDateTime,
     limits: &ClaimLimits<'_>,
-) -> Result<Vec<i64>, StoreError> {
+    leased: &str,
+) -> Result<Vec<(i64, bool)>, StoreError> {
     let budget = limits.total.saturating_mul(8);
     // Taken by this claim, by endpoint.
     let mut taken: HashMap<String, u32> = HashMap::new();
-    let mut ids = Vec::new();
+    let mut due = Vec::new();
     let (mut scanned, mut after) = (0, (i64::MIN, i64::MIN));
-    while ids.len() < limits.total && scanned < budget {
+    while due.len() < limits.total && scanned < budget {
         let seen: HashSet<&str> = (limits.in_flight.keys())
             .chain(taken.keys())
             .map(String::as_str)
@@ -345,7 +348,7 @@ async fn due_within_room(
         };
         let full: Vec<&str> = seen.iter().copied().filter(|e| left(e) == 0).collect();
         let seen_room: u32 = seen.iter().map(|e| left(e)).sum();
-        let page_size = (limits.total - ids.len())
+        let page_size = (limits.total - due.len())
             .min(
                 usize::try_from(seen_room.saturating_add(limits.per_endpoint))
                     .unwrap_or(usize::MAX),
@@ -353,11 +356,12 @@ async fn due_within_room(
             .min(budget - scanned)
             .max(1);
         let page: String = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(id, endpoint, next_attempt_at_ms)) FROM ( \
-                 SELECT id, endpoint, next_attempt_at_ms FROM deliveries \
+            "SELECT json_group_array(json_array(id, endpoint, next_attempt_at_ms, state = 'retrying')) FROM ( \
+                 SELECT id, endpoint, next_attempt_at_ms, state FROM deliveries \
                  WHERE state IN ('pending', 'retrying') AND next_attempt_at_ms <= ?1 \
                  AND endpoint NOT IN (SELECT value FROM json_each(?2)) \
                  AND (next_attempt_at_ms, id) > (?3, ?4) \
+                 AND id NOT IN (SELECT value FROM json_each(?6)) \
                  ORDER BY next_attempt_at_ms, id LIMIT ?5)",
         )
         .bind(unix_ms(now))
@@ -365,30 +369,31 @@ async fn due_within_room(
         .bind(after.0)
         .bind(after.1)
         .bind(i64::try_from(page_size).unwrap_or(i64::MAX))
-        .fetch_one(&mut **tx)
+        .bind(leased)
+        .fetch_one(&mut *conn)
         .await?;
-        let mut rows: Vec<(i64, String, i64)> =
+        let mut rows: Vec<(i64, String, i64, u8)> =
             serde_json::from_str(&page).map_err(|e| crate::rows::CorruptRow {
                 table: "deliveries",
                 id: "a claim's page".into(),
                 reason: e.to_string(),
             })?;
         // json_group_array keeps the order its rows come in, which SQL does not promise.
-        rows.sort_unstable_by_key(|(id, _, due)| (*due, *id));
+        rows.sort_unstable_by_key(|(id, _, due, _)| (*due, *id));
         scanned += rows.len();
-        for (id, endpoint, due) in &rows {
-            after = (*due, *id);
+        for (id, endpoint, next, retry) in &rows {
+            after = (*next, *id);
             let used = taken.entry(endpoint.clone()).or_default();
-            if *used < limits.room_of(endpoint) && ids.len() < limits.total {
+            if *used < limits.room_of(endpoint) && due.len() < limits.total {
                 *used += 1;
-                ids.push(*id);
+                due.push((*id, *retry == 1));
             }
         }
         if rows.len() < page_size {
             break;
         }
     }
-    Ok(ids)
+    Ok(due)
 }
 
 #[async_trait]
@@ -432,84 +437,100 @@ impl DeliveryQueue for SqliteStore {
         }
     }
 
+    /// Reads on a reader connection and leases in memory ([`super::leases`]): a claim
+    /// writes nothing, and does not wait for the writer.
     async fn claim_due_deliveries(
         &self,
         now: OffsetDateTime,
         limits: ClaimLimits<'_>,
         lease: &Lease,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        let (gate, mut tx) = self.begin_write(BEGIN_QUEUE).await?;
-        let ids = due_within_room(&mut tx, now, &limits).await?;
-        sqlx::query(
-            "UPDATE deliveries SET state = 'running', lease_owner = ?1, lease_expires_at_ms = ?2, \
-             attempts = attempts + 1 WHERE id IN (SELECT value FROM json_each(?3))",
-        )
-        .bind(&lease.owner)
-        .bind(unix_ms(lease.expires_at))
-        .bind(json_array(&ids))
-        .execute(&mut *tx)
-        .await?;
-        let claimed = sqlx::query_as::<_, ClaimedRow>(
+        let _claiming = self.leases.claiming.lock().await;
+        let leased = json_array(&self.leases.ids());
+        let mut conn = self.pool.acquire().await?;
+        let due = due_within_room(&mut conn, now, &limits, &leased).await?;
+        let retries: HashSet<i64> = (due.iter())
+            .filter_map(|(id, retry)| retry.then_some(*id))
+            .collect();
+        let ids: Vec<i64> = due.iter().map(|(id, _)| *id).collect();
+        // Rows cancelled since the pages were read (their config was deleted) stay behind.
+        let rows = sqlx::query_as::<_, ClaimedRow>(
             "SELECT d.id, d.project_id, e.event_id, e.payload, e.flavour, d.config_id, d.endpoint, d.url, \
-                 d.sign_type, d.key_sealed, d.attempts \
+                 d.sign_type, d.key_sealed, d.attempts + 1 AS attempts \
              FROM deliveries d JOIN events e ON e.seq = d.event_seq \
-             WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY d.next_attempt_at_ms, d.id",
+             WHERE d.id IN (SELECT value FROM json_each(?)) AND d.state IN ('pending', 'retrying') \
+             ORDER BY d.next_attempt_at_ms, d.id",
         )
         .bind(json_array(&ids))
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?;
-        tx.commit().await?;
-        drop(gate);
+        drop(conn);
+        let expires_at_ms = unix_ms(lease.expires_at);
+        let claimed: Vec<ClaimedRow> = rows
+            .into_iter()
+            .filter(|row| {
+                self.leases.take(
+                    row.id,
+                    Held {
+                        owner: lease.owner.clone(),
+                        expires_at_ms,
+                        attempt: u32::try_from(row.attempts).unwrap_or(u32::MAX),
+                        state: if retries.contains(&row.id) {
+                            "retrying"
+                        } else {
+                            "pending"
+                        },
+                    },
+                )
+            })
+            .collect();
         finish_claim(self, claimed, &self.master, &lease.owner, now).await
     }
 
-    /// Set-based like ingest: one guarded update for the whole batch, one insert of the
-    /// attempts that counted, one update unblocking the next delivery of finished streams.
+    /// Set-based like ingest: the outcomes made under a lease that still holds, in one
+    /// update, one insert of their attempts and one update unblocking the next delivery
+    /// of the streams they finished; their leases are given up once that has committed.
     async fn complete_deliveries(&self, completions: &[Completion]) -> Result<u64, StoreError> {
         if completions.is_empty() {
             return Ok(0);
         }
-        let rows: Vec<serde_json::Value> = completions
+        let (_gate, mut tx) = self.begin_write(BEGIN_QUEUE).await?;
+        let current = self.leases.current(completions);
+        if current.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<serde_json::Value> = current
             .iter()
             .map(|c| {
                 let (state, next_ms) = next_state(c);
                 serde_json::json!({
-                    "id": c.delivery_id, "attempt": c.attempt, "owner": c.lease_owner, "state": state,
-                    "next": next_ms, "at": unix_ms(c.record.at), "status_code": c.record.status_code, "error": c.record.error,
+                    "id": c.delivery_id, "attempt": c.attempt, "state": state, "next": next_ms,
+                    "at": unix_ms(c.record.at), "status_code": c.record.status_code, "error": c.record.error,
                     "latency_ms": c.record.latency_ms, "response_head": c.record.response_head,
                 })
             })
             .collect();
         let batch = serde_json::Value::Array(rows).to_string();
-        let (_gate, mut tx) = self.begin_write(BEGIN_QUEUE).await?;
-        // Applied only where the lease still holds; a retry of a deleted config's delivery
-        // is cancelled instead.
+        // A retry of a deleted config's delivery is cancelled instead.
         let moved = sqlx::query(&format!(
-            "WITH b AS MATERIALIZED (SELECT v ->> 'id' AS id, v ->> 'attempt' AS attempt, v ->> 'owner' AS owner, \
+            "WITH b AS MATERIALIZED (SELECT v ->> 'id' AS id, v ->> 'attempt' AS attempt, \
                  v ->> 'state' AS state, v ->> 'next' AS next FROM (SELECT jsonb(value) AS v FROM json_each(?))) \
-             UPDATE deliveries AS d SET lease_owner = NULL, lease_expires_at_ms = NULL, next_attempt_at_ms = b.next, \
+             UPDATE deliveries AS d SET attempts = b.attempt, next_attempt_at_ms = b.next, \
                  state = CASE WHEN b.state = 'retrying' AND NOT {TARGET_EXISTS} THEN 'cancelled' ELSE b.state END \
-             FROM b \
-             WHERE d.id = b.id AND d.state = 'running' AND d.lease_owner = b.owner AND d.attempts = b.attempt \
-             RETURNING id, config_id, stream, state"
+             FROM b WHERE d.id = b.id \
+             RETURNING config_id, stream, state"
         ))
         .bind(&batch)
         .fetch_all(&mut *tx)
         .await?;
-        let applied: Vec<i64> = moved
-            .iter()
-            .map(|r| r.try_get("id"))
-            .collect::<Result<_, _>>()?;
         sqlx::query(
             "INSERT OR IGNORE INTO delivery_attempts \
                  (delivery_id, attempt, at_ms, status_code, error, latency_ms, response_head) \
              SELECT v ->> 'id', v ->> 'attempt', v ->> 'at', v ->> 'status_code', v ->> 'error', \
                  v ->> 'latency_ms', v ->> 'response_head' \
-             FROM (SELECT jsonb(value) AS v FROM json_each(?1)) \
-             WHERE v ->> 'id' IN (SELECT value FROM json_each(?2))",
+             FROM (SELECT jsonb(value) AS v FROM json_each(?))",
         )
         .bind(&batch)
-        .bind(json_array(&applied))
         .execute(&mut *tx)
         .await?;
         let finished = finished_streams(&moved)?;
@@ -518,9 +539,13 @@ impl DeliveryQueue for SqliteStore {
                 .await?;
         }
         tx.commit().await?;
-        Ok(u64::try_from(applied.len()).unwrap_or(0))
+        self.leases.release(current.iter().map(|c| c.delivery_id));
+        Ok(u64::try_from(current.len()).unwrap_or(0))
     }
 
+    /// Ends the in-memory leases that expired, and the leases a process before in-memory
+    /// leases wrote into the rows (`running`): each such attempt is logged as lost, and
+    /// its delivery retried, dead or cancelled as [`rescued_state`] says.
     async fn rescue_expired_leases(
         &self,
         expired_before: OffsetDateTime,
@@ -529,29 +554,45 @@ impl DeliveryQueue for SqliteStore {
     ) -> Result<u64, StoreError> {
         let now_ms = unix_ms(now);
         let (_gate, mut tx) = self.begin_write(BEGIN_QUEUE).await?;
-        let rescued = sqlx::query(&format!(
-            "UPDATE deliveries AS d SET next_attempt_at_ms = ?1, lease_owner = NULL, lease_expires_at_ms = NULL, \
-             state = {} \
-             WHERE state = 'running' AND lease_expires_at_ms < ?2 RETURNING id, attempts, config_id, stream, state",
-            rescued_state("?3")
+        let expired = self.leases.expired(unix_ms(expired_before));
+        let lost: Vec<(i64, u32)> = expired.iter().map(|(id, h)| (*id, h.attempt)).collect();
+        let mut rescued = sqlx::query(&format!(
+            "UPDATE deliveries AS d SET attempts = l.attempt, next_attempt_at_ms = ?1, state = {} \
+             FROM (SELECT value ->> 0 AS id, value ->> 1 AS attempt FROM json_each(?2)) l \
+             WHERE d.id = l.id RETURNING id, attempts, config_id, stream, state",
+            rescued_state("l.attempt", "?3")
         ))
         .bind(now_ms)
-        .bind(unix_ms(expired_before))
+        .bind(json_array(&lost))
         .bind(i64::from(max_attempts))
         .fetch_all(&mut *tx)
         .await?;
-        for row in &rescued {
-            sqlx::query(
-                "INSERT OR IGNORE INTO delivery_attempts (delivery_id, attempt, at_ms, error, latency_ms) \
-                 VALUES (?, ?, ?, ?, 0)",
-            )
-            .bind(row.try_get::<i64, _>("id")?)
-            .bind(row.try_get::<i64, _>("attempts")?)
+        rescued.extend(
+            sqlx::query(&format!(
+                "UPDATE deliveries AS d SET next_attempt_at_ms = ?1, lease_owner = NULL, lease_expires_at_ms = NULL, \
+                 state = {} \
+                 WHERE state = 'running' AND lease_expires_at_ms < ?2 RETURNING id, attempts, config_id, stream, state",
+                rescued_state("d.attempts", "?3")
+            ))
             .bind(now_ms)
-            .bind(LEASE_EXPIRED)
-            .execute(&mut *tx)
-            .await?;
-        }
+            .bind(unix_ms(expired_before))
+            .bind(i64::from(max_attempts))
+            .fetch_all(&mut *tx)
+            .await?,
+        );
+        let attempts: Vec<(i64, i64)> = rescued
+            .iter()
+            .map(|row| Ok((row.try_get("id")?, row.try_get("attempts")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO delivery_attempts (delivery_id, attempt, at_ms, error, latency_ms) \
+             SELECT value ->> 0, value ->> 1, ?2, ?3, 0 FROM json_each(?1)",
+        )
+        .bind(json_array(&attempts))
+        .bind(now_ms)
+        .bind(LEASE_EXPIRED)
+        .execute(&mut *tx)
+        .await?;
         // A rescued delivery that is finished (its config was deleted, or it has no attempt
         // left) lets its stream move on.
         let finished = finished_streams(&rescued)?;
@@ -559,6 +600,7 @@ impl DeliveryQueue for SqliteStore {
             unblock_next_of_streams(&mut tx, &json_array(&finished), now_ms).await?;
         }
         tx.commit().await?;
+        self.leases.release(expired.into_iter().map(|(id, _)| id));
         Ok(u64::try_from(rescued.len()).unwrap_or(0))
     }
 
@@ -663,14 +705,20 @@ impl DeliveryQueue for SqliteStore {
     }
 }
 
-/// Cancels a deleted config's deliveries that have not gone out.
+/// Cancels a deleted config's deliveries that have not gone out: not those in flight
+/// (`leased`), whose outcome is recorded when it comes, as if their config still existed.
 pub(super) async fn cancel_open_deliveries(
     tx: &mut Transaction<'_, Sqlite>,
     config_id: &str,
+    leased: &[i64],
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE deliveries SET state = 'cancelled' WHERE config_id = ? AND state IN ('blocked', 'pending', 'retrying')")
-        .bind(config_id)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE deliveries SET state = 'cancelled' WHERE config_id = ? \
+         AND state IN ('blocked', 'pending', 'retrying') AND id NOT IN (SELECT value FROM json_each(?))",
+    )
+    .bind(config_id)
+    .bind(json_array(leased))
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
