@@ -277,7 +277,13 @@ mod tests {
             },
             next: AfterAttempt::Succeeded,
         };
-        assert_eq!(store.complete_deliveries(&[done.clone()]).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .complete_deliveries(std::slice::from_ref(&done))
+                .await
+                .unwrap(),
+            1
+        );
         assert_eq!(row(&store).await, ("succeeded".into(), 1));
         // The lease ended with its outcome: the same outcome again is not applied.
         assert_eq!(store.complete_deliveries(&[done]).await.unwrap(), 0);
