@@ -2,12 +2,14 @@
 //!
 //! Life of a delivery: created `pending` (or `blocked` behind an open delivery of the
 //! same config and stream) in the transaction that accepts its event (the ingests that share
-//! a commit are planned together, [`ingest_together`]); leased (`running`) by a claim, which
-//! reads the due index in pages of what the endpoints can take ([`due_within_room`]) and
-//! updates those rows; finished by a batched, lease-guarded completion that records the
-//! attempt and moves it to `succeeded`, `retrying` or `dead` and, when it is finished,
-//! unblocks the next delivery of its stream. Every write transaction runs on the store's one
-//! writer connection, in turn behind its write gate.
+//! a commit are planned together, [`ingest_together`]); leased in memory by a claim
+//! ([`super::leases`]), which reads the due index in pages of what the endpoints can take
+//! ([`due_within_room`]) on a reader connection and writes nothing; finished by a batched
+//! completion, applied under the lease that still holds, that records the attempt and moves
+//! it to `succeeded`, `retrying` or `dead` and, when it is finished, unblocks the next
+//! delivery of its stream. Every write transaction runs on the store's one writer
+//! connection, in turn behind its write gate. (`running` is a state only rows written by
+//! Herald before in-memory leases have; the rescue takes them back.)
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
