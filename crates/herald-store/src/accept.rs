@@ -38,7 +38,7 @@ pub(crate) fn rescued_state(attempts: &str, max_attempts: &str) -> String {
 
 /// `(config_id, stream)` of the rows an update returned whose new `state` finished them
 /// (anything but `retrying`): the streams whose next delivery may go out now. Generic over
-/// the backend's row type, as both backends' completions and rescues ask it.
+/// the backend's row type. (The embedded store finds them in SQL instead.)
 pub(crate) fn finished_streams<R: sqlx::Row>(
     rows: &[R],
 ) -> Result<Vec<(String, String)>, sqlx::Error>

@@ -34,8 +34,8 @@ use super::leases::Held;
 use super::{BEGIN_DURABLE, BEGIN_QUEUE, SqliteStore};
 use crate::accept::{
     Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, RtcCallback, TARGET_EXISTS, answers_in_order,
-    batch_time_ms, finished_streams, live_match_keys, new_deliveries, next_state, plan_live,
-    plan_rtc, rescued_state, stream_pairs,
+    batch_time_ms, live_match_keys, new_deliveries, next_state, plan_live, plan_rtc, rescued_state,
+    stream_pairs,
 };
 use crate::queue::{MOST_COUNTED_DELIVERIES, delivery_log_where};
 use crate::rows::{
@@ -82,21 +82,24 @@ async fn stream_has_open_delivery(
     .await?)
 }
 
-/// After deliveries finished, the oldest blocked delivery of each of their (config,
-/// stream) pairs, a JSON array of `[config_id, stream]`, becomes due.
+/// After an update of the deliveries `ids` (a JSON array), the oldest blocked delivery of
+/// the streams (config, stream) of those that are now finished becomes due. The streams
+/// are found here, in SQL, rather than returned by the update: sqlx hands returned rows
+/// over one by one.
 async fn unblock_next_of_streams(
     tx: &mut Transaction<'_, Sqlite>,
-    pairs: &str,
+    ids: &str,
     now_ms: i64,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE deliveries SET state = 'pending', next_attempt_at_ms = ?1 WHERE id IN \
          (SELECT MIN(id) FROM deliveries WHERE state = 'blocked' AND (config_id, stream) IN \
-             (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?2)) \
+             (SELECT config_id, stream FROM deliveries WHERE id IN (SELECT value FROM json_each(?2)) \
+              AND state IN ('succeeded', 'dead', 'cancelled')) \
           GROUP BY config_id, stream)",
     )
     .bind(now_ms)
-    .bind(pairs)
+    .bind(ids)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -158,54 +161,57 @@ async fn accept(
         .iter()
         .map(|a| serde_json::json!({"id": a.id.as_str(), "payload": a.payload, "deliveries": a.deliveries()}))
         .collect();
-    let seqs: HashMap<String, i64> = sqlx::query(
+    // No `RETURNING`: sqlx hands each returned row over on its own. The deliveries find
+    // their event's `seq` through the (project, event id) index instead.
+    sqlx::query(
         "INSERT INTO events (project_id, event_id, flavour, payload, deliveries, accepted_at_ms) \
          SELECT ?1, json_extract(value, '$.id'), ?4, json_extract(value, '$.payload'), \
              json_extract(value, '$.deliveries'), ?2 \
-         FROM json_each(?3) ORDER BY key RETURNING event_id, seq",
+         FROM json_each(?3) ORDER BY key",
     )
     .bind(project.as_str())
     .bind(now_ms)
     .bind(serde_json::Value::Array(rows).to_string())
     .bind(flavour.name())
-    .fetch_all(&mut **tx)
-    .await?
-    .iter()
-    .map(|r| Ok((r.try_get("event_id")?, r.try_get("seq")?)))
-    .collect::<Result<_, sqlx::Error>>()?;
+    .execute(&mut **tx)
+    .await?;
 
     let pairs = stream_pairs(&accepting);
     if pairs.is_empty() {
         return Ok(());
     }
-    let busy: HashSet<(String, String)> = sqlx::query(&format!(
-        "SELECT DISTINCT config_id, stream FROM deliveries WHERE state IN {OPEN_STATES} AND (config_id, stream) IN \
-         (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
+    // One row of JSON, not a row per busy stream.
+    let busy: String = sqlx::query_scalar(&format!(
+        "SELECT json_group_array(json_array(config_id, stream)) FROM ( \
+             SELECT DISTINCT config_id, stream FROM deliveries WHERE state IN {OPEN_STATES} AND (config_id, stream) IN \
+             (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)))"
     ))
     .bind(json_array(&pairs))
-    .fetch_all(&mut **tx)
-    .await?
-    .iter()
-    .map(|r| Ok((r.try_get("config_id")?, r.try_get("stream")?)))
-    .collect::<Result<_, sqlx::Error>>()?;
-    let deliveries = new_deliveries(&accepting, busy)?
+    .fetch_one(&mut **tx)
+    .await?;
+    let busy: HashSet<(String, String)> =
+        serde_json::from_str(&busy).map_err(|e| crate::rows::CorruptRow {
+            table: "deliveries",
+            id: "the busy streams".into(),
+            reason: e.to_string(),
+        })?;
+    let deliveries: Vec<serde_json::Value> = new_deliveries(&accepting, busy)?
         .into_iter()
         .map(|d| {
-            Ok(serde_json::json!({
-                "seq": seqs.get(d.event_id).ok_or_else(|| crate::rows::CorruptRow {
-                    table: "events", id: d.event_id.to_owned(), reason: "insert returned no seq".into(),
-                })?,
+            serde_json::json!({
+                "event_id": d.event_id,
                 "config_id": d.config_id,
                 "stream": d.stream,
                 "endpoint": d.endpoint,
                 "state": d.state,
-            }))
+            })
         })
-        .collect::<Result<Vec<_>, StoreError>>()?;
+        .collect();
     sqlx::query(&format!(
         "INSERT INTO deliveries (project_id, event_seq, config_id, stream, endpoint, url, sign_type, \
          key_sealed, state, next_attempt_at_ms, created_at_ms) \
-         SELECT ?3, json_extract(t.value, '$.seq'), json_extract(t.value, '$.config_id'), \
+         SELECT ?3, (SELECT seq FROM events WHERE project_id = ?3 AND event_id = json_extract(t.value, '$.event_id')), \
+             json_extract(t.value, '$.config_id'), \
              json_extract(t.value, '$.stream'), json_extract(t.value, '$.endpoint'), t.url, t.sign_type, \
              t.key_sealed, json_extract(t.value, '$.state'), ?1, ?1 \
          FROM ({}) t ORDER BY t.key",
@@ -514,16 +520,15 @@ impl DeliveryQueue for SqliteStore {
             .collect();
         let batch = serde_json::Value::Array(rows).to_string();
         // A retry of a deleted config's delivery is cancelled instead.
-        let moved = sqlx::query(&format!(
+        sqlx::query(&format!(
             "WITH b AS MATERIALIZED (SELECT v ->> 'id' AS id, v ->> 'attempt' AS attempt, \
                  v ->> 'state' AS state, v ->> 'next' AS next FROM (SELECT jsonb(value) AS v FROM json_each(?))) \
              UPDATE deliveries AS d SET attempts = b.attempt, next_attempt_at_ms = b.next, \
                  state = CASE WHEN b.state = 'retrying' AND NOT {TARGET_EXISTS} THEN 'cancelled' ELSE b.state END \
-             FROM b WHERE d.id = b.id \
-             RETURNING config_id, stream, state"
+             FROM b WHERE d.id = b.id"
         ))
         .bind(&batch)
-        .fetch_all(&mut *tx)
+        .execute(&mut *tx)
         .await?;
         sqlx::query(
             "INSERT OR IGNORE INTO delivery_attempts \
@@ -535,13 +540,10 @@ impl DeliveryQueue for SqliteStore {
         .bind(&batch)
         .execute(&mut *tx)
         .await?;
-        let finished = finished_streams(&moved)?;
-        if !finished.is_empty() {
-            unblock_next_of_streams(&mut tx, &json_array(&finished), batch_time_ms(completions))
-                .await?;
-        }
+        let ids: Vec<i64> = current.iter().map(|c| c.delivery_id).collect();
+        unblock_next_of_streams(&mut tx, &json_array(&ids), batch_time_ms(completions)).await?;
         tx.commit().await?;
-        self.leases.release(current.iter().map(|c| c.delivery_id));
+        self.leases.release(ids);
         Ok(u64::try_from(current.len()).unwrap_or(0))
     }
 
@@ -561,7 +563,7 @@ impl DeliveryQueue for SqliteStore {
         let mut rescued = sqlx::query(&format!(
             "UPDATE deliveries AS d SET attempts = l.attempt, next_attempt_at_ms = ?1, state = {} \
              FROM (SELECT value ->> 0 AS id, value ->> 1 AS attempt FROM json_each(?2)) l \
-             WHERE d.id = l.id RETURNING id, attempts, config_id, stream, state",
+             WHERE d.id = l.id RETURNING id, attempts",
             rescued_state("l.attempt", "?3")
         ))
         .bind(now_ms)
@@ -573,7 +575,7 @@ impl DeliveryQueue for SqliteStore {
             sqlx::query(&format!(
                 "UPDATE deliveries AS d SET next_attempt_at_ms = ?1, lease_owner = NULL, lease_expires_at_ms = NULL, \
                  state = {} \
-                 WHERE state = 'running' AND lease_expires_at_ms < ?2 RETURNING id, attempts, config_id, stream, state",
+                 WHERE state = 'running' AND lease_expires_at_ms < ?2 RETURNING id, attempts",
                 rescued_state("d.attempts", "?3")
             ))
             .bind(now_ms)
@@ -597,10 +599,8 @@ impl DeliveryQueue for SqliteStore {
         .await?;
         // A rescued delivery that is finished (its config was deleted, or it has no attempt
         // left) lets its stream move on.
-        let finished = finished_streams(&rescued)?;
-        if !finished.is_empty() {
-            unblock_next_of_streams(&mut tx, &json_array(&finished), now_ms).await?;
-        }
+        let ids: Vec<i64> = attempts.iter().map(|(id, _)| *id).collect();
+        unblock_next_of_streams(&mut tx, &json_array(&ids), now_ms).await?;
         tx.commit().await?;
         self.leases.release(expired.into_iter().map(|(id, _)| id));
         Ok(u64::try_from(rescued.len()).unwrap_or(0))
