@@ -63,6 +63,11 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     fn group_commits(&self) -> Option<&crate::sqlite::group_commit::IngestCommits> {
         None
     }
+    /// Where the backend remembers the tokens it found, if it does (the embedded store,
+    /// whose changes all happen on one machine).
+    fn token_cache(&self) -> Option<&crate::sqlite::token_cache::TokenCache> {
+        None
+    }
     /// A write transaction that is durable when it commits: sources, and the session
     /// changes a hook is answered after.
     async fn write_tx(&self) -> Result<WriteTx<'_, Self::Db, Self::Guard<'_>>, StoreError>;

@@ -114,22 +114,33 @@ where
         Ok(())
     }
 
+    /// Found tokens are remembered where the backend has a [`SqlBackend::token_cache`].
     async fn find_token_project(
         &self,
         token_sha256: &str,
         now: OffsetDateTime,
     ) -> Result<Option<ProjectId>, StoreError> {
-        let project: Option<String> = sqlx::query_scalar(
-            "SELECT project_id FROM tokens WHERE token_sha256 = $1 \
+        let cache = self.token_cache();
+        if let Some(project) = cache.and_then(|c| c.get(token_sha256, unix_ms(now))) {
+            return Ok(Some(project));
+        }
+        let seen = cache.and_then(|c| c.stamp());
+        let row: Option<(String, Option<i64>)> = sqlx::query_as(
+            "SELECT project_id, expires_at_ms FROM tokens WHERE token_sha256 = $1 \
              AND (expires_at_ms IS NULL OR expires_at_ms > $2)",
         )
         .bind(token_sha256)
         .bind(unix_ms(now))
         .fetch_optional(self.pool())
         .await?;
-        Ok(project
-            .map(|p| stored_project("tokens", token_sha256, &p))
-            .transpose()?)
+        let Some((project, expires_at_ms)) = row else {
+            return Ok(None);
+        };
+        let project = stored_project("tokens", token_sha256, &project)?;
+        if let Some(cache) = cache {
+            cache.keep(seen, token_sha256, project.clone(), expires_at_ms);
+        }
+        Ok(Some(project))
     }
 
     async fn list_tokens(
@@ -164,6 +175,9 @@ where
             .bind(id)
             .execute(self.pool())
             .await?;
+        if let Some(cache) = self.token_cache() {
+            cache.changed().map_err(StoreError::TokenStamp)?;
+        }
         Ok(B::rows_affected(&done) > 0)
     }
 }

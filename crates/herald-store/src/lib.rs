@@ -85,6 +85,13 @@ pub enum StoreError {
          the database was created with (HERALD_MASTER_KEY, or the same master.key in its data dir)"
     )]
     MasterKeyMismatch,
+    /// A change to the tokens committed, but the stamp that tells running servers about it
+    /// could not be written (see `sqlite::token_cache`).
+    #[error(
+        "the change is saved, but the running server could not be told ({0}): it keeps \
+         trusting tokens it has seen for up to 10 s"
+    )]
+    TokenStamp(std::io::Error),
 }
 
 /// An access key with its secret key opened, for verifying a signature.

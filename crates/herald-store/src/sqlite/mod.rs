@@ -18,6 +18,7 @@ use crate::StoreError;
 pub(crate) mod group_commit;
 mod leases;
 mod queue;
+pub(crate) mod token_cache;
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "herald.sqlite3";
@@ -45,6 +46,8 @@ pub struct SqliteStore {
     ingest_commits: group_commit::IngestCommits,
     /// The deliveries this process's worker holds (see [`leases`]).
     leases: leases::Leases,
+    /// The tokens found so far, and how a revocation elsewhere reaches them.
+    tokens: token_cache::TokenCache,
 }
 
 /// Begins a transaction whose commit is on disk before it returns (`synchronous=FULL`):
@@ -82,6 +85,13 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         let write_gate = Arc::new(tokio::sync::Mutex::new(()));
+        let tokens = token_cache::TokenCache::new(data_dir);
+        if tokens.stamp().is_none() {
+            // Without a stamp every lookup goes to the database: slower, never wrong.
+            if let Err(e) = tokens.changed() {
+                tracing::warn!(error = %e, "tokens will be looked up on every request");
+            }
+        }
         Ok(Self {
             ingest_commits: group_commit::IngestCommits::start(writer.clone(), write_gate.clone()),
             pool,
@@ -89,6 +99,7 @@ impl SqliteStore {
             master,
             write_gate,
             leases: leases::Leases::default(),
+            tokens,
         })
     }
 
@@ -120,6 +131,10 @@ impl crate::backend::SqlBackend for SqliteStore {
 
     fn group_commits(&self) -> Option<&group_commit::IngestCommits> {
         Some(&self.ingest_commits)
+    }
+
+    fn token_cache(&self) -> Option<&token_cache::TokenCache> {
+        Some(&self.tokens)
     }
 
     fn pool(&self) -> &SqlitePool {
@@ -363,5 +378,44 @@ mod tests {
         );
         store.ingest_live(&project, &[event], now).await.unwrap();
         assert_eq!(writer_synchronous(&store).await, 2);
+    }
+
+    /// A token found once is not looked up again, yet its revocation by another process
+    /// on the same data directory (`herald tokens revoke` beside a running server) is
+    /// refused at the next request.
+    #[tokio::test]
+    async fn a_revocation_elsewhere_reaches_the_remembered_tokens_at_once() {
+        use crate::{Credentials, NewToken};
+        use herald_core::secrets::token_digest;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (master, _) = MasterKey::generate();
+        let server = SqliteStore::open(dir.path(), master.clone()).await.unwrap();
+        let cli = SqliteStore::open(dir.path(), master).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        let digest = token_digest("t");
+        let token = NewToken {
+            sha256: &digest,
+            project_id: &project(),
+            created_at: now,
+            expires_at: None,
+        };
+        cli.insert_token(&token).await.unwrap();
+        assert_eq!(
+            server.find_token_project(&digest, now).await.unwrap(),
+            Some(project())
+        );
+        // Remembered: found even with the row gone behind the store's back.
+        sqlx::query("DELETE FROM tokens")
+            .execute(&cli.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            server.find_token_project(&digest, now).await.unwrap(),
+            Some(project())
+        );
+        cli.insert_token(&token).await.unwrap();
+        assert!(cli.delete_token(token.id()).await.unwrap());
+        assert_eq!(server.find_token_project(&digest, now).await.unwrap(), None);
     }
 }
