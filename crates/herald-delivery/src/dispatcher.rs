@@ -52,14 +52,24 @@ impl Held {
         permits.clone()
     }
 
-    fn remove(&mut self, endpoint: &str) {
-        if let Some((n, _)) = self.by_endpoint.get_mut(endpoint) {
-            *n -= 1;
-            if *n == 0 {
-                self.by_endpoint.remove(endpoint);
+    /// Gives a slot back. Returns whether the worker may have left due deliveries behind
+    /// for want of this slot: the endpoint, or the worker as a whole, was at what a claim
+    /// takes (`full`: an endpoint's claim cap, the most in flight).
+    fn remove(&mut self, endpoint: &str, full: Full) -> bool {
+        let was_full = self.total >= full.total;
+        let endpoint_was_full = match self.by_endpoint.get_mut(endpoint) {
+            Some((n, _)) => {
+                let at_cap = *n >= full.per_endpoint;
+                *n -= 1;
+                if *n == 0 {
+                    self.by_endpoint.remove(endpoint);
+                }
+                at_cap
             }
-        }
+            None => false,
+        };
         self.total = self.total.saturating_sub(1);
+        was_full || endpoint_was_full
     }
 
     fn counts(&self) -> HashMap<String, u32> {
@@ -70,22 +80,34 @@ impl Held {
     }
 }
 
+/// What a claim takes at most: of one endpoint (twice its sending cap), and in all.
+#[derive(Clone, Copy)]
+struct Full {
+    per_endpoint: u32,
+    total: u32,
+}
+
 /// A claimed delivery's place in [`Held`], given back when its attempt's task ends however
-/// it ends, a panic included: a slot can never leak, and the worker looks at the queue
-/// again because the endpoint has room.
+/// it ends, a panic included: a slot can never leak. If the claims were held back for want
+/// of it, the worker looks at the queue again; otherwise there is nothing a look would
+/// find that the commits' own wake-ups do not announce (the next delivery of its stream
+/// comes due when the outcome is recorded, which wakes the worker).
 struct Slot {
     held: Arc<Mutex<Held>>,
     endpoint: String,
+    full: Full,
     wake: Arc<Notify>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        guard.remove(&self.endpoint);
+        let room_made = guard.remove(&self.endpoint, self.full);
         metrics::gauge!("herald_deliveries_in_flight").set(f64::from(guard.total));
         drop(guard);
-        self.wake.notify_one();
+        if room_made {
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -276,6 +298,10 @@ impl Dispatcher {
         let slot = Slot {
             held: self.held.clone(),
             endpoint: delivery.endpoint.clone(),
+            full: Full {
+                per_endpoint: self.settings.per_endpoint_in_flight.saturating_mul(2),
+                total: self.settings.max_in_flight,
+            },
             wake: self.wake.clone(),
         };
         tracker.spawn(
@@ -678,16 +704,34 @@ mod tests {
         }
     }
 
+    /// Holds one delivery of `endpoint` and returns its slot, with `full` as the limits.
+    fn one_slot(held: &Arc<Mutex<Held>>, wake: &Arc<Notify>, full: Full) -> Slot {
+        let endpoint = "https://cb.example.com:443";
+        held.lock().unwrap().add(endpoint, 2);
+        Slot {
+            held: held.clone(),
+            endpoint: endpoint.into(),
+            full,
+            wake: wake.clone(),
+        }
+    }
+
+    /// Whether the worker has been woken (a stored wake-up completes at the first poll).
+    async fn woken(wake: &Notify) -> bool {
+        tokio::time::timeout(Duration::ZERO, wake.notified())
+            .await
+            .is_ok()
+    }
+
     #[tokio::test]
     async fn a_panicking_attempt_gives_its_slot_back_and_wakes_the_worker() {
         let held = Arc::new(Mutex::new(Held::default()));
         let wake = Arc::new(Notify::new());
-        held.lock().unwrap().add("https://cb.example.com:443", 2);
-        let slot = Slot {
-            held: held.clone(),
-            endpoint: "https://cb.example.com:443".into(),
-            wake: wake.clone(),
+        let full = Full {
+            per_endpoint: 1,
+            total: 100,
         };
+        let slot = one_slot(&held, &wake, full);
         let task = tokio::spawn(async move {
             let _slot = slot;
             panic!("an attempt panicked");
@@ -698,8 +742,29 @@ mod tests {
             (guard.total, guard.by_endpoint.len())
         };
         assert_eq!(left, (0, 0));
-        tokio::time::timeout(Duration::from_secs(1), wake.notified())
-            .await
-            .expect("the worker was not woken");
+        assert!(woken(&wake).await, "the worker was not woken");
+    }
+
+    /// A slot given back wakes the worker only where claims were held back for want of it.
+    #[tokio::test]
+    async fn a_slot_wakes_the_worker_only_when_claims_waited_for_room() {
+        let held = Arc::new(Mutex::new(Held::default()));
+        let wake = Arc::new(Notify::new());
+        let roomy = Full {
+            per_endpoint: 2,
+            total: 2,
+        };
+        drop(one_slot(&held, &wake, roomy));
+        assert!(
+            !woken(&wake).await,
+            "woken although nothing waited for room"
+        );
+        let worker_full = Full {
+            per_endpoint: 2,
+            total: 1,
+        };
+        drop(one_slot(&held, &wake, worker_full));
+        assert!(woken(&wake).await, "not woken when the worker was full");
+        assert_eq!(held.lock().unwrap().total, 0);
     }
 }
