@@ -9,6 +9,12 @@ use herald_core::project::ProjectId;
 
 /// `herald --version`: the release and the commit it was built from (build.rs), e.g.
 /// `herald 0.1.0 (088064b)`, so a bug report names the exact build.
+/// mimalloc instead of glibc's allocator: a request and its callback allocate and free
+/// many small buffers across tokio's threads, and glibc spent about 12% of the server's
+/// CPU in single-event ingest doing it (perf; docs/benchmarks.md, issue 14).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("HERALD_COMMIT"), ")");
 
 #[derive(Parser)]
