@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use herald_store::{
-    AfterAttempt, ClaimLimits, ClaimedDelivery, Completion, Lease, Store, StoreError,
+    AfterAttempt, ClaimLimits, ClaimedDelivery, Completion, Lease, Recorded, Store, StoreError,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -343,7 +343,9 @@ impl Dispatcher {
     }
 }
 
-/// Writes outcomes in batches: whatever has arrived while the last write ran.
+/// Writes outcomes in batches: whatever has arrived while the last write ran. Wakes the
+/// worker when a batch made a stream's next delivery due or scheduled a retry (the worker
+/// then learns when to look next); otherwise there is nothing new for a claim to find.
 async fn record_outcomes(
     store: Arc<dyn Store>,
     mut done: mpsc::UnboundedReceiver<Completion>,
@@ -351,19 +353,24 @@ async fn record_outcomes(
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while done.recv_many(&mut batch, BATCH).await > 0 {
-        record_batch(store.as_ref(), &batch).await;
+        let made_due = record_batch(store.as_ref(), &batch).await;
+        let mut retrying = false;
         for c in &batch {
             let outcome = match c.next {
                 AfterAttempt::Succeeded => "succeeded",
-                AfterAttempt::RetryAt(_) => "retrying",
+                AfterAttempt::RetryAt(_) => {
+                    retrying = true;
+                    "retrying"
+                }
                 AfterAttempt::Dead => "dead",
             };
             metrics::counter!("herald_deliveries_completed_total", "outcome" => outcome)
                 .increment(1);
         }
         batch.clear();
-        // Finished deliveries may have unblocked the next of their stream.
-        wake.notify_one();
+        if made_due || retrying {
+            wake.notify_one();
+        }
     }
 }
 
@@ -374,7 +381,7 @@ pub(crate) trait OutcomeStore: Sync {
 
 /// What [`OutcomeStore::complete`] returns: the store's own (boxed) future.
 pub(crate) type Completing<'a> =
-    std::pin::Pin<Box<dyn Future<Output = Result<u64, StoreError>> + Send + 'a>>;
+    std::pin::Pin<Box<dyn Future<Output = Result<Recorded, StoreError>> + Send + 'a>>;
 
 impl OutcomeStore for dyn Store {
     fn complete<'a>(&'a self, batch: &'a [Completion]) -> Completing<'a> {
@@ -384,22 +391,28 @@ impl OutcomeStore for dyn Store {
 
 /// Records a batch of outcomes. When the store refuses the batch, each outcome is written
 /// on its own ([`record_one`]), so that one outcome the store cannot take does not hold up
-/// the others, nor send their callbacks again.
-pub(crate) async fn record_batch(store: &(impl OutcomeStore + ?Sized), batch: &[Completion]) {
+/// the others, nor send their callbacks again. Returns whether the outcomes may have made
+/// deliveries due (always, after a refusal: the store did not say).
+pub(crate) async fn record_batch(
+    store: &(impl OutcomeStore + ?Sized),
+    batch: &[Completion],
+) -> bool {
     match store.complete(batch).await {
-        Ok(applied) => {
-            if applied < batch.len() as u64 {
+        Ok(recorded) => {
+            if recorded.applied < batch.len() as u64 {
                 tracing::info!(
-                    stale = batch.len() as u64 - applied,
+                    stale = batch.len() as u64 - recorded.applied,
                     "outcomes of expired leases were discarded"
                 );
             }
+            recorded.made_due
         }
         Err(e) => {
             tracing::warn!(error = %e, n = batch.len(), "recording outcomes failed; recording them one by one");
             for completion in batch {
                 record_one(store, completion).await;
             }
+            true
         }
     }
 }

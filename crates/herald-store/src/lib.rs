@@ -94,6 +94,16 @@ pub enum StoreError {
     TokenStamp(std::io::Error),
 }
 
+/// What [`DeliveryQueue::complete_deliveries`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// How many outcomes were applied: those whose lease still held.
+    pub applied: u64,
+    /// Whether finishing a stream's head made its next delivery due: only then (or when a
+    /// retry was scheduled) has the worker a reason to look at the queue again.
+    pub made_due: bool,
+}
+
 /// An access key with its secret key opened, for verifying a signature.
 #[derive(Debug, Clone)]
 pub struct AccessKey {
@@ -273,8 +283,8 @@ pub trait DeliveryQueue {
     ) -> Result<Vec<ClaimedDelivery>, StoreError>;
 
     /// Records attempts and moves their deliveries on, each only if its lease still holds.
-    /// Returns how many were applied.
-    async fn complete_deliveries(&self, completions: &[Completion]) -> Result<u64, StoreError>;
+    async fn complete_deliveries(&self, completions: &[Completion])
+    -> Result<Recorded, StoreError>;
 
     /// Returns deliveries whose lease expires before `expired_before` (their worker died)
     /// to the queue, due at `now`; one whose lost attempt was its `max_attempts`-th is dead

@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use herald_store::{
     Accepted, AccessKey, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
     Credentials, DeliveryFilter, DeliveryStatus, DeliveryView, Lease, LiveConfigFilter,
-    MOST_COUNTED_DELIVERIES, NewToken, Notification, Page, QueueStats, RetryOutcome, Store,
-    StoreError,
+    MOST_COUNTED_DELIVERIES, NewToken, Notification, Page, QueueStats, Recorded, RetryOutcome,
+    Store, StoreError,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -871,7 +871,11 @@ fn succeeded(d: &ClaimedDelivery, at: OffsetDateTime) -> Completion {
 }
 
 async fn complete(store: &dyn Store, completions: &[Completion]) -> u64 {
-    store.complete_deliveries(completions).await.unwrap()
+    store
+        .complete_deliveries(completions)
+        .await
+        .unwrap()
+        .applied
 }
 
 async fn log(
@@ -1353,9 +1357,19 @@ async fn each_stream_is_delivered_in_acceptance_order(store: &dyn Store) {
     assert_eq!(total, 6, "waiting and running deliveries are pending");
     assert!(waiting.iter().all(|d| d.attempts.is_empty()));
 
-    // a1 succeeds: a2 is next.
+    // a1 succeeds: a2 is next, and the store says something came due.
     let a1 = claimed_one(&heads, "a1");
-    assert_eq!(complete(store, &[succeeded(a1, t0 + secs(11))]).await, 1);
+    let recorded = store
+        .complete_deliveries(&[succeeded(a1, t0 + secs(11))])
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded,
+        Recorded {
+            applied: 1,
+            made_due: true
+        }
+    );
     let next = claim(store, t0 + secs(12), 10).await;
     assert_eq!(event_ids(&next), ["a2"]);
 
@@ -1374,7 +1388,15 @@ async fn each_stream_is_delivered_in_acceptance_order(store: &dyn Store) {
         answer(t0 + secs(15), 503),
         AfterAttempt::RetryAt(retry_at),
     );
-    assert_eq!(complete(store, &[failed]).await, 1);
+    let recorded = store.complete_deliveries(&[failed]).await.unwrap();
+    assert_eq!(
+        recorded,
+        Recorded {
+            applied: 1,
+            made_due: false
+        },
+        "a retry makes nothing due now"
+    );
     assert_eq!(
         store.next_due_after(t0 + secs(15)).await.unwrap(),
         Some(retry_at)
@@ -1413,7 +1435,15 @@ async fn each_stream_is_delivered_in_acceptance_order(store: &dyn Store) {
         succeeded(claimed_one(&heads, "b1"), retry_at + secs(3)),
         succeeded(claimed_one(&heads, "x1"), retry_at + secs(3)),
     ];
-    assert_eq!(complete(store, &done).await, 3);
+    let recorded = store.complete_deliveries(&done).await.unwrap();
+    assert_eq!(
+        recorded,
+        Recorded {
+            applied: 3,
+            made_due: false
+        },
+        "the last of their streams"
+    );
     drain(store, t0 + Duration::days(1)).await;
 }
 
@@ -2760,7 +2790,7 @@ async fn postgres_a_retry_racing_a_config_deletion_is_cancelled() {
         );
         let (w, a, cfg) = (worker.clone(), admin.clone(), id.clone());
         let completing =
-            tokio::spawn(async move { w.complete_deliveries(&[retry]).await.unwrap() });
+            tokio::spawn(async move { w.complete_deliveries(&[retry]).await.unwrap().applied });
         let deleting =
             tokio::spawn(async move { a.delete_live_config(&project("p1"), &cfg).await.unwrap() });
         assert_eq!(completing.await.unwrap(), 1);

@@ -54,7 +54,7 @@ use crate::rows::{
 };
 use crate::{
     Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
-    DeliveryStatus, DeliveryView, Lease, Page, RetryOutcome, StoreError,
+    DeliveryStatus, DeliveryView, Lease, Page, Recorded, RetryOutcome, StoreError,
 };
 
 /// Takes the advisory lock of each `(config_id, stream)` until the transaction ends, in
@@ -400,9 +400,12 @@ impl DeliveryQueue for PgStore {
 
     /// Set-based: one guarded update for the whole batch, one insert of the attempts
     /// that counted, one update unblocking the next delivery of finished streams.
-    async fn complete_deliveries(&self, completions: &[Completion]) -> Result<u64, StoreError> {
+    async fn complete_deliveries(
+        &self,
+        completions: &[Completion],
+    ) -> Result<Recorded, StoreError> {
         if completions.is_empty() {
-            return Ok(0);
+            return Ok(Recorded::default());
         }
         let next: Vec<(&str, i64)> = completions.iter().map(next_state).collect();
         let ids: Vec<i64> = completions.iter().map(|c| c.delivery_id).collect();
@@ -457,11 +460,16 @@ impl DeliveryQueue for PgStore {
         .execute(&mut *tx)
         .await?;
         let finished = finished_streams(&moved)?;
-        if unblock_next_of_streams(&mut tx, &finished, batch_time_ms(completions)).await? {
+        let made_due =
+            unblock_next_of_streams(&mut tx, &finished, batch_time_ms(completions)).await?;
+        if made_due {
             notify_work(&mut tx).await?;
         }
         tx.commit().await?;
-        Ok(u64::try_from(applied.len()).unwrap_or(0))
+        Ok(Recorded {
+            applied: u64::try_from(applied.len()).unwrap_or(0),
+            made_due,
+        })
     }
 
     async fn rescue_expired_leases(

@@ -296,12 +296,13 @@ mod tests {
             store
                 .complete_deliveries(std::slice::from_ref(&done))
                 .await
-                .unwrap(),
+                .unwrap()
+                .applied,
             1
         );
         assert_eq!(row(&store).await, ("succeeded".into(), 1));
         // The lease ended with its outcome: the same outcome again is not applied.
-        assert_eq!(store.complete_deliveries(&[done]).await.unwrap(), 0);
+        assert_eq!(store.complete_deliveries(&[done]).await.unwrap().applied, 0);
     }
 
     /// Leases end with the process: a delivery in flight when it stopped is due at once in

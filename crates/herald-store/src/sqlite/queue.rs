@@ -43,7 +43,7 @@ use crate::rows::{
 };
 use crate::{
     Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
-    DeliveryStatus, DeliveryView, Lease, Page, RetryOutcome, StoreError,
+    DeliveryStatus, DeliveryView, Lease, Page, Recorded, RetryOutcome, StoreError,
 };
 
 async fn candidates(
@@ -86,12 +86,13 @@ async fn stream_has_open_delivery(
 /// the streams (config, stream) of those that are now finished becomes due. The streams
 /// are found here, in SQL, rather than returned by the update: sqlx hands returned rows
 /// over one by one.
+/// True when any became due.
 async fn unblock_next_of_streams(
     tx: &mut Transaction<'_, Sqlite>,
     ids: &str,
     now_ms: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
         "UPDATE deliveries SET state = 'pending', next_attempt_at_ms = ?1 WHERE id IN \
          (SELECT MIN(id) FROM deliveries WHERE state = 'blocked' AND (config_id, stream) IN \
              (SELECT config_id, stream FROM deliveries WHERE id IN (SELECT value FROM json_each(?2)) \
@@ -102,7 +103,7 @@ async fn unblock_next_of_streams(
     .bind(ids)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() > 0)
 }
 
 /// The rows a new delivery copies its target from, joined on `j` (the batch).
@@ -498,14 +499,17 @@ impl DeliveryQueue for SqliteStore {
     /// Set-based like ingest: the outcomes made under a lease that still holds, in one
     /// update, one insert of their attempts and one update unblocking the next delivery
     /// of the streams they finished; their leases are given up once that has committed.
-    async fn complete_deliveries(&self, completions: &[Completion]) -> Result<u64, StoreError> {
+    async fn complete_deliveries(
+        &self,
+        completions: &[Completion],
+    ) -> Result<Recorded, StoreError> {
         if completions.is_empty() {
-            return Ok(0);
+            return Ok(Recorded::default());
         }
         let (_gate, mut tx) = self.begin_write(BEGIN_QUEUE).await?;
         let current = self.leases.current(completions);
         if current.is_empty() {
-            return Ok(0);
+            return Ok(Recorded::default());
         }
         let rows: Vec<serde_json::Value> = current
             .iter()
@@ -541,10 +545,14 @@ impl DeliveryQueue for SqliteStore {
         .execute(&mut *tx)
         .await?;
         let ids: Vec<i64> = current.iter().map(|c| c.delivery_id).collect();
-        unblock_next_of_streams(&mut tx, &json_array(&ids), batch_time_ms(completions)).await?;
+        let made_due =
+            unblock_next_of_streams(&mut tx, &json_array(&ids), batch_time_ms(completions)).await?;
         tx.commit().await?;
         self.leases.release(ids);
-        Ok(u64::try_from(current.len()).unwrap_or(0))
+        Ok(Recorded {
+            applied: u64::try_from(current.len()).unwrap_or(0),
+            made_due,
+        })
     }
 
     /// Ends the in-memory leases that expired, and the leases a process before in-memory
