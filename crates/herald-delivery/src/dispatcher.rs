@@ -38,6 +38,12 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
 struct Held {
     by_endpoint: HashMap<String, (u32, Arc<Semaphore>)>,
     total: u32,
+    /// The last claim was held back by room (an endpoint, or the worker, at what a claim
+    /// takes): the next slot given back wakes the worker.
+    room_wanted: bool,
+    /// Slots given back so far: a claim compares it before and after, to learn whether
+    /// room was made while it ran.
+    released: u64,
 }
 
 impl Held {
@@ -52,24 +58,18 @@ impl Held {
         permits.clone()
     }
 
-    /// Gives a slot back. Returns whether the worker may have left due deliveries behind
-    /// for want of this slot: the endpoint, or the worker as a whole, was at what a claim
-    /// takes (`full`: an endpoint's claim cap, the most in flight).
-    fn remove(&mut self, endpoint: &str, full: Full) -> bool {
-        let was_full = self.total >= full.total;
-        let endpoint_was_full = match self.by_endpoint.get_mut(endpoint) {
-            Some((n, _)) => {
-                let at_cap = *n >= full.per_endpoint;
-                *n -= 1;
-                if *n == 0 {
-                    self.by_endpoint.remove(endpoint);
-                }
-                at_cap
+    /// Gives a slot back. Returns whether the worker should look at the queue again: the
+    /// last claim was held back for want of room.
+    fn remove(&mut self, endpoint: &str) -> bool {
+        if let Some((n, _)) = self.by_endpoint.get_mut(endpoint) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_endpoint.remove(endpoint);
             }
-            None => false,
-        };
+        }
         self.total = self.total.saturating_sub(1);
-        was_full || endpoint_was_full
+        self.released += 1;
+        std::mem::take(&mut self.room_wanted)
     }
 
     fn counts(&self) -> HashMap<String, u32> {
@@ -80,29 +80,21 @@ impl Held {
     }
 }
 
-/// What a claim takes at most: of one endpoint (twice its sending cap), and in all.
-#[derive(Clone, Copy)]
-struct Full {
-    per_endpoint: u32,
-    total: u32,
-}
-
 /// A claimed delivery's place in [`Held`], given back when its attempt's task ends however
-/// it ends, a panic included: a slot can never leak. If the claims were held back for want
-/// of it, the worker looks at the queue again; otherwise there is nothing a look would
-/// find that the commits' own wake-ups do not announce (the next delivery of its stream
-/// comes due when the outcome is recorded, which wakes the worker).
+/// it ends, a panic included: a slot can never leak. If the last claim was held back for
+/// want of room, the worker looks at the queue again; otherwise there is nothing a look
+/// would find that the commits' own wake-ups do not announce (the next delivery of its
+/// stream comes due when the outcome is recorded, which wakes the worker).
 struct Slot {
     held: Arc<Mutex<Held>>,
     endpoint: String,
-    full: Full,
     wake: Arc<Notify>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let room_made = guard.remove(&self.endpoint, self.full);
+        let room_made = guard.remove(&self.endpoint);
         metrics::gauge!("herald_deliveries_in_flight").set(f64::from(guard.total));
         drop(guard);
         if room_made {
@@ -245,17 +237,19 @@ impl Dispatcher {
     async fn claim(
         &self,
     ) -> Result<(Vec<(ClaimedDelivery, Arc<Semaphore>)>, usize), herald_store::StoreError> {
-        let (room, held) = {
-            let guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let (room, held, released) = {
+            let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
             let room = self.settings.max_in_flight.saturating_sub(guard.total);
+            if room == 0 {
+                guard.room_wanted = true;
+                return Ok((Vec::new(), 1));
+            }
             (
                 usize::try_from(room).unwrap_or(0).min(BATCH),
                 guard.counts(),
+                guard.released,
             )
         };
-        if room == 0 {
-            return Ok((Vec::new(), 1));
-        }
         let now = OffsetDateTime::now_utc();
         let lease = Lease {
             owner: self.owner.to_string(),
@@ -267,7 +261,24 @@ impl Dispatcher {
             in_flight: &held,
         };
         let claimed = self.store.claim_due_deliveries(now, limits, &lease).await?;
+        // Held back by room: an endpoint at what a claim gives it, by the counts this claim
+        // went by. (When the worker's own room was the limit, the claim came back full and
+        // the worker claims again at once.)
+        let mut after = held;
+        for d in &claimed {
+            *after.entry(d.endpoint.clone()).or_default() += 1;
+        }
+        let endpoint_cap = self.settings.per_endpoint_in_flight.saturating_mul(2);
+        let held_back = after.values().any(|n| *n >= endpoint_cap);
         let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held_back {
+            if guard.released == released {
+                guard.room_wanted = true;
+            } else {
+                // Room was made while the claim ran, and those slots woke no one.
+                self.wake.notify_one();
+            }
+        }
         let claimed = claimed
             .into_iter()
             .map(|d| {
@@ -298,10 +309,6 @@ impl Dispatcher {
         let slot = Slot {
             held: self.held.clone(),
             endpoint: delivery.endpoint.clone(),
-            full: Full {
-                per_endpoint: self.settings.per_endpoint_in_flight.saturating_mul(2),
-                total: self.settings.max_in_flight,
-            },
             wake: self.wake.clone(),
         };
         tracker.spawn(
@@ -717,14 +724,13 @@ mod tests {
         }
     }
 
-    /// Holds one delivery of `endpoint` and returns its slot, with `full` as the limits.
-    fn one_slot(held: &Arc<Mutex<Held>>, wake: &Arc<Notify>, full: Full) -> Slot {
+    /// Holds one delivery of `endpoint` and returns its slot.
+    fn one_slot(held: &Arc<Mutex<Held>>, wake: &Arc<Notify>) -> Slot {
         let endpoint = "https://cb.example.com:443";
         held.lock().unwrap().add(endpoint, 2);
         Slot {
             held: held.clone(),
             endpoint: endpoint.into(),
-            full,
             wake: wake.clone(),
         }
     }
@@ -740,11 +746,8 @@ mod tests {
     async fn a_panicking_attempt_gives_its_slot_back_and_wakes_the_worker() {
         let held = Arc::new(Mutex::new(Held::default()));
         let wake = Arc::new(Notify::new());
-        let full = Full {
-            per_endpoint: 1,
-            total: 100,
-        };
-        let slot = one_slot(&held, &wake, full);
+        let slot = one_slot(&held, &wake);
+        held.lock().unwrap().room_wanted = true;
         let task = tokio::spawn(async move {
             let _slot = slot;
             panic!("an attempt panicked");
@@ -752,32 +755,29 @@ mod tests {
         assert!(task.await.unwrap_err().is_panic());
         let left = {
             let guard = held.lock().unwrap();
-            (guard.total, guard.by_endpoint.len())
+            (guard.total, guard.by_endpoint.len(), guard.released)
         };
-        assert_eq!(left, (0, 0));
+        assert_eq!(left, (0, 0, 1));
         assert!(woken(&wake).await, "the worker was not woken");
     }
 
-    /// A slot given back wakes the worker only where claims were held back for want of it.
+    /// A slot given back wakes the worker only where the last claim was held back for
+    /// room, and once for that claim.
     #[tokio::test]
-    async fn a_slot_wakes_the_worker_only_when_claims_waited_for_room() {
+    async fn a_slot_wakes_the_worker_only_when_a_claim_waited_for_room() {
         let held = Arc::new(Mutex::new(Held::default()));
         let wake = Arc::new(Notify::new());
-        let roomy = Full {
-            per_endpoint: 2,
-            total: 2,
-        };
-        drop(one_slot(&held, &wake, roomy));
+        drop(one_slot(&held, &wake));
         assert!(
             !woken(&wake).await,
-            "woken although nothing waited for room"
+            "woken although no claim waited for room"
         );
-        let worker_full = Full {
-            per_endpoint: 2,
-            total: 1,
-        };
-        drop(one_slot(&held, &wake, worker_full));
-        assert!(woken(&wake).await, "not woken when the worker was full");
+        let (first, second) = (one_slot(&held, &wake), one_slot(&held, &wake));
+        held.lock().unwrap().room_wanted = true;
+        drop(first);
+        assert!(woken(&wake).await, "not woken when a claim waited for room");
+        drop(second);
+        assert!(!woken(&wake).await, "woken twice for one claim");
         assert_eq!(held.lock().unwrap().total, 0);
     }
 }

@@ -575,6 +575,44 @@ async fn slow_and_refused_endpoints_do_not_hold_up_a_healthy_one() {
     assert_eq!(slow.received().len(), 32);
 }
 
+/// The worker finds every delivery through the wake-ups of commits and of finished
+/// attempts, never by waiting for its poll: with the poll an hour away, a backlog many
+/// times what a claim may take for one endpoint (streams of several events each, so that
+/// outcomes make the next ones due) still all arrives.
+#[tokio::test]
+async fn a_backlog_drains_without_waiting_for_the_poll() {
+    let server = TestServer::start_with(|s| {
+        s.allow_private_targets = true;
+        s.endpoint_concurrency = 2;
+        s.poll_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let token = server.token("p1").await;
+    let receiver = Receiver::ok().await;
+    config(
+        &server,
+        &token,
+        json!({"publish_domain": "push.example.com", "app": "*", "notify_callback_url": receiver.url(),
+            "notify_event_subscription": ["RECORD_OVER"]}),
+    )
+    .await;
+    let mut expected = std::collections::HashSet::new();
+    for round in 0..4 {
+        let events: Vec<Value> = (0..500)
+            .map(|i| {
+                let id = format!("r{round}-e{i}");
+                expected.insert(id.clone());
+                json!({"event_id": id, "event_type": "RECORD_OVER", "publish_domain": "push.example.com",
+                    "app": "live", "stream": format!("s{}", i % 50)})
+            })
+            .collect();
+        ingest(&server, &token, json!({ "events": events })).await;
+    }
+    receiver
+        .wait_for_ids(&expected, Duration::from_secs(60))
+        .await;
+}
+
 #[tokio::test]
 async fn a_deleted_configs_waiting_deliveries_are_cancelled() {
     let (server, token) = server("0s").await;
