@@ -2,8 +2,10 @@
 //!
 //! A middleware reads the (bounded) body, identifies the caller by `X-Auth-Token` or by an
 //! `SDK-HMAC-SHA256` signature, and hands the handler a [`Caller`]. Credentials are looked
-//! up on every request, so keys created by `herald credentials create` while the server
-//! runs work at once, and revoked ones stop at once.
+//! up in the store on every request, so keys created by `herald credentials create` while
+//! the server runs work at once, and revoked ones stop at once. (The embedded store
+//! remembers the tokens it found, and learns of revocations through a stamp file that the
+//! CLI replaces: see `herald_store::sqlite::token_cache`.)
 
 use std::collections::HashMap;
 

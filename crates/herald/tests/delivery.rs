@@ -697,7 +697,8 @@ async fn metrics_are_exposed_with_bounded_labels() {
         event("m", "RECORD_OVER", "live", "secret-stream-name"),
     )
     .await;
-    receiver.wait_for(1, WAIT).await;
+    // Recorded, not only arrived: the attempt is counted after its answer comes back.
+    log_until(&server, &token, "status=succeeded", |log| log["total"] == 1).await;
     let text = common::metrics_text(&server.http, &server.base).await;
     for name in [
         "herald_events_accepted_total",
