@@ -6,6 +6,7 @@
 //! open while a callback is in flight: claim and completion are separate short writes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -117,6 +118,20 @@ pub struct Dispatcher {
     /// This process's name on the leases it takes.
     owner: Arc<str>,
     held: Arc<Mutex<Held>>,
+    next_due: Mutex<NextDue>,
+    /// Set by the outcome recorder when it scheduled a retry: [`NextDue`] is out of date.
+    retry_scheduled: Arc<AtomicBool>,
+}
+
+/// When the next delivery not due yet (a retry) comes due, as last read from the store.
+/// The worker reads it again only when it may have changed: a retry scheduled here, the
+/// time read has come, or a poll interval passed without a wake-up (another process may
+/// have scheduled one). Everything else that makes deliveries due makes them due at once,
+/// and wakes the worker.
+#[derive(Default)]
+struct NextDue {
+    /// `None` inside: nothing is scheduled.
+    read: Option<Option<OffsetDateTime>>,
 }
 
 impl Dispatcher {
@@ -138,6 +153,8 @@ impl Dispatcher {
             wake,
             owner: owner.into(),
             held: Arc::default(),
+            next_due: Mutex::default(),
+            retry_scheduled: Arc::default(),
         })
     }
 
@@ -156,6 +173,7 @@ impl Dispatcher {
             self.store.clone(),
             done_rx,
             self.wake.clone(),
+            self.retry_scheduled.clone(),
         ));
         let maintenance = tokio::spawn(maintain(
             self.store.clone(),
@@ -199,7 +217,7 @@ impl Dispatcher {
                 tokio::select! {
                     () = cancel.cancelled() => break,
                     () = self.wake.notified() => {}
-                    () = tokio::time::sleep(idle) => {}
+                    () = tokio::time::sleep(idle) => self.forget_next_due(),
                 }
             }
         }
@@ -334,19 +352,44 @@ impl Dispatcher {
             .settings
             .poll_interval
             .mul_f64(0.8 + 0.4 * rand::random::<f64>());
-        match self.store.next_due_after(OffsetDateTime::now_utc()).await {
-            Ok(Some(at)) => {
-                let until = at - OffsetDateTime::now_utc();
-                Duration::try_from(until)
-                    .unwrap_or(Duration::ZERO)
-                    .min(poll)
-            }
-            Ok(None) => poll,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the next due time failed");
-                poll
-            }
+        let now = OffsetDateTime::now_utc();
+        if self.retry_scheduled.swap(false, Ordering::AcqRel) {
+            self.forget_next_due();
         }
+        let known = {
+            let next_due = self.next_due.lock().unwrap_or_else(PoisonError::into_inner);
+            next_due.read.filter(|at| at.is_none_or(|at| at > now))
+        };
+        let next = match known {
+            Some(next) => next,
+            None => match self.store.next_due_after(now).await {
+                Ok(next) => {
+                    self.next_due
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .read = Some(next);
+                    next
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the next due time failed");
+                    return poll;
+                }
+            },
+        };
+        match next {
+            Some(at) => Duration::try_from(at - OffsetDateTime::now_utc())
+                .unwrap_or(Duration::ZERO)
+                .min(poll),
+            None => poll,
+        }
+    }
+
+    /// The next due time must be read from the store again.
+    fn forget_next_due(&self) {
+        self.next_due
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .read = None;
     }
 }
 
@@ -357,6 +400,7 @@ async fn record_outcomes(
     store: Arc<dyn Store>,
     mut done: mpsc::UnboundedReceiver<Completion>,
     wake: Arc<Notify>,
+    retry_scheduled: Arc<AtomicBool>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while done.recv_many(&mut batch, BATCH).await > 0 {
@@ -375,6 +419,9 @@ async fn record_outcomes(
                 .increment(1);
         }
         batch.clear();
+        if retrying {
+            retry_scheduled.store(true, Ordering::Release);
+        }
         if made_due || retrying {
             wake.notify_one();
         }

@@ -613,6 +613,42 @@ async fn a_backlog_drains_without_waiting_for_the_poll() {
         .await;
 }
 
+/// A retry is sent when it comes due, not at the next poll: the worker learns its time
+/// when the outcome that scheduled it is recorded.
+#[tokio::test]
+async fn retries_come_due_without_waiting_for_the_poll() {
+    let server = TestServer::start_with(|s| {
+        s.allow_private_targets = true;
+        s.retry_schedule = common::schedule("0s,300ms,300ms");
+        s.poll_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let token = server.token("p1").await;
+    let receiver = Receiver::scripted(Arc::new(|r: &Received, _n: usize| {
+        let third = r.header("herald-delivery-attempt") == "3";
+        let status = if third {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        (status, Duration::ZERO)
+    }))
+    .await;
+    config(
+        &server,
+        &token,
+        json!({"publish_domain": "push.example.com", "app": "*", "notify_callback_url": receiver.url(),
+            "notify_event_subscription": ["RECORD_OVER"]}),
+    )
+    .await;
+    ingest(&server, &token, event("r", "RECORD_OVER", "live", "s")).await;
+    let arrived = receiver.wait_for(3, Duration::from_secs(30)).await;
+    let attempts: Vec<String> = (arrived.iter())
+        .map(|r| r.header("herald-delivery-attempt"))
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+}
+
 #[tokio::test]
 async fn a_deleted_configs_waiting_deliveries_are_cancelled() {
     let (server, token) = server("0s").await;
