@@ -57,9 +57,27 @@ use crate::auth::StaticCredentials;
 use crate::error::ApiError;
 use crate::openapi::Conventions;
 
-/// What every handler shares.
+/// What every handler shares: one allocation, so that the clone axum makes for each
+/// extractor and middleware of a request is one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     /// The one way to the database.
     pub store: Arc<dyn Store>,
     /// Credentials from the config file, checked before the store's.

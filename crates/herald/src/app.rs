@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use herald_api::auth::StaticCredentials;
-use herald_api::{AppState, router};
+use herald_api::{AppState, Shared, router};
 use herald_core::project::ProjectId;
 use herald_delivery::dispatcher::{Dispatcher, WorkerStopped};
 use herald_delivery::probe::Prober;
@@ -161,7 +161,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         .with_context(|| format!("binding {}", settings.listen))?;
     let local_addr = listener.local_addr()?;
     let public_url: Arc<str> = settings.public_url_for(local_addr).into();
-    let state = AppState {
+    let state = AppState::new(Shared {
         store: store.clone(),
         credentials: Arc::new(static_credentials(settings)?),
         allow_private_targets: settings.allow_private_targets,
@@ -170,7 +170,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         worker_stopped: worker_stopped.clone(),
         public_url,
         recordings: recordings.clone(),
-    };
+    });
     let shutdown = CancellationToken::new();
     let grace = settings.shutdown_grace;
     if let Some(keep) = settings.retention {
