@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::BEGIN_DURABLE;
-use super::queue::{Batch, BatchAnswer, ingest_together};
+use super::ingest::{Batch, BatchAnswer, ingest_together};
 use crate::StoreError;
 use crate::recording::apply_in;
 

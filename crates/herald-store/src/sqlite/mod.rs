@@ -15,7 +15,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::StoreError;
 
+mod claim;
 pub(crate) mod group_commit;
+mod ingest;
 mod leases;
 mod queue;
 pub(crate) mod token_cache;

@@ -1,0 +1,265 @@
+//! The ingest plan on SQLite: the ingests that share a commit ([`super::group_commit`]) are
+//! planned as one set, so a commit of any size costs a fixed handful of statements:
+//! earlier answers for repeated ids, one candidate query per distinct (domain, app), one
+//! lookup per RTC app, one insert of events and one of deliveries per flavour.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+
+use herald_core::config::rtc::AppId;
+use herald_core::event::EventId;
+use herald_core::event::live::LiveEvent;
+use herald_core::event::rtc::RtcEvent;
+use herald_core::matching::MatchCandidate;
+use herald_core::project::ProjectId;
+use herald_core::timefmt::unix_ms;
+use sqlx::{Row, Sqlite, Transaction};
+use time::OffsetDateTime;
+
+use super::json_array;
+use crate::accept::{
+    Accepting, Flavour, OPEN_STATES, RtcCallback, answers_in_order, live_match_keys,
+    new_deliveries, plan_live, plan_rtc, stream_pairs,
+};
+use crate::rows::{CandidateRow, Target};
+use crate::{Accepted, StoreError};
+
+async fn candidates(
+    tx: &mut Transaction<'_, Sqlite>,
+    project: &ProjectId,
+    domain: &str,
+    app: &str,
+) -> Result<Vec<MatchCandidate<Target>>, StoreError> {
+    sqlx::query_as::<_, CandidateRow>(
+        "SELECT id, app, notify_event_subscription, notify_callback_url FROM live_callback_configs \
+         WHERE project_id = ? AND publish_domain = ? AND app IN (?, '*')",
+    )
+    .bind(project.as_str())
+    .bind(domain)
+    .bind(app)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .map(|row| Ok(row.into_candidate()?))
+    .collect()
+}
+
+/// The rows a new delivery copies its target from, joined on `j` (the batch).
+fn target_source(flavour: Flavour) -> &'static str {
+    match flavour {
+        Flavour::Live => {
+            "SELECT c.notify_callback_url AS url, c.sign_type AS sign_type, c.key_sealed AS key_sealed, j.key, j.value \
+             FROM json_each(?2) j JOIN live_callback_configs c ON c.id = json_extract(j.value, '$.config_id')"
+        }
+        // RTC signs with HMAC-SHA256 over the body; the sign type column is not read.
+        Flavour::Rtc => {
+            "SELECT a.callback_url AS url, 'HMACSHA256' AS sign_type, a.auth_key_sealed AS key_sealed, j.key, j.value \
+             FROM json_each(?2) j JOIN rtc_apps a ON a.app_id = json_extract(j.value, '$.config_id')"
+        }
+    }
+}
+
+/// The stored answers of ids the project already used.
+async fn earlier_answers<'e>(
+    tx: &mut Transaction<'_, Sqlite>,
+    project: &ProjectId,
+    ids: impl Iterator<Item = &'e EventId>,
+) -> Result<HashMap<String, u32>, StoreError> {
+    let ids: Vec<&str> = ids.map(EventId::as_str).collect();
+    Ok(sqlx::query(
+        "SELECT event_id, deliveries FROM events WHERE project_id = ? \
+         AND event_id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(project.as_str())
+    .bind(json_array(&ids))
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get("event_id")?,
+            u32::try_from(r.try_get::<i64, _>("deliveries")?).unwrap_or(0),
+        ))
+    })
+    .collect::<Result<_, sqlx::Error>>()?)
+}
+
+/// Inserts the events and their deliveries: per (config, stream), the first new delivery
+/// is pending unless the stream already has an open one, and every later one waits.
+async fn accept(
+    tx: &mut Transaction<'_, Sqlite>,
+    project: &ProjectId,
+    flavour: Flavour,
+    accepting: Vec<Accepting<'_>>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    if accepting.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = accepting
+        .iter()
+        .map(|a| serde_json::json!({"id": a.id.as_str(), "payload": a.payload, "deliveries": a.deliveries()}))
+        .collect();
+    // No `RETURNING`: sqlx hands each returned row over on its own. The deliveries find
+    // their event's `seq` through the (project, event id) index instead.
+    sqlx::query(
+        "INSERT INTO events (project_id, event_id, flavour, payload, deliveries, accepted_at_ms) \
+         SELECT ?1, json_extract(value, '$.id'), ?4, json_extract(value, '$.payload'), \
+             json_extract(value, '$.deliveries'), ?2 \
+         FROM json_each(?3) ORDER BY key",
+    )
+    .bind(project.as_str())
+    .bind(now_ms)
+    .bind(serde_json::Value::Array(rows).to_string())
+    .bind(flavour.name())
+    .execute(&mut **tx)
+    .await?;
+
+    let pairs = stream_pairs(&accepting);
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    // One row of JSON, not a row per busy stream.
+    let busy: String = sqlx::query_scalar(&format!(
+        "SELECT json_group_array(json_array(config_id, stream)) FROM ( \
+             SELECT DISTINCT config_id, stream FROM deliveries WHERE state IN {OPEN_STATES} AND (config_id, stream) IN \
+             (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)))"
+    ))
+    .bind(json_array(&pairs))
+    .fetch_one(&mut **tx)
+    .await?;
+    let busy: HashSet<(String, String)> =
+        serde_json::from_str(&busy).map_err(|e| crate::rows::CorruptRow {
+            table: "deliveries",
+            id: "the busy streams".into(),
+            reason: e.to_string(),
+        })?;
+    let deliveries: Vec<serde_json::Value> = new_deliveries(&accepting, busy)?
+        .into_iter()
+        .map(|d| {
+            serde_json::json!({
+                "event_id": d.event_id,
+                "config_id": d.config_id,
+                "stream": d.stream,
+                "endpoint": d.endpoint,
+                "state": d.state,
+            })
+        })
+        .collect();
+    sqlx::query(&format!(
+        "INSERT INTO deliveries (project_id, event_seq, config_id, stream, endpoint, url, sign_type, \
+         key_sealed, state, next_attempt_at_ms, created_at_ms) \
+         SELECT ?3, (SELECT seq FROM events WHERE project_id = ?3 AND event_id = json_extract(t.value, '$.event_id')), \
+             json_extract(t.value, '$.config_id'), \
+             json_extract(t.value, '$.stream'), json_extract(t.value, '$.endpoint'), t.url, t.sign_type, \
+             t.key_sealed, json_extract(t.value, '$.state'), ?1, ?1 \
+         FROM ({}) t ORDER BY t.key",
+        target_source(flavour)
+    ))
+    .bind(now_ms)
+    .bind(serde_json::Value::Array(deliveries).to_string())
+    .bind(project.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// One request's events, as [`ingest_together`] takes them.
+pub(super) enum Batch {
+    Live(Vec<(EventId, LiveEvent)>),
+    /// An RTC app's events.
+    Rtc(AppId, Vec<(EventId, RtcEvent)>),
+}
+
+impl Batch {
+    fn ids(&self) -> Vec<&EventId> {
+        match self {
+            Self::Live(events) => events.iter().map(|(id, _)| id).collect(),
+            Self::Rtc(_, events) => events.iter().map(|(id, _)| id).collect(),
+        }
+    }
+}
+
+/// A request's answers: one per event in request order; for RTC, `None` when there is no
+/// such app.
+pub(super) enum BatchAnswer {
+    Live(Vec<Accepted>),
+    Rtc(Option<Vec<Accepted>>),
+}
+
+/// Accepts several requests of one project inside `tx`, in order, as if each ran after
+/// the one before it: an id repeated in a later request gets the earlier one's answer.
+/// Set-based across the requests too, so a commit of many single-event requests costs the
+/// same handful of statements as one request: earlier answers for all their ids, one
+/// candidate query per distinct (domain, app), one lookup per RTC app, then [`accept`]'s
+/// inserts once per flavour.
+pub(super) async fn ingest_together(
+    tx: &mut Transaction<'_, Sqlite>,
+    project: &ProjectId,
+    batches: &[&Batch],
+    now: OffsetDateTime,
+) -> Result<Vec<BatchAnswer>, StoreError> {
+    let ids = batches.iter().flat_map(|b| b.ids());
+    let mut answers = earlier_answers(tx, project, ids).await?;
+    let mut candidates_by_key = HashMap::new();
+    let mut apps = HashMap::new();
+    for batch in batches {
+        match batch {
+            Batch::Live(events) => {
+                for key in live_match_keys(events, &answers) {
+                    if let Entry::Vacant(slot) = candidates_by_key.entry(key) {
+                        slot.insert(candidates(tx, project, key.0, key.1).await?);
+                    }
+                }
+            }
+            Batch::Rtc(app_id, _) => {
+                if let Entry::Vacant(slot) = apps.entry(app_id.as_str()) {
+                    slot.insert(rtc_callback(tx, project, app_id).await?);
+                }
+            }
+        }
+    }
+    let (mut live, mut rtc) = (Vec::new(), Vec::new());
+    let mut out = Vec::with_capacity(batches.len());
+    for batch in batches {
+        out.push(match batch {
+            Batch::Live(events) => {
+                live.extend(plan_live(events, &mut answers, &candidates_by_key)?);
+                BatchAnswer::Live(answers_in_order(batch.ids().into_iter(), &answers))
+            }
+            Batch::Rtc(app_id, events) => match apps.get(app_id.as_str()) {
+                Some(Some(callback)) => {
+                    let callback = callback.as_ref();
+                    rtc.extend(plan_rtc(events, &mut answers, app_id.as_str(), callback)?);
+                    BatchAnswer::Rtc(Some(answers_in_order(batch.ids().into_iter(), &answers)))
+                }
+                _ => BatchAnswer::Rtc(None),
+            },
+        });
+    }
+    let now_ms = unix_ms(now);
+    accept(tx, project, Flavour::Live, live, now_ms).await?;
+    accept(tx, project, Flavour::Rtc, rtc, now_ms).await?;
+    Ok(out)
+}
+
+/// The app's record callback: `None` when there is no such app, `Some(None)` when it has
+/// no callback.
+async fn rtc_callback(
+    tx: &mut Transaction<'_, Sqlite>,
+    project: &ProjectId,
+    app_id: &AppId,
+) -> Result<Option<Option<RtcCallback>>, StoreError> {
+    let app: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT callback_url, notify_event_subscription FROM rtc_apps WHERE project_id = ? AND app_id = ?",
+    )
+    .bind(project.as_str())
+    .bind(app_id.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    app.map(|(url, subscription)| {
+        RtcCallback::from_columns(app_id.as_str(), url, subscription.as_deref())
+            .map_err(StoreError::from)
+    })
+    .transpose()
+}
