@@ -4,8 +4,8 @@
 //! `FOR UPDATE SKIP LOCKED` in one short statement; completions are guarded by the lease;
 //! any node's rescuer returns expired leases; `NOTIFY` after commit (plus the worker's
 //! jittered poll) wakes the other nodes. How per-stream order holds across nodes is set
-//! out in [`queue`]. Queries are runtime-checked (`query().bind()`), so building needs no
-//! database.
+//! out in `queue` (the claim, the completion, the rescue, the log); the ingest plan is in
+//! `ingest`. Queries are runtime-checked (`query().bind()`), so building needs no database.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use sqlx::{Postgres, Transaction};
 
 use crate::StoreError;
 
+mod ingest;
 mod queue;
 
 /// The channel on which commits that made deliveries due are announced to every node.

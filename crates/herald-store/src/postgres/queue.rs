@@ -40,17 +40,16 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::ingest::{accept, commit_ingest, earlier_answers};
 use super::{PgStore, WORK_CHANNEL, notify_work};
 use crate::accept::{
-    Accepting, Flavour, LEASE_EXPIRED, OPEN_STATES, RtcCallback, TARGET_EXISTS, answers_in_order,
-    batch_time_ms, finished_streams, live_match_keys, new_deliveries, next_state, plan_live,
-    plan_rtc, rescued_state, stream_pairs,
+    Flavour, LEASE_EXPIRED, OPEN_STATES, RtcCallback, TARGET_EXISTS, batch_time_ms,
+    finished_streams, live_match_keys, next_state, plan_live, plan_rtc, rescued_state,
 };
 use crate::backend::limit_offset;
 use crate::queue::{MOST_COUNTED_DELIVERIES, delivery_log_where};
 use crate::rows::{
-    AttemptRow, CandidateRow, ClaimedRow, CorruptRow, DeliveryRow, Target, delivery_views,
-    finish_claim,
+    AttemptRow, CandidateRow, ClaimedRow, DeliveryRow, Target, delivery_views, finish_claim,
 };
 use crate::{
     Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
@@ -61,7 +60,7 @@ use crate::{
 /// key order. (PostgreSQL evaluates a volatile function in the select list after the
 /// `ORDER BY`, so the locks are taken in that order.) A hash collision only makes two
 /// streams take turns.
-async fn lock_streams<'p>(
+pub(super) async fn lock_streams<'p>(
     tx: &mut Transaction<'_, Postgres>,
     pairs: impl IntoIterator<Item = (&'p str, &'p str)>,
 ) -> Result<(), StoreError> {
@@ -127,167 +126,6 @@ async fn streams_of(
             .map(|r| Ok((r.try_get("config_id")?, r.try_get("stream")?)))
             .collect::<Result<_, sqlx::Error>>()?,
     )
-}
-
-/// The stored answers of ids the project already used.
-async fn earlier_answers(
-    tx: &mut Transaction<'_, Postgres>,
-    project: &ProjectId,
-    ids: &[&str],
-) -> Result<HashMap<String, u32>, StoreError> {
-    Ok(sqlx::query(
-        "SELECT event_id, deliveries FROM events WHERE project_id = $1 AND event_id = ANY($2)",
-    )
-    .bind(project.as_str())
-    .bind(ids)
-    .fetch_all(&mut **tx)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok((
-            r.try_get("event_id")?,
-            u32::try_from(r.try_get::<i64, _>("deliveries")?).unwrap_or(0),
-        ))
-    })
-    .collect::<Result<_, sqlx::Error>>()?)
-}
-
-/// The config columns a new delivery copies its signing from, by flavour. The URL comes
-/// from the match itself, so that it agrees with the endpoint computed from it.
-fn signing_source(flavour: Flavour) -> &'static str {
-    match flavour {
-        Flavour::Live => "SELECT id, sign_type, key_sealed FROM live_callback_configs",
-        // RTC signs with HMAC-SHA256 over the body; the sign type column is not read.
-        Flavour::Rtc => {
-            "SELECT app_id AS id, 'HMACSHA256' AS sign_type, auth_key_sealed AS key_sealed FROM rtc_apps"
-        }
-    }
-}
-
-/// Inserts the events and their deliveries (see [`crate::accept::new_deliveries`]) and
-/// returns the ids another node accepted first, between this transaction's look at the
-/// earlier answers and its insert: those keep the other node's answer and get nothing here.
-async fn accept(
-    tx: &mut Transaction<'_, Postgres>,
-    project: &ProjectId,
-    flavour: Flavour,
-    accepting: Vec<Accepting<'_>>,
-    now_ms: i64,
-) -> Result<Vec<String>, StoreError> {
-    if accepting.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<&str> = accepting.iter().map(|a| a.id.as_str()).collect();
-    let payloads: Vec<&str> = accepting.iter().map(|a| a.payload.as_str()).collect();
-    let counts: Vec<i64> = accepting
-        .iter()
-        .map(|a| i64::from(a.deliveries()))
-        .collect();
-    // In id order, so that two nodes accepting overlapping batches wait on each other's
-    // ids in the same order instead of deadlocking.
-    let seqs: HashMap<String, i64> = sqlx::query(
-        "INSERT INTO events (project_id, event_id, flavour, payload, deliveries, accepted_at_ms) \
-         SELECT $1, id, $2, payload, n, $3 FROM unnest($4::text[], $5::text[], $6::bigint[]) AS t(id, payload, n) \
-         ORDER BY id \
-         ON CONFLICT (project_id, event_id) DO NOTHING RETURNING event_id, seq",
-    )
-    .bind(project.as_str())
-    .bind(flavour.name())
-    .bind(now_ms)
-    .bind(&ids)
-    .bind(&payloads)
-    .bind(&counts)
-    .fetch_all(&mut **tx)
-    .await?
-    .iter()
-    .map(|r| Ok((r.try_get("event_id")?, r.try_get("seq")?)))
-    .collect::<Result<_, sqlx::Error>>()?;
-    let (accepting, raced): (Vec<_>, Vec<_>) = accepting
-        .into_iter()
-        .partition(|a| seqs.contains_key(a.id.as_str()));
-    let raced = raced.iter().map(|a| a.id.as_str().to_owned()).collect();
-
-    let pairs = stream_pairs(&accepting);
-    lock_streams(tx, pairs.iter().map(|[c, s]| (*c, *s))).await?;
-    let (configs, streams): (Vec<&str>, Vec<&str>) = pairs.iter().map(|[c, s]| (*c, *s)).unzip();
-    // One index probe per stream.
-    let busy: HashSet<(String, String)> = sqlx::query(&format!(
-        "SELECT DISTINCT t.c AS config_id, t.s AS stream FROM unnest($1::text[], $2::text[]) AS t(c, s) \
-         WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.config_id = t.c AND d.stream = t.s \
-             AND d.state IN {OPEN_STATES})"
-    ))
-    .bind(configs)
-    .bind(streams)
-    .fetch_all(&mut **tx)
-    .await?
-    .iter()
-    .map(|r| Ok((r.try_get("config_id")?, r.try_get("stream")?)))
-    .collect::<Result<_, sqlx::Error>>()?;
-    let deliveries = new_deliveries(&accepting, busy)?;
-    if deliveries.is_empty() {
-        return Ok(raced);
-    }
-    let urls: HashMap<&str, &str> = accepting
-        .iter()
-        .filter_map(|a| a.target.as_ref())
-        .map(|(c, u)| (c.as_str(), u.as_str()))
-        .collect();
-    let seq_of = |event_id: &str| {
-        seqs.get(event_id).copied().ok_or_else(|| CorruptRow {
-            table: "events",
-            id: event_id.to_owned(),
-            reason: "insert returned no seq".into(),
-        })
-    };
-    let event_seqs: Vec<i64> = deliveries
-        .iter()
-        .map(|d| seq_of(d.event_id))
-        .collect::<Result<_, _>>()?;
-    sqlx::query(&format!(
-        "INSERT INTO deliveries (project_id, event_seq, config_id, stream, endpoint, url, sign_type, \
-             key_sealed, state, next_attempt_at_ms, created_at_ms) \
-         SELECT $1, t.seq, t.config_id, t.stream, t.endpoint, t.url, c.sign_type, c.key_sealed, t.state, $2, $2 \
-         FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
-             WITH ORDINALITY AS t(seq, config_id, stream, endpoint, url, state, ord) \
-         JOIN ({}) c ON c.id = t.config_id \
-         ORDER BY t.ord",
-        signing_source(flavour)
-    ))
-    .bind(project.as_str())
-    .bind(now_ms)
-    .bind(event_seqs)
-    .bind(deliveries.iter().map(|d| d.config_id).collect::<Vec<_>>())
-    .bind(deliveries.iter().map(|d| d.stream).collect::<Vec<_>>())
-    .bind(deliveries.iter().map(|d| d.endpoint.as_str()).collect::<Vec<_>>())
-    .bind(
-        deliveries
-            .iter()
-            .map(|d| urls.get(d.config_id).copied().unwrap_or_default())
-            .collect::<Vec<_>>(),
-    )
-    .bind(deliveries.iter().map(|d| d.state).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    if deliveries.iter().any(|d| d.state == "pending") {
-        notify_work(tx).await?;
-    }
-    Ok(raced)
-}
-
-/// Finishes an ingest: what another node accepted first is answered as it was there.
-async fn commit_ingest<'e>(
-    mut tx: Transaction<'_, Postgres>,
-    project: &ProjectId,
-    ids: impl Iterator<Item = &'e EventId>,
-    raced: Vec<String>,
-    mut answers: HashMap<String, u32>,
-) -> Result<Vec<Accepted>, StoreError> {
-    if !raced.is_empty() {
-        let raced: Vec<&str> = raced.iter().map(String::as_str).collect();
-        answers.extend(earlier_answers(&mut tx, project, &raced).await?);
-    }
-    tx.commit().await?;
-    Ok(answers_in_order(ids, &answers))
 }
 
 #[async_trait]
