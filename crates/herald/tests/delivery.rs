@@ -42,6 +42,17 @@ async fn config(server: &TestServer, token: &str, body: Value) -> String {
     created["id"].as_str().unwrap().to_owned()
 }
 
+/// A config sending push.example.com's `RECORD_OVER` events, any app, to `url`.
+async fn record_over_to(server: &TestServer, token: &str, url: &str) -> String {
+    config(
+        server,
+        token,
+        json!({"publish_domain": "push.example.com", "app": "*", "notify_callback_url": url,
+            "notify_event_subscription": ["RECORD_OVER"]}),
+    )
+    .await
+}
+
 async fn ingest(server: &TestServer, token: &str, body: Value) -> Value {
     let (status, answer) = server
         .post_with_token(token, "/v1/p1/record/events", &body)
@@ -589,13 +600,7 @@ async fn a_backlog_drains_without_waiting_for_the_poll() {
     .await;
     let token = server.token("p1").await;
     let receiver = Receiver::ok().await;
-    config(
-        &server,
-        &token,
-        json!({"publish_domain": "push.example.com", "app": "*", "notify_callback_url": receiver.url(),
-            "notify_event_subscription": ["RECORD_OVER"]}),
-    )
-    .await;
+    record_over_to(&server, &token, &receiver.url()).await;
     let mut expected = std::collections::HashSet::new();
     for round in 0..4 {
         let events: Vec<Value> = (0..500)
@@ -634,13 +639,7 @@ async fn retries_come_due_without_waiting_for_the_poll() {
         (status, Duration::ZERO)
     }))
     .await;
-    config(
-        &server,
-        &token,
-        json!({"publish_domain": "push.example.com", "app": "*", "notify_callback_url": receiver.url(),
-            "notify_event_subscription": ["RECORD_OVER"]}),
-    )
-    .await;
+    record_over_to(&server, &token, &receiver.url()).await;
     ingest(&server, &token, event("r", "RECORD_OVER", "live", "s")).await;
     let arrived = receiver.wait_for(3, Duration::from_secs(30)).await;
     let attempts: Vec<String> = (arrived.iter())
