@@ -56,6 +56,26 @@ where
     Ok(finished)
 }
 
+/// The stored answers (`event_id`, `deliveries`) of ids a project already used, as both
+/// backends read them from `events`. Generic over the backend's row type.
+pub(crate) fn earlier_answers_of<R: sqlx::Row>(
+    rows: &[R],
+) -> Result<HashMap<String, u32>, sqlx::Error>
+where
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    &'static str: sqlx::ColumnIndex<R>,
+{
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("event_id")?,
+                u32::try_from(r.try_get::<i64, _>("deliveries")?).unwrap_or(0),
+            ))
+        })
+        .collect()
+}
+
 /// The flavour of an event, as `events.flavour` stores it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Flavour {

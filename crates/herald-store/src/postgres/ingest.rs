@@ -11,7 +11,8 @@ use sqlx::{Postgres, Row, Transaction};
 use super::notify_work;
 use super::queue::lock_streams;
 use crate::accept::{
-    Accepting, Flavour, OPEN_STATES, answers_in_order, new_deliveries, stream_pairs,
+    Accepting, Flavour, OPEN_STATES, answers_in_order, earlier_answers_of, new_deliveries,
+    stream_pairs,
 };
 use crate::rows::CorruptRow;
 use crate::{Accepted, StoreError};
@@ -22,21 +23,14 @@ pub(super) async fn earlier_answers(
     project: &ProjectId,
     ids: &[&str],
 ) -> Result<HashMap<String, u32>, StoreError> {
-    Ok(sqlx::query(
+    let rows = sqlx::query(
         "SELECT event_id, deliveries FROM events WHERE project_id = $1 AND event_id = ANY($2)",
     )
     .bind(project.as_str())
     .bind(ids)
     .fetch_all(&mut **tx)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok((
-            r.try_get("event_id")?,
-            u32::try_from(r.try_get::<i64, _>("deliveries")?).unwrap_or(0),
-        ))
-    })
-    .collect::<Result<_, sqlx::Error>>()?)
+    .await?;
+    Ok(earlier_answers_of(&rows)?)
 }
 
 /// The config columns a new delivery copies its signing from, by flavour. The URL comes

@@ -13,13 +13,13 @@ use herald_core::event::rtc::RtcEvent;
 use herald_core::matching::MatchCandidate;
 use herald_core::project::ProjectId;
 use herald_core::timefmt::unix_ms;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Sqlite, Transaction};
 use time::OffsetDateTime;
 
 use super::json_array;
 use crate::accept::{
-    Accepting, Flavour, OPEN_STATES, RtcCallback, answers_in_order, live_match_keys,
-    new_deliveries, plan_live, plan_rtc, stream_pairs,
+    Accepting, Flavour, OPEN_STATES, RtcCallback, answers_in_order, earlier_answers_of,
+    live_match_keys, new_deliveries, plan_live, plan_rtc, stream_pairs,
 };
 use crate::rows::{CandidateRow, Target};
 use crate::{Accepted, StoreError};
@@ -66,22 +66,15 @@ async fn earlier_answers<'e>(
     ids: impl Iterator<Item = &'e EventId>,
 ) -> Result<HashMap<String, u32>, StoreError> {
     let ids: Vec<&str> = ids.map(EventId::as_str).collect();
-    Ok(sqlx::query(
+    let rows = sqlx::query(
         "SELECT event_id, deliveries FROM events WHERE project_id = ? \
          AND event_id IN (SELECT value FROM json_each(?))",
     )
     .bind(project.as_str())
     .bind(json_array(&ids))
     .fetch_all(&mut **tx)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok((
-            r.try_get("event_id")?,
-            u32::try_from(r.try_get::<i64, _>("deliveries")?).unwrap_or(0),
-        ))
-    })
-    .collect::<Result<_, sqlx::Error>>()?)
+    .await?;
+    Ok(earlier_answers_of(&rows)?)
 }
 
 /// Inserts the events and their deliveries: per (config, stream), the first new delivery
