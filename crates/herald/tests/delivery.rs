@@ -265,8 +265,7 @@ async fn exact_app_wins_over_wildcard_and_subscriptions_filter() {
 async fn ingest_is_idempotent_and_refuses_bad_events_whole() {
     let (server, token) = server("0s").await;
     let receiver = Receiver::ok().await;
-    config(&server, &token, json!({"publish_domain": "push.example.com", "app": "*", "notify_callback_url": receiver.url(),
-        "notify_event_subscription": ["RECORD_OVER"]})).await;
+    record_over_to(&server, &token, &receiver.url()).await;
     let first = ingest(&server, &token, event("same", "RECORD_OVER", "live", "s")).await;
     let again = ingest(&server, &token, event("same", "RECORD_OVER", "live", "s")).await;
     assert_eq!(first, again);
@@ -441,8 +440,7 @@ async fn exhausted_deliveries_are_dead_until_retried_by_hand() {
         )
     }))
     .await;
-    config(&server, &token, json!({"publish_domain": "push.example.com", "app": "*", "notify_callback_url": receiver.url(),
-        "notify_event_subscription": ["RECORD_OVER"]})).await;
+    record_over_to(&server, &token, &receiver.url()).await;
     ingest(&server, &token, json!({"events": [event("doomed", "RECORD_OVER", "live", "s"), event("next", "RECORD_OVER", "live", "s")]})).await;
     // Two failed attempts, then the dead delivery stops holding back its stream.
     let got = receiver.wait_for(3, WAIT).await;
@@ -655,8 +653,7 @@ async fn a_deleted_configs_waiting_deliveries_are_cancelled() {
         (StatusCode::OK, Duration::from_millis(500))
     }))
     .await;
-    let id = config(&server, &token, json!({"publish_domain": "push.example.com", "app": "*", "notify_callback_url": receiver.url(),
-        "notify_event_subscription": ["RECORD_OVER"]})).await;
+    let id = record_over_to(&server, &token, &receiver.url()).await;
     ingest(&server, &token, json!({"events": [event("one", "RECORD_OVER", "a", "s"), event("two", "RECORD_OVER", "a", "s"), event("three", "RECORD_OVER", "a", "s")]})).await;
     receiver.wait_for(1, WAIT).await;
     let response = server
@@ -724,8 +721,7 @@ async fn a_name_resolving_to_loopback_is_refused_at_send_time() {
 async fn metrics_are_exposed_with_bounded_labels() {
     let (server, token) = server("0s").await;
     let receiver = Receiver::ok().await;
-    config(&server, &token, json!({"publish_domain": "push.example.com", "app": "*", "notify_callback_url": receiver.url(),
-        "notify_event_subscription": ["RECORD_OVER"]})).await;
+    record_over_to(&server, &token, &receiver.url()).await;
     ingest(
         &server,
         &token,
