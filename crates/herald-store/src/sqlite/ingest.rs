@@ -112,11 +112,12 @@ async fn accept(
     if pairs.is_empty() {
         return Ok(());
     }
-    // One row of JSON, not a row per busy stream.
+    // One row of JSON, not a row per busy stream; one index probe per stream (a `DISTINCT`
+    // over the open deliveries read every one of each stream).
     let busy: String = sqlx::query_scalar(&format!(
-        "SELECT json_group_array(json_array(config_id, stream)) FROM ( \
-             SELECT DISTINCT config_id, stream FROM deliveries WHERE state IN {OPEN_STATES} AND (config_id, stream) IN \
-             (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)))"
+        "SELECT json_group_array(json_array(p.c, p.s)) FROM ( \
+             SELECT DISTINCT json_extract(value, '$[0]') AS c, json_extract(value, '$[1]') AS s FROM json_each(?)) p \
+         WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.config_id = p.c AND d.stream = p.s AND d.state IN {OPEN_STATES})"
     ))
     .bind(json_array(&pairs))
     .fetch_one(&mut **tx)

@@ -66,12 +66,15 @@ async fn unblock_next_of_streams(
     ids: &str,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
+    // One probe of the blocked index per stream for its oldest: `MIN(id) … GROUP BY`
+    // read every blocked delivery of each stream, and sorted them (7 ms a batch with 150
+    // waiting per stream).
     let done = sqlx::query(
         "UPDATE deliveries SET state = 'pending', next_attempt_at_ms = ?1 WHERE id IN \
-         (SELECT MIN(id) FROM deliveries WHERE state = 'blocked' AND (config_id, stream) IN \
-             (SELECT config_id, stream FROM deliveries WHERE id IN (SELECT value FROM json_each(?2)) \
-              AND state IN ('succeeded', 'dead', 'cancelled')) \
-          GROUP BY config_id, stream)",
+         (SELECT (SELECT b.id FROM deliveries b WHERE b.state = 'blocked' \
+                  AND b.config_id = f.config_id AND b.stream = f.stream ORDER BY b.id LIMIT 1) \
+          FROM (SELECT DISTINCT config_id, stream FROM deliveries WHERE id IN (SELECT value FROM json_each(?2)) \
+              AND state IN ('succeeded', 'dead', 'cancelled')) f)",
     )
     .bind(now_ms)
     .bind(ids)
