@@ -40,11 +40,20 @@ struct Held {
     by_endpoint: HashMap<String, (u32, Arc<Semaphore>)>,
     total: u32,
     /// The last claim was held back by room (an endpoint, or the worker, at what a claim
-    /// takes): the next slot given back wakes the worker.
-    room_wanted: bool,
-    /// Slots given back so far: a claim compares it before and after, to learn whether
-    /// room was made while it ran.
+    /// takes): the slot given back that makes `released` reach this wakes the worker.
+    wake_at: Option<u64>,
+    /// Slots given back so far: a claim counts the room made since it began from it.
     released: u64,
+}
+
+/// How many slots given back a claim held back by room waits for: half of what a claim
+/// gives an endpoint (its sending permits). Claiming at the first slot given back cost a
+/// claim per few callbacks, each reading past everything in flight; waiting for half
+/// leaves the endpoint its permits' worth of claimed deliveries, so its callbacks do not
+/// pause. Never more than the slots a held-back claim leaves held, or the wake-up could
+/// never come.
+fn room_worth_a_claim(endpoint_cap: u32, max_in_flight: u32) -> u64 {
+    u64::from((endpoint_cap.min(max_in_flight) / 2).max(1))
 }
 
 impl Held {
@@ -60,7 +69,7 @@ impl Held {
     }
 
     /// Gives a slot back. Returns whether the worker should look at the queue again: the
-    /// last claim was held back for want of room.
+    /// last claim was held back for want of room, and enough has been made since.
     fn remove(&mut self, endpoint: &str) -> bool {
         if let Some((n, _)) = self.by_endpoint.get_mut(endpoint) {
             *n -= 1;
@@ -70,7 +79,25 @@ impl Held {
         }
         self.total = self.total.saturating_sub(1);
         self.released += 1;
-        std::mem::take(&mut self.room_wanted)
+        let made = self.wake_at.is_some_and(|at| self.released >= at);
+        if made {
+            self.wake_at = None;
+        }
+        made
+    }
+
+    /// Records that a claim begun when `released` was `since` was held back by room:
+    /// returns true when `room` slots came back since (the caller wakes the worker),
+    /// else the slot that makes them `room` will wake it.
+    fn want_room(&mut self, since: u64, room: u64) -> bool {
+        let at = since.saturating_add(room);
+        if self.released >= at {
+            self.wake_at = None;
+            true
+        } else {
+            self.wake_at = Some(at);
+            false
+        }
     }
 
     fn counts(&self) -> HashMap<String, u32> {
@@ -83,9 +110,10 @@ impl Held {
 
 /// A claimed delivery's place in [`Held`], given back when its attempt's task ends however
 /// it ends, a panic included: a slot can never leak. If the last claim was held back for
-/// want of room, the worker looks at the queue again; otherwise there is nothing a look
-/// would find that the commits' own wake-ups do not announce (the next delivery of its
-/// stream comes due when the outcome is recorded, which wakes the worker).
+/// want of room and this slot makes enough of it ([`room_worth_a_claim`]), the worker
+/// looks at the queue again; otherwise there is nothing a look would find that the
+/// commits' own wake-ups do not announce (the next delivery of its stream comes due when
+/// the outcome is recorded, which wakes the worker).
 struct Slot {
     held: Arc<Mutex<Held>>,
     endpoint: String,
@@ -255,11 +283,16 @@ impl Dispatcher {
     async fn claim(
         &self,
     ) -> Result<(Vec<(ClaimedDelivery, Arc<Semaphore>)>, usize), herald_store::StoreError> {
+        let endpoint_cap = self.settings.per_endpoint_in_flight.saturating_mul(2);
+        let worth = room_worth_a_claim(endpoint_cap, self.settings.max_in_flight);
         let (room, held, released) = {
             let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
             let room = self.settings.max_in_flight.saturating_sub(guard.total);
             if room == 0 {
-                guard.room_wanted = true;
+                let since = guard.released;
+                if guard.want_room(since, worth) {
+                    self.wake.notify_one();
+                }
                 return Ok((Vec::new(), 1));
             }
             (
@@ -286,16 +319,11 @@ impl Dispatcher {
         for d in &claimed {
             *after.entry(d.endpoint.clone()).or_default() += 1;
         }
-        let endpoint_cap = self.settings.per_endpoint_in_flight.saturating_mul(2);
         let held_back = after.values().any(|n| *n >= endpoint_cap);
         let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        if held_back {
-            if guard.released == released {
-                guard.room_wanted = true;
-            } else {
-                // Room was made while the claim ran, and those slots woke no one.
-                self.wake.notify_one();
-            }
+        // Slots given back while the claim ran woke no one: they count towards the room.
+        if held_back && guard.want_room(released, worth) {
+            self.wake.notify_one();
         }
         let claimed = claimed
             .into_iter()
@@ -794,7 +822,7 @@ mod tests {
         let held = Arc::new(Mutex::new(Held::default()));
         let wake = Arc::new(Notify::new());
         let slot = one_slot(&held, &wake);
-        held.lock().unwrap().room_wanted = true;
+        assert!(!held.lock().unwrap().want_room(0, 1));
         let task = tokio::spawn(async move {
             let _slot = slot;
             panic!("an attempt panicked");
@@ -809,7 +837,7 @@ mod tests {
     }
 
     /// A slot given back wakes the worker only where the last claim was held back for
-    /// room, and once for that claim.
+    /// room, once the room it waits for has been made, and once for that claim.
     #[tokio::test]
     async fn a_slot_wakes_the_worker_only_when_a_claim_waited_for_room() {
         let held = Arc::new(Mutex::new(Held::default()));
@@ -819,12 +847,42 @@ mod tests {
             !woken(&wake).await,
             "woken although no claim waited for room"
         );
-        let (first, second) = (one_slot(&held, &wake), one_slot(&held, &wake));
-        held.lock().unwrap().room_wanted = true;
-        drop(first);
-        assert!(woken(&wake).await, "not woken when a claim waited for room");
-        drop(second);
+        let slots: Vec<Slot> = (0..3).map(|_| one_slot(&held, &wake)).collect();
+        let since = held.lock().unwrap().released;
+        assert!(!held.lock().unwrap().want_room(since, 2));
+        let mut slots = slots.into_iter();
+        drop(slots.next());
+        assert!(!woken(&wake).await, "woken before the room was made");
+        drop(slots.next());
+        assert!(woken(&wake).await, "not woken when the room was made");
+        drop(slots.next());
         assert!(!woken(&wake).await, "woken twice for one claim");
         assert_eq!(held.lock().unwrap().total, 0);
+    }
+
+    /// Room made while a claim ran counts: a claim held back after enough slots came back
+    /// is told to look again at once, and leaves no wake-up behind.
+    #[test]
+    fn room_made_during_a_claim_counts() {
+        let mut held = Held::default();
+        for _ in 0..3 {
+            held.add("https://cb.example.com:443", 2);
+        }
+        let since = held.released;
+        assert!(!held.remove("https://cb.example.com:443"));
+        assert!(!held.remove("https://cb.example.com:443"));
+        assert!(held.want_room(since, 2));
+        assert!(!held.remove("https://cb.example.com:443"));
+    }
+
+    /// The room a held-back claim waits for is never more than it leaves held, however the
+    /// limits are set, so the wake-up always comes.
+    #[test]
+    fn the_room_waited_for_is_always_made() {
+        for (endpoint_cap, max_in_flight) in [(1, 1), (2, 512), (64, 512), (64, 8), (1000, 3)] {
+            let worth = room_worth_a_claim(endpoint_cap, max_in_flight);
+            assert!(worth >= 1);
+            assert!(worth <= u64::from(endpoint_cap.min(max_in_flight)));
+        }
     }
 }
