@@ -218,6 +218,7 @@ pub(crate) fn stream_pairs<'a>(accepting: &'a [Accepting<'_>]) -> Vec<[&'a str; 
 }
 
 /// A delivery to create for an accepted event.
+#[derive(serde::Serialize)]
 pub(crate) struct NewDelivery<'a> {
     pub event_id: &'a str,
     pub config_id: &'a str,

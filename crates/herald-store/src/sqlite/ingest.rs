@@ -77,6 +77,15 @@ async fn earlier_answers<'e>(
     Ok(earlier_answers_of(&rows)?)
 }
 
+/// An accepted event as the insert reads it from its JSON batch. (Serialised straight
+/// from borrowed fields: building `serde_json::Value`s first cost an allocation per field.)
+#[derive(serde::Serialize)]
+struct EventRow<'a> {
+    id: &'a str,
+    payload: &'a str,
+    deliveries: u32,
+}
+
 /// Inserts the events and their deliveries: per (config, stream), the first new delivery
 /// is pending unless the stream already has an open one, and every later one waits.
 async fn accept(
@@ -89,9 +98,13 @@ async fn accept(
     if accepting.is_empty() {
         return Ok(());
     }
-    let rows: Vec<serde_json::Value> = accepting
+    let rows: Vec<EventRow<'_>> = accepting
         .iter()
-        .map(|a| serde_json::json!({"id": a.id.as_str(), "payload": a.payload, "deliveries": a.deliveries()}))
+        .map(|a| EventRow {
+            id: a.id.as_str(),
+            payload: &a.payload,
+            deliveries: a.deliveries(),
+        })
         .collect();
     // No `RETURNING`: sqlx hands each returned row over on its own. The deliveries find
     // their event's `seq` through the (project, event id) index instead.
@@ -103,7 +116,7 @@ async fn accept(
     )
     .bind(project.as_str())
     .bind(now_ms)
-    .bind(serde_json::Value::Array(rows).to_string())
+    .bind(json_array(&rows))
     .bind(flavour.name())
     .execute(&mut **tx)
     .await?;
@@ -128,18 +141,7 @@ async fn accept(
             id: "the busy streams".into(),
             reason: e.to_string(),
         })?;
-    let deliveries: Vec<serde_json::Value> = new_deliveries(&accepting, busy)?
-        .into_iter()
-        .map(|d| {
-            serde_json::json!({
-                "event_id": d.event_id,
-                "config_id": d.config_id,
-                "stream": d.stream,
-                "endpoint": d.endpoint,
-                "state": d.state,
-            })
-        })
-        .collect();
+    let deliveries = new_deliveries(&accepting, busy)?;
     sqlx::query(&format!(
         "INSERT INTO deliveries (project_id, event_seq, config_id, stream, endpoint, url, sign_type, \
          key_sealed, state, next_attempt_at_ms, created_at_ms) \
@@ -151,7 +153,7 @@ async fn accept(
         target_source(flavour)
     ))
     .bind(now_ms)
-    .bind(serde_json::Value::Array(deliveries).to_string())
+    .bind(json_array(&deliveries))
     .bind(project.as_str())
     .execute(&mut **tx)
     .await?;

@@ -83,6 +83,21 @@ async fn unblock_next_of_streams(
     Ok(done.rows_affected() > 0)
 }
 
+/// An outcome as the completion reads it from its JSON batch, serialised straight from
+/// the completion's fields.
+#[derive(serde::Serialize)]
+struct OutcomeRow<'a> {
+    id: i64,
+    attempt: u32,
+    state: &'a str,
+    next: i64,
+    at: i64,
+    status_code: Option<u16>,
+    error: Option<&'a str>,
+    latency_ms: u64,
+    response_head: Option<&'a str>,
+}
+
 #[async_trait]
 impl DeliveryQueue for SqliteStore {
     /// Set-based, so a batch of any size costs a fixed handful of statements: earlier
@@ -150,18 +165,24 @@ impl DeliveryQueue for SqliteStore {
         if current.is_empty() {
             return Ok(Recorded::default());
         }
-        let rows: Vec<serde_json::Value> = current
+        let rows: Vec<OutcomeRow<'_>> = current
             .iter()
             .map(|c| {
-                let (state, next_ms) = next_state(c);
-                serde_json::json!({
-                    "id": c.delivery_id, "attempt": c.attempt, "state": state, "next": next_ms,
-                    "at": unix_ms(c.record.at), "status_code": c.record.status_code, "error": c.record.error,
-                    "latency_ms": c.record.latency_ms, "response_head": c.record.response_head,
-                })
+                let (state, next) = next_state(c);
+                OutcomeRow {
+                    id: c.delivery_id,
+                    attempt: c.attempt,
+                    state,
+                    next,
+                    at: unix_ms(c.record.at),
+                    status_code: c.record.status_code,
+                    error: c.record.error.as_deref(),
+                    latency_ms: c.record.latency_ms,
+                    response_head: c.record.response_head.as_deref(),
+                }
             })
             .collect();
-        let batch = serde_json::Value::Array(rows).to_string();
+        let batch = json_array(&rows);
         // A retry of a deleted config's delivery is cancelled instead.
         sqlx::query(&format!(
             "WITH b AS MATERIALIZED (SELECT v ->> 'id' AS id, v ->> 'attempt' AS attempt, \
