@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -136,9 +137,13 @@ impl TokenCache {
             .unwrap_or_else(PoisonError::into_inner)
             .by_digest
             .clear();
+        // Aside under a name of this call's own: two changes at once in one process each
+        // rename their own file (one name per process let the second rename find none).
+        static CALLS: AtomicU64 = AtomicU64::new(0);
+        let call = CALLS.fetch_add(1, Ordering::Relaxed);
         let aside = self
             .stamp_path
-            .with_extension(format!("stamp.{}", std::process::id()));
+            .with_extension(format!("stamp.{}.{call}", std::process::id()));
         std::fs::write(&aside, b"")?;
         std::fs::rename(&aside, &self.stamp_path)
     }
@@ -177,6 +182,28 @@ mod tests {
         TokenCache::new(dir.path()).changed().unwrap();
         assert_eq!(here.get("d", 0), None);
         assert_eq!(here.get("d", 0), None);
+    }
+
+    /// Revocations at the same moment in one process (two API requests) each stamp
+    /// without failing, and leave no file aside.
+    #[test]
+    fn changes_at_once_in_one_process_all_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = std::sync::Arc::new(TokenCache::new(dir.path()));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let cache = cache.clone();
+                std::thread::spawn(move || (0..50).try_for_each(|_| cache.changed()))
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap().unwrap();
+        }
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(files, [STAMP_FILE]);
     }
 
     #[test]
