@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use herald_store::{
     AfterAttempt, ClaimLimits, ClaimedDelivery, Completion, Lease, Recorded, Store, StoreError,
 };
@@ -225,6 +226,13 @@ impl Dispatcher {
                 stopped = Some(WorkerStopped("lease rescue and queue metrics"));
                 break;
             }
+            // A claim sees every commit made before it begins, so a wake-up stored by then
+            // asks for nothing this claim will not do. The tasks woken with the commit that
+            // woke the worker (an ingest commit answers all its requests at once, and each
+            // announces new work) get their turn first, and what they stored is dropped:
+            // otherwise each commit cost a second claim that found nothing new.
+            tokio::task::yield_now().await;
+            let _ = self.wake.notified().now_or_never();
             let (claimed, wanted) = match self.claim().await {
                 Ok(claimed) => claimed,
                 Err(e) => {
