@@ -297,10 +297,10 @@ impl Dispatcher {
             let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
             let room = self.settings.max_in_flight.saturating_sub(guard.total);
             if room == 0 {
+                // Counted from now, no room has come back yet: the slot that makes
+                // `worth` of it wakes the worker.
                 let since = guard.released;
-                if guard.want_room(since, worth) {
-                    self.wake.notify_one();
-                }
+                guard.want_room(since, worth);
                 return Ok((Vec::new(), 1));
             }
             (
