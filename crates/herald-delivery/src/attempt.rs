@@ -6,7 +6,7 @@ use herald_core::notification::render_live;
 use herald_core::notification::render_rtc;
 use herald_core::signing::rtc_signature;
 use herald_store::{AfterAttempt, AttemptRecord, ClaimedDelivery, Completion, Notification};
-use reqwest::header::{HeaderMap, HeaderValue};
+use hyper::header::{HeaderMap, HeaderValue};
 use time::OffsetDateTime;
 
 use crate::DeliverySettings;

@@ -2,25 +2,47 @@
 //! resolver that refuses private addresses, so the target check happens on the address
 //! actually connected to and DNS rebinding cannot slip past it.
 
+use std::future::Future;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use herald_core::target::is_private_target;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::{HeaderMap, HeaderValue};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::{Instant, timeout_at};
 
 /// How much of a receiver's answer is kept for the delivery log.
 pub const RESPONSE_HEAD_BYTES: usize = 1024;
 
 /// Resolves names and drops private addresses unless the operator allowed them.
+#[derive(Clone)]
 struct GuardedResolver {
     allow_private: bool,
 }
 
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+type Resolving = Pin<Box<dyn Future<Output = io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
+
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = io::Error;
+    type Future = Resolving;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Resolving {
         let allow_private = self.allow_private;
         Box::pin(async move {
             let host = name.as_str().to_owned();
@@ -29,12 +51,11 @@ impl Resolve for GuardedResolver {
                 .filter(|a| allow_private || !is_private_target(a.ip()))
                 .collect();
             if addrs.is_empty() {
-                return Err(format!(
+                return Err(io::Error::other(format!(
                     "refused target: {host} resolves only to loopback, private, link-local or metadata addresses"
-                )
-                .into());
+                )));
             }
-            Ok(Box::new(addrs.into_iter()) as Addrs)
+            Ok(addrs.into_iter())
         })
     }
 }
@@ -46,77 +67,133 @@ pub enum Answer {
     Failed { error: String, timed_out: bool },
 }
 
+/// The HTTP/1.1 client of every callback, on hyper's pooled client directly: reqwest's layer
+/// above the same client cost about 10 µs of CPU per callback on the benchmark machine (a
+/// third of a send; docs/benchmarks.md, issue 14), and what it adds is what callbacks must
+/// not have (redirects, proxies from the environment, which would route around the
+/// resolver's target check). Plain `http` and `https` (rustls, the webpki roots), one
+/// deadline per attempt.
 #[derive(Clone)]
 pub struct Sender {
-    client: reqwest::Client,
+    client: Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>,
+    timeout: Duration,
     allow_private: bool,
 }
 
+const USER_AGENT: &str = concat!("Herald/", env!("CARGO_PKG_VERSION"));
+
 impl Sender {
-    pub fn new(timeout: Duration, allow_private: bool) -> reqwest::Result<Self> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout)
+    pub fn new(timeout: Duration, allow_private: bool) -> Result<Self, rustls::Error> {
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver { allow_private });
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            // HTTP_PROXY, ALL_PROXY and the like would route callbacks around the target
-            // check: the proxy, not the guarded resolver, would pick the address.
-            .no_proxy()
-            .user_agent(concat!("Herald/", env!("CARGO_PKG_VERSION")))
-            .dns_resolver(Arc::new(GuardedResolver { allow_private }))
-            .build()?;
+            .build(https);
         Ok(Self {
             client,
+            timeout,
             allow_private,
         })
     }
 
-    /// POSTs `body`; never fails, an error is an [`Answer::Failed`].
+    /// POSTs `body`; never fails, an error is an [`Answer::Failed`]. The timeout counts
+    /// from here to the end of the answer's first [`RESPONSE_HEAD_BYTES`]: a status that
+    /// came in time is kept with what of the body came before the deadline.
     pub async fn post(&self, url: &str, headers: HeaderMap, body: Vec<u8>) -> Answer {
-        // IP literals never reach the resolver, so they are checked here.
-        if !self.allow_private
-            && let Some(ip) = literal_ip(url)
-            && is_private_target(ip)
-        {
-            return Answer::Failed {
-                error: format!(
-                    "refused target: {ip} is a loopback, private, link-local or metadata address"
-                ),
-                timed_out: false,
-            };
-        }
-        let sent = self
-            .client
-            .post(url)
-            .headers(headers)
-            .body(body)
-            .send()
-            .await;
-        match sent {
-            Ok(mut response) => {
-                let status = response.status().as_u16();
-                let mut head = Vec::new();
-                // Read only the first bytes: a receiver cannot make Herald buffer a large answer.
-                while head.len() < RESPONSE_HEAD_BYTES {
-                    match response.chunk().await {
-                        Ok(Some(chunk)) => head.extend_from_slice(&chunk_prefix(
-                            &chunk,
+        let deadline = Instant::now() + self.timeout;
+        let request = match self.request(url, headers, body) {
+            Ok(request) => request,
+            Err(error) => {
+                return Answer::Failed {
+                    error,
+                    timed_out: false,
+                };
+            }
+        };
+        let response = match timeout_at(deadline, self.client.request(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                return Answer::Failed {
+                    error: recorded_text(describe(&e).as_bytes()),
+                    timed_out: false,
+                };
+            }
+            Err(_) => {
+                return Answer::Failed {
+                    error: "timeout: no answer within the delivery timeout".into(),
+                    timed_out: true,
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut head = Vec::new();
+        // Read only the first bytes: a receiver cannot make Herald buffer a large answer.
+        while head.len() < RESPONSE_HEAD_BYTES {
+            match timeout_at(deadline, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Some(chunk) = frame.data_ref() {
+                        head.extend_from_slice(&chunk_prefix(
+                            chunk,
                             RESPONSE_HEAD_BYTES - head.len(),
-                        )),
-                        Ok(None) | Err(_) => break,
+                        ));
                     }
                 }
-                Answer::Response {
-                    status,
-                    head: recorded_text(&head),
-                }
+                Ok(None | Some(Err(_))) | Err(_) => break,
             }
-            Err(e) => Answer::Failed {
-                timed_out: e.is_timeout(),
-                error: recorded_text(describe(&e).as_bytes()),
-            },
         }
+        Answer::Response {
+            status,
+            head: recorded_text(&head),
+        }
+    }
+
+    /// The request for `url`, or why there is none: a URL that is not absolute `http` or
+    /// `https`, or (IP literals never reach the resolver) a refused literal address.
+    fn request(
+        &self,
+        url: &str,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<hyper::Request<Full<Bytes>>, String> {
+        let mut parsed =
+            url::Url::parse(url).map_err(|e| format!("request error: invalid URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!(
+                "request error: unsupported URL scheme {:?}",
+                parsed.scheme()
+            ));
+        }
+        if !self.allow_private
+            && let Some(ip) = literal_ip(&parsed)
+            && is_private_target(ip)
+        {
+            return Err(format!(
+                "refused target: {ip} is a loopback, private, link-local or metadata address"
+            ));
+        }
+        let credentials = basic_auth(&mut parsed);
+        let mut request = hyper::Request::post(parsed.as_str())
+            .header(hyper::header::USER_AGENT, USER_AGENT)
+            .header(hyper::header::ACCEPT, "*/*")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("request error: invalid URL: {e}"))?;
+        request.headers_mut().extend(headers);
+        if let Some(credentials) = credentials {
+            request
+                .headers_mut()
+                .insert(hyper::header::AUTHORIZATION, credentials);
+        }
+        Ok(request)
     }
 }
 
@@ -136,8 +213,26 @@ fn chunk_prefix(chunk: &Bytes, room: usize) -> Bytes {
     chunk.slice(..chunk.len().min(room))
 }
 
-fn literal_ip(url: &str) -> Option<IpAddr> {
-    match url::Url::parse(url).ok()?.host()? {
+/// Credentials in the URL (`https://user:pass@host/…`) go in an `Authorization: Basic`
+/// header, as browsers and HTTP clients send them, and leave the URL.
+fn basic_auth(url: &mut url::Url) -> Option<HeaderValue> {
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).collect::<Vec<u8>>();
+    let mut pair = decode(url.username());
+    pair.push(b':');
+    pair.extend(decode(url.password().unwrap_or("")));
+    // Cannot fail for a URL with a host, which every callback URL has.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    let mut value = HeaderValue::try_from(format!("Basic {}", BASE64.encode(pair))).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+fn literal_ip(url: &url::Url) -> Option<IpAddr> {
+    match url.host()? {
         url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
         url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
         url::Host::Domain(_) => None,
@@ -145,10 +240,7 @@ fn literal_ip(url: &str) -> Option<IpAddr> {
 }
 
 /// The error and its causes on one line, without the URL (which the log already shows).
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        return "timeout: no answer within the delivery timeout".into();
-    }
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
     let mut parts = Vec::new();
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
@@ -168,7 +260,7 @@ fn describe(e: &reqwest::Error) -> String {
 pub fn callback_headers(event_id: &str, attempt: u32) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(
-        reqwest::header::CONTENT_TYPE,
+        hyper::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
     if let Ok(v) = HeaderValue::from_str(event_id) {
@@ -180,7 +272,101 @@ pub fn callback_headers(event_id: &str, attempt: u32) -> HeaderMap {
 
 #[cfg(test)]
 mod tests {
-    use super::recorded_text;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::{Answer, Sender, callback_headers, recorded_text};
+
+    /// A receiver that keeps the request it got and answers `answer` once the JSON body
+    /// `{…{}}` has come (or at once, when `wait` is false).
+    async fn one_shot(
+        answer: &'static [u8],
+        wait: bool,
+    ) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while wait && !request.windows(2).any(|w| w == b"}}") {
+                let n = socket.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
+            socket.write_all(answer).await.unwrap();
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        (addr.to_string(), task)
+    }
+
+    #[tokio::test]
+    async fn credentials_in_the_url_become_basic_auth() {
+        let (addr, received) = one_shot(b"HTTP/1.1 204 No Content\r\n\r\n", true).await;
+        let sender = Sender::new(Duration::from_secs(5), true).unwrap();
+        let url = format!("http://us%40er:p%3Ass@{addr}/cb");
+        let answer = sender
+            .post(&url, callback_headers("e-1", 1), b"{\"a\":{}}".to_vec())
+            .await;
+        assert!(
+            matches!(answer, Answer::Response { status: 204, .. }),
+            "{answer:?}"
+        );
+        let request = received.await.unwrap().to_ascii_lowercase();
+        assert!(request.starts_with("post /cb http/1.1\r\n"), "{request}");
+        // base64("us@er:p:ss")
+        assert!(
+            request.contains("\r\nauthorization: basic dxnazxi6cdpzcw==\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("\r\nherald-event-id: e-1\r\n"),
+            "{request}"
+        );
+        assert!(request.contains("\r\nuser-agent: herald/"), "{request}");
+        assert!(request.contains("\r\ncontent-length: 8\r\n"), "{request}");
+        assert!(!request.contains("us%40er"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn https_speaks_tls_and_a_plain_answer_is_a_connect_error() {
+        // A plain HTTP server behind an https URL: the TLS handshake fails, cleanly.
+        let (addr, _received) =
+            one_shot(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false).await;
+        let sender = Sender::new(Duration::from_secs(5), true).unwrap();
+        let answer = sender
+            .post(
+                &format!("https://{addr}/cb"),
+                callback_headers("e-2", 1),
+                b"{}".to_vec(),
+            )
+            .await;
+        match answer {
+            Answer::Failed { error, timed_out } => {
+                assert!(!timed_out);
+                assert!(error.starts_with("connect error: "), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_literal_private_address_is_refused_before_connecting() {
+        let sender = Sender::new(Duration::from_secs(5), false).unwrap();
+        let answer = sender
+            .post("http://10.0.0.1/cb", callback_headers("e-3", 1), Vec::new())
+            .await;
+        match answer {
+            Answer::Failed { error, .. } => {
+                assert!(error.starts_with("refused target: 10.0.0.1"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn answers_are_kept_as_clean_text() {

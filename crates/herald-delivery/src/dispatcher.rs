@@ -168,7 +168,7 @@ impl Dispatcher {
         store: Arc<dyn Store>,
         settings: DeliverySettings,
         wake: Arc<Notify>,
-    ) -> reqwest::Result<Self> {
+    ) -> Result<Self, rustls::Error> {
         let sender = Sender::new(settings.timeout, settings.allow_private_targets)?;
         let owner = format!(
             "pid{}-{}",
