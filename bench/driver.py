@@ -8,6 +8,8 @@ Sub-commands (each writes OUT_DIR/<name>.json and prints one line per run):
   latency  ingest at a steady rate; arrival at nginx minus the 202 seen by the client
   ingest   single events from wrk (64 connections, token auth): accepted/s, and delivered/s
            over the same window
+  ceiling  the `ceiling` example: Herald's HTTP legs with no store, b's send leg alone and
+           e's load relayed, to read b and e against what this machine allows
   memory   ingest N events towards a down endpoint; Herald's VmRSS once the queue settles,
            and the delivery log's first page with that history stored
   idle     10 endpoints that never answer hold all their slots; Herald's CPU meanwhile
@@ -24,6 +26,7 @@ import http.client
 import json
 import os
 import queue
+import resource
 import re
 import select
 import signal
@@ -51,23 +54,25 @@ class Herald:
     def __init__(self, binary, data_dir, log_path, env_extra=None):
         self.binary, self.data_dir, self.log_path = binary, data_dir, log_path
         os.makedirs(data_dir, exist_ok=True)
+        self._start([binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir,
+                     "--allow-private-targets"], env_extra)
+        self.token = self._token()
+
+    def _start(self, argv, env_extra=None):
+        """Starts `argv`, which prints `listening on http://HOST:PORT` first."""
         env = dict(os.environ)
         env.update(env_extra or {})
         self.env = env
-        self.stderr = open(log_path, "ab")
-        self.proc = subprocess.Popen(
-            [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir,
-             "--allow-private-targets"],
-            stdout=subprocess.PIPE, stderr=self.stderr, env=env)
+        self.stderr = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.stderr, env=env)
         line = self._first_line(timeout=30)
         m = re.match(r"listening on http://([\d.]+):(\d+)", line)
         if not m:
             self.stop()
-            raise RuntimeError(f"herald did not print its address (got {line!r}); see {log_path}")
+            raise RuntimeError(f"{argv[0]} did not print its address (got {line!r}); see {self.log_path}")
         self.host, self.port = m.group(1), int(m.group(2))
-        # Keep draining stdout so that Herald never blocks on a full pipe.
+        # Keep draining stdout so that the process never blocks on a full pipe.
         threading.Thread(target=self._drain, daemon=True).start()
-        self.token = self._token()
 
     def _first_line(self, timeout):
         deadline, buf = time.time() + timeout, b""
@@ -170,6 +175,21 @@ class Herald:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self.stderr.close()
+
+
+class Relay(Herald):
+    """`ceiling relay`: Herald's two HTTP legs with no store (i); measured like Herald in e."""
+
+    def __init__(self, binary, url, log_path):
+        self.binary, self.data_dir, self.log_path = binary, None, log_path
+        self._start([binary, "relay", url])
+        self.token = "ceiling"
+
+    def create_config(self, url, domain=DOMAIN):
+        pass  # it sends every event to the URL it was started with
+
+    def metrics(self):
+        return ""
 
 
 # ---------------------------------------------------------------------------------------
@@ -651,61 +671,107 @@ end
 """
 
 
+def wrk_single_events(a, h, tag):
+    """Single events from wrk at `h` (a Herald, or the ceiling's relay) for a.duration, each
+    delivered to nginx: accepted/s from wrk's 2xx count, delivered/s from nginx's log over
+    the same window, then how long the rest took to arrive."""
+    h.create_config(f"http://127.0.0.1:{a.nginx_port}/cb")
+    template = json.dumps(event("@ID@", 0, 1) | {"stream": "@S@"}, separators=(",", ":"))
+    template = template.replace("live/s0000/", "live/@S@/").replace("-s0000-", "-@S@-")
+    script = os.path.join(a.out_dir, f"{tag}.lua")
+    with open(script, "w") as f:
+        f.write(INGEST_LUA % (json.dumps(template), EVENTS_PATH))
+    log = AccessLog(a.access_log)
+    marks = cpu_marks([h])
+    t0 = time.time()
+    out = subprocess.run(
+        ["wrk", f"-t{a.wrk_threads}", f"-c{a.connections}", f"-d{a.duration:g}s", "--latency",
+         "-s", script, f"http://{h.host}:{h.port}{EVENTS_PATH}", "--", tag, h.token,
+         str(a.streams)], capture_output=True, text=True, timeout=a.duration + 120).stdout
+    t_end = time.time()
+    with open(os.path.join(a.out_dir, f"{tag}.wrk.txt"), "w") as f:
+        f.write(out)
+    m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
+    requests = int(m.group(1)) if m else 0
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    accepted = requests - (int(non2xx.group(1)) if non2xx else 0)
+    first, stats = follow_arrivals(log, tag, accepted, a.stall, time.time() + 300)
+    in_window = sum(1 for t in first.values() if t <= t_end)
+    t_last = max(first.values()) if first else t_end
+    window = t_end - t0
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    return {
+        "connections": a.connections, "duration_s": a.duration, "streams": a.streams,
+        "requests": requests, "accepted": accepted, "arrived": len(first),
+        "accepted_per_s": round(accepted / window, 1),
+        "delivered_per_s_in_window": round(in_window / window, 1),
+        "delivered_share": round(in_window / max(accepted, 1), 3),
+        "drain_after_s": round(max(0.0, t_last - t_end), 2),
+        "ingest_p50": p50.group(1) if p50 else None, "ingest_p99": p99.group(1) if p99 else None,
+        "log_warn_error": h.log_counts(), **stats,
+        "arrivals_per_s": per_second(first.values(), t0),
+        **context([h], marks, len(first)),
+    }
+
+
+def ingest_line(label, res):
+    return (f"{label}: {res['accepted']} single events accepted in {res['duration_s']:g} s = "
+            f"{res['accepted_per_s']:,.0f}/s (202 p50 {res['ingest_p50']}, p99 {res['ingest_p99']}); "
+            f"delivered meanwhile {res['delivered_per_s_in_window']:,.0f}/s, the rest within "
+            f"{res['drain_after_s']} s ({res['arrived']} arrived); {res.get('cpu_us_per_callback')} us CPU "
+            f"per callback")
+
+
 def cmd_ingest(a):
     """e. Single events as recording engines send them: wrk, one event per request, every
-    accepted event delivered to nginx. Accepted/s from wrk's 2xx count; delivered/s from
-    nginx's log over the same window; then how long the rest took to arrive."""
+    accepted event delivered to nginx."""
     tag = f"ing-{uuid.uuid4().hex[:8]}"
     h = Herald(a.herald, os.path.join(a.out_dir, f"{tag}-data"), os.path.join(a.out_dir, f"{tag}.log"))
     try:
-        h.create_config(f"http://127.0.0.1:{a.nginx_port}/cb")
-        template = json.dumps(event("@ID@", 0, 1) | {"stream": "@S@"}, separators=(",", ":"))
-        template = template.replace("live/s0000/", "live/@S@/").replace("-s0000-", "-@S@-")
-        script = os.path.join(a.out_dir, f"{tag}.lua")
-        with open(script, "w") as f:
-            f.write(INGEST_LUA % (json.dumps(template), EVENTS_PATH))
-        log = AccessLog(a.access_log)
-        marks = cpu_marks([h])
-        t0 = time.time()
-        out = subprocess.run(
-            ["wrk", f"-t{a.wrk_threads}", f"-c{a.connections}", f"-d{a.duration:g}s", "--latency",
-             "-s", script, f"http://{h.host}:{h.port}{EVENTS_PATH}", "--", tag, h.token,
-             str(a.streams)], capture_output=True, text=True, timeout=a.duration + 120).stdout
-        t_end = time.time()
-        with open(os.path.join(a.out_dir, f"{tag}.wrk.txt"), "w") as f:
-            f.write(out)
-        m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
-        requests = int(m.group(1)) if m else 0
-        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        accepted = requests - (int(non2xx.group(1)) if non2xx else 0)
-        first, stats = follow_arrivals(log, tag, accepted, a.stall, time.time() + 300)
-        in_window = sum(1 for t in first.values() if t <= t_end)
-        t_last = max(first.values()) if first else t_end
-        window = t_end - t0
-        p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
-        p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
-        res = {
-            "connections": a.connections, "duration_s": a.duration, "streams": a.streams,
-            "requests": requests, "accepted": accepted, "arrived": len(first),
-            "accepted_per_s": round(accepted / window, 1),
-            "delivered_per_s_in_window": round(in_window / window, 1),
-            "delivered_share": round(in_window / max(accepted, 1), 3),
-            "drain_after_s": round(max(0.0, t_last - t_end), 2),
-            "ingest_p50": p50.group(1) if p50 else None, "ingest_p99": p99.group(1) if p99 else None,
-            "log_warn_error": h.log_counts(), **stats,
-            "arrivals_per_s": per_second(first.values(), t0),
-            **context([h], marks, len(first)),
-        }
+        res = wrk_single_events(a, h, tag)
         save_metrics(h, a.out_dir, tag)
     finally:
         h.stop()
-    print(f"ingest: {res['accepted']} single events accepted in {a.duration:g} s = "
-          f"{res['accepted_per_s']:,.0f}/s (202 p50 {res['ingest_p50']}, p99 {res['ingest_p99']}); "
-          f"delivered meanwhile {res['delivered_per_s_in_window']:,.0f}/s, the rest within "
-          f"{res['drain_after_s']} s ({res['arrived']} arrived); {res.get('cpu_us_per_callback')} us CPU "
-          f"and {res.get('bytes_written_per_callback')} bytes written per callback", flush=True)
+    print(ingest_line("ingest", res) + f", {res.get('bytes_written_per_callback')} bytes written",
+          flush=True)
     save(a.out_dir, "ingest", res)
     return 0 if res["arrived"] >= res["accepted"] else 1
+
+
+def cmd_ceiling(a):
+    """i. What this machine allows Herald's parts with no store between them (the `ceiling`
+    example): b's delivery leg alone (render, sign, POST through Herald's client, 32 at
+    once), and e's two legs (wrk -> axum ingest -> the same client -> nginx)."""
+    url = f"http://127.0.0.1:{a.nginx_port}/cb"
+    sends = []
+    for r in range(a.runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = subprocess.run([a.ceiling, "send", url, str(a.events)], capture_output=True,
+                             text=True, timeout=600)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if out.returncode != 0:
+            print(f"ceiling send failed: {out.stderr.strip()[-500:]}", file=sys.stderr)
+            return 1
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        res["cpu_us_per_callback"] = round(cpu * 1e6 / max(res["answered_2xx"], 1), 1)
+        print(f"ceiling send run {r + 1}/{a.runs}: {res['answered_2xx']} callbacks in "
+              f"{res['seconds']:.2f} s = {res['per_s']:,.0f}/s, {res['cpu_us_per_callback']} us CPU each",
+              flush=True)
+        sends.append(res)
+    tag = f"ceil-{uuid.uuid4().hex[:8]}"
+    relay = Relay(a.ceiling, url, os.path.join(a.out_dir, f"{tag}.log"))
+    try:
+        relayed = wrk_single_events(a, relay, tag)
+    finally:
+        relay.stop()
+    print(ingest_line("ceiling relay", relayed), flush=True)
+    save(a.out_dir, "ceiling", {
+        "send": {"runs": sends, "median_callbacks_per_s": statistics.median(r["per_s"] for r in sends),
+                 "median_cpu_us_per_callback": statistics.median(r["cpu_us_per_callback"] for r in sends)},
+        "relay": relayed})
+    return 0 if relayed["arrived"] >= relayed["accepted"] else 1
 
 
 def queue_figures(metrics_text):
@@ -1088,6 +1154,17 @@ def cmd_report(a):
                      f"{ing['ingest_p99']}), {ing['delivered_per_s_in_window']:,.0f} delivered/s meanwhile, "
                      f"the rest within {ing['drain_after_s']} s" + per_callback(ing),
                      ">= 20,000/s, delivered within 10%", verdict(ok)))
+    ceil = load(a.out_dir, "ceiling")
+    if ceil:
+        snd, rel = ceil["send"], ceil["relay"]
+        share = f" = {snd['median_callbacks_per_s'] / limit:.3f} x limit" if limit else ""
+        rows.append(("i. ceiling: Herald's HTTP legs with no store (the `ceiling` example)",
+                     f"send alone {snd['median_callbacks_per_s']:,.0f} callbacks/s{share} "
+                     f"({snd['median_cpu_us_per_callback']} us CPU each; median of {len(snd['runs'])}); "
+                     f"e's load relayed {rel['accepted_per_s']:,.0f} accepted/s, "
+                     f"{rel['delivered_per_s_in_window']:,.0f} delivered/s meanwhile "
+                     f"({rel.get('cpu_us_per_callback')} us CPU each)",
+                     "- (bounds b and e)", "-"))
     if mem:
         rows.append((f"d. memory: {mem['events']:,} events queued for a down endpoint",
                      f"VmRSS {mem['rss_mib']} MiB (peak {mem['hwm_mib']} MiB; "
@@ -1181,6 +1258,15 @@ def main():
     ig.add_argument("--duration", type=float, default=10)
     ig.add_argument("--streams", type=int, default=1000)
     ig.add_argument("--stall", type=float, default=30)
+    ce = sub.add_parser("ceiling")
+    ce.add_argument("--ceiling", default="target/release/examples/ceiling")
+    ce.add_argument("--events", type=int, default=300000, help="callbacks per send run")
+    ce.add_argument("--runs", type=int, default=3)
+    ce.add_argument("--connections", type=int, default=64)
+    ce.add_argument("--wrk-threads", type=int, default=2)
+    ce.add_argument("--duration", type=float, default=10)
+    ce.add_argument("--streams", type=int, default=1000)
+    ce.add_argument("--stall", type=float, default=30)
     m = sub.add_parser("memory")
     m.add_argument("--events", type=int, default=1000000)
     m.add_argument("--batch", type=int, default=1000)
@@ -1208,7 +1294,7 @@ def main():
     os.makedirs(a.out_dir, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return {"probe": cmd_probe, "e2e": cmd_e2e, "latency": cmd_latency, "ingest": cmd_ingest,
-            "memory": cmd_memory,
+            "ceiling": cmd_ceiling, "memory": cmd_memory,
             "idle": cmd_idle, "retention": cmd_retention, "hooks": cmd_hooks,
             "report": cmd_report}[a.cmd](a)
 
