@@ -318,6 +318,11 @@ mod tests {
         );
         let request = received.await.unwrap().to_ascii_lowercase();
         assert!(request.starts_with("post /cb http/1.1\r\n"), "{request}");
+        assert!(
+            request.contains(&format!("\r\nhost: {addr}\r\n")),
+            "{request}"
+        );
+        assert!(request.contains("\r\naccept: */*\r\n"), "{request}");
         // base64("us@er:p:ss")
         assert!(
             request.contains("\r\nauthorization: basic dxnazxi6cdpzcw==\r\n"),
