@@ -121,13 +121,14 @@ impl Sender {
         };
         let response = match timeout_at(deadline, self.client.request(request)).await {
             Ok(Ok(response)) => response,
-            Ok(Err(e)) => {
+            // The connector's own connect timeout is a timeout too, as the deadline is.
+            Ok(Err(e)) if !caused_by_timeout(&e) => {
                 return Answer::Failed {
                     error: recorded_text(describe(&e).as_bytes()),
                     timed_out: false,
                 };
             }
-            Err(_) => {
+            Ok(Err(_)) | Err(_) => {
                 return Answer::Failed {
                     error: "timeout: no answer within the delivery timeout".into(),
                     timed_out: true,
@@ -237,6 +238,20 @@ fn literal_ip(url: &url::Url) -> Option<IpAddr> {
         url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
         url::Host::Domain(_) => None,
     }
+}
+
+fn caused_by_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// The error and its causes on one line, without the URL (which the log already shows).
