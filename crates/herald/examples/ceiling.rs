@@ -2,8 +2,8 @@
 //! with no store between them, so that b and e can be read against what this machine
 //! allows any design built on the same parts.
 //!
-//! - `ceiling send URL COUNT`: renders, signs and POSTs COUNT Live callbacks through
-//!   Herald's own client, an endpoint's default 32 at once — b's delivery leg alone.
+//! - `ceiling send URL COUNT`: COUNT Live callbacks through Herald's own attempt (render,
+//!   sign, POST, classify), an endpoint's default 32 at once — b's delivery leg alone.
 //! - `ceiling relay URL`: listens where Herald's ingest does, parses each request's events
 //!   as Herald does, answers 202 once an event is handed to one of 32 senders (a full
 //!   hand-over queue makes requests wait, so what is accepted is delivered as it comes),
@@ -22,16 +22,18 @@ use axum::http::{HeaderMap, StatusCode};
 use clap::{Parser, Subcommand};
 use herald_core::config::live::{SignKey, SignType};
 use herald_core::event::live::{LiveEvent, parse_live_ingest};
-use herald_core::notification::render_live;
+use herald_core::project::ProjectId;
+use herald_core::retry::RetrySchedule;
 use herald_core::signing::LiveSigning;
-use herald_delivery::client::{Answer, Sender, callback_headers};
+use herald_delivery::DeliverySettings;
+use herald_delivery::attempt::attempt;
+use herald_delivery::client::Sender;
+use herald_store::{AfterAttempt, ClaimedDelivery, Notification};
 use tokio::sync::{Mutex, mpsc};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Herald's default per-endpoint concurrency.
-const SENDERS: usize = 32;
 /// What bench/driver.py's events carry.
 const PROJECT: &str = "b3c4e5f60718293a4b5c6d7e8f901234";
 const KEY: &str = "BenchKey0123456789abcdefghijklmn";
@@ -52,17 +54,65 @@ enum Command {
     Relay { url: String },
 }
 
-/// Renders, signs and sends one callback, as an attempt does; true on a 2xx.
-async fn deliver(sender: &Sender, url: &str, signing: &LiveSigning, event: &LiveEvent) -> bool {
-    let event_id = event.event_id.as_ref().map_or("ceiling", |id| id.as_str());
-    let body = render_live(PROJECT, event, Some(signing), 1_795_346_217);
-    matches!(
-        sender.post(url, callback_headers(event_id, 1), body).await,
-        Answer::Response {
-            status: 200..=299,
-            ..
-        }
-    )
+/// What an attempt needs besides the event: Herald's default settings (an endpoint's 32
+/// at once) and a client built from them, as `herald serve --allow-private-targets` has.
+struct Attempts {
+    settings: DeliverySettings,
+    sender: Sender,
+    project_id: ProjectId,
+    signing: LiveSigning,
+}
+
+impl Attempts {
+    fn new() -> anyhow::Result<Self> {
+        let settings = DeliverySettings {
+            retry_schedule: RetrySchedule::default(),
+            timeout: Duration::from_secs(5),
+            signature_ttl: Duration::from_secs(600),
+            per_endpoint_in_flight: 32,
+            max_in_flight: 512,
+            allow_private_targets: true,
+            poll_interval: Duration::from_secs(1),
+        };
+        let sender = Sender::new(settings.timeout, settings.allow_private_targets)?;
+        let fault = |e| anyhow::anyhow!("{e:?}");
+        Ok(Self {
+            settings,
+            sender,
+            project_id: ProjectId::parse("project_id", PROJECT).map_err(fault)?,
+            signing: LiveSigning {
+                sign_type: SignType::HmacSha256,
+                key: SignKey::parse("key", KEY).map_err(fault)?,
+            },
+        })
+    }
+
+    fn senders(&self) -> usize {
+        usize::try_from(self.settings.per_endpoint_in_flight).unwrap_or(1)
+    }
+
+    /// One callback through Herald's attempt; true when it succeeded.
+    async fn deliver(&self, url: &str, event: LiveEvent) -> bool {
+        let delivery = ClaimedDelivery {
+            id: 0,
+            project_id: self.project_id.clone(),
+            event_id: event
+                .event_id
+                .as_ref()
+                .map_or("ceiling", |id| id.as_str())
+                .to_owned(),
+            config_id: "ceiling".into(),
+            endpoint: url.to_owned(),
+            url: url.to_owned(),
+            attempt: 1,
+            notification: Notification::Live {
+                event,
+                signing: Some(self.signing.clone()),
+            },
+        };
+        let done = attempt(&self.sender, &self.settings, &delivery, "ceiling").await;
+        matches!(done.next, AfterAttempt::Succeeded)
+    }
 }
 
 fn sample_event() -> anyhow::Result<LiveEvent> {
@@ -71,13 +121,8 @@ fn sample_event() -> anyhow::Result<LiveEvent> {
     events.pop().context("the sample has one event")
 }
 
-async fn send(
-    sender: Sender,
-    signing: Arc<LiveSigning>,
-    url: String,
-    count: u64,
-) -> anyhow::Result<()> {
-    let event = Arc::new(sample_event()?);
+async fn send(attempts: Arc<Attempts>, url: String, count: u64) -> anyhow::Result<()> {
+    let event = sample_event()?;
     let (url, next, ok) = (
         Arc::new(url),
         Arc::new(AtomicU64::new(0)),
@@ -85,10 +130,9 @@ async fn send(
     );
     let started = Instant::now();
     let mut senders = tokio::task::JoinSet::new();
-    for _ in 0..SENDERS {
-        let (sender, signing, url, event, next, ok) = (
-            sender.clone(),
-            signing.clone(),
+    for _ in 0..attempts.senders() {
+        let (attempts, url, event, next, ok) = (
+            attempts.clone(),
             url.clone(),
             event.clone(),
             next.clone(),
@@ -96,7 +140,7 @@ async fn send(
         );
         senders.spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < count {
-                if deliver(&sender, &url, &signing, &event).await {
+                if attempts.deliver(&url, event.clone()).await {
                     ok.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -119,22 +163,17 @@ async fn send(
     Ok(())
 }
 
-async fn relay(sender: Sender, signing: Arc<LiveSigning>, url: String) -> anyhow::Result<()> {
-    let (handed, waiting) = mpsc::channel::<LiveEvent>(2 * SENDERS);
+async fn relay(attempts: Arc<Attempts>, url: String) -> anyhow::Result<()> {
+    let (handed, waiting) = mpsc::channel::<LiveEvent>(2 * attempts.senders());
     let waiting = Arc::new(Mutex::new(waiting));
     let url = Arc::new(url);
-    for _ in 0..SENDERS {
-        let (sender, signing, url, waiting) = (
-            sender.clone(),
-            signing.clone(),
-            url.clone(),
-            waiting.clone(),
-        );
+    for _ in 0..attempts.senders() {
+        let (attempts, url, waiting) = (attempts.clone(), url.clone(), waiting.clone());
         tokio::spawn(async move {
             loop {
                 let next = waiting.lock().await.recv().await;
                 let Some(event) = next else { break };
-                deliver(&sender, &url, &signing, &event).await;
+                attempts.deliver(&url, event).await;
             }
         });
     }
@@ -171,13 +210,9 @@ async fn relay(sender: Sender, signing: Arc<LiveSigning>, url: String) -> anyhow
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let sender = Sender::new(Duration::from_secs(10), true)?;
-    let signing = Arc::new(LiveSigning {
-        sign_type: SignType::HmacSha256,
-        key: SignKey::parse("key", KEY).map_err(|e| anyhow::anyhow!("{e:?}"))?,
-    });
+    let attempts = Arc::new(Attempts::new()?);
     match args.command {
-        Command::Send { url, count } => send(sender, signing, url, count).await,
-        Command::Relay { url } => relay(sender, signing, url).await,
+        Command::Send { url, count } => send(attempts, url, count).await,
+        Command::Relay { url } => relay(attempts, url).await,
     }
 }
