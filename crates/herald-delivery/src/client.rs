@@ -240,34 +240,32 @@ fn literal_ip(url: &url::Url) -> Option<IpAddr> {
     }
 }
 
-fn caused_by_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        if cause
-            .downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
+/// The error's causes, outermost first.
+fn causes(
+    e: &hyper_util::client::legacy::Error,
+) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(std::error::Error::source(e), |cause| cause.source())
 }
 
-/// The error and its causes on one line, without the URL (which the log already shows).
+fn caused_by_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+    causes(e).any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+    })
+}
+
+/// The error and its innermost cause on one line, without the URL (which the log already
+/// shows).
 fn describe(e: &hyper_util::client::legacy::Error) -> String {
-    let mut parts = Vec::new();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        parts.push(cause.to_string());
-        source = cause.source();
-    }
     let kind = if e.is_connect() {
         "connect error"
     } else {
         "request error"
     };
-    let detail = parts.last().cloned().unwrap_or_else(|| e.to_string());
+    let detail = causes(e)
+        .last()
+        .map_or_else(|| e.to_string(), |cause| cause.to_string());
     format!("{kind}: {detail}")
 }
 
