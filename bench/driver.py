@@ -181,15 +181,12 @@ class Relay(Herald):
     """`ceiling relay`: Herald's two HTTP legs with no store (i); measured like Herald in e."""
 
     def __init__(self, binary, url, log_path):
-        self.binary, self.data_dir, self.log_path = binary, None, log_path
+        self.log_path = log_path
         self._start([binary, "relay", url])
         self.token = "ceiling"
 
     def create_config(self, url, domain=DOMAIN):
         pass  # it sends every event to the URL it was started with
-
-    def metrics(self):
-        return ""
 
 
 # ---------------------------------------------------------------------------------------
