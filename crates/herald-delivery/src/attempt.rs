@@ -81,16 +81,7 @@ pub async fn attempt(
                 if ok { "success" } else { "http_error" },
             )
         }
-        Answer::Failed { error, timed_out } => {
-            let result = if timed_out {
-                "timeout"
-            } else if error.starts_with("refused target") {
-                "refused_target"
-            } else {
-                "connect_error"
-            };
-            (false, None, Some(error), None, result)
-        }
+        Answer::Failed { error, kind } => (false, None, Some(error), None, kind.metric_label()),
     };
     metrics::counter!("herald_delivery_attempts_total", "result" => result).increment(1);
     let next = if succeeded {

@@ -51,20 +51,50 @@ impl tower_service::Service<Name> for GuardedResolver {
                 .filter(|a| allow_private || !is_private_target(a.ip()))
                 .collect();
             if addrs.is_empty() {
-                return Err(io::Error::other(format!(
-                    "refused target: {host} resolves only to loopback, private, link-local or metadata addresses"
-                )));
+                return Err(io::Error::other(RefusedTarget(format!(
+                    "{host} resolves only to loopback, private, link-local or metadata addresses"
+                ))));
             }
             Ok(addrs.into_iter())
         })
     }
 }
 
+/// A target the guard refused: carried as a type through the connector's errors, so the
+/// attempt can tell it from a connect error without reading text.
+#[derive(Debug, thiserror::Error)]
+#[error("refused target: {0}")]
+struct RefusedTarget(String);
+
 /// What came back from one POST.
 #[derive(Debug)]
 pub enum Answer {
     Response { status: u16, head: String },
-    Failed { error: String, timed_out: bool },
+    Failed { error: String, kind: FailureKind },
+}
+
+/// Why a POST got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No answer within the delivery timeout (the connect included).
+    Timeout,
+    /// The target is a loopback, private, link-local or metadata address.
+    RefusedTarget,
+    /// The connection failed or broke (refused, reset, TLS, a malformed answer).
+    Connect,
+    /// No request could be made of the URL.
+    Request,
+}
+
+impl FailureKind {
+    /// The `result` label of `herald_delivery_attempts_total`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::RefusedTarget => "refused_target",
+            Self::Connect | Self::Request => "connect_error",
+        }
+    }
 }
 
 /// The HTTP/1.1 client of every callback, on hyper's pooled client directly: reqwest's layer
@@ -112,26 +142,25 @@ impl Sender {
         let deadline = Instant::now() + self.timeout;
         let request = match self.request(url, headers, body) {
             Ok(request) => request,
-            Err(error) => {
-                return Answer::Failed {
-                    error,
-                    timed_out: false,
-                };
-            }
+            Err((error, kind)) => return Answer::Failed { error, kind },
         };
         let response = match timeout_at(deadline, self.client.request(request)).await {
             Ok(Ok(response)) => response,
             // The connector's own connect timeout is a timeout too, as the deadline is.
             Ok(Err(e)) if !caused_by_timeout(&e) => {
+                let (error, kind) = match refused_target(&e) {
+                    Some(refused) => (refused.to_string(), FailureKind::RefusedTarget),
+                    None => (describe(&e), FailureKind::Connect),
+                };
                 return Answer::Failed {
-                    error: recorded_text(describe(&e).as_bytes()),
-                    timed_out: false,
+                    error: recorded_text(error.as_bytes()),
+                    kind,
                 };
             }
             Ok(Err(_)) | Err(_) => {
                 return Answer::Failed {
                     error: "timeout: no answer within the delivery timeout".into(),
-                    timed_out: true,
+                    kind: FailureKind::Timeout,
                 };
             }
         };
@@ -165,29 +194,30 @@ impl Sender {
         url: &str,
         headers: HeaderMap,
         body: Vec<u8>,
-    ) -> Result<hyper::Request<Full<Bytes>>, String> {
-        let mut parsed =
-            url::Url::parse(url).map_err(|e| format!("request error: invalid URL: {e}"))?;
+    ) -> Result<hyper::Request<Full<Bytes>>, (String, FailureKind)> {
+        let invalid = |e: String| (format!("request error: {e}"), FailureKind::Request);
+        let mut parsed = url::Url::parse(url).map_err(|e| invalid(format!("invalid URL: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(format!(
-                "request error: unsupported URL scheme {:?}",
+            return Err(invalid(format!(
+                "unsupported URL scheme {:?}",
                 parsed.scheme()
-            ));
+            )));
         }
         if !self.allow_private
             && let Some(ip) = literal_ip(&parsed)
             && is_private_target(ip)
         {
-            return Err(format!(
-                "refused target: {ip} is a loopback, private, link-local or metadata address"
+            let refused = RefusedTarget(format!(
+                "{ip} is a loopback, private, link-local or metadata address"
             ));
+            return Err((refused.to_string(), FailureKind::RefusedTarget));
         }
         let credentials = basic_auth(&mut parsed);
         let mut request = hyper::Request::post(parsed.as_str())
             .header(hyper::header::USER_AGENT, USER_AGENT)
             .header(hyper::header::ACCEPT, "*/*")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("request error: invalid URL: {e}"))?;
+            .map_err(|e| invalid(format!("invalid URL: {e}")))?;
         request.headers_mut().extend(headers);
         if let Some(credentials) = credentials {
             request
@@ -247,6 +277,20 @@ fn causes(
     std::iter::successors(std::error::Error::source(e), |cause| cause.source())
 }
 
+/// The guard's refusal, when that is why the connect failed.
+fn refused_target(e: &hyper_util::client::legacy::Error) -> Option<&RefusedTarget> {
+    // The resolver's `io::Error` wraps the refusal; its `source()` skips the error it
+    // wraps, so look inside each one.
+    causes(e).find_map(|cause| {
+        cause.downcast_ref::<RefusedTarget>().or_else(|| {
+            cause
+                .downcast_ref::<io::Error>()
+                .and_then(io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<RefusedTarget>())
+        })
+    })
+}
+
 fn caused_by_timeout(e: &hyper_util::client::legacy::Error) -> bool {
     causes(e).any(|cause| {
         cause
@@ -290,7 +334,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    use super::{Answer, Sender, callback_headers, recorded_text};
+    use super::{Answer, FailureKind, Sender, callback_headers, recorded_text};
 
     /// A receiver that keeps the request it got and answers `answer` once the JSON body
     /// `{…{}}` has come (or at once, when `wait` is false).
@@ -364,8 +408,8 @@ mod tests {
             )
             .await;
         match answer {
-            Answer::Failed { error, timed_out } => {
-                assert!(!timed_out);
+            Answer::Failed { error, kind } => {
+                assert_eq!(kind, FailureKind::Connect);
                 assert!(error.starts_with("connect error: "), "{error}");
             }
             other => panic!("{other:?}"),
@@ -379,8 +423,30 @@ mod tests {
             .post("http://10.0.0.1/cb", callback_headers("e-3", 1), Vec::new())
             .await;
         match answer {
-            Answer::Failed { error, .. } => {
+            Answer::Failed { error, kind } => {
+                assert_eq!(kind, FailureKind::RefusedTarget);
                 assert!(error.starts_with("refused target: 10.0.0.1"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A name that resolves only to private addresses is refused by the resolver, and the
+    /// attempt knows it as a refusal, not as a connect error.
+    #[tokio::test]
+    async fn a_name_resolving_to_a_private_address_is_a_refused_target() {
+        let sender = Sender::new(Duration::from_secs(5), false).unwrap();
+        let answer = sender
+            .post(
+                "http://localhost:9/cb",
+                callback_headers("e-4", 1),
+                Vec::new(),
+            )
+            .await;
+        match answer {
+            Answer::Failed { error, kind } => {
+                assert_eq!(kind, FailureKind::RefusedTarget, "{error}");
+                assert!(error.starts_with("refused target: localhost"), "{error}")
             }
             other => panic!("{other:?}"),
         }

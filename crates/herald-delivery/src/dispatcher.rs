@@ -29,16 +29,23 @@ const BATCH: usize = 512;
 /// How often leases are checked and queue metrics refreshed.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
 
-/// Deliveries this worker holds, by endpoint: sending, or claimed and waiting for one of
-/// the endpoint's sending permits.
+/// Deliveries this worker holds, by endpoint and by project: claimed and waiting for one
+/// of the endpoint's sending permits, sending, or sent and waiting for their outcome to be
+/// recorded.
 ///
 /// A worker claims up to twice an endpoint's cap and sends at most the cap at once, so
 /// when a callback finishes the next one starts at once instead of after a round trip to
 /// the store. A waiting delivery waits for at most one round of the endpoint's callbacks
-/// (each bounded by the delivery timeout), well within its lease.
+/// (each bounded by the delivery timeout): the lease covers that wait and the send
+/// ([`DeliverySettings::longest_hold`]). A slot is given back only once its outcome is
+/// recorded, so a store that cannot write stops the sending at `max_in_flight` instead of
+/// piling outcomes up in memory.
 #[derive(Default)]
 struct Held {
     by_endpoint: HashMap<String, (u32, Arc<Semaphore>)>,
+    /// Held by project: a project's share of the worker is bounded
+    /// ([`DeliverySettings::per_project_in_flight`]).
+    by_project: HashMap<String, u32>,
     total: u32,
     /// The last claim was held back by room (an endpoint, or the worker, at what a claim
     /// takes): the slot given back that makes `released` reach this wakes the worker.
@@ -59,23 +66,30 @@ fn room_worth_a_claim(endpoint_cap: u32, max_in_flight: u32) -> u64 {
 
 impl Held {
     /// Counts a claimed delivery and returns its endpoint's sending permits.
-    fn add(&mut self, endpoint: &str, per_endpoint: u32) -> Arc<Semaphore> {
+    fn add(&mut self, endpoint: &str, project: &str, per_endpoint: u32) -> Arc<Semaphore> {
         let (n, permits) = self
             .by_endpoint
             .entry(endpoint.to_owned())
             .or_insert_with(|| (0, Arc::new(Semaphore::new(per_endpoint as usize))));
         *n += 1;
+        *self.by_project.entry(project.to_owned()).or_default() += 1;
         self.total += 1;
         permits.clone()
     }
 
     /// Gives a slot back. Returns whether the worker should look at the queue again: the
     /// last claim was held back for want of room, and enough has been made since.
-    fn remove(&mut self, endpoint: &str) -> bool {
+    fn remove(&mut self, endpoint: &str, project: &str) -> bool {
         if let Some((n, _)) = self.by_endpoint.get_mut(endpoint) {
             *n -= 1;
             if *n == 0 {
                 self.by_endpoint.remove(endpoint);
+            }
+        }
+        if let Some(n) = self.by_project.get_mut(project) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_project.remove(project);
             }
         }
         self.total = self.total.saturating_sub(1);
@@ -107,10 +121,15 @@ impl Held {
             .map(|(e, (n, _))| (e.clone(), *n))
             .collect()
     }
+
+    /// Whether some project was at its share by the counts a claim went by, after it.
+    fn project_full(&self, per_project: u32) -> bool {
+        self.by_project.values().any(|n| *n >= per_project)
+    }
 }
 
-/// A claimed delivery's place in [`Held`], given back when its attempt's task ends however
-/// it ends, a panic included: a slot can never leak. If the last claim was held back for
+/// A claimed delivery's place in [`Held`], given back once its outcome is recorded, or when
+/// its attempt's task ends without one, a panic included: a slot can never leak. If the last claim was held back for
 /// want of room and this slot makes enough of it ([`room_worth_a_claim`]), the worker
 /// looks at the queue again; otherwise there is nothing a look would find that the
 /// commits' own wake-ups do not announce (the next delivery of its stream comes due when
@@ -118,13 +137,14 @@ impl Held {
 struct Slot {
     held: Arc<Mutex<Held>>,
     endpoint: String,
+    project: String,
     wake: Arc<Notify>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let room_made = guard.remove(&self.endpoint);
+        let room_made = guard.remove(&self.endpoint, &self.project);
         metrics::gauge!("herald_deliveries_in_flight").set(f64::from(guard.total));
         drop(guard);
         if room_made {
@@ -197,7 +217,13 @@ impl Dispatcher {
         grace: Duration,
     ) -> Result<(), WorkerStopped> {
         let tracker = TaskTracker::new();
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        // Each outcome carries its slot, and there are `max_in_flight` slots: the channel
+        // never holds more, so a send never waits.
+        let (done_tx, done_rx) = mpsc::channel(
+            usize::try_from(self.settings.max_in_flight)
+                .unwrap_or(BATCH)
+                .max(1),
+        );
         let mut recorder = tokio::spawn(record_outcomes(
             self.store.clone(),
             done_rx,
@@ -291,9 +317,9 @@ impl Dispatcher {
     async fn claim(
         &self,
     ) -> Result<(Vec<(ClaimedDelivery, Arc<Semaphore>)>, usize), herald_store::StoreError> {
-        let endpoint_cap = self.settings.per_endpoint_in_flight.saturating_mul(2);
+        let endpoint_cap = self.settings.endpoint_claim();
         let worth = room_worth_a_claim(endpoint_cap, self.settings.max_in_flight);
-        let (room, held, released) = {
+        let (room, held, by_project, released) = {
             let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
             let room = self.settings.max_in_flight.saturating_sub(guard.total);
             if room == 0 {
@@ -306,6 +332,7 @@ impl Dispatcher {
             (
                 usize::try_from(room).unwrap_or(0).min(BATCH),
                 guard.counts(),
+                guard.by_project.clone(),
                 guard.released,
             )
         };
@@ -314,20 +341,32 @@ impl Dispatcher {
             owner: self.owner.to_string(),
             expires_at: now + self.settings.lease(),
         };
+        let per_project = self.settings.per_project_in_flight;
         let limits = ClaimLimits {
             total: room,
-            per_endpoint: self.settings.per_endpoint_in_flight.saturating_mul(2),
+            per_endpoint: endpoint_cap,
             in_flight: &held,
+            per_project,
+            project_in_flight: &by_project,
         };
         let claimed = self.store.claim_due_deliveries(now, limits, &lease).await?;
-        // Held back by room: an endpoint at what a claim gives it, by the counts this claim
-        // went by. (When the worker's own room was the limit, the claim came back full and
-        // the worker claims again at once.)
-        let mut after = held;
+        // Held back by room: an endpoint at what a claim gives it, or a project at its
+        // share, by the counts this claim went by. (When the worker's own room was the
+        // limit, the claim came back full and the worker claims again at once.)
+        let mut after = Held {
+            by_project,
+            ..Held::default()
+        };
+        let mut endpoints = held;
         for d in &claimed {
-            *after.entry(d.endpoint.clone()).or_default() += 1;
+            *endpoints.entry(d.endpoint.clone()).or_default() += 1;
+            *after
+                .by_project
+                .entry(d.project_id.to_string())
+                .or_default() += 1;
         }
-        let held_back = after.values().any(|n| *n >= endpoint_cap);
+        let held_back =
+            endpoints.values().any(|n| *n >= endpoint_cap) || after.project_full(per_project);
         let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         // Slots given back while the claim ran woke no one: they count towards the room.
         if held_back && guard.want_room(released, worth) {
@@ -336,7 +375,11 @@ impl Dispatcher {
         let claimed = claimed
             .into_iter()
             .map(|d| {
-                let permits = guard.add(&d.endpoint, self.settings.per_endpoint_in_flight);
+                let permits = guard.add(
+                    &d.endpoint,
+                    d.project_id.as_str(),
+                    self.settings.per_endpoint_in_flight,
+                );
                 (d, permits)
             })
             .collect();
@@ -349,7 +392,7 @@ impl Dispatcher {
         tracker: &TaskTracker,
         delivery: ClaimedDelivery,
         permits: Arc<Semaphore>,
-        done: mpsc::UnboundedSender<Completion>,
+        done: mpsc::Sender<(Completion, Slot)>,
     ) {
         let span = tracing::debug_span!(
             "delivery", delivery_id = delivery.id, event_id = %delivery.event_id,
@@ -363,6 +406,7 @@ impl Dispatcher {
         let slot = Slot {
             held: self.held.clone(),
             endpoint: delivery.endpoint.clone(),
+            project: delivery.project_id.to_string(),
             wake: self.wake.clone(),
         };
         tracker.spawn(
@@ -371,9 +415,10 @@ impl Dispatcher {
                 let permit = permits.acquire().await;
                 let completion = attempt(&sender, &settings, &delivery, &owner).await;
                 drop(permit);
-                drop(slot);
-                // The recorder outlives every attempt task, so the receiver is still there.
-                let _ = done.send(completion);
+                // The slot goes with the outcome and is given back once it is recorded.
+                // The recorder outlives every attempt task, so the receiver is still there,
+                // and the channel has room for every slot.
+                let _ = done.send((completion, slot)).await;
             }
             .instrument(span),
         );
@@ -434,13 +479,18 @@ impl Dispatcher {
 /// then learns when to look next); otherwise there is nothing new for a claim to find.
 async fn record_outcomes(
     store: Arc<dyn Store>,
-    mut done: mpsc::UnboundedReceiver<Completion>,
+    mut done: mpsc::Receiver<(Completion, Slot)>,
     wake: Arc<Notify>,
     retry_scheduled: Arc<AtomicBool>,
 ) {
+    let mut received = Vec::with_capacity(BATCH);
     let mut batch = Vec::with_capacity(BATCH);
-    while done.recv_many(&mut batch, BATCH).await > 0 {
+    while done.recv_many(&mut received, BATCH).await > 0 {
+        let (completions, slots): (Vec<_>, Vec<_>) = received.drain(..).unzip();
+        batch.extend(completions);
         let made_due = record_batch(store.as_ref(), &batch).await;
+        // Recorded: the room is free for the next claim.
+        drop(slots);
         let mut retrying = false;
         for c in &batch {
             let outcome = match c.next {
@@ -507,32 +557,59 @@ pub(crate) async fn record_batch(
     }
 }
 
-/// Records one outcome. If the store refuses it but takes the same outcome reduced to
-/// "dead, and why", the outcome itself was the problem (a poison pill): the delivery ends
-/// there, kept for a manual retry, instead of being sent again forever. If the store
-/// refuses that too, it is down: wait and try again (meanwhile the lease may expire, and
-/// the rescuer re-queues the delivery; nothing is lost either way).
+/// Records one outcome. A store that fails to write (a pool timeout, a busy database, a
+/// dropped connection, a full disk) is tried again with back-off, with the real outcome,
+/// for as long as it takes: the delivery's slot is held meanwhile, so a store that cannot
+/// write stops the sending instead of filling memory (and if the lease expires first, the
+/// rescuer re-queues the delivery; nothing is lost either way). Only when the store refuses
+/// the outcome's data ([`StoreError::is_about_the_data`]: a poison pill, which would fail
+/// forever) is it reduced to "dead, and why", kept for a manual retry.
 async fn record_one(store: &(impl OutcomeStore + ?Sized), completion: &Completion) {
+    let mut backoff = Backoff::default();
+    let mut outcome = std::borrow::Cow::Borrowed(completion);
     loop {
-        let refused = match store.complete(std::slice::from_ref(completion)).await {
-            Ok(_) => return,
-            Err(e) => e,
-        };
-        let ended =
-            completion.ended_because(&format!("the outcome could not be recorded: {refused}"));
-        match store.complete(std::slice::from_ref(&ended)).await {
+        let refused = match store.complete(std::slice::from_ref(outcome.as_ref())).await {
             Ok(_) => {
-                tracing::error!(
-                    delivery_id = completion.delivery_id, error = %refused,
-                    "an outcome the store refused ended its delivery (dead, kept for a manual retry)"
-                );
+                if matches!(outcome, std::borrow::Cow::Owned(_)) {
+                    tracing::error!(
+                        delivery_id = completion.delivery_id,
+                        "an outcome the store refused ended its delivery (dead, kept for a manual retry)"
+                    );
+                }
                 return;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "recording outcomes failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+            Err(e) => e,
+        };
+        if refused.is_about_the_data() && matches!(outcome, std::borrow::Cow::Borrowed(_)) {
+            tracing::warn!(
+                delivery_id = completion.delivery_id, error = %refused,
+                "the store refused an outcome's data; ending its delivery"
+            );
+            outcome = std::borrow::Cow::Owned(
+                completion.ended_because(&format!("the outcome could not be recorded: {refused}")),
+            );
+            continue;
         }
+        let wait = backoff.next();
+        tracing::error!(
+            delivery_id = completion.delivery_id, error = %refused, retry_in = ?wait,
+            "recording an outcome failed; trying again"
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Waits between tries at a store that failed: 50 ms, doubling up to 5 s.
+#[derive(Default)]
+struct Backoff {
+    tries: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let wait = Duration::from_millis(50).saturating_mul(1 << self.tries.min(7));
+        self.tries = self.tries.saturating_add(1);
+        wait.min(Duration::from_secs(5))
     }
 }
 
@@ -621,22 +698,57 @@ mod tests {
     impl OutcomeStore for Refusing<'_> {
         fn complete<'a>(&'a self, batch: &'a [Completion]) -> Completing<'a> {
             Box::pin(async move {
-                let refuse = |why: &str| Err(StoreError::BadLocation(why.into()));
                 if self
                     .down_for
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                     .is_ok()
                 {
-                    return refuse("the store is down");
+                    // What a dropped connection or a pool timeout looks like.
+                    return Err(StoreError::Database(sqlx::Error::PoolTimedOut));
                 }
                 if batch
                     .iter()
                     .any(|c| c.delivery_id == self.poison && c.record.response_head.is_some())
                 {
-                    return refuse("invalid byte sequence for encoding UTF8: 0x00");
+                    return Err(StoreError::Database(sqlx::Error::Database(Box::new(
+                        BadData,
+                    ))));
                 }
                 self.store.complete_deliveries(batch).await
             })
+        }
+    }
+
+    /// PostgreSQL's refusal of a NUL byte in text: SQLSTATE 22021, a data exception.
+    #[derive(Debug)]
+    struct BadData;
+
+    impl std::fmt::Display for BadData {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("invalid byte sequence for encoding UTF8: 0x00")
+        }
+    }
+
+    impl std::error::Error for BadData {}
+
+    impl sqlx::error::DatabaseError for BadData {
+        fn message(&self) -> &str {
+            "invalid byte sequence for encoding UTF8: 0x00"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some("22021".into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
         }
     }
 
@@ -680,6 +792,8 @@ mod tests {
             total: 10,
             per_endpoint: 10,
             in_flight: &none,
+            per_project: 10,
+            project_in_flight: &none,
         };
         let mut claimed = store
             .claim_due_deliveries(now, limits, &lease)
@@ -747,21 +861,24 @@ mod tests {
         );
     }
 
-    /// A store that is down is not a poison pill: outcomes wait for it and are recorded as
-    /// they were, none ends its delivery.
+    /// A store that fails to write is not a poison pill, however many tries it fails (the
+    /// batch, then each outcome, then again): outcomes wait for it and are recorded as they
+    /// were, none ends its delivery.
     async fn outcomes_wait_for_a_store_that_is_down(store: &dyn Store) {
         let batch = three_outcomes(store).await;
         let refusing = Refusing {
             store,
             poison: -1,
-            down_for: AtomicU32::new(3),
+            down_for: AtomicU32::new(2),
         };
         record_batch(&refusing, &batch).await;
-        assert!(
-            statuses(store)
-                .await
-                .iter()
-                .all(|(_, status, _)| *status == DeliveryStatus::Succeeded)
+        assert_eq!(
+            statuses(store).await,
+            [
+                ("e1".into(), DeliveryStatus::Succeeded, None),
+                ("e2".into(), DeliveryStatus::Succeeded, None),
+                ("e3".into(), DeliveryStatus::Succeeded, None),
+            ]
         );
     }
 
@@ -809,11 +926,12 @@ mod tests {
 
     /// Holds one delivery of `endpoint` and returns its slot.
     fn one_slot(held: &Arc<Mutex<Held>>, wake: &Arc<Notify>) -> Slot {
-        let endpoint = "https://cb.example.com:443";
-        held.lock().unwrap().add(endpoint, 2);
+        let endpoint = "p1 cb.example.com";
+        held.lock().unwrap().add(endpoint, "p1", 2);
         Slot {
             held: held.clone(),
             endpoint: endpoint.into(),
+            project: "p1".into(),
             wake: wake.clone(),
         }
     }
@@ -874,13 +992,13 @@ mod tests {
     fn room_made_during_a_claim_counts() {
         let mut held = Held::default();
         for _ in 0..3 {
-            held.add("https://cb.example.com:443", 2);
+            held.add("p1 cb.example.com", "p1", 2);
         }
         let since = held.released;
-        assert!(!held.remove("https://cb.example.com:443"));
-        assert!(!held.remove("https://cb.example.com:443"));
+        assert!(!held.remove("p1 cb.example.com", "p1"));
+        assert!(!held.remove("p1 cb.example.com", "p1"));
         assert!(held.want_room(since, 2));
-        assert!(!held.remove("https://cb.example.com:443"));
+        assert!(!held.remove("p1 cb.example.com", "p1"));
     }
 
     /// The room a held-back claim waits for is never more than it leaves held, however the

@@ -11,6 +11,7 @@ use herald_core::event::EventId;
 use herald_core::event::live::LiveEvent;
 use herald_core::event::rtc::RtcEvent;
 use herald_core::matching::{MatchCandidate, select_config, select_rtc_callback};
+use herald_core::project::ProjectId;
 use herald_core::timefmt::unix_ms;
 
 use crate::rows::{CorruptRow, Target, stored_rtc_subscription};
@@ -223,7 +224,8 @@ pub(crate) struct NewDelivery<'a> {
     pub event_id: &'a str,
     pub config_id: &'a str,
     pub stream: &'a str,
-    /// `scheme://host:port` of the URL: the unit of per-endpoint concurrency.
+    /// The project and the URL's host: the unit of per-endpoint concurrency
+    /// ([`CallbackUrl::endpoint`]).
     pub endpoint: String,
     /// `pending` for the first of its stream when the stream has nothing open, else
     /// `blocked` behind the one before it.
@@ -233,6 +235,7 @@ pub(crate) struct NewDelivery<'a> {
 /// The deliveries of the accepted events, in acceptance order. `busy` holds the
 /// `(config_id, stream)` pairs that already have an open delivery.
 pub(crate) fn new_deliveries<'a>(
+    project: &ProjectId,
     accepting: &'a [Accepting<'_>],
     mut busy: HashSet<(String, String)>,
 ) -> Result<Vec<NewDelivery<'a>>, StoreError> {
@@ -246,7 +249,7 @@ pub(crate) fn new_deliveries<'a>(
             Some(endpoint) => endpoint.clone(),
             None => {
                 let endpoint = CallbackUrl::parse("url", url, true)
-                    .map(|u| u.endpoint())
+                    .map(|u| u.endpoint(project))
                     .map_err(|e| CorruptRow {
                         table: "deliveries",
                         id: config_id.clone(),

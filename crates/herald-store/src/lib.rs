@@ -94,6 +94,43 @@ pub enum StoreError {
     TokenStamp(std::io::Error),
 }
 
+impl StoreError {
+    /// Whether the store refused the data written, rather than failed to write: PostgreSQL's
+    /// data exceptions and integrity violations (SQLSTATE classes 22 and 23), SQLite's
+    /// constraint and too-big errors, and rows that do not read back. Writing the same data
+    /// again fails again; anything else (a pool timeout, a busy database, a dropped
+    /// connection, a full disk) may pass on a later try.
+    pub fn is_about_the_data(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(e)) => {
+                let Some(code) = e.code() else {
+                    return false;
+                };
+                if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    // SQLite's (extended) result code, in decimal: the primary code is the
+                    // low byte.
+                    code.parse::<u32>()
+                        .is_ok_and(|c| matches!(c & 0xff, SQLITE_TOOBIG | SQLITE_CONSTRAINT))
+                } else {
+                    // PostgreSQL's SQLSTATE: its first two characters are its class.
+                    code.starts_with("22") || code.starts_with("23")
+                }
+            }
+            Self::Database(
+                sqlx::Error::Encode(_) | sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. },
+            )
+            | Self::Conflict
+            | Self::Corrupt(_)
+            | Self::Sealing(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// SQLite's primary result codes for "string or BLOB too big" and "constraint failed".
+const SQLITE_TOOBIG: u32 = 18;
+const SQLITE_CONSTRAINT: u32 = 19;
+
 /// What [`DeliveryQueue::complete_deliveries`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Recorded {

@@ -23,7 +23,8 @@ pub struct Lease {
     pub expires_at: OffsetDateTime,
 }
 
-/// How much a claim may take: in all, and per endpoint given what is already in flight.
+/// How much a claim may take: in all, per endpoint and per project, given what is already
+/// in flight.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimLimits<'a> {
     /// Most deliveries to lease in this claim.
@@ -33,6 +34,11 @@ pub struct ClaimLimits<'a> {
     /// Deliveries the worker holds (sending, or claimed and waiting to send), by
     /// endpoint; endpoints not listed have none.
     pub in_flight: &'a HashMap<String, u32>,
+    /// Most deliveries the worker may hold for one project: its share of the worker, so
+    /// that one project whose receivers hang cannot take all of it and starve the others.
+    pub per_project: u32,
+    /// Deliveries the worker holds by project; projects not listed have none.
+    pub project_in_flight: &'a HashMap<String, u32>,
 }
 
 impl ClaimLimits<'_> {
@@ -40,6 +46,24 @@ impl ClaimLimits<'_> {
     pub(crate) fn room_of(&self, endpoint: &str) -> u32 {
         let held = self.in_flight.get(endpoint).copied().unwrap_or(0);
         self.per_endpoint.saturating_sub(held)
+    }
+
+    /// The room `project` has left in this claim, before what the claim itself takes.
+    pub(crate) fn project_room_of(&self, project: &str) -> u32 {
+        let held = self.project_in_flight.get(project).copied().unwrap_or(0);
+        self.per_project.saturating_sub(held)
+    }
+
+    /// The room each project with deliveries in flight has left, as a JSON object of
+    /// project to count (projects not in it have the full `per_project`).
+    pub(crate) fn project_room_json(&self) -> String {
+        let room: HashMap<&str, u32> = self
+            .project_in_flight
+            .keys()
+            .map(|project| (project.as_str(), self.project_room_of(project)))
+            .collect();
+        // Serialising strings and numbers cannot fail.
+        serde_json::to_string(&room).unwrap_or_else(|_| "{}".into())
     }
 
     /// The room each endpoint with deliveries in flight has left, as a JSON object of
@@ -59,6 +83,14 @@ impl ClaimLimits<'_> {
     pub(crate) fn total_sql(&self) -> i64 {
         i64::try_from(self.total).unwrap_or(i64::MAX)
     }
+}
+
+/// The project part of an endpoint key (`{project} {host}`, see
+/// `herald_core::config::callback_url::CallbackUrl::endpoint`); empty for a key written
+/// before keys named their project, which then counts towards no project's share. The
+/// embedded store's claim computes the same in SQL from its due index.
+pub(crate) fn endpoint_project(endpoint: &str) -> &str {
+    endpoint.split_once(' ').map_or("", |(project, _)| project)
 }
 
 /// A delivery handed to a worker: everything needed to render, sign and send it.

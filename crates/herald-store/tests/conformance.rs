@@ -770,8 +770,10 @@ fn lease(owner: &str, expires_at: OffsetDateTime) -> Lease {
     }
 }
 
-fn endpoint_of(url: &str) -> String {
-    CallbackUrl::parse("url", url, false).unwrap().endpoint()
+fn endpoint_of(project_id: &str, url: &str) -> String {
+    CallbackUrl::parse("url", url, false)
+        .unwrap()
+        .endpoint(&project(project_id))
 }
 
 /// A per-endpoint cap no test reaches unless it means to.
@@ -779,11 +781,17 @@ const ROOMY: u32 = 100;
 /// The attempts a delivery has in these tests (the default schedule's ten).
 const ATTEMPTS: u32 = 10;
 
+/// No project is held back by its share unless a test means it to be.
+static NO_PROJECTS: std::sync::LazyLock<HashMap<String, u32>> =
+    std::sync::LazyLock::new(HashMap::new);
+
 fn limits(total: usize, per_endpoint: u32, in_flight: &HashMap<String, u32>) -> ClaimLimits<'_> {
     ClaimLimits {
         total,
         per_endpoint,
         in_flight,
+        per_project: u32::MAX,
+        project_in_flight: &NO_PROJECTS,
     }
 }
 
@@ -1272,7 +1280,7 @@ async fn claim_leases_each_due_delivery_once(store: &dyn Store) {
     assert_eq!(c1.project_id, project("q-claim"));
     assert_eq!(c1.config_id, "clm-signed");
     assert_eq!(c1.url, signed_url);
-    assert_eq!(c1.endpoint, endpoint_of(signed_url));
+    assert_eq!(c1.endpoint, endpoint_of("q-claim", signed_url));
     assert_eq!(c1.attempt, 1);
     assert_eq!(live_event(c1), original("c1"));
     let signing = live_signing(c1).expect("a config with a key signs");
@@ -1285,7 +1293,7 @@ async fn claim_leases_each_due_delivery_once(store: &dyn Store) {
     for d in &plain {
         assert_eq!(d.config_id, "clm-plain");
         assert_eq!(d.url, plain_url);
-        assert_eq!(d.endpoint, endpoint_of(plain_url));
+        assert_eq!(d.endpoint, endpoint_of("q-claim", plain_url));
         assert_ne!(d.endpoint, c1.endpoint);
         assert_eq!(d.attempt, 1);
         assert!(live_signing(d).is_none());
@@ -1619,7 +1627,7 @@ async fn deliveries_keep_the_config_they_were_accepted_under(store: &dyn Store) 
     let h1 = &h1[0];
     assert_eq!(
         (h1.url.as_str(), h1.endpoint.clone()),
-        (old_url, endpoint_of(old_url))
+        (old_url, endpoint_of("q-change", old_url))
     );
     let signing = live_signing(h1).unwrap();
     assert_eq!(
@@ -1627,12 +1635,12 @@ async fn deliveries_keep_the_config_they_were_accepted_under(store: &dyn Store) 
         (SignType::HmacSha256, old_key)
     );
     // Skipping the old endpoint reaches the delivery accepted after the update.
-    let h4 = claim_skipping(store, now, 10, &[endpoint_of(old_url)]).await;
+    let h4 = claim_skipping(store, now, 10, &[endpoint_of("q-change", old_url)]).await;
     assert_eq!(event_ids(&h4), ["h4"]);
     let h4 = &h4[0];
     assert_eq!(
         (h4.url.as_str(), h4.endpoint.clone()),
-        (new_url, endpoint_of(new_url))
+        (new_url, endpoint_of("q-change", new_url))
     );
     let signing = live_signing(h4).unwrap();
     assert_eq!(
@@ -1972,7 +1980,10 @@ async fn claims_share_out_endpoint_room(store: &dyn Store) {
             .await
             .unwrap();
     }
-    let (slow, fast) = (endpoint_of(slow_url), endpoint_of(fast_url));
+    let (slow, fast) = (
+        endpoint_of("q-room", slow_url),
+        endpoint_of("q-room", fast_url),
+    );
     let in_flight = |slow_n: u32, fast_n: u32| -> HashMap<String, u32> {
         [(slow.clone(), slow_n), (fast.clone(), fast_n)]
             .into_iter()

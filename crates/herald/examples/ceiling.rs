@@ -71,6 +71,7 @@ impl Attempts {
             signature_ttl: Duration::from_secs(600),
             per_endpoint_in_flight: 32,
             max_in_flight: 512,
+            per_project_in_flight: 256,
             allow_private_targets: true,
             poll_interval: Duration::from_secs(1),
         };

@@ -125,6 +125,9 @@ pub struct Running {
 /// delivery worker until `shutdown` fires.
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let delivery = settings.delivery()?;
+    if let Ok(lease) = delivery.check() {
+        tracing::info!("{lease}");
+    }
     let location = store_location(settings)?;
     // On a shared store other nodes run beside this one and their leases are theirs;
     // only the embedded store is one process's alone.

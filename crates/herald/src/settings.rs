@@ -53,6 +53,9 @@ pub struct Settings {
     pub endpoint_concurrency: u32,
     /// Most callbacks in flight from this process (`HERALD_MAX_IN_FLIGHT`).
     pub max_in_flight: u32,
+    /// Most of those one project may hold (`HERALD_PROJECT_IN_FLIGHT`; default half of
+    /// `max_in_flight`), so that one project's hanging receivers cannot starve the others.
+    pub project_in_flight: Option<u32>,
     /// Longest wait between looks at the queue when nothing signals work (`HERALD_POLL_INTERVAL`).
     #[serde(deserialize_with = "poll_interval")]
     pub poll_interval: Duration,
@@ -102,6 +105,7 @@ impl Default for Settings {
             signature_ttl: Duration::from_secs(600),
             endpoint_concurrency: 32,
             max_in_flight: 512,
+            project_in_flight: None,
             poll_interval: Duration::from_secs(1),
             retention: Some(Duration::from_secs(30 * 86_400)),
             public_url: None,
@@ -208,7 +212,18 @@ impl Settings {
                 Ok(value)
             }
         };
-        Ok(DeliverySettings {
+        let max_in_flight = positive("HERALD_MAX_IN_FLIGHT", self.max_in_flight)?;
+        let per_project_in_flight = match self.project_in_flight {
+            None => (max_in_flight / 2).max(1),
+            Some(n) if n > max_in_flight => {
+                return Err(FieldError::new(
+                    "HERALD_PROJECT_IN_FLIGHT",
+                    "must be at most HERALD_MAX_IN_FLIGHT",
+                ));
+            }
+            Some(n) => positive("HERALD_PROJECT_IN_FLIGHT", n)?,
+        };
+        let delivery = DeliverySettings {
             retry_schedule: self.retry_schedule.clone(),
             timeout: self.delivery_timeout,
             signature_ttl: self.signature_ttl,
@@ -216,10 +231,17 @@ impl Settings {
                 "HERALD_ENDPOINT_CONCURRENCY",
                 self.endpoint_concurrency,
             )?,
-            max_in_flight: positive("HERALD_MAX_IN_FLIGHT", self.max_in_flight)?,
+            max_in_flight,
+            per_project_in_flight,
             allow_private_targets: self.allow_private_targets,
             poll_interval: self.poll_interval,
-        })
+        };
+        // The lease must cover the longest a claimed delivery is held (herald-delivery's
+        // `DeliverySettings::longest_hold`): refuse settings that make that impossible.
+        delivery
+            .check()
+            .map_err(|why| FieldError::new("HERALD_DELIVERY_TIMEOUT", why))?;
+        Ok(delivery)
     }
 
     pub fn load(
@@ -244,6 +266,7 @@ impl Settings {
                 "signature_ttl",
                 "endpoint_concurrency",
                 "max_in_flight",
+                "project_in_flight",
                 "poll_interval",
                 "retention",
                 "public_url",

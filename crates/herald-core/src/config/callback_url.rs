@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use url::{Host, Url};
 
 use crate::field::FieldError;
+use crate::project::ProjectId;
 use crate::target::{is_local_host_name, is_private_target};
 
 /// Where a config's notifications go: an absolute `http`/`https` URL with a host, no
@@ -69,10 +70,41 @@ impl CallbackUrl {
         &self.0
     }
 
-    /// `scheme://host:port`: callbacks to one endpoint share its concurrency cap.
-    pub fn endpoint(&self) -> String {
-        Url::parse(&self.0)
-            .map(|u| u.origin().ascii_serialization())
-            .unwrap_or_else(|_| self.0.clone())
+    /// The unit of per-endpoint concurrency: `{project} {host}`. Keyed on the host, not the
+    /// port, so that one project cannot multiply its share of a receiver (or of the worker)
+    /// by pointing configs at many ports of one host; and on the project, so that another
+    /// project's callbacks to the same host (a shared receiver, or a hostile project aiming
+    /// at a black-holed port of it) never wait behind this project's. A space separates
+    /// the two: neither a project id nor a host contains one.
+    pub fn endpoint(&self, project: &ProjectId) -> String {
+        let host = Url::parse(&self.0)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_else(|| self.0.clone());
+        format!("{project} {host}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn endpoint(project: &str, url: &str) -> String {
+        CallbackUrl::parse("url", url, true)
+            .unwrap()
+            .endpoint(&ProjectId::parse("project_id", project).unwrap())
+    }
+
+    /// One cap per project and host: ports and schemes of one host share it, another
+    /// project's callbacks to the same host do not.
+    #[test]
+    fn the_endpoint_is_the_project_and_the_host() {
+        let a = endpoint("p1", "http://Receiver.Example.com:8001/a");
+        assert_eq!(a, "p1 receiver.example.com");
+        assert_eq!(a, endpoint("p1", "https://receiver.example.com:9/b"));
+        assert_ne!(a, endpoint("p2", "http://receiver.example.com:8001/a"));
+        assert_eq!(endpoint("p1", "http://[::1]:80/"), "p1 [::1]");
     }
 }

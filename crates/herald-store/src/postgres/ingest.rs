@@ -104,7 +104,7 @@ pub(super) async fn accept(
     .iter()
     .map(|r| Ok((r.try_get("config_id")?, r.try_get("stream")?)))
     .collect::<Result<_, sqlx::Error>>()?;
-    let deliveries = new_deliveries(&accepting, busy)?;
+    let deliveries = new_deliveries(project, &accepting, busy)?;
     if deliveries.is_empty() {
         return Ok(raced);
     }

@@ -197,23 +197,33 @@ impl DeliveryQueue for PgStore {
         lease: &Lease,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         let (room, total) = (limits.room_json(), limits.total_sql());
-        // One statement, so no transaction is held open. The scan skips full endpoints
-        // before its LIMIT; the window function keeps each endpoint within its room. Only
-        // the rows picked are locked, skipping those another node is leasing at this very
-        // moment (a row lock is a logged write: locking the whole scan cost more than the
-        // rest of the claim). A claim that loses rows to another node comes back short and
-        // looks again on the next wake-up.
+        // One statement, so no transaction is held open. The scan skips full endpoints and
+        // full projects before its LIMIT (so a project at its share, however much of it is
+        // due first, never hides the others' work from the scan); the window functions keep
+        // each endpoint, then each project, within its room. Only the rows picked are
+        // locked, skipping those another node is leasing at this very moment (a row lock is
+        // a logged write: locking the whole scan cost more than the rest of the claim). A
+        // claim that loses rows to another node comes back short and looks again on the
+        // next wake-up.
         let rows = sqlx::query_as::<_, ClaimedRow>(
             "WITH room AS (SELECT key AS endpoint, value::bigint AS n FROM jsonb_each_text($4::jsonb)), \
-             scan AS MATERIALIZED (SELECT id, endpoint, next_attempt_at_ms FROM deliveries \
+             project_room AS (SELECT key AS project_id, value::bigint AS n FROM jsonb_each_text($8::jsonb)), \
+             scan AS MATERIALIZED (SELECT id, endpoint, project_id, next_attempt_at_ms FROM deliveries \
                  WHERE state IN ('pending', 'retrying') AND next_attempt_at_ms <= $3 \
                  AND endpoint NOT IN (SELECT endpoint FROM room WHERE n = 0) \
+                 AND project_id NOT IN (SELECT project_id FROM project_room WHERE n = 0) \
                  ORDER BY next_attempt_at_ms, id LIMIT $6), \
-             picked AS MATERIALIZED (SELECT id FROM ( \
-                 SELECT s.id, s.next_attempt_at_ms, \
+             within_endpoints AS (SELECT id, project_id, next_attempt_at_ms FROM ( \
+                 SELECT s.id, s.project_id, s.next_attempt_at_ms, \
                      ROW_NUMBER() OVER (PARTITION BY s.endpoint ORDER BY s.next_attempt_at_ms, s.id) AS nth, \
                      COALESCE(room.n, $5) AS room \
                  FROM scan s LEFT JOIN room ON room.endpoint = s.endpoint) ranked \
+                 WHERE nth <= room), \
+             picked AS MATERIALIZED (SELECT id FROM ( \
+                 SELECT w.id, w.next_attempt_at_ms, \
+                     ROW_NUMBER() OVER (PARTITION BY w.project_id ORDER BY w.next_attempt_at_ms, w.id) AS nth, \
+                     COALESCE(pr.n, $9) AS room \
+                 FROM within_endpoints w LEFT JOIN project_room pr ON pr.project_id = w.project_id) ranked \
                  WHERE nth <= room ORDER BY next_attempt_at_ms, id LIMIT $7), \
              locked AS (SELECT d.id FROM deliveries d WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) \
                  AND d.state IN ('pending', 'retrying') FOR UPDATE SKIP LOCKED), \
@@ -231,6 +241,8 @@ impl DeliveryQueue for PgStore {
         .bind(i64::from(limits.per_endpoint))
         .bind(total.saturating_mul(8))
         .bind(total)
+        .bind(limits.project_room_json())
+        .bind(i64::from(limits.per_project))
         .fetch_all(&self.queue_pool)
         .await?;
         finish_claim(self, rows, &self.master, &lease.owner, now).await

@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 
 use super::leases::Held;
 use super::{SqliteStore, json_array};
+use crate::queue::endpoint_project;
 use crate::rows::{ClaimedRow, finish_claim};
 use crate::{ClaimLimits, ClaimedDelivery, Lease, StoreError};
 
@@ -68,8 +69,10 @@ pub(super) async fn claim(
 /// The due index is read in pages, each page one row of JSON (sqlx hands rows from its
 /// SQLite thread one at a time, so one row per page is one hand-off). A page asks for no
 /// more than the endpoints seen can still take, plus one endpoint's room for one not seen
-/// yet, and every page leaves out the endpoints that are full (in flight, or filled by this
-/// claim). So a claim of a few reads a few rows, however long the queue behind a busy
+/// yet, and every page leaves out the endpoints and the projects that are full (in flight,
+/// or filled by this claim): a project at its share is skipped in SQL, so however many of
+/// its deliveries are due first, the scan reaches the other projects' (the project is the
+/// endpoint key's first part, [`endpoint_project`], so the due index alone answers it). So a claim of a few reads a few rows, however long the queue behind a busy
 /// endpoint. The scan stops at 8 × the claim, so a claim stays bounded.
 async fn due_within_room(
     conn: &mut SqliteConnection,
@@ -78,8 +81,9 @@ async fn due_within_room(
     leased: &str,
 ) -> Result<Vec<(i64, bool)>, StoreError> {
     let budget = limits.total.saturating_mul(8);
-    // Taken by this claim, by endpoint.
+    // Taken by this claim, by endpoint and by project.
     let mut taken: HashMap<String, u32> = HashMap::new();
+    let mut taken_by_project: HashMap<String, u32> = HashMap::new();
     let mut due = Vec::new();
     let (mut scanned, mut after) = (0, (i64::MIN, i64::MIN));
     while due.len() < limits.total && scanned < budget {
@@ -92,6 +96,15 @@ async fn due_within_room(
             limits.room_of(e).saturating_sub(used)
         };
         let full: Vec<&str> = seen.iter().copied().filter(|e| left(e) == 0).collect();
+        let project_left = |p: &str| {
+            let used = taken_by_project.get(p).copied().unwrap_or(0);
+            limits.project_room_of(p).saturating_sub(used)
+        };
+        let full_projects: Vec<&str> = (limits.project_in_flight.keys())
+            .chain(taken_by_project.keys())
+            .map(String::as_str)
+            .filter(|p| project_left(p) == 0)
+            .collect();
         let seen_room: u32 = seen.iter().map(|e| left(e)).sum();
         let page_size = (limits.total - due.len())
             .min(
@@ -105,6 +118,7 @@ async fn due_within_room(
                  SELECT id, endpoint, next_attempt_at_ms, state FROM deliveries \
                  WHERE state IN ('pending', 'retrying') AND next_attempt_at_ms <= ?1 \
                  AND endpoint NOT IN (SELECT value FROM json_each(?2)) \
+                 AND substr(endpoint, 1, instr(endpoint, ' ') - 1) NOT IN (SELECT value FROM json_each(?7)) \
                  AND (next_attempt_at_ms, id) > (?3, ?4) \
                  AND id NOT IN (SELECT value FROM json_each(?6)) \
                  ORDER BY next_attempt_at_ms, id LIMIT ?5)",
@@ -115,6 +129,7 @@ async fn due_within_room(
         .bind(after.1)
         .bind(i64::try_from(page_size).unwrap_or(i64::MAX))
         .bind(leased)
+        .bind(json_array(&full_projects))
         .fetch_one(&mut *conn)
         .await?;
         let mut rows: Vec<(i64, String, i64, u8)> =
@@ -128,9 +143,15 @@ async fn due_within_room(
         scanned += rows.len();
         for (id, endpoint, next, retry) in &rows {
             after = (*next, *id);
+            let project = endpoint_project(endpoint);
+            let project_used = taken_by_project.get(project).copied().unwrap_or(0);
             let used = taken.entry(endpoint.clone()).or_default();
-            if *used < limits.room_of(endpoint) && due.len() < limits.total {
+            if *used < limits.room_of(endpoint)
+                && project_used < limits.project_room_of(project)
+                && due.len() < limits.total
+            {
                 *used += 1;
+                *taken_by_project.entry(project.to_owned()).or_default() += 1;
                 due.push((*id, *retry == 1));
             }
         }

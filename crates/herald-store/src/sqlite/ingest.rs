@@ -141,7 +141,7 @@ async fn accept(
             id: "the busy streams".into(),
             reason: e.to_string(),
         })?;
-    let deliveries = new_deliveries(&accepting, busy)?;
+    let deliveries = new_deliveries(project, &accepting, busy)?;
     sqlx::query(&format!(
         "INSERT INTO deliveries (project_id, event_seq, config_id, stream, endpoint, url, sign_type, \
          key_sealed, state, next_attempt_at_ms, created_at_ms) \

@@ -251,6 +251,8 @@ mod tests {
             total: 10,
             per_endpoint: 10,
             in_flight: &in_flight,
+            per_project: 10,
+            project_in_flight: &in_flight,
         };
         let lease = Lease {
             owner: "w".into(),

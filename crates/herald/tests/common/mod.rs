@@ -19,6 +19,7 @@ use herald_core::sdk_auth::{WireRequest, authorization_header, sdk_date};
 use herald_store::testing::TestSchema;
 use reqwest::{Method, Response};
 use serde_json::Value;
+use sqlx::Connection;
 use time::{Duration, OffsetDateTime};
 
 pub struct TestServer {
@@ -129,6 +130,39 @@ impl TestServer {
                 sqlx::query(sql).execute(&pool).await.unwrap();
             }
         }
+    }
+
+    /// Holds the database's write lock behind Herald's back, as a stuck disk or a long
+    /// CLI transaction would, until the returned guard is dropped. On the embedded store
+    /// every write then waits (and after the busy timeout fails); on PostgreSQL the
+    /// attempts table is locked, which every completion writes.
+    pub async fn hold_writes_behind_herald(&self) -> HeldWrites {
+        let conn = match &self.schema {
+            Some(schema) => {
+                let mut conn = sqlx::PgConnection::connect(&schema.url).await.unwrap();
+                sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+                sqlx::query("LOCK TABLE delivery_attempts IN ACCESS EXCLUSIVE MODE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                HeldConnection::Postgres(conn)
+            }
+            None => {
+                let db = self
+                    .data_dir
+                    .path()
+                    .join(herald_store::sqlite::DATABASE_FILE);
+                let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{}", db.display()))
+                    .await
+                    .unwrap();
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                HeldConnection::Sqlite(conn)
+            }
+        };
+        HeldWrites(Some(conn))
     }
 
     pub async fn credentials(&self, project: &str) -> Creds {
@@ -351,4 +385,13 @@ pub async fn json(response: Response) -> (u16, Value) {
         serde_json::from_slice(&bytes).unwrap()
     };
     (status, body)
+}
+
+/// The database's write lock, held until dropped (see
+/// [`TestServer::hold_writes_behind_herald`]); dropping the connection ends its transaction.
+pub struct HeldWrites(Option<HeldConnection>);
+
+enum HeldConnection {
+    Postgres(sqlx::PgConnection),
+    Sqlite(sqlx::SqliteConnection),
 }

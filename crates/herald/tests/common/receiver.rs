@@ -71,8 +71,16 @@ impl Receiver {
         Self::scripted(Arc::new(|_, _| (StatusCode::OK, Duration::ZERO))).await
     }
 
+    /// Each receiver listens on a loopback address of its own (127.0.0.2, .3, …): Herald
+    /// caps callbacks per project and host, so receivers that tests mean to be separate
+    /// endpoints are separate hosts, as they would be in production.
     pub async fn scripted(script: Script) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        static NEXT_HOST: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        let n = NEXT_HOST.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 253;
+        let listener =
+            tokio::net::TcpListener::bind((std::net::Ipv4Addr::new(127, 0, 0, n + 2), 0))
+                .await
+                .unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Shared {
             received: Arc::default(),

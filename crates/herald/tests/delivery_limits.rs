@@ -1,0 +1,235 @@
+//! The delivery worker's limits under faults: leases that cover the longest hold, a store
+//! that cannot write, and one project's hanging receivers against another's. Runs on the
+//! embedded store, and on PostgreSQL with `HERALD_TEST_BACKEND=postgres`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::TestServer;
+use common::receiver::{Received, Receiver};
+use serde_json::{Value, json};
+
+async fn config_for(server: &TestServer, token: &str, project: &str, domain: &str, url: &str) {
+    let (status, created) = server
+        .post_with_token(
+            token,
+            &format!("/v1/{project}/record/callbacks"),
+            &json!({"publish_domain": domain, "app": "*", "notify_callback_url": url,
+                "notify_event_subscription": ["RECORD_OVER"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+}
+
+async fn ingest_for(server: &TestServer, token: &str, project: &str, events: Vec<Value>) {
+    let (status, answer) = server
+        .post_with_token(
+            token,
+            &format!("/v1/{project}/record/events"),
+            &json!({ "events": events }),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+}
+
+fn over(id: &str, domain: &str, stream: &str) -> Value {
+    json!({"event_id": id, "event_type": "RECORD_OVER", "publish_domain": domain,
+        "app": "live", "stream": stream})
+}
+
+/// Polls `project`'s delivery log until every delivery has succeeded; returns the log.
+async fn all_succeeded(
+    server: &TestServer,
+    token: &str,
+    project: &str,
+    n: usize,
+    limit: Duration,
+) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (_, log) = server
+            .get_with_token(
+                token,
+                &format!("/v1/{project}/record/deliveries?status=succeeded&limit=100"),
+            )
+            .await;
+        if log["total"] == n {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "not all succeeded: {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue 24's first scenario: receivers that take long but answer within the timeout. With
+/// a 20 s timeout and two sending permits per endpoint, a claim holds four deliveries: two
+/// are sent at once (18 s each), two wait for a permit and are sent after them, so the last
+/// outcome comes 36 s after the claim. A lease of the timeout plus 10 s (30 s) ran out
+/// under them, and the rescuer (every 5 s) took them back while they were being sent: a
+/// second send, a false attempt, the real outcome discarded. The lease now covers the
+/// longest hold: each callback is sent once, and succeeds at its first attempt.
+#[tokio::test]
+async fn slow_receivers_within_the_timeout_are_sent_each_callback_once() {
+    let server = TestServer::start_with(|s| {
+        s.allow_private_targets = true;
+        s.delivery_timeout = Duration::from_secs(20);
+        s.endpoint_concurrency = 2;
+    })
+    .await;
+    let token = server.token("p1").await;
+    let receiver = Receiver::scripted(Arc::new(|_: &Received, _| {
+        (StatusCode::OK, Duration::from_secs(18))
+    }))
+    .await;
+    config_for(&server, &token, "p1", "push.example.com", &receiver.url()).await;
+    let events = (0..4)
+        .map(|i| over(&format!("slow-{i}"), "push.example.com", &format!("s{i}")))
+        .collect();
+    ingest_for(&server, &token, "p1", events).await;
+    let log = all_succeeded(&server, &token, "p1", 4, Duration::from_secs(90)).await;
+    for delivery in log["deliveries"].as_array().unwrap() {
+        let attempts = delivery["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "{delivery}");
+        assert_eq!(attempts[0]["status_code"], 200, "{delivery}");
+    }
+    // Give a rescuer that wrongly took a lease back its tick to send again.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let ids: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.header("herald-event-id"))
+        .collect();
+    assert_eq!(ids.len(), 4, "callbacks sent more than once: {ids:?}");
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 4, "{ids:?}");
+}
+
+/// A store that cannot write stops the sending at the in-flight bound: a delivery's slot
+/// is held until its outcome is recorded, so outcomes cannot pile up in memory while the
+/// worker goes on claiming (claims only read on the embedded store). When writes resume,
+/// everything is delivered, each callback once, nothing lost.
+#[tokio::test]
+async fn a_store_that_cannot_write_stops_the_sending_at_the_in_flight_bound() {
+    let server = TestServer::start_with(|s| {
+        s.allow_private_targets = true;
+        s.max_in_flight = 4;
+        s.project_in_flight = Some(4);
+        s.endpoint_concurrency = 8;
+    })
+    .await;
+    let token = server.token("p1").await;
+    // The first four answers take long enough for the test to take the write lock first.
+    let receiver = Receiver::scripted(Arc::new(|_: &Received, n| {
+        let delay = if n < 4 { 1500 } else { 0 };
+        (StatusCode::OK, Duration::from_millis(delay))
+    }))
+    .await;
+    config_for(&server, &token, "p1", "push.example.com", &receiver.url()).await;
+    let events: Vec<Value> = (0..20)
+        .map(|i| over(&format!("stuck-{i}"), "push.example.com", &format!("s{i}")))
+        .collect();
+    ingest_for(&server, &token, "p1", events).await;
+    receiver.wait_for(4, Duration::from_secs(10)).await;
+    let held = server.hold_writes_behind_herald().await;
+    // The four answers come, their outcomes cannot be written: nothing more may be sent.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        receiver.received().len(),
+        4,
+        "sent while no outcome could be recorded"
+    );
+    drop(held);
+    all_succeeded(&server, &token, "p1", 20, Duration::from_secs(60)).await;
+    let ids: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.header("herald-event-id"))
+        .collect();
+    assert_eq!(ids.len(), 20, "{ids:?}");
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 20, "{ids:?}");
+}
+
+/// Ports that accept a connection and never answer.
+fn black_holes(ip: std::net::IpAddr, n: usize) -> (Vec<String>, tokio::task::JoinSet<()>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut urls = Vec::new();
+    for _ in 0..n {
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        urls.push(format!("http://{}/cb", listener.local_addr().unwrap()));
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        tasks.spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+    }
+    (urls, tasks)
+}
+
+/// Issue 24's starvation scenario: one project with four configs pointing at ports that
+/// accept and never answer, forty events; the worker's room is eight, two per endpoint.
+/// The cap was per port and the room first come, first served, so the hostile project
+/// took all of it and another project's callback waited for its timeouts (40 s). Now the
+/// cap is per project and host, and one project holds at most its share: the healthy
+/// project's callback arrives at once, although its receiver is on the same host as the
+/// hostile project's ports.
+#[tokio::test]
+async fn one_projects_hanging_receivers_do_not_starve_another_project() {
+    let server = TestServer::start_with(|s| {
+        s.allow_private_targets = true;
+        s.max_in_flight = 8;
+        s.endpoint_concurrency = 2;
+        s.delivery_timeout = Duration::from_secs(5);
+        s.retry_schedule = common::schedule("0s,1h");
+    })
+    .await;
+    let hostile_token = server.token("hostile").await;
+    let healthy_token = server.token("healthy").await;
+    let healthy = Receiver::ok().await;
+    let (holes, _holes) = black_holes(healthy.addr.ip(), 4);
+    for (i, url) in holes.iter().enumerate() {
+        let domain = format!("hole{i}.example.com");
+        config_for(&server, &hostile_token, "hostile", &domain, url).await;
+    }
+    config_for(
+        &server,
+        &healthy_token,
+        "healthy",
+        "push.example.com",
+        &healthy.url(),
+    )
+    .await;
+    let events = (0..40)
+        .map(|i| {
+            over(
+                &format!("h{i}"),
+                &format!("hole{}.example.com", i % 4),
+                &format!("s{i}"),
+            )
+        })
+        .collect();
+    ingest_for(&server, &hostile_token, "hostile", events).await;
+    // Let the worker take what it will of the hostile project's deliveries.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    ingest_for(
+        &server,
+        &healthy_token,
+        "healthy",
+        vec![over("fine", "push.example.com", "s")],
+    )
+    .await;
+    healthy.wait_for(1, Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "the healthy callback took {took:?}"
+    );
+}
