@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 const STREAMS: usize = 100;
 
 /// Two nodes' settings: one database, one master key, quick retries, and a short delivery
-/// timeout so that a dead node's leases (timeout + 10 s) expire within the test.
+/// timeout so that a dead node's leases (2 × the timeout + 10 s) expire within the test.
 struct Cluster {
     schema: TestSchema,
     master_key: String,
