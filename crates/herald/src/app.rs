@@ -125,6 +125,8 @@ pub struct Running {
 /// delivery worker until `shutdown` fires.
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let delivery = settings.delivery()?;
+    let server_limits = settings.server_limits()?;
+    let max_per_project = settings.max_per_project()?;
     let location = store_location(settings)?;
     // On a shared store other nodes run beside this one and their leases are theirs;
     // only the embedded store is one process's alone.
@@ -170,6 +172,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         worker_stopped: worker_stopped.clone(),
         public_url,
         recordings: recordings.clone(),
+        max_per_project,
     });
     let shutdown = CancellationToken::new();
     let grace = settings.shutdown_grace;
@@ -185,7 +188,12 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let worker = dispatcher.run(shutdown.clone(), grace);
     Ok(Running {
         local_addr,
-        api: tokio::spawn(herald_api::serve(listener, router(state), shutdown.clone())),
+        api: tokio::spawn(herald_api::serve(
+            listener,
+            router(state),
+            server_limits,
+            shutdown.clone(),
+        )),
         delivery: tokio::spawn(async move {
             // Dropped however the worker ends, a panic included: /readyz then says so.
             let _stopped = worker_stopped.drop_guard();
