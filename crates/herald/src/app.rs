@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::master_key;
 use crate::settings::Settings;
+use crate::{data_dir, master_key};
 
 /// Where the settings put the store: the embedded one unless `database_url` says otherwise.
 pub fn store_location(settings: &Settings) -> anyhow::Result<StoreLocation> {
@@ -48,6 +48,10 @@ async fn open_at(location: &StoreLocation, settings: &Settings) -> anyhow::Resul
             .map(ExposeSecret::expose_secret),
         &settings.data_dir,
     )?;
+    if let StoreLocation::Embedded { data_dir } = location {
+        data_dir::create_database_file(data_dir)
+            .with_context(|| format!("creating the database in {}", data_dir.display()))?;
+    }
     location
         .open(master)
         .await
@@ -96,9 +100,11 @@ fn metrics_handle() -> PrometheusHandle {
 /// Only one `herald serve` may use an embedded store: the lock proves that leases left
 /// in it belong to a process that is gone.
 fn lock_data_dir(settings: &Settings) -> anyhow::Result<File> {
-    std::fs::create_dir_all(&settings.data_dir)?;
+    data_dir::create_private_dir(&settings.data_dir)
+        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
     let path = settings.data_dir.join("herald.lock");
-    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let file = data_dir::open_private_file(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => bail!(
