@@ -6,6 +6,7 @@
 //! - [`rtc`]: the RTC flavour: apps, record callbacks, RTC events (SPEC §2, §4).
 //! - [`sources`]: recording sources (SPEC §7).
 //! - [`hooks`]: the media servers' hooks, which drive recording sessions (SPEC §7).
+//! - [`per_project`]: the cap on configs, apps and sources per project.
 //! - [`deliveries`]: the delivery log and manual retry (SPEC §6).
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`whoami`]: the caller's project, for clients that hold only a token (the console).
@@ -28,6 +29,7 @@ pub mod hooks;
 pub mod ingest;
 pub mod live;
 pub mod openapi;
+pub mod per_project;
 mod query;
 pub mod request_id;
 pub mod rtc;

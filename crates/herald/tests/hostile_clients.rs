@@ -1,8 +1,9 @@
-//! What a client of the API can hold of the server before it is authenticated (issue 24,
-//! item 8): no body is read before the credentials are checked, trickled headers and
-//! bodies are cut off at their timeouts, and connections beyond the cap wait while the
-//! server goes on serving. Raw sockets, since a well-behaved HTTP client cannot misbehave
-//! like this; timeouts are set short through the settings.
+//! What a client of the API can hold of the server (issue 24): before it is
+//! authenticated, nothing — no body is read before the credentials are checked, trickled
+//! headers and bodies are cut off at their timeouts, and connections beyond the cap wait
+//! while the server goes on serving (raw sockets, since a well-behaved HTTP client cannot
+//! misbehave like this; timeouts are set short through the settings); once authenticated,
+//! no more than `HERALD_MAX_PER_PROJECT` configs, apps and sources.
 
 // Test helpers: a failed unwrap is a failed test, which is what it should be.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::TestServer;
 use herald_core::sdk_auth::sdk_date;
+use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -229,4 +231,73 @@ async fn connections_beyond_the_cap_wait_while_the_server_recovers() {
     for client in clients {
         assert_eq!(client.await.unwrap().unwrap(), 200);
     }
+}
+
+/// Creates through the API; status and body.
+async fn create(server: &TestServer, token: &str, path: &str, body: Value) -> (u16, Value) {
+    server.post_with_token(token, path, &body).await
+}
+
+fn assert_capped(answer: &(u16, Value), code: &str, what: &str) {
+    let (status, body) = answer;
+    assert_eq!(
+        (*status, body["error_code"].as_str()),
+        (400, Some(code)),
+        "{body}"
+    );
+    let message = body["error_msg"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("HERALD_MAX_PER_PROJECT") && message.contains(what),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_project_cannot_create_past_its_cap() {
+    let server = TestServer::start_with(|s| s.max_per_project = 2).await;
+    let token = server.token("p1").await;
+    let other = server.token("p2").await;
+    let config = |app: &str| json!({"publish_domain": "live.example.com", "app": app});
+
+    let live = "/v1/p1/record/callbacks";
+    let mut ids = Vec::new();
+    for app in ["a", "b"] {
+        let (status, created) = create(&server, &token, live, config(app)).await;
+        assert_eq!(status, 201, "{created}");
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let refused = create(&server, &token, live, config("c")).await;
+    assert_capped(&refused, "LIVE.100011001", "callback configs");
+    // The cap is per project, and a deletion makes room again.
+    let (status, _) = create(&server, &other, "/v1/p2/record/callbacks", config("c")).await;
+    assert_eq!(status, 201);
+    let deleted = server
+        .http
+        .delete(format!("{}{live}/{}", server.base, ids[0]))
+        .header("x-auth-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(create(&server, &token, live, config("c")).await.0, 201);
+
+    for name in ["one", "two"] {
+        let (status, app) = create(&server, &token, "/v2/apps", json!({"app_name": name})).await;
+        assert_eq!(status, 201, "{app}");
+    }
+    let refused = create(&server, &token, "/v2/apps", json!({"app_name": "three"})).await;
+    assert_capped(&refused, "RTC.00001003", "apps");
+
+    let sources = "/v1/p1/record/sources";
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let source = |dir: &tempfile::TempDir| {
+        json!({"engine": "srs", "publish_domain": "live.example.com",
+               "record_dir": dir.path().canonicalize().unwrap().to_str().unwrap()})
+    };
+    for dir in &dirs[..2] {
+        let (status, created) = create(&server, &token, sources, source(dir)).await;
+        assert_eq!(status, 201, "{created}");
+    }
+    let refused = create(&server, &token, sources, source(&dirs[2])).await;
+    assert_capped(&refused, "LIVE.100011001", "recording sources");
 }
