@@ -101,9 +101,8 @@ pub async fn explain_body_limit(uri: Uri, response: Response) -> Response {
 /// Middleware: the caller, from the headers alone; then the (bounded) body; then, for a
 /// signed request, the signature over it; then the handler.
 ///
-/// Nobody is known before the body is read except by headers, so a caller without valid
-/// credentials is refused before a byte of the body is read: an unauthenticated client
-/// cannot make the server hold a megabyte, or wait for one.
+/// A caller without valid credentials is refused before a byte of the body is read: an
+/// unauthenticated client cannot make the server hold a megabyte, or wait for one.
 pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let uri = request.uri().clone();
     admit(&state, request, next)

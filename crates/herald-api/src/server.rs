@@ -203,15 +203,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_body_that_stalls_fails_at_its_deadline() {
-        let (mut tx, rx) = futures_channel_body();
-        tx.push(Bytes::from_static(b"{\"a\""));
-        let body = DeadlineBody::new(rx, Duration::from_secs(5));
+        let (sender, stalled) = body_that_stalls();
+        let _ = sender.send(Bytes::from_static(b"{\"a\""));
+        let body = DeadlineBody::new(stalled, Duration::from_secs(5));
         let started = Instant::now();
         let error = body.collect().await.err().map(|e| e.into_inner());
         let error = error.as_deref().and_then(|e| BodyReadTimedOut::find(e));
         assert_eq!(error.map(|e| e.0), Some(Duration::from_secs(5)));
         assert_eq!(started.elapsed(), Duration::from_secs(5));
-        drop(tx);
     }
 
     #[tokio::test(start_paused = true)]
@@ -221,21 +220,14 @@ mod tests {
         assert_eq!(bytes.as_deref(), Some(&b"{}"[..]));
     }
 
-    /// A body that yields what was pushed, then waits forever (a client that stopped).
-    fn futures_channel_body() -> (Pushed, Body) {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            let chunk = rx.recv().await?;
-            Some((Ok::<_, Infallible>(chunk), rx))
+    /// A body that yields what is sent, then waits for more for as long as the sender
+    /// lives: a client that stopped sending.
+    fn body_that_stalls() -> (tokio::sync::mpsc::UnboundedSender<Bytes>, Body) {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let chunks = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            let chunk = receiver.recv().await?;
+            Some((Ok::<_, Infallible>(chunk), receiver))
         });
-        (Pushed(tx), Body::from_stream(stream))
-    }
-
-    struct Pushed(tokio::sync::mpsc::UnboundedSender<Bytes>);
-
-    impl Pushed {
-        fn push(&mut self, chunk: Bytes) {
-            let _ = self.0.send(chunk);
-        }
+        (sender, Body::from_stream(chunks))
     }
 }
