@@ -68,6 +68,10 @@ pub enum ApiError {
     /// 405 `APIGW.0101`: the route exists, the method does not.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// 408 `LIVE.100011001` (RTC: `RTC.00001003`): the body did not arrive within the
+    /// server's body read timeout.
+    #[error("body: was not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// 500 `LIVE.100011500`; the cause is logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -87,6 +91,7 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, LIVE_BAD_REQUEST),
+            Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, LIVE_BAD_REQUEST),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, LIVE_NOT_FOUND),
             Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, UNAUTHENTICATED),
             Self::WrongProject(_) => (StatusCode::FORBIDDEN, WRONG_PROJECT),
@@ -146,6 +151,11 @@ impl IntoResponse for RtcError {
                 StatusCode::BAD_REQUEST,
                 RTC_INVALID,
                 format!("InvalidParameterValue: {e}"),
+            ),
+            ApiError::BodyTimeout(limit) => respond(
+                StatusCode::REQUEST_TIMEOUT,
+                RTC_INVALID,
+                format!("InvalidParameterValue: {}", ApiError::BodyTimeout(limit)),
             ),
             ApiError::NotFound(what) => respond(
                 StatusCode::NOT_FOUND,

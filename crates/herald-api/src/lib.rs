@@ -6,6 +6,7 @@
 //! - [`rtc`]: the RTC flavour: apps, record callbacks, RTC events (SPEC §2, §4).
 //! - [`sources`]: recording sources (SPEC §7).
 //! - [`hooks`]: the media servers' hooks, which drive recording sessions (SPEC §7).
+//! - [`per_project`]: the cap on configs, apps and sources per project.
 //! - [`deliveries`]: the delivery log and manual retry (SPEC §6).
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`whoami`]: the caller's project, for clients that hold only a token (the console).
@@ -13,6 +14,7 @@
 //! - [`error`]: the one error type that becomes an HTTP answer.
 //! - [`openapi`]: the document's shared rules (patterns, bounds) and common answers.
 //! - [`request_id`]: `X-request-id` on every answer.
+//! - [`server`]: the HTTP server: header and body read timeouts, the connection cap.
 //!
 //! [`router`] assembles everything; [`serve`] runs it on a bound listener until a
 //! cancellation token fires, so tests bind port 0 and stop the server at will.
@@ -27,9 +29,11 @@ pub mod hooks;
 pub mod ingest;
 pub mod live;
 pub mod openapi;
+pub mod per_project;
 mod query;
 pub mod request_id;
 pub mod rtc;
+pub mod server;
 pub mod sources;
 pub mod whoami;
 
@@ -40,7 +44,6 @@ use axum::routing::get;
 use axum::{Json, Router, middleware};
 use herald_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -95,6 +98,9 @@ pub struct Shared {
     /// Cancelled when the delivery worker stops: `/readyz` then answers 503, since
     /// events would be accepted and never delivered.
     pub worker_stopped: CancellationToken,
+    /// Most callback configs, apps and recording sources (each counted apart) one project
+    /// may have, so that one tenant cannot fill the store or slow every match and list.
+    pub max_per_project: u64,
 }
 
 #[derive(OpenApi)]
@@ -193,13 +199,4 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app` on `listener` until `shutdown` fires, then finishes in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-}
+pub use server::{ServerLimits, serve};

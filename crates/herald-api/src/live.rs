@@ -20,6 +20,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::openapi;
+use crate::per_project::{Counted, ensure_room};
 use crate::query::{QueryPairs, known_id, parse_page};
 
 /// A create or update body, for the OpenAPI document. Bodies are parsed by
@@ -151,7 +152,8 @@ fn duplicate(spec: &LiveConfigSpec) -> ApiError {
     responses(
         (status = 201, body = LiveConfigView),
         (status = 400, body = ErrorBody, description = "LIVE.100011001: a field broke a rule, \
-            or the project has a config for this publish_domain and app already"),
+            or the project has a config for this publish_domain and app already, or has as \
+            many configs as HERALD_MAX_PER_PROJECT allows"),
     ),
     security(("aksk" = []), ("token" = [])),
 )]
@@ -163,6 +165,13 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<LiveConfigView>), ApiError> {
     let project_id = caller.authorize(&project_id)?;
     let spec = LiveConfigRequest::parse(&body, state.allow_private_targets)?.into_new_spec();
+    ensure_room(
+        state.store.as_ref(),
+        &project_id,
+        Counted::LiveConfigs,
+        state.max_per_project,
+    )
+    .await?;
     let now = OffsetDateTime::now_utc();
     let config = LiveCallbackConfig {
         id: uuid::Uuid::new_v4().simple().to_string(),

@@ -252,7 +252,7 @@ pub fn subscription(names: impl IntoIterator<Item = &'static str>, default: &str
 /// the `X-Project-Id` header and the answers any request can get (SPEC §1–§4), so that
 /// each operation's list is complete: 400 (a body over 1 MiB), 401 (`APIGW.0301`), 403
 /// (`APIGW.0302`: another project's path, or an `X-Project-Id` other than the
-/// credential's) and 500.
+/// credential's), 408 (a body slower than the body read timeout) and 500.
 pub struct Conventions;
 
 impl Modify for Conventions {
@@ -323,6 +323,11 @@ fn add_refusals(operation: &mut Operation) {
             "403",
             "`APIGW.0302`: the credential is another project's (the path's project_id or \
              X-Project-Id)",
+        ),
+        (
+            "408",
+            "The body did not arrive within the server's body read timeout \
+             (`HERALD_BODY_READ_TIMEOUT`): `LIVE.100011001` (`RTC.00001003` on /v2 paths)",
         ),
         (
             "500",

@@ -23,6 +23,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, RtcError};
 use crate::ingest::{self, IngestAnswer, answer};
 use crate::openapi;
+use crate::per_project::{Counted, ensure_room};
 use crate::query::{QueryPairs, parse_page};
 
 const APP: &str = "app";
@@ -282,7 +283,8 @@ async fn find_app(state: &AppState, caller: &Caller, raw: &str) -> Result<RtcApp
     request_body = CreateAppBody,
     responses(
         (status = 201, body = CreatedApp),
-        (status = 400, body = ErrorBody, description = "RTC.00001003: a field broke a rule"),
+        (status = 400, body = ErrorBody, description = "RTC.00001003: a field broke a rule, \
+            or the project has as many apps as HERALD_MAX_PER_PROJECT allows"),
     ),
     security(("aksk" = []), ("token" = [])),
 )]
@@ -291,11 +293,19 @@ pub async fn create_app(
     Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<CreatedApp>), RtcError> {
+    let app_name = AppName::parse_body(&body).map_err(ApiError::from)?;
+    ensure_room(
+        state.store.as_ref(),
+        &caller.project,
+        Counted::RtcApps,
+        state.max_per_project,
+    )
+    .await?;
     let now = OffsetDateTime::now_utc();
     let app = RtcApp {
         app_id: AppId::generate(),
         project_id: caller.project.clone(),
-        app_name: AppName::parse_body(&body).map_err(ApiError::from)?,
+        app_name,
         created_at: now,
         callback: None,
         callback_updated_at: now,

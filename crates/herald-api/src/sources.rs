@@ -19,6 +19,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::openapi;
+use crate::per_project::{Counted, ensure_room};
 use crate::query::{QueryPairs, known_id, parse_page};
 
 /// A create body, for the OpenAPI document; `herald_core::source::SourceSpec` parses it.
@@ -198,7 +199,9 @@ pub async fn create_source(
     store: &dyn Store,
     project: ProjectId,
     spec: SourceSpec,
+    max_per_project: u64,
 ) -> Result<SourceView, ApiError> {
+    ensure_room(store, &project, Counted::Sources, max_per_project).await?;
     if let SourceTarget::Rtc { app_id } = &spec.target
         && store.get_rtc_app(&project, app_id).await?.is_none()
     {
@@ -227,7 +230,8 @@ pub async fn create_source(
     responses(
         (status = 201, body = SourceJson),
         (status = 400, body = ErrorBody, description = "LIVE.100011001: a field broke a rule, \
-            or `app_id` is not an app of this project"),
+            or `app_id` is not an app of this project, or the project has as many sources as \
+            HERALD_MAX_PER_PROJECT allows"),
     ),
     security(("aksk" = []), ("token" = [])),
 )]
@@ -239,7 +243,13 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<SourceJson>), ApiError> {
     let project_id = caller.authorize(&project_id)?;
     let spec = SourceSpec::parse(&body)?;
-    let view = create_source(state.store.as_ref(), project_id, spec).await?;
+    let view = create_source(
+        state.store.as_ref(),
+        project_id,
+        spec,
+        state.max_per_project,
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(SourceJson::new(&view, &state.public_url)),

@@ -123,6 +123,11 @@ fn unquote(s: &str) -> String {
     percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
+/// [`unquote`] for a query component: `+` is a space (form-urlencoded), `%2B` a plus.
+fn unquote_query(s: &str) -> String {
+    unquote(&s.replace('+', " "))
+}
+
 /// The path decoded, split at `/`, each segment re-encoded, always ending in `/`.
 pub fn canonical_uri(raw_path: &str) -> String {
     let mut uri = unquote(raw_path)
@@ -137,14 +142,18 @@ pub fn canonical_uri(raw_path: &str) -> String {
 }
 
 /// The query's `k=v` pairs decoded, sorted by key then value, re-encoded, joined by `&`.
-/// `+` is a literal plus: the SDK encodes spaces as `%20`.
+///
+/// `+` decodes to a space, as the handlers' query parsing (form-urlencoded) reads it, so
+/// that what was signed is what is acted on. The SDK never sends a bare `+`: it sends the
+/// query exactly as it signed it, quoted with `quote(v, safe='~')`, where a space is `%20`
+/// and a plus `%2B`; a bare `+` comes from clients that form-encode a space.
 pub fn canonical_query(raw_query: &str) -> String {
     let mut pairs: Vec<(String, String)> = raw_query
         .split('&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (unquote(k), unquote(v))
+            (unquote_query(k), unquote_query(v))
         })
         .collect();
     pairs.sort();
@@ -210,11 +219,13 @@ fn parse_sdk_date(raw: &str) -> Result<OffsetDateTime, AuthError> {
         .map_err(|_| AuthError::MalformedDate)
 }
 
-/// Checks a request's signature with the secret key of the access key it names.
-pub fn verify(
+/// What can be checked before the body is read: the date is signed, present and within
+/// [`MAX_CLOCK_SKEW`] of `now`, and every signed header is present. (`req.body` is not
+/// looked at.) A server calls this first, so that a stale or incomplete request is refused
+/// without waiting for its body.
+pub fn check_head(
     req: &WireRequest<'_>,
     auth: &Authorization<'_>,
-    secret_key: &str,
     now: OffsetDateTime,
 ) -> Result<(), AuthError> {
     if !auth.signed_headers.contains(&DATE_HEADER) {
@@ -224,6 +235,25 @@ pub fn verify(
     if (parse_sdk_date(sdk_date)? - now).abs() > MAX_CLOCK_SKEW {
         return Err(AuthError::DateOutOfWindow);
     }
+    if let Some(missing) = auth
+        .signed_headers
+        .iter()
+        .find(|name| req.header(name).is_none())
+    {
+        return Err(AuthError::MissingSignedHeader((*missing).to_owned()));
+    }
+    Ok(())
+}
+
+/// Checks a request's signature with the secret key of the access key it names.
+pub fn verify(
+    req: &WireRequest<'_>,
+    auth: &Authorization<'_>,
+    secret_key: &str,
+    now: OffsetDateTime,
+) -> Result<(), AuthError> {
+    check_head(req, auth, now)?;
+    let sdk_date = req.header(DATE_HEADER).ok_or(AuthError::DateNotSigned)?;
     let canonical = canonical_request(req, &auth.signed_headers)?;
     let expected = signature(secret_key, &string_to_sign(sdk_date, &canonical));
     if bool::from(expected.as_bytes().ct_eq(auth.signature.as_bytes())) {
@@ -282,6 +312,54 @@ mod tests {
         assert_eq!(canonical_query(""), "");
         assert_eq!(canonical_query("b=2&a=1&a=0"), "a=0&a=1&b=2");
         assert_eq!(canonical_query("u=http://x/y"), "u=http%3A%2F%2Fx%2Fy");
+    }
+
+    /// A bare `+` is a space, as the handlers read it; `%2B` (what the SDK sends for a
+    /// plus) stays a plus. Before, `a+b` was signed as `a%2Bb` and acted on as `a b`.
+    #[test]
+    fn canonical_query_reads_plus_as_the_handlers_do() {
+        assert_eq!(canonical_query("app=a+b"), "app=a%20b");
+        assert_eq!(canonical_query("app=a%20b"), "app=a%20b");
+        assert_eq!(canonical_query("app=a%2Bb"), "app=a%2Bb");
+        assert_eq!(canonical_query("a+pp=x"), "a%20pp=x");
+        let decoded: Vec<(String, String)> = url::form_urlencoded::parse(b"app=a+b&d=c%2Bd")
+            .into_owned()
+            .collect();
+        assert_eq!(
+            decoded,
+            [("app".into(), "a b".into()), ("d".into(), "c+d".into())]
+        );
+    }
+
+    #[test]
+    fn check_head_needs_no_body_and_refuses_what_the_headers_show() {
+        let now = datetime!(2026-11-22 10:30:00 UTC);
+        let (headers, header_value) = signed_get(&sdk_date(now));
+        let auth = Authorization::parse(&header_value).unwrap();
+        let head = WireRequest {
+            method: "GET",
+            raw_path: "/v1/p/record/callbacks",
+            raw_query: "limit=1",
+            headers: &headers,
+            body: b"",
+        };
+        assert_eq!(check_head(&head, &auth, now), Ok(()));
+        assert_eq!(
+            check_head(&head, &auth, now + Duration::minutes(16)),
+            Err(AuthError::DateOutOfWindow)
+        );
+        let without_host = [headers[1].clone()];
+        assert_eq!(
+            check_head(
+                &WireRequest {
+                    headers: &without_host,
+                    ..head
+                },
+                &auth,
+                now
+            ),
+            Err(AuthError::MissingSignedHeader("host".into()))
+        );
     }
 
     #[test]

@@ -9,8 +9,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// (CGNAT), link-local (which holds the cloud metadata address 169.254.169.254),
 /// unique-local (which holds `fd00:ec2::254`), unspecified, broadcast, multicast, and IPv6
 /// addresses that embed an IPv4 address which is any of these: IPv4-mapped, 6to4, Teredo
-/// (server or client) and NAT64 `64:ff9b::/96`. IPv4-compatible `::/96`, the local-use
-/// NAT64 prefix `64:ff9b:1::/48` and the rest of `64:ff9b::/32` are refused whole.
+/// (server or client) and NAT64 `64:ff9b::/96`. IPv4-compatible `::/96`, IPv4-translated
+/// `::ffff:0:0/96`, the local-use NAT64 prefix `64:ff9b:1::/48` and the rest of
+/// `64:ff9b::/32` are refused whole.
 pub fn is_private_target(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_private_v4(v4),
@@ -47,6 +48,12 @@ fn is_private_v6(ip: Ipv6Addr) -> bool {
     // public: deprecated since RFC 4291, so no legitimate callback target uses it, and
     // some stacks still route it to the IPv4 address.
     if s[..6] == [0; 6] {
+        return true;
+    }
+    // IPv4-translated ::ffff:0:a.b.c.d (RFC 2765's SIIT, ::ffff:0:0/96), refused whole for
+    // the same reason: RFC 6145 dropped it, and a SIIT translator would deliver it to the
+    // IPv4 address.
+    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
         return true;
     }
     // 6to4 2002::/16: bits 16..48 are the IPv4 the relay delivers to.
@@ -210,6 +217,20 @@ mod tests {
             "::169.254.169.254",
             "::8.8.8.8",
         ]);
+    }
+
+    #[test]
+    fn v6_ipv4_translated_refused_whole() {
+        // ::ffff:0:a.b.c.d, RFC 2765; refused even around a public IPv4 (see is_private_v6).
+        assert_refused(&[
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:10.0.0.1",
+            "::ffff:0:169.254.169.254",
+            "::ffff:0:8.8.8.8",
+            "::ffff:0:0:0",
+        ]);
+        // Its neighbours are what they were: mapped (by the IPv4) and ordinary addresses.
+        assert_allowed(&["::ffff:8.8.8.8", "::1:ffff:0:808:808"]);
     }
 
     #[test]

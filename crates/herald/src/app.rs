@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::master_key;
 use crate::settings::Settings;
+use crate::{data_dir, master_key};
 
 /// Where the settings put the store: the embedded one unless `database_url` says otherwise.
 pub fn store_location(settings: &Settings) -> anyhow::Result<StoreLocation> {
@@ -48,6 +48,10 @@ async fn open_at(location: &StoreLocation, settings: &Settings) -> anyhow::Resul
             .map(ExposeSecret::expose_secret),
         &settings.data_dir,
     )?;
+    if let StoreLocation::Embedded { data_dir } = location {
+        data_dir::create_database_file(data_dir)
+            .with_context(|| format!("creating the database in {}", data_dir.display()))?;
+    }
     location
         .open(master)
         .await
@@ -96,9 +100,11 @@ fn metrics_handle() -> PrometheusHandle {
 /// Only one `herald serve` may use an embedded store: the lock proves that leases left
 /// in it belong to a process that is gone.
 fn lock_data_dir(settings: &Settings) -> anyhow::Result<File> {
-    std::fs::create_dir_all(&settings.data_dir)?;
+    data_dir::create_private_dir(&settings.data_dir)
+        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
     let path = settings.data_dir.join("herald.lock");
-    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let file = data_dir::open_private_file(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => bail!(
@@ -128,6 +134,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     if let Ok(lease) = delivery.check() {
         tracing::info!("{lease}");
     }
+    let server_limits = settings.server_limits()?;
+    let max_per_project = settings.max_per_project()?;
     let location = store_location(settings)?;
     // On a shared store other nodes run beside this one and their leases are theirs;
     // only the embedded store is one process's alone.
@@ -173,6 +181,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         worker_stopped: worker_stopped.clone(),
         public_url,
         recordings: recordings.clone(),
+        max_per_project,
     });
     let shutdown = CancellationToken::new();
     let grace = settings.shutdown_grace;
@@ -188,7 +197,12 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let worker = dispatcher.run(shutdown.clone(), grace);
     Ok(Running {
         local_addr,
-        api: tokio::spawn(herald_api::serve(listener, router(state), shutdown.clone())),
+        api: tokio::spawn(herald_api::serve(
+            listener,
+            router(state),
+            server_limits,
+            shutdown.clone(),
+        )),
         delivery: tokio::spawn(async move {
             // Dropped however the worker ends, a panic included: /readyz then says so.
             let _stopped = worker_stopped.drop_guard();

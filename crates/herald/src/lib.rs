@@ -2,6 +2,7 @@
 //!
 //! - [`settings`]: defaults, TOML file, `HERALD_*` variables and flags, in that order.
 //! - [`master_key`]: the key that seals secrets at rest.
+//! - [`data_dir`]: the data dir and its files, created private (0700, 0600).
 //! - [`app`]: opening the store and running the server.
 //! - [`credentials`]: creating, listing and revoking access keys and tokens.
 //! - [`sources`]: creating, listing and deleting recording sources.
@@ -11,6 +12,7 @@
 
 pub mod app;
 pub mod credentials;
+pub mod data_dir;
 pub mod emit;
 pub mod listen;
 pub mod master_key;

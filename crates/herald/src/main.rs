@@ -394,6 +394,9 @@ async fn main() -> anyhow::Result<()> {
             json,
         }) => {
             let (store, public_url) = common.open_store_and_public_url().await?;
+            let max_per_project = common
+                .settings(FlagOverrides::default())?
+                .max_per_project()?;
             let options = sources::CreateOptions {
                 engine,
                 publish_domain,
@@ -401,6 +404,7 @@ async fn main() -> anyhow::Result<()> {
                 record_dir,
                 download_base,
                 max_pause,
+                max_per_project,
             };
             sources::create(store.as_ref(), project(&p)?, &options, &public_url, json).await
         }

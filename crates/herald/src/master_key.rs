@@ -33,7 +33,8 @@ pub fn load_or_create(configured: Option<&str>, data_dir: &Path) -> anyhow::Resu
             data_dir.display()
         );
     }
-    fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    crate::data_dir::create_private_dir(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let (key, hex_key) = MasterKey::generate();
     let created = OpenOptions::new()
         .write(true)

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use herald_api::ServerLimits;
 use herald_core::duration::parse_duration;
 use herald_core::field::FieldError;
 use herald_core::retry::RetrySchedule;
@@ -69,6 +70,20 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// The ffprobe program that reads finished recordings (`HERALD_FFPROBE`).
     pub ffprobe: PathBuf,
+    /// A connection whose request head has not arrived this long after the server began
+    /// waiting for it is closed: trickled headers and idle connections do not hold a slot
+    /// (`HERALD_HEADER_READ_TIMEOUT`).
+    #[serde(deserialize_with = "header_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// A request body not received this long after its head is refused with 408
+    /// (`HERALD_BODY_READ_TIMEOUT`).
+    #[serde(deserialize_with = "body_read_timeout")]
+    pub body_read_timeout: Duration,
+    /// Connections served at once; more wait until one ends (`HERALD_MAX_CONNECTIONS`).
+    pub max_connections: u32,
+    /// Most callback configs, apps and recording sources one project may have, each counted
+    /// apart (`HERALD_MAX_PER_PROJECT`).
+    pub max_per_project: u32,
     /// Access keys listed in the config file, beside those created by the CLI.
     pub credentials: Vec<StaticAccessKey>,
     /// Tokens listed in the config file.
@@ -110,6 +125,10 @@ impl Default for Settings {
             retention: Some(Duration::from_secs(30 * 86_400)),
             public_url: None,
             ffprobe: PathBuf::from("ffprobe"),
+            header_read_timeout: ServerLimits::default().header_read_timeout,
+            body_read_timeout: ServerLimits::default().body_read_timeout,
+            max_connections: 256,
+            max_per_project: 1000,
             credentials: Vec::new(),
             tokens: Vec::new(),
         }
@@ -148,6 +167,26 @@ fn delivery_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Erro
         )));
     }
     Ok(timeout)
+}
+
+/// A duration setting that must not be zero (a zero timeout would refuse every request).
+fn positive_duration<'de, D: Deserializer<'de>>(d: D, name: &str) -> Result<Duration, D::Error> {
+    let value = duration_named(d, name)?;
+    if value.is_zero() {
+        return Err(serde::de::Error::custom(FieldError::new(
+            name,
+            "must be more than 0",
+        )));
+    }
+    Ok(value)
+}
+
+fn header_read_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    positive_duration(d, "HERALD_HEADER_READ_TIMEOUT")
+}
+
+fn body_read_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    positive_duration(d, "HERALD_BODY_READ_TIMEOUT")
 }
 
 fn signature_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -201,6 +240,32 @@ impl Settings {
         self.public_url
             .clone()
             .unwrap_or_else(|| format!("http://{listen}"))
+    }
+
+    /// What a client may hold of the HTTP server; errors name the variable to fix.
+    pub fn server_limits(&self) -> Result<ServerLimits, FieldError> {
+        if self.max_connections == 0 {
+            return Err(FieldError::new(
+                "HERALD_MAX_CONNECTIONS",
+                "must be at least 1",
+            ));
+        }
+        Ok(ServerLimits {
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            max_connections: self.max_connections as usize,
+        })
+    }
+
+    /// The per-project cap on configs, apps and sources; errors name the variable to fix.
+    pub fn max_per_project(&self) -> Result<u64, FieldError> {
+        if self.max_per_project == 0 {
+            return Err(FieldError::new(
+                "HERALD_MAX_PER_PROJECT",
+                "must be at least 1",
+            ));
+        }
+        Ok(u64::from(self.max_per_project))
     }
 
     /// The delivery settings; errors name the variable to fix.
@@ -271,6 +336,10 @@ impl Settings {
                 "retention",
                 "public_url",
                 "ffprobe",
+                "header_read_timeout",
+                "body_read_timeout",
+                "max_connections",
+                "max_per_project",
             ]))
             .merge(Serialized::defaults(flags))
             .extract()
@@ -344,6 +413,8 @@ mod tests {
             ("HERALD_RETENTION", "forever"),
             ("HERALD_RETENTION", "3651d"),
             ("HERALD_SHUTDOWN_GRACE", "soon"),
+            ("HERALD_HEADER_READ_TIMEOUT", "0s"),
+            ("HERALD_BODY_READ_TIMEOUT", "slow"),
         ] {
             let message = refused(name, value);
             assert!(message.contains(name), "{name}={value}: {message}");
@@ -353,6 +424,19 @@ mod tests {
             ..Settings::default()
         };
         assert_eq!(s.delivery().unwrap_err().field, "HERALD_MAX_IN_FLIGHT");
+        let s = Settings {
+            max_connections: 0,
+            max_per_project: 0,
+            ..Settings::default()
+        };
+        assert_eq!(
+            s.server_limits().unwrap_err().field,
+            "HERALD_MAX_CONNECTIONS"
+        );
+        assert_eq!(
+            s.max_per_project().unwrap_err().field,
+            "HERALD_MAX_PER_PROJECT"
+        );
     }
 
     #[test]
@@ -367,6 +451,11 @@ mod tests {
             assert_eq!(d.retry_schedule.attempts(), 10);
             assert_eq!(d.timeout, Duration::from_secs(5));
             assert_eq!(d.signature_ttl, Duration::from_secs(600));
+            let server = s.server_limits().unwrap();
+            assert_eq!(server.header_read_timeout, Duration::from_secs(10));
+            assert_eq!(server.body_read_timeout, Duration::from_secs(30));
+            assert_eq!(server.max_connections, 256);
+            assert_eq!(s.max_per_project().unwrap(), 1000);
             Ok(())
         });
     }

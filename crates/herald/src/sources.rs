@@ -13,6 +13,8 @@ pub struct CreateOptions {
     pub record_dir: String,
     pub download_base: Option<String>,
     pub max_pause: Option<String>,
+    /// The cap on sources per project (`HERALD_MAX_PER_PROJECT`), as the API applies it.
+    pub max_per_project: u64,
 }
 
 /// Creates a source and prints it with its hook URL.
@@ -32,7 +34,7 @@ pub async fn create(
         options.max_pause.as_deref(),
     )
     .map_err(|e| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.rule))?;
-    let view = create_source(store, project, spec)
+    let view = create_source(store, project, spec, options.max_per_project)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     print(&view, public_url, as_json)

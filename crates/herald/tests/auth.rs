@@ -415,3 +415,36 @@ async fn config_file_credentials_are_honoured() {
         .unwrap();
     assert_eq!(by_token.status(), 200);
 }
+
+/// A bare `+` in a query is a space to the handlers (form-urlencoded), so the signature
+/// must cover a space there too: a client that sends spaces as `+` and signs them as `%20`
+/// (as the SDK's canonical form has it) is accepted, and a signature over a literal plus
+/// does not cover a query the handler reads with a space.
+#[tokio::test]
+async fn a_plus_in_the_query_is_signed_as_the_space_it_means() {
+    let server = TestServer::start().await;
+    let c = server.credentials("p1").await;
+    let get = |signed_query: &'static str, sent_query: &'static str| {
+        let host = server.base.trim_start_matches("http://").to_owned();
+        let date = herald_core::sdk_auth::sdk_date(time::OffsetDateTime::now_utc());
+        let headers = vec![("host".to_owned(), host), ("x-sdk-date".to_owned(), date)];
+        let wire = herald_core::sdk_auth::WireRequest {
+            method: "GET",
+            raw_path: LIST,
+            raw_query: signed_query,
+            headers: &headers,
+            body: b"",
+        };
+        let auth = herald_core::sdk_auth::authorization_header(&wire, &c.ak, &c.sk).unwrap();
+        server
+            .http
+            .get(format!("{}{LIST}?{sent_query}", server.base))
+            .header("x-sdk-date", headers[1].1.clone())
+            .header("authorization", auth)
+            .send()
+    };
+    let (status, list) = json(get("app=a%20b", "app=a+b").await.unwrap()).await;
+    assert_eq!((status, &list["total"]), (200, &json!(0)), "{list}");
+    assert_unauthenticated(get("app=a%2Bb", "app=a+b").await.unwrap()).await;
+    assert_eq!(get("app=a%2Bb", "app=a%2Bb").await.unwrap().status(), 200);
+}
