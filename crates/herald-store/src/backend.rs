@@ -153,3 +153,11 @@ pub(crate) fn limit_offset(page: crate::Page) -> (i64, i64) {
         i64::try_from(page.offset).unwrap_or(i64::MAX),
     )
 }
+
+/// A slice as JSON text: how SQLite (`json_each(?)`) and shared SQL
+/// ([`SqlBackend::ids_of_json`]) take a batch as one parameter.
+/// Serialising strings and numbers cannot fail; the empty array is only the type
+/// system's due.
+pub(crate) fn json_array<T: serde::Serialize>(items: &[T]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+}

@@ -7,8 +7,8 @@ use herald_core::timefmt::unix_ms;
 use sqlx::{Database, Encode, Executor, IntoArguments, Type};
 use time::OffsetDateTime;
 
-use crate::accept::OPEN_STATES;
 use crate::backend::SqlBackend;
+use crate::state::OPEN as OPEN_STATES;
 use crate::{Retention, StoreError};
 
 #[async_trait]

@@ -22,7 +22,7 @@ use secrecy::ExposeSecret;
 use time::OffsetDateTime;
 
 use crate::{
-    AfterAttempt, AttemptRecord, ClaimedDelivery, Completion, DeliveryQueue, DeliveryStatus,
+    AfterAttempt, AttemptRecord, ClaimedDelivery, Completion, DeliveryQueue, DeliveryState,
     DeliveryView, Notification, RecordCallback, RtcApp, StoreError,
 };
 
@@ -377,11 +377,16 @@ pub(crate) struct AttemptRow {
     pub response_head: Option<String>,
 }
 
+/// A stored `deliveries.state` read back: an unknown name is a corrupt row, never a guess.
+pub(crate) fn stored_state(id: i64, raw: &str) -> Result<DeliveryState, CorruptRow> {
+    DeliveryState::parse(raw).map_err(|e| corrupt("deliveries", id, e))
+}
+
 /// The log's page of deliveries, each with its attempts (given in attempt order).
 pub(crate) fn delivery_views(
     rows: Vec<DeliveryRow>,
     attempts: Vec<AttemptRow>,
-) -> Vec<DeliveryView> {
+) -> Result<Vec<DeliveryView>, CorruptRow> {
     let mut by_delivery: HashMap<i64, Vec<AttemptRecord>> = HashMap::new();
     for a in attempts {
         by_delivery
@@ -397,9 +402,9 @@ pub(crate) fn delivery_views(
     }
     rows.into_iter()
         .map(|row| {
-            let status = DeliveryStatus::of_state(&row.state);
-            let open = matches!(status, DeliveryStatus::Pending | DeliveryStatus::Failed);
-            DeliveryView {
+            let state = stored_state(row.id, &row.state)?;
+            let open = !state.is_finished();
+            Ok(DeliveryView {
                 id: row.id,
                 event_id: row.event_id,
                 config_id: row.config_id,
@@ -408,11 +413,11 @@ pub(crate) fn delivery_views(
                     .ok()
                     .and_then(|p| p.get("event_type")?.as_str().map(str::to_owned))
                     .unwrap_or_default(),
-                status,
                 created_at: from_unix_ms(row.created_at_ms),
                 next_attempt_at: open.then(|| from_unix_ms(row.next_attempt_at_ms)),
                 attempts: by_delivery.remove(&row.id).unwrap_or_default(),
-            }
+                status: state.status(),
+            })
         })
         .collect()
 }

@@ -314,6 +314,7 @@ impl Behind {
 /// What a store must survive (no poison pills) and forget (retention), on a fresh store
 /// (retention's counts are exact only where no other test left history).
 async fn run_hardening_suite(store: &dyn Store, behind: &Behind) {
+    a_cancelled_delivery_stays_cancelled_whatever_its_lease_brings(store, behind).await;
     retention_deletes_only_finished_history(store).await;
     an_unreadable_delivery_is_dead_and_the_claim_goes_on(store, behind).await;
     a_corrupt_config_fails_only_its_own_ingest(store, behind).await;
@@ -2283,6 +2284,51 @@ async fn an_unreadable_delivery_is_dead_and_the_claim_goes_on(store: &dyn Store,
     ];
     assert_eq!(complete(store, &done).await, 2);
     assert_idle(store).await;
+}
+
+/// A claim may lease a delivery that a config's deletion cancels at the same moment (the
+/// embedded store's claim reads the row, the cancellation commits, then the claim leases
+/// it). The outcome of that lease must not turn the cancelled delivery into a sent one:
+/// completion applies only to rows still in the state the lease left them in. The row is
+/// cancelled here behind the store's back, as the cancellation that raced the claim
+/// leaves it.
+async fn a_cancelled_delivery_stays_cancelled_whatever_its_lease_brings(
+    store: &dyn Store,
+    behind: &Behind,
+) {
+    let t0 = datetime!(2030-01-01 00:00:00 UTC);
+    let p = "q-cancel-race";
+    let body = json!({"publish_domain": "race.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/r"});
+    add_config(store, p, "cfg-cancel-race", body, t0).await;
+    let events = [event(
+        "raced",
+        "RECORD_FILE_COMPLETE",
+        "race.example.com",
+        "live",
+        "s",
+    )];
+    store.ingest_live(&project(p), &events, t0).await.unwrap();
+    let claimed = claim(store, t0, 10).await;
+    assert_eq!(event_ids(&claimed), ["raced"]);
+    behind
+        .execute(
+            "UPDATE deliveries SET state = 'cancelled', lease_owner = NULL, lease_expires_at_ms = NULL \
+             WHERE config_id = 'cfg-cancel-race'",
+        )
+        .await;
+    assert_eq!(complete(store, &[succeeded(&claimed[0], t0)]).await, 0);
+    let view = delivery_of(store, p, "raced").await;
+    assert_eq!(view.status, DeliveryStatus::Cancelled);
+    assert!(view.attempts.is_empty(), "{:?}", view.attempts);
+    // The lease ended with the outcome: nothing is in flight or due.
+    assert_idle(store).await;
+    assert_eq!(
+        store
+            .delete_finished_events(t0 + secs(1), 100)
+            .await
+            .unwrap(),
+        1
+    );
 }
 
 /// Retention (SPEC §6): events accepted before the cut whose deliveries are all finished

@@ -14,6 +14,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::StoreError;
+pub(crate) use crate::backend::json_array;
 
 mod claim;
 pub(crate) mod group_commit;
@@ -189,13 +190,6 @@ impl crate::backend::SqlBackend for SqliteStore {
     ) -> Result<(), StoreError> {
         queue::cancel_open_deliveries(tx, target_id, &self.leases.ids()).await
     }
-}
-
-/// A slice as JSON text, for `json_each(?)`: how SQLite takes a batch as one parameter.
-/// Serialising strings and numbers cannot fail; the empty array is only the type
-/// system's due.
-pub(crate) fn json_array<T: serde::Serialize>(items: &[T]) -> String {
-    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
 }
 
 #[cfg(test)]
