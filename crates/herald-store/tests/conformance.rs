@@ -311,10 +311,94 @@ impl Behind {
     }
 }
 
+/// A transaction begun behind a store's back and left open: it holds what it wrote (the
+/// embedded store's write lock, PostgreSQL's row locks) until it commits.
+enum HeldTx {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres {
+        conn: sqlx::PgConnection,
+        /// The server process of the transaction, whose locks others may wait for.
+        pid: i32,
+        /// Where to look at who waits, beside it.
+        url: String,
+    },
+}
+
+impl Behind {
+    /// Begins a transaction and runs `sql` in it, uncommitted.
+    async fn begin(&self, sql: &str) -> HeldTx {
+        use sqlx::Connection;
+        match self {
+            Self::Sqlite(dir) => {
+                let url = format!("sqlite:{}", dir.join(DATABASE_FILE).display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                sqlx::query(sql).execute(&mut conn).await.unwrap();
+                HeldTx::Sqlite(conn)
+            }
+            Self::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+                sqlx::query(sql).execute(&mut conn).await.unwrap();
+                HeldTx::Postgres {
+                    conn,
+                    pid,
+                    url: url.clone(),
+                }
+            }
+        }
+    }
+}
+
+impl HeldTx {
+    /// Returns once another transaction waits for one of this one's locks. On SQLite at
+    /// once: its writers are serial, so a writer sees this transaction whole or not at all
+    /// whenever it commits, and how long one waits for the lock cannot be observed.
+    async fn until_another_waits(&self) {
+        let Self::Postgres { pid, url, .. } = self else {
+            return;
+        };
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        loop {
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))",
+            )
+            .bind(*pid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if waiting {
+                return;
+            }
+            // Polled: PostgreSQL has no event for "someone started waiting".
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn commit(self) {
+        match self {
+            Self::Sqlite(mut conn) => {
+                sqlx::query("COMMIT").execute(&mut conn).await.unwrap();
+            }
+            Self::Postgres { mut conn, .. } => {
+                sqlx::query("COMMIT").execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+}
+
 /// What a store must survive (no poison pills) and forget (retention), on a fresh store
 /// (retention's counts are exact only where no other test left history).
 async fn run_hardening_suite(store: &dyn Store, behind: &Behind) {
     a_cancelled_delivery_stays_cancelled_whatever_its_lease_brings(store, behind).await;
+    retention_keeps_a_delivery_reopened_while_it_runs(store, behind).await;
     retention_deletes_only_finished_history(store).await;
     an_unreadable_delivery_is_dead_and_the_claim_goes_on(store, behind).await;
     a_corrupt_config_fails_only_its_own_ingest(store, behind).await;
@@ -2329,6 +2413,72 @@ async fn a_cancelled_delivery_stays_cancelled_whatever_its_lease_brings(
             .unwrap(),
         1
     );
+}
+
+/// Retention picks its events once and deletes by that list: a delivery reopened (a
+/// manual retry) between its look at the queue and its deletes keeps its event and its
+/// attempts, and nothing open is deleted. On PostgreSQL the reopening transaction holds
+/// the delivery's row while retention runs; it commits once retention waits for it (the
+/// old statements did, after deleting the attempts) or retention is done (it skips the
+/// held row now). On SQLite writers take turns, so retention sees the reopening whole.
+async fn retention_keeps_a_delivery_reopened_while_it_runs(store: &dyn Store, behind: &Behind) {
+    let t0 = datetime!(2030-01-01 00:00:00 UTC);
+    let p = "q-reopened";
+    let body = json!({"publish_domain": "reopen.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/o"});
+    add_config(store, p, "cfg-reopened", body, t0).await;
+    let events: Vec<_> = ["first", "reopened", "last"]
+        .iter()
+        .map(|id| event(id, "RECORD_FILE_COMPLETE", "reopen.example.com", "live", id))
+        .collect();
+    store.ingest_live(&project(p), &events, t0).await.unwrap();
+    let claimed = claim(store, t0, 10).await;
+    let outcomes = [
+        succeeded(claimed_one(&claimed, "first"), t0),
+        outcome(
+            claimed_one(&claimed, "reopened"),
+            answer(t0, 500),
+            AfterAttempt::Dead,
+        ),
+        succeeded(claimed_one(&claimed, "last"), t0),
+    ];
+    assert_eq!(complete(store, &outcomes).await, 3);
+    let reopened = delivery_of(store, p, "reopened").await;
+    let mut held = Some(
+        behind
+            .begin(&format!(
+                "UPDATE deliveries SET state = 'pending' WHERE id = {}",
+                reopened.id
+            ))
+            .await,
+    );
+    let retention = store.delete_finished_events(t0 + secs(1), 100);
+    tokio::pin!(retention);
+    let deleted = loop {
+        let Some(tx) = held.as_ref() else {
+            break retention.await.unwrap();
+        };
+        tokio::select! {
+            deleted = &mut retention => break deleted.unwrap(),
+            () = tx.until_another_waits() => {}
+        }
+        held.take().unwrap().commit().await;
+    };
+    if let Some(tx) = held {
+        tx.commit().await;
+    }
+    assert_eq!(deleted, 2);
+    let view = delivery_of(store, p, "reopened").await;
+    assert_eq!(view.status, DeliveryStatus::Pending);
+    assert_eq!(view.attempts.len(), 1, "its attempt was deleted");
+    drain(store, t0 + secs(10)).await;
+    assert_eq!(
+        store
+            .delete_finished_events(t0 + secs(1), 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(log(store, p, None, None, ALL).await.0, 0);
 }
 
 /// Retention (SPEC §6): events accepted before the cut whose deliveries are all finished

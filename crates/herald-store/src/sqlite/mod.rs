@@ -137,10 +137,15 @@ impl crate::backend::SqlBackend for SqliteStore {
     type Db = sqlx::Sqlite;
     type Guard<'a> = tokio::sync::MutexGuard<'a, ()>;
     const LOCK_ROW: &'static str = "";
+    const LOCK_ROWS_OR_SKIP: &'static str = "";
     const RTC_APPS_IN_CREATION_ORDER_BY: &'static str = "rowid";
 
     fn group_commits(&self) -> Option<&group_commit::IngestCommits> {
         Some(&self.ingest_commits)
+    }
+
+    fn ids_of_json(param: &str) -> String {
+        format!("(SELECT value FROM json_each({param}))")
     }
 
     fn token_cache(&self) -> Option<&token_cache::TokenCache> {
