@@ -313,7 +313,8 @@ impl ClaimedRow {
 /// Turns leased rows into deliveries to send. A row that cannot be read back (a key sealed
 /// under another master key, a corrupt payload) can never be sent: rather than fail the
 /// claim, and with it every claim after it, the row's delivery is ended (`dead`, the reason
-/// in its attempt) and the others go out.
+/// in its attempt) and the others go out. When even that write fails, only those rows wait:
+/// they stay leased, and the rescuer hands them to a later claim, which tries again.
 pub(crate) async fn finish_claim(
     store: &(dyn DeliveryQueue + Sync),
     rows: Vec<ClaimedRow>,
@@ -345,8 +346,11 @@ pub(crate) async fn finish_claim(
             }
         }
     }
-    if !unreadable.is_empty() {
-        store.complete_deliveries(&unreadable).await?;
+    if !unreadable.is_empty()
+        && let Err(e) = store.complete_deliveries(&unreadable).await
+    {
+        let ids: Vec<i64> = unreadable.iter().map(|c| c.delivery_id).collect();
+        tracing::error!(delivery_ids = ?ids, error = %e, "marking unreadable deliveries dead failed: they are tried again when their lease expires");
     }
     Ok(claimed)
 }

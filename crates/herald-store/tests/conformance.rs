@@ -401,6 +401,7 @@ async fn run_hardening_suite(store: &dyn Store, behind: &Behind) {
     retention_keeps_a_delivery_reopened_while_it_runs(store, behind).await;
     retention_deletes_only_finished_history(store).await;
     an_unreadable_delivery_is_dead_and_the_claim_goes_on(store, behind).await;
+    a_claim_goes_on_when_an_unreadable_row_cannot_be_marked_dead(store, behind).await;
     a_corrupt_config_fails_only_its_own_ingest(store, behind).await;
     the_log_counts_up_to_a_bound(store).await;
 }
@@ -2368,6 +2369,69 @@ async fn an_unreadable_delivery_is_dead_and_the_claim_goes_on(store: &dyn Store,
     ];
     assert_eq!(complete(store, &done).await, 2);
     assert_idle(store).await;
+}
+
+/// Marking an unreadable row dead is a write, and a write can fail: that leaves the row
+/// leased for a later claim to try again, and the claim hands out the rest all the same.
+/// (Before, the whole claim failed, and its readable deliveries sat leased until their
+/// leases expired.) A trigger refuses the write here, as a full disk or a lost connection
+/// would.
+async fn a_claim_goes_on_when_an_unreadable_row_cannot_be_marked_dead(
+    store: &dyn Store,
+    behind: &Behind,
+) {
+    let t0 = datetime!(2034-06-01 00:00:00 UTC);
+    let p = "q-poison-stuck";
+    let body = json!({"publish_domain": "stuck.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/s"});
+    add_config(store, p, "cfg-poison-stuck", body, t0).await;
+    let events: Vec<_> = ["readable", "unreadable"]
+        .iter()
+        .map(|id| event(id, "RECORD_FILE_COMPLETE", "stuck.example.com", "live", id))
+        .collect();
+    store.ingest_live(&project(p), &events, t0).await.unwrap();
+    behind
+        .execute("UPDATE events SET payload = 'not json' WHERE event_id = 'unreadable'")
+        .await;
+    let refuse = match behind {
+        Behind::Sqlite(_) => vec![
+            "CREATE TRIGGER refuse_dead BEFORE UPDATE ON deliveries WHEN NEW.state = 'dead' \
+             BEGIN SELECT RAISE(ABORT, 'the disk is full'); END",
+        ],
+        Behind::Postgres(_) => vec![
+            "CREATE FUNCTION refuse_dead() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'the disk is full'; END $$",
+            "CREATE TRIGGER refuse_dead BEFORE UPDATE ON deliveries FOR EACH ROW \
+             WHEN (NEW.state = 'dead') EXECUTE FUNCTION refuse_dead()",
+        ],
+    };
+    for sql in refuse {
+        behind.execute(sql).await;
+    }
+    let claimed = claim(store, t0, 10).await;
+    assert_eq!(event_ids(&claimed), ["readable"]);
+    assert_eq!(
+        delivery_of(store, p, "unreadable").await.status,
+        DeliveryStatus::Pending
+    );
+    behind
+        .execute(match behind {
+            Behind::Sqlite(_) => "DROP TRIGGER refuse_dead",
+            Behind::Postgres(_) => "DROP TRIGGER refuse_dead ON deliveries",
+        })
+        .await;
+    assert_eq!(complete(store, &[succeeded(&claimed[0], t0)]).await, 1);
+    // Its lease expires; the rescue logs the lost attempt and the next claim ends it.
+    drain(store, t0 + secs(600)).await;
+    let view = delivery_of(store, p, "unreadable").await;
+    assert_eq!(view.status, DeliveryStatus::Dead);
+    let error = view
+        .attempts
+        .last()
+        .unwrap()
+        .error
+        .clone()
+        .unwrap_or_default();
+    assert!(error.starts_with("cannot be sent: "), "{error}");
 }
 
 /// A claim may lease a delivery that a config's deletion cancels at the same moment (the
