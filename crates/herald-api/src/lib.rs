@@ -95,6 +95,9 @@ pub struct Shared {
     /// Cancelled when the delivery worker stops: `/readyz` then answers 503, since
     /// events would be accepted and never delivered.
     pub worker_stopped: CancellationToken,
+    /// The server's other background tasks (ingest committer, retention, recording
+    /// tracker): `/readyz` answers 503 naming one that could not be kept running.
+    pub tasks: herald_store::supervision::Supervisor,
 }
 
 #[derive(OpenApi)]

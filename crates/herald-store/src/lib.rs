@@ -20,6 +20,8 @@
 //!   `rows`: stored rows to domain types and back; `queue`: the delivery queue's types;
 //!   `location`: which backend the operator's settings name; `state`: a delivery's states
 //!   and the SQL lists of them.
+//! - [`supervision`]: background tasks restarted after a panic, and named once they cannot
+//!   be kept running (the embedded store's ingest committer is one).
 
 mod accept;
 mod backend;
@@ -35,6 +37,7 @@ mod rows;
 mod rtc_apps;
 pub mod sqlite;
 mod state;
+pub mod supervision;
 #[cfg(feature = "testing")]
 pub mod testing;
 

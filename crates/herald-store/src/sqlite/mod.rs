@@ -15,6 +15,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::StoreError;
 pub(crate) use crate::backend::json_array;
+use crate::supervision::Supervisor;
 
 mod claim;
 pub(crate) mod group_commit;
@@ -65,8 +66,20 @@ pub(crate) const BEGIN_DURABLE: &str = "PRAGMA synchronous = FULL; BEGIN IMMEDIA
 pub(crate) const BEGIN_QUEUE: &str = "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE";
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database in `data_dir` and applies migrations.
+    /// Opens (creating if needed) the database in `data_dir` and applies migrations. Its
+    /// background task runs unwatched: for commands and tests; a server opens it with
+    /// [`SqliteStore::open_supervised`].
     pub async fn open(data_dir: &Path, master: MasterKey) -> Result<Self, StoreError> {
+        Self::open_supervised(data_dir, master, &Supervisor::new()).await
+    }
+
+    /// [`SqliteStore::open`], with its background task (the ingest committer) under
+    /// `tasks`, the server's supervision.
+    pub async fn open_supervised(
+        data_dir: &Path,
+        master: MasterKey,
+        tasks: &Supervisor,
+    ) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(data_dir.join(DATABASE_FILE))
             .create_if_missing(true)
@@ -103,7 +116,11 @@ impl SqliteStore {
             }
         }
         Ok(Self {
-            ingest_commits: group_commit::IngestCommits::start(writer.clone(), write_gate.clone()),
+            ingest_commits: group_commit::IngestCommits::start(
+                writer.clone(),
+                write_gate.clone(),
+                tasks,
+            ),
             pool,
             writer,
             master,
