@@ -2437,9 +2437,9 @@ async fn a_claim_goes_on_when_an_unreadable_row_cannot_be_marked_dead(
 /// A claim may lease a delivery that a config's deletion cancels at the same moment (the
 /// embedded store's claim reads the row, the cancellation commits, then the claim leases
 /// it). The outcome of that lease must not turn the cancelled delivery into a sent one:
-/// completion applies only to rows still in the state the lease left them in. The row is
-/// cancelled here behind the store's back, as the cancellation that raced the claim
-/// leaves it.
+/// completion (and the rescue of a lease whose worker died) applies only to rows still in
+/// the state the lease left them in. The rows are cancelled here behind the store's back,
+/// as the cancellation that raced the claim leaves them.
 async fn a_cancelled_delivery_stays_cancelled_whatever_its_lease_brings(
     store: &dyn Store,
     behind: &Behind,
@@ -2448,34 +2448,43 @@ async fn a_cancelled_delivery_stays_cancelled_whatever_its_lease_brings(
     let p = "q-cancel-race";
     let body = json!({"publish_domain": "race.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/r"});
     add_config(store, p, "cfg-cancel-race", body, t0).await;
-    let events = [event(
-        "raced",
-        "RECORD_FILE_COMPLETE",
-        "race.example.com",
-        "live",
-        "s",
-    )];
+    let events: Vec<_> = ["raced", "raced-lost"]
+        .iter()
+        .map(|id| event(id, "RECORD_FILE_COMPLETE", "race.example.com", "live", id))
+        .collect();
     store.ingest_live(&project(p), &events, t0).await.unwrap();
     let claimed = claim(store, t0, 10).await;
-    assert_eq!(event_ids(&claimed), ["raced"]);
+    assert_eq!(event_ids(&claimed), ["raced", "raced-lost"]);
     behind
         .execute(
             "UPDATE deliveries SET state = 'cancelled', lease_owner = NULL, lease_expires_at_ms = NULL \
              WHERE config_id = 'cfg-cancel-race'",
         )
         .await;
-    assert_eq!(complete(store, &[succeeded(&claimed[0], t0)]).await, 0);
-    let view = delivery_of(store, p, "raced").await;
-    assert_eq!(view.status, DeliveryStatus::Cancelled);
-    assert!(view.attempts.is_empty(), "{:?}", view.attempts);
-    // The lease ended with the outcome: nothing is in flight or due.
+    let raced = claimed_one(&claimed, "raced");
+    assert_eq!(complete(store, &[succeeded(raced, t0)]).await, 0);
+    // The other one's worker died: the rescue of its expired lease leaves it cancelled
+    // too, rather than re-queueing it.
+    assert_eq!(
+        store
+            .rescue_expired_leases(t0 + secs(301), t0 + secs(301), ATTEMPTS)
+            .await
+            .unwrap(),
+        0
+    );
+    for id in ["raced", "raced-lost"] {
+        let view = delivery_of(store, p, id).await;
+        assert_eq!(view.status, DeliveryStatus::Cancelled, "{id}");
+        assert!(view.attempts.is_empty(), "{id}: {:?}", view.attempts);
+    }
+    // The leases ended: nothing is in flight or due.
     assert_idle(store).await;
     assert_eq!(
         store
             .delete_finished_events(t0 + secs(1), 100)
             .await
             .unwrap(),
-        1
+        2
     );
 }
 

@@ -226,7 +226,8 @@ impl DeliveryQueue for SqliteStore {
 
     /// Ends the in-memory leases that expired, and the leases a process before in-memory
     /// leases wrote into the rows (`running`): each such attempt is logged as lost, and
-    /// its delivery retried, dead or cancelled as [`rescued_state`] says.
+    /// its delivery retried, dead or cancelled as [`rescued_state`] says. Like a
+    /// completion, it moves only rows still in the state their lease keeps them in.
     async fn rescue_expired_leases(
         &self,
         expired_before: OffsetDateTime,
@@ -240,7 +241,7 @@ impl DeliveryQueue for SqliteStore {
         let mut rescued = sqlx::query(&format!(
             "UPDATE deliveries AS d SET attempts = l.attempt, next_attempt_at_ms = ?1, state = {} \
              FROM (SELECT value ->> 0 AS id, value ->> 1 AS attempt FROM json_each(?2)) l \
-             WHERE d.id = l.id RETURNING id, attempts",
+             WHERE d.id = l.id AND d.state IN {DUE} RETURNING id, attempts",
             rescued_state("l.attempt", "?3")
         ))
         .bind(now_ms)
