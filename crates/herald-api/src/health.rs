@@ -10,16 +10,19 @@ use crate::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
-    status: &'static str,
+    status: String,
 }
 
 /// The process is up and serving HTTP.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok" })
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
-/// The store answers and the delivery worker runs; 503 when either does not.
+/// The store answers, the delivery worker runs and every background task is kept running;
+/// 503 when not, saying which.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Health)),
@@ -29,18 +32,31 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(Health {
-                status: "delivery worker stopped",
+                status: "delivery worker stopped".into(),
+            }),
+        );
+    }
+    if let Some(task) = state.tasks.failed_tasks().first() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: format!("background task failed: {task}"),
             }),
         );
     }
     match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, Json(Health { status: "ready" })),
+        Ok(()) => (
+            StatusCode::OK,
+            Json(Health {
+                status: "ready".into(),
+            }),
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "store unreachable");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(Health {
-                    status: "store unreachable",
+                    status: "store unreachable".into(),
                 }),
             )
         }

@@ -101,6 +101,9 @@ pub struct Shared {
     /// Most callback configs, apps and recording sources (each counted apart) one project
     /// may have, so that one tenant cannot fill the store or slow every match and list.
     pub max_per_project: u64,
+    /// The server's other background tasks (ingest committer, retention, recording
+    /// tracker): `/readyz` answers 503 naming one that could not be kept running.
+    pub tasks: herald_store::supervision::Supervisor,
 }
 
 #[derive(OpenApi)]

@@ -15,10 +15,7 @@ use herald_core::project::ProjectId;
 use herald_core::timefmt::unix_ms;
 
 use crate::rows::{CorruptRow, Target, stored_rtc_subscription};
-use crate::{Accepted, AfterAttempt, Completion, StoreError};
-
-/// The states in which a delivery still has to go out, as an SQL list.
-pub(crate) const OPEN_STATES: &str = "('blocked', 'pending', 'running', 'retrying')";
+use crate::{Accepted, AfterAttempt, Completion, DeliveryState, StoreError};
 
 /// SQL true when the delivery `d`'s config (Live) or app record callback (RTC) still
 /// exists; a delivery whose target is gone is cancelled rather than retried. Statements
@@ -31,9 +28,14 @@ pub(crate) const TARGET_EXISTS: &str = "(EXISTS (SELECT 1 FROM live_callback_con
 /// (`max_attempts` is the parameter that holds the number of attempts), so that a delivery
 /// that kills its worker every time is not sent forever; else retried.
 pub(crate) fn rescued_state(attempts: &str, max_attempts: &str) -> String {
+    let (cancelled, dead, retrying) = (
+        DeliveryState::Cancelled,
+        DeliveryState::Dead,
+        DeliveryState::Retrying,
+    );
     format!(
-        "CASE WHEN NOT {TARGET_EXISTS} THEN 'cancelled' WHEN {attempts} >= {max_attempts} THEN 'dead' \
-         ELSE 'retrying' END"
+        "CASE WHEN NOT {TARGET_EXISTS} THEN '{cancelled}' WHEN {attempts} >= {max_attempts} THEN '{dead}' \
+         ELSE '{retrying}' END"
     )
 }
 
@@ -50,7 +52,9 @@ where
 {
     let mut finished = Vec::new();
     for row in rows {
-        if row.try_get::<&str, _>("state")? != "retrying" {
+        let state = DeliveryState::parse(row.try_get::<&str, _>("state")?)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        if state != DeliveryState::Retrying {
             finished.push((row.try_get("config_id")?, row.try_get("stream")?));
         }
     }
@@ -224,12 +228,16 @@ pub(crate) struct NewDelivery<'a> {
     pub event_id: &'a str,
     pub config_id: &'a str,
     pub stream: &'a str,
+    /// Where it goes: the URL its config or app had when the event was matched. (The
+    /// embedded store reads it from the config in the insert itself.)
+    #[serde(skip)]
+    pub url: &'a str,
     /// The project and the URL's host: the unit of per-endpoint concurrency
     /// ([`CallbackUrl::endpoint`]).
     pub endpoint: String,
     /// `pending` for the first of its stream when the stream has nothing open, else
     /// `blocked` behind the one before it.
-    pub state: &'static str,
+    pub state: DeliveryState,
 }
 
 /// The deliveries of the accepted events, in acceptance order. `busy` holds the
@@ -264,11 +272,12 @@ pub(crate) fn new_deliveries<'a>(
             event_id: a.id.as_str(),
             config_id,
             stream: a.stream,
+            url: url.as_str(),
             endpoint,
             state: if first_in_stream {
-                "pending"
+                DeliveryState::Pending
             } else {
-                "blocked"
+                DeliveryState::Blocked
             },
         });
     }
@@ -289,12 +298,12 @@ pub(crate) fn answers_in_order<'e>(
 
 /// An attempt's outcome as the queue stores it: the state it moves the delivery to, and
 /// when the delivery is next due (for a finished one, when it finished).
-pub(crate) fn next_state(completion: &Completion) -> (&'static str, i64) {
+pub(crate) fn next_state(completion: &Completion) -> (DeliveryState, i64) {
     let at_ms = unix_ms(completion.record.at);
     match completion.next {
-        AfterAttempt::Succeeded => ("succeeded", at_ms),
-        AfterAttempt::RetryAt(at) => ("retrying", unix_ms(at)),
-        AfterAttempt::Dead => ("dead", at_ms),
+        AfterAttempt::Succeeded => (DeliveryState::Succeeded, at_ms),
+        AfterAttempt::RetryAt(at) => (DeliveryState::Retrying, unix_ms(at)),
+        AfterAttempt::Dead => (DeliveryState::Dead, at_ms),
     }
 }
 

@@ -41,6 +41,13 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     /// PostgreSQL; nothing on SQLite, whose write transactions (`BEGIN IMMEDIATE`) are
     /// serial already.
     const LOCK_ROW: &'static str;
+    /// Appended to a `SELECT` whose rows must stay as read until commit, leaving out rows
+    /// another transaction holds rather than waiting for them: `FOR UPDATE SKIP LOCKED` on
+    /// PostgreSQL; nothing on SQLite, where no other writer runs meanwhile.
+    const LOCK_ROWS_OR_SKIP: &'static str;
+    /// SQL for the ids in a JSON array of integers bound as `param` (`json_array`), as a
+    /// subquery for `IN`: how both backends take a list as one parameter.
+    fn ids_of_json(param: &str) -> String;
     /// The column that orders RTC apps by creation: SQLite's `rowid`, a sequence (`seq`)
     /// on PostgreSQL.
     const RTC_APPS_IN_CREATION_ORDER_BY: &'static str;
@@ -152,4 +159,12 @@ pub(crate) fn limit_offset(page: crate::Page) -> (i64, i64) {
         i64::try_from(page.limit).unwrap_or(i64::MAX),
         i64::try_from(page.offset).unwrap_or(i64::MAX),
     )
+}
+
+/// A slice as JSON text: how SQLite (`json_each(?)`) and shared SQL
+/// ([`SqlBackend::ids_of_json`]) take a batch as one parameter.
+/// Serialising strings and numbers cannot fail; the empty array is only the type
+/// system's due.
+pub(crate) fn json_array<T: serde::Serialize>(items: &[T]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
 }

@@ -18,7 +18,10 @@
 //!   `SqlBackend`, and its [`DeliveryQueue`] (`queue`), whose SQL is its own.
 //! - `accept`: the backend-neutral steps of accepting events and finishing attempts;
 //!   `rows`: stored rows to domain types and back; `queue`: the delivery queue's types;
-//!   `location`: which backend the operator's settings name.
+//!   `location`: which backend the operator's settings name; `state`: a delivery's states
+//!   and the SQL lists of them.
+//! - [`supervision`]: background tasks restarted after a panic, and named once they cannot
+//!   be kept running (the embedded store's ingest committer is one).
 
 mod accept;
 mod backend;
@@ -33,6 +36,8 @@ mod retention;
 mod rows;
 mod rtc_apps;
 pub mod sqlite;
+mod state;
+pub mod supervision;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -62,6 +67,7 @@ pub use queue::{
 };
 pub use recording::{ClaimedStep, SourceError, SourceView};
 pub use rows::CorruptRow;
+pub use state::{DeliveryState, UnknownState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

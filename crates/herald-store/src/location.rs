@@ -11,6 +11,7 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::postgres::{PgSettings, PgStore};
 use crate::sqlite::SqliteStore;
+use crate::supervision::Supervisor;
 use crate::{Store, StoreError};
 
 pub enum StoreLocation {
@@ -79,10 +80,17 @@ impl StoreLocation {
         }
     }
 
-    /// Opens the store, creating or migrating it as needed.
-    pub async fn open(&self, master: MasterKey) -> Result<Arc<dyn Store>, StoreError> {
+    /// Opens the store, creating or migrating it as needed; its background tasks, if it
+    /// has any (the embedded store's ingest committer), run under `tasks`.
+    pub async fn open(
+        &self,
+        master: MasterKey,
+        tasks: &Supervisor,
+    ) -> Result<Arc<dyn Store>, StoreError> {
         Ok(match self {
-            Self::Embedded { data_dir } => Arc::new(SqliteStore::open(data_dir, master).await?),
+            Self::Embedded { data_dir } => {
+                Arc::new(SqliteStore::open_supervised(data_dir, master, tasks).await?)
+            }
             Self::Postgres(pg) => Arc::new(PgStore::open(pg, master).await?),
         })
     }

@@ -9,6 +9,8 @@ use herald_core::project::ProjectId;
 use herald_core::signing::LiveSigning;
 use time::OffsetDateTime;
 
+use crate::state::{self, DeliveryState, StateList};
+
 /// What acceptance answered for one event; a repeated `event_id` gets the first answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
@@ -210,23 +212,17 @@ impl DeliveryStatus {
     }
 
     /// The queue states a status covers.
-    pub(crate) fn states(self) -> &'static [&'static str] {
+    pub(crate) fn states(self) -> StateList {
         match self {
-            Self::Pending => &["blocked", "pending", "running"],
-            Self::Succeeded => &["succeeded"],
-            Self::Failed => &["retrying"],
-            Self::Dead => &["dead"],
-            Self::Cancelled => &["cancelled"],
-        }
-    }
-
-    pub(crate) fn of_state(state: &str) -> Self {
-        match state {
-            "succeeded" => Self::Succeeded,
-            "retrying" => Self::Failed,
-            "dead" => Self::Dead,
-            "cancelled" => Self::Cancelled,
-            _ => Self::Pending,
+            Self::Pending => StateList(&[
+                DeliveryState::Blocked,
+                DeliveryState::Pending,
+                DeliveryState::Running,
+            ]),
+            Self::Succeeded => StateList(&[DeliveryState::Succeeded]),
+            Self::Failed => StateList(&[DeliveryState::Retrying]),
+            Self::Dead => StateList(&[DeliveryState::Dead]),
+            Self::Cancelled => StateList(&[DeliveryState::Cancelled]),
         }
     }
 }
@@ -235,17 +231,6 @@ impl DeliveryStatus {
 /// history as with an hour of it, where an exact count would read every delivery of the
 /// project on every page.
 pub const MOST_COUNTED_DELIVERIES: u64 = 10_000;
-
-/// The states a delivery reaches only by failing (or by losing its config), in the order
-/// the partial index `deliveries_failing_by_project` lists them: a filter on them repeats
-/// that term word for word, for SQLite to use the index.
-const FAILING_STATES: [&str; 3] = ["retrying", "dead", "cancelled"];
-
-/// `d.state IN ('a', 'b')` for Herald's own state names.
-fn state_in(states: &[&str]) -> String {
-    let quoted: Vec<String> = states.iter().map(|s| format!("'{s}'")).collect();
-    format!("d.state IN ({})", quoted.join(", "))
-}
 
 /// The delivery log's filters as the conditions they add to a query of `deliveries d`, the
 /// same on every backend: by event through the event's id index (never by scanning the
@@ -258,16 +243,13 @@ pub(crate) fn delivery_log_where(filter: &DeliveryFilter) -> String {
     } else {
         "CAST($2 AS TEXT) IS NULL"
     };
+    // On the failing states, the index's own term comes first, for SQLite to use it.
     let by_state = match filter.status.map(DeliveryStatus::states) {
         None => String::new(),
-        Some(states) if states.iter().all(|s| FAILING_STATES.contains(s)) => {
-            format!(
-                " AND {} AND {}",
-                state_in(&FAILING_STATES),
-                state_in(states)
-            )
+        Some(states) if states.0.iter().all(|s| state::FAILING.contains(*s)) => {
+            format!(" AND d.state IN {} AND d.state IN {states}", state::FAILING)
         }
-        Some(states) => format!(" AND {}", state_in(states)),
+        Some(states) => format!(" AND d.state IN {states}"),
     };
     format!("WHERE d.project_id = $1 AND {by_event}{by_state}")
 }

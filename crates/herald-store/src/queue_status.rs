@@ -8,7 +8,8 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, 
 use time::OffsetDateTime;
 
 use crate::backend::SqlBackend;
-use crate::{QueueStats, QueueStatus, StoreError};
+use crate::state::DUE;
+use crate::{DeliveryState, QueueStats, QueueStatus, StoreError};
 
 #[async_trait]
 impl<B> QueueStatus for B
@@ -25,10 +26,10 @@ where
         &self,
         now: OffsetDateTime,
     ) -> Result<Option<OffsetDateTime>, StoreError> {
-        let ms: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN ('pending', 'retrying') \
-             AND next_attempt_at_ms > $1",
-        )
+        let ms: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT MIN(next_attempt_at_ms) FROM deliveries WHERE state IN {DUE} \
+             AND next_attempt_at_ms > $1"
+        ))
         .bind(unix_ms(now))
         .fetch_one(self.queue_pool())
         .await?;
@@ -56,14 +57,15 @@ where
                 let in_flight = leased.values().filter(|s| **s == state.as_str()).count();
                 *n = n.saturating_sub(in_flight as u64);
             }
-            by_state.retain(|(state, _)| state != "running");
-            by_state.push(("running".into(), leased.len() as u64));
+            let running = DeliveryState::Running.as_str();
+            by_state.retain(|(state, _)| state != running);
+            by_state.push((running.into(), leased.len() as u64));
         }
         // The first due row that is not leased: at most all the leased ones come before it.
-        let oldest: Option<i64> = sqlx::query(
-            "SELECT id, next_attempt_at_ms FROM deliveries WHERE state IN ('pending', 'retrying') \
-             AND next_attempt_at_ms <= $1 ORDER BY next_attempt_at_ms, id LIMIT $2",
-        )
+        let oldest: Option<i64> = sqlx::query(&format!(
+            "SELECT id, next_attempt_at_ms FROM deliveries WHERE state IN {DUE} \
+             AND next_attempt_at_ms <= $1 ORDER BY next_attempt_at_ms, id LIMIT $2"
+        ))
         .bind(unix_ms(now))
         .bind(i64::try_from(leased.len() + 1).unwrap_or(i64::MAX))
         .fetch_all(self.queue_pool())

@@ -3,8 +3,9 @@
 //! The SQL here is the same on SQLite and PostgreSQL, so it is written once, generic over
 //! sqlx's database traits: a backend implements [`SqlBackend`] (its pool, its master key,
 //! a write transaction) and gets [`RecordingSources`] from the
-//! blanket implementation below. `rows_affected` is not part of sqlx's generic
-//! interface, so statements whose effect matters say `RETURNING` and count the rows.
+//! blanket implementation below. sqlx's generic interface has no `rows_affected`; a
+//! statement whose count matters asks [`SqlBackend::rows_affected`], which each backend
+//! answers from its own result type.
 
 use async_trait::async_trait;
 use herald_core::config::live::PublishDomain;
@@ -294,16 +295,15 @@ where
         id: &str,
     ) -> Result<bool, StoreError> {
         let mut w = self.write_tx().await?;
-        let deleted: Option<String> = sqlx::query_scalar(
-            "DELETE FROM record_sources WHERE ($1 IS NULL OR project_id = $1) AND id = $2 \
-             RETURNING id",
+        let deleted = sqlx::query(
+            "DELETE FROM record_sources WHERE ($1 IS NULL OR project_id = $1) AND id = $2",
         )
         .bind(project.map(ProjectId::as_str))
         .bind(id)
-        .fetch_optional(&mut *w.tx)
+        .execute(&mut *w.tx)
         .await?;
         w.tx.commit().await?;
-        Ok(deleted.is_some())
+        Ok(S::rows_affected(&deleted) > 0)
     }
 
     async fn find_source_by_secret(
@@ -493,13 +493,13 @@ where
         let mut w = self.queue_tx().await?;
         sqlx::query(
             "UPDATE record_sources SET last_error_at_ms = $2, last_error_file = $3, \
-             last_error_message = $4 WHERE id = $1 RETURNING id",
+             last_error_message = $4 WHERE id = $1",
         )
         .bind(source_id)
         .bind(unix_ms(error.at))
         .bind(error.file.as_str())
         .bind(error.message.as_str())
-        .fetch_optional(&mut *w.tx)
+        .execute(&mut *w.tx)
         .await?;
         w.tx.commit().await?;
         Ok(())
@@ -526,25 +526,24 @@ where
 
     async fn release_step_leases(&self) -> Result<u64, StoreError> {
         let mut w = self.queue_tx().await?;
-        let released: Vec<i64> = sqlx::query_scalar(
+        let released = sqlx::query(
             "UPDATE record_steps SET lease_until_ms = NULL \
-             WHERE lease_until_ms IS NOT NULL AND done_at_ms IS NULL RETURNING id",
+             WHERE lease_until_ms IS NOT NULL AND done_at_ms IS NULL",
         )
-        .fetch_all(&mut *w.tx)
+        .execute(&mut *w.tx)
         .await?;
         w.tx.commit().await?;
-        Ok(released.len() as u64)
+        Ok(S::rows_affected(&released))
     }
 
     async fn forget_done_steps(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
         let mut w = self.queue_tx().await?;
-        let gone: Vec<i64> =
-            sqlx::query_scalar("DELETE FROM record_steps WHERE done_at_ms < $1 RETURNING id")
-                .bind(unix_ms(before))
-                .fetch_all(&mut *w.tx)
-                .await?;
+        let gone = sqlx::query("DELETE FROM record_steps WHERE done_at_ms < $1")
+            .bind(unix_ms(before))
+            .execute(&mut *w.tx)
+            .await?;
         w.tx.commit().await?;
-        Ok(gone.len() as u64)
+        Ok(S::rows_affected(&gone))
     }
 }
 

@@ -22,7 +22,7 @@ use secrecy::ExposeSecret;
 use time::OffsetDateTime;
 
 use crate::{
-    AfterAttempt, AttemptRecord, ClaimedDelivery, Completion, DeliveryQueue, DeliveryStatus,
+    AfterAttempt, AttemptRecord, ClaimedDelivery, Completion, DeliveryQueue, DeliveryState,
     DeliveryView, Notification, RecordCallback, RtcApp, StoreError,
 };
 
@@ -313,7 +313,8 @@ impl ClaimedRow {
 /// Turns leased rows into deliveries to send. A row that cannot be read back (a key sealed
 /// under another master key, a corrupt payload) can never be sent: rather than fail the
 /// claim, and with it every claim after it, the row's delivery is ended (`dead`, the reason
-/// in its attempt) and the others go out.
+/// in its attempt) and the others go out. When even that write fails, only those rows wait:
+/// they stay leased, and the rescuer hands them to a later claim, which tries again.
 pub(crate) async fn finish_claim(
     store: &(dyn DeliveryQueue + Sync),
     rows: Vec<ClaimedRow>,
@@ -345,8 +346,11 @@ pub(crate) async fn finish_claim(
             }
         }
     }
-    if !unreadable.is_empty() {
-        store.complete_deliveries(&unreadable).await?;
+    if !unreadable.is_empty()
+        && let Err(e) = store.complete_deliveries(&unreadable).await
+    {
+        let ids: Vec<i64> = unreadable.iter().map(|c| c.delivery_id).collect();
+        tracing::error!(delivery_ids = ?ids, error = %e, "marking unreadable deliveries dead failed: they are tried again when their lease expires");
     }
     Ok(claimed)
 }
@@ -377,11 +381,16 @@ pub(crate) struct AttemptRow {
     pub response_head: Option<String>,
 }
 
+/// A stored `deliveries.state` read back: an unknown name is a corrupt row, never a guess.
+pub(crate) fn stored_state(id: i64, raw: &str) -> Result<DeliveryState, CorruptRow> {
+    DeliveryState::parse(raw).map_err(|e| corrupt("deliveries", id, e))
+}
+
 /// The log's page of deliveries, each with its attempts (given in attempt order).
 pub(crate) fn delivery_views(
     rows: Vec<DeliveryRow>,
     attempts: Vec<AttemptRow>,
-) -> Vec<DeliveryView> {
+) -> Result<Vec<DeliveryView>, CorruptRow> {
     let mut by_delivery: HashMap<i64, Vec<AttemptRecord>> = HashMap::new();
     for a in attempts {
         by_delivery
@@ -397,9 +406,9 @@ pub(crate) fn delivery_views(
     }
     rows.into_iter()
         .map(|row| {
-            let status = DeliveryStatus::of_state(&row.state);
-            let open = matches!(status, DeliveryStatus::Pending | DeliveryStatus::Failed);
-            DeliveryView {
+            let state = stored_state(row.id, &row.state)?;
+            let open = !state.is_finished();
+            Ok(DeliveryView {
                 id: row.id,
                 event_id: row.event_id,
                 config_id: row.config_id,
@@ -408,11 +417,11 @@ pub(crate) fn delivery_views(
                     .ok()
                     .and_then(|p| p.get("event_type")?.as_str().map(str::to_owned))
                     .unwrap_or_default(),
-                status,
                 created_at: from_unix_ms(row.created_at_ms),
                 next_attempt_at: open.then(|| from_unix_ms(row.next_attempt_at_ms)),
                 attempts: by_delivery.remove(&row.id).unwrap_or_default(),
-            }
+                status: state.status(),
+            })
         })
         .collect()
 }

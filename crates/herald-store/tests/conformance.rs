@@ -311,11 +311,97 @@ impl Behind {
     }
 }
 
+/// A transaction begun behind a store's back and left open: it holds what it wrote (the
+/// embedded store's write lock, PostgreSQL's row locks) until it commits.
+enum HeldTx {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres {
+        conn: sqlx::PgConnection,
+        /// The server process of the transaction, whose locks others may wait for.
+        pid: i32,
+        /// Where to look at who waits, beside it.
+        url: String,
+    },
+}
+
+impl Behind {
+    /// Begins a transaction and runs `sql` in it, uncommitted.
+    async fn begin(&self, sql: &str) -> HeldTx {
+        use sqlx::Connection;
+        match self {
+            Self::Sqlite(dir) => {
+                let url = format!("sqlite:{}", dir.join(DATABASE_FILE).display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                sqlx::query(sql).execute(&mut conn).await.unwrap();
+                HeldTx::Sqlite(conn)
+            }
+            Self::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+                sqlx::query(sql).execute(&mut conn).await.unwrap();
+                HeldTx::Postgres {
+                    conn,
+                    pid,
+                    url: url.clone(),
+                }
+            }
+        }
+    }
+}
+
+impl HeldTx {
+    /// Returns once another transaction waits for one of this one's locks. On SQLite at
+    /// once: its writers are serial, so a writer sees this transaction whole or not at all
+    /// whenever it commits, and how long one waits for the lock cannot be observed.
+    async fn until_another_waits(&self) {
+        let Self::Postgres { pid, url, .. } = self else {
+            return;
+        };
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        loop {
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))",
+            )
+            .bind(*pid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if waiting {
+                return;
+            }
+            // Polled: PostgreSQL has no event for "someone started waiting".
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn commit(self) {
+        match self {
+            Self::Sqlite(mut conn) => {
+                sqlx::query("COMMIT").execute(&mut conn).await.unwrap();
+            }
+            Self::Postgres { mut conn, .. } => {
+                sqlx::query("COMMIT").execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+}
+
 /// What a store must survive (no poison pills) and forget (retention), on a fresh store
 /// (retention's counts are exact only where no other test left history).
 async fn run_hardening_suite(store: &dyn Store, behind: &Behind) {
+    a_cancelled_delivery_stays_cancelled_whatever_its_lease_brings(store, behind).await;
+    retention_keeps_a_delivery_reopened_while_it_runs(store, behind).await;
     retention_deletes_only_finished_history(store).await;
     an_unreadable_delivery_is_dead_and_the_claim_goes_on(store, behind).await;
+    a_claim_goes_on_when_an_unreadable_row_cannot_be_marked_dead(store, behind).await;
     a_corrupt_config_fails_only_its_own_ingest(store, behind).await;
     the_log_counts_up_to_a_bound(store).await;
 }
@@ -2294,6 +2380,189 @@ async fn an_unreadable_delivery_is_dead_and_the_claim_goes_on(store: &dyn Store,
     ];
     assert_eq!(complete(store, &done).await, 2);
     assert_idle(store).await;
+}
+
+/// Marking an unreadable row dead is a write, and a write can fail: that leaves the row
+/// leased for a later claim to try again, and the claim hands out the rest all the same.
+/// (Before, the whole claim failed, and its readable deliveries sat leased until their
+/// leases expired.) A trigger refuses the write here, as a full disk or a lost connection
+/// would.
+async fn a_claim_goes_on_when_an_unreadable_row_cannot_be_marked_dead(
+    store: &dyn Store,
+    behind: &Behind,
+) {
+    let t0 = datetime!(2034-06-01 00:00:00 UTC);
+    let p = "q-poison-stuck";
+    let body = json!({"publish_domain": "stuck.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/s"});
+    add_config(store, p, "cfg-poison-stuck", body, t0).await;
+    let events: Vec<_> = ["readable", "unreadable"]
+        .iter()
+        .map(|id| event(id, "RECORD_FILE_COMPLETE", "stuck.example.com", "live", id))
+        .collect();
+    store.ingest_live(&project(p), &events, t0).await.unwrap();
+    behind
+        .execute("UPDATE events SET payload = 'not json' WHERE event_id = 'unreadable'")
+        .await;
+    let refuse = match behind {
+        Behind::Sqlite(_) => vec![
+            "CREATE TRIGGER refuse_dead BEFORE UPDATE ON deliveries WHEN NEW.state = 'dead' \
+             BEGIN SELECT RAISE(ABORT, 'the disk is full'); END",
+        ],
+        Behind::Postgres(_) => vec![
+            "CREATE FUNCTION refuse_dead() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'the disk is full'; END $$",
+            "CREATE TRIGGER refuse_dead BEFORE UPDATE ON deliveries FOR EACH ROW \
+             WHEN (NEW.state = 'dead') EXECUTE FUNCTION refuse_dead()",
+        ],
+    };
+    for sql in refuse {
+        behind.execute(sql).await;
+    }
+    let claimed = claim(store, t0, 10).await;
+    assert_eq!(event_ids(&claimed), ["readable"]);
+    assert_eq!(
+        delivery_of(store, p, "unreadable").await.status,
+        DeliveryStatus::Pending
+    );
+    behind
+        .execute(match behind {
+            Behind::Sqlite(_) => "DROP TRIGGER refuse_dead",
+            Behind::Postgres(_) => "DROP TRIGGER refuse_dead ON deliveries",
+        })
+        .await;
+    assert_eq!(complete(store, &[succeeded(&claimed[0], t0)]).await, 1);
+    // Its lease expires; the rescue logs the lost attempt and the next claim ends it.
+    drain(store, t0 + secs(600)).await;
+    let view = delivery_of(store, p, "unreadable").await;
+    assert_eq!(view.status, DeliveryStatus::Dead);
+    let error = view
+        .attempts
+        .last()
+        .unwrap()
+        .error
+        .clone()
+        .unwrap_or_default();
+    assert!(error.starts_with("cannot be sent: "), "{error}");
+}
+
+/// A claim may lease a delivery that a config's deletion cancels at the same moment (the
+/// embedded store's claim reads the row, the cancellation commits, then the claim leases
+/// it). The outcome of that lease must not turn the cancelled delivery into a sent one:
+/// completion (and the rescue of a lease whose worker died) applies only to rows still in
+/// the state the lease left them in. The rows are cancelled here behind the store's back,
+/// as the cancellation that raced the claim leaves them.
+async fn a_cancelled_delivery_stays_cancelled_whatever_its_lease_brings(
+    store: &dyn Store,
+    behind: &Behind,
+) {
+    let t0 = datetime!(2030-01-01 00:00:00 UTC);
+    let p = "q-cancel-race";
+    let body = json!({"publish_domain": "race.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/r"});
+    add_config(store, p, "cfg-cancel-race", body, t0).await;
+    let events: Vec<_> = ["raced", "raced-lost"]
+        .iter()
+        .map(|id| event(id, "RECORD_FILE_COMPLETE", "race.example.com", "live", id))
+        .collect();
+    store.ingest_live(&project(p), &events, t0).await.unwrap();
+    let claimed = claim(store, t0, 10).await;
+    assert_eq!(event_ids(&claimed), ["raced", "raced-lost"]);
+    behind
+        .execute(
+            "UPDATE deliveries SET state = 'cancelled', lease_owner = NULL, lease_expires_at_ms = NULL \
+             WHERE config_id = 'cfg-cancel-race'",
+        )
+        .await;
+    let raced = claimed_one(&claimed, "raced");
+    assert_eq!(complete(store, &[succeeded(raced, t0)]).await, 0);
+    // The other one's worker died: the rescue of its expired lease leaves it cancelled
+    // too, rather than re-queueing it.
+    assert_eq!(
+        store
+            .rescue_expired_leases(t0 + secs(301), t0 + secs(301), ATTEMPTS)
+            .await
+            .unwrap(),
+        0
+    );
+    for id in ["raced", "raced-lost"] {
+        let view = delivery_of(store, p, id).await;
+        assert_eq!(view.status, DeliveryStatus::Cancelled, "{id}");
+        assert!(view.attempts.is_empty(), "{id}: {:?}", view.attempts);
+    }
+    // The leases ended: nothing is in flight or due.
+    assert_idle(store).await;
+    assert_eq!(
+        store
+            .delete_finished_events(t0 + secs(1), 100)
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+/// Retention picks its events once and deletes by that list: a delivery reopened (a
+/// manual retry) between its look at the queue and its deletes keeps its event and its
+/// attempts, and nothing open is deleted. On PostgreSQL the reopening transaction holds
+/// the delivery's row while retention runs; it commits once retention waits for it (the
+/// old statements did, after deleting the attempts) or retention is done (it skips the
+/// held row now). On SQLite writers take turns, so retention sees the reopening whole.
+async fn retention_keeps_a_delivery_reopened_while_it_runs(store: &dyn Store, behind: &Behind) {
+    let t0 = datetime!(2030-01-01 00:00:00 UTC);
+    let p = "q-reopened";
+    let body = json!({"publish_domain": "reopen.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/o"});
+    add_config(store, p, "cfg-reopened", body, t0).await;
+    let events: Vec<_> = ["first", "reopened", "last"]
+        .iter()
+        .map(|id| event(id, "RECORD_FILE_COMPLETE", "reopen.example.com", "live", id))
+        .collect();
+    store.ingest_live(&project(p), &events, t0).await.unwrap();
+    let claimed = claim(store, t0, 10).await;
+    let outcomes = [
+        succeeded(claimed_one(&claimed, "first"), t0),
+        outcome(
+            claimed_one(&claimed, "reopened"),
+            answer(t0, 500),
+            AfterAttempt::Dead,
+        ),
+        succeeded(claimed_one(&claimed, "last"), t0),
+    ];
+    assert_eq!(complete(store, &outcomes).await, 3);
+    let reopened = delivery_of(store, p, "reopened").await;
+    let mut held = Some(
+        behind
+            .begin(&format!(
+                "UPDATE deliveries SET state = 'pending' WHERE id = {}",
+                reopened.id
+            ))
+            .await,
+    );
+    let retention = store.delete_finished_events(t0 + secs(1), 100);
+    tokio::pin!(retention);
+    let deleted = loop {
+        let Some(tx) = held.as_ref() else {
+            break retention.await.unwrap();
+        };
+        tokio::select! {
+            deleted = &mut retention => break deleted.unwrap(),
+            () = tx.until_another_waits() => {}
+        }
+        held.take().unwrap().commit().await;
+    };
+    if let Some(tx) = held {
+        tx.commit().await;
+    }
+    assert_eq!(deleted, 2);
+    let view = delivery_of(store, p, "reopened").await;
+    assert_eq!(view.status, DeliveryStatus::Pending);
+    assert_eq!(view.attempts.len(), 1, "its attempt was deleted");
+    drain(store, t0 + secs(10)).await;
+    assert_eq!(
+        store
+            .delete_finished_events(t0 + secs(1), 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(log(store, p, None, None, ALL).await.0, 0);
 }
 
 /// Retention (SPEC §6): events accepted before the cut whose deliveries are all finished

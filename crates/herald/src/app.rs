@@ -11,6 +11,7 @@ use herald_core::project::ProjectId;
 use herald_delivery::dispatcher::{Dispatcher, WorkerStopped};
 use herald_delivery::probe::Prober;
 use herald_delivery::tracker::Tracker;
+use herald_store::supervision::Supervisor;
 use herald_store::{Store, StoreLocation};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use secrecy::ExposeSecret;
@@ -35,12 +36,16 @@ pub fn store_location(settings: &Settings) -> anyhow::Result<StoreLocation> {
 }
 
 /// Opens the store the settings name, with the master key (`HERALD_MASTER_KEY`, or the
-/// data dir's `master.key`).
+/// data dir's `master.key`): for a command, which watches no background task.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    open_at(&store_location(settings)?, settings).await
+    open_at(&store_location(settings)?, settings, &Supervisor::new()).await
 }
 
-async fn open_at(location: &StoreLocation, settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_at(
+    location: &StoreLocation,
+    settings: &Settings,
+    tasks: &Supervisor,
+) -> anyhow::Result<Arc<dyn Store>> {
     let master = master_key::load_or_create(
         settings
             .master_key
@@ -53,7 +58,7 @@ async fn open_at(location: &StoreLocation, settings: &Settings) -> anyhow::Resul
             .with_context(|| format!("creating the database in {}", data_dir.display()))?;
     }
     location
-        .open(master)
+        .open(master, tasks)
         .await
         .with_context(|| format!("opening the {}", location.describe()))
 }
@@ -123,6 +128,8 @@ pub struct Running {
     pub shutdown: CancellationToken,
     pub api: tokio::task::JoinHandle<std::io::Result<()>>,
     pub delivery: tokio::task::JoinHandle<Result<(), WorkerStopped>>,
+    /// The other background tasks: the store's, retention, the recording tracker.
+    pub tasks: Supervisor,
     /// Held for as long as the server runs on the embedded store.
     _data_dir_lock: Option<File>,
 }
@@ -130,6 +137,12 @@ pub struct Running {
 /// Binds `settings.listen` (port 0 picks a free port), serves the API and runs the
 /// delivery worker until `shutdown` fires.
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
+    start_with(settings, Supervisor::new()).await
+}
+
+/// [`start`], with the background tasks (the store's, retention, the recording tracker)
+/// under `tasks`: tests pass one with another restart policy, or with panics injected.
+pub async fn start_with(settings: &Settings, tasks: Supervisor) -> anyhow::Result<Running> {
     let delivery = settings.delivery()?;
     if let Ok(lease) = delivery.check() {
         tracing::info!("{lease}");
@@ -142,7 +155,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let lock = (!location.is_shared())
         .then(|| lock_data_dir(settings))
         .transpose()?;
-    let store = open_at(&location, settings).await?;
+    let store = open_at(&location, settings, &tasks).await?;
     tracing::info!(store = %location.describe(), "store open");
     if lock.is_some() {
         // The previous process is gone (we hold the lock): its leases can be taken back
@@ -179,6 +192,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         wake: wake.clone(),
         metrics: metrics_handle(),
         worker_stopped: worker_stopped.clone(),
+        tasks: tasks.clone(),
         public_url,
         recordings: recordings.clone(),
         max_per_project,
@@ -187,12 +201,32 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let grace = settings.shutdown_grace;
     if let Some(keep) = settings.retention {
         let (store, cancel) = (store.clone(), shutdown.clone());
-        tokio::spawn(
-            async move { herald_delivery::retention::run(store.as_ref(), keep, cancel).await },
-        );
+        tasks.spawn("retention", move || {
+            let (store, cancel) = (store.clone(), cancel.clone());
+            async move { herald_delivery::retention::run(store.as_ref(), keep, cancel).await }
+        });
     }
-    let tracker = Tracker::new(store.clone(), prober, recordings, wake.clone());
-    tokio::spawn(tracker.run(shutdown.clone()));
+    let (tracker_store, cancel, wake_worker) = (store.clone(), shutdown.clone(), wake.clone());
+    let mut restarted = false;
+    let embedded = lock.is_some();
+    tasks.spawn("recording tracker", move || {
+        let tracker = Tracker::new(
+            tracker_store.clone(),
+            prober.clone(),
+            recordings.clone(),
+            wake_worker.clone(),
+        );
+        // The run that panicked left its steps leased; on the embedded store no other
+        // process holds one, so the next run takes them back at once.
+        let release = std::mem::replace(&mut restarted, true) && embedded;
+        let (store, cancel) = (tracker_store.clone(), cancel.clone());
+        async move {
+            if release && let Err(e) = store.release_step_leases().await {
+                tracing::warn!(error = %e, "recordings: taking back the steps of the run that panicked failed");
+            }
+            tracker.run(cancel).await;
+        }
+    });
     let dispatcher = Dispatcher::new(store, delivery, wake).context("building the HTTP client")?;
     let worker = dispatcher.run(shutdown.clone(), grace);
     Ok(Running {
@@ -209,6 +243,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             worker.await
         }),
         shutdown,
+        tasks,
         _data_dir_lock: lock,
     })
 }
@@ -236,8 +271,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
 /// Runs a started server until `stop` resolves (a signal), then drains it within `grace`.
 /// Returns an error, for the process to exit non-zero, when the API or the delivery worker
-/// stops on its own: without its worker the server would accept events and never deliver
-/// them, so it goes down and a supervisor restarts it (and its leases are rescued).
+/// stops on its own, or a background task cannot be kept running: without its worker the
+/// server would accept events and never deliver them (without its ingest committer, accept
+/// none; without its tracker, report no recording), so it goes down and a supervisor
+/// restarts it (and its leases are rescued).
 pub async fn supervise(
     mut running: Running,
     stop: impl Future<Output = &'static str>,
@@ -252,6 +289,10 @@ pub async fn supervise(
                 Ok(Err(stopped)) => stopped.into(),
                 Err(e) => anyhow::anyhow!("the delivery worker stopped: {e}"),
             });
+        }
+        task = running.tasks.failure() => {
+            running.shutdown.cancel();
+            return Err(anyhow::anyhow!("the background task {task} failed and could not be restarted"));
         }
         signal = stop => tracing::info!(signal, "shutting down"),
     }

@@ -825,3 +825,102 @@ async fn a_stopped_worker_makes_the_node_unready_and_the_process_exit() {
     let error = ended.unwrap_err().to_string();
     assert!(error.contains("delivery worker stopped"), "{error}");
 }
+
+/// Supervision that gives up after two quick restarts: what takes seconds in production
+/// takes milliseconds here.
+fn impatient() -> herald_store::supervision::Supervisor {
+    herald_store::supervision::Supervisor::with_policy(herald_store::supervision::RestartPolicy {
+        most_restarts: 2,
+        first_backoff: Duration::from_millis(10),
+        healthy_after: Duration::from_secs(60),
+    })
+}
+
+/// Settings of a server on the embedded store in `dir`, with a static token for `p1`.
+fn embedded(dir: &std::path::Path) -> herald::settings::Settings {
+    herald::settings::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_owned(),
+        tokens: vec![herald::settings::StaticToken {
+            project_id: "p1".into(),
+            token: secrecy::SecretString::from("supervised-token"),
+        }],
+        ..herald::settings::Settings::default()
+    }
+}
+
+/// `/readyz`'s status code and its `status` text.
+async fn readiness(http: &reqwest::Client, addr: std::net::SocketAddr) -> (u16, String) {
+    let answer = http
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    let code = answer.status().as_u16();
+    let body: Value = answer.json().await.unwrap();
+    (code, body["status"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Each background task the server depends on (the embedded store's ingest committer,
+/// retention, the recording tracker) panics on every run: once its restarts are spent,
+/// /readyz answers 503 naming it, and supervision ends in an error naming it (the process
+/// exits non-zero, for systemd to restart it). Before, each was a bare `tokio::spawn`
+/// that ended silently while /readyz said 200.
+#[tokio::test]
+async fn a_background_task_that_keeps_panicking_makes_the_node_unready_and_the_process_exit() {
+    let http = reqwest::Client::new();
+    for task in ["ingest committer", "retention", "recording tracker"] {
+        let data_dir = tempfile::tempdir().unwrap();
+        let tasks = impatient();
+        tasks.inject_panics(task, u32::MAX);
+        let running = herald::app::start_with(&embedded(data_dir.path()), tasks)
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        let status = loop {
+            let (code, status) = readiness(&http, running.local_addr).await;
+            if code == 503 {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz never said 503 for {task}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(status, format!("background task failed: {task}"));
+        let ended = tokio::time::timeout(
+            WAIT,
+            herald::app::supervise(running, std::future::pending(), Duration::from_secs(1)),
+        )
+        .await
+        .expect("supervision went on without the task");
+        let error = ended.unwrap_err().to_string();
+        assert!(error.contains(task), "{error}");
+    }
+}
+
+/// A task that panics once is started again: the ingest committer's next run takes what
+/// waits in its queue (the queue outlives a run), ingest is accepted, and the node stays
+/// ready.
+#[tokio::test]
+async fn an_ingest_committer_that_panics_once_is_restarted_and_ingest_goes_on() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let tasks = impatient();
+    tasks.inject_panics("ingest committer", 1);
+    let running = herald::app::start_with(&embedded(data_dir.path()), tasks)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let answer = http
+        .post(format!("http://{}/v1/p1/record/events", running.local_addr))
+        .header("X-Auth-Token", "supervised-token")
+        .json(&event("after-a-panic", "RECORD_OVER", "live", "s"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 202);
+    assert_eq!(readiness(&http, running.local_addr).await.0, 200);
+    assert!(running.tasks.failed_tasks().is_empty());
+    running.shutdown.cancel();
+}

@@ -11,11 +11,11 @@ use sqlx::{Postgres, Row, Transaction};
 use super::notify_work;
 use super::queue::lock_streams;
 use crate::accept::{
-    Accepting, Flavour, OPEN_STATES, answers_in_order, earlier_answers_of, new_deliveries,
-    stream_pairs,
+    Accepting, Flavour, answers_in_order, earlier_answers_of, new_deliveries, stream_pairs,
 };
 use crate::rows::CorruptRow;
-use crate::{Accepted, StoreError};
+use crate::state::OPEN;
+use crate::{Accepted, DeliveryState, StoreError};
 
 /// The stored answers of ids the project already used.
 pub(super) async fn earlier_answers(
@@ -95,7 +95,7 @@ pub(super) async fn accept(
     let busy: HashSet<(String, String)> = sqlx::query(&format!(
         "SELECT DISTINCT t.c AS config_id, t.s AS stream FROM unnest($1::text[], $2::text[]) AS t(c, s) \
          WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.config_id = t.c AND d.stream = t.s \
-             AND d.state IN {OPEN_STATES})"
+             AND d.state IN {OPEN})"
     ))
     .bind(configs)
     .bind(streams)
@@ -108,11 +108,6 @@ pub(super) async fn accept(
     if deliveries.is_empty() {
         return Ok(raced);
     }
-    let urls: HashMap<&str, &str> = accepting
-        .iter()
-        .filter_map(|a| a.target.as_ref())
-        .map(|(c, u)| (c.as_str(), u.as_str()))
-        .collect();
     let seq_of = |event_id: &str| {
         seqs.get(event_id).copied().ok_or_else(|| CorruptRow {
             table: "events",
@@ -140,16 +135,11 @@ pub(super) async fn accept(
     .bind(deliveries.iter().map(|d| d.config_id).collect::<Vec<_>>())
     .bind(deliveries.iter().map(|d| d.stream).collect::<Vec<_>>())
     .bind(deliveries.iter().map(|d| d.endpoint.as_str()).collect::<Vec<_>>())
-    .bind(
-        deliveries
-            .iter()
-            .map(|d| urls.get(d.config_id).copied().unwrap_or_default())
-            .collect::<Vec<_>>(),
-    )
-    .bind(deliveries.iter().map(|d| d.state).collect::<Vec<_>>())
+    .bind(deliveries.iter().map(|d| d.url).collect::<Vec<_>>())
+    .bind(deliveries.iter().map(|d| d.state.as_str()).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
-    if deliveries.iter().any(|d| d.state == "pending") {
+    if deliveries.iter().any(|d| d.state == DeliveryState::Pending) {
         notify_work(tx).await?;
     }
     Ok(raced)

@@ -124,7 +124,12 @@ impl crate::backend::SqlBackend for PgStore {
     /// beside it.
     type Guard<'a> = ();
     const LOCK_ROW: &'static str = " FOR UPDATE";
+    const LOCK_ROWS_OR_SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
     const RTC_APPS_IN_CREATION_ORDER_BY: &'static str = "seq";
+
+    fn ids_of_json(param: &str) -> String {
+        format!("(SELECT jsonb_array_elements_text({param}::jsonb)::bigint)")
+    }
 
     fn pool(&self) -> &PgPool {
         &self.pool

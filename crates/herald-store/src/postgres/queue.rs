@@ -43,17 +43,19 @@ use tokio_util::sync::CancellationToken;
 use super::ingest::{accept, commit_ingest, earlier_answers};
 use super::{PgStore, WORK_CHANNEL, notify_work};
 use crate::accept::{
-    Flavour, LEASE_EXPIRED, OPEN_STATES, RtcCallback, TARGET_EXISTS, batch_time_ms,
-    finished_streams, live_match_keys, next_state, plan_live, plan_rtc, rescued_state,
+    Flavour, LEASE_EXPIRED, RtcCallback, TARGET_EXISTS, batch_time_ms, finished_streams,
+    live_match_keys, next_state, plan_live, plan_rtc, rescued_state,
 };
 use crate::backend::limit_offset;
 use crate::queue::{MOST_COUNTED_DELIVERIES, delivery_log_where};
 use crate::rows::{
     AttemptRow, CandidateRow, ClaimedRow, DeliveryRow, Target, delivery_views, finish_claim,
+    stored_state,
 };
+use crate::state::{NOT_SENT, OPEN};
 use crate::{
     Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
-    DeliveryStatus, DeliveryView, Lease, Page, Recorded, RetryOutcome, StoreError,
+    DeliveryState, DeliveryStatus, DeliveryView, Lease, Page, Recorded, RetryOutcome, StoreError,
 };
 
 /// Takes the advisory lock of each `(config_id, stream)` until the transaction ends, in
@@ -97,12 +99,13 @@ async fn unblock_next_of_streams(
     // One index probe per stream for its oldest blocked delivery, then one per id: the
     // plain `id IN (SELECT MIN(id) … GROUP BY …)` read every blocked row of each stream
     // and joined them to a scan of the whole table.
-    let done = sqlx::query(
-        "UPDATE deliveries SET state = 'pending', next_attempt_at_ms = $1 WHERE id = ANY(ARRAY( \
-             SELECT (SELECT b.id FROM deliveries b WHERE b.state = 'blocked' \
+    let (pending, blocked) = (DeliveryState::Pending, DeliveryState::Blocked);
+    let done = sqlx::query(&format!(
+        "UPDATE deliveries SET state = '{pending}', next_attempt_at_ms = $1 WHERE id = ANY(ARRAY( \
+             SELECT (SELECT b.id FROM deliveries b WHERE b.state = '{blocked}' \
                      AND b.config_id = t.c AND b.stream = t.s ORDER BY b.id LIMIT 1) \
              FROM unnest($2::text[], $3::text[]) AS t(c, s)))",
-    )
+    ))
     .bind(now_ms)
     .bind(configs)
     .bind(streams)
@@ -257,7 +260,7 @@ impl DeliveryQueue for PgStore {
         if completions.is_empty() {
             return Ok(Recorded::default());
         }
-        let next: Vec<(&str, i64)> = completions.iter().map(next_state).collect();
+        let next: Vec<(DeliveryState, i64)> = completions.iter().map(next_state).collect();
         let ids: Vec<i64> = completions.iter().map(|c| c.delivery_id).collect();
         let mut tx = self.begin_queue().await?;
         // Streams first, then rows, as every writer takes them: a config's deletion, which
@@ -274,16 +277,19 @@ impl DeliveryQueue for PgStore {
         // primary key rather than match it against every running delivery.)
         let moved = sqlx::query(&format!(
             "UPDATE deliveries d SET lease_owner = NULL, lease_expires_at_ms = NULL, next_attempt_at_ms = b.next, \
-                 state = CASE WHEN b.state = 'retrying' AND NOT {TARGET_EXISTS} THEN 'cancelled' ELSE b.state END \
+                 state = CASE WHEN b.state = '{retrying}' AND NOT {TARGET_EXISTS} THEN '{cancelled}' ELSE b.state END \
              FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[]) AS b(id, attempt, owner, state, next) \
-             WHERE d.id = ANY($1) AND d.id = b.id AND d.state = 'running' AND d.lease_owner = b.owner \
+             WHERE d.id = ANY($1) AND d.id = b.id AND d.state = '{running}' AND d.lease_owner = b.owner \
                  AND d.attempts = b.attempt \
-             RETURNING d.id, d.config_id, d.stream, d.state"
+             RETURNING d.id, d.config_id, d.stream, d.state",
+            retrying = DeliveryState::Retrying,
+            cancelled = DeliveryState::Cancelled,
+            running = DeliveryState::Running,
         ))
         .bind(&ids)
         .bind(completions.iter().map(|c| i64::from(c.attempt)).collect::<Vec<_>>())
         .bind(completions.iter().map(|c| c.lease_owner.as_str()).collect::<Vec<_>>())
-        .bind(next.iter().map(|(state, _)| *state).collect::<Vec<_>>())
+        .bind(next.iter().map(|(state, _)| state.as_str()).collect::<Vec<_>>())
         .bind(next.iter().map(|(_, at)| *at).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
@@ -329,9 +335,10 @@ impl DeliveryQueue for PgStore {
         max_attempts: u32,
     ) -> Result<u64, StoreError> {
         let now_ms = unix_ms(now);
-        let expired: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM deliveries WHERE state = 'running' AND lease_expires_at_ms < $1",
-        )
+        let expired: Vec<i64> = sqlx::query_scalar(&format!(
+            "SELECT id FROM deliveries WHERE state = '{}' AND lease_expires_at_ms < $1",
+            DeliveryState::Running
+        ))
         .bind(unix_ms(expired_before))
         .fetch_all(&self.queue_pool)
         .await?;
@@ -350,9 +357,10 @@ impl DeliveryQueue for PgStore {
         let rescued = sqlx::query(&format!(
             "UPDATE deliveries d SET next_attempt_at_ms = $1, lease_owner = NULL, lease_expires_at_ms = NULL, \
                  state = {} \
-             WHERE d.id = ANY($4) AND d.state = 'running' AND d.lease_expires_at_ms < $2 \
+             WHERE d.id = ANY($4) AND d.state = '{}' AND d.lease_expires_at_ms < $2 \
              RETURNING d.id, d.attempts, d.config_id, d.stream, d.state",
-            rescued_state("d.attempts", "$3")
+            rescued_state("d.attempts", "$3"),
+            DeliveryState::Running
         ))
         .bind(now_ms)
         .bind(unix_ms(expired_before))
@@ -427,7 +435,7 @@ impl DeliveryQueue for PgStore {
         .await?;
         Ok((
             u64::try_from(total).unwrap_or(0),
-            delivery_views(rows, attempts),
+            delivery_views(rows, attempts)?,
         ))
     }
 
@@ -455,13 +463,17 @@ impl DeliveryQueue for PgStore {
         lock_streams(&mut tx, [(config_id.as_str(), stream.as_str())]).await?;
         let row = sqlx::query(&format!(
             "SELECT d.state, {TARGET_EXISTS} AS target_exists, EXISTS (SELECT 1 FROM deliveries o \
-                 WHERE o.config_id = d.config_id AND o.stream = d.stream AND o.id <> d.id AND o.state IN {OPEN_STATES}) AS busy \
+                 WHERE o.config_id = d.config_id AND o.stream = d.stream AND o.id <> d.id AND o.state IN {OPEN}) AS busy \
              FROM deliveries d WHERE d.id = $1 FOR UPDATE"
         ))
         .bind(id)
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        let status = DeliveryStatus::of_state(row.try_get("state")?);
+        // Retention may have deleted it (a finished delivery) since it was found.
+        let Some(row) = row else {
+            return Ok(RetryOutcome::NotFound);
+        };
+        let status = stored_state(id, row.try_get("state")?)?.status();
         if !matches!(status, DeliveryStatus::Dead | DeliveryStatus::Failed) {
             return Ok(RetryOutcome::NotRetryable(status));
         }
@@ -470,19 +482,19 @@ impl DeliveryQueue for PgStore {
         }
         // A dead delivery re-enters its stream's queue: it waits if another is open there.
         let next_state = if status == DeliveryStatus::Failed {
-            "retrying"
+            DeliveryState::Retrying
         } else if row.try_get::<bool, _>("busy")? {
-            "blocked"
+            DeliveryState::Blocked
         } else {
-            "pending"
+            DeliveryState::Pending
         };
         sqlx::query("UPDATE deliveries SET state = $1, next_attempt_at_ms = $2 WHERE id = $3")
-            .bind(next_state)
+            .bind(next_state.as_str())
             .bind(unix_ms(now))
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        if next_state != "blocked" {
+        if next_state != DeliveryState::Blocked {
             notify_work(&mut tx).await?;
         }
         tx.commit().await?;
@@ -527,16 +539,16 @@ pub(super) async fn cancel_open_deliveries(
     config_id: &str,
 ) -> Result<(), StoreError> {
     let streams: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT DISTINCT stream FROM deliveries WHERE config_id = $1 AND state IN {OPEN_STATES}"
+        "SELECT DISTINCT stream FROM deliveries WHERE config_id = $1 AND state IN {OPEN}"
     ))
     .bind(config_id)
     .fetch_all(&mut **tx)
     .await?;
     lock_streams(tx, streams.iter().map(|s| (config_id, s.as_str()))).await?;
-    sqlx::query(
-        "UPDATE deliveries SET state = 'cancelled' WHERE config_id = $1 \
-         AND state IN ('blocked', 'pending', 'retrying')",
-    )
+    sqlx::query(&format!(
+        "UPDATE deliveries SET state = '{}' WHERE config_id = $1 AND state IN {NOT_SENT}",
+        DeliveryState::Cancelled
+    ))
     .bind(config_id)
     .execute(&mut **tx)
     .await?;

@@ -7,6 +7,10 @@
 //! savepoint of its own, and answers each once the transaction that holds it is durable. A lone request is committed at once,
 //! as before; a burst shares one flush. One ingest that fails is rolled back to its
 //! savepoint and answered with its error; the others commit.
+//!
+//! The committing task runs under the server's [`Supervisor`] as "ingest committer": if it
+//! panics, the requests it held are answered with an error, and the next run takes the
+//! requests waiting after them; if it cannot be kept running, `/readyz` names it.
 
 use herald_core::hook::HookCall;
 use herald_core::project::ProjectId;
@@ -20,6 +24,10 @@ use super::BEGIN_DURABLE;
 use super::ingest::{Batch, BatchAnswer, ingest_together};
 use crate::StoreError;
 use crate::recording::apply_in;
+use crate::supervision::Supervisor;
+
+/// The committing task's name, for supervision and `/readyz`.
+pub const TASK: &str = "ingest committer";
 
 /// Most requests one commit takes.
 const MOST_PER_COMMIT: usize = 256;
@@ -59,11 +67,15 @@ fn stopped() -> StoreError {
 }
 
 impl IngestCommits {
-    /// Starts the committing task on `pool`, writing in turn with the store's other
-    /// writers behind `gate`.
-    pub(super) fn start(pool: SqlitePool, gate: Arc<Mutex<()>>) -> Self {
+    /// Starts the committing task on `pool` under `tasks`, writing in turn with the
+    /// store's other writers behind `gate`.
+    pub(super) fn start(pool: SqlitePool, gate: Arc<Mutex<()>>, tasks: &Supervisor) -> Self {
         let (tx, rx) = mpsc::channel(4 * MOST_PER_COMMIT);
-        tokio::spawn(commit_ingests(pool, gate, rx));
+        // Shared by the runs: what waits in the channel outlives a run that panicked.
+        let rx = Arc::new(Mutex::new(rx));
+        tasks.spawn(TASK, move || {
+            commit_ingests(pool.clone(), gate.clone(), rx.clone())
+        });
         Self(tx)
     }
 
@@ -98,7 +110,12 @@ impl IngestCommits {
     }
 }
 
-async fn commit_ingests(pool: SqlitePool, gate: Arc<Mutex<()>>, mut rx: mpsc::Receiver<Ingest>) {
+async fn commit_ingests(
+    pool: SqlitePool,
+    gate: Arc<Mutex<()>>,
+    rx: Arc<Mutex<mpsc::Receiver<Ingest>>>,
+) {
+    let mut rx = rx.lock().await;
     let mut waiting = Vec::with_capacity(MOST_PER_COMMIT);
     while rx.recv_many(&mut waiting, MOST_PER_COMMIT).await > 0 {
         let outcomes = {

@@ -18,10 +18,11 @@ use time::OffsetDateTime;
 
 use super::json_array;
 use crate::accept::{
-    Accepting, Flavour, OPEN_STATES, RtcCallback, answers_in_order, earlier_answers_of,
-    live_match_keys, new_deliveries, plan_live, plan_rtc, stream_pairs,
+    Accepting, Flavour, RtcCallback, answers_in_order, earlier_answers_of, live_match_keys,
+    new_deliveries, plan_live, plan_rtc, stream_pairs,
 };
 use crate::rows::{CandidateRow, Target};
+use crate::state::OPEN;
 use crate::{Accepted, StoreError};
 
 async fn candidates(
@@ -130,7 +131,7 @@ async fn accept(
     let busy: String = sqlx::query_scalar(&format!(
         "SELECT json_group_array(json_array(p.c, p.s)) FROM ( \
              SELECT DISTINCT json_extract(value, '$[0]') AS c, json_extract(value, '$[1]') AS s FROM json_each(?)) p \
-         WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.config_id = p.c AND d.stream = p.s AND d.state IN {OPEN_STATES})"
+         WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.config_id = p.c AND d.stream = p.s AND d.state IN {OPEN})"
     ))
     .bind(json_array(&pairs))
     .fetch_one(&mut **tx)

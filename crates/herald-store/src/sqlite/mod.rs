@@ -14,6 +14,8 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::StoreError;
+pub(crate) use crate::backend::json_array;
+use crate::supervision::Supervisor;
 
 mod claim;
 pub(crate) mod group_commit;
@@ -64,8 +66,20 @@ pub(crate) const BEGIN_DURABLE: &str = "PRAGMA synchronous = FULL; BEGIN IMMEDIA
 pub(crate) const BEGIN_QUEUE: &str = "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE";
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database in `data_dir` and applies migrations.
+    /// Opens (creating if needed) the database in `data_dir` and applies migrations. Its
+    /// background task runs unwatched: for commands and tests; a server opens it with
+    /// [`SqliteStore::open_supervised`].
     pub async fn open(data_dir: &Path, master: MasterKey) -> Result<Self, StoreError> {
+        Self::open_supervised(data_dir, master, &Supervisor::new()).await
+    }
+
+    /// [`SqliteStore::open`], with its background task (the ingest committer) under
+    /// `tasks`, the server's supervision.
+    pub async fn open_supervised(
+        data_dir: &Path,
+        master: MasterKey,
+        tasks: &Supervisor,
+    ) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(data_dir.join(DATABASE_FILE))
             .create_if_missing(true)
@@ -102,7 +116,11 @@ impl SqliteStore {
             }
         }
         Ok(Self {
-            ingest_commits: group_commit::IngestCommits::start(writer.clone(), write_gate.clone()),
+            ingest_commits: group_commit::IngestCommits::start(
+                writer.clone(),
+                write_gate.clone(),
+                tasks,
+            ),
             pool,
             writer,
             master,
@@ -136,10 +154,15 @@ impl crate::backend::SqlBackend for SqliteStore {
     type Db = sqlx::Sqlite;
     type Guard<'a> = tokio::sync::MutexGuard<'a, ()>;
     const LOCK_ROW: &'static str = "";
+    const LOCK_ROWS_OR_SKIP: &'static str = "";
     const RTC_APPS_IN_CREATION_ORDER_BY: &'static str = "rowid";
 
     fn group_commits(&self) -> Option<&group_commit::IngestCommits> {
         Some(&self.ingest_commits)
+    }
+
+    fn ids_of_json(param: &str) -> String {
+        format!("(SELECT value FROM json_each({param}))")
     }
 
     fn token_cache(&self) -> Option<&token_cache::TokenCache> {
@@ -189,13 +212,6 @@ impl crate::backend::SqlBackend for SqliteStore {
     ) -> Result<(), StoreError> {
         queue::cancel_open_deliveries(tx, target_id, &self.leases.ids()).await
     }
-}
-
-/// A slice as JSON text, for `json_each(?)`: how SQLite takes a batch as one parameter.
-/// Serialising strings and numbers cannot fail; the empty array is only the type
-/// system's due.
-pub(crate) fn json_array<T: serde::Serialize>(items: &[T]) -> String {
-    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! connection, in turn behind its write gate. (`running` is a state only rows written by
 //! Herald before in-memory leases have; the rescue takes them back.)
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -30,14 +31,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::ingest::{Batch, BatchAnswer};
 use super::{BEGIN_DURABLE, BEGIN_QUEUE, SqliteStore, claim, json_array};
-use crate::accept::{
-    LEASE_EXPIRED, OPEN_STATES, TARGET_EXISTS, batch_time_ms, next_state, rescued_state,
-};
+use crate::accept::{LEASE_EXPIRED, TARGET_EXISTS, batch_time_ms, next_state, rescued_state};
 use crate::queue::{MOST_COUNTED_DELIVERIES, delivery_log_where};
-use crate::rows::{AttemptRow, DeliveryRow, delivery_views};
+use crate::rows::{AttemptRow, DeliveryRow, delivery_views, stored_state};
+use crate::state::{DUE, FINISHED, NOT_SENT, OPEN};
 use crate::{
     Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
-    DeliveryStatus, DeliveryView, Lease, Page, Recorded, RetryOutcome, StoreError,
+    DeliveryState, DeliveryStatus, DeliveryView, Lease, Page, Recorded, RetryOutcome, StoreError,
 };
 
 async fn stream_has_open_delivery(
@@ -47,7 +47,7 @@ async fn stream_has_open_delivery(
     except: i64,
 ) -> Result<bool, StoreError> {
     Ok(sqlx::query_scalar(&format!(
-        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE config_id = ? AND stream = ? AND id <> ? AND state IN {OPEN_STATES})"
+        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE config_id = ? AND stream = ? AND id <> ? AND state IN {OPEN})"
     ))
     .bind(config_id)
     .bind(stream)
@@ -69,13 +69,14 @@ async fn unblock_next_of_streams(
     // One probe of the blocked index per stream for its oldest: `MIN(id) … GROUP BY`
     // read every blocked delivery of each stream, and sorted them (7 ms a batch with 150
     // waiting per stream).
-    let done = sqlx::query(
-        "UPDATE deliveries SET state = 'pending', next_attempt_at_ms = ?1 WHERE id IN \
-         (SELECT (SELECT b.id FROM deliveries b WHERE b.state = 'blocked' \
+    let (pending, blocked) = (DeliveryState::Pending, DeliveryState::Blocked);
+    let done = sqlx::query(&format!(
+        "UPDATE deliveries SET state = '{pending}', next_attempt_at_ms = ?1 WHERE id IN \
+         (SELECT (SELECT b.id FROM deliveries b WHERE b.state = '{blocked}' \
                   AND b.config_id = f.config_id AND b.stream = f.stream ORDER BY b.id LIMIT 1) \
           FROM (SELECT DISTINCT config_id, stream FROM deliveries WHERE id IN (SELECT value FROM json_each(?2)) \
-              AND state IN ('succeeded', 'dead', 'cancelled')) f)",
-    )
+              AND state IN {FINISHED}) f)",
+    ))
     .bind(now_ms)
     .bind(ids)
     .execute(&mut **tx)
@@ -89,7 +90,7 @@ async fn unblock_next_of_streams(
 struct OutcomeRow<'a> {
     id: i64,
     attempt: u32,
-    state: &'a str,
+    state: DeliveryState,
     next: i64,
     at: i64,
     status_code: Option<u16>,
@@ -182,18 +183,25 @@ impl DeliveryQueue for SqliteStore {
                 }
             })
             .collect();
-        let batch = json_array(&rows);
-        // A retry of a deleted config's delivery is cancelled instead.
-        sqlx::query(&format!(
+        // A retry of a deleted config's delivery is cancelled instead. Only rows still in
+        // the state a lease keeps them in move: a claim that read a row just before a
+        // config's deletion cancelled it may lease it just after, and its outcome must not
+        // turn the cancelled delivery into a sent one.
+        let moved: Vec<i64> = sqlx::query_scalar(&format!(
             "WITH b AS MATERIALIZED (SELECT v ->> 'id' AS id, v ->> 'attempt' AS attempt, \
                  v ->> 'state' AS state, v ->> 'next' AS next FROM (SELECT jsonb(value) AS v FROM json_each(?))) \
              UPDATE deliveries AS d SET attempts = b.attempt, next_attempt_at_ms = b.next, \
-                 state = CASE WHEN b.state = 'retrying' AND NOT {TARGET_EXISTS} THEN 'cancelled' ELSE b.state END \
-             FROM b WHERE d.id = b.id"
+                 state = CASE WHEN b.state = '{retrying}' AND NOT {TARGET_EXISTS} THEN '{cancelled}' ELSE b.state END \
+             FROM b WHERE d.id = b.id AND d.state IN {DUE} RETURNING id",
+            retrying = DeliveryState::Retrying,
+            cancelled = DeliveryState::Cancelled,
         ))
-        .bind(&batch)
-        .execute(&mut *tx)
+        .bind(json_array(&rows))
+        .fetch_all(&mut *tx)
         .await?;
+        let moved: HashSet<i64> = moved.into_iter().collect();
+        let rows: Vec<&OutcomeRow<'_>> = rows.iter().filter(|r| moved.contains(&r.id)).collect();
+        let batch = json_array(&rows);
         sqlx::query(
             "INSERT OR IGNORE INTO delivery_attempts \
                  (delivery_id, attempt, at_ms, status_code, error, latency_ms, response_head) \
@@ -204,20 +212,22 @@ impl DeliveryQueue for SqliteStore {
         .bind(&batch)
         .execute(&mut *tx)
         .await?;
-        let ids: Vec<i64> = current.iter().map(|c| c.delivery_id).collect();
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let made_due =
             unblock_next_of_streams(&mut tx, &json_array(&ids), batch_time_ms(completions)).await?;
         tx.commit().await?;
-        self.leases.release(ids);
+        // Every lease of the batch ends, those whose row had moved on included.
+        self.leases.release(current.iter().map(|c| c.delivery_id));
         Ok(Recorded {
-            applied: u64::try_from(current.len()).unwrap_or(0),
+            applied: u64::try_from(ids.len()).unwrap_or(0),
             made_due,
         })
     }
 
     /// Ends the in-memory leases that expired, and the leases a process before in-memory
     /// leases wrote into the rows (`running`): each such attempt is logged as lost, and
-    /// its delivery retried, dead or cancelled as [`rescued_state`] says.
+    /// its delivery retried, dead or cancelled as [`rescued_state`] says. Like a
+    /// completion, it moves only rows still in the state their lease keeps them in.
     async fn rescue_expired_leases(
         &self,
         expired_before: OffsetDateTime,
@@ -231,7 +241,7 @@ impl DeliveryQueue for SqliteStore {
         let mut rescued = sqlx::query(&format!(
             "UPDATE deliveries AS d SET attempts = l.attempt, next_attempt_at_ms = ?1, state = {} \
              FROM (SELECT value ->> 0 AS id, value ->> 1 AS attempt FROM json_each(?2)) l \
-             WHERE d.id = l.id RETURNING id, attempts",
+             WHERE d.id = l.id AND d.state IN {DUE} RETURNING id, attempts",
             rescued_state("l.attempt", "?3")
         ))
         .bind(now_ms)
@@ -243,8 +253,9 @@ impl DeliveryQueue for SqliteStore {
             sqlx::query(&format!(
                 "UPDATE deliveries AS d SET next_attempt_at_ms = ?1, lease_owner = NULL, lease_expires_at_ms = NULL, \
                  state = {} \
-                 WHERE state = 'running' AND lease_expires_at_ms < ?2 RETURNING id, attempts",
-                rescued_state("d.attempts", "?3")
+                 WHERE state = '{}' AND lease_expires_at_ms < ?2 RETURNING id, attempts",
+                rescued_state("d.attempts", "?3"),
+                DeliveryState::Running
             ))
             .bind(now_ms)
             .bind(unix_ms(expired_before))
@@ -308,7 +319,7 @@ impl DeliveryQueue for SqliteStore {
         .bind(json_array(&ids))
         .fetch_all(&self.pool)
         .await?;
-        let views = delivery_views(rows, attempts);
+        let views = delivery_views(rows, attempts)?;
         Ok((u64::try_from(total).unwrap_or(0), views))
     }
 
@@ -329,8 +340,7 @@ impl DeliveryQueue for SqliteStore {
         let Some(row) = row else {
             return Ok(RetryOutcome::NotFound);
         };
-        let state: String = row.try_get("state")?;
-        let status = DeliveryStatus::of_state(&state);
+        let status = stored_state(id, row.try_get("state")?)?.status();
         if !matches!(status, DeliveryStatus::Dead | DeliveryStatus::Failed) {
             return Ok(RetryOutcome::NotRetryable(status));
         }
@@ -347,14 +357,14 @@ impl DeliveryQueue for SqliteStore {
         }
         // A dead delivery re-enters its stream's queue: it waits if another is open there.
         let next_state = if status == DeliveryStatus::Failed {
-            "retrying"
+            DeliveryState::Retrying
         } else if stream_has_open_delivery(&mut tx, &config_id, &stream, id).await? {
-            "blocked"
+            DeliveryState::Blocked
         } else {
-            "pending"
+            DeliveryState::Pending
         };
         sqlx::query("UPDATE deliveries SET state = ?, next_attempt_at_ms = ? WHERE id = ?")
-            .bind(next_state)
+            .bind(next_state.as_str())
             .bind(unix_ms(now))
             .bind(id)
             .execute(&mut *tx)
@@ -382,10 +392,11 @@ pub(super) async fn cancel_open_deliveries(
     config_id: &str,
     leased: &[i64],
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE deliveries SET state = 'cancelled' WHERE config_id = ? \
-         AND state IN ('blocked', 'pending', 'retrying') AND id NOT IN (SELECT value FROM json_each(?))",
-    )
+    sqlx::query(&format!(
+        "UPDATE deliveries SET state = '{}' WHERE config_id = ? \
+         AND state IN {NOT_SENT} AND id NOT IN (SELECT value FROM json_each(?))",
+        DeliveryState::Cancelled
+    ))
     .bind(config_id)
     .bind(json_array(leased))
     .execute(&mut **tx)
