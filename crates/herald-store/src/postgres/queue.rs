@@ -52,7 +52,7 @@ use crate::rows::{
     AttemptRow, CandidateRow, ClaimedRow, DeliveryRow, Target, delivery_views, finish_claim,
     stored_state,
 };
-use crate::state::{NOT_SENT, OPEN};
+use crate::state::{DUE, NOT_SENT, OPEN};
 use crate::{
     Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
     DeliveryState, DeliveryStatus, DeliveryView, Lease, Page, Recorded, RetryOutcome, StoreError,
@@ -208,11 +208,11 @@ impl DeliveryQueue for PgStore {
         // a logged write: locking the whole scan cost more than the rest of the claim). A
         // claim that loses rows to another node comes back short and looks again on the
         // next wake-up.
-        let rows = sqlx::query_as::<_, ClaimedRow>(
+        let rows = sqlx::query_as::<_, ClaimedRow>(&format!(
             "WITH room AS (SELECT key AS endpoint, value::bigint AS n FROM jsonb_each_text($4::jsonb)), \
              project_room AS (SELECT key AS project_id, value::bigint AS n FROM jsonb_each_text($8::jsonb)), \
              scan AS MATERIALIZED (SELECT id, endpoint, project_id, next_attempt_at_ms FROM deliveries \
-                 WHERE state IN ('pending', 'retrying') AND next_attempt_at_ms <= $3 \
+                 WHERE state IN {DUE} AND next_attempt_at_ms <= $3 \
                  AND endpoint NOT IN (SELECT endpoint FROM room WHERE n = 0) \
                  AND project_id NOT IN (SELECT project_id FROM project_room WHERE n = 0) \
                  ORDER BY next_attempt_at_ms, id LIMIT $6), \
@@ -229,14 +229,15 @@ impl DeliveryQueue for PgStore {
                  FROM within_endpoints w LEFT JOIN project_room pr ON pr.project_id = w.project_id) ranked \
                  WHERE nth <= room ORDER BY next_attempt_at_ms, id LIMIT $7), \
              locked AS (SELECT d.id FROM deliveries d WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) \
-                 AND d.state IN ('pending', 'retrying') FOR UPDATE SKIP LOCKED), \
-             leased AS (UPDATE deliveries d SET state = 'running', lease_owner = $1, \
+                 AND d.state IN {DUE} FOR UPDATE SKIP LOCKED), \
+             leased AS (UPDATE deliveries d SET state = '{running}', lease_owner = $1, \
                      lease_expires_at_ms = $2, attempts = d.attempts + 1 \
                  FROM locked l, events e WHERE d.id = l.id AND e.seq = d.event_seq \
                  RETURNING d.id, d.project_id, e.event_id, e.payload, e.flavour, d.config_id, d.endpoint, \
                      d.url, d.sign_type, d.key_sealed, d.attempts, d.next_attempt_at_ms) \
              SELECT * FROM leased ORDER BY next_attempt_at_ms, id",
-        )
+            running = DeliveryState::Running,
+        ))
         .bind(&lease.owner)
         .bind(unix_ms(lease.expires_at))
         .bind(unix_ms(now))

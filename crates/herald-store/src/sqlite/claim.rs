@@ -12,6 +12,7 @@ use super::leases::Held;
 use super::{SqliteStore, json_array};
 use crate::queue::endpoint_project;
 use crate::rows::{ClaimedRow, finish_claim};
+use crate::state::{DUE, DeliveryState};
 use crate::{ClaimLimits, ClaimedDelivery, Lease, StoreError};
 
 /// Leases what is due within `limits` (see [`crate::DeliveryQueue::claim_due_deliveries`]).
@@ -30,13 +31,13 @@ pub(super) async fn claim(
         .collect();
     let ids: Vec<i64> = due.iter().map(|(id, _)| *id).collect();
     // Rows cancelled since the pages were read (their config was deleted) stay behind.
-    let rows = sqlx::query_as::<_, ClaimedRow>(
+    let rows = sqlx::query_as::<_, ClaimedRow>(&format!(
         "SELECT d.id, d.project_id, e.event_id, e.payload, e.flavour, d.config_id, d.endpoint, d.url, \
              d.sign_type, d.key_sealed, d.attempts + 1 AS attempts \
          FROM deliveries d JOIN events e ON e.seq = d.event_seq \
-         WHERE d.id IN (SELECT value FROM json_each(?)) AND d.state IN ('pending', 'retrying') \
-         ORDER BY d.next_attempt_at_ms, d.id",
-    )
+         WHERE d.id IN (SELECT value FROM json_each(?)) AND d.state IN {DUE} \
+         ORDER BY d.next_attempt_at_ms, d.id"
+    ))
     .bind(json_array(&ids))
     .fetch_all(&mut *conn)
     .await?;
@@ -52,9 +53,9 @@ pub(super) async fn claim(
                     expires_at_ms,
                     attempt: u32::try_from(row.attempts).unwrap_or(u32::MAX),
                     state: if retries.contains(&row.id) {
-                        "retrying"
+                        DeliveryState::Retrying.as_str()
                     } else {
-                        "pending"
+                        DeliveryState::Pending.as_str()
                     },
                 },
             )
@@ -113,16 +114,17 @@ async fn due_within_room(
             )
             .min(budget - scanned)
             .max(1);
-        let page: String = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(id, endpoint, next_attempt_at_ms, state = 'retrying')) FROM ( \
+        let page: String = sqlx::query_scalar(&format!(
+            "SELECT json_group_array(json_array(id, endpoint, next_attempt_at_ms, state = '{retrying}')) FROM ( \
                  SELECT id, endpoint, next_attempt_at_ms, state FROM deliveries \
-                 WHERE state IN ('pending', 'retrying') AND next_attempt_at_ms <= ?1 \
+                 WHERE state IN {DUE} AND next_attempt_at_ms <= ?1 \
                  AND endpoint NOT IN (SELECT value FROM json_each(?2)) \
                  AND substr(endpoint, 1, instr(endpoint, ' ') - 1) NOT IN (SELECT value FROM json_each(?7)) \
                  AND (next_attempt_at_ms, id) > (?3, ?4) \
                  AND id NOT IN (SELECT value FROM json_each(?6)) \
                  ORDER BY next_attempt_at_ms, id LIMIT ?5)",
-        )
+            retrying = DeliveryState::Retrying,
+        ))
         .bind(unix_ms(now))
         .bind(json_array(&full))
         .bind(after.0)
