@@ -297,6 +297,12 @@ pub fn over_step(stream: StreamKey, job_id: String, now: OffsetDateTime) -> Step
     }
 }
 
+/// The longest recording Herald believes a file holds. No engine writes one file for a
+/// month on end; a container that claims more is corrupt or forged, and its times cannot
+/// be reported (near 3.8e11 s they leave the calendar altogether).
+pub const MOST_PLAUSIBLE_DURATION: std::time::Duration =
+    std::time::Duration::from_secs(31 * 86_400);
+
 /// What reading a finished file found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FileOutcome {
@@ -322,6 +328,40 @@ pub struct FileFacts {
     pub height: Option<u64>,
     /// `FLV`, `MP4`, `HLS`, `TS` (or the container's name in capitals).
     pub record_format: String,
+}
+
+impl FileOutcome {
+    /// The outcome with a complete file's facts checked against what a recording can be:
+    /// one whose duration is absurd, or whose start would fall before the calendar when
+    /// counted back from `end`, is failed with a reason in Herald's words.
+    pub fn checked(self, end: OffsetDateTime) -> Self {
+        let Self::Complete(facts) = &self else {
+            return self;
+        };
+        match facts.start_at(end) {
+            Some(_) => self,
+            None => Self::Failed(format!(
+                "the file claims to last {:.0} s, more than any recording ({} days); it was not \
+                 reported as complete",
+                facts.duration,
+                MOST_PLAUSIBLE_DURATION.as_secs() / 86_400
+            )),
+        }
+    }
+}
+
+impl FileFacts {
+    /// When the file began, counted back from `end` by its duration; `None` when the
+    /// duration is not a plausible one (see [`MOST_PLAUSIBLE_DURATION`]).
+    pub fn start_at(&self, end: OffsetDateTime) -> Option<OffsetDateTime> {
+        if !self.duration.is_finite()
+            || self.duration < 0.0
+            || self.duration > MOST_PLAUSIBLE_DURATION.as_secs_f64()
+        {
+            return None;
+        }
+        end.checked_sub(time::Duration::checked_seconds_f64(self.duration)?)
+    }
 }
 
 /// `record_format` from ffprobe's `format_name` (a comma-separated list of names).
@@ -355,6 +395,9 @@ pub fn events_of(
     step: &Step,
     outcome: Option<&FileOutcome>,
 ) -> Result<Vec<DerivedEvent>, FieldError> {
+    // Facts are checked here too, so that no outcome can make the arithmetic below fail.
+    let checked = outcome.map(|o| o.clone().checked(step.at));
+    let outcome = checked.as_ref();
     let is_live = matches!(source.spec.target, SourceTarget::Live { .. });
     let (live_type, rtc_type, identity) = match (step.kind, outcome) {
         (StepKind::Start, _) => ("RECORD_START", None, format!("start\n{}", step.job_id)),
@@ -412,17 +455,16 @@ pub fn events_of(
     }
     match outcome {
         Some(FileOutcome::Complete(facts)) if step.kind == StepKind::File => {
-            let seconds = facts.duration.max(0.0).round();
-            // Whole seconds below 2^53 are exact in an f64.
-            let whole = Duration::from_secs_f64(seconds.min(9.0e15));
+            let end = step.at;
+            // Checked above: a complete file's start is within the calendar.
+            let start = facts.start_at(end).unwrap_or(end);
+            let whole = Duration::from_secs_f64(facts.duration.round());
             put("record_format", json!(facts.record_format));
             if let Some(base) = &source.spec.download_base {
                 put("download_url", json!(base.url_of(&facts.relative_path)));
             }
             put("file_size", json!(facts.size));
             put("record_duration", json!(whole.as_secs()));
-            let end = step.at;
-            let start = end - time::Duration::seconds_f64(facts.duration.clamp(0.0, 9.0e15));
             put("start_time", json!(utc_seconds(start)));
             put("end_time", json!(utc_seconds(end)));
             if let Some(width) = facts.width {
@@ -628,5 +670,66 @@ mod tests {
         );
         assert_eq!(record_format("mov,mp4,m4a,3gp,3g2,mj2"), "MP4");
         assert_eq!(record_format("mpegts"), "TS");
+    }
+
+    /// A container that claims ~3.8e11 s once made `end - duration` panic, which ended the
+    /// tracker for every project. Absurd facts are a failed file, with a reason.
+    #[test]
+    fn an_absurd_duration_is_a_failed_file_not_a_panic() {
+        let src = live("nginx-rtmp");
+        let step = Step {
+            kind: StepKind::File,
+            stream: key(),
+            job_id: "j1".into(),
+            file_no: 0,
+            path: Some("/rec/a.flv".into()),
+            at: OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000),
+            hook_key: None,
+        };
+        for duration in [
+            3.9e11,
+            1.0e300,
+            f64::INFINITY,
+            f64::NAN,
+            -1.0,
+            32.0 * 86_400.0,
+        ] {
+            let facts = FileFacts {
+                relative_path: "a.flv".into(),
+                size: 10,
+                duration,
+                width: None,
+                height: None,
+                record_format: "FLV".into(),
+            };
+            let outcome = FileOutcome::Complete(facts);
+            let events = events_of(&src, &step, Some(&outcome)).unwrap();
+            let [DerivedEvent::Live(_, event)] = events.as_slice() else {
+                panic!("{events:?}")
+            };
+            assert_eq!(event.text("event_type"), "RECORD_FAILED", "{duration}");
+            assert!(
+                event
+                    .text("error_message")
+                    .contains("more than any recording"),
+                "{duration}: {}",
+                event.text("error_message")
+            );
+            assert!(matches!(outcome.checked(step.at), FileOutcome::Failed(_)));
+        }
+        // A long but believable file is still complete.
+        let week = FileFacts {
+            relative_path: "a.flv".into(),
+            size: 10,
+            duration: 7.0 * 86_400.0,
+            width: None,
+            height: None,
+            record_format: "FLV".into(),
+        };
+        let events = events_of(&src, &step, Some(&FileOutcome::Complete(week))).unwrap();
+        let [DerivedEvent::Live(_, event)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(event.text("event_type"), "RECORD_FILE_COMPLETE");
     }
 }
