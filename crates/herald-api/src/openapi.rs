@@ -204,7 +204,10 @@ pub fn record_dir() -> ObjectBuilder {
         .pattern(Some(format!("^/{segment}(/{segment})*$")))
         .description(Some(
             "Absolute path of the directory the media server records into, without a `..` \
-             component; at most 1024 bytes.",
+             component; at most 1024 bytes. It must be inside one of the directories the \
+             operator allows (`HERALD_RECORD_ROOTS`; none by default, so every source is \
+             refused until the operator names one) and must neither contain nor lie inside \
+             another project's record_dir: otherwise a 400 naming `record_dir`.",
         ))
 }
 

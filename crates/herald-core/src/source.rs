@@ -120,6 +120,88 @@ impl RecordDir {
     }
 }
 
+/// The directories the operator lets sources record into (`HERALD_RECORD_ROOTS`, SPEC §7):
+/// a source's `record_dir` must be one of them or below one. None by default, so that
+/// reading files on the server is always the operator's explicit choice: a project's token
+/// alone must never make Herald open `/etc/shadow` or another project's recordings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordRoots(Vec<RecordDir>);
+
+/// How an operator allows a root: said wherever a source is refused for want of one.
+pub const HOW_TO_ALLOW_ROOTS: &str = "the operator allows record directories with \
+     HERALD_RECORD_ROOTS (absolute paths separated by ':') or record_roots in the config file";
+
+impl RecordRoots {
+    /// Reads `HERALD_RECORD_ROOTS`: absolute paths separated by `:`, as `PATH` is; empty
+    /// entries are skipped.
+    pub fn parse_list(field: &str, raw: &str) -> Result<Self, FieldError> {
+        Self::from_paths(field, raw.split(':').filter(|p| !p.is_empty()))
+    }
+
+    /// Reads roots given one by one (`record_roots` in the config file).
+    pub fn from_paths<'a>(
+        field: &str,
+        paths: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, FieldError> {
+        let mut roots = Vec::new();
+        for raw in paths {
+            let root = RecordDir::parse(field, raw)?;
+            if root.path() == Path::new("/") {
+                return Err(FieldError::new(
+                    field,
+                    "must not be / (that would let every project read every file)",
+                ));
+            }
+            roots.push(root);
+        }
+        Ok(Self(roots))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &RecordDir> {
+        self.0.iter()
+    }
+
+    /// Whether `dir` is one of the roots or below one (by its components).
+    pub fn contain(&self, dir: &Path) -> bool {
+        self.0.iter().any(|root| dir.starts_with(root.path()))
+    }
+
+    /// Refuses, naming `field`, a record dir that is not inside a root.
+    pub fn check(&self, field: &str, dir: &RecordDir) -> Result<(), FieldError> {
+        if self.0.is_empty() {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "cannot be used: this server allows no record directory yet; {HOW_TO_ALLOW_ROOTS}"
+                ),
+            ));
+        }
+        if self.contain(dir.path()) {
+            return Ok(());
+        }
+        let allowed: Vec<&str> = self.0.iter().map(RecordDir::as_str).collect();
+        Err(FieldError::new(
+            field,
+            format!(
+                "must be inside a record directory the operator allows ({}); {HOW_TO_ALLOW_ROOTS}",
+                allowed.join(", ")
+            ),
+        ))
+    }
+}
+
+impl RecordDir {
+    /// Whether one of the two directories is the other or below it: files of one could
+    /// then be reported by the other's source.
+    pub fn overlaps(&self, other: &RecordDir) -> bool {
+        self.0.starts_with(&other.0) || other.0.starts_with(&self.0)
+    }
+}
+
 /// The base of a recorded file's `download_url`: an absolute `http`/`https` URL. The
 /// file's path below the record dir is appended, percent-encoded segment by segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +375,40 @@ mod tests {
         assert_eq!(dir.relative(&outside), None);
         assert_eq!(dir.relative(Path::new("/srv/recordings/a.flv")), None);
         assert_eq!(dir.relative(Path::new("/srv/rec")), None);
+    }
+
+    #[test]
+    fn record_dirs_must_be_inside_a_root_and_never_overlap_another() {
+        let dir = |raw: &str| RecordDir::parse("record_dir", raw).unwrap();
+        let none = RecordRoots::default();
+        let refused = none.check("record_dir", &dir("/srv/rec")).unwrap_err();
+        assert_eq!(refused.field, "record_dir");
+        assert!(
+            refused.rule.contains("HERALD_RECORD_ROOTS"),
+            "{}",
+            refused.rule
+        );
+        let roots =
+            RecordRoots::parse_list("HERALD_RECORD_ROOTS", "/srv/rec::/data/media/").unwrap();
+        assert_eq!(roots.iter().count(), 2);
+        for inside in ["/srv/rec", "/srv/rec/p1", "/data/media/a/b"] {
+            assert!(roots.check("record_dir", &dir(inside)).is_ok(), "{inside}");
+        }
+        for outside in ["/", "/srv", "/srv/recordings", "/etc", "/data"] {
+            let e = roots.check("record_dir", &dir(outside)).unwrap_err();
+            assert!(
+                e.rule.contains("/srv/rec, /data/media"),
+                "{outside}: {}",
+                e.rule
+            );
+        }
+        assert!(RecordRoots::parse_list("R", "srv").is_err());
+        assert!(RecordRoots::parse_list("R", "/srv/../etc").is_err());
+        assert!(RecordRoots::parse_list("R", "/").is_err());
+        assert!(dir("/srv/rec").overlaps(&dir("/srv/rec/p1")));
+        assert!(dir("/srv/rec/p1").overlaps(&dir("/srv/rec")));
+        assert!(dir("/srv/rec/p1").overlaps(&dir("/srv/rec/p1/")));
+        assert!(!dir("/srv/rec/p1").overlaps(&dir("/srv/rec/p10")));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use herald_core::recording::{FileFacts, FileOutcome, record_format};
-use herald_core::source::RecordDir;
+use herald_core::source::{RecordDir, RecordRoots};
 use serde::Deserialize;
 use tokio::process::Command;
 
@@ -32,13 +32,35 @@ pub struct ProbeUnavailable {
 pub struct Prober {
     /// The ffprobe program (`HERALD_FFPROBE`, default `ffprobe` from `PATH`).
     program: PathBuf,
+    /// The operator's record roots: a file is read only when its real path is inside one,
+    /// whatever a source's record dir says (a root may have been withdrawn since).
+    roots: RecordRoots,
 }
 
 impl Prober {
-    pub fn new(program: impl Into<PathBuf>) -> Self {
+    pub fn new(program: impl Into<PathBuf>, roots: RecordRoots) -> Self {
         Self {
             program: program.into(),
+            roots,
         }
+    }
+
+    pub fn roots(&self) -> &RecordRoots {
+        &self.roots
+    }
+
+    /// Whether `real_file` (symbolic links resolved) is inside one of the roots, also with
+    /// the roots' own links resolved.
+    async fn inside_roots(&self, real_file: &Path) -> bool {
+        for root in self.roots.iter() {
+            let real_root = tokio::fs::canonicalize(root.path())
+                .await
+                .unwrap_or_else(|_| root.path().to_owned());
+            if real_file.starts_with(&real_root) {
+                return true;
+            }
+        }
+        false
     }
 
     /// Whether ffprobe runs (`ffprobe -version` succeeds).
@@ -65,13 +87,16 @@ impl Prober {
         }
     }
 
-    /// Reads the file a hook named as `path`, if it is below `record_dir`.
+    /// Reads the file a hook named as `path`, if it is below `record_dir` and inside the
+    /// operator's roots. What a project is told is in Herald's words: never the OS's or
+    /// ffprobe's text, and the same "outside" for a path out of its dir whether or not
+    /// anything exists there, so a hook cannot probe the rest of the server.
     pub async fn read(
         &self,
         record_dir: &RecordDir,
         path: &str,
     ) -> Result<FileOutcome, ProbeUnavailable> {
-        let failed = |why: String| Ok(FileOutcome::Failed(why));
+        let failed = |why: &str| Ok(FileOutcome::Failed(format!("{path:?} {why}")));
         let outside = || {
             Ok(FileOutcome::Failed(format!(
                 "{path:?} is outside the record directory {:?}; it was not opened",
@@ -85,24 +110,44 @@ impl Prober {
             return outside();
         };
         let relative = relative.to_owned();
-        // Symbolic links resolved: a link below the record dir must not lead out of it.
-        let real_file = match tokio::fs::canonicalize(&file).await {
-            Ok(real) => real,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return failed(format!("{path:?} does not exist"));
-            }
-            Err(e) => return failed(format!("{path:?} cannot be read: {e}")),
-        };
+        if !self.roots.contain(record_dir.path()) {
+            return Ok(FileOutcome::Failed(format!(
+                "{path:?} was not opened: the record directory {:?} is not inside a directory \
+                 the operator allows (HERALD_RECORD_ROOTS)",
+                record_dir.as_str()
+            )));
+        }
         let real_dir = tokio::fs::canonicalize(record_dir.path())
             .await
             .unwrap_or_else(|_| record_dir.path().to_owned());
-        if !real_file.starts_with(&real_dir) {
+        // Symbolic links resolved: a link below the record dir must not lead out of it.
+        let real_file = match tokio::fs::canonicalize(&file).await {
+            Ok(real) => real,
+            Err(e) => {
+                // A link (or a linked directory on the way) that leads nowhere says nothing
+                // about what is outside: it is outside, as a link that leads somewhere is.
+                if !self.plainly_below(&real_dir, &relative).await {
+                    return outside();
+                }
+                return match e.kind() {
+                    std::io::ErrorKind::NotFound => failed("does not exist"),
+                    std::io::ErrorKind::PermissionDenied => {
+                        failed("cannot be read by Herald (permission denied)")
+                    }
+                    _ => failed("cannot be read by Herald"),
+                };
+            }
+        };
+        if !real_file.starts_with(&real_dir) || !self.inside_roots(&real_file).await {
             return outside();
         }
         let size = match tokio::fs::metadata(&real_file).await {
             Ok(meta) if meta.is_file() => meta.len(),
-            Ok(_) => return failed(format!("{path:?} is not a regular file")),
-            Err(e) => return failed(format!("{path:?} cannot be read: {e}")),
+            Ok(_) => return failed("is not a regular file"),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return failed("cannot be read by Herald (permission denied)");
+            }
+            Err(_) => return failed("cannot be read by Herald"),
         };
         self.probe(&real_file, path).await.map(|found| match found {
             Probed::Media {
@@ -121,6 +166,21 @@ impl Prober {
             Probed::NoFrames => FileOutcome::Empty,
             Probed::NotMedia(why) => FileOutcome::Failed(format!("{path:?} {why}")),
         })
+    }
+
+    /// Whether no component of `file` below the record dir is a symbolic link, checked
+    /// from the record dir down to the first component that does not exist.
+    async fn plainly_below(&self, real_dir: &Path, relative: &Path) -> bool {
+        let mut at = real_dir.to_path_buf();
+        for part in relative.components() {
+            at.push(part);
+            match tokio::fs::symlink_metadata(&at).await {
+                Ok(meta) if meta.file_type().is_symlink() => return false,
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+        }
+        true
     }
 
     async fn probe(&self, file: &Path, shown: &str) -> Result<Probed, ProbeUnavailable> {
@@ -149,13 +209,13 @@ impl Prober {
             }
         };
         if !output.status.success() {
+            // ffprobe's own text names paths and internals: logged, never shown.
             let stderr = String::from_utf8_lossy(&output.stderr);
-            let reason = stderr
-                .lines()
-                .next()
-                .unwrap_or("")
-                .replace(&file.display().to_string(), shown);
-            return Ok(Probed::NotMedia(format!("is not a media file ({reason})")));
+            tracing::info!(file = ?shown, ffprobe = ?stderr.lines().next().unwrap_or(""),
+                "recordings: ffprobe could not read a file");
+            return Ok(Probed::NotMedia(
+                "is not a media file Herald can read".to_owned(),
+            ));
         }
         Ok(Probed::from_json(&output.stdout))
     }

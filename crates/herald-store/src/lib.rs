@@ -48,7 +48,7 @@ use herald_core::event::rtc::RtcEvent;
 use herald_core::hook::HookCall;
 use herald_core::project::ProjectId;
 use herald_core::secrets::SealError;
-use herald_core::source::RecordingSource;
+use herald_core::source::{RecordDir, RecordingSource};
 use secrecy::SecretString;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -419,6 +419,12 @@ pub trait RecordingSources {
     ) -> Result<Option<RecordingSource>, StoreError>;
     /// How many sources there are in every project.
     async fn count_sources(&self) -> Result<u64, StoreError>;
+    /// The record dirs of every source of another project than `project`: a new source's
+    /// must overlap none of them.
+    async fn record_dirs_of_other_projects(
+        &self,
+        project: &ProjectId,
+    ) -> Result<Vec<RecordDir>, StoreError>;
 
     // The sessions and steps of the sources' streams (`herald_core::recording`).
 

@@ -327,6 +327,29 @@ where
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    async fn record_dirs_of_other_projects(
+        &self,
+        project: &ProjectId,
+    ) -> Result<Vec<RecordDir>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, record_dir FROM record_sources WHERE project_id <> $1 ORDER BY id",
+        )
+        .bind(project.as_str())
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|(id, dir)| {
+                RecordDir::parse("record_dir", &dir).map_err(|e| {
+                    StoreError::from(CorruptRow {
+                        table: "record_sources",
+                        id,
+                        reason: e.to_string(),
+                    })
+                })
+            })
+            .collect()
+    }
+
     async fn apply_hooks(
         &self,
         hooks: &[(RecordingSource, HookCall)],

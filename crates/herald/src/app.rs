@@ -151,7 +151,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         }
         store.release_step_leases().await?;
     }
-    let prober = Prober::new(&settings.ffprobe);
+    let prober = Prober::new(&settings.ffprobe, settings.record_roots.clone());
     warn_without_ffprobe(store.as_ref(), &prober).await?;
     let wake = Arc::new(Notify::new());
     let recordings = Arc::new(Notify::new());
@@ -169,6 +169,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         metrics: metrics_handle(),
         worker_stopped: worker_stopped.clone(),
         public_url,
+        record_roots: Arc::new(settings.record_roots.clone()),
         recordings: recordings.clone(),
     });
     let shutdown = CancellationToken::new();
@@ -199,10 +200,16 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
 /// ffprobe is a run-time dependency of recording sources: say so at start-up when one
 /// exists and ffprobe does not run (files then wait to be read; nothing is lost).
 async fn warn_without_ffprobe(store: &dyn Store, prober: &Prober) -> anyhow::Result<()> {
-    if store.count_sources().await? > 0
-        && let Err(e) = prober.available().await
-    {
+    if store.count_sources().await? == 0 {
+        return Ok(());
+    }
+    if let Err(e) = prober.available().await {
         tracing::warn!(error = %e, "recording sources exist but ffprobe cannot be run: finished recordings wait until it can (install Debian's ffmpeg, or set HERALD_FFPROBE)");
+    }
+    if prober.roots().is_empty() {
+        tracing::warn!(
+            "recording sources exist but no record directory is allowed: every finished recording is failed until the operator sets HERALD_RECORD_ROOTS (or record_roots in the config file)"
+        );
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use herald_core::duration::parse_duration;
 use herald_core::field::FieldError;
 use herald_core::retry::RetrySchedule;
+use herald_core::source::RecordRoots;
 use herald_delivery::DeliverySettings;
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -66,6 +67,11 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// The ffprobe program that reads finished recordings (`HERALD_FFPROBE`).
     pub ffprobe: PathBuf,
+    /// The directories recording sources may read files from: `HERALD_RECORD_ROOTS`
+    /// (absolute paths separated by `:`), or `record_roots`, an array, in the file. None by
+    /// default: a project's token alone must never make Herald read files on the server.
+    #[serde(deserialize_with = "record_roots")]
+    pub record_roots: RecordRoots,
     /// Access keys listed in the config file, beside those created by the CLI.
     pub credentials: Vec<StaticAccessKey>,
     /// Tokens listed in the config file.
@@ -106,6 +112,7 @@ impl Default for Settings {
             retention: Some(Duration::from_secs(30 * 86_400)),
             public_url: None,
             ffprobe: PathBuf::from("ffprobe"),
+            record_roots: RecordRoots::default(),
             credentials: Vec::new(),
             tokens: Vec::new(),
         }
@@ -180,6 +187,22 @@ fn public_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
         .map_err(serde::de::Error::custom)
 }
 
+/// `/a:/b` from the environment, `["/a", "/b"]` from the file.
+fn record_roots<'de, D: Deserializer<'de>>(d: D) -> Result<RecordRoots, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Text(String),
+        List(Vec<String>),
+    }
+    const NAME: &str = "HERALD_RECORD_ROOTS";
+    match Written::deserialize(d)? {
+        Written::Text(text) => RecordRoots::parse_list(NAME, &text),
+        Written::List(list) => RecordRoots::from_paths(NAME, list.iter().map(String::as_str)),
+    }
+    .map_err(serde::de::Error::custom)
+}
+
 /// Flags given on the command line; `None` leaves the lower layers' value.
 #[derive(Default, Serialize)]
 pub struct FlagOverrides {
@@ -248,6 +271,7 @@ impl Settings {
                 "retention",
                 "public_url",
                 "ffprobe",
+                "record_roots",
             ]))
             .merge(Serialized::defaults(flags))
             .extract()
@@ -330,6 +354,32 @@ mod tests {
             ..Settings::default()
         };
         assert_eq!(s.delivery().unwrap_err().field, "HERALD_MAX_IN_FLIGHT");
+    }
+
+    #[test]
+    fn record_roots_come_from_the_environment_or_the_file() {
+        figment::Jail::expect_with(|jail| {
+            let s = Settings::load(None, &FlagOverrides::default()).map_err(|e| *e)?;
+            assert!(s.record_roots.is_empty(), "none by default");
+            jail.create_file(
+                "herald.toml",
+                r#"record_roots = ["/srv/rec", "/data/media"]"#,
+            )?;
+            let s = Settings::load(Some(Path::new("herald.toml")), &FlagOverrides::default())
+                .map_err(|e| *e)?;
+            let roots: Vec<&str> = s.record_roots.iter().map(|r| r.as_str()).collect();
+            assert_eq!(roots, ["/srv/rec", "/data/media"]);
+            jail.set_env("HERALD_RECORD_ROOTS", "/var/lib/rec:/mnt/media");
+            let s = Settings::load(Some(Path::new("herald.toml")), &FlagOverrides::default())
+                .map_err(|e| *e)?;
+            let roots: Vec<&str> = s.record_roots.iter().map(|r| r.as_str()).collect();
+            assert_eq!(roots, ["/var/lib/rec", "/mnt/media"]);
+            Ok(())
+        });
+        for bad in ["rec", "/srv/../etc", "/"] {
+            let message = refused("HERALD_RECORD_ROOTS", bad);
+            assert!(message.contains("HERALD_RECORD_ROOTS"), "{bad}: {message}");
+        }
     }
 
     #[test]
