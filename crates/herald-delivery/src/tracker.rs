@@ -17,10 +17,11 @@ use herald_core::recording::{DerivedEvent, FileOutcome, StepKind, events_of};
 use herald_core::source::{RecordDir, RecordingSource, SourceTarget};
 use herald_store::{ClaimedStep, SourceError, Store, StoreError};
 use time::OffsetDateTime;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::file_turns::FileTurns;
 use crate::probe::{ProbeUnavailable, Prober};
 
 /// How long a claimed step is this tracker's: reading a long recording can take minutes.
@@ -30,7 +31,7 @@ const LEASE: Duration = Duration::from_secs(15 * 60);
 /// Steps in progress at once (each of a different stream).
 const STREAMS_AT_ONCE: u32 = 64;
 /// Files read at once: ffprobe must never take every core from the hooks, which media
-/// servers wait for.
+/// servers wait for. Shared fairly: see [`FileTurns`].
 const FILES_AT_ONCE: usize = 2;
 /// When ffprobe cannot run, or the store fails, a step is tried again after this.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -70,8 +71,8 @@ pub struct Tracker {
     hooks: Arc<Notify>,
     /// Signalled after ingest, for the delivery worker.
     deliveries: Arc<Notify>,
-    /// Turns to read a file ([`FILES_AT_ONCE`]).
-    files: Semaphore,
+    /// Turns to read a file ([`FILES_AT_ONCE`]), fair across projects and sources.
+    files: FileTurns,
 }
 
 impl Tracker {
@@ -86,7 +87,7 @@ impl Tracker {
             reader: Arc::new(reader),
             hooks,
             deliveries,
-            files: Semaphore::new(FILES_AT_ONCE),
+            files: FileTurns::new(FILES_AT_ONCE),
         }
     }
 
@@ -211,14 +212,17 @@ impl Tracker {
         self.finish(claimed.id, &claimed.source, events).await;
     }
 
-    /// Takes one step: reads its file if it has one (at most [`FILES_AT_ONCE`] at a time),
+    /// Takes one step: reads its file if it has one (in its turn, see [`FileTurns`]),
     /// ingests its events and marks it done, so its stream's next step can go.
     async fn take(self: Arc<Self>, claimed: ClaimedStep) {
         let ClaimedStep { id, source, step } = claimed;
         let outcome = match (step.kind, &step.path) {
             (StepKind::File, Some(path)) => {
                 let read = async {
-                    let _turn = self.files.acquire().await;
+                    let _turn = self
+                        .files
+                        .take(source.project_id.as_str(), &source.id)
+                        .await;
                     self.reader.read(&source.spec.record_dir, path).await
                 };
                 match read.await {
@@ -337,7 +341,8 @@ mod tests {
     use herald_store::sqlite::SqliteStore;
     use secrecy::SecretString;
 
-    /// Panics on any file named `boom.flv`; finds every other file a short FLV.
+    /// Panics on any file named `boom.flv`, never finishes reading `slow.flv`; finds every
+    /// other file a short FLV.
     struct Exploding;
 
     impl FileReader for Exploding {
@@ -349,6 +354,9 @@ mod tests {
         {
             Box::pin(async move {
                 assert!(!path.ends_with("boom.flv"), "a reader bug");
+                if path.ends_with("slow.flv") {
+                    std::future::pending::<()>().await;
+                }
                 Ok(FileOutcome::Complete(FileFacts {
                     relative_path: path.trim_start_matches("/rec/").into(),
                     size: 100,
@@ -413,7 +421,7 @@ mod tests {
         );
         let cancel = CancellationToken::new();
         let run = tokio::spawn(tracker.run(cancel.clone()));
-        let waiting = |project: &RecordingSource| {
+        let view = |project: &RecordingSource| {
             let (store, project) = (store.clone(), project.clone());
             async move {
                 store
@@ -425,7 +433,7 @@ mod tests {
         };
         tokio::time::timeout(Duration::from_secs(20), async {
             loop {
-                let (va, vb) = (waiting(&a).await, waiting(&b).await);
+                let (va, vb) = (view(&a).await, view(&b).await);
                 if va.files_waiting == 0 && vb.files_waiting == 0 {
                     break;
                 }
@@ -435,14 +443,67 @@ mod tests {
         })
         .await
         .expect("every file is done although one read panicked");
-        let va = waiting(&a).await;
+        let va = view(&a).await;
         let error = va
             .last_error
             .expect("the panicked file is the source's error");
         assert_eq!(error.file, "/rec/boom.flv");
         assert_eq!(error.message, READING_FAILED);
-        assert!(waiting(&b).await.last_error.is_none());
+        assert!(view(&b).await.last_error.is_none());
         assert!(!run.is_finished(), "the tracker still runs");
+        cancel.cancel();
+        run.await.unwrap();
+    }
+
+    /// A round once waited for every file it had taken (`join_all`) before ingesting any:
+    /// one file that kept ffprobe busy held back every other project's events. Each step
+    /// is now ingested as soon as it is done.
+    #[tokio::test]
+    async fn a_slow_file_holds_back_no_other_project() {
+        let dir = tempfile::tempdir().unwrap();
+        let (master, _) = MasterKey::generate();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), master).await.unwrap());
+        let (a, b) = (source("pa"), source("pb"));
+        store.insert_source(&a).await.unwrap();
+        store.insert_source(&b).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        let hooks = [
+            (a.clone(), done("/rec/slow.flv")),
+            (b.clone(), done("/rec/one.flv")),
+        ];
+        store.apply_hooks(&hooks, now).await.unwrap();
+        // B's next file arrives while A's is still being read.
+        let tracker = Tracker::new(
+            store.clone(),
+            Exploding,
+            Arc::new(Notify::new()),
+            Arc::new(Notify::new()),
+        );
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(tracker.run(cancel.clone()));
+        let files_waiting = |s: &RecordingSource| {
+            let (store, s) = (store.clone(), s.clone());
+            async move {
+                store
+                    .get_source(&s.project_id, &s.id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .files_waiting
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while files_waiting(&b).await > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("B's file is reported while A's is still read");
+        assert_eq!(
+            files_waiting(&a).await,
+            1,
+            "A's slow file is still being read"
+        );
         cancel.cancel();
         run.await.unwrap();
     }
