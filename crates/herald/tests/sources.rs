@@ -569,7 +569,8 @@ async fn hostile_hooks_are_failed_without_opening_anything_outside_and_repeats_c
     assert!(messages[4].contains("does not exist"), "{messages:?}");
     // Herald's words, never ffprobe's ("Invalid data found when processing input").
     assert!(
-        messages[5].ends_with("is not a media file Herald can read"),
+        messages[5]
+            .ends_with("is not a recording Herald reads (only .flv, .mp4 and .ts files are)"),
         "{messages:?}"
     );
     let completes = events
@@ -754,6 +755,81 @@ async fn sources_are_managed_by_api_and_cli_and_their_input_is_checked() {
     assert_eq!(response.status(), 204);
     let (_, list) = server.get_with_token(token, "/v1/p1/record/sources").await;
     assert_eq!(list["total"], 0);
+}
+
+/// ffprobe once opened whatever absolute paths an HLS playlist or a concat list in the
+/// record dir listed. Only the containers the engines write are read now, each with its
+/// demuxer forced, so a playlist reaches nothing, whatever its name.
+#[tokio::test]
+async fn playlists_cannot_lead_ffprobe_out_of_the_record_dir() {
+    media::require_tools();
+    let live = Live::start().await;
+    let source = live.source("nginx-rtmp", "1s").await;
+    let hook = source["hook_url"].as_str().unwrap().to_owned();
+    let dir = live.record_dir();
+    // Another project's recording, outside this source's dir.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let theirs = elsewhere.path().canonicalize().unwrap().join("theirs.ts");
+    media::write_recording(&theirs, Format::Ts, 2).await;
+    let playlist = format!(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nfile:{0}\n#EXTINF:2.0,\n{0}\n#EXT-X-ENDLIST\n",
+        theirs.display()
+    );
+    let concat = format!("ffconcat version 1.0\nfile '{}'\n", theirs.display());
+    let files = [
+        ("list.m3u8", playlist.clone()),
+        ("live.m3u8", playlist.replace("#EXT-X-ENDLIST\n", "")),
+        ("list.ffconcat", concat.clone()),
+        ("playlist.ts", playlist),
+        ("concat.mp4", concat),
+    ];
+    for (name, text) in &files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let http = &live.server.http;
+    let post = |body: String| {
+        http.post(&hook)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        post("app=live&call=publish&name=cam".into())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for (name, _) in &files {
+        let path = dir.join(name);
+        let body = format!(
+            "app=live&call=record_done&name=cam&path={}",
+            percent_encoding::utf8_percent_encode(
+                path.to_str().unwrap(),
+                percent_encoding::NON_ALPHANUMERIC
+            )
+        );
+        assert_eq!(post(body).await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        post("app=live&call=publish_done&name=cam".into())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let events = live.wait_for_type("RECORD_OVER").await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["event_type"] == "RECORD_FILE_COMPLETE"),
+        "a playlist was followed out of the record dir: {events:?}"
+    );
+    let failed = events
+        .iter()
+        .filter(|e| e["event_type"] == "RECORD_FAILED")
+        .count();
+    assert_eq!(failed, files.len(), "{events:?}");
 }
 
 /// POSTs an SRS source over `dir` for `project`.
