@@ -24,10 +24,15 @@ use tokio_util::sync::CancellationToken;
 use crate::file_turns::FileTurns;
 use crate::probe::{ProbeUnavailable, Prober};
 
-/// How long a claimed step is this tracker's: reading a long recording can take minutes.
-/// Another node takes the step over when it runs out (the embedded store gives every
-/// lease back at start).
-const LEASE: Duration = Duration::from_secs(15 * 60);
+/// How long a claimed step is this tracker's unless renewed. Short, so that when a node
+/// dies another takes its steps over within a minute (the embedded store gives every
+/// lease back at start); a tracker renews the leases of its steps in progress every
+/// [`RENEW_EVERY`], so a long recording keeps its lease while it is read.
+const LEASE: Duration = Duration::from_secs(45);
+const RENEW_EVERY: Duration = Duration::from_secs(15);
+/// Claims of one step after which it is failed instead of read again: each claim that
+/// did not finish ended with its tracker (a crash, a kill, an OOM during ffprobe).
+const MOST_ATTEMPTS: i64 = 5;
 /// Steps in progress at once (each of a different stream).
 const STREAMS_AT_ONCE: u32 = 64;
 /// Files read at once: ffprobe must never take every core from the hooks, which media
@@ -66,6 +71,9 @@ impl FileReader for Prober {
 
 pub struct Tracker {
     store: Arc<dyn Store>,
+    /// This tracker's name on the steps it leases: only the owner may finish, postpone or
+    /// renew a step, so a node whose lease ran out cannot undo its successor's work.
+    owner: String,
     reader: Arc<dyn FileReader>,
     /// Signalled by hooks: there may be steps to take or a new pause deadline.
     hooks: Arc<Notify>,
@@ -84,6 +92,7 @@ impl Tracker {
     ) -> Self {
         Self {
             store,
+            owner: uuid::Uuid::new_v4().simple().to_string(),
             reader: Arc::new(reader),
             hooks,
             deliveries,
@@ -100,6 +109,8 @@ impl Tracker {
         let mut running: JoinSet<()> = JoinSet::new();
         let mut in_flight: HashMap<tokio::task::Id, ClaimedStep> = HashMap::new();
         let mut last_forget = OffsetDateTime::UNIX_EPOCH;
+        let mut renew = tokio::time::interval(RENEW_EVERY);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !cancel.is_cancelled() {
             let now = OffsetDateTime::now_utc();
             if now - last_forget > time::Duration::HOUR {
@@ -153,6 +164,7 @@ impl Tracker {
                 Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
                     this.reap(joined, &mut in_flight).await;
                 }
+                _ = renew.tick() => this.renew(&in_flight).await,
             }
         }
         running.abort_all();
@@ -170,11 +182,38 @@ impl Tracker {
             return Ok(Vec::new());
         }
         // Sessions that just ended queued their last steps: they are claimed with the rest.
-        let claimed = self.store.claim_steps(now, now + LEASE, room).await?;
+        let claimed = self
+            .store
+            .claim_steps(&self.owner, now, now + LEASE, room)
+            .await?;
         if claimed.is_empty() && ended > 0 {
             tracing::debug!(ended, "recordings: sessions ended");
         }
         Ok(claimed)
+    }
+
+    /// Renews the leases of the steps in progress. One whose lease another node took (this
+    /// one was too slow to renew) goes on; what it then does is refused by owner.
+    async fn renew(&self, in_flight: &HashMap<tokio::task::Id, ClaimedStep>) {
+        if in_flight.is_empty() {
+            return;
+        }
+        let ids: Vec<i64> = in_flight.values().map(|c| c.id).collect();
+        let until = OffsetDateTime::now_utc() + LEASE;
+        match self
+            .store
+            .extend_step_leases(&self.owner, &ids, until)
+            .await
+        {
+            Ok(kept) if kept.len() < ids.len() => {
+                tracing::warn!(
+                    lost = ids.len() - kept.len(),
+                    "recordings: steps in progress were taken over by another node"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "recordings: renewing step leases failed"),
+        }
     }
 
     /// A step's task has ended. One that panicked is failed with a reason in Herald's
@@ -215,8 +254,20 @@ impl Tracker {
     /// Takes one step: reads its file if it has one (in its turn, see [`FileTurns`]),
     /// ingests its events and marks it done, so its stream's next step can go.
     async fn take(self: Arc<Self>, claimed: ClaimedStep) {
-        let ClaimedStep { id, source, step } = claimed;
+        let ClaimedStep {
+            id,
+            source,
+            step,
+            attempts,
+        } = claimed;
         let outcome = match (step.kind, &step.path) {
+            (StepKind::File, Some(_)) if attempts > MOST_ATTEMPTS => {
+                Some(FileOutcome::Failed(format!(
+                    "Herald stopped while reading this file {} times (see Herald's log); it is \
+                     not tried again",
+                    attempts - 1
+                )))
+            }
             (StepKind::File, Some(path)) => {
                 let read = async {
                     let _turn = self
@@ -274,7 +325,7 @@ impl Tracker {
             self.postpone(id).await;
             return;
         }
-        if let Err(e) = self.store.finish_steps(&[id], now).await {
+        if let Err(e) = self.store.finish_steps(&self.owner, &[id], now).await {
             // Its lease runs out and it is taken again; its events are accepted once.
             tracing::warn!(error = %e, "recordings: marking a step done failed");
         }
@@ -323,7 +374,7 @@ impl Tracker {
 
     async fn postpone(&self, id: i64) {
         let due = OffsetDateTime::now_utc() + RETRY_AFTER;
-        if let Err(e) = self.store.postpone_step(id, due).await {
+        if let Err(e) = self.store.postpone_step(&self.owner, id, due).await {
             tracing::warn!(error = %e, "recordings: postponing a step failed; its lease will run out");
         }
     }
@@ -503,6 +554,63 @@ mod tests {
             files_waiting(&a).await,
             1,
             "A's slow file is still being read"
+        );
+        cancel.cancel();
+        run.await.unwrap();
+    }
+
+    /// A step whose reading ended its tracker (a kill during ffprobe, say) was given back
+    /// at every start and taken forever. After a few claims it is failed instead.
+    #[tokio::test]
+    async fn a_step_that_keeps_ending_its_tracker_is_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (master, _) = MasterKey::generate();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), master).await.unwrap());
+        let a = source("pa");
+        store.insert_source(&a).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        store
+            .apply_hooks(&[(a.clone(), done("/rec/crash.flv"))], now)
+            .await
+            .unwrap();
+        // The RECORD_START step is done; then the file is claimed by trackers that died
+        // while reading it, again and again.
+        let start = store.claim_steps("dead", now, now, 10).await.unwrap();
+        store
+            .finish_steps("dead", &[start[0].id], now)
+            .await
+            .unwrap();
+        for _ in 0..MOST_ATTEMPTS {
+            let claimed = store.claim_steps("dead", now, now, 10).await.unwrap();
+            assert_eq!(claimed.len(), 1);
+        }
+        let tracker = Tracker::new(
+            store.clone(),
+            Exploding,
+            Arc::new(Notify::new()),
+            Arc::new(Notify::new()),
+        );
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(tracker.run(cancel.clone()));
+        let error = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let view = store
+                    .get_source(&a.project_id, &a.id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if let (0, Some(error)) = (view.files_waiting, view.last_error) {
+                    return error;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the file is failed, not read a sixth time");
+        assert!(
+            error.message.contains("not tried again"),
+            "{}",
+            error.message
         );
         cancel.cancel();
         run.await.unwrap();

@@ -61,6 +61,107 @@ async fn run_suite(store: &dyn Store) {
     an_early_rescue_requeues_due_now(store).await;
     the_rescuer_honours_the_attempt_limit(store).await;
     recording_steps_go_stream_by_stream_in_order(store).await;
+    a_step_taken_over_belongs_to_its_new_owner(store).await;
+}
+
+/// Steps were leased but not owned: a node whose lease ran out could postpone (or finish)
+/// a step another node had taken over, clearing that node's lease. Now finishing,
+/// postponing and extending check the owner; claims count attempts, postponing does not.
+async fn a_step_taken_over_belongs_to_its_new_owner(store: &dyn Store) {
+    use herald_core::hook::{HookCall, HookFile, StreamKey};
+    use herald_core::source::{RecordingSource, SourceSpec};
+    let t0 = datetime!(2026-12-03 08:00 UTC);
+    let source = RecordingSource {
+        id: RecordingSource::new_id(),
+        project_id: project("owners"),
+        spec: SourceSpec::parse(
+            br#"{"engine": "srs", "publish_domain": "push.example.com", "record_dir": "/rec/owners"}"#,
+        )
+        .unwrap(),
+        secret: SecretString::from("hooksecret-owners-0123456789abcdef"),
+        created_at: t0,
+    };
+    store.insert_source(&source).await.unwrap();
+    let file = HookCall::FileDone {
+        stream: StreamKey {
+            app: "live".into(),
+            stream: "own".into(),
+        },
+        file: HookFile {
+            base: None,
+            path: "/rec/owners/a.flv".into(),
+        },
+    };
+    // Publish-less file: RECORD_START then the file.
+    assert_eq!(apply(store, &source, file, t0).await, 2);
+    let start = store.claim_steps("a", t0, t0 + secs(60), 10).await.unwrap();
+    let start = start.iter().find(|c| c.source.id == source.id).unwrap();
+    assert_eq!(start.attempts, 1);
+    assert_eq!(
+        store.finish_steps("b", &[start.id], t0).await.unwrap(),
+        0,
+        "not b's"
+    );
+    assert_eq!(store.finish_steps("a", &[start.id], t0).await.unwrap(), 1);
+    let claimed = store.claim_steps("a", t0, t0 + secs(60), 10).await.unwrap();
+    let step = claimed
+        .iter()
+        .find(|c| c.source.id == source.id)
+        .unwrap()
+        .clone();
+    assert_eq!(step.attempts, 1);
+    // a's lease runs out; b takes the step over.
+    let later = t0 + secs(61);
+    assert_eq!(
+        store
+            .extend_step_leases("a", &[step.id], later + secs(60))
+            .await
+            .unwrap(),
+        vec![step.id],
+        "a still owns it until someone takes it"
+    );
+    let taken = store
+        .claim_steps("b", later + secs(61), later + secs(121), 10)
+        .await
+        .unwrap();
+    let taken = taken
+        .iter()
+        .find(|c| c.id == step.id)
+        .expect("b takes the expired step");
+    assert_eq!(taken.attempts, 2);
+    let now = later + secs(62);
+    // a's late calls change nothing: b keeps its lease.
+    store
+        .postpone_step("a", step.id, now + secs(300))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .extend_step_leases("a", &[step.id], now + secs(600))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.finish_steps("a", &[step.id], now).await.unwrap(), 0);
+    assert!(
+        store
+            .claim_steps("c", now, now + secs(60), 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.id != step.id),
+        "still leased to b"
+    );
+    // b's postponement does not count as an attempt.
+    store.postpone_step("b", step.id, now).await.unwrap();
+    let again = store
+        .claim_steps("c", now, now + secs(60), 10)
+        .await
+        .unwrap();
+    let again = again.iter().find(|c| c.id == step.id).unwrap();
+    assert_eq!(again.attempts, 2);
+    assert_eq!(store.finish_steps("c", &[step.id], now).await.unwrap(), 1);
+    assert!(store.delete_source(None, &source.id).await.unwrap());
 }
 
 /// Applies one hook, alone in its commit; returns how many steps it queued.
@@ -137,17 +238,21 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
             .map(|c| (c.step.stream.stream.clone(), c.step.kind))
             .collect()
     };
-    let first = store.claim_steps(t0, lease, 10).await.unwrap();
+    let first = store.claim_steps("n1", t0, lease, 10).await.unwrap();
     assert_eq!(
         kinds(&first),
         [("a".into(), StepKind::Start), ("b".into(), StepKind::Start)]
     );
     assert!(
-        store.claim_steps(t0, lease, 10).await.unwrap().is_empty(),
+        store
+            .claim_steps("n1", t0, lease, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "leased heads block their streams"
     );
-    store.finish_steps(&[first[0].id], t0).await.unwrap();
-    let next = store.claim_steps(t0, lease, 10).await.unwrap();
+    store.finish_steps("n1", &[first[0].id], t0).await.unwrap();
+    let next = store.claim_steps("n1", t0, lease, 10).await.unwrap();
     assert_eq!(kinds(&next), [("a".into(), StepKind::FileStart)]);
     assert_eq!(next[0].step.file_no, 1);
     assert_eq!(apply(store, &source, done("/rec/a-1.flv"), t0).await, 2);
@@ -166,7 +271,7 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
     assert_eq!((view.open_sessions, view.files_waiting), (2, 1));
     // A lease that runs out lets another tracker take the step (the same step again).
     let retaken = store
-        .claim_steps(lease, lease + secs(60), 10)
+        .claim_steps("n1", lease, lease + secs(60), 10)
         .await
         .unwrap();
     assert_eq!(
@@ -177,10 +282,10 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
         ]
     );
     for step in &retaken {
-        store.finish_steps(&[step.id], t1).await.unwrap();
+        store.finish_steps("n1", &[step.id], t1).await.unwrap();
     }
     // Across streams, oldest first.
-    let file = store.claim_steps(t1, lease, 10).await.unwrap();
+    let file = store.claim_steps("n1", t1, lease, 10).await.unwrap();
     assert_eq!(
         kinds(&file),
         [
@@ -188,8 +293,11 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
             ("a".into(), StepKind::File)
         ]
     );
-    store.finish_steps(&[file[0].id], t1).await.unwrap();
-    store.postpone_step(file[1].id, t1 + secs(5)).await.unwrap();
+    store.finish_steps("n1", &[file[0].id], t1).await.unwrap();
+    store
+        .postpone_step("n1", file[1].id, t1 + secs(5))
+        .await
+        .unwrap();
     assert_eq!(
         store.next_recording_wake(t1).await.unwrap(),
         Some(t1 + secs(5))
@@ -198,14 +306,17 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
     let over_at = t1 + secs(10);
     assert_eq!(store.end_paused_sessions(over_at).await.unwrap(), 0);
     let file = store
-        .claim_steps(over_at, over_at + secs(60), 10)
+        .claim_steps("n1", over_at, over_at + secs(60), 10)
         .await
         .unwrap();
     assert_eq!(kinds(&file), [("a".into(), StepKind::File)]);
     assert_eq!(file[0].step.path.as_deref(), Some("/rec/a-1.flv"));
-    store.finish_steps(&[file[0].id], over_at).await.unwrap();
+    store
+        .finish_steps("n1", &[file[0].id], over_at)
+        .await
+        .unwrap();
     let last = store
-        .claim_steps(over_at, over_at + secs(60), 10)
+        .claim_steps("n1", over_at, over_at + secs(60), 10)
         .await
         .unwrap();
     assert_eq!(
@@ -213,10 +324,13 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
         [("a".into(), StepKind::FileStart)],
         "opened after the file"
     );
-    store.finish_steps(&[last[0].id], over_at).await.unwrap();
+    store
+        .finish_steps("n1", &[last[0].id], over_at)
+        .await
+        .unwrap();
     assert_eq!(store.end_paused_sessions(over_at).await.unwrap(), 1);
     let over = store
-        .claim_steps(over_at, over_at + secs(60), 10)
+        .claim_steps("n1", over_at, over_at + secs(60), 10)
         .await
         .unwrap();
     assert_eq!(kinds(&over), [("a".into(), StepKind::Over)]);
@@ -267,7 +381,7 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
     );
     assert!(
         store
-            .claim_steps(over_at, over_at + secs(60), 10)
+            .claim_steps("n1", over_at, over_at + secs(60), 10)
             .await
             .unwrap()
             .is_empty()
