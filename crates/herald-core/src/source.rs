@@ -71,9 +71,29 @@ pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordDir(PathBuf);
 
+/// Characters a record dir may not hold: they mean something in a shell or in the media
+/// servers' configuration files (nginx, SRS, MediaMTX's YAML and its `%` and SRS's `[…]`
+/// placeholders), and the console pastes the dir into ready-made snippets of those files.
+/// Control characters (and Unicode's line separators) are refused too. A space and `#`
+/// are allowed: the snippets quote a dir that has them.
+pub const RECORD_DIR_REFUSED: &str = "\"'`$;\\&|<>*?!(){}[]%^";
+
+fn refused_in_record_dir(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || RECORD_DIR_REFUSED.contains(c)
+}
+
 impl RecordDir {
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
         check_text(field, raw, MAX_LOCATION_BYTES)?;
+        if raw.chars().any(refused_in_record_dir) {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "must not contain control characters or any of {RECORD_DIR_REFUSED} \
+                     (letters, digits, spaces and / . _ - + @ , = : ~ # are fine)"
+                ),
+            ));
+        }
         let path = Path::new(raw);
         if !path.is_absolute() {
             return Err(FieldError::new(field, "must be an absolute path"));
@@ -409,6 +429,37 @@ mod tests {
         assert!(dir("/srv/rec/p1").overlaps(&dir("/srv/rec")));
         assert!(dir("/srv/rec/p1").overlaps(&dir("/srv/rec/p1/")));
         assert!(!dir("/srv/rec/p1").overlaps(&dir("/srv/rec/p10")));
+    }
+
+    /// A project member could once hand a colleague a console snippet whose record dir held
+    /// a newline, `;` or quotes, and so ran commands on their media server.
+    #[test]
+    fn record_dirs_hold_no_character_a_config_file_or_shell_reads() {
+        for bad in [
+            "/srv/rec\n}\nexec_push sh -c id;",
+            "/srv/rec;",
+            "/srv/\"rec",
+            "/srv/'rec",
+            "/srv/$HOME",
+            "/srv/`id`",
+            "/srv/rec\\x",
+            "/srv/[app]",
+            "/srv/%path",
+            "/srv/a\u{7f}b",
+            "/srv/a\u{85}b",
+            "/srv/a\u{2028}b",
+            "/srv/a\tb",
+        ] {
+            let e = RecordDir::parse("record_dir", bad).unwrap_err();
+            assert_eq!(e.field, "record_dir", "{bad:?}");
+        }
+        for good in [
+            "/srv/my recordings #1",
+            "/srv/录像/live",
+            "/srv/a+b@c,d=e:f~g",
+        ] {
+            assert_eq!(RecordDir::parse("record_dir", good).unwrap().as_str(), good);
+        }
     }
 
     #[test]
