@@ -279,7 +279,8 @@ impl Tracker {
                 match read.await {
                     Ok(outcome) => Some(outcome.checked(step.at)),
                     Err(unavailable) => {
-                        tracing::warn!(source = %source.id, file = %path, error = %unavailable,
+                        // `?`: a hook's path may hold newlines and escapes; logged escaped.
+                        tracing::warn!(source = %source.id, file = ?path, error = %unavailable,
                             "recordings: the file waits until ffprobe can be run");
                         self.postpone(id).await;
                         return;
@@ -301,7 +302,9 @@ impl Tracker {
 
     /// A file that cannot be reported: logged, counted, shown in the source's status.
     async fn note_failed(&self, source: &RecordingSource, path: &str, why: &str) {
-        tracing::warn!(source = %source.id, file = %path, reason = %why, "recordings: a file cannot be reported");
+        // `?`: a hook's path may hold newlines and terminal escapes that would forge log
+        // lines; Debug writes them escaped. `why` quotes the path the same way.
+        tracing::warn!(source = %source.id, file = ?path, reason = ?why, "recordings: a file cannot be reported");
         metrics::counter!("herald_recording_files_failed_total").increment(1);
         let error = SourceError {
             at: OffsetDateTime::now_utc(),
@@ -614,5 +617,74 @@ mod tests {
         );
         cancel.cancel();
         run.await.unwrap();
+    }
+
+    /// A log line's output, for the test below.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A hook's path was logged raw (`file = %path`): newlines and ANSI escapes in it
+    /// forged whole log lines. Paths are logged escaped.
+    #[tokio::test]
+    async fn a_hooks_path_cannot_forge_log_lines() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().unwrap();
+        let (master, _) = MasterKey::generate();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), master).await.unwrap());
+        let a = source("pa");
+        store.insert_source(&a).await.unwrap();
+        let forged = "/rec/x\n2026-12-06T00:00:00.000000Z  INFO herald: \u{1b}[32msignature verified\u{1b}[0m\n.txt";
+        store
+            .apply_hooks(&[(a.clone(), done(forged))], OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        let tracker = Tracker::new(
+            store.clone(),
+            Prober::new("ffprobe", herald_core::source::RecordRoots::default()),
+            Arc::new(Notify::new()),
+            Arc::new(Notify::new()),
+        );
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(tracker.run(cancel.clone()));
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let view = store
+                    .get_source(&a.project_id, &a.id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if view.files_waiting == 0 && view.last_error.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the forged file is failed");
+        cancel.cancel();
+        run.await.unwrap();
+        let out = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(out.contains("a file cannot be reported"), "{out}");
+        assert!(!out.contains('\u{1b}'), "a raw escape in the log: {out}");
+        assert!(
+            !out.lines().any(|l| l.starts_with("2026-12-06T00:00:00")),
+            "a forged line: {out}"
+        );
     }
 }
