@@ -27,7 +27,7 @@ use crate::event::EventId;
 use crate::event::live::LiveEvent;
 use crate::event::rtc::RtcEvent;
 use crate::field::FieldError;
-use crate::hook::{HookCall, StreamKey};
+use crate::hook::{HookCall, HookFile, StreamKey};
 use crate::source::{RecordingSource, SourceTarget};
 use crate::timefmt::utc_seconds;
 
@@ -102,19 +102,41 @@ pub struct Transition {
 /// The identity of a hook that names a file, within the session it joins: a second hook
 /// with the same key is the first one repeated. `None` for other hooks, and for a hook
 /// that opens a session (which nothing can repeat yet).
-pub fn hook_key(current: Option<&Session>, call: &HookCall) -> Option<String> {
+pub fn hook_key(
+    source: &RecordingSource,
+    current: Option<&Session>,
+    call: &HookCall,
+) -> Option<String> {
     let session = current?;
     match call {
         HookCall::FileStarted { file, .. } => Some(file_key(
             StepKind::FileStart,
             &session.job_id,
-            &file.joined(),
+            &resolved(source, file),
         )),
-        HookCall::FileDone { file, .. } => {
-            Some(file_key(StepKind::File, &session.job_id, &file.joined()))
-        }
+        HookCall::FileDone { file, .. } => Some(file_key(
+            StepKind::File,
+            &session.job_id,
+            &resolved(source, file),
+        )),
         _ => None,
     }
+}
+
+/// The file a hook names, as one path: the hook's base (SRS's `cwd`) or else the record
+/// dir in front of a relative path, and written the one way its components read
+/// (`rec//a.flv`, `rec/./a.flv` and `rec/a.flv` are one file, with one key and one
+/// event). `..` is kept: such a file is outside the record dir, and never opened.
+pub fn resolved(source: &RecordingSource, file: &HookFile) -> String {
+    let joined = file.joined();
+    let path = std::path::Path::new(&joined);
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        source.spec.record_dir.path().join(path)
+    };
+    let normal: std::path::PathBuf = absolute.components().collect();
+    normal.to_string_lossy().into_owned()
 }
 
 fn file_key(kind: StepKind, job_id: &str, path: &str) -> String {
@@ -162,7 +184,7 @@ pub fn transition(
             }
         }
         HookCall::FileStarted { stream, file } => {
-            let path = file.joined();
+            let path = resolved(source, file);
             if current.is_none() {
                 plan.open(stream, is_live, true);
             }
@@ -173,7 +195,7 @@ pub fn transition(
             }
         }
         HookCall::FileDone { stream, file } => {
-            let path = file.joined();
+            let path = resolved(source, file);
             if current.is_none() {
                 // A file of a stream whose publish Herald never saw (the source was created
                 // mid-stream, say): it opens a session that ends after `max_pause`.
@@ -501,7 +523,6 @@ fn derived_event_id(source_id: &str, identity: &str) -> EventId {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hook::HookFile;
     use crate::project::ProjectId;
     use crate::source::{Engine, SourceSpec};
     use secrecy::SecretString;
@@ -546,7 +567,7 @@ mod tests {
         let mut steps: Vec<Step> = Vec::new();
         let now = OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1);
         for call in calls {
-            let repeat = hook_key(session.as_ref(), call)
+            let repeat = hook_key(source, session.as_ref(), call)
                 .is_some_and(|k| steps.iter().any(|s| s.hook_key.as_deref() == Some(&k)));
             let t = transition(source, session.as_ref(), call, now, repeat);
             if let Some(s) = t.session {
@@ -611,6 +632,34 @@ mod tests {
             ],
         );
         assert_eq!(kinds, [FileStart, File]);
+    }
+
+    /// `rec//a.flv`, `rec/./a.flv` and `a.flv` (relative to the record dir) were three
+    /// files with three keys, so one file was reported three times.
+    #[test]
+    fn one_file_written_three_ways_is_one_file() {
+        let src = live("nginx-rtmp");
+        let (_, kinds) = run(
+            &src,
+            &[
+                HookCall::Publish(key()),
+                done("/rec/live/a.flv"),
+                done("/rec//live/./a.flv"),
+                done("live/a.flv"),
+                done("/rec/live//a.flv/"),
+            ],
+        );
+        use StepKind::*;
+        assert_eq!(kinds, [Start, FileStart, File, FileStart]);
+        let other = HookFile {
+            base: None,
+            path: "../etc/passwd".into(),
+        };
+        assert_eq!(
+            resolved(&src, &other),
+            "/rec/../etc/passwd",
+            "`..` is kept: outside"
+        );
     }
 
     #[test]

@@ -689,7 +689,7 @@ where
     .fetch_optional(&mut **tx)
     .await?
     .map(Session::from);
-    let repeat = match hook_key(current.as_ref(), call) {
+    let repeat = match hook_key(source, current.as_ref(), call) {
         Some(key) => sqlx::query_scalar::<_, i64>(
             "SELECT id FROM record_steps WHERE source_id = $1 AND hook_key = $2",
         )
