@@ -482,8 +482,16 @@ pub fn events_of(
             let start = facts.start_at(end).unwrap_or(end);
             let whole = Duration::from_secs_f64(facts.duration.round());
             put("record_format", json!(facts.record_format));
-            if let Some(base) = &source.spec.download_base {
-                put("download_url", json!(base.url_of(&facts.relative_path)));
+            // A URL cannot be cut short: one longer than an event's `download_url` may be
+            // is left out, and the file is still reported.
+            if let Some(url) = source
+                .spec
+                .download_base
+                .as_ref()
+                .map(|base| base.url_of(&facts.relative_path))
+                .filter(|url| url.len() <= MAX_DOWNLOAD_URL_BYTES)
+            {
+                put("download_url", json!(url));
             }
             put("file_size", json!(facts.size));
             put("record_duration", json!(whole.as_secs()));
@@ -497,7 +505,10 @@ pub fn events_of(
             }
         }
         Some(FileOutcome::Failed(why)) if is_live => {
-            put("error_message", json!(why));
+            put(
+                "error_message",
+                json!(truncated(why, MAX_ERROR_MESSAGE_BYTES)),
+            );
         }
         _ => {}
     }
@@ -506,6 +517,24 @@ pub fn events_of(
         SourceTarget::Live { .. } => DerivedEvent::Live(event_id, LiveEvent::parse("", &value)?),
         SourceTarget::Rtc { .. } => DerivedEvent::Rtc(event_id, RtcEvent::parse("", &value)?),
     }])
+}
+
+/// The longest `error_message` and `download_url` a derived event carries: the event
+/// rules' limits (a longer one would make the event invalid, and it would be dropped).
+const MAX_ERROR_MESSAGE_BYTES: usize = crate::field::MAX_TEXT_BYTES;
+const MAX_DOWNLOAD_URL_BYTES: usize = 2048;
+
+/// `text` cut at a character boundary to at most `max` bytes, an ellipsis saying so.
+fn truncated(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    const MORE: &str = "…";
+    let mut end = max.saturating_sub(MORE.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MORE}", &text[..end])
 }
 
 /// `src-` and 40 hex characters of a hash of the source and what the event reports.
@@ -632,6 +661,48 @@ mod tests {
             ],
         );
         assert_eq!(kinds, [FileStart, File]);
+    }
+
+    /// A path near 4 KiB made RECORD_FAILED's `error_message` longer than an event may
+    /// hold, and the event was dropped; a long download URL did the same to a complete file.
+    #[test]
+    fn long_paths_never_drop_an_event() {
+        let src = live("nginx-rtmp");
+        let long = format!("/rec/{}é.flv", "x".repeat(4090));
+        let step = Step {
+            kind: StepKind::File,
+            stream: key(),
+            job_id: "j1".into(),
+            file_no: 0,
+            path: Some(long.clone()),
+            at: OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000),
+            hook_key: None,
+        };
+        let why = format!("{long:?} does not exist");
+        let events = events_of(&src, &step, Some(&FileOutcome::Failed(why))).unwrap();
+        let [DerivedEvent::Live(_, event)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        let message = event.text("error_message");
+        assert!(message.len() <= crate::field::MAX_TEXT_BYTES);
+        assert!(message.ends_with('…'), "{}", &message[message.len() - 10..]);
+        let facts = FileFacts {
+            relative_path: long.trim_start_matches("/rec/").into(),
+            size: 1,
+            duration: 1.0,
+            width: None,
+            height: None,
+            record_format: "FLV".into(),
+        };
+        let events = events_of(&src, &step, Some(&FileOutcome::Complete(facts))).unwrap();
+        let [DerivedEvent::Live(_, event)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(event.text("event_type"), "RECORD_FILE_COMPLETE");
+        assert!(!event.fields.contains_key("download_url"));
+        assert_eq!(truncated("ab", 2), "ab");
+        assert_eq!(truncated("aééé", 5), "a…");
+        assert_eq!(truncated("aééé", 6), "aé…");
     }
 
     /// `rec//a.flv`, `rec/./a.flv` and `a.flv` (relative to the record dir) were three
