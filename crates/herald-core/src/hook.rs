@@ -14,7 +14,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::field::{FieldError, MAX_TEXT_BYTES, check_text};
+use crate::field::{FieldError, MAX_TEXT_BYTES, check_name, check_text};
 use crate::source::Engine;
 
 /// The stream a hook is about: the media server's app and stream name.
@@ -112,7 +112,7 @@ fn stream_key(
         if value.is_empty() {
             return Err(FieldError::new(field, "is required"));
         }
-        check_text(field, value, MAX_NAME_BYTES)?;
+        check_name(field, value, MAX_NAME_BYTES)?;
     }
     Ok(StreamKey {
         app: app.to_owned(),
