@@ -757,6 +757,85 @@ async fn sources_are_managed_by_api_and_cli_and_their_input_is_checked() {
     assert_eq!(list["total"], 0);
 }
 
+/// A container that claimed ~3.9e11 s made the tracker panic: it ended silently, and
+/// every project's files waited forever. Such a file is now RECORD_FAILED with a reason,
+/// and the tracker goes on (the session still ends).
+#[tokio::test]
+async fn a_file_with_an_absurd_duration_is_failed_and_stops_nothing() {
+    let tools = tempfile::tempdir().unwrap();
+    let lying = tools.path().join("ffprobe");
+    std::fs::write(
+        &lying,
+        "#!/bin/sh
+case \"$*\" in *-version*) exit 0;; esac
+cat >/dev/null
+\
+         echo '{\"streams\": [{\"codec_type\": \"video\", \"width\": 640, \"height\": 360, \"nb_read_packets\": \"50\"}], \"format\": {\"format_name\": \"flv\", \"duration\": \"390000000000.0\"}}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&lying, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut live = Live::start().await;
+    // The same project and config, on a server whose ffprobe lies about durations.
+    live.server = TestServer::start_with(|s| {
+        s.allow_private_targets = true;
+        s.ffprobe = lying.clone();
+    })
+    .await;
+    live.token = live.server.token("p1").await;
+    let (status, body) = live
+        .server
+        .post_with_token(
+            &live.token,
+            "/v1/p1/record/callbacks",
+            &json!({"publish_domain": DOMAIN, "app": "*", "notify_callback_url": live.receiver.url(),
+                    "notify_event_subscription": ALL_LIVE, "sign_type": "HMACSHA256", "key": KEY}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let source = live.source("nginx-rtmp", "1s").await;
+    let hook = source["hook_url"].as_str().unwrap().to_owned();
+    let file = live.record_dir().join("cam-1.flv");
+    std::fs::write(&file, b"FLV, or so it says").unwrap();
+    let post = |body: String| {
+        live.server
+            .http
+            .post(&hook)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        post("app=live&call=publish&name=cam".into())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let done = format!(
+        "app=live&call=record_done&name=cam&path={}",
+        percent_encoding::utf8_percent_encode(
+            file.to_str().unwrap(),
+            percent_encoding::NON_ALPHANUMERIC
+        )
+    );
+    assert_eq!(post(done).await.unwrap().status(), 200);
+    assert_eq!(
+        post("app=live&call=publish_done&name=cam".into())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let events = live.wait_for_type("RECORD_OVER").await;
+    let failed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event_type"] == "RECORD_FAILED")
+        .collect();
+    assert_eq!(failed.len(), 1, "{events:?}");
+    let message = failed[0]["error_message"].as_str().unwrap();
+    assert!(message.contains("more than any recording"), "{message}");
+}
+
 /// ffprobe once opened whatever absolute paths an HLS playlist or a concat list in the
 /// record dir listed. Only the containers the engines write are read now, each with its
 /// demuxer forced, so a playlist reaches nothing, whatever its name.
