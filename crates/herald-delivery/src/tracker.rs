@@ -38,6 +38,10 @@ const STREAMS_AT_ONCE: u32 = 64;
 /// Files read at once: ffprobe must never take every core from the hooks, which media
 /// servers wait for. Shared fairly: see [`FileTurns`].
 const FILES_AT_ONCE: usize = 2;
+/// Finished files a tracker holds at once: those being read and one more for each turn,
+/// ready when a turn comes free. A tracker leases no more, so that another node with
+/// free turns takes the rest.
+const FILES_HELD: u32 = 2 * FILES_AT_ONCE as u32;
 /// When ffprobe cannot run, or the store fails, a step is tried again after this.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// The longest sleep when nothing is due: a fallback for a wake-up another node missed.
@@ -121,9 +125,15 @@ impl Tracker {
             }
             let room =
                 STREAMS_AT_ONCE.saturating_sub(u32::try_from(running.len()).unwrap_or(u32::MAX));
+            let files_held = in_flight
+                .values()
+                .filter(|c| c.step.kind == StepKind::File)
+                .count();
+            let file_room =
+                FILES_HELD.saturating_sub(u32::try_from(files_held).unwrap_or(u32::MAX));
             let busy = tokio::select! {
                 () = cancel.cancelled() => break,
-                started = this.start_due(now, room) => started,
+                started = this.start_due(now, room, file_room) => started,
             };
             let sleep = match busy {
                 Ok(started) if !started.is_empty() => {
@@ -171,11 +181,13 @@ impl Tracker {
     }
 
     /// Ends the sessions whose pause is over, then leases the next step of up to `room`
-    /// streams that have one due. Empty when nothing was due.
+    /// streams that have one due, of which up to `file_room` are files to read. Empty when
+    /// nothing was due.
     async fn start_due(
         &self,
         now: OffsetDateTime,
         room: u32,
+        file_room: u32,
     ) -> Result<Vec<ClaimedStep>, StoreError> {
         let ended = self.store.end_paused_sessions(now).await?;
         if room == 0 {
@@ -184,7 +196,7 @@ impl Tracker {
         // Sessions that just ended queued their last steps: they are claimed with the rest.
         let claimed = self
             .store
-            .claim_steps(&self.owner, now, now + LEASE, room)
+            .claim_steps(&self.owner, now, now + LEASE, room, file_room)
             .await?;
         if claimed.is_empty() && ended > 0 {
             tracing::debug!(ended, "recordings: sessions ended");
@@ -578,13 +590,13 @@ mod tests {
             .unwrap();
         // The RECORD_START step is done; then the file is claimed by trackers that died
         // while reading it, again and again.
-        let start = store.claim_steps("dead", now, now, 10).await.unwrap();
+        let start = store.claim_steps("dead", now, now, 10, 10).await.unwrap();
         store
             .finish_steps("dead", &[start[0].id], now)
             .await
             .unwrap();
         for _ in 0..MOST_ATTEMPTS {
-            let claimed = store.claim_steps("dead", now, now, 10).await.unwrap();
+            let claimed = store.claim_steps("dead", now, now, 10, 10).await.unwrap();
             assert_eq!(claimed.len(), 1);
         }
         let tracker = Tracker::new(

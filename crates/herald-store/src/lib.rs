@@ -440,14 +440,17 @@ pub trait RecordingSources {
     /// done, queueing each one's last step. Returns how many ended.
     async fn end_paused_sessions(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
     /// Leases to `owner` (a tracker), until `lease_until`, the first open step of up to
-    /// `limit` streams whose first step is due and not leased: one stream's steps are
-    /// taken in order, one by one. Each claim counts as one of the step's attempts.
+    /// `limit` streams whose first step is due and not leased, of which at most `files`
+    /// are finished files to read: one stream's steps are taken in order, one by one, and
+    /// each source's first before any source's second. Each claim counts as one of the
+    /// step's attempts.
     async fn claim_steps(
         &self,
         owner: &str,
         now: OffsetDateTime,
         lease_until: OffsetDateTime,
         limit: u32,
+        files: u32,
     ) -> Result<Vec<ClaimedStep>, StoreError>;
     /// Marks `owner`'s steps done, in one commit; each one's stream's next step becomes
     /// its head. A step whose lease another tracker has taken since is left to it; returns

@@ -426,20 +426,33 @@ where
         now: OffsetDateTime,
         lease_until: OffsetDateTime,
         limit: u32,
+        files: u32,
     ) -> Result<Vec<ClaimedStep>, StoreError> {
         let mut w = self.queue_tx().await?;
-        // The head of each stream's open steps, if it is due and not leased. The lease
+        // The head of each stream's open steps, if it is due and not leased: each source's
+        // first before any source's second (`turn`), so no source's many streams crowd out
+        // another's, and at most `files` file steps (`nth_file`), so a tracker leases no
+        // more files than it can start reading: the rest stay for other nodes. The lease
         // test is repeated outside the subquery so that PostgreSQL re-checks it on the row
         // it locks: of two nodes claiming at once, the second finds it leased. The owner
         // written here is what finishing, postponing and extending check.
         let rows: Vec<StepRow> = sqlx::query_as(&format!(
             "UPDATE record_steps SET lease_until_ms = $1, lease_owner = $4, \
              attempts = attempts + 1 WHERE id IN ( \
-                 SELECT t.id FROM record_steps t JOIN ( \
-                     SELECT MIN(id) AS id FROM record_steps WHERE done_at_ms IS NULL \
-                     GROUP BY source_id, app, stream) head ON head.id = t.id \
-                 WHERE t.due_at_ms <= $2 AND (t.lease_until_ms IS NULL OR t.lease_until_ms <= $2) \
-                 ORDER BY t.id LIMIT $3) \
+                 SELECT id FROM ( \
+                     SELECT id, kind, turn, ROW_NUMBER() OVER ( \
+                         PARTITION BY kind = 'file' ORDER BY turn, id) AS nth_of_kind \
+                     FROM ( \
+                         SELECT t.id, t.kind, ROW_NUMBER() OVER ( \
+                             PARTITION BY t.source_id ORDER BY t.id) AS turn \
+                         FROM record_steps t JOIN ( \
+                             SELECT MIN(id) AS id FROM record_steps WHERE done_at_ms IS NULL \
+                             GROUP BY source_id, app, stream) head ON head.id = t.id \
+                         WHERE t.due_at_ms <= $2 \
+                         AND (t.lease_until_ms IS NULL OR t.lease_until_ms <= $2)) due \
+                     ) ranked \
+                 WHERE kind <> 'file' OR nth_of_kind <= $5 \
+                 ORDER BY turn, id LIMIT $3) \
              AND (lease_until_ms IS NULL OR lease_until_ms <= $2) AND done_at_ms IS NULL \
              RETURNING {STEP_COLUMNS}"
         ))
@@ -447,6 +460,7 @@ where
         .bind(unix_ms(now))
         .bind(i64::from(limit))
         .bind(owner)
+        .bind(i64::from(files))
         .fetch_all(&mut *w.tx)
         .await?;
         w.tx.commit().await?;
