@@ -197,8 +197,9 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     })
 }
 
-/// ffprobe is a run-time dependency of recording sources: say so at start-up when one
-/// exists and ffprobe does not run (files then wait to be read; nothing is lost).
+/// ffprobe and a record root are run-time needs of recording sources: say so at start-up
+/// when one exists and ffprobe does not run (files then wait to be read; nothing is lost)
+/// or no root is allowed (files are then failed: see HERALD_RECORD_ROOTS).
 async fn warn_without_ffprobe(store: &dyn Store, prober: &Prober) -> anyhow::Result<()> {
     if store.count_sources().await? == 0 {
         return Ok(());
