@@ -433,12 +433,23 @@ function sourceSection(source, appNames) {
       h("button", { type: "button", class: "danger", onclick: () => deleteSource(source, appNames) }, "Delete")));
 }
 
+/** A value for a media server's configuration file: as it is when it holds only
+ *  characters no syntax reads specially, else double-quoted. The server refuses record
+ *  directories with quotes, backslashes, `$`, `;` or control characters, so quoting is
+ *  all a space or a `#` needs; backslashes and quotes are escaped all the same, so that
+ *  no value can end its quotes and become configuration (nginx and SRS read `\"` inside
+ *  double quotes, YAML's double-quoted scalars too). */
+function configValue(value) {
+  if (/^[A-Za-z0-9\/._\-\[\]%]+$/.test(value)) return value;
+  return `"${value.replace(/[\\"]/g, (c) => `\\${c}`).replace(/[\u0000-\u001f\u007f]/g, "")}"`;
+}
+
 /** The lines a source's engine needs (SPEC §7), with its hook URL and record directory
- *  filled in, and where they go. */
+ *  filled in (quoted for the file's syntax where needed), and where they go. */
 function engineSnippet(source) {
   const hook = source.hook_url;
   const dir = source.record_dir;
-  const under = (rest) => `${dir.replace(/\/+$/, "")}/${rest}`;
+  const under = (rest) => configValue(`${dir.replace(/\/+$/, "")}/${rest}`);
   if (source.engine === "srs") {
     return {
       where: "In the vhost of SRS's configuration file.",
@@ -482,7 +493,7 @@ dvr {
     text: `application live {
     live on;
     record all;
-    record_path ${dir};
+    record_path ${configValue(dir)};
     record_unique on;
     record_interval 30m;
     on_publish ${hook};

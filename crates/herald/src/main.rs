@@ -255,9 +255,16 @@ impl Common {
     async fn open_store_and_public_url(
         &self,
     ) -> anyhow::Result<(std::sync::Arc<dyn herald_store::Store>, String)> {
+        let (store, settings) = self.open_store_and_settings().await?;
+        Ok((store, settings.public_url_for(settings.listen)))
+    }
+
+    /// The store, and the settings it was opened with.
+    async fn open_store_and_settings(
+        &self,
+    ) -> anyhow::Result<(std::sync::Arc<dyn herald_store::Store>, Settings)> {
         let settings = self.settings(FlagOverrides::default())?;
-        let public_url = settings.public_url_for(settings.listen);
-        Ok((app::open_store(&settings).await?, public_url))
+        Ok((app::open_store(&settings).await?, settings))
     }
 }
 
@@ -393,10 +400,9 @@ async fn main() -> anyhow::Result<()> {
             common,
             json,
         }) => {
-            let (store, public_url) = common.open_store_and_public_url().await?;
-            let max_per_project = common
-                .settings(FlagOverrides::default())?
-                .max_per_project()?;
+            let (store, settings) = common.open_store_and_settings().await?;
+            let public_url = settings.public_url_for(settings.listen);
+            let max_per_project = settings.max_per_project()?;
             let options = sources::CreateOptions {
                 engine,
                 publish_domain,
@@ -406,7 +412,11 @@ async fn main() -> anyhow::Result<()> {
                 max_pause,
                 max_per_project,
             };
-            sources::create(store.as_ref(), project(&p)?, &options, &public_url, json).await
+            let place = sources::Place {
+                roots: &settings.record_roots,
+                public_url: &public_url,
+            };
+            sources::create(store.as_ref(), project(&p)?, &options, &place, json).await
         }
         Command::Sources(SourcesCommand::List {
             project: p,

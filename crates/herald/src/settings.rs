@@ -15,6 +15,7 @@ use herald_api::ServerLimits;
 use herald_core::duration::parse_duration;
 use herald_core::field::FieldError;
 use herald_core::retry::RetrySchedule;
+use herald_core::source::RecordRoots;
 use herald_delivery::DeliverySettings;
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -84,6 +85,11 @@ pub struct Settings {
     /// Most callback configs, apps and recording sources one project may have, each counted
     /// apart (`HERALD_MAX_PER_PROJECT`).
     pub max_per_project: u32,
+    /// The directories recording sources may read files from: `HERALD_RECORD_ROOTS`
+    /// (absolute paths separated by `:`), or `record_roots`, an array, in the file. None by
+    /// default: a project's token alone must never make Herald read files on the server.
+    #[serde(deserialize_with = "record_roots")]
+    pub record_roots: RecordRoots,
     /// Access keys listed in the config file, beside those created by the CLI.
     pub credentials: Vec<StaticAccessKey>,
     /// Tokens listed in the config file.
@@ -129,6 +135,7 @@ impl Default for Settings {
             body_read_timeout: ServerLimits::default().body_read_timeout,
             max_connections: 256,
             max_per_project: 1000,
+            record_roots: RecordRoots::default(),
             credentials: Vec::new(),
             tokens: Vec::new(),
         }
@@ -221,6 +228,22 @@ fn public_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
     herald_core::source::DownloadBase::parse("HERALD_PUBLIC_URL", &raw)
         .map(|url| Some(url.as_str().trim_end_matches('/').to_owned()))
         .map_err(serde::de::Error::custom)
+}
+
+/// `/a:/b` from the environment, `["/a", "/b"]` from the file.
+fn record_roots<'de, D: Deserializer<'de>>(d: D) -> Result<RecordRoots, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Text(String),
+        List(Vec<String>),
+    }
+    const NAME: &str = "HERALD_RECORD_ROOTS";
+    match Written::deserialize(d)? {
+        Written::Text(text) => RecordRoots::parse_list(NAME, &text),
+        Written::List(list) => RecordRoots::from_paths(NAME, list.iter().map(String::as_str)),
+    }
+    .map_err(serde::de::Error::custom)
 }
 
 /// Flags given on the command line; `None` leaves the lower layers' value.
@@ -340,6 +363,7 @@ impl Settings {
                 "body_read_timeout",
                 "max_connections",
                 "max_per_project",
+                "record_roots",
             ]))
             .merge(Serialized::defaults(flags))
             .extract()
@@ -437,6 +461,32 @@ mod tests {
             s.max_per_project().unwrap_err().field,
             "HERALD_MAX_PER_PROJECT"
         );
+    }
+
+    #[test]
+    fn record_roots_come_from_the_environment_or_the_file() {
+        figment::Jail::expect_with(|jail| {
+            let s = Settings::load(None, &FlagOverrides::default()).map_err(|e| *e)?;
+            assert!(s.record_roots.is_empty(), "none by default");
+            jail.create_file(
+                "herald.toml",
+                r#"record_roots = ["/srv/rec", "/data/media"]"#,
+            )?;
+            let s = Settings::load(Some(Path::new("herald.toml")), &FlagOverrides::default())
+                .map_err(|e| *e)?;
+            let roots: Vec<&str> = s.record_roots.iter().map(|r| r.as_str()).collect();
+            assert_eq!(roots, ["/srv/rec", "/data/media"]);
+            jail.set_env("HERALD_RECORD_ROOTS", "/var/lib/rec:/mnt/media");
+            let s = Settings::load(Some(Path::new("herald.toml")), &FlagOverrides::default())
+                .map_err(|e| *e)?;
+            let roots: Vec<&str> = s.record_roots.iter().map(|r| r.as_str()).collect();
+            assert_eq!(roots, ["/var/lib/rec", "/mnt/media"]);
+            Ok(())
+        });
+        for bad in ["rec", "/srv/../etc", "/"] {
+            let message = refused("HERALD_RECORD_ROOTS", bad);
+            assert!(message.contains("HERALD_RECORD_ROOTS"), "{bad}: {message}");
+        }
     }
 
     #[test]
