@@ -580,6 +580,19 @@ mod tests {
         }
     }
 
+    /// The file step of job `j1`'s first file at `path`, finished at `at`.
+    fn file_step(path: &str, at: OffsetDateTime) -> Step {
+        Step {
+            kind: StepKind::File,
+            stream: key(),
+            job_id: "j1".into(),
+            file_no: 0,
+            path: Some(path.into()),
+            at,
+            hook_key: None,
+        }
+    }
+
     fn done(path: &str) -> HookCall {
         HookCall::FileDone {
             stream: key(),
@@ -669,15 +682,10 @@ mod tests {
     fn long_paths_never_drop_an_event() {
         let src = live("nginx-rtmp");
         let long = format!("/rec/{}é.flv", "x".repeat(4090));
-        let step = Step {
-            kind: StepKind::File,
-            stream: key(),
-            job_id: "j1".into(),
-            file_no: 0,
-            path: Some(long.clone()),
-            at: OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000),
-            hook_key: None,
-        };
+        let step = file_step(
+            &long,
+            OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000),
+        );
         let why = format!("{long:?} does not exist");
         let events = events_of(&src, &step, Some(&FileOutcome::Failed(why))).unwrap();
         let [DerivedEvent::Live(_, event)] = events.as_slice() else {
@@ -743,15 +751,10 @@ mod tests {
     #[test]
     fn file_events_carry_the_facts_and_ids_are_stable() {
         let src = live("nginx-rtmp");
-        let step = Step {
-            kind: StepKind::File,
-            stream: key(),
-            job_id: "j1".into(),
-            file_no: 0,
-            path: Some("/rec/live/cam 1.flv".into()),
-            at: OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(100),
-            hook_key: None,
-        };
+        let step = file_step(
+            "/rec/live/cam 1.flv",
+            OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(100),
+        );
         let facts = FileFacts {
             relative_path: "live/cam 1.flv".into(),
             size: 1234,
@@ -797,15 +800,10 @@ mod tests {
     #[test]
     fn an_absurd_duration_is_a_failed_file_not_a_panic() {
         let src = live("nginx-rtmp");
-        let step = Step {
-            kind: StepKind::File,
-            stream: key(),
-            job_id: "j1".into(),
-            file_no: 0,
-            path: Some("/rec/a.flv".into()),
-            at: OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000),
-            hook_key: None,
-        };
+        let step = file_step(
+            "/rec/a.flv",
+            OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000),
+        );
         for duration in [
             3.9e11,
             1.0e300,

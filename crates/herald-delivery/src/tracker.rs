@@ -461,61 +461,103 @@ mod tests {
         }
     }
 
+    /// An embedded store in a temporary dir, and the sources of the tests.
+    struct Fixture {
+        store: Arc<dyn Store>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        async fn with_sources(sources: &[&RecordingSource]) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let (master, _) = MasterKey::generate();
+            let store: Arc<dyn Store> =
+                Arc::new(SqliteStore::open(dir.path(), master).await.unwrap());
+            for source in sources {
+                store.insert_source(source).await.unwrap();
+            }
+            Self { store, _dir: dir }
+        }
+
+        /// Starts a tracker reading with `reader`; cancel the token and await the task to
+        /// stop it.
+        fn run_tracker(
+            &self,
+            reader: impl FileReader + 'static,
+        ) -> (tokio::task::JoinHandle<()>, CancellationToken) {
+            let tracker = Tracker::new(
+                self.store.clone(),
+                reader,
+                Arc::new(Notify::new()),
+                Arc::new(Notify::new()),
+            );
+            let cancel = CancellationToken::new();
+            (tokio::spawn(tracker.run(cancel.clone())), cancel)
+        }
+
+        async fn view(&self, source: &RecordingSource) -> herald_store::SourceView {
+            self.store
+                .get_source(&source.project_id, &source.id)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+
+        /// Waits (at most 20 s) until `done` holds for `source`'s view; returns that view.
+        async fn until(
+            &self,
+            source: &RecordingSource,
+            done: impl Fn(&herald_store::SourceView) -> bool,
+            why: &str,
+        ) -> herald_store::SourceView {
+            tokio::time::timeout(Duration::from_secs(20), async {
+                loop {
+                    let view = self.view(source).await;
+                    if done(&view) {
+                        return view;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .expect(why)
+        }
+    }
+
     /// A panic while reading one file once ended the tracker for every project, and the
     /// step, given back at start, panicked again after every restart. Now it fails that
     /// step alone: its stream goes on, and so does every other source.
     #[tokio::test]
     async fn a_step_that_panics_is_failed_and_nothing_else_stops() {
-        let dir = tempfile::tempdir().unwrap();
-        let (master, _) = MasterKey::generate();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), master).await.unwrap());
         let (a, b) = (source("pa"), source("pb"));
-        store.insert_source(&a).await.unwrap();
-        store.insert_source(&b).await.unwrap();
-        let now = OffsetDateTime::now_utc();
+        let fixture = Fixture::with_sources(&[&a, &b]).await;
         let hooks = [
             (a.clone(), done("/rec/boom.flv")),
             (a.clone(), done("/rec/after.flv")),
             (b.clone(), done("/rec/good.flv")),
         ];
-        store.apply_hooks(&hooks, now).await.unwrap();
-        let tracker = Tracker::new(
-            store.clone(),
-            Exploding,
-            Arc::new(Notify::new()),
-            Arc::new(Notify::new()),
-        );
-        let cancel = CancellationToken::new();
-        let run = tokio::spawn(tracker.run(cancel.clone()));
-        let view = |project: &RecordingSource| {
-            let (store, project) = (store.clone(), project.clone());
-            async move {
-                store
-                    .get_source(&project.project_id, &project.id)
-                    .await
-                    .unwrap()
-                    .unwrap()
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                let (va, vb) = (view(&a).await, view(&b).await);
-                if va.files_waiting == 0 && vb.files_waiting == 0 {
-                    break;
-                }
-                tokio::task::yield_now().await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("every file is done although one read panicked");
-        let va = view(&a).await;
+        fixture
+            .store
+            .apply_hooks(&hooks, OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        let (run, cancel) = fixture.run_tracker(Exploding);
+        fixture
+            .until(&b, |v| v.files_waiting == 0, "B's file is done")
+            .await;
+        let va = fixture
+            .until(
+                &a,
+                |v| v.files_waiting == 0,
+                "every file is done although one read panicked",
+            )
+            .await;
         let error = va
             .last_error
             .expect("the panicked file is the source's error");
         assert_eq!(error.file, "/rec/boom.flv");
         assert_eq!(error.message, READING_FAILED);
-        assert!(view(&b).await.last_error.is_none());
+        assert!(fixture.view(&b).await.last_error.is_none());
         assert!(!run.is_finished(), "the tracker still runs");
         cancel.cancel();
         run.await.unwrap();
@@ -526,47 +568,27 @@ mod tests {
     /// is now ingested as soon as it is done.
     #[tokio::test]
     async fn a_slow_file_holds_back_no_other_project() {
-        let dir = tempfile::tempdir().unwrap();
-        let (master, _) = MasterKey::generate();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), master).await.unwrap());
         let (a, b) = (source("pa"), source("pb"));
-        store.insert_source(&a).await.unwrap();
-        store.insert_source(&b).await.unwrap();
-        let now = OffsetDateTime::now_utc();
+        let fixture = Fixture::with_sources(&[&a, &b]).await;
         let hooks = [
             (a.clone(), done("/rec/slow.flv")),
             (b.clone(), done("/rec/one.flv")),
         ];
-        store.apply_hooks(&hooks, now).await.unwrap();
-        // B's next file arrives while A's is still being read.
-        let tracker = Tracker::new(
-            store.clone(),
-            Exploding,
-            Arc::new(Notify::new()),
-            Arc::new(Notify::new()),
-        );
-        let cancel = CancellationToken::new();
-        let run = tokio::spawn(tracker.run(cancel.clone()));
-        let files_waiting = |s: &RecordingSource| {
-            let (store, s) = (store.clone(), s.clone());
-            async move {
-                store
-                    .get_source(&s.project_id, &s.id)
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .files_waiting
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(20), async {
-            while files_waiting(&b).await > 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("B's file is reported while A's is still read");
+        fixture
+            .store
+            .apply_hooks(&hooks, OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        let (run, cancel) = fixture.run_tracker(Exploding);
+        fixture
+            .until(
+                &b,
+                |v| v.files_waiting == 0,
+                "B's file is reported while A's is still read",
+            )
+            .await;
         assert_eq!(
-            files_waiting(&a).await,
+            fixture.view(&a).await.files_waiting,
             1,
             "A's slow file is still being read"
         );
@@ -578,11 +600,9 @@ mod tests {
     /// at every start and taken forever. After a few claims it is failed instead.
     #[tokio::test]
     async fn a_step_that_keeps_ending_its_tracker_is_failed() {
-        let dir = tempfile::tempdir().unwrap();
-        let (master, _) = MasterKey::generate();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), master).await.unwrap());
         let a = source("pa");
-        store.insert_source(&a).await.unwrap();
+        let fixture = Fixture::with_sources(&[&a]).await;
+        let store = &fixture.store;
         let now = OffsetDateTime::now_utc();
         store
             .apply_hooks(&[(a.clone(), done("/rec/crash.flv"))], now)
@@ -599,29 +619,15 @@ mod tests {
             let claimed = store.claim_steps("dead", now, now, 10, 10).await.unwrap();
             assert_eq!(claimed.len(), 1);
         }
-        let tracker = Tracker::new(
-            store.clone(),
-            Exploding,
-            Arc::new(Notify::new()),
-            Arc::new(Notify::new()),
-        );
-        let cancel = CancellationToken::new();
-        let run = tokio::spawn(tracker.run(cancel.clone()));
-        let error = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                let view = store
-                    .get_source(&a.project_id, &a.id)
-                    .await
-                    .unwrap()
-                    .unwrap();
-                if let (0, Some(error)) = (view.files_waiting, view.last_error) {
-                    return error;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("the file is failed, not read a sixth time");
+        let (run, cancel) = fixture.run_tracker(Exploding);
+        let view = fixture
+            .until(
+                &a,
+                |v| v.files_waiting == 0 && v.last_error.is_some(),
+                "the file is failed, not read a sixth time",
+            )
+            .await;
+        let error = view.last_error.unwrap();
         assert!(
             error.message.contains("not tried again"),
             "{}",
@@ -656,39 +662,25 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         let _default = tracing::subscriber::set_default(subscriber);
-        let dir = tempfile::tempdir().unwrap();
-        let (master, _) = MasterKey::generate();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), master).await.unwrap());
         let a = source("pa");
-        store.insert_source(&a).await.unwrap();
+        let fixture = Fixture::with_sources(&[&a]).await;
         let forged = "/rec/x\n2026-12-06T00:00:00.000000Z  INFO herald: \u{1b}[32msignature verified\u{1b}[0m\n.txt";
-        store
+        fixture
+            .store
             .apply_hooks(&[(a.clone(), done(forged))], OffsetDateTime::now_utc())
             .await
             .unwrap();
-        let tracker = Tracker::new(
-            store.clone(),
-            Prober::new("ffprobe", herald_core::source::RecordRoots::default()),
-            Arc::new(Notify::new()),
-            Arc::new(Notify::new()),
-        );
-        let cancel = CancellationToken::new();
-        let run = tokio::spawn(tracker.run(cancel.clone()));
-        tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                let view = store
-                    .get_source(&a.project_id, &a.id)
-                    .await
-                    .unwrap()
-                    .unwrap();
-                if view.files_waiting == 0 && view.last_error.is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("the forged file is failed");
+        let (run, cancel) = fixture.run_tracker(Prober::new(
+            "ffprobe",
+            herald_core::source::RecordRoots::default(),
+        ));
+        fixture
+            .until(
+                &a,
+                |v| v.files_waiting == 0 && v.last_error.is_some(),
+                "the forged file is failed",
+            )
+            .await;
         cancel.cancel();
         run.await.unwrap();
         let out = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();

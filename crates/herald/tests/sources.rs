@@ -66,6 +66,39 @@ impl Live {
     }
 
     /// Creates a Live source of `engine` over the record dir; returns its JSON.
+    /// One nginx-rtmp publish through `hook`: `publish`, a `record_done` for each of
+    /// `files`, then `publish_done`, each answered 200.
+    async fn nginx_session(&self, hook: &str, files: &[PathBuf]) {
+        let path = |file: &PathBuf| {
+            percent_encoding::utf8_percent_encode(
+                file.to_str().unwrap(),
+                percent_encoding::NON_ALPHANUMERIC,
+            )
+            .to_string()
+        };
+        let bodies = std::iter::once("app=live&call=publish&name=cam".to_owned())
+            .chain(
+                files
+                    .iter()
+                    .map(|f| format!("app=live&call=record_done&name=cam&path={}", path(f))),
+            )
+            .chain(std::iter::once(
+                "app=live&call=publish_done&name=cam".to_owned(),
+            ));
+        for body in bodies {
+            let answer = self
+                .server
+                .http
+                .post(hook)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 200);
+        }
+    }
+
     async fn source(&self, engine: &str, max_pause: &str) -> Value {
         let (status, source) = self
             .server
@@ -796,36 +829,7 @@ cat >/dev/null
     let hook = source["hook_url"].as_str().unwrap().to_owned();
     let file = live.record_dir().join("cam-1.flv");
     std::fs::write(&file, b"FLV, or so it says").unwrap();
-    let post = |body: String| {
-        live.server
-            .http
-            .post(&hook)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-    };
-    assert_eq!(
-        post("app=live&call=publish&name=cam".into())
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let done = format!(
-        "app=live&call=record_done&name=cam&path={}",
-        percent_encoding::utf8_percent_encode(
-            file.to_str().unwrap(),
-            percent_encoding::NON_ALPHANUMERIC
-        )
-    );
-    assert_eq!(post(done).await.unwrap().status(), 200);
-    assert_eq!(
-        post("app=live&call=publish_done&name=cam".into())
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    live.nginx_session(&hook, &[file]).await;
     let events = live.wait_for_type("RECORD_OVER").await;
     let failed: Vec<&Value> = events
         .iter()
@@ -865,38 +869,8 @@ async fn playlists_cannot_lead_ffprobe_out_of_the_record_dir() {
     for (name, text) in &files {
         std::fs::write(dir.join(name), text).unwrap();
     }
-    let http = &live.server.http;
-    let post = |body: String| {
-        http.post(&hook)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-    };
-    assert_eq!(
-        post("app=live&call=publish&name=cam".into())
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    for (name, _) in &files {
-        let path = dir.join(name);
-        let body = format!(
-            "app=live&call=record_done&name=cam&path={}",
-            percent_encoding::utf8_percent_encode(
-                path.to_str().unwrap(),
-                percent_encoding::NON_ALPHANUMERIC
-            )
-        );
-        assert_eq!(post(body).await.unwrap().status(), 200);
-    }
-    assert_eq!(
-        post("app=live&call=publish_done&name=cam".into())
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let paths: Vec<PathBuf> = files.iter().map(|(name, _)| dir.join(name)).collect();
+    live.nginx_session(&hook, &paths).await;
     let events = live.wait_for_type("RECORD_OVER").await;
     assert!(
         !events
