@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use herald_api::auth::StaticCredentials;
 use herald_api::{AppState, Shared, router};
 use herald_core::project::ProjectId;
+use herald_delivery::concurrency::EndpointConcurrency;
 use herald_delivery::dispatcher::{Dispatcher, WorkerStopped};
 use herald_delivery::probe::Prober;
 use herald_delivery::tracker::Tracker;
@@ -178,6 +179,7 @@ pub async fn start_with(settings: &Settings, tasks: Supervisor) -> anyhow::Resul
     let prober = Prober::new(&settings.ffprobe);
     warn_without_ffprobe(store.as_ref(), &prober).await?;
     let wake = Arc::new(Notify::new());
+    let concurrency = Arc::new(EndpointConcurrency::new(delivery.per_endpoint_in_flight));
     let recordings = Arc::new(Notify::new());
     let worker_stopped = CancellationToken::new();
     let listener = TcpListener::bind(settings.listen)
@@ -227,7 +229,8 @@ pub async fn start_with(settings: &Settings, tasks: Supervisor) -> anyhow::Resul
             tracker.run(cancel).await;
         }
     });
-    let dispatcher = Dispatcher::new(store, delivery, wake).context("building the HTTP client")?;
+    let dispatcher =
+        Dispatcher::new(store, delivery, wake, concurrency).context("building the HTTP client")?;
     let worker = dispatcher.run(shutdown.clone(), grace);
     Ok(Running {
         local_addr,
