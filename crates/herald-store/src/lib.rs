@@ -61,9 +61,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use location::StoreLocation;
 pub use queue::{
-    Accepted, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
-    DeliveryFilter, DeliveryStatus, DeliveryView, Lease, MOST_COUNTED_DELIVERIES, Notification,
-    QueueStats, RetryOutcome,
+    Accepted, AfterAttempt, AttemptRecord, BULK_RETRY_MOST, BulkRetried, ClaimLimits,
+    ClaimedDelivery, Completion, DeliveryFilter, DeliveryStatus, DeliveryView, Lease,
+    MOST_COUNTED_DELIVERIES, Notification, QueueStats, RetryFilter, RetryOutcome,
 };
 pub use recording::{ClaimedStep, SourceError, SourceView};
 pub use rows::CorruptRow;
@@ -355,6 +355,46 @@ pub trait DeliveryQueue {
         id: i64,
         now: OffsetDateTime,
     ) -> Result<RetryOutcome, StoreError>;
+
+    /// The ids of the deliveries a bulk retry re-queues, oldest first, at most `limit`
+    /// (see [`queue::bulk_retry_candidates`]).
+    async fn bulk_retry_ids(
+        &self,
+        project: &ProjectId,
+        filter: &RetryFilter,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError>;
+
+    /// Re-queues up to [`BULK_RETRY_MOST`] of the deliveries `filter` matches, oldest
+    /// first, each as [`DeliveryQueue::retry_delivery`] does (so each waits behind any
+    /// open delivery of its stream, and a stream's re-queued deliveries go out in their
+    /// order). Re-queued deliveries no longer match, so a repeat queues nothing twice and
+    /// takes up the rest of a large set.
+    async fn retry_matching(
+        &self,
+        project: &ProjectId,
+        filter: &RetryFilter,
+        now: OffsetDateTime,
+    ) -> Result<BulkRetried, StoreError>
+    where
+        Self: Sync,
+    {
+        let ids = self
+            .bulk_retry_ids(project, filter, now, BULK_RETRY_MOST + 1)
+            .await?;
+        let more = ids.len() > BULK_RETRY_MOST;
+        let mut queued = 0;
+        for id in ids.into_iter().take(BULK_RETRY_MOST) {
+            if matches!(
+                self.retry_delivery(project, id, now).await?,
+                RetryOutcome::Requeued
+            ) {
+                queued += 1;
+            }
+        }
+        Ok(BulkRetried { queued, more })
+    }
 
     /// [`DeliveryQueue::ingest_live`] for an RTC app's events; `None` when there is no such app.
     async fn ingest_rtc(

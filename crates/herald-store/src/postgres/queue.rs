@@ -47,7 +47,9 @@ use crate::accept::{
     live_match_keys, next_state, plan_live, plan_rtc, rescued_state,
 };
 use crate::backend::limit_offset;
-use crate::queue::{MOST_COUNTED_DELIVERIES, delivery_log_where};
+use crate::queue::{
+    MOST_COUNTED_DELIVERIES, RetryFilter, bulk_retry_candidates, delivery_log_where,
+};
 use crate::rows::{
     AttemptRow, CandidateRow, ClaimedRow, DeliveryRow, Target, delivery_views, finish_claim,
     stored_state,
@@ -438,6 +440,30 @@ impl DeliveryQueue for PgStore {
             u64::try_from(total).unwrap_or(0),
             delivery_views(rows, attempts)?,
         ))
+    }
+
+    async fn bulk_retry_ids(
+        &self,
+        project: &ProjectId,
+        filter: &RetryFilter,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar(&bulk_retry_candidates(filter.status, |field| {
+                format!("(e.payload::jsonb ->> '{field}')")
+            }))
+            .bind(project.as_str())
+            .bind(filter.since.map(unix_ms))
+            .bind(filter.until.map(unix_ms))
+            .bind(filter.publish_domain.as_deref())
+            .bind(filter.app.as_deref())
+            .bind(filter.app_id.as_deref())
+            .bind(unix_ms(now))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?,
+        )
     }
 
     async fn retry_delivery(

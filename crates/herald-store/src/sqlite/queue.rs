@@ -32,7 +32,9 @@ use tokio_util::sync::CancellationToken;
 use super::ingest::{Batch, BatchAnswer};
 use super::{BEGIN_DURABLE, BEGIN_QUEUE, SqliteStore, claim, json_array};
 use crate::accept::{LEASE_EXPIRED, TARGET_EXISTS, batch_time_ms, next_state, rescued_state};
-use crate::queue::{MOST_COUNTED_DELIVERIES, delivery_log_where};
+use crate::queue::{
+    MOST_COUNTED_DELIVERIES, RetryFilter, bulk_retry_candidates, delivery_log_where,
+};
 use crate::rows::{AttemptRow, DeliveryRow, delivery_views, stored_state};
 use crate::state::{DUE, FINISHED, NOT_SENT, OPEN};
 use crate::{
@@ -321,6 +323,30 @@ impl DeliveryQueue for SqliteStore {
         .await?;
         let views = delivery_views(rows, attempts)?;
         Ok((u64::try_from(total).unwrap_or(0), views))
+    }
+
+    async fn bulk_retry_ids(
+        &self,
+        project: &ProjectId,
+        filter: &RetryFilter,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar(&bulk_retry_candidates(filter.status, |field| {
+                format!("json_extract(e.payload, '$.{field}')")
+            }))
+            .bind(project.as_str())
+            .bind(filter.since.map(unix_ms))
+            .bind(filter.until.map(unix_ms))
+            .bind(filter.publish_domain.as_deref())
+            .bind(filter.app.as_deref())
+            .bind(filter.app_id.as_deref())
+            .bind(unix_ms(now))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?,
+        )
     }
 
     async fn retry_delivery(
