@@ -153,6 +153,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(ingest::ingest_live))
         .routes(routes!(deliveries::list))
         .routes(routes!(deliveries::retry))
+        .routes(routes!(deliveries::retry_matching))
         .routes(routes!(rtc::create_app, rtc::list_apps))
         .routes(routes!(rtc::show_app, rtc::delete_app))
         .routes(routes!(
