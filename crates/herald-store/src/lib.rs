@@ -59,6 +59,7 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use accept::{REPLAY_MOST, ReplayTarget, Replayed};
 pub use location::StoreLocation;
 pub use queue::{
     Accepted, AfterAttempt, AttemptRecord, BULK_RETRY_MOST, BulkRetried, ClaimLimits,
@@ -395,6 +396,19 @@ pub trait DeliveryQueue {
         }
         Ok(BulkRetried { queued, more })
     }
+
+    /// New deliveries to `target`, as it matches now, of every retained event of the
+    /// project accepted in `[since, until)`: signed afresh when sent (with the target's
+    /// key now), carrying the original event id, in acceptance order per stream (each
+    /// behind any open delivery of its stream).
+    async fn replay(
+        &self,
+        project: &ProjectId,
+        target: &ReplayTarget,
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Replayed, StoreError>;
 
     /// [`DeliveryQueue::ingest_live`] for an RTC app's events; `None` when there is no such app.
     async fn ingest_rtc(

@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use herald_store::{
     Accepted, AccessKey, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
     Credentials, DeliveryFilter, DeliveryStatus, DeliveryView, Lease, LiveConfigFilter,
-    MOST_COUNTED_DELIVERIES, NewToken, Notification, Page, QueueStats, Recorded, RetryFilter,
-    RetryOutcome, Store, StoreError,
+    MOST_COUNTED_DELIVERIES, NewToken, Notification, Page, QueueStats, Recorded, ReplayTarget,
+    Replayed, RetryFilter, RetryOutcome, Store, StoreError,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -61,6 +61,7 @@ async fn run_suite(store: &dyn Store) {
     an_early_rescue_requeues_due_now(store).await;
     the_rescuer_honours_the_attempt_limit(store).await;
     bulk_retry_requeues_matches_once_in_stream_order(store).await;
+    replay_sends_the_matching_history_again_in_order(store).await;
     recording_steps_go_stream_by_stream_in_order(store).await;
 }
 
@@ -1141,6 +1142,98 @@ async fn bulk_retry_requeues_matches_once_in_stream_order(store: &dyn Store) {
         0,
         "a deleted config's deliveries have nowhere to go"
     );
+    drain(store, now + secs(600)).await;
+}
+
+/// Replay (SPEC §6): a config added later gets new deliveries of exactly the retained events
+/// of the range it matches, with their original ids, in order per stream; another
+/// project's config is not found.
+async fn replay_sends_the_matching_history_again_in_order(store: &dyn Store) {
+    assert_idle(store).await;
+    let t0 = datetime!(2026-12-06 12:00:00 UTC);
+    let old_url = "https://old.example.com/cb";
+    add_config(
+        store,
+        "q-replay",
+        "replay-old",
+        json!({"publish_domain": "replay.example.com", "app": "*", "notify_callback_url": old_url,
+            "notify_event_subscription": ["RECORD_OVER", "RECORD_FILE_COMPLETE"]}),
+        t0,
+    )
+    .await;
+    let p = project("q-replay");
+    let ingest = |events: Vec<(EventId, LiveEvent)>, at: OffsetDateTime| {
+        let p = p.clone();
+        async move { store.ingest_live(&p, &events, at).await.unwrap() }
+    };
+    ingest(
+        vec![
+            event("r1", "RECORD_OVER", "replay.example.com", "live", "s1"),
+            event("r2", "RECORD_OVER", "replay.example.com", "live", "s1"),
+            event(
+                "r3",
+                "RECORD_FILE_COMPLETE",
+                "replay.example.com",
+                "live",
+                "s2",
+            ),
+            event("r4", "RECORD_OVER", "replay.example.com", "live", "s3"),
+        ],
+        t0,
+    )
+    .await;
+    ingest(
+        vec![event(
+            "r5",
+            "RECORD_OVER",
+            "replay.example.com",
+            "live",
+            "s1",
+        )],
+        t0 + secs(100),
+    )
+    .await;
+    drain(store, t0 + secs(200)).await;
+    let new_url = "https://new.example.com/cb";
+    add_config(
+        store,
+        "q-replay",
+        "replay-new",
+        json!({"publish_domain": "replay.example.com", "app": "live", "notify_callback_url": new_url,
+            "notify_event_subscription": ["RECORD_OVER"]}),
+        t0 + secs(300),
+    )
+    .await;
+    let now = t0 + secs(400);
+    let target = ReplayTarget::Live("replay-new".into());
+    let replayed = store
+        .replay(&p, &target, t0, t0 + secs(50), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        replayed,
+        Replayed::Queued(3),
+        "r1, r2 and r4; not r3's type nor r5's time"
+    );
+    let elsewhere = store
+        .replay(&project("q-replay-other"), &target, t0, now, now)
+        .await
+        .unwrap();
+    assert_eq!(elsewhere, Replayed::NotFound);
+    let claimed = claim(store, now, 10).await;
+    assert_eq!(
+        event_ids(&claimed),
+        ["r1", "r4"],
+        "r2 waits behind r1 on s1"
+    );
+    assert!(
+        claimed
+            .iter()
+            .all(|d| d.url == new_url && d.config_id == "replay-new")
+    );
+    let done: Vec<_> = claimed.iter().map(|d| succeeded(d, now)).collect();
+    complete(store, &done).await;
+    assert_eq!(event_ids(&claim(store, now, 10).await), ["r2"]);
     drain(store, now + secs(600)).await;
 }
 

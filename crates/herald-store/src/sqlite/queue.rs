@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::ingest::{Batch, BatchAnswer};
 use super::{BEGIN_DURABLE, BEGIN_QUEUE, SqliteStore, claim, json_array};
 use crate::accept::{LEASE_EXPIRED, TARGET_EXISTS, batch_time_ms, next_state, rescued_state};
+use crate::accept::{REPLAY_EVENTS, StoredEvent, replay_plan};
 use crate::queue::{
     MOST_COUNTED_DELIVERIES, RetryFilter, bulk_retry_candidates, delivery_log_where,
 };
@@ -39,7 +40,8 @@ use crate::rows::{AttemptRow, DeliveryRow, delivery_views, stored_state};
 use crate::state::{DUE, FINISHED, NOT_SENT, OPEN};
 use crate::{
     Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
-    DeliveryState, DeliveryStatus, DeliveryView, Lease, Page, Recorded, RetryOutcome, StoreError,
+    DeliveryState, DeliveryStatus, DeliveryView, Lease, Page, REPLAY_MOST, Recorded, ReplayTarget,
+    Replayed, RetryOutcome, StoreError,
 };
 
 async fn stream_has_open_delivery(
@@ -347,6 +349,47 @@ impl DeliveryQueue for SqliteStore {
             .fetch_all(&self.pool)
             .await?,
         )
+    }
+
+    async fn replay(
+        &self,
+        project: &ProjectId,
+        target: &ReplayTarget,
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Replayed, StoreError> {
+        let Some(plan) = replay_plan(self, project, target).await? else {
+            return Ok(Replayed::NotFound);
+        };
+        let flavour = plan.flavour();
+        let (_gate, mut tx) = self.begin_write(BEGIN_DURABLE).await?;
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(REPLAY_EVENTS)
+            .bind(project.as_str())
+            .bind(flavour.name())
+            .bind(unix_ms(since))
+            .bind(unix_ms(until))
+            .bind(i64::try_from(REPLAY_MOST + 1).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.len() > REPLAY_MOST {
+            return Ok(Replayed::TooMany);
+        }
+        let events = rows
+            .into_iter()
+            .map(|(seq, id, payload)| StoredEvent::new(seq, &id, payload))
+            .collect::<Result<Vec<_>, _>>()?;
+        let events = plan.matching(events)?;
+        let queued = super::ingest::insert_deliveries(
+            &mut tx,
+            project,
+            flavour,
+            &plan.accepting(&events),
+            unix_ms(now),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Replayed::Queued(queued))
     }
 
     async fn retry_delivery(
