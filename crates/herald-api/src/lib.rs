@@ -7,7 +7,8 @@
 //! - [`sources`]: recording sources (SPEC §7).
 //! - [`hooks`]: the media servers' hooks, which drive recording sessions (SPEC §7).
 //! - [`per_project`]: the cap on configs, apps and sources per project.
-//! - [`deliveries`]: the delivery log and manual retry (SPEC §6).
+//! - [`deliveries`]: the delivery log, manual and bulk retry (SPEC §6).
+//! - [`replay`]: history sent again to a config or an app's callback (SPEC §6).
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`whoami`]: the caller's project, for clients that hold only a token (the console).
 //! - [`console`]: the web console's files, at `/console/`.
@@ -31,6 +32,7 @@ pub mod live;
 pub mod openapi;
 pub mod per_project;
 mod query;
+pub mod replay;
 pub mod request_id;
 pub mod rtc;
 pub mod server;
@@ -154,6 +156,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(deliveries::list))
         .routes(routes!(deliveries::retry))
         .routes(routes!(deliveries::retry_matching))
+        .routes(routes!(replay::replay_live))
+        .routes(routes!(replay::replay_rtc))
         .routes(routes!(rtc::create_app, rtc::list_apps))
         .routes(routes!(rtc::show_app, rtc::delete_app))
         .routes(routes!(
