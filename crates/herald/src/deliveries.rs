@@ -74,3 +74,34 @@ pub async fn retry(
     }
     Ok(())
 }
+
+/// Replays `[since, until)` to a Live config or an RTC app's record callback and says how
+/// many deliveries it queued.
+pub async fn replay(
+    store: &dyn Store,
+    project: &ProjectId,
+    target: herald_store::ReplayTarget,
+    since: &str,
+    until: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let now = OffsetDateTime::now_utc();
+    let since = parse_time_arg("--since", since, now)?;
+    let until = parse_time_arg("--until", until, now)?;
+    let queued = match store.replay(project, &target, since, until, now).await? {
+        herald_store::Replayed::Queued(n) => n,
+        herald_store::Replayed::NotFound => {
+            anyhow::bail!("project {project} has no such config or app")
+        }
+        herald_store::Replayed::TooMany => anyhow::bail!(
+            "the range holds more than {} events; replay it in parts",
+            herald_store::REPLAY_MOST
+        ),
+    };
+    if json {
+        println!("{}", serde_json::json!({ "queued": queued }));
+    } else {
+        println!("queued {queued} deliveries to replay");
+    }
+    Ok(())
+}

@@ -134,6 +134,29 @@ enum DeliveriesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Send the retained events of a range again to a Live config or an RTC app's
+    /// record callback, as it matches now.
+    Replay {
+        #[arg(long)]
+        project: String,
+        /// The Live config's id.
+        #[arg(long, required_unless_present = "app_id", conflicts_with = "app_id")]
+        config: Option<String>,
+        /// The RTC app's id.
+        #[arg(long)]
+        app_id: Option<String>,
+        /// Accepted at or after: a UTC time (yyyy-mm-ddThh:mm:ssZ) or how long ago (2h).
+        #[arg(long)]
+        since: String,
+        /// Accepted before: a UTC time or how long ago (0s for now).
+        #[arg(long)]
+        until: String,
+        #[command(flatten)]
+        common: Common,
+        /// Print one JSON line: {"queued": N}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -480,6 +503,26 @@ async fn main() -> anyhow::Result<()> {
                 app_id,
             };
             deliveries::retry(store.as_ref(), &project(&p)?, args, json).await
+        }
+        Command::Deliveries(DeliveriesCommand::Replay {
+            project: p,
+            config,
+            app_id,
+            since,
+            until,
+            common,
+            json,
+        }) => {
+            let target = match (config, app_id) {
+                (Some(config), _) => herald_store::ReplayTarget::Live(config),
+                (None, Some(app_id)) => herald_store::ReplayTarget::Rtc(
+                    herald_core::config::rtc::AppId::parse(&app_id)
+                        .ok_or_else(|| anyhow::anyhow!("--app-id: not an app id"))?,
+                ),
+                (None, None) => anyhow::bail!("--config or --app-id is required"),
+            };
+            let store = common.open_store().await?;
+            deliveries::replay(store.as_ref(), &project(&p)?, target, &since, &until, json).await
         }
         Command::Sources(SourcesCommand::Delete { id, common }) => {
             let store = common.open_store().await?;
