@@ -8,6 +8,7 @@
 //! - [`hooks`]: the media servers' hooks, which drive recording sessions (SPEC §7).
 //! - [`per_project`]: the cap on configs, apps and sources per project.
 //! - [`deliveries`]: the delivery log, manual and bulk retry (SPEC §6).
+//! - [`endpoints`]: endpoint health, per callback host (SPEC §6).
 //! - [`replay`]: history sent again to a config or an app's callback (SPEC §6).
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`whoami`]: the caller's project, for clients that hold only a token (the console).
@@ -24,6 +25,7 @@
 pub mod auth;
 pub mod console;
 pub mod deliveries;
+pub mod endpoints;
 pub mod error;
 pub mod health;
 pub mod hooks;
@@ -103,6 +105,8 @@ pub struct Shared {
     /// Most callback configs, apps and recording sources (each counted apart) one project
     /// may have, so that one tenant cannot fill the store or slow every match and list.
     pub max_per_project: u64,
+    /// Each callback host's concurrency and callbacks on the wire, from the delivery worker.
+    pub endpoint_load: Arc<dyn endpoints::EndpointLoad>,
     /// The server's other background tasks (ingest committer, retention, recording
     /// tracker): `/readyz` answers 503 naming one that could not be kept running.
     pub tasks: herald_store::supervision::Supervisor,
@@ -156,6 +160,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(deliveries::list))
         .routes(routes!(deliveries::retry))
         .routes(routes!(deliveries::retry_matching))
+        .routes(routes!(endpoints::list))
         .routes(routes!(replay::replay_live))
         .routes(routes!(replay::replay_rtc))
         .routes(routes!(rtc::create_app, rtc::list_apps))

@@ -33,6 +33,8 @@ struct Inner {
     cut: HashMap<String, Cut>,
     /// Hosts with a `herald_endpoint_concurrency` series (at most [`MAX_HOSTS_SHOWN`]).
     shown: HashSet<String>,
+    /// Callbacks on the wire now, by endpoint key; endpoints with none are not listed.
+    sending: HashMap<String, u32>,
 }
 
 #[derive(Debug)]
@@ -127,6 +129,39 @@ impl EndpointConcurrency {
         }
     }
 
+    /// Counts a callback to `endpoint` on the wire until the guard is dropped.
+    pub fn sending(self: &std::sync::Arc<Self>, endpoint: &str) -> Sending {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        *inner.sending.entry(endpoint.to_owned()).or_default() += 1;
+        Sending {
+            of: self.clone(),
+            endpoint: endpoint.to_owned(),
+        }
+    }
+
+    /// `project`'s hosts with callbacks on the wire or a cut concurrency: (concurrency
+    /// now, callbacks on the wire). Hosts not listed are at [`Self::full`] with none.
+    pub fn load_of_project(&self, project: &str) -> HashMap<String, (u32, u32)> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut load: HashMap<String, (u32, u32)> = HashMap::new();
+        let of_project = |e: &str| {
+            e.split_once(' ')
+                .filter(|(p, _)| *p == project)
+                .map(|(_, host)| host.to_owned())
+        };
+        for (e, c) in &inner.cut {
+            if let Some(host) = of_project(e) {
+                load.entry(host).or_insert((self.full, 0)).0 = c.limit;
+            }
+        }
+        for (e, n) in &inner.sending {
+            if let Some(host) = of_project(e) {
+                load.entry(host).or_insert((self.full, 0)).1 = *n;
+            }
+        }
+        load
+    }
+
     /// Concurrency now of each of `project`'s cut hosts; hosts not listed are at
     /// [`Self::full`].
     pub fn of_project(&self, project: &str) -> HashMap<String, u32> {
@@ -139,6 +174,24 @@ impl EndpointConcurrency {
                 (p == project).then(|| (host.to_owned(), c.limit))
             })
             .collect()
+    }
+}
+
+/// A callback on the wire, counted by [`EndpointConcurrency::sending`].
+pub struct Sending {
+    of: std::sync::Arc<EndpointConcurrency>,
+    endpoint: String,
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        let mut inner = self.of.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = inner.sending.get_mut(&self.endpoint) {
+            *n -= 1;
+            if *n == 0 {
+                inner.sending.remove(&self.endpoint);
+            }
+        }
     }
 }
 
@@ -193,6 +246,15 @@ mod tests {
         }
         assert_eq!(seen, [1, 2, 3, 4, 5, 6, 7, 8]);
         assert!(c.cut_endpoints().is_empty());
+        {
+            let c = std::sync::Arc::new(EndpointConcurrency::new(8));
+            let _one = c.sending(E);
+            let _two = c.sending(E);
+            assert_eq!(c.load_of_project("p1").get("cb.example.com"), Some(&(8, 2)));
+            drop(_two);
+            drop(_one);
+            assert!(c.load_of_project("p1").is_empty());
+        }
         // Other answers change nothing.
         c.learn(E, Instant::now(), Some(503));
         c.learn(E, Instant::now(), None);

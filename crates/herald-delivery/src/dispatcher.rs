@@ -436,7 +436,9 @@ impl Dispatcher {
                 // The semaphore is never closed, so acquiring only waits for a permit.
                 let permit = permits.acquire().await;
                 let sent_at = std::time::Instant::now();
+                let sending = concurrency.sending(&delivery.endpoint);
                 let completion = attempt(&sender, &settings, &delivery, &owner).await;
+                drop(sending);
                 drop(permit);
                 concurrency.learn(&delivery.endpoint, sent_at, completion.record.status_code);
                 // The slot goes with the outcome and is given back once it is recorded.

@@ -63,8 +63,8 @@ pub use accept::{REPLAY_MOST, ReplayTarget, Replayed};
 pub use location::StoreLocation;
 pub use queue::{
     Accepted, AfterAttempt, AttemptRecord, BULK_RETRY_MOST, BulkRetried, ClaimLimits,
-    ClaimedDelivery, Completion, DeliveryFilter, DeliveryStatus, DeliveryView, Lease,
-    MOST_COUNTED_DELIVERIES, Notification, QueueStats, RetryFilter, RetryOutcome,
+    ClaimedDelivery, Completion, DeliveryFilter, DeliveryStatus, DeliveryView, EndpointAttempts,
+    Lease, MOST_COUNTED_DELIVERIES, Notification, QueueStats, RetryFilter, RetryOutcome,
 };
 pub use recording::{ClaimedStep, SourceError, SourceView};
 pub use rows::CorruptRow;
@@ -442,6 +442,16 @@ pub trait QueueStatus {
 
     /// Queue depth by state, and the oldest due delivery.
     async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError>;
+
+    /// The project's endpoints: every one its configs and apps call back now (with no
+    /// attempts, unless it has some), and every one with attempts since `since`, with
+    /// their attempts since `since` and their last error since `errors_since`.
+    async fn endpoint_attempts(
+        &self,
+        project: &ProjectId,
+        since: OffsetDateTime,
+        errors_since: OffsetDateTime,
+    ) -> Result<Vec<EndpointAttempts>, StoreError>;
 }
 
 /// Retention (SPEC §6): history older than the operator keeps is deleted.

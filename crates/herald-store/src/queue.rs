@@ -344,6 +344,19 @@ pub enum RetryOutcome {
     ConfigDeleted,
 }
 
+/// One endpoint's recent attempts (SPEC §6 endpoint health), by endpoint key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointAttempts {
+    /// `{project} {host}` (see `CallbackUrl::endpoint`).
+    pub endpoint: String,
+    /// Attempts recorded since the window began.
+    pub attempts: u64,
+    /// Of those, the ones answered 2xx.
+    pub successes: u64,
+    /// The latest failed attempt's error since the error window began, and when.
+    pub last_error: Option<(String, OffsetDateTime)>,
+}
+
 /// Queue depth by state and the age of the oldest due delivery, for metrics.
 #[derive(Debug, Clone, Default)]
 pub struct QueueStats {

@@ -123,6 +123,19 @@ fn lock_data_dir(settings: &Settings) -> anyhow::Result<File> {
     }
 }
 
+/// The delivery worker's per-host load, as the API shows it.
+struct EndpointLoad(Arc<EndpointConcurrency>);
+
+impl herald_api::endpoints::EndpointLoad for EndpointLoad {
+    fn full(&self) -> u32 {
+        self.0.full()
+    }
+
+    fn load_of_project(&self, project: &str) -> std::collections::HashMap<String, (u32, u32)> {
+        self.0.load_of_project(project)
+    }
+}
+
 /// A running server: where it listens, and how to stop it.
 pub struct Running {
     pub local_addr: std::net::SocketAddr,
@@ -198,6 +211,7 @@ pub async fn start_with(settings: &Settings, tasks: Supervisor) -> anyhow::Resul
         public_url,
         recordings: recordings.clone(),
         max_per_project,
+        endpoint_load: Arc::new(EndpointLoad(concurrency.clone())),
     });
     let shutdown = CancellationToken::new();
     let grace = settings.shutdown_grace;

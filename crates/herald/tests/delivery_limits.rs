@@ -306,4 +306,27 @@ async fn a_receiver_saying_slow_down_is_waited_for_and_its_concurrency_cut_and_r
     }
     // Every callback sent once, and the 8 told to wait once more.
     assert_eq!(received.len(), 68);
+    // Endpoint health: 60 of the 68 attempts succeeded, the last error was the 429, the
+    // concurrency is back, nothing is on the wire.
+    let (status, health) = server
+        .get_with_token(&token, "/v1/p1/record/endpoints")
+        .await;
+    assert_eq!(status, 200, "{health}");
+    let endpoint = &health["endpoints"][0];
+    assert_eq!(endpoint["host"], host.as_str(), "{health}");
+    assert_eq!(endpoint["concurrency"], 8, "{health}");
+    assert_eq!(endpoint["in_flight"], 0, "{health}");
+    assert_eq!(endpoint["last_error"], "HTTP 429", "{health}");
+    assert!(endpoint["last_error_at"].is_string(), "{health}");
+    let rate = endpoint["success_rate"].as_f64().unwrap();
+    assert!((rate - 60.0 / 68.0).abs() < 1e-9, "{health}");
+    let other = server.token("p2").await;
+    let (_, theirs) = server
+        .get_with_token(&other, "/v1/p2/record/endpoints")
+        .await;
+    assert_eq!(
+        theirs,
+        json!({"endpoints": []}),
+        "another project sees none of p1's hosts"
+    );
 }
