@@ -105,6 +105,9 @@ pub struct Shared {
     /// Most callback configs, apps and recording sources (each counted apart) one project
     /// may have, so that one tenant cannot fill the store or slow every match and list.
     pub max_per_project: u64,
+    /// `/metrics` is served on an address of its own (`HERALD_METRICS_LISTEN`): the main
+    /// listener answers 404 there.
+    pub metrics_elsewhere: bool,
     /// Each callback host's concurrency and callbacks on the wire, from the delivery worker.
     pub endpoint_load: Arc<dyn endpoints::EndpointLoad>,
     /// The server's other background tasks (ingest committer, retention, recording

@@ -84,6 +84,9 @@ pub struct Settings {
     /// Most callback configs, apps and recording sources one project may have, each counted
     /// apart (`HERALD_MAX_PER_PROJECT`).
     pub max_per_project: u32,
+    /// Where `/metrics` is served instead of the main listener, e.g. `127.0.0.1:9464`
+    /// (`HERALD_METRICS_LISTEN`; unset: on the main listener).
+    pub metrics_listen: Option<SocketAddr>,
     /// Access keys listed in the config file, beside those created by the CLI.
     pub credentials: Vec<StaticAccessKey>,
     /// Tokens listed in the config file.
@@ -129,6 +132,7 @@ impl Default for Settings {
             body_read_timeout: ServerLimits::default().body_read_timeout,
             max_connections: 256,
             max_per_project: 1000,
+            metrics_listen: None,
             credentials: Vec::new(),
             tokens: Vec::new(),
         }
@@ -340,6 +344,7 @@ impl Settings {
                 "body_read_timeout",
                 "max_connections",
                 "max_per_project",
+                "metrics_listen",
             ]))
             .merge(Serialized::defaults(flags))
             .extract()
