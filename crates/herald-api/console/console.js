@@ -228,6 +228,8 @@ async function configsView() {
     h("div", { class: "buttons" },
       h("button", { type: "button", class: "secondary",
         onclick: () => openConfigForm(formSlot, c) }, "Edit"),
+      h("button", { type: "button", class: "secondary",
+        onclick: () => openReplayForm(formSlot, c) }, "Replay"),
       h("button", { type: "button", class: "danger",
         onclick: () => deleteConfig(c) }, "Delete")),
   ]);
@@ -278,6 +280,25 @@ function openConfigForm(slot, config) {
     if (editing) await api("PUT", live(`callbacks/${encodeURIComponent(config.id)}`), body);
     else await api("POST", live("callbacks"), body);
     say(editing ? "Callback configuration saved." : "Callback configuration added.");
+    await configsView();
+  });
+}
+
+/** `at` as the API writes times to the second: yyyy-mm-ddThh:mm:ssZ. */
+const utcSeconds = (at) => at.toISOString().replace(/\.\d+Z$/, "Z");
+
+/** Replays a range of history to the config: every retained event of the range that it
+ *  matches now is sent again, signed afresh, with its original event id. */
+function openReplayForm(slot, config) {
+  const now = new Date();
+  const since = field("Since", { value: utcSeconds(new Date(now - 3600 * 1000)), required: true },
+    "UTC, yyyy-mm-ddThh:mm:ssZ: events accepted at or after this.");
+  const until = field("Until", { value: utcSeconds(now), required: true },
+    "UTC, yyyy-mm-ddThh:mm:ssZ: events accepted before this.");
+  openForm(slot, `Replay to ${config.publish_domain} / ${config.app}`, [since.el, until.el], async () => {
+    const answer = await api("POST", live(`callbacks/${encodeURIComponent(config.id)}/replay`),
+      { since: since.input.value.trim(), until: until.input.value.trim() });
+    say(`${answer.queued} ${answer.queued === 1 ? "callback" : "callbacks"} queued for replay.`);
     await configsView();
   });
 }
@@ -573,7 +594,13 @@ async function deliveriesView(params) {
   });
   const query = new URLSearchParams({ offset: "0", limit: "50" });
   for (const name of ["status", "event_id"]) if (params.get(name)) query.set(name, params.get(name));
-  const list = await api("GET", live(`deliveries?${query}`));
+  const [list, health] = await Promise.all([
+    api("GET", live(`deliveries?${query}`)), api("GET", live("endpoints"))]);
+  const bulk = params.get("status");
+  if ((bulk === "dead" || bulk === "failed") && !params.get("event_id") && list.total > 0) {
+    filters.append(h("div", { class: "field" }, h("button", { type: "button", class: "secondary",
+      onclick: () => retryAll(bulk, list.total, params) }, "Retry all matching")));
+  }
   const rows = list.deliveries.map((d) => [
     [d.event_id, "wrap"],
     d.event_type,
@@ -596,8 +623,47 @@ async function deliveriesView(params) {
     table(list.total >= 10000 ? "10,000 or more deliveries, newest first"
       : `${list.total} ${list.total === 1 ? "delivery" : "deliveries"}, newest first`,
     ["Event ID", "Event type", "Status", "Created", "Next attempt", "URL",
-      "Attempts (time · status code · error · latency)"], rows, "No delivery matches."));
+      "Attempts (time · status code · error · latency)"], rows, "No delivery matches."),
+    endpointsSection(health.endpoints));
   startSampling();
+}
+
+/** Each callback host of the project: how its callbacks fared over 15 minutes, how many
+ *  are on the wire, how many go at once now (halved after a 429), its last error. */
+function endpointsSection(endpoints) {
+  const rows = endpoints.map((e) => [
+    [e.host, "wrap"],
+    e.success_rate === null ? "—" : `${(100 * e.success_rate).toFixed(1)} %`,
+    String(e.in_flight),
+    String(e.concurrency),
+    [e.last_error ?? "—", "wrap"],
+    when(e.last_error_at),
+  ]);
+  return h("section", { "aria-labelledby": "endpoints-title" },
+    h("h2", { id: "endpoints-title" }, "Endpoints"),
+    table(`${endpoints.length} callback ${endpoints.length === 1 ? "host" : "hosts"}`,
+      ["Host", "Success rate (15 min)", "In flight", "Concurrency", "Last error", "Last error at"],
+      rows, "No callback host yet."));
+}
+
+/** Re-queues every delivery of `status`, after a confirmation naming how many; the API
+ *  takes them in bounded batches, so repeat while it says there are more. */
+async function retryAll(status, total, params) {
+  const count = total >= 10000 ? "10,000 or more" : String(total);
+  if (!(await confirmWith(`Retry all ${count} ${status} ${total === 1 ? "delivery" : "deliveries"}? `
+    + "Each goes out again, in order per stream."))) return;
+  try {
+    let queued = 0;
+    for (let more = true; more;) {
+      const answer = await api("POST", live("deliveries/retry"), { status });
+      queued += answer.queued;
+      more = answer.more;
+    }
+    say(`${queued} ${queued === 1 ? "delivery" : "deliveries"} queued again.`);
+  } catch (e) {
+    say(e.message);
+  }
+  await deliveriesView(params);
 }
 
 async function retry(delivery, params) {
