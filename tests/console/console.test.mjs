@@ -562,6 +562,23 @@ test("day two at 1280 px: retry all matching, replay, endpoint health, toasts cl
     .filter((d) => d.url === repaired).map((d) => d.event_id).sort();
   assert.deepEqual(replayed, ["outage-1", "outage-2", "outage-3"]);
 
+  // Replay to an app's record callback, from the app's page.
+  const app = await api("POST", "/v2/apps", { app_name: "replay-app" });
+  assert.equal(app.status, 201, JSON.stringify(app.body));
+  const appId = app.body.app_id;
+  const set = await api("PUT", `/v2/apps/${appId}/record-callback`,
+    { url: `http://127.0.0.1:${port}/rtc` });
+  assert.equal(set.status, 200, JSON.stringify(set.body));
+  const rtcEvent = await api("POST", `/v2/apps/${appId}/record/events`,
+    { event_id: "rtc-replay-1", event_type: "RECORD_FILE_COMPLETE", stream_name: "cam1" });
+  assert.equal(rtcEvent.status, 202, JSON.stringify(rtcEvent.body));
+  await page.goto(`${base}/console/#/apps/${appId}`);
+  await page.getByRole("heading", { name: "Recording Callback" }).waitFor();
+  await page.getByRole("button", { name: "Replay", exact: true }).click();
+  await page.getByRole("button", { name: "OK" }).click();
+  await page.getByText("1 callback queued for replay.").waitFor();
+  await page.getByRole("link", { name: "Callback configurations" }).click();
+
   // A message after a delete stays clear of the navigation.
   await row(page, repaired).getByRole("button", { name: "Delete", exact: true }).click();
   await page.getByRole("dialog").getByRole("button", { name: "OK" }).click();

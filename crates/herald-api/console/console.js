@@ -229,7 +229,8 @@ async function configsView() {
       h("button", { type: "button", class: "secondary",
         onclick: () => openConfigForm(formSlot, c) }, "Edit"),
       h("button", { type: "button", class: "secondary",
-        onclick: () => openReplayForm(formSlot, c) }, "Replay"),
+        onclick: () => openReplayForm(formSlot, `Replay to ${c.publish_domain} / ${c.app}`,
+          live(`callbacks/${encodeURIComponent(c.id)}/replay`), configsView) }, "Replay"),
       h("button", { type: "button", class: "danger",
         onclick: () => deleteConfig(c) }, "Delete")),
   ]);
@@ -287,19 +288,21 @@ function openConfigForm(slot, config) {
 /** `at` as the API writes times to the second: yyyy-mm-ddThh:mm:ssZ. */
 const utcSeconds = (at) => at.toISOString().replace(/\.\d+Z$/, "Z");
 
-/** Replays a range of history to the config: every retained event of the range that it
- *  matches now is sent again, signed afresh, with its original event id. */
-function openReplayForm(slot, config) {
+/** Replays a range of history to a config or an app's record callback (`path`): every
+ *  retained event of the range that it matches now is sent again, signed afresh, with its
+ *  original event id. */
+function openReplayForm(slot, title, path, reload) {
   const now = new Date();
   const since = field("Since", { value: utcSeconds(new Date(now - 3600 * 1000)), required: true },
     "UTC, yyyy-mm-ddThh:mm:ssZ: events accepted at or after this.");
-  const until = field("Until", { value: utcSeconds(now), required: true },
+  // The next whole second: an event accepted a moment ago is in the range.
+  const until = field("Until", { value: utcSeconds(new Date(Math.floor(now / 1000) * 1000 + 1000)), required: true },
     "UTC, yyyy-mm-ddThh:mm:ssZ: events accepted before this.");
-  openForm(slot, `Replay to ${config.publish_domain} / ${config.app}`, [since.el, until.el], async () => {
-    const answer = await api("POST", live(`callbacks/${encodeURIComponent(config.id)}/replay`),
+  openForm(slot, title, [since.el, until.el], async () => {
+    const answer = await api("POST", path,
       { since: since.input.value.trim(), until: until.input.value.trim() });
     say(`${answer.queued} ${answer.queued === 1 ? "callback" : "callbacks"} queued for replay.`);
-    await configsView();
+    await reload();
   });
 }
 
@@ -364,7 +367,11 @@ async function appView(appId) {
         h("dt", {}, "Private Key"), h("dd", {}, masked),
         h("dt", {}, "Event types"), h("dd", {}, (cb.notify_event_subscription || RTC_TYPES).join(", ")),
         h("dt", {}, "Updated"), h("dd", {}, when(cb.update_time))),
-      h("button", { type: "button", onclick: () => openCallbackForm(formSlot, appId, cb) }, "Edit"),
+      h("div", { class: "buttons" },
+        h("button", { type: "button", onclick: () => openCallbackForm(formSlot, appId, cb) }, "Edit"),
+        cb.url ? h("button", { type: "button", class: "secondary",
+          onclick: () => openReplayForm(formSlot, `Replay to ${app.app_name}`,
+            `${path}/record-callback/replay`, () => appView(appId)) }, "Replay") : null),
       formSlot)
   );
 }
