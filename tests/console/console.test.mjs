@@ -494,3 +494,101 @@ test("recording sources, keyboard only, at 360 px", async () => {
   assert.deepEqual(errors, []);
   await context.close();
 });
+
+/** Whether two elements' boxes overlap on the page. */
+async function overlap(a, b) {
+  const [x, y] = [await a.boundingBox(), await b.boundingBox()];
+  return x.x < y.x + y.width && y.x < x.x + x.width && x.y < y.y + y.height && y.y < x.y + x.height;
+}
+
+test("day two at 1280 px: retry all matching, replay, endpoint health, toasts clear of the navigation", async () => {
+  const { page, errors, context } = await openPage(1280);
+  await signIn(page);
+  const port = await closedPort();
+  const down = await api("POST", `/v1/${PROJECT}/record/callbacks`, {
+    publish_domain: "outage.example.com", app: "*", notify_callback_url: `http://127.0.0.1:${port}/cb`,
+    notify_event_subscription: ["RECORD_OVER"],
+  });
+  assert.equal(down.status, 201);
+  for (const i of [1, 2, 3]) {
+    const ingested = await api("POST", `/v1/${PROJECT}/record/events`, {
+      event_id: `outage-${i}`, event_type: "RECORD_OVER", publish_domain: "outage.example.com", app: "live",
+      stream: `s${i}`,
+    });
+    assert.equal(ingested.status, 202);
+  }
+  const deadOf = async () => (await api("GET", `/v1/${PROJECT}/record/deliveries?status=dead&limit=100`)).body
+    .deliveries.filter((d) => d.event_id.startsWith("outage-"));
+  await until("the outage's deliveries to die", async () => (await deadOf()).length === 3);
+  const deadBefore = (await api("GET", `/v1/${PROJECT}/record/deliveries?status=dead`)).body.total;
+
+  // Retry all matching, after a confirmation that names the count.
+  await page.getByRole("link", { name: "Deliveries" }).click();
+  await page.getByLabel("Status").selectOption("dead");
+  await page.getByRole("button", { name: "Filter" }).click();
+  await page.getByRole("button", { name: "Retry all matching" }).click();
+  const dialog = page.getByRole("dialog");
+  assert.match(await dialog.textContent(), new RegExp(`Retry all ${deadBefore} dead deliveries\\?`));
+  await dialog.getByRole("button", { name: "OK" }).click();
+  await page.getByText(`${deadBefore} deliveries queued again.`).waitFor();
+  await until("every outage delivery tried again", async () => {
+    const dead = await deadOf();
+    return dead.length === 3 && dead.every((d) => d.attempts.length === 2);
+  });
+  await page.screenshot({ path: join(SHOTS, "retry-all-1280.png"), fullPage: true });
+
+  // Endpoint health: the host, its concurrency and its last error.
+  await page.getByRole("button", { name: "Filter" }).click();
+  const host = row(page, "127.0.0.1");
+  await host.first().waitFor();
+  assert.match(await host.first().textContent(), /connect error/);
+  const health = (await api("GET", `/v1/${PROJECT}/record/endpoints`)).body.endpoints
+    .find((e) => e.host === "127.0.0.1");
+  assert.equal(health.concurrency, 32);
+  assert.equal(health.success_rate, 0);
+
+  // Replay to a new config: the range's three events, counted.
+  const repaired = `http://127.0.0.1:${await closedPort()}/repaired`;
+  const added = await api("POST", `/v1/${PROJECT}/record/callbacks`, {
+    publish_domain: "outage.example.com", app: "live", notify_callback_url: repaired,
+    notify_event_subscription: ["RECORD_OVER"],
+  });
+  assert.equal(added.status, 201);
+  await page.getByRole("link", { name: "Callback configurations" }).click();
+  await row(page, repaired).getByRole("button", { name: "Replay", exact: true }).click();
+  assert.match(await page.getByLabel("Since").inputValue(), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+  await page.getByRole("button", { name: "OK" }).click();
+  await page.getByText("3 callbacks queued for replay.").waitFor();
+  const replayed = (await api("GET", `/v1/${PROJECT}/record/deliveries?limit=100`)).body.deliveries
+    .filter((d) => d.url === repaired).map((d) => d.event_id).sort();
+  assert.deepEqual(replayed, ["outage-1", "outage-2", "outage-3"]);
+
+  // Replay to an app's record callback, from the app's page.
+  const app = await api("POST", "/v2/apps", { app_name: "replay-app" });
+  assert.equal(app.status, 201, JSON.stringify(app.body));
+  const appId = app.body.app_id;
+  const set = await api("PUT", `/v2/apps/${appId}/record-callback`,
+    { url: `http://127.0.0.1:${port}/rtc` });
+  assert.equal(set.status, 200, JSON.stringify(set.body));
+  const rtcEvent = await api("POST", `/v2/apps/${appId}/record/events`,
+    { event_id: "rtc-replay-1", event_type: "RECORD_FILE_COMPLETE", stream_name: "cam1" });
+  assert.equal(rtcEvent.status, 202, JSON.stringify(rtcEvent.body));
+  await page.goto(`${base}/console/#/apps/${appId}`);
+  await page.getByRole("heading", { name: "Recording Callback" }).waitFor();
+  await page.getByRole("button", { name: "Replay", exact: true }).click();
+  await page.getByRole("button", { name: "OK" }).click();
+  await page.getByText("1 callback queued for replay.").waitFor();
+  await page.getByRole("link", { name: "Callback configurations" }).click();
+
+  // A message after a delete stays clear of the navigation.
+  await row(page, repaired).getByRole("button", { name: "Delete", exact: true }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "OK" }).click();
+  const toast = page.getByText("Callback configuration deleted.");
+  await toast.waitFor();
+  for (const link of ["Deliveries", "Recording sources", "Callback configurations", "Apps"]) {
+    assert.ok(!(await overlap(toast, page.getByRole("link", { name: link }))), `the message covers ${link}`);
+  }
+  await page.screenshot({ path: join(SHOTS, "toast-1280.png") });
+  assert.deepEqual(errors, []);
+  await context.close();
+});

@@ -228,6 +228,9 @@ async function configsView() {
     h("div", { class: "buttons" },
       h("button", { type: "button", class: "secondary",
         onclick: () => openConfigForm(formSlot, c) }, "Edit"),
+      h("button", { type: "button", class: "secondary",
+        onclick: () => openReplayForm(formSlot, `Replay to ${c.publish_domain} / ${c.app}`,
+          live(`callbacks/${encodeURIComponent(c.id)}/replay`), configsView) }, "Replay"),
       h("button", { type: "button", class: "danger",
         onclick: () => deleteConfig(c) }, "Delete")),
   ]);
@@ -279,6 +282,27 @@ function openConfigForm(slot, config) {
     else await api("POST", live("callbacks"), body);
     say(editing ? "Callback configuration saved." : "Callback configuration added.");
     await configsView();
+  });
+}
+
+/** `at` as the API writes times to the second: yyyy-mm-ddThh:mm:ssZ. */
+const utcSeconds = (at) => at.toISOString().replace(/\.\d+Z$/, "Z");
+
+/** Replays a range of history to a config or an app's record callback (`path`): every
+ *  retained event of the range that it matches now is sent again, signed afresh, with its
+ *  original event id. */
+function openReplayForm(slot, title, path, reload) {
+  const now = new Date();
+  const since = field("Since", { value: utcSeconds(new Date(now - 3600 * 1000)), required: true },
+    "UTC, yyyy-mm-ddThh:mm:ssZ: events accepted at or after this.");
+  // The next whole second: an event accepted a moment ago is in the range.
+  const until = field("Until", { value: utcSeconds(new Date(Math.floor(now / 1000) * 1000 + 1000)), required: true },
+    "UTC, yyyy-mm-ddThh:mm:ssZ: events accepted before this.");
+  openForm(slot, title, [since.el, until.el], async () => {
+    const answer = await api("POST", path,
+      { since: since.input.value.trim(), until: until.input.value.trim() });
+    say(`${answer.queued} ${answer.queued === 1 ? "callback" : "callbacks"} queued for replay.`);
+    await reload();
   });
 }
 
@@ -343,7 +367,11 @@ async function appView(appId) {
         h("dt", {}, "Private Key"), h("dd", {}, masked),
         h("dt", {}, "Event types"), h("dd", {}, (cb.notify_event_subscription || RTC_TYPES).join(", ")),
         h("dt", {}, "Updated"), h("dd", {}, when(cb.update_time))),
-      h("button", { type: "button", onclick: () => openCallbackForm(formSlot, appId, cb) }, "Edit"),
+      h("div", { class: "buttons" },
+        h("button", { type: "button", onclick: () => openCallbackForm(formSlot, appId, cb) }, "Edit"),
+        cb.url ? h("button", { type: "button", class: "secondary",
+          onclick: () => openReplayForm(formSlot, `Replay to ${app.app_name}`,
+            `${path}/record-callback/replay`, () => appView(appId)) }, "Replay") : null),
       formSlot)
   );
 }
@@ -584,7 +612,13 @@ async function deliveriesView(params) {
   });
   const query = new URLSearchParams({ offset: "0", limit: "50" });
   for (const name of ["status", "event_id"]) if (params.get(name)) query.set(name, params.get(name));
-  const list = await api("GET", live(`deliveries?${query}`));
+  const [list, health] = await Promise.all([
+    api("GET", live(`deliveries?${query}`)), api("GET", live("endpoints"))]);
+  const bulk = params.get("status");
+  if ((bulk === "dead" || bulk === "failed") && !params.get("event_id") && list.total > 0) {
+    filters.append(h("div", { class: "field" }, h("button", { type: "button", class: "secondary",
+      onclick: () => retryAll(bulk, list.total, params) }, "Retry all matching")));
+  }
   const rows = list.deliveries.map((d) => [
     [d.event_id, "wrap"],
     d.event_type,
@@ -607,8 +641,47 @@ async function deliveriesView(params) {
     table(list.total >= 10000 ? "10,000 or more deliveries, newest first"
       : `${list.total} ${list.total === 1 ? "delivery" : "deliveries"}, newest first`,
     ["Event ID", "Event type", "Status", "Created", "Next attempt", "URL",
-      "Attempts (time · status code · error · latency)"], rows, "No delivery matches."));
+      "Attempts (time · status code · error · latency)"], rows, "No delivery matches."),
+    endpointsSection(health.endpoints));
   startSampling();
+}
+
+/** Each callback host of the project: how its callbacks fared over 15 minutes, how many
+ *  are on the wire, how many go at once now (halved after a 429), its last error. */
+function endpointsSection(endpoints) {
+  const rows = endpoints.map((e) => [
+    [e.host, "wrap"],
+    e.success_rate === null ? "—" : `${(100 * e.success_rate).toFixed(1)} %`,
+    String(e.in_flight),
+    String(e.concurrency),
+    [e.last_error ?? "—", "wrap"],
+    when(e.last_error_at),
+  ]);
+  return h("section", { "aria-labelledby": "endpoints-title" },
+    h("h2", { id: "endpoints-title" }, "Endpoints"),
+    table(`${endpoints.length} callback ${endpoints.length === 1 ? "host" : "hosts"}`,
+      ["Host", "Success rate (15 min)", "In flight", "Concurrency", "Last error", "Last error at"],
+      rows, "No callback host yet."));
+}
+
+/** Re-queues every delivery of `status`, after a confirmation naming how many; the API
+ *  takes them in bounded batches, so repeat while it says there are more. */
+async function retryAll(status, total, params) {
+  const count = total >= 10000 ? "10,000 or more" : String(total);
+  if (!(await confirmWith(`Retry all ${count} ${status} ${total === 1 ? "delivery" : "deliveries"}? `
+    + "Each goes out again, in order per stream."))) return;
+  try {
+    let queued = 0;
+    for (let more = true; more;) {
+      const answer = await api("POST", live("deliveries/retry"), { status });
+      queued += answer.queued;
+      more = answer.more;
+    }
+    say(`${queued} ${queued === 1 ? "delivery" : "deliveries"} queued again.`);
+  } catch (e) {
+    say(e.message);
+  }
+  await deliveriesView(params);
 }
 
 async function retry(delivery, params) {

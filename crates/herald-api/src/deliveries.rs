@@ -1,11 +1,14 @@
-//! The delivery log and manual retry (SPEC §6).
+//! The delivery log, manual retry one by one or of everything a filter matches (SPEC §6).
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::StatusCode;
-use herald_core::field::FieldError;
-use herald_core::timefmt::utc_millis;
-use herald_store::{AttemptRecord, DeliveryFilter, DeliveryStatus, DeliveryView, RetryOutcome};
+use herald_core::field::{FieldError, JsonObject, check_text};
+use herald_core::timefmt::{parse_utc_seconds, utc_millis};
+use herald_store::{
+    AttemptRecord, DeliveryFilter, DeliveryStatus, DeliveryView, RetryFilter, RetryOutcome,
+};
 use serde::Serialize;
 use time::OffsetDateTime;
 use utoipa::openapi::schema::ObjectBuilder;
@@ -196,4 +199,119 @@ pub async fn retry(
             ),
         ))),
     }
+}
+
+/// A bulk retry's filters, for the OpenAPI document; [`parse_retry_filter`] parses it.
+/// Fields it does not know are ignored.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the wire format only; never constructed.
+pub struct RetryBody {
+    #[schema(schema_with = retryable_status)]
+    status: String,
+    /// Only Live deliveries of events of this ingest domain (case-insensitive).
+    #[schema(schema_with = filter_text_253)]
+    publish_domain: Option<String>,
+    /// Only Live deliveries of events of this app.
+    #[schema(schema_with = filter_text_256)]
+    app: Option<String>,
+    /// Only RTC deliveries of this app.
+    #[schema(schema_with = filter_text_256)]
+    app_id: Option<String>,
+    #[schema(schema_with = openapi::utc_seconds_filter)]
+    since: Option<String>,
+    #[schema(schema_with = openapi::utc_seconds_filter)]
+    until: Option<String>,
+}
+
+fn retryable_status() -> ObjectBuilder {
+    openapi::one_of_names(["dead", "failed"]).description(Some(
+        "Re-queue dead deliveries, or failed ones waiting for a later retry (now instead).",
+    ))
+}
+
+fn filter_text_253() -> ObjectBuilder {
+    openapi::nullable_string(openapi::text(253))
+        .description(Some("At most 253 bytes; null or left out: any."))
+}
+
+fn filter_text_256() -> ObjectBuilder {
+    openapi::nullable_string(openapi::text(256))
+        .description(Some("At most 256 bytes; null or left out: any."))
+}
+
+/// What a bulk retry did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetriedJson {
+    /// Deliveries re-queued by this request.
+    queued: u64,
+    /// More matched than one request re-queues (500): repeat the request to queue the
+    /// rest (it never queues one twice).
+    more: bool,
+}
+
+/// A bulk retry's body as a store filter; errors name the field.
+pub fn parse_retry_filter(body: &[u8]) -> Result<RetryFilter, FieldError> {
+    let body = JsonObject::parse(body)?;
+    let status = match body.optional_str("status")? {
+        None => return Err(FieldError::new("status", "is required")),
+        Some("dead") => DeliveryStatus::Dead,
+        Some("failed") => DeliveryStatus::Failed,
+        Some(_) => return Err(FieldError::new("status", "must be dead or failed")),
+    };
+    let text = |field: &str, max: usize| -> Result<Option<String>, FieldError> {
+        let value = body.optional_str(field)?;
+        if let Some(v) = value {
+            check_text(field, v, max)?;
+        }
+        Ok(value.map(str::to_owned))
+    };
+    let time = |field: &str| {
+        body.optional_str(field)?
+            .map(|raw| parse_utc_seconds(field, raw))
+            .transpose()
+    };
+    Ok(RetryFilter {
+        status,
+        publish_domain: text("publish_domain", 253)?,
+        app: text("app", 256)?,
+        app_id: text("app_id", 256)?,
+        since: time("since")?,
+        until: time("until")?,
+    })
+}
+
+/// Re-queue every dead (or failed) delivery the filters match, oldest first: each
+/// stream's in their order, behind any open delivery of their stream.
+#[utoipa::path(
+    post, path = "/v1/{project_id}/record/deliveries/retry", tag = "deliveries",
+    request_body = RetryBody,
+    responses(
+        (status = 202, body = RetriedJson, description = "Re-queued; `more` says to repeat \
+            the request for the rest"),
+        (status = 400, body = ErrorBody, description = "LIVE.100011001: a field broke a rule"),
+    ),
+    security(("aksk" = []), ("token" = [])),
+)]
+pub async fn retry_matching(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(project_id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<RetriedJson>), ApiError> {
+    let project_id = caller.authorize(&project_id)?;
+    let filter = parse_retry_filter(&body)?;
+    let done = state
+        .store
+        .retry_matching(&project_id, &filter, OffsetDateTime::now_utc())
+        .await?;
+    if done.queued > 0 {
+        state.wake.notify_one();
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RetriedJson {
+            queued: done.queued,
+            more: done.more,
+        }),
+    ))
 }

@@ -64,14 +64,25 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
 }
 
 /// Prometheus text: events accepted, deliveries by outcome, attempt latency, queue depth
-/// by state, age of the oldest due delivery. Labels are bounded (no URLs, no streams).
+/// by state, age of the oldest due delivery, each endpoint host's concurrency. Labels are
+/// bounded (no URLs, no streams). With `HERALD_METRICS_LISTEN` set, it is served there
+/// instead, and this listener answers 404.
 #[utoipa::path(
     get, path = "/metrics", tag = "operations",
-    responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)),
+    responses(
+        (status = 200, content_type = "text/plain; version=0.0.4", body = String),
+        (status = 404, description = "Served on HERALD_METRICS_LISTEN instead"),
+    ),
 )]
-pub async fn metrics(
-    State(state): State<AppState>,
-) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+pub async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if state.metrics_elsewhere {
+        return axum::http::StatusCode::NOT_FOUND.into_response();
+    }
+    metrics_text(&state).into_response()
+}
+
+fn metrics_text(state: &AppState) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -79,4 +90,15 @@ pub async fn metrics(
         )],
         state.metrics.render(),
     )
+}
+
+/// `/metrics` alone, for the address of `HERALD_METRICS_LISTEN`: no authentication, as
+/// Prometheus scrapes it, so it belongs on an address only the scraper reaches.
+pub fn metrics_router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|State(state): State<AppState>| async move { metrics_text(&state) }),
+        )
+        .with_state(state)
 }

@@ -7,7 +7,9 @@
 //! - [`sources`]: recording sources (SPEC §7).
 //! - [`hooks`]: the media servers' hooks, which drive recording sessions (SPEC §7).
 //! - [`per_project`]: the cap on configs, apps and sources per project.
-//! - [`deliveries`]: the delivery log and manual retry (SPEC §6).
+//! - [`deliveries`]: the delivery log, manual and bulk retry (SPEC §6).
+//! - [`endpoints`]: endpoint health, per callback host (SPEC §6).
+//! - [`replay`]: history sent again to a config or an app's callback (SPEC §6).
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`whoami`]: the caller's project, for clients that hold only a token (the console).
 //! - [`console`]: the web console's files, at `/console/`.
@@ -23,6 +25,7 @@
 pub mod auth;
 pub mod console;
 pub mod deliveries;
+pub mod endpoints;
 pub mod error;
 pub mod health;
 pub mod hooks;
@@ -31,6 +34,7 @@ pub mod live;
 pub mod openapi;
 pub mod per_project;
 mod query;
+pub mod replay;
 pub mod request_id;
 pub mod rtc;
 pub mod server;
@@ -103,6 +107,11 @@ pub struct Shared {
     /// Most callback configs, apps and recording sources (each counted apart) one project
     /// may have, so that one tenant cannot fill the store or slow every match and list.
     pub max_per_project: u64,
+    /// `/metrics` is served on an address of its own (`HERALD_METRICS_LISTEN`): the main
+    /// listener answers 404 there.
+    pub metrics_elsewhere: bool,
+    /// Each callback host's concurrency and callbacks on the wire, from the delivery worker.
+    pub endpoint_load: Arc<dyn endpoints::EndpointLoad>,
     /// The server's other background tasks (ingest committer, retention, recording
     /// tracker): `/readyz` answers 503 naming one that could not be kept running.
     pub tasks: herald_store::supervision::Supervisor,
@@ -155,6 +164,10 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(ingest::ingest_live))
         .routes(routes!(deliveries::list))
         .routes(routes!(deliveries::retry))
+        .routes(routes!(deliveries::retry_matching))
+        .routes(routes!(endpoints::list))
+        .routes(routes!(replay::replay_live))
+        .routes(routes!(replay::replay_rtc))
         .routes(routes!(rtc::create_app, rtc::list_apps))
         .routes(routes!(rtc::show_app, rtc::delete_app))
         .routes(routes!(

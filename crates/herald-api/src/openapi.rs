@@ -73,6 +73,31 @@ pub fn project_id() -> ObjectBuilder {
         ))
 }
 
+/// `herald_core::timefmt::parse_utc_seconds`: a real date and time of day, UTC (February
+/// 29th in leap years only).
+pub const UTC_SECONDS: &str = "^(?:[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))|(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)-02-29)T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z$";
+
+/// A time, `yyyy-mm-ddThh:mm:ssZ` (UTC).
+pub fn utc_seconds() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(UTC_SECONDS))
+        .description(Some("UTC, yyyy-mm-ddThh:mm:ssZ."))
+}
+
+/// A time to filter by, `yyyy-mm-ddThh:mm:ssZ`, or null for no bound.
+pub fn utc_seconds_filter() -> ObjectBuilder {
+    nullable_string(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(UTC_SECONDS)),
+    )
+    .description(Some(
+        "UTC, yyyy-mm-ddThh:mm:ssZ, on the delivery's creation (since: at or after; until: \
+         before); null or left out: no bound.",
+    ))
+}
+
 /// A domain to filter by, or `""` for any (the SDKs' and SPEC §1's `publish_domain=`).
 pub fn domain_filter() -> ObjectBuilder {
     ObjectBuilder::new()

@@ -53,6 +53,38 @@ impl RetrySchedule {
         let factor = 0.9 + 0.2 * jitter.clamp(0.0, 1.0);
         Some(base.mul_f64(factor))
     }
+
+    /// The longest delay of the schedule: how far a receiver's `Retry-After` may push a
+    /// retry.
+    pub fn longest(&self) -> Duration {
+        self.0.iter().copied().max().unwrap_or_default()
+    }
+
+    /// After `attempts_made` attempts, the last answered with `Retry-After: asked`: the
+    /// receiver's delay instead of the schedule's, at most [`Self::longest`], or `None`
+    /// when the delivery is dead. The answer counted as one attempt, as any failure does,
+    /// and no more.
+    pub fn delay_asked_for(&self, attempts_made: u32, asked: Duration) -> Option<Duration> {
+        self.next_delay(attempts_made, 0.5)?;
+        Some(asked.min(self.longest()))
+    }
+}
+
+/// A `Retry-After` value (RFC 9110 §10.2.3): delay-seconds, or an HTTP date, as the delay
+/// from `now` (zero for a date already past). `None` for anything else.
+pub fn parse_retry_after(value: &str, now: time::OffsetDateTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Absurdly long delays are capped by the schedule; saturate rather than refuse.
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let at = time::PrimitiveDateTime::parse(value, &format)
+        .ok()?
+        .assume_utc();
+    Some(Duration::try_from(at - now).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -78,6 +110,37 @@ mod tests {
             assert!(RetrySchedule::parse("schedule", bad).is_err(), "{bad:?}");
         }
         assert_eq!(RetrySchedule::default().attempts(), 10);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = time::macros::datetime!(2026-12-06 10:00:00 UTC);
+        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Dec 2026 10:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Dec 2026 09:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        for bad in ["", "-1", "1.5", "soon", "2026-12-06T10:00:30Z"] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
+        }
+        let schedule = RetrySchedule::parse("s", "0s,5s,1m").unwrap();
+        assert_eq!(
+            schedule.delay_asked_for(1, Duration::from_secs(2)),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            schedule.delay_asked_for(1, Duration::from_secs(3600)),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(schedule.delay_asked_for(3, Duration::from_secs(2)), None);
     }
 
     proptest! {

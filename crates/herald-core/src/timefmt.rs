@@ -31,6 +31,19 @@ pub fn utc_millis(at: OffsetDateTime) -> String {
     utc(at, MILLIS)
 }
 
+/// Parses `yyyy-mm-ddThh:mm:ssZ` (a real date and time of day, UTC), the form API filters
+/// take times in.
+pub fn parse_utc_seconds(
+    field: &str,
+    raw: &str,
+) -> Result<OffsetDateTime, crate::field::FieldError> {
+    time::PrimitiveDateTime::parse(raw, SECONDS)
+        .map(time::PrimitiveDateTime::assume_utc)
+        .map_err(|_| {
+            crate::field::FieldError::new(field, "must be a UTC time, yyyy-mm-ddThh:mm:ssZ")
+        })
+}
+
 /// `yyyymmddThhmmssZ`, the `X-Sdk-Date` format of the SDK signature.
 pub fn utc_basic(at: OffsetDateTime) -> String {
     utc(at, BASIC)
@@ -51,6 +64,27 @@ pub fn from_unix_ms(ms: i64) -> OffsetDateTime {
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn parses_utc_seconds() {
+        assert_eq!(
+            parse_utc_seconds("since", "2026-02-28T23:59:59Z").unwrap(),
+            datetime!(2026-02-28 23:59:59 UTC)
+        );
+        assert!(parse_utc_seconds("since", "2000-02-29T00:00:00Z").is_ok());
+        for bad in [
+            "",
+            "2026-02-29T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-01-01T24:00:00Z",
+            "2026-01-01T00:00:00",
+            "2026-01-01T00:00:00.000Z",
+            "2026-01-01 00:00:00Z",
+        ] {
+            let e = parse_utc_seconds("since", bad).unwrap_err();
+            assert!(e.to_string().starts_with("since: "), "{bad:?}");
+        }
+    }
 
     #[test]
     fn formats_like_the_seeds() {

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use herald_core::notification::render_live;
 use herald_core::notification::render_rtc;
+use herald_core::retry::parse_retry_after;
 use herald_core::signing::rtc_signature;
 use herald_store::{AfterAttempt, AttemptRecord, ClaimedDelivery, Completion, Notification};
 use hyper::header::{HeaderMap, HeaderValue};
@@ -69,8 +70,16 @@ pub async fn attempt(
     let answer = sender.post(&delivery.url, headers, body).await;
     let elapsed = started.elapsed();
     metrics::histogram!("herald_delivery_attempt_duration_seconds").record(elapsed.as_secs_f64());
+    let mut asked = None;
     let (succeeded, status_code, error, response_head, result) = match answer {
-        Answer::Response { status, head } => {
+        Answer::Response {
+            status,
+            head,
+            retry_after,
+        } => {
+            asked = retry_after
+                .as_deref()
+                .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc()));
             let ok = (200..300).contains(&status);
             let error = (!ok).then(|| format!("HTTP {status}"));
             (
@@ -87,10 +96,12 @@ pub async fn attempt(
     let next = if succeeded {
         AfterAttempt::Succeeded
     } else {
-        match settings
-            .retry_schedule
-            .next_delay(delivery.attempt, rand::random::<f64>())
-        {
+        let schedule = &settings.retry_schedule;
+        let delay = match asked {
+            Some(asked) => schedule.delay_asked_for(delivery.attempt, asked),
+            None => schedule.next_delay(delivery.attempt, rand::random::<f64>()),
+        };
+        match delay {
             Some(delay) => AfterAttempt::RetryAt(OffsetDateTime::now_utc() + delay),
             None => AfterAttempt::Dead,
         }

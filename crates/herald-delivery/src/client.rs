@@ -69,8 +69,17 @@ struct RefusedTarget(String);
 /// What came back from one POST.
 #[derive(Debug)]
 pub enum Answer {
-    Response { status: u16, head: String },
-    Failed { error: String, kind: FailureKind },
+    Response {
+        status: u16,
+        head: String,
+        /// The `Retry-After` header of a 429 or 503 answer, as sent (read as data, see
+        /// `herald_core::retry::parse_retry_after`).
+        retry_after: Option<String>,
+    },
+    Failed {
+        error: String,
+        kind: FailureKind,
+    },
 }
 
 /// Why a POST got no answer.
@@ -165,6 +174,11 @@ impl Sender {
             }
         };
         let status = response.status().as_u16();
+        let retry_after = matches!(status, 429 | 503)
+            .then(|| response.headers().get(hyper::header::RETRY_AFTER))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(64).collect());
         let mut body = response.into_body();
         let mut head = Vec::new();
         // Read only the first bytes: a receiver cannot make Herald buffer a large answer.
@@ -184,6 +198,7 @@ impl Sender {
         Answer::Response {
             status,
             head: recorded_text(&head),
+            retry_after,
         }
     }
 

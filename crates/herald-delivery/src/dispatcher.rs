@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::DeliverySettings;
 use crate::attempt::attempt;
 use crate::client::Sender;
+use crate::concurrency::EndpointConcurrency;
 
 /// Most deliveries leased by one claim, and most outcomes recorded by one write.
 const BATCH: usize = 512;
@@ -170,6 +171,8 @@ pub struct Dispatcher {
     next_due: Mutex<NextDue>,
     /// Set by the outcome recorder when it scheduled a retry: [`NextDue`] is out of date.
     retry_scheduled: Arc<AtomicBool>,
+    /// Each endpoint's concurrency now: claims hold a cut endpoint to it.
+    concurrency: Arc<EndpointConcurrency>,
 }
 
 /// When the next delivery not due yet (a retry) comes due, as last read from the store.
@@ -188,6 +191,7 @@ impl Dispatcher {
         store: Arc<dyn Store>,
         settings: DeliverySettings,
         wake: Arc<Notify>,
+        concurrency: Arc<EndpointConcurrency>,
     ) -> Result<Self, rustls::Error> {
         let sender = Sender::new(settings.timeout, settings.allow_private_targets)?;
         let owner = format!(
@@ -204,6 +208,7 @@ impl Dispatcher {
             held: Arc::default(),
             next_due: Mutex::default(),
             retry_scheduled: Arc::default(),
+            concurrency,
         })
     }
 
@@ -318,7 +323,19 @@ impl Dispatcher {
         &self,
     ) -> Result<(Vec<(ClaimedDelivery, Arc<Semaphore>)>, usize), herald_store::StoreError> {
         let endpoint_cap = self.settings.endpoint_claim();
-        let worth = room_worth_a_claim(endpoint_cap, self.settings.max_in_flight);
+        // A cut endpoint is claimed for up to its concurrency now (one round): counted as
+        // holding the rest of a full claim, it has just that much room.
+        let cut = self.concurrency.cut_endpoints();
+        let smallest_claim = cut
+            .iter()
+            .map(|(_, limit)| *limit)
+            .min()
+            .map_or(endpoint_cap, |limit| limit.min(endpoint_cap));
+        // A held-back cut endpoint leaves only its concurrency held: wait for no more.
+        let worth = room_worth_a_claim(
+            endpoint_cap.min(smallest_claim.saturating_mul(2)),
+            self.settings.max_in_flight,
+        );
         let (room, held, by_project, released) = {
             let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
             let room = self.settings.max_in_flight.saturating_sub(guard.total);
@@ -342,6 +359,10 @@ impl Dispatcher {
             expires_at: now + self.settings.lease(),
         };
         let per_project = self.settings.per_project_in_flight;
+        let mut held = held;
+        for (endpoint, limit) in cut {
+            *held.entry(endpoint).or_default() += endpoint_cap.saturating_sub(limit);
+        }
         let limits = ClaimLimits {
             total: room,
             per_endpoint: endpoint_cap,
@@ -398,10 +419,11 @@ impl Dispatcher {
             "delivery", delivery_id = delivery.id, event_id = %delivery.event_id,
             config_id = %delivery.config_id, attempt = delivery.attempt
         );
-        let (sender, settings, owner) = (
+        let (sender, settings, owner, concurrency) = (
             self.sender.clone(),
             self.settings.clone(),
             self.owner.clone(),
+            self.concurrency.clone(),
         );
         let slot = Slot {
             held: self.held.clone(),
@@ -413,8 +435,12 @@ impl Dispatcher {
             async move {
                 // The semaphore is never closed, so acquiring only waits for a permit.
                 let permit = permits.acquire().await;
+                let sent_at = std::time::Instant::now();
+                let sending = concurrency.sending(&delivery.endpoint);
                 let completion = attempt(&sender, &settings, &delivery, &owner).await;
+                drop(sending);
                 drop(permit);
+                concurrency.learn(&delivery.endpoint, sent_at, completion.record.status_code);
                 // The slot goes with the outcome and is given back once it is recorded.
                 // The recorder outlives every attempt task, so the receiver is still there,
                 // and the channel has room for every slot.

@@ -1,6 +1,8 @@
 //! Herald's delivery worker.
 //!
 //! - [`client`]: the outbound HTTP client and its target guard.
+//! - [`concurrency`]: each endpoint's concurrency now (halved on 429, regained after
+//!   successes).
 //! - [`attempt`]: one attempt: render, sign, send, classify, decide what comes next.
 //! - [`dispatcher`]: claims due deliveries within concurrency limits, runs attempts,
 //!   records outcomes in batches, rescues expired leases, publishes queue metrics.
@@ -12,6 +14,7 @@
 
 pub mod attempt;
 pub mod client;
+pub mod concurrency;
 pub mod dispatcher;
 pub mod file_turns;
 pub mod probe;

@@ -59,11 +59,12 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use accept::{REPLAY_MOST, ReplayTarget, Replayed};
 pub use location::StoreLocation;
 pub use queue::{
-    Accepted, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
-    DeliveryFilter, DeliveryStatus, DeliveryView, Lease, MOST_COUNTED_DELIVERIES, Notification,
-    QueueStats, RetryOutcome,
+    Accepted, AfterAttempt, AttemptRecord, BULK_RETRY_MOST, BulkRetried, ClaimLimits,
+    ClaimedDelivery, Completion, DeliveryFilter, DeliveryStatus, DeliveryView, EndpointAttempts,
+    Lease, MOST_COUNTED_DELIVERIES, Notification, QueueStats, RetryFilter, RetryOutcome,
 };
 pub use recording::{ClaimedStep, SourceError, SourceView};
 pub use rows::CorruptRow;
@@ -356,6 +357,59 @@ pub trait DeliveryQueue {
         now: OffsetDateTime,
     ) -> Result<RetryOutcome, StoreError>;
 
+    /// The ids of the deliveries a bulk retry re-queues, oldest first, at most `limit`
+    /// (see [`queue::bulk_retry_candidates`]).
+    async fn bulk_retry_ids(
+        &self,
+        project: &ProjectId,
+        filter: &RetryFilter,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError>;
+
+    /// Re-queues up to [`BULK_RETRY_MOST`] of the deliveries `filter` matches, oldest
+    /// first, each as [`DeliveryQueue::retry_delivery`] does (so each waits behind any
+    /// open delivery of its stream, and a stream's re-queued deliveries go out in their
+    /// order). Re-queued deliveries no longer match, so a repeat queues nothing twice and
+    /// takes up the rest of a large set.
+    async fn retry_matching(
+        &self,
+        project: &ProjectId,
+        filter: &RetryFilter,
+        now: OffsetDateTime,
+    ) -> Result<BulkRetried, StoreError>
+    where
+        Self: Sync,
+    {
+        let ids = self
+            .bulk_retry_ids(project, filter, now, BULK_RETRY_MOST + 1)
+            .await?;
+        let more = ids.len() > BULK_RETRY_MOST;
+        let mut queued = 0;
+        for id in ids.into_iter().take(BULK_RETRY_MOST) {
+            if matches!(
+                self.retry_delivery(project, id, now).await?,
+                RetryOutcome::Requeued
+            ) {
+                queued += 1;
+            }
+        }
+        Ok(BulkRetried { queued, more })
+    }
+
+    /// New deliveries to `target`, as it matches now, of every retained event of the
+    /// project accepted in `[since, until)`: signed afresh when sent (with the target's
+    /// key now), carrying the original event id, in acceptance order per stream (each
+    /// behind any open delivery of its stream).
+    async fn replay(
+        &self,
+        project: &ProjectId,
+        target: &ReplayTarget,
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Replayed, StoreError>;
+
     /// [`DeliveryQueue::ingest_live`] for an RTC app's events; `None` when there is no such app.
     async fn ingest_rtc(
         &self,
@@ -388,6 +442,16 @@ pub trait QueueStatus {
 
     /// Queue depth by state, and the oldest due delivery.
     async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError>;
+
+    /// The project's endpoints: every one its configs and apps call back now (with no
+    /// attempts, unless it has some), and every one with attempts since `since`, with
+    /// their attempts since `since` and their last error since `errors_since`.
+    async fn endpoint_attempts(
+        &self,
+        project: &ProjectId,
+        since: OffsetDateTime,
+        errors_since: OffsetDateTime,
+    ) -> Result<Vec<EndpointAttempts>, StoreError>;
 }
 
 /// Retention (SPEC §6): history older than the operator keeps is deleted.

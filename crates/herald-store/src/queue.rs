@@ -254,6 +254,64 @@ pub(crate) fn delivery_log_where(filter: &DeliveryFilter) -> String {
     format!("WHERE d.project_id = $1 AND {by_event}{by_state}")
 }
 
+/// Most deliveries one bulk retry re-queues: a request's work stays bounded, and a larger
+/// set is queued by repeating it ([`BulkRetried::more`]).
+pub const BULK_RETRY_MOST: usize = 500;
+
+/// The deliveries a bulk retry re-queues (SPEC §6): dead ones, or failed ones waiting for a
+/// later retry, narrowed by the log's filters.
+#[derive(Debug, Clone)]
+pub struct RetryFilter {
+    /// `Dead` or `Failed`.
+    pub status: DeliveryStatus,
+    /// Live events of this ingest domain (case-insensitive).
+    pub publish_domain: Option<String>,
+    /// Live events of this app.
+    pub app: Option<String>,
+    /// RTC deliveries of this app.
+    pub app_id: Option<String>,
+    /// Created at or after.
+    pub since: Option<OffsetDateTime>,
+    /// Created before.
+    pub until: Option<OffsetDateTime>,
+}
+
+/// What a bulk retry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkRetried {
+    pub queued: u64,
+    /// More deliveries matched than one request re-queues: repeating it queues the rest.
+    pub more: bool,
+}
+
+/// The query of a bulk retry's candidates, oldest first (so each stream's come back in
+/// their order), [`BULK_RETRY_MOST`] + 1 of them; `json_text(field)` is the backend's
+/// expression for a text field of the event's payload `e.payload`. Binds: $1 project,
+/// $2 since ms, $3 until ms, $4 publish_domain, $5 app, $6 app_id, $7 now ms, $8 limit.
+/// A failed delivery already due (re-queued by a repeat of the request) is not one: that is
+/// what makes a repeat queue nothing twice.
+pub(crate) fn bulk_retry_candidates(
+    status: DeliveryStatus,
+    json_text: impl Fn(&str) -> String,
+) -> String {
+    let states = status.states();
+    format!(
+        "SELECT d.id FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+         WHERE d.project_id = $1 AND d.state IN {states} \
+         AND (d.state <> '{retrying}' OR d.next_attempt_at_ms > $7) \
+         AND (CAST($2 AS BIGINT) IS NULL OR d.created_at_ms >= $2) \
+         AND (CAST($3 AS BIGINT) IS NULL OR d.created_at_ms < $3) \
+         AND (CAST($4 AS TEXT) IS NULL OR (e.flavour = 'live' AND lower({domain}) = lower($4))) \
+         AND (CAST($5 AS TEXT) IS NULL OR (e.flavour = 'live' AND {app} = $5)) \
+         AND (CAST($6 AS TEXT) IS NULL OR (e.flavour = 'rtc' AND d.config_id = $6)) \
+         AND {target} ORDER BY d.id LIMIT $8",
+        retrying = DeliveryState::Retrying,
+        domain = json_text("publish_domain"),
+        app = json_text("app"),
+        target = crate::accept::TARGET_EXISTS,
+    )
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
     pub status: Option<DeliveryStatus>,
@@ -284,6 +342,19 @@ pub enum RetryOutcome {
     NotRetryable(DeliveryStatus),
     /// Its config was deleted: there is nobody to send it to any more.
     ConfigDeleted,
+}
+
+/// One endpoint's recent attempts (SPEC §6 endpoint health), by endpoint key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointAttempts {
+    /// `{project} {host}` (see `CallbackUrl::endpoint`).
+    pub endpoint: String,
+    /// Attempts recorded since the window began.
+    pub attempts: u64,
+    /// Of those, the ones answered 2xx.
+    pub successes: u64,
+    /// The latest failed attempt's error since the error window began, and when.
+    pub last_error: Option<(String, OffsetDateTime)>,
 }
 
 /// Queue depth by state and the age of the oldest due delivery, for metrics.

@@ -9,7 +9,10 @@ use time::OffsetDateTime;
 
 use crate::backend::SqlBackend;
 use crate::state::DUE;
-use crate::{DeliveryState, QueueStats, QueueStatus, StoreError};
+use crate::{DeliveryState, EndpointAttempts, QueueStats, QueueStatus, StoreError};
+use herald_core::config::callback_url::CallbackUrl;
+use herald_core::project::ProjectId;
+use std::collections::BTreeMap;
 
 #[async_trait]
 impl<B> QueueStatus for B
@@ -19,6 +22,8 @@ where
     for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
     for<'q> i64: Encode<'q, B::Db> + Decode<'q, B::Db> + Type<B::Db>,
     for<'q> String: Decode<'q, B::Db> + Type<B::Db>,
+    for<'q> &'q str: Encode<'q, B::Db> + Type<B::Db>,
+    for<'q> Option<String>: Decode<'q, B::Db>,
     for<'r> &'r str: ColumnIndex<<B::Db as Database>::Row>,
     usize: ColumnIndex<<B::Db as Database>::Row>,
 {
@@ -80,5 +85,84 @@ where
             by_state,
             oldest_due_at: oldest.map(from_unix_ms),
         })
+    }
+
+    /// An attempt at `t` leaves its delivery's `next_attempt_at_ms` at `t` or later for
+    /// good (the outcome sets it to when it finished or to the retry; a manual retry to
+    /// a later now), so the window's attempts are those of deliveries due since it began.
+    async fn endpoint_attempts(
+        &self,
+        project: &ProjectId,
+        since: OffsetDateTime,
+        errors_since: OffsetDateTime,
+    ) -> Result<Vec<EndpointAttempts>, StoreError> {
+        let mut by_endpoint: BTreeMap<String, EndpointAttempts> = BTreeMap::new();
+        let urls: Vec<String> = sqlx::query_scalar(
+            "SELECT notify_callback_url FROM live_callback_configs \
+                 WHERE project_id = $1 AND notify_callback_url IS NOT NULL \
+             UNION SELECT callback_url FROM rtc_apps WHERE project_id = $1 AND callback_url IS NOT NULL",
+        )
+        .bind(project.as_str())
+        .fetch_all(self.pool())
+        .await?;
+        for url in urls {
+            if let Ok(url) = CallbackUrl::parse("url", &url, true) {
+                let endpoint = url.endpoint(project);
+                by_endpoint
+                    .entry(endpoint.clone())
+                    .or_insert(EndpointAttempts {
+                        endpoint,
+                        ..EndpointAttempts::default()
+                    });
+            }
+        }
+        let counts = sqlx::query(
+            "SELECT d.endpoint AS endpoint, COUNT(*) AS n, \
+                 SUM(CASE WHEN a.status_code >= 200 AND a.status_code < 300 THEN 1 ELSE 0 END) AS ok \
+             FROM deliveries d JOIN delivery_attempts a ON a.delivery_id = d.id \
+             WHERE d.project_id = $1 AND d.next_attempt_at_ms >= $2 AND a.at_ms >= $2 \
+             GROUP BY d.endpoint",
+        )
+        .bind(project.as_str())
+        .bind(unix_ms(since))
+        .fetch_all(self.pool())
+        .await?;
+        for row in counts {
+            let endpoint: String = row.try_get("endpoint")?;
+            let e = by_endpoint
+                .entry(endpoint.clone())
+                .or_insert(EndpointAttempts {
+                    endpoint,
+                    ..EndpointAttempts::default()
+                });
+            e.attempts = u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
+            e.successes = u64::try_from(row.try_get::<i64, _>("ok")?).unwrap_or(0);
+        }
+        let errors = sqlx::query(
+            "SELECT d.endpoint AS endpoint, a.error AS error, a.at_ms AS at_ms \
+             FROM deliveries d JOIN delivery_attempts a ON a.delivery_id = d.id \
+             WHERE d.project_id = $1 AND d.next_attempt_at_ms >= $2 AND a.at_ms >= $2 \
+                 AND a.error IS NOT NULL \
+             ORDER BY a.at_ms DESC LIMIT 1000",
+        )
+        .bind(project.as_str())
+        .bind(unix_ms(errors_since))
+        .fetch_all(self.pool())
+        .await?;
+        for row in errors {
+            let endpoint: String = row.try_get("endpoint")?;
+            let e = by_endpoint
+                .entry(endpoint.clone())
+                .or_insert(EndpointAttempts {
+                    endpoint,
+                    ..EndpointAttempts::default()
+                });
+            if e.last_error.is_none() {
+                let error: Option<String> = row.try_get("error")?;
+                let at: i64 = row.try_get("at_ms")?;
+                e.last_error = error.map(|error| (error, from_unix_ms(at)));
+            }
+        }
+        Ok(by_endpoint.into_values().collect())
     }
 }

@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use herald_store::{
     Accepted, AccessKey, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
     Credentials, DeliveryFilter, DeliveryStatus, DeliveryView, Lease, LiveConfigFilter,
-    MOST_COUNTED_DELIVERIES, NewToken, Notification, Page, QueueStats, Recorded, RetryOutcome,
-    Store, StoreError,
+    MOST_COUNTED_DELIVERIES, NewToken, Notification, Page, QueueStats, Recorded, ReplayTarget,
+    Replayed, RetryFilter, RetryOutcome, Store, StoreError,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -60,6 +60,8 @@ async fn run_suite(store: &dyn Store) {
     a_deleted_configs_deliveries_are_never_sent_again(store).await;
     an_early_rescue_requeues_due_now(store).await;
     the_rescuer_honours_the_attempt_limit(store).await;
+    bulk_retry_requeues_matches_once_in_stream_order(store).await;
+    replay_sends_the_matching_history_again_in_order(store).await;
     recording_steps_go_stream_by_stream_in_order(store).await;
     a_step_taken_over_belongs_to_its_new_owner(store).await;
     a_claim_takes_sources_in_turn_and_only_the_files_it_can_read(store).await;
@@ -1222,6 +1224,215 @@ async fn assert_idle(store: &dyn Store) {
             .unwrap(),
         None
     );
+}
+
+/// Fails every delivery due at `at` for good (dead), until none is due.
+async fn kill_all_due(store: &dyn Store, at: OffsetDateTime) {
+    loop {
+        let claimed = claim(store, at, 100).await;
+        if claimed.is_empty() {
+            return;
+        }
+        let dead: Vec<_> = claimed
+            .iter()
+            .map(|d| outcome(d, answer(at, 500), AfterAttempt::Dead))
+            .collect();
+        complete(store, &dead).await;
+    }
+}
+
+/// A dead-letter filter of `status` and nothing else.
+fn retry_filter(status: DeliveryStatus) -> RetryFilter {
+    RetryFilter {
+        status,
+        publish_domain: None,
+        app: None,
+        app_id: None,
+        since: None,
+        until: None,
+    }
+}
+
+/// Bulk retry (SPEC §6): every dead delivery the filters match is re-queued, oldest first,
+/// a stream's deliveries waiting behind each other in their order; a repeat queues nothing;
+/// another project's are untouched.
+async fn bulk_retry_requeues_matches_once_in_stream_order(store: &dyn Store) {
+    assert_idle(store).await;
+    let t0 = datetime!(2026-12-06 11:00:00 UTC);
+    let url = "https://bulk.example.com/cb";
+    for (project_id, id) in [("q-bulk", "bulk-cfg"), ("q-bulk-other", "bulk-other-cfg")] {
+        add_config(
+            store,
+            project_id,
+            id,
+            json!({"publish_domain": "bulk.example.com", "app": "*", "notify_callback_url": url,
+                "notify_event_subscription": ["RECORD_OVER"]}),
+            t0,
+        )
+        .await;
+    }
+    let events = [
+        event("b1", "RECORD_OVER", "bulk.example.com", "live", "s1"),
+        event("b2", "RECORD_OVER", "bulk.example.com", "live", "s1"),
+        event("b3", "RECORD_OVER", "Bulk.Example.com", "other", "s2"),
+    ];
+    store
+        .ingest_live(&project("q-bulk"), &events, t0)
+        .await
+        .unwrap();
+    store
+        .ingest_live(&project("q-bulk-other"), &events[..1], t0)
+        .await
+        .unwrap();
+    kill_all_due(store, t0 + secs(1)).await;
+    let now = t0 + secs(10);
+    let retry = |filter: RetryFilter, project_id: &'static str| async move {
+        store
+            .retry_matching(&project(project_id), &filter, now)
+            .await
+            .unwrap()
+    };
+    let since_later = RetryFilter {
+        since: Some(t0 + secs(1)),
+        ..retry_filter(DeliveryStatus::Dead)
+    };
+    assert_eq!(retry(since_later, "q-bulk").await.queued, 0);
+    let failed = retry_filter(DeliveryStatus::Failed);
+    assert_eq!(retry(failed, "q-bulk").await.queued, 0);
+    let other_app = RetryFilter {
+        publish_domain: Some("BULK.example.com".into()),
+        app: Some("other".into()),
+        until: Some(t0 + secs(1)),
+        ..retry_filter(DeliveryStatus::Dead)
+    };
+    let done = retry(other_app, "q-bulk").await;
+    assert_eq!((done.queued, done.more), (1, false));
+    assert_eq!(
+        retry(retry_filter(DeliveryStatus::Dead), "q-bulk")
+            .await
+            .queued,
+        2
+    );
+    assert_eq!(
+        retry(retry_filter(DeliveryStatus::Dead), "q-bulk")
+            .await
+            .queued,
+        0
+    );
+    assert_eq!(
+        delivery_of(store, "q-bulk-other", "b1").await.status,
+        DeliveryStatus::Dead
+    );
+    // s1's second delivery waits for its first.
+    let claimed = claim(store, now, 10).await;
+    assert_eq!(event_ids(&claimed), ["b1", "b3"]);
+    assert!(claim(store, now, 10).await.is_empty());
+    complete(store, &[succeeded(claimed_one(&claimed, "b1"), now)]).await;
+    assert_eq!(event_ids(&claim(store, now, 10).await), ["b2"]);
+    store
+        .delete_live_config(&project("q-bulk-other"), "bulk-other-cfg")
+        .await
+        .unwrap();
+    assert_eq!(
+        retry(retry_filter(DeliveryStatus::Dead), "q-bulk-other")
+            .await
+            .queued,
+        0,
+        "a deleted config's deliveries have nowhere to go"
+    );
+    drain(store, now + secs(600)).await;
+}
+
+/// Replay (SPEC §6): a config added later gets new deliveries of exactly the retained events
+/// of the range it matches, with their original ids, in order per stream; another
+/// project's config is not found.
+async fn replay_sends_the_matching_history_again_in_order(store: &dyn Store) {
+    assert_idle(store).await;
+    let t0 = datetime!(2026-12-06 12:00:00 UTC);
+    let old_url = "https://old.example.com/cb";
+    add_config(
+        store,
+        "q-replay",
+        "replay-old",
+        json!({"publish_domain": "replay.example.com", "app": "*", "notify_callback_url": old_url,
+            "notify_event_subscription": ["RECORD_OVER", "RECORD_FILE_COMPLETE"]}),
+        t0,
+    )
+    .await;
+    let p = project("q-replay");
+    let ingest = |events: Vec<(EventId, LiveEvent)>, at: OffsetDateTime| {
+        let p = p.clone();
+        async move { store.ingest_live(&p, &events, at).await.unwrap() }
+    };
+    ingest(
+        vec![
+            event("r1", "RECORD_OVER", "replay.example.com", "live", "s1"),
+            event("r2", "RECORD_OVER", "replay.example.com", "live", "s1"),
+            event(
+                "r3",
+                "RECORD_FILE_COMPLETE",
+                "replay.example.com",
+                "live",
+                "s2",
+            ),
+            event("r4", "RECORD_OVER", "replay.example.com", "live", "s3"),
+        ],
+        t0,
+    )
+    .await;
+    ingest(
+        vec![event(
+            "r5",
+            "RECORD_OVER",
+            "replay.example.com",
+            "live",
+            "s1",
+        )],
+        t0 + secs(100),
+    )
+    .await;
+    drain(store, t0 + secs(200)).await;
+    let new_url = "https://new.example.com/cb";
+    add_config(
+        store,
+        "q-replay",
+        "replay-new",
+        json!({"publish_domain": "replay.example.com", "app": "live", "notify_callback_url": new_url,
+            "notify_event_subscription": ["RECORD_OVER"]}),
+        t0 + secs(300),
+    )
+    .await;
+    let now = t0 + secs(400);
+    let target = ReplayTarget::Live("replay-new".into());
+    let replayed = store
+        .replay(&p, &target, t0, t0 + secs(50), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        replayed,
+        Replayed::Queued(3),
+        "r1, r2 and r4; not r3's type nor r5's time"
+    );
+    let elsewhere = store
+        .replay(&project("q-replay-other"), &target, t0, now, now)
+        .await
+        .unwrap();
+    assert_eq!(elsewhere, Replayed::NotFound);
+    let claimed = claim(store, now, 10).await;
+    assert_eq!(
+        event_ids(&claimed),
+        ["r1", "r4"],
+        "r2 waits behind r1 on s1"
+    );
+    assert!(
+        claimed
+            .iter()
+            .all(|d| d.url == new_url && d.config_id == "replay-new")
+    );
+    let done: Vec<_> = claimed.iter().map(|d| succeeded(d, now)).collect();
+    complete(store, &done).await;
+    assert_eq!(event_ids(&claim(store, now, 10).await), ["r2"]);
+    drain(store, now + secs(600)).await;
 }
 
 /// Finishes every open delivery as succeeded at `at` (later than anything the test

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use herald_api::auth::StaticCredentials;
 use herald_api::{AppState, Shared, router};
 use herald_core::project::ProjectId;
+use herald_delivery::concurrency::EndpointConcurrency;
 use herald_delivery::dispatcher::{Dispatcher, WorkerStopped};
 use herald_delivery::probe::Prober;
 use herald_delivery::tracker::Tracker;
@@ -122,9 +123,24 @@ fn lock_data_dir(settings: &Settings) -> anyhow::Result<File> {
     }
 }
 
+/// The delivery worker's per-host load, as the API shows it.
+struct EndpointLoad(Arc<EndpointConcurrency>);
+
+impl herald_api::endpoints::EndpointLoad for EndpointLoad {
+    fn full(&self) -> u32 {
+        self.0.full()
+    }
+
+    fn load_of_project(&self, project: &str) -> std::collections::HashMap<String, (u32, u32)> {
+        self.0.load_of_project(project)
+    }
+}
+
 /// A running server: where it listens, and how to stop it.
 pub struct Running {
     pub local_addr: std::net::SocketAddr,
+    /// Where `/metrics` is served when `HERALD_METRICS_LISTEN` is set.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub shutdown: CancellationToken,
     pub api: tokio::task::JoinHandle<std::io::Result<()>>,
     pub delivery: tokio::task::JoinHandle<Result<(), WorkerStopped>>,
@@ -178,6 +194,7 @@ pub async fn start_with(settings: &Settings, tasks: Supervisor) -> anyhow::Resul
     let prober = Prober::new(&settings.ffprobe, settings.record_roots.clone());
     warn_without_ffprobe(store.as_ref(), &prober).await?;
     let wake = Arc::new(Notify::new());
+    let concurrency = Arc::new(EndpointConcurrency::new(delivery.per_endpoint_in_flight));
     let recordings = Arc::new(Notify::new());
     let worker_stopped = CancellationToken::new();
     let listener = TcpListener::bind(settings.listen)
@@ -185,6 +202,7 @@ pub async fn start_with(settings: &Settings, tasks: Supervisor) -> anyhow::Resul
         .with_context(|| format!("binding {}", settings.listen))?;
     let local_addr = listener.local_addr()?;
     let public_url: Arc<str> = settings.public_url_for(local_addr).into();
+    let shutdown = CancellationToken::new();
     let state = AppState::new(Shared {
         store: store.clone(),
         credentials: Arc::new(static_credentials(settings)?),
@@ -197,8 +215,30 @@ pub async fn start_with(settings: &Settings, tasks: Supervisor) -> anyhow::Resul
         record_roots: Arc::new(settings.record_roots.clone()),
         recordings: recordings.clone(),
         max_per_project,
+        endpoint_load: Arc::new(EndpointLoad(concurrency.clone())),
+        metrics_elsewhere: settings.metrics_listen.is_some(),
     });
-    let shutdown = CancellationToken::new();
+    let metrics_addr = match settings.metrics_listen {
+        Some(addr) => {
+            let metrics_listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding HERALD_METRICS_LISTEN {addr}"))?;
+            let bound = metrics_listener.local_addr()?;
+            let serving = herald_api::serve(
+                metrics_listener,
+                herald_api::health::metrics_router(state.clone()),
+                server_limits,
+                shutdown.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = serving.await {
+                    tracing::error!(error = %e, "serving /metrics stopped");
+                }
+            });
+            Some(bound)
+        }
+        None => None,
+    };
     let grace = settings.shutdown_grace;
     if let Some(keep) = settings.retention {
         let (store, cancel) = (store.clone(), shutdown.clone());
@@ -228,10 +268,12 @@ pub async fn start_with(settings: &Settings, tasks: Supervisor) -> anyhow::Resul
             tracker.run(cancel).await;
         }
     });
-    let dispatcher = Dispatcher::new(store, delivery, wake).context("building the HTTP client")?;
+    let dispatcher =
+        Dispatcher::new(store, delivery, wake, concurrency).context("building the HTTP client")?;
     let worker = dispatcher.run(shutdown.clone(), grace);
     Ok(Running {
         local_addr,
+        metrics_addr,
         api: tokio::spawn(herald_api::serve(
             listener,
             router(state),
@@ -267,11 +309,30 @@ async fn warn_without_ffprobe(store: &dyn Store, prober: &Prober) -> anyhow::Res
     Ok(())
 }
 
+/// What a new operator needs next, on stderr (stdout keeps its one line): where the
+/// console is, and the command that makes a token to sign in with.
+fn first_run_hint(settings: &Settings, running: &Running) -> String {
+    let mut store = String::new();
+    if settings.database_url.is_none() && settings.data_dir != Settings::default().data_dir {
+        store = format!(" --data-dir {}", settings.data_dir.display());
+    }
+    let mut hint = format!(
+        "console: http://{}/console/\n\
+         sign in with a token made by: herald tokens create --project YOUR_PROJECT{store}\n",
+        running.local_addr
+    );
+    if let Some(metrics) = running.metrics_addr {
+        hint.push_str(&format!("metrics: http://{metrics}/metrics\n"));
+    }
+    hint
+}
+
 /// `herald serve`: runs until SIGTERM or SIGINT, then drains within the grace period.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let running = start(&settings).await?;
     // The one line on stdout, for scripts and tests that start herald on port 0.
     println!("listening on http://{}", running.local_addr);
+    eprint!("{}", first_run_hint(&settings, &running));
     tracing::info!(addr = %running.local_addr, data_dir = %settings.data_dir.display(), "herald serving");
     let grace = settings.shutdown_grace;
     supervise(running, shutdown_signal(), grace).await

@@ -5,6 +5,7 @@
 //! - [`data_dir`]: the data dir and its files, created private (0700, 0600).
 //! - [`app`]: opening the store and running the server.
 //! - [`credentials`]: creating, listing and revoking access keys and tokens.
+//! - [`deliveries`]: `herald deliveries retry`, bulk retry from the command line.
 //! - [`sources`]: creating, listing and deleting recording sources.
 //! - [`listen`]: `herald listen`, a local receiver that verifies callbacks.
 //! - [`emit`]: `herald emit`, a signed test event sent to a running Herald.
@@ -13,6 +14,7 @@
 pub mod app;
 pub mod credentials;
 pub mod data_dir;
+pub mod deliveries;
 pub mod emit;
 pub mod listen;
 pub mod master_key;

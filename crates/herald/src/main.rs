@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use herald::settings::{FlagOverrides, Settings};
-use herald::{app, credentials, emit, listen, sources};
+use herald::{app, credentials, deliveries, emit, listen, sources};
 use herald_core::project::ProjectId;
 
 /// `herald --version`: the release and the commit it was built from (build.rs), e.g.
@@ -46,6 +46,9 @@ enum Command {
     /// Manage recording sources: media servers whose hooks Herald turns into recording events.
     #[command(subcommand)]
     Sources(SourcesCommand),
+    /// Work with the delivery log.
+    #[command(subcommand)]
+    Deliveries(DeliveriesCommand),
     /// Receive callbacks locally, print them and check their signatures.
     Listen {
         /// Port on 127.0.0.1 to listen on.
@@ -100,6 +103,66 @@ enum Command {
         #[arg(long = "field")]
         fields: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// Re-queue every dead (or failed) delivery that matches, oldest first.
+    Retry {
+        #[arg(long)]
+        project: String,
+        #[arg(long, value_enum)]
+        status: RetryStatusArg,
+        /// Created at or after: a UTC time (yyyy-mm-ddThh:mm:ssZ) or how long ago (2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Created before: a UTC time (yyyy-mm-ddThh:mm:ssZ) or how long ago (30m).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only Live deliveries of this ingest domain.
+        #[arg(long)]
+        publish_domain: Option<String>,
+        /// Only Live deliveries of this app.
+        #[arg(long)]
+        app: Option<String>,
+        /// Only RTC deliveries of this app id.
+        #[arg(long)]
+        app_id: Option<String>,
+        #[command(flatten)]
+        common: Common,
+        /// Print one JSON line: {"queued": N}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send the retained events of a range again to a Live config or an RTC app's
+    /// record callback, as it matches now.
+    Replay {
+        #[arg(long)]
+        project: String,
+        /// The Live config's id.
+        #[arg(long, required_unless_present = "app_id", conflicts_with = "app_id")]
+        config: Option<String>,
+        /// The RTC app's id.
+        #[arg(long)]
+        app_id: Option<String>,
+        /// Accepted at or after: a UTC time (yyyy-mm-ddThh:mm:ssZ) or how long ago (2h).
+        #[arg(long)]
+        since: String,
+        /// Accepted before: a UTC time or how long ago (0s for now).
+        #[arg(long)]
+        until: String,
+        #[command(flatten)]
+        common: Common,
+        /// Print one JSON line: {"queued": N}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RetryStatusArg {
+    Dead,
+    Failed,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -425,6 +488,51 @@ async fn main() -> anyhow::Result<()> {
         }) => {
             let (store, public_url) = common.open_store_and_public_url().await?;
             sources::list(store.as_ref(), &project(&p)?, &public_url, json).await
+        }
+        Command::Deliveries(DeliveriesCommand::Retry {
+            project: p,
+            status,
+            since,
+            until,
+            publish_domain,
+            app,
+            app_id,
+            common,
+            json,
+        }) => {
+            let store = common.open_store().await?;
+            let args = deliveries::RetryArgs {
+                status: match status {
+                    RetryStatusArg::Dead => herald_store::DeliveryStatus::Dead,
+                    RetryStatusArg::Failed => herald_store::DeliveryStatus::Failed,
+                },
+                since,
+                until,
+                publish_domain,
+                app,
+                app_id,
+            };
+            deliveries::retry(store.as_ref(), &project(&p)?, args, json).await
+        }
+        Command::Deliveries(DeliveriesCommand::Replay {
+            project: p,
+            config,
+            app_id,
+            since,
+            until,
+            common,
+            json,
+        }) => {
+            let target = match (config, app_id) {
+                (Some(config), _) => herald_store::ReplayTarget::Live(config),
+                (None, Some(app_id)) => herald_store::ReplayTarget::Rtc(
+                    herald_core::config::rtc::AppId::parse(&app_id)
+                        .ok_or_else(|| anyhow::anyhow!("--app-id: not an app id"))?,
+                ),
+                (None, None) => anyhow::bail!("--config or --app-id is required"),
+            };
+            let store = common.open_store().await?;
+            deliveries::replay(store.as_ref(), &project(&p)?, target, &since, &until, json).await
         }
         Command::Sources(SourcesCommand::Delete { id, common }) => {
             let store = common.open_store().await?;

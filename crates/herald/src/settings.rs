@@ -90,6 +90,9 @@ pub struct Settings {
     /// default: a project's token alone must never make Herald read files on the server.
     #[serde(deserialize_with = "record_roots")]
     pub record_roots: RecordRoots,
+    /// Where `/metrics` is served instead of the main listener, e.g. `127.0.0.1:9464`
+    /// (`HERALD_METRICS_LISTEN`; unset: on the main listener).
+    pub metrics_listen: Option<SocketAddr>,
     /// Access keys listed in the config file, beside those created by the CLI.
     pub credentials: Vec<StaticAccessKey>,
     /// Tokens listed in the config file.
@@ -136,6 +139,7 @@ impl Default for Settings {
             max_connections: 256,
             max_per_project: 1000,
             record_roots: RecordRoots::default(),
+            metrics_listen: None,
             credentials: Vec::new(),
             tokens: Vec::new(),
         }
@@ -364,6 +368,7 @@ impl Settings {
                 "max_connections",
                 "max_per_project",
                 "record_roots",
+                "metrics_listen",
             ]))
             .merge(Serialized::defaults(flags))
             .extract()

@@ -199,3 +199,62 @@ fn version_names_the_release_and_its_commit() {
         );
     }
 }
+
+/// Issue 27: `herald serve` says where the console is and how to make a token to sign in
+/// with; `HERALD_METRICS_LISTEN` serves `/metrics` on an address of its own, and the public
+/// listener no longer does.
+#[tokio::test]
+async fn serve_prints_the_console_and_serves_metrics_where_told() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_listen = format!("127.0.0.1:{port}");
+    let (mut child, base) = spawn_serve(
+        dir.path(),
+        &[],
+        &[
+            ("HERALD_METRICS_LISTEN", metrics_listen.as_str()),
+            ("RUST_LOG", "warn"),
+        ],
+        std::process::Stdio::piped(),
+    )
+    .await;
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut said = String::new();
+    while !said.contains("metrics: ") {
+        let line = tokio::time::timeout(Duration::from_secs(10), stderr.next_line())
+            .await
+            .expect("herald serve said nothing about the console")
+            .unwrap()
+            .unwrap();
+        said.push_str(&line);
+        said.push('\n');
+    }
+    assert!(
+        said.contains(&format!("console: {base}/console/")),
+        "{said}"
+    );
+    assert!(
+        said.contains("herald tokens create --project YOUR_PROJECT --data-dir "),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("metrics: http://{metrics_listen}/metrics")),
+        "{said}"
+    );
+    let http = reqwest::Client::new();
+    let public = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(public.status(), 404);
+    let text = http
+        .get(format!("http://{metrics_listen}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(text.status(), 200);
+    assert!(text.text().await.unwrap().contains("# TYPE"));
+    terminate(&mut child).await;
+}

@@ -197,3 +197,100 @@ async fn nothing_accepted_is_lost_to_kill_9() {
         duplicates.len()
     );
 }
+
+/// The same with a receiver that says "slow down": every fifth of the first callbacks is
+/// answered 429 with `Retry-After: 1`, so when the kill comes (after 100), the endpoint is
+/// cut (AIMD) and retries are scheduled by the receiver's word. (Only the first: a receiver
+/// that refuses a fifth of everything keeps its endpoint at a concurrency of one or two,
+/// which is right, and slow to test.) After the restart every accepted event is still
+/// delivered (answered 2xx), and none is delivered twice unless it was on the wire at the
+/// kill.
+/// Whether the receiver answers the n-th callback 429 (see below).
+fn throttled(n: usize) -> bool {
+    n < 150 && n % 5 == 4
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_accepted_is_lost_to_kill_9_while_a_receiver_says_slow_down() {
+    let receiver = Receiver::scripted_with_headers(Arc::new(|_r: &Received, n: usize| {
+        if throttled(n) {
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                Duration::from_millis(20),
+                vec![("retry-after", "1".to_owned())],
+            )
+        } else {
+            (StatusCode::OK, Duration::from_millis(20), Vec::new())
+        }
+    }))
+    .await;
+    // Arrivals answered 2xx: the receiver records them in order, so the n-th is the n-th.
+    let delivered = |receiver: &Receiver| -> Vec<Received> {
+        receiver
+            .received()
+            .into_iter()
+            .enumerate()
+            .filter(|(n, _)| !throttled(*n))
+            .map(|(_, r)| r)
+            .collect()
+    };
+    let data_dir = tempfile::tempdir().unwrap();
+    let (mut first, base) = spawn_serve(data_dir.path(), ARGS, ENV, Stdio::null()).await;
+    let token = cli_token(data_dir.path(), "p1").await;
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{base}/v1/p1/record/callbacks"))
+        .header("x-auth-token", &token)
+        .json(&json!({"publish_domain": "push.example.com", "app": "*", "notify_callback_url": receiver.url(),
+                      "notify_event_subscription": ["RECORD_FILE_COMPLETE"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let accepted = Arc::new(Mutex::new(HashSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ingest = ingest_phase(&http, &base, &token, &stop, &accepted, "before");
+    receiver.wait_for(100, Duration::from_secs(30)).await;
+    first.kill().await.unwrap();
+    let killed_at = Instant::now();
+    stop.store(true, Ordering::SeqCst);
+    ingest.await.unwrap();
+
+    let (_second, base) = spawn_serve(data_dir.path(), ARGS, ENV, Stdio::null()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ingest = ingest_phase(&http, &base, &token, &stop, &accepted, "after");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    ingest.await.unwrap();
+
+    let expected = accepted.lock().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let arrivals = loop {
+        let mut arrivals: HashMap<String, Vec<Instant>> = HashMap::new();
+        for r in delivered(&receiver) {
+            arrivals
+                .entry(r.header("herald-event-id"))
+                .or_default()
+                .push(r.at);
+        }
+        let missing = expected
+            .iter()
+            .filter(|id| !arrivals.contains_key(*id))
+            .count();
+        if missing == 0 {
+            break arrivals;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} accepted events never delivered",
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for (id, at) in arrivals.iter().filter(|(_, at)| at.len() > 1) {
+        assert!(
+            at[0] <= killed_at,
+            "{id} was delivered twice though its first delivery came after the kill"
+        );
+    }
+}

@@ -233,3 +233,100 @@ async fn one_projects_hanging_receivers_do_not_starve_another_project() {
         "the healthy callback took {took:?}"
     );
 }
+
+/// The value of `herald_endpoint_concurrency{host}` in a server's metrics, if shown.
+async fn concurrency_shown(server: &TestServer, host: &str) -> Option<f64> {
+    let text = common::metrics_text(&server.http, &server.base).await;
+    let series = format!("herald_endpoint_concurrency{{host=\"{host}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+/// Issue 27: a receiver that answers 429 with `Retry-After: 2` is tried again no sooner
+/// than 2 s later (the schedule's own delay is 1 s), the answer counts as one attempt, and
+/// the endpoint's concurrency is halved, then regained step by step as callbacks succeed.
+#[tokio::test]
+async fn a_receiver_saying_slow_down_is_waited_for_and_its_concurrency_cut_and_restored() {
+    let server = TestServer::start_with(|s| {
+        s.allow_private_targets = true;
+        s.endpoint_concurrency = 8;
+        s.retry_schedule = common::schedule("0s,1s,30s");
+    })
+    .await;
+    let token = server.token("p1").await;
+    let receiver = Receiver::scripted_with_headers(Arc::new(|_: &Received, n| {
+        if n < 8 {
+            // The first round: all sent at once, all told to come back in 2 s.
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                Duration::from_millis(200),
+                vec![("retry-after", "2".to_owned())],
+            )
+        } else {
+            (StatusCode::OK, Duration::from_millis(100), Vec::new())
+        }
+    }))
+    .await;
+    let host = receiver.addr.ip().to_string();
+    config_for(&server, &token, "p1", "push.example.com", &receiver.url()).await;
+    let events: Vec<Value> = (0..60)
+        .map(|i| over(&format!("busy-{i}"), "push.example.com", &format!("s{i}")))
+        .collect();
+    ingest_for(&server, &token, "p1", events).await;
+    // The cut shows while the endpoint regains its concurrency.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut lowest = f64::MAX;
+    while Instant::now() < deadline {
+        if let Some(now) = concurrency_shown(&server, &host).await {
+            lowest = lowest.min(now);
+            if lowest < 8.0 && now >= 8.0 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lowest, 4.0, "one round of 429s halves the concurrency once");
+    all_succeeded(&server, &token, "p1", 60, Duration::from_secs(30)).await;
+    assert_eq!(concurrency_shown(&server, &host).await, Some(8.0));
+    let received = receiver.received();
+    for first in &received[..8] {
+        let id = first.header("herald-event-id");
+        let again: Vec<&Received> = received
+            .iter()
+            .filter(|r| r.header("herald-event-id") == id)
+            .collect();
+        assert_eq!(again.len(), 2, "{id}");
+        assert_eq!(again[1].header("herald-delivery-attempt"), "2");
+        let waited = again[1].at - first.at;
+        assert!(
+            waited >= Duration::from_secs(2),
+            "{id} retried after {waited:?}"
+        );
+    }
+    // Every callback sent once, and the 8 told to wait once more.
+    assert_eq!(received.len(), 68);
+    // Endpoint health: 60 of the 68 attempts succeeded, the last error was the 429, the
+    // concurrency is back, nothing is on the wire.
+    let (status, health) = server
+        .get_with_token(&token, "/v1/p1/record/endpoints")
+        .await;
+    assert_eq!(status, 200, "{health}");
+    let endpoint = &health["endpoints"][0];
+    assert_eq!(endpoint["host"], host.as_str(), "{health}");
+    assert_eq!(endpoint["concurrency"], 8, "{health}");
+    assert_eq!(endpoint["in_flight"], 0, "{health}");
+    assert_eq!(endpoint["last_error"], "HTTP 429", "{health}");
+    assert!(endpoint["last_error_at"].is_string(), "{health}");
+    let rate = endpoint["success_rate"].as_f64().unwrap();
+    assert!((rate - 60.0 / 68.0).abs() < 1e-9, "{health}");
+    let other = server.token("p2").await;
+    let (_, theirs) = server
+        .get_with_token(&other, "/v1/p2/record/endpoints")
+        .await;
+    assert_eq!(
+        theirs,
+        json!({"endpoints": []}),
+        "another project sees none of p1's hosts"
+    );
+}

@@ -87,8 +87,23 @@ pub(super) async fn accept(
         .into_iter()
         .partition(|a| seqs.contains_key(a.id.as_str()));
     let raced = raced.iter().map(|a| a.id.as_str().to_owned()).collect();
+    insert_deliveries(tx, project, flavour, &accepting, &seqs, now_ms).await?;
+    Ok(raced)
+}
 
-    let pairs = stream_pairs(&accepting);
+/// Inserts the deliveries of `accepting` (events stored, `seqs` their `seq` by event id)
+/// under the locks of their streams: per (config, stream), the first is pending unless the
+/// stream already has an open delivery, and every later one waits. A target deleted
+/// meanwhile gets none. Returns how many were inserted.
+pub(super) async fn insert_deliveries(
+    tx: &mut Transaction<'_, Postgres>,
+    project: &ProjectId,
+    flavour: Flavour,
+    accepting: &[Accepting<'_>],
+    seqs: &HashMap<String, i64>,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    let pairs = stream_pairs(accepting);
     lock_streams(tx, pairs.iter().map(|[c, s]| (*c, *s))).await?;
     let (configs, streams): (Vec<&str>, Vec<&str>) = pairs.iter().map(|[c, s]| (*c, *s)).unzip();
     // One index probe per stream.
@@ -104,9 +119,9 @@ pub(super) async fn accept(
     .iter()
     .map(|r| Ok((r.try_get("config_id")?, r.try_get("stream")?)))
     .collect::<Result<_, sqlx::Error>>()?;
-    let deliveries = new_deliveries(project, &accepting, busy)?;
+    let deliveries = new_deliveries(project, accepting, busy)?;
     if deliveries.is_empty() {
-        return Ok(raced);
+        return Ok(0);
     }
     let seq_of = |event_id: &str| {
         seqs.get(event_id).copied().ok_or_else(|| CorruptRow {
@@ -119,7 +134,7 @@ pub(super) async fn accept(
         .iter()
         .map(|d| seq_of(d.event_id))
         .collect::<Result<_, _>>()?;
-    sqlx::query(&format!(
+    let inserted = sqlx::query(&format!(
         "INSERT INTO deliveries (project_id, event_seq, config_id, stream, endpoint, url, sign_type, \
              key_sealed, state, next_attempt_at_ms, created_at_ms) \
          SELECT $1, t.seq, t.config_id, t.stream, t.endpoint, t.url, c.sign_type, c.key_sealed, t.state, $2, $2 \
@@ -142,7 +157,7 @@ pub(super) async fn accept(
     if deliveries.iter().any(|d| d.state == DeliveryState::Pending) {
         notify_work(tx).await?;
     }
-    Ok(raced)
+    Ok(inserted.rows_affected())
 }
 
 /// Finishes an ingest: what another node accepted first is answered as it was there.

@@ -46,8 +46,11 @@ use crate::accept::{
     Flavour, LEASE_EXPIRED, RtcCallback, TARGET_EXISTS, batch_time_ms, finished_streams,
     live_match_keys, next_state, plan_live, plan_rtc, rescued_state,
 };
+use crate::accept::{REPLAY_EVENTS, StoredEvent, replay_plan};
 use crate::backend::limit_offset;
-use crate::queue::{MOST_COUNTED_DELIVERIES, delivery_log_where};
+use crate::queue::{
+    MOST_COUNTED_DELIVERIES, RetryFilter, bulk_retry_candidates, delivery_log_where,
+};
 use crate::rows::{
     AttemptRow, CandidateRow, ClaimedRow, DeliveryRow, Target, delivery_views, finish_claim,
     stored_state,
@@ -55,7 +58,8 @@ use crate::rows::{
 use crate::state::{DUE, NOT_SENT, OPEN};
 use crate::{
     Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
-    DeliveryState, DeliveryStatus, DeliveryView, Lease, Page, Recorded, RetryOutcome, StoreError,
+    DeliveryState, DeliveryStatus, DeliveryView, Lease, Page, REPLAY_MOST, Recorded, ReplayTarget,
+    Replayed, RetryOutcome, StoreError,
 };
 
 /// Takes the advisory lock of each `(config_id, stream)` until the transaction ends, in
@@ -438,6 +442,76 @@ impl DeliveryQueue for PgStore {
             u64::try_from(total).unwrap_or(0),
             delivery_views(rows, attempts)?,
         ))
+    }
+
+    async fn bulk_retry_ids(
+        &self,
+        project: &ProjectId,
+        filter: &RetryFilter,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar(&bulk_retry_candidates(filter.status, |field| {
+                format!("(e.payload::jsonb ->> '{field}')")
+            }))
+            .bind(project.as_str())
+            .bind(filter.since.map(unix_ms))
+            .bind(filter.until.map(unix_ms))
+            .bind(filter.publish_domain.as_deref())
+            .bind(filter.app.as_deref())
+            .bind(filter.app_id.as_deref())
+            .bind(unix_ms(now))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?,
+        )
+    }
+
+    async fn replay(
+        &self,
+        project: &ProjectId,
+        target: &ReplayTarget,
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Replayed, StoreError> {
+        let Some(plan) = replay_plan(self, project, target).await? else {
+            return Ok(Replayed::NotFound);
+        };
+        let flavour = plan.flavour();
+        let mut tx = self.begin().await?;
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(REPLAY_EVENTS)
+            .bind(project.as_str())
+            .bind(flavour.name())
+            .bind(unix_ms(since))
+            .bind(unix_ms(until))
+            .bind(i64::try_from(REPLAY_MOST + 1).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.len() > REPLAY_MOST {
+            return Ok(Replayed::TooMany);
+        }
+        let events = rows
+            .into_iter()
+            .map(|(seq, id, payload)| StoredEvent::new(seq, &id, payload))
+            .collect::<Result<Vec<_>, _>>()?;
+        let events = plan.matching(events)?;
+        let seqs = events
+            .iter()
+            .map(|e| (e.id.as_str().to_owned(), e.seq))
+            .collect();
+        let queued = super::ingest::insert_deliveries(
+            &mut tx,
+            project,
+            flavour,
+            &plan.accepting(&events),
+            &seqs,
+            unix_ms(now),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Replayed::Queued(queued))
     }
 
     async fn retry_delivery(

@@ -121,10 +121,23 @@ async fn accept(
     .bind(flavour.name())
     .execute(&mut **tx)
     .await?;
+    insert_deliveries(tx, project, flavour, &accepting, now_ms).await?;
+    Ok(())
+}
 
-    let pairs = stream_pairs(&accepting);
+/// Inserts the deliveries of `accepting` (events already stored): per (config, stream),
+/// the first is pending unless the stream already has an open delivery, and every later
+/// one waits. A target deleted meanwhile gets none. Returns how many were inserted.
+pub(super) async fn insert_deliveries(
+    tx: &mut Transaction<'_, Sqlite>,
+    project: &ProjectId,
+    flavour: Flavour,
+    accepting: &[Accepting<'_>],
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    let pairs = stream_pairs(accepting);
     if pairs.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     // One row of JSON, not a row per busy stream; one index probe per stream (a `DISTINCT`
     // over the open deliveries read every one of each stream).
@@ -142,8 +155,8 @@ async fn accept(
             id: "the busy streams".into(),
             reason: e.to_string(),
         })?;
-    let deliveries = new_deliveries(project, &accepting, busy)?;
-    sqlx::query(&format!(
+    let deliveries = new_deliveries(project, accepting, busy)?;
+    let inserted = sqlx::query(&format!(
         "INSERT INTO deliveries (project_id, event_seq, config_id, stream, endpoint, url, sign_type, \
          key_sealed, state, next_attempt_at_ms, created_at_ms) \
          SELECT ?3, (SELECT seq FROM events WHERE project_id = ?3 AND event_id = json_extract(t.value, '$.event_id')), \
@@ -158,7 +171,7 @@ async fn accept(
     .bind(project.as_str())
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(inserted.rows_affected())
 }
 
 /// One request's events, as [`ingest_together`] takes them.

@@ -34,11 +34,16 @@ impl Received {
 /// Decides the answer to the n-th request (0-based): a status, after an optional delay.
 pub type Script = Arc<dyn Fn(&Received, usize) -> (StatusCode, Duration) + Send + Sync>;
 
+/// A [`Script`] that also says which headers to answer with.
+pub type HeaderScript = Arc<
+    dyn Fn(&Received, usize) -> (StatusCode, Duration, Vec<(&'static str, String)>) + Send + Sync,
+>;
+
 #[derive(Clone)]
 struct Shared {
     received: Arc<Mutex<Vec<Received>>>,
     arrived: Arc<Notify>,
-    script: Script,
+    script: HeaderScript,
 }
 
 pub struct Receiver {
@@ -48,7 +53,11 @@ pub struct Receiver {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn record(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn record(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
     let received = Received {
         headers,
         body,
@@ -60,9 +69,13 @@ async fn record(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -
         all.len() - 1
     };
     shared.arrived.notify_waiters();
-    let (status, delay) = (shared.script)(&received, n);
+    let (status, delay, headers) = (shared.script)(&received, n);
     tokio::time::sleep(delay).await;
-    status
+    let mut response = axum::response::IntoResponse::into_response(status);
+    for (name, value) in headers {
+        response.headers_mut().insert(name, value.parse().unwrap());
+    }
+    response
 }
 
 impl Receiver {
@@ -75,6 +88,15 @@ impl Receiver {
     /// caps callbacks per project and host, so receivers that tests mean to be separate
     /// endpoints are separate hosts, as they would be in production.
     pub async fn scripted(script: Script) -> Self {
+        Self::scripted_with_headers(Arc::new(move |r, n| {
+            let (status, delay) = script(r, n);
+            (status, delay, Vec::new())
+        }))
+        .await
+    }
+
+    /// [`Self::scripted`], answering with headers too.
+    pub async fn scripted_with_headers(script: HeaderScript) -> Self {
         static NEXT_HOST: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
         let n = NEXT_HOST.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 253;
         let listener =
