@@ -641,7 +641,7 @@ async function takeSample() {
     accepted: metricSum(text, "herald_events_accepted_total"),
     succeeded: metricSum(text, "herald_deliveries_completed_total", 'outcome="succeeded"'),
     completed: metricSum(text, "herald_deliveries_completed_total"),
-    depth: ["blocked", "pending", "running", "retrying"]
+    depth: ["pending", "failed"]
       .reduce((n, s) => n + metricSum(text, "herald_deliveries", `state="${s}"`), 0),
     oldest: metricSum(text, "herald_oldest_due_delivery_age_seconds"),
   };

@@ -265,8 +265,20 @@ fn project(raw: &str) -> anyhow::Result<ProjectId> {
     Ok(ProjectId::parse("--project", raw)?)
 }
 
+/// A mistake gets its message and exit status 2, never a backtrace: `anyhow`'s `Debug`,
+/// which `main` returning `Result` would print, adds one whenever `RUST_BACKTRACE` is set.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
