@@ -287,6 +287,7 @@ async fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    herald::settings::warn_about_unknown_variables();
     match Cli::parse().command {
         Command::Serve {
             listen,
