@@ -60,6 +60,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use location::StoreLocation;
+
+/// The name and sealing context of the master-key check in `herald_meta`, on every backend.
+pub(crate) const KEY_CHECK: &str = "master_key_check";
 pub use queue::{
     Accepted, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
     DeliveryFilter, DeliveryStatus, DeliveryView, Lease, MOST_COUNTED_DELIVERIES, Notification,

@@ -2712,10 +2712,12 @@ async fn sqlite_keeps_no_secret_in_plaintext() {
     }
 }
 
+/// Opened with another master key, the embedded store refuses to start, as PostgreSQL
+/// does, instead of failing later on every secret it reads; its own key still opens it.
 #[tokio::test]
-async fn sqlite_refuses_secrets_under_another_master_key() {
+async fn sqlite_refuses_to_open_under_another_master_key() {
     let dir = tempfile::tempdir().unwrap();
-    let (master, _) = MasterKey::generate();
+    let (master, hex) = MasterKey::generate();
     let store = SqliteStore::open(dir.path(), master).await.unwrap();
     store
         .insert_access_key(&AccessKey {
@@ -2728,10 +2730,44 @@ async fn sqlite_refuses_secrets_under_another_master_key() {
         .unwrap();
     drop(store);
     let (other, _) = MasterKey::generate();
-    let store = SqliteStore::open(dir.path(), other).await.unwrap();
     assert!(matches!(
-        store.find_access_key("AKWRONGMASTERKEY0001").await,
-        Err(StoreError::Sealing(_))
+        SqliteStore::open(dir.path(), other).await,
+        Err(StoreError::MasterKeyMismatch)
+    ));
+    let same = MasterKey::from_hex(hex.expose_secret()).unwrap();
+    let store = SqliteStore::open(dir.path(), same).await.unwrap();
+    assert!(store.find_access_key("AKWRONGMASTERKEY0001").await.is_ok());
+}
+
+/// A database from before the check holds no check value: its key is tried on a secret it
+/// already has, so a wrong key is refused rather than recorded as the right one.
+#[tokio::test]
+async fn sqlite_from_before_the_check_refuses_another_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (master, _) = MasterKey::generate();
+    let store = SqliteStore::open(dir.path(), master).await.unwrap();
+    store
+        .insert_access_key(&AccessKey {
+            access_key: "AKOLDDATABASE0000001".into(),
+            project_id: project("p1"),
+            secret_key: SecretString::from("s".repeat(40)),
+            created_at: OffsetDateTime::now_utc(),
+        })
+        .await
+        .unwrap();
+    drop(store);
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite:{}",
+        dir.path().join(DATABASE_FILE).display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM herald_meta").execute(&pool).await.unwrap();
+    pool.close().await;
+    let (other, _) = MasterKey::generate();
+    assert!(matches!(
+        SqliteStore::open(dir.path(), other).await,
+        Err(StoreError::MasterKeyMismatch)
     ));
 }
 

@@ -58,10 +58,38 @@ async fn open_at(
         data_dir::create_database_file(data_dir)
             .with_context(|| format!("creating the database in {}", data_dir.display()))?;
     }
-    location
-        .open(master, tasks)
-        .await
-        .with_context(|| format!("opening the {}", location.describe()))
+    match location.open(master, tasks).await {
+        Err(herald_store::StoreError::MasterKeyMismatch) => bail!(
+            "{}: the master key Herald used does not open this database's secrets. {}",
+            location.describe(),
+            which_master_key(settings)
+        ),
+        opened => opened.with_context(|| format!("opening the {}", location.describe())),
+    }
+}
+
+/// Which master key was used and which one wins, for the message that refuses it.
+fn which_master_key(settings: &Settings) -> String {
+    let file = settings.data_dir.join(master_key::MASTER_KEY_FILE);
+    if settings.master_key.is_some() {
+        let beside = if file.exists() {
+            format!(" (the data dir's {} is ignored while it is set)", file.display())
+        } else {
+            String::new()
+        };
+        format!(
+            "It used HERALD_MASTER_KEY, which wins over the data dir's master.key{beside}: set \
+             HERALD_MASTER_KEY to the key the database was created with, or unset it to use \
+             the key file."
+        )
+    } else {
+        format!(
+            "It used {}, as HERALD_MASTER_KEY is unset (when set, the variable wins over the \
+             file): restore the key file the database was created with, or set \
+             HERALD_MASTER_KEY to that key.",
+            file.display()
+        )
+    }
 }
 
 fn static_credentials(settings: &Settings) -> anyhow::Result<StaticCredentials> {
@@ -231,6 +259,7 @@ pub async fn start_with(settings: &Settings, tasks: Supervisor) -> anyhow::Resul
         .with_context(|| format!("binding {}", settings.listen))?;
     let local_addr = listener.local_addr()?;
     let public_url: Arc<str> = settings.public_url_for(local_addr).into();
+    remember_public_url(settings, &public_url);
     let state = AppState::new(Shared {
         store: store.clone(),
         credentials: Arc::new(static_credentials(settings)?),
@@ -292,6 +321,18 @@ pub async fn start_with(settings: &Settings, tasks: Supervisor) -> anyhow::Resul
         tasks,
         _data_dir_lock: lock,
     })
+}
+
+/// Leaves the public URL in the data dir, where `herald sources` reads it to print the hook
+/// URLs of this server rather than a guess. Without it the CLI still works, and says so.
+fn remember_public_url(settings: &Settings, public_url: &str) {
+    if !settings.data_dir.is_dir() {
+        return; // PostgreSQL with HERALD_MASTER_KEY needs no data dir; the CLI then guesses.
+    }
+    let path = settings.data_dir.join(crate::settings::PUBLIC_URL_FILE);
+    if let Err(e) = std::fs::write(&path, format!("{public_url}\n")) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot note the public URL for `herald sources`; set HERALD_PUBLIC_URL for its hook URLs");
+    }
 }
 
 /// ffprobe is a run-time dependency of recording sources: say so at start-up when one

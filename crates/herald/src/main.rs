@@ -251,13 +251,16 @@ impl Common {
         app::open_store(&self.settings(FlagOverrides::default())?).await
     }
 
-    /// The store, and the base of hook URLs (`HERALD_PUBLIC_URL`, or the listen address).
-    async fn open_store_and_public_url(
+    /// The settings, the store, and the base of hook URLs (said on stderr, with where it
+    /// came from, so that a wrong one is seen before it is pasted into a media server).
+    async fn open_store_and_hook_base(
         &self,
-    ) -> anyhow::Result<(std::sync::Arc<dyn herald_store::Store>, String)> {
+    ) -> anyhow::Result<(Settings, std::sync::Arc<dyn herald_store::Store>, String)> {
         let settings = self.settings(FlagOverrides::default())?;
-        let public_url = settings.public_url_for(settings.listen);
-        Ok((app::open_store(&settings).await?, public_url))
+        let base = settings.hook_base();
+        eprintln!("hook URLs use {}, from {}", base.url, base.origin);
+        let store = app::open_store(&settings).await?;
+        Ok((settings, store, base.url))
     }
 }
 
@@ -406,10 +409,8 @@ async fn run() -> anyhow::Result<()> {
             common,
             json,
         }) => {
-            let (store, public_url) = common.open_store_and_public_url().await?;
-            let max_per_project = common
-                .settings(FlagOverrides::default())?
-                .max_per_project()?;
+            let (settings, store, public_url) = common.open_store_and_hook_base().await?;
+            let max_per_project = settings.max_per_project()?;
             let options = sources::CreateOptions {
                 engine,
                 publish_domain,
@@ -426,7 +427,7 @@ async fn run() -> anyhow::Result<()> {
             common,
             json,
         }) => {
-            let (store, public_url) = common.open_store_and_public_url().await?;
+            let (_, store, public_url) = common.open_store_and_hook_base().await?;
             sources::list(store.as_ref(), &project(&p)?, &public_url, json).await
         }
         Command::Sources(SourcesCommand::Delete { id, common }) => {

@@ -370,7 +370,45 @@ pub struct FlagOverrides {
     pub allow_private_targets: Option<bool>,
 }
 
+/// Where `herald serve` leaves the public URL it runs with, in its data dir, for the CLI's
+/// hook URLs: the CLI cannot know the `--listen` or port the server was started with.
+pub const PUBLIC_URL_FILE: &str = "public-url";
+
+/// The base of the hook URLs the CLI prints, and where it came from (said beside them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookBase {
+    pub url: String,
+    pub origin: String,
+}
+
 impl Settings {
+    /// The base of hook URLs for the CLI: `HERALD_PUBLIC_URL` when set; else the URL the
+    /// server on this data dir last started with; else a guess from `HERALD_LISTEN`.
+    pub fn hook_base(&self) -> HookBase {
+        if let Some(url) = &self.public_url {
+            return HookBase {
+                url: url.clone(),
+                origin: "HERALD_PUBLIC_URL".to_owned(),
+            };
+        }
+        let file = self.data_dir.join(PUBLIC_URL_FILE);
+        if let Ok(text) = std::fs::read_to_string(&file)
+            && let Ok(url) = herald_core::source::DownloadBase::parse("public-url", text.trim())
+        {
+            return HookBase {
+                url: url.as_str().trim_end_matches('/').to_owned(),
+                origin: format!("the URL the server last started with ({})", file.display()),
+            };
+        }
+        HookBase {
+            url: format!("http://{}", self.listen),
+            origin: format!(
+                "HERALD_LISTEN, a guess: no server has started with {} yet (start it first, or set HERALD_PUBLIC_URL)",
+                self.data_dir.display()
+            ),
+        }
+    }
+
     /// The base of hook URLs for a server listening on `listen`.
     pub fn public_url_for(&self, listen: SocketAddr) -> String {
         self.public_url
