@@ -61,6 +61,71 @@ async fn run_suite(store: &dyn Store) {
     an_early_rescue_requeues_due_now(store).await;
     the_rescuer_honours_the_attempt_limit(store).await;
     recording_steps_go_stream_by_stream_in_order(store).await;
+    a_session_that_wrote_no_file_ends_saying_so(store).await;
+}
+
+/// A session that announced a file and ended without finishing one (the media server
+/// could not write into its record dir) ends with an over step that says how many files
+/// were announced, and the source's `last_error` says no file was written.
+async fn a_session_that_wrote_no_file_ends_saying_so(store: &dyn Store) {
+    use herald_core::hook::{HookCall, StreamKey};
+    use herald_core::recording::StepKind;
+    use herald_core::source::{RecordingSource, SourceSpec};
+    let t0 = datetime!(2026-12-03 08:00 UTC);
+    let source = RecordingSource {
+        id: RecordingSource::new_id(),
+        project_id: project("nofile"),
+        spec: SourceSpec::parse(
+            br#"{"engine": "nginx-rtmp", "publish_domain": "push.example.com", "record_dir": "/nofile", "max_pause": "10s"}"#,
+        )
+        .unwrap(),
+        secret: SecretString::from("hooksecretNOFILE456789abcdefABCDEF"),
+        created_at: t0,
+    };
+    store.insert_source(&source).await.unwrap();
+    let key = StreamKey {
+        app: "live".into(),
+        stream: "denied".into(),
+    };
+    apply(store, &source, HookCall::Publish(key.clone()), t0).await;
+    apply(store, &source, HookCall::Unpublish(key), t0).await;
+    let lease = t0 + secs(60);
+    loop {
+        let steps = store.claim_steps(t0, lease, 10).await.unwrap();
+        let mine: Vec<i64> = steps
+            .iter()
+            .filter(|s| s.source.id == source.id)
+            .map(|s| s.id)
+            .collect();
+        store
+            .finish_steps(&steps.iter().map(|s| s.id).collect::<Vec<_>>(), t0)
+            .await
+            .unwrap();
+        if mine.is_empty() {
+            break;
+        }
+    }
+    let over_at = t0 + secs(10);
+    assert!(store.end_paused_sessions(over_at).await.unwrap() >= 1);
+    let over = store
+        .claim_steps(over_at, over_at + secs(60), 10)
+        .await
+        .unwrap();
+    let over = over
+        .iter()
+        .find(|s| s.source.id == source.id)
+        .expect("the session's over step");
+    assert_eq!(over.step.kind, StepKind::Over);
+    assert_eq!(over.step.file_no, 1, "one file announced, none written");
+    store.finish_steps(&[over.id], over_at).await.unwrap();
+    let view = store
+        .get_source(&project("nofile"), &source.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let error = view.last_error.expect("last_error says no file was written");
+    assert!(error.message.starts_with("no file was written"), "{}", error.message);
+    assert_eq!(error.file, "/nofile");
 }
 
 /// Applies one hook, alone in its commit; returns how many steps it queued.
@@ -221,6 +286,8 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
         .unwrap();
     assert_eq!(kinds(&over), [("a".into(), StepKind::Over)]);
     assert_eq!(over[0].step.job_id, first[0].step.job_id);
+    assert_eq!(over[0].step.file_no, 0, "a wrote a file");
+    store.finish_steps(&[over[0].id], over_at).await.unwrap();
     // Hooks that share a commit see each other's changes, in order.
     let c_done = HookCall::FileDone {
         stream: key("c"),
