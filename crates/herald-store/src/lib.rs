@@ -38,6 +38,7 @@ mod rtc_apps;
 pub mod sqlite;
 mod state;
 pub mod supervision;
+pub mod unmatched;
 #[cfg(feature = "testing")]
 pub mod testing;
 

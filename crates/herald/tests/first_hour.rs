@@ -155,3 +155,68 @@ async fn sources_get_the_running_servers_hook_url_and_a_missing_record_dir_is_wa
         "{said}"
     );
 }
+
+/// An event that matches no config is said to: its answer says why, and
+/// `herald_events_unmatched_total{flavour,event_type}` counts it.
+#[tokio::test]
+async fn an_event_that_matches_no_config_is_said_to() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let (_serve, base) = spawn_serve(
+        data_dir.path(),
+        &["--allow-private-targets"],
+        &[],
+        Stdio::null(),
+    )
+    .await;
+    let token = common::cli_token(data_dir.path(), "p1").await;
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{base}/v1/p1/record/callbacks"))
+        .header("x-auth-token", &token)
+        .json(&serde_json::json!({"publish_domain": "push.example.com", "app": "live",
+            "notify_callback_url": "http://127.0.0.1:9/cb"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let answer: Value = http
+        .post(format!("{base}/v1/p1/record/events"))
+        .header("x-auth-token", &token)
+        .json(&serde_json::json!({"event_type": "RECORD_START", "publish_domain": "push.example.com",
+            "app": "live", "stream": "cam"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["deliveries"], 0, "{answer}");
+    assert!(
+        answer["note"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("0 deliveries: no config subscribes to RECORD_START for push.example.com/live"),
+        "{answer}"
+    );
+    let delivered: Value = http
+        .post(format!("{base}/v1/p1/record/events"))
+        .header("x-auth-token", &token)
+        .json(&serde_json::json!({"event_type": "RECORD_FILE_COMPLETE", "publish_domain": "push.example.com",
+            "app": "live", "stream": "cam"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(delivered["deliveries"], 1, "{delivered}");
+    assert!(delivered.get("note").is_none(), "{delivered}");
+    let metrics = common::metrics_text(&http, &base).await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("herald_events_unmatched_total")
+            && l.contains(r#"flavour="live""#)
+            && l.contains(r#"event_type="RECORD_START""#)
+            && l.ends_with(" 1")),
+        "{metrics}"
+    );
+}
