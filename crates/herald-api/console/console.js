@@ -628,6 +628,18 @@ function metricSum(text, name, label = null) {
   return found ? sum : 0;
 }
 
+/** Events accepted with no delivery, by event type: `herald_events_unmatched_total`. */
+function unmatchedByType(text) {
+  const counts = {};
+  for (const line of text.split("\n")) {
+    if (!line.startsWith("herald_events_unmatched_total{")) continue;
+    const type = /event_type="([^"]*)"/.exec(line);
+    const value = Number(line.slice(line.lastIndexOf(" ") + 1));
+    if (type && Number.isFinite(value)) counts[type[1]] = (counts[type[1]] || 0) + value;
+  }
+  return counts;
+}
+
 function readSamples() {
   try { return JSON.parse(sessionStorage.getItem(SAMPLES_KEY) || "[]"); } catch { return []; }
 }
@@ -644,6 +656,7 @@ async function takeSample() {
     depth: ["pending", "failed"]
       .reduce((n, s) => n + metricSum(text, "herald_deliveries", `state="${s}"`), 0),
     oldest: metricSum(text, "herald_oldest_due_delivery_age_seconds"),
+    unmatched: unmatchedByType(text),
   };
   const samples = readSamples().filter((s) => s.t > sample.t - WINDOW_MS);
   // A restarted server starts its counters again: the history before it no longer adds up.
@@ -694,7 +707,12 @@ function renderFigures(samples) {
     figure("Accepted events/s", latest ? latest.accepted.toFixed(1) : "…"),
     figure("Success rate (last minute)", done > 0 ? `${((100 * ok) / done).toFixed(1)} %` : "—"),
     figure("Queue depth", last ? String(last.depth) : "…"),
-    figure("Oldest due delivery", last ? `${last.oldest.toFixed(0)} s` : "…"));
+    figure("Oldest due delivery", last ? `${last.oldest.toFixed(0)} s` : "…"),
+    // Events accepted with 0 deliveries: no config subscribes to their type (configs take
+    // only RECORD_FILE_COMPLETE by default), so they are said here rather than missed.
+    figure("Matched no config (since start)", last && last.unmatched
+      ? (Object.entries(last.unmatched).map(([t, n]) => `${t} ${n}`).join(", ") || "none")
+      : "…"));
   chart.replaceChildren(chartSvg(r));
 }
 
