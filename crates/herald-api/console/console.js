@@ -433,8 +433,9 @@ function sourceSection(source, appNames) {
       h("button", { type: "button", class: "danger", onclick: () => deleteSource(source, appNames) }, "Delete")));
 }
 
-/** The lines a source's engine needs (SPEC §7), with its hook URL and record directory
- *  filled in, and where they go. */
+/** The lines a source's engine needs, with its hook URL and record directory filled in,
+ *  and where they go: the same settings as docs/recording-sources.md's configurations
+ *  (crates/herald/tests/media/), which herald-api's console tests hold them to. */
 function engineSnippet(source) {
   const hook = source.hook_url;
   const dir = source.record_dir;
@@ -453,7 +454,7 @@ dvr {
     dvr_apply       all;
     dvr_plan        segment;
     dvr_path        ${under("[app]/[stream]/[2006][01][02]-[15][04][05]-[999].flv")};
-    dvr_duration    1800;
+    dvr_duration    30;
     dvr_wait_keyframe on;
 }
 `,
@@ -461,19 +462,23 @@ dvr {
   }
   if (source.engine === "mediamtx") {
     const run = (event, extra = "") =>
-      `'curl -s "${hook}?event=${event}" --data-urlencode "path=$MTX_PATH"${extra}'`;
+      `'curl -sS "${hook}?event=${event}" --data-urlencode "path=$MTX_PATH"${extra}'`;
     const segment = ' --data-urlencode "segment_path=$MTX_SEGMENT_PATH"';
     return {
-      where: "In mediamtx.yml, in place of its own pathDefaults recording and runOn… settings.",
+      where: "In mediamtx.yml, in place of its own pathDefaults recording and runOn… settings; keep a paths entry that matches your streams (all_others matches any).",
       text: `pathDefaults:
   record: yes
   recordPath: ${under("%path/%Y-%m-%d_%H-%M-%S-%f")}
   recordFormat: fmp4
+  recordSegmentDuration: 30s
   recordDeleteAfter: 0s
   runOnReady: ${run("ready")}
   runOnNotReady: ${run("not_ready")}
   runOnRecordSegmentCreate: ${run("segment_create", segment)}
   runOnRecordSegmentComplete: ${run("segment_complete", `${segment} --data-urlencode "duration=$MTX_SEGMENT_DURATION"`)}
+
+paths:
+  all_others:
 `,
     };
   }
