@@ -94,9 +94,17 @@ mod tests {
         for name in ["dvr_duration", "dvr_plan", "dvr_apply", "dvr_wait_keyframe"] {
             assert_eq!(setting(console, name), setting(srs, name), "{name}");
         }
-        for name in ["recordSegmentDuration:", "recordFormat:", "recordDeleteAfter:", "record:"] {
+        for name in [
+            "recordSegmentDuration:",
+            "recordFormat:",
+            "recordDeleteAfter:",
+            "record:",
+        ] {
             assert_eq!(setting(console, name), setting(mediamtx, name), "{name}");
         }
-        assert!(console.contains("\npaths:\n  all_others:\n") && mediamtx.contains("\npaths:\n  all_others:"));
+        assert!(
+            console.contains("\npaths:\n  all_others:\n")
+                && mediamtx.contains("\npaths:\n  all_others:")
+        );
     }
 }

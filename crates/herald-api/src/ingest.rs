@@ -245,9 +245,13 @@ pub async fn ingest_live(
     state.wake.notify_one();
     metrics::counter!("herald_events_accepted_total", "flavour" => "live")
         .increment(events.len() as u64);
-    let notes =
-        herald_store::unmatched::why_live_events_unmatched(state.store.as_ref(), &project_id, &events, &accepted)
-            .await?;
+    let notes = herald_store::unmatched::why_live_events_unmatched(
+        state.store.as_ref(),
+        &project_id,
+        &events,
+        &accepted,
+    )
+    .await?;
     for ((id, event), note) in events.iter().zip(&notes) {
         if let Some(why) = note {
             note_unmatched("live", event.event_type.as_str(), id.as_str(), why);

@@ -524,5 +524,8 @@ pub async fn ingest_rtc(
             })
         })
         .collect();
-    Ok((StatusCode::ACCEPTED, Json(answer(accepted, notes, is_batch)?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(answer(accepted, notes, is_batch)?),
+    ))
 }

@@ -107,8 +107,16 @@ mod tests {
              (its config subscribes to RECORD_FILE_COMPLETE; add the type to \
              notify_event_subscription)"
         );
-        assert!(why(vec![]).unwrap().starts_with("0 deliveries: no config for push.example.com/live"));
-        assert!(why(vec![config("live", &["RECORD_START"], false)]).unwrap().contains("no notify_callback_url"));
+        assert!(
+            why(vec![])
+                .unwrap()
+                .starts_with("0 deliveries: no config for push.example.com/live")
+        );
+        assert!(
+            why(vec![config("live", &["RECORD_START"], false)])
+                .unwrap()
+                .contains("no notify_callback_url")
+        );
         assert_eq!(why(vec![config("live", &["RECORD_START"], true)]), None);
     }
 

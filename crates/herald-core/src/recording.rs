@@ -624,7 +624,10 @@ mod tests {
         step.file_no = 2;
         let ended = types(&live_src, &step);
         assert_eq!(
-            ended.iter().map(|e| e["event_type"].clone()).collect::<Vec<_>>(),
+            ended
+                .iter()
+                .map(|e| e["event_type"].clone())
+                .collect::<Vec<_>>(),
             [json!("RECORD_FAILED"), json!("RECORD_OVER")]
         );
         let why = ended[0]["error_message"].as_str().unwrap();
@@ -636,7 +639,10 @@ mod tests {
         let rtc_src = source("nginx-rtmp", r#""app_id": "0123456789abcdef01234567""#);
         let ended = types(&rtc_src, &step);
         assert_eq!(
-            ended.iter().map(|e| e["event_type"].clone()).collect::<Vec<_>>(),
+            ended
+                .iter()
+                .map(|e| e["event_type"].clone())
+                .collect::<Vec<_>>(),
             [json!("CLOUD_RECORD_SERVER_OVER")]
         );
     }

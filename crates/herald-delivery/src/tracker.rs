@@ -272,6 +272,8 @@ async fn note_unmatched_live(
                 }
             }
         }
-        Err(e) => tracing::debug!(error = %e, "recordings: reading why events matched no config failed"),
+        Err(e) => {
+            tracing::debug!(error = %e, "recordings: reading why events matched no config failed")
+        }
     }
 }

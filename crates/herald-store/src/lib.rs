@@ -38,9 +38,9 @@ mod rtc_apps;
 pub mod sqlite;
 mod state;
 pub mod supervision;
-pub mod unmatched;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod unmatched;
 
 use std::sync::Arc;
 

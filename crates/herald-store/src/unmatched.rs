@@ -9,6 +9,9 @@ use herald_core::project::ProjectId;
 
 use crate::{Accepted, LiveConfigFilter, Page, Store, StoreError};
 
+/// An event's domain, app and type: events that share them share their reason.
+type Scope<'a> = (&'a str, &'a str, &'a str);
+
 /// For each accepted Live event, in order: why it causes no delivery, or `None` (it causes
 /// some). Only events with 0 deliveries cost a look at the configs: two indexed reads, the
 /// event's app and `*`, once per domain and app of the batch.
@@ -18,7 +21,7 @@ pub async fn why_live_events_unmatched(
     events: &[(EventId, LiveEvent)],
     accepted: &[Accepted],
 ) -> Result<Vec<Option<String>>, StoreError> {
-    let mut seen: Vec<((&str, &str, &str), Option<String>)> = Vec::new();
+    let mut seen: Vec<(Scope<'_>, Option<String>)> = Vec::new();
     let mut notes = Vec::with_capacity(accepted.len());
     for ((_, event), answer) in events.iter().zip(accepted) {
         if answer.deliveries > 0 {
@@ -52,9 +55,14 @@ pub async fn why_live_events_unmatched(
                 target: (),
             }));
         }
-        let note = why_unmatched(candidates, &event.publish_domain, &event.app, event.event_type)
-            // A config that matches now came after the event (or the event was a repeat).
-            .or_else(|| Some("0 deliveries: no config matched when the event was accepted".to_owned()));
+        let note = why_unmatched(
+            candidates,
+            &event.publish_domain,
+            &event.app,
+            event.event_type,
+        )
+        // A config that matches now came after the event (or the event was a repeat).
+        .or_else(|| Some("0 deliveries: no config matched when the event was accepted".to_owned()));
         seen.push((key, note.clone()));
         notes.push(note);
     }

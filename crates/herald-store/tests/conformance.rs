@@ -123,8 +123,14 @@ async fn a_session_that_wrote_no_file_ends_saying_so(store: &dyn Store) {
         .await
         .unwrap()
         .unwrap();
-    let error = view.last_error.expect("last_error says no file was written");
-    assert!(error.message.starts_with("no file was written"), "{}", error.message);
+    let error = view
+        .last_error
+        .expect("last_error says no file was written");
+    assert!(
+        error.message.starts_with("no file was written"),
+        "{}",
+        error.message
+    );
     assert_eq!(error.file, "/nofile");
 }
 
@@ -2829,7 +2835,10 @@ async fn sqlite_from_before_the_check_refuses_another_master_key() {
     ))
     .await
     .unwrap();
-    sqlx::query("DELETE FROM herald_meta").execute(&pool).await.unwrap();
+    sqlx::query("DELETE FROM herald_meta")
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
     let (other, _) = MasterKey::generate();
     assert!(matches!(

@@ -73,7 +73,10 @@ fn which_master_key(settings: &Settings) -> String {
     let file = settings.data_dir.join(master_key::MASTER_KEY_FILE);
     if settings.master_key.is_some() {
         let beside = if file.exists() {
-            format!(" (the data dir's {} is ignored while it is set)", file.display())
+            format!(
+                " (the data dir's {} is ignored while it is set)",
+                file.display()
+            )
         } else {
             String::new()
         };

@@ -353,7 +353,9 @@ pub fn warn_about_unknown_variables() {
     let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
     for (name, meant) in unknown_variables(names) {
         match meant {
-            Some(meant) => tracing::warn!("{name} is not a Herald setting and is ignored; did you mean {meant}?"),
+            Some(meant) => tracing::warn!(
+                "{name} is not a Herald setting and is ignored; did you mean {meant}?"
+            ),
             None => tracing::warn!("{name} is not a Herald setting and is ignored"),
         }
     }
@@ -593,38 +595,69 @@ mod tests {
 
     #[test]
     fn switches_read_as_people_write_them_and_addresses_say_ip_port() {
-        for (value, expected) in [("1", true), ("yes", true), ("TRUE", true), ("0", false), ("no", false)] {
+        for (value, expected) in [
+            ("1", true),
+            ("yes", true),
+            ("TRUE", true),
+            ("0", false),
+            ("no", false),
+        ] {
             let mut got = None;
             figment::Jail::expect_with(|jail| {
                 jail.set_env("HERALD_ALLOW_PRIVATE_TARGETS", value);
-                got = Some(Settings::load(None, &FlagOverrides::default()).map_err(|e| *e)?.allow_private_targets);
+                got = Some(
+                    Settings::load(None, &FlagOverrides::default())
+                        .map_err(|e| *e)?
+                        .allow_private_targets,
+                );
                 Ok(())
             });
             assert_eq!(got, Some(expected), "{value}");
         }
         let message = refused("HERALD_ALLOW_PRIVATE_TARGETS", "maybe");
-        assert!(message.contains("HERALD_ALLOW_PRIVATE_TARGETS") && message.contains("true or false"), "{message}");
+        assert!(
+            message.contains("HERALD_ALLOW_PRIVATE_TARGETS") && message.contains("true or false"),
+            "{message}"
+        );
         for bad in ["localhost:8080", "8080", "127.0.0.1"] {
             let message = refused("HERALD_LISTEN", bad);
-            assert!(message.contains("HERALD_LISTEN") && message.contains("IP:PORT"), "{bad}: {message}");
+            assert!(
+                message.contains("HERALD_LISTEN") && message.contains("IP:PORT"),
+                "{bad}: {message}"
+            );
         }
         let message = refused("HERALD_RETENTION", "5x");
-        assert!(message.contains("500ms, 5s, 2m, 1h or 30d") && !message.contains("weeks"), "{message}");
+        assert!(
+            message.contains("500ms, 5s, 2m, 1h or 30d") && !message.contains("weeks"),
+            "{message}"
+        );
     }
 
     #[test]
     fn misspelled_variables_are_found_with_what_they_meant() {
-        let env = ["HERALD_RETENTON", "HERALD_LISTEN", "HERALD_CONFIG", "HERALD_TEST_BACKEND", "PATH", "HERALD_ZZZ"];
+        let env = [
+            "HERALD_RETENTON",
+            "HERALD_LISTEN",
+            "HERALD_CONFIG",
+            "HERALD_TEST_BACKEND",
+            "PATH",
+            "HERALD_ZZZ",
+        ];
         let unknown = unknown_variables(env.map(String::from));
         assert_eq!(
             unknown,
             [
-                ("HERALD_RETENTON".to_owned(), Some("HERALD_RETENTION".to_owned())),
+                (
+                    "HERALD_RETENTON".to_owned(),
+                    Some("HERALD_RETENTION".to_owned())
+                ),
                 ("HERALD_ZZZ".to_owned(), None)
             ]
         );
         // Every setting read from the environment is known, by construction.
-        let every = SETTINGS_FROM_ENV.iter().map(|n| format!("HERALD_{}", n.to_ascii_uppercase()));
+        let every = SETTINGS_FROM_ENV
+            .iter()
+            .map(|n| format!("HERALD_{}", n.to_ascii_uppercase()));
         assert!(unknown_variables(every).is_empty());
     }
 

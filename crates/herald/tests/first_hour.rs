@@ -34,7 +34,11 @@ fn stderr(out: &Output) -> String {
 #[tokio::test]
 async fn a_wrong_master_key_stops_the_embedded_store_and_says_which_key() {
     let data_dir = tempfile::tempdir().unwrap();
-    run_cli(data_dir.path(), &["credentials", "create", "--project", "p1"]).await;
+    run_cli(
+        data_dir.path(),
+        &["credentials", "create", "--project", "p1"],
+    )
+    .await;
     let other = "ab".repeat(32);
     for args in [
         &["serve", "--listen", "127.0.0.1:0"][..],
@@ -75,7 +79,10 @@ async fn mistakes_print_a_message_and_exit_2_without_a_backtrace() {
     assert!(!said.to_lowercase().contains("backtrace"), "{said}");
     let listed = run_cli(data_dir.path(), &["tokens", "list"]).await;
     let listed = String::from_utf8(listed.stdout).unwrap();
-    assert!(listed.starts_with("ID\tPROJECT\tCREATED\tEXPIRES\n"), "{listed}");
+    assert!(
+        listed.starts_with("ID\tPROJECT\tCREATED\tEXPIRES\n"),
+        "{listed}"
+    );
     let keys = run_cli(data_dir.path(), &["credentials", "list"]).await;
     assert!(
         String::from_utf8(keys.stdout)
@@ -147,7 +154,9 @@ async fn sources_get_the_running_servers_hook_url_and_a_missing_record_dir_is_wa
         "{hook} is not on {base}"
     );
     assert!(
-        said.contains(&format!("hook URLs use {base}, from the URL the server last started with")),
+        said.contains(&format!(
+            "hook URLs use {base}, from the URL the server last started with"
+        )),
         "{said}"
     );
     assert!(
@@ -173,8 +182,10 @@ async fn an_event_that_matches_no_config_is_said_to() {
     let created = http
         .post(format!("{base}/v1/p1/record/callbacks"))
         .header("x-auth-token", &token)
-        .json(&serde_json::json!({"publish_domain": "push.example.com", "app": "live",
-            "notify_callback_url": "http://127.0.0.1:9/cb"}))
+        .json(
+            &serde_json::json!({"publish_domain": "push.example.com", "app": "live",
+            "notify_callback_url": "http://127.0.0.1:9/cb"}),
+        )
         .send()
         .await
         .unwrap();
@@ -182,8 +193,10 @@ async fn an_event_that_matches_no_config_is_said_to() {
     let answer: Value = http
         .post(format!("{base}/v1/p1/record/events"))
         .header("x-auth-token", &token)
-        .json(&serde_json::json!({"event_type": "RECORD_START", "publish_domain": "push.example.com",
-            "app": "live", "stream": "cam"}))
+        .json(
+            &serde_json::json!({"event_type": "RECORD_START", "publish_domain": "push.example.com",
+            "app": "live", "stream": "cam"}),
+        )
         .send()
         .await
         .unwrap()
@@ -192,10 +205,9 @@ async fn an_event_that_matches_no_config_is_said_to() {
         .unwrap();
     assert_eq!(answer["deliveries"], 0, "{answer}");
     assert!(
-        answer["note"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("0 deliveries: no config subscribes to RECORD_START for push.example.com/live"),
+        answer["note"].as_str().unwrap_or_default().starts_with(
+            "0 deliveries: no config subscribes to RECORD_START for push.example.com/live"
+        ),
         "{answer}"
     );
     let delivered: Value = http
@@ -213,10 +225,12 @@ async fn an_event_that_matches_no_config_is_said_to() {
     assert!(delivered.get("note").is_none(), "{delivered}");
     let metrics = common::metrics_text(&http, &base).await;
     assert!(
-        metrics.lines().any(|l| l.starts_with("herald_events_unmatched_total")
-            && l.contains(r#"flavour="live""#)
-            && l.contains(r#"event_type="RECORD_START""#)
-            && l.ends_with(" 1")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("herald_events_unmatched_total")
+                && l.contains(r#"flavour="live""#)
+                && l.contains(r#"event_type="RECORD_START""#)
+                && l.ends_with(" 1")),
         "{metrics}"
     );
 }

@@ -92,11 +92,13 @@ async fn check_master_key(pool: &SqlitePool, master: &MasterKey) -> Result<(), S
     {
         return Err(StoreError::MasterKeyMismatch);
     }
-    sqlx::query("INSERT INTO herald_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-        .bind(crate::KEY_CHECK)
-        .bind(master.seal(crate::KEY_CHECK, b"herald")?)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO herald_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(crate::KEY_CHECK)
+    .bind(master.seal(crate::KEY_CHECK, b"herald")?)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
