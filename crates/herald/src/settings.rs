@@ -33,6 +33,7 @@ pub struct Settings {
     pub database_url: Option<SecretString>,
     /// Most PostgreSQL connections this node opens for ingest and management, besides its
     /// worker's and the one it keeps for `LISTEN` (`HERALD_DATABASE_POOL_SIZE`).
+    #[serde(deserialize_with = "database_pool_size")]
     pub database_pool_size: u32,
     /// Lets callbacks target loopback and private addresses (`HERALD_ALLOW_PRIVATE_TARGETS`).
     #[serde(deserialize_with = "allow_private_targets")]
@@ -53,11 +54,14 @@ pub struct Settings {
     #[serde(deserialize_with = "signature_ttl")]
     pub signature_ttl: Duration,
     /// Most callbacks in flight to one endpoint (`HERALD_ENDPOINT_CONCURRENCY`).
+    #[serde(deserialize_with = "endpoint_concurrency")]
     pub endpoint_concurrency: u32,
     /// Most callbacks in flight from this process (`HERALD_MAX_IN_FLIGHT`).
+    #[serde(deserialize_with = "max_in_flight")]
     pub max_in_flight: u32,
     /// Most of those one project may hold (`HERALD_PROJECT_IN_FLIGHT`; default half of
     /// `max_in_flight`), so that one project's hanging receivers cannot starve the others.
+    #[serde(deserialize_with = "project_in_flight")]
     pub project_in_flight: Option<u32>,
     /// Longest wait between looks at the queue when nothing signals work (`HERALD_POLL_INTERVAL`).
     #[serde(deserialize_with = "poll_interval")]
@@ -82,9 +86,11 @@ pub struct Settings {
     #[serde(deserialize_with = "body_read_timeout")]
     pub body_read_timeout: Duration,
     /// Connections served at once; more wait until one ends (`HERALD_MAX_CONNECTIONS`).
+    #[serde(deserialize_with = "max_connections")]
     pub max_connections: u32,
     /// Most callback configs, apps and recording sources one project may have, each counted
     /// apart (`HERALD_MAX_PER_PROJECT`).
+    #[serde(deserialize_with = "max_per_project")]
     pub max_per_project: u32,
     /// Access keys listed in the config file, beside those created by the CLI.
     pub credentials: Vec<StaticAccessKey>,
@@ -149,6 +155,42 @@ fn written<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         Written::Text(text) => text,
         Written::Number(n) => n.to_string(),
     })
+}
+
+/// A whole number setting: its error names the variable and says what it takes (serde's
+/// own says "expected u32").
+fn whole_number<'de, D: Deserializer<'de>>(d: D, name: &str) -> Result<u32, D::Error> {
+    let raw = written(d)?;
+    raw.trim().parse().map_err(|_| {
+        serde::de::Error::custom(FieldError::new(
+            name,
+            format!("{raw:?} is not a whole number from 0 to {}", u32::MAX),
+        ))
+    })
+}
+
+fn database_pool_size<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    whole_number(d, "HERALD_DATABASE_POOL_SIZE")
+}
+
+fn endpoint_concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    whole_number(d, "HERALD_ENDPOINT_CONCURRENCY")
+}
+
+fn max_in_flight<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    whole_number(d, "HERALD_MAX_IN_FLIGHT")
+}
+
+fn max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    whole_number(d, "HERALD_MAX_CONNECTIONS")
+}
+
+fn max_per_project<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    whole_number(d, "HERALD_MAX_PER_PROJECT")
+}
+
+fn project_in_flight<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    whole_number(d, "HERALD_PROJECT_IN_FLIGHT").map(Some)
 }
 
 /// `true/false`, `1/0`, `yes/no` (any case): what people write for a switch in a shell.
@@ -626,6 +668,11 @@ mod tests {
                 "{bad}: {message}"
             );
         }
+        let message = refused("HERALD_MAX_IN_FLIGHT", "lots");
+        assert!(
+            message.contains("HERALD_MAX_IN_FLIGHT") && message.contains("whole number"),
+            "{message}"
+        );
         let message = refused("HERALD_RETENTION", "5x");
         assert!(
             message.contains("500ms, 5s, 2m, 1h or 30d") && !message.contains("weeks"),
