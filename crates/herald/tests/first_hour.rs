@@ -12,16 +12,20 @@ use std::process::{Output, Stdio};
 use common::{run_cli, spawn_serve};
 use serde_json::Value;
 
-/// `herald ARGS --data-dir DIR` with `env`, whatever its exit status.
+/// `herald ARGS --data-dir DIR` with `env`, whatever its exit status; a command still
+/// running after 30 s (a server that should have refused to start) fails the test.
 async fn herald(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
         .env_remove("HERALD_MASTER_KEY")
         .envs(env.iter().copied())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(std::time::Duration::from_secs(30), run)
         .await
+        .unwrap_or_else(|_| panic!("herald {args:?} was still running after 30 s"))
         .unwrap()
 }
 
