@@ -333,7 +333,12 @@ fn remember_public_url(settings: &Settings, public_url: &str) {
         return; // PostgreSQL with HERALD_MASTER_KEY needs no data dir; the CLI then guesses.
     }
     let path = settings.data_dir.join(crate::settings::PUBLIC_URL_FILE);
-    if let Err(e) = std::fs::write(&path, format!("{public_url}\n")) {
+    let written = data_dir::open_private_file(&path).and_then(|mut file| {
+        use std::io::Write;
+        file.set_len(0)?;
+        file.write_all(format!("{public_url}\n").as_bytes())
+    });
+    if let Err(e) = written {
         tracing::warn!(path = %path.display(), error = %e, "cannot note the public URL for `herald sources`; set HERALD_PUBLIC_URL for its hook URLs");
     }
 }
