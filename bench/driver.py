@@ -1062,7 +1062,9 @@ def cmd_hooks(a):
     for k in range(a.streams):
         for i in range(a.files):
             os.link(flv, os.path.join(record_dir, f"s{k}-{i}.flv"))
-    h = Herald(a.herald, data_dir, os.path.join(a.out_dir, f"{tag}.log"))
+    # Sources need a record root the operator allows (SPEC §7): the record dir itself.
+    h = Herald(a.herald, data_dir, os.path.join(a.out_dir, f"{tag}.log"),
+               {"HERALD_RECORD_ROOTS": record_dir})
     try:
         out = subprocess.run(
             [a.herald, "sources", "create", "--project", PROJECT, "--engine", "nginx-rtmp",

@@ -39,7 +39,8 @@ before(async () => {
   mkdirSync(SHOTS, { recursive: true });
   dataDir = mkdtempSync(join(tmpdir(), "herald-console-"));
   server = spawn(HERALD, ["serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--allow-private-targets"], {
-    env: { ...process.env, HERALD_RETRY_SCHEDULE: "0s", RUST_LOG: "warn" },
+    // Sources may record below /var/rec and /srv only (SPEC §7: none without a root).
+    env: { ...process.env, HERALD_RETRY_SCHEDULE: "0s", HERALD_RECORD_ROOTS: "/var/rec:/srv", RUST_LOG: "warn" },
     stdio: ["ignore", "pipe", "inherit"],
   });
   base = await new Promise((ok, fail) => {

@@ -1,8 +1,10 @@
 """schemathesis hooks for scripts/check-openapi: the two things JSON Schema cannot say.
 
-1. A few refusals depend on what is stored, not on the request: a second Live config for
-   the same publish_domain and app (SPEC §1: "a 400, not a duplicate"), a source for an app
-   the project does not have, a retry of a delivery that is neither dead nor failed. A
+1. A few refusals depend on what is stored or on the operator's settings, not on the
+   request: a second Live config for the same publish_domain and app (SPEC §1: "a 400,
+   not a duplicate"), a source for an app the project does not have, a source whose
+   record_dir is outside the operator's record roots (none by default, SPEC §7) or
+   overlaps another project's, a retry of a delivery that is neither dead nor failed. A
    schema-valid request refused with exactly one of these documented 400s is not a
    contract failure; every other refusal of valid data still is.
 2. JSON Schema 2020-12 counts `24.0` as an integer; Herald's counts (`file_size`, `width`,
@@ -27,6 +29,16 @@ STATE_REFUSALS = [
     (
         "POST /v1/{project_id}/record/sources",
         re.compile(r"^app_id: is not an app of this project$"),
+    ),
+    (
+        "POST /v1/{project_id}/record/sources",
+        re.compile(
+            r"^record_dir: (cannot be used: this server allows no record directory yet"
+            r"|must be inside a record directory the operator allows"
+            r"|leads out of the allowed record directories by a symbolic link"
+            r"|overlaps the record directory of another project's source)",
+            re.S,
+        ),
     ),
     (
         "POST /v1/{project_id}/record/deliveries/{id}/retry",

@@ -433,13 +433,25 @@ function sourceSection(source, appNames) {
       h("button", { type: "button", class: "danger", onclick: () => deleteSource(source, appNames) }, "Delete")));
 }
 
-/** The lines a source's engine needs, with its hook URL and record directory filled in,
- *  and where they go: the same settings as docs/recording-sources.md's configurations
- *  (crates/herald/tests/media/), which herald-api's console tests hold them to. */
+/** A value for a media server's configuration file: as it is when it holds only
+ *  characters no syntax reads specially, else double-quoted. The server refuses record
+ *  directories with quotes, backslashes, `$`, `;` or control characters, so quoting is
+ *  all a space or a `#` needs; backslashes and quotes are escaped all the same, so that
+ *  no value can end its quotes and become configuration (nginx and SRS read `\"` inside
+ *  double quotes, YAML's double-quoted scalars too). */
+function configValue(value) {
+  if (/^[A-Za-z0-9\/._\-\[\]%]+$/.test(value)) return value;
+  return `"${value.replace(/[\\"]/g, (c) => `\\${c}`).replace(/[\u0000-\u001f\u007f]/g, "")}"`;
+}
+
+/** The lines a source's engine needs, with its hook URL and record directory filled in
+ *  (quoted for the file's syntax where needed), and where they go: the same settings as
+ *  docs/recording-sources.md's configurations (crates/herald/tests/media/), which
+ *  herald-api's console tests hold them to. */
 function engineSnippet(source) {
   const hook = source.hook_url;
   const dir = source.record_dir;
-  const under = (rest) => `${dir.replace(/\/+$/, "")}/${rest}`;
+  const under = (rest) => configValue(`${dir.replace(/\/+$/, "")}/${rest}`);
   if (source.engine === "srs") {
     return {
       where: "In the vhost of SRS's configuration file.",
@@ -487,7 +499,7 @@ paths:
     text: `application live {
     live on;
     record all;
-    record_path ${dir};
+    record_path ${configValue(dir)};
     record_unique on;
     record_interval 30m;
     on_publish ${hook};

@@ -93,6 +93,8 @@ pub struct Shared {
     pub metrics: PrometheusHandle,
     /// Where media servers reach this server: the base of every source's hook URL.
     pub public_url: Arc<str>,
+    /// The directories the operator lets sources record into (`HERALD_RECORD_ROOTS`).
+    pub record_roots: Arc<herald_core::source::RecordRoots>,
     /// Signalled after a hook changed a recording session, so the tracker need not poll.
     pub recordings: Arc<Notify>,
     /// Cancelled when the delivery worker stops: `/readyz` then answers 503, since

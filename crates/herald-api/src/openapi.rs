@@ -195,8 +195,10 @@ pub fn app_name() -> ObjectBuilder {
 
 /// `herald_core::source::RecordDir`: an absolute path without a `..` component.
 pub fn record_dir() -> ObjectBuilder {
-    // A path segment other than `..` (`.` and empty ones are normalised away).
-    let segment = r"(\.\.[^/\x00]+|\.?([^/.\x00][^/\x00]*)?)";
+    // A path segment other than `..` (`.` and empty ones are normalised away), without
+    // control characters or `herald_core::source::RECORD_DIR_REFUSED`.
+    let refused = r#"\x00-\x1f\x7f-\x9f\u2028\u2029"'`$;\\&|<>*?!(){}\[\]%^"#;
+    let segment = format!("(\\.\\.[^/{refused}]+|\\.?([^/.{refused}][^/{refused}]*)?)");
     ObjectBuilder::new()
         .schema_type(Type::String)
         .min_length(Some(1))
@@ -204,7 +206,11 @@ pub fn record_dir() -> ObjectBuilder {
         .pattern(Some(format!("^/{segment}(/{segment})*$")))
         .description(Some(
             "Absolute path of the directory the media server records into, without a `..` \
-             component; at most 1024 bytes.",
+             component, control characters or any of \"'`$;\\&|<>*?!(){}[]%^ (spaces \
+             and # are fine); at most 1024 bytes. It must be inside one of the directories the \
+             operator allows (`HERALD_RECORD_ROOTS`; none by default, so every source is \
+             refused until the operator names one) and must neither contain nor lie inside \
+             another project's record_dir: otherwise a 400 naming `record_dir`.",
         ))
 }
 

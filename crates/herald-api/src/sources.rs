@@ -7,7 +7,9 @@ use axum::http::StatusCode;
 use herald_core::field::FieldError;
 use herald_core::project::ProjectId;
 use herald_core::secrets::generate_hook_secret;
-use herald_core::source::{Engine, RecordingSource, SourceSpec, SourceTarget, format_max_pause};
+use herald_core::source::{
+    Engine, RecordDir, RecordRoots, RecordingSource, SourceSpec, SourceTarget, format_max_pause,
+};
 use herald_core::timefmt::utc_seconds;
 use herald_store::{SourceView, Store};
 use serde::Serialize;
@@ -194,9 +196,12 @@ pub struct SourceList {
 const SOURCE: &str = "recording source";
 
 /// Creates a source for `project` from a validated spec: the one way in for the API and
-/// the CLI. An RTC source's app must be the project's.
+/// the CLI. Its record dir must be inside one of the operator's `roots` (with symbolic
+/// links resolved, when it exists already) and overlap no other project's; an RTC
+/// source's app must be the project's.
 pub async fn create_source(
     store: &dyn Store,
+    roots: &RecordRoots,
     project: ProjectId,
     spec: SourceSpec,
     max_per_project: u64,
@@ -207,6 +212,7 @@ pub async fn create_source(
     {
         return Err(FieldError::new("app_id", "is not an app of this project").into());
     }
+    check_record_dir(store, roots, &project, &spec.record_dir).await?;
     let source = RecordingSource {
         id: RecordingSource::new_id(),
         project_id: project,
@@ -223,6 +229,46 @@ pub async fn create_source(
     })
 }
 
+/// Refuses a record dir outside the operator's roots, led out of them by a symbolic link,
+/// or overlapping another project's: each with a 400 naming `record_dir`.
+async fn check_record_dir(
+    store: &dyn Store,
+    roots: &RecordRoots,
+    project: &ProjectId,
+    dir: &RecordDir,
+) -> Result<(), ApiError> {
+    const FIELD: &str = "record_dir";
+    roots.check(FIELD, dir)?;
+    // A link below a root must not lead out of every root. A dir that does not exist yet
+    // is checked by its components alone; the tracker checks each file's real path again.
+    if let Ok(real) = tokio::fs::canonicalize(dir.path()).await {
+        let mut inside = false;
+        for root in roots.iter() {
+            let real_root = tokio::fs::canonicalize(root.path())
+                .await
+                .unwrap_or_else(|_| root.path().to_owned());
+            inside |= real.starts_with(&real_root);
+        }
+        if !inside {
+            return Err(FieldError::new(
+                FIELD,
+                "leads out of the allowed record directories by a symbolic link",
+            )
+            .into());
+        }
+    }
+    let others = store.record_dirs_of_other_projects(project).await?;
+    if others.iter().any(|other| other.overlaps(dir)) {
+        return Err(FieldError::new(
+            FIELD,
+            "overlaps the record directory of another project's source: each project needs \
+             a directory of its own, neither inside nor around another's",
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Create a recording source.
 #[utoipa::path(
     post, path = "/v1/{project_id}/record/sources", tag = "sources",
@@ -230,8 +276,9 @@ pub async fn create_source(
     responses(
         (status = 201, body = SourceJson),
         (status = 400, body = ErrorBody, description = "LIVE.100011001: a field broke a rule, \
-            or `app_id` is not an app of this project, or the project has as many sources as \
-            HERALD_MAX_PER_PROJECT allows"),
+            `record_dir` is outside the operator's record roots (none by default) or overlaps \
+            another project's, or `app_id` is not an app of this project, or the project has as \
+            many sources as HERALD_MAX_PER_PROJECT allows"),
     ),
     security(("aksk" = []), ("token" = [])),
 )]
@@ -245,6 +292,7 @@ pub async fn create(
     let spec = SourceSpec::parse(&body)?;
     let view = create_source(
         state.store.as_ref(),
+        &state.record_roots,
         project_id,
         spec,
         state.max_per_project,

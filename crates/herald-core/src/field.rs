@@ -42,6 +42,20 @@ pub fn check_text(field: &str, value: &str, max_bytes: usize) -> Result<(), Fiel
     Ok(())
 }
 
+/// [`check_text`] for a name (a Live `app` or `stream`, an RTC `stream_name` or
+/// `room_id`): no control character either (C0 and DEL), since names are printed in logs
+/// and terminals (`herald listen`), where a newline or an escape would forge output.
+pub fn check_name(field: &str, value: &str, max_bytes: usize) -> Result<(), FieldError> {
+    check_text(field, value, max_bytes)?;
+    if value.chars().any(|c| c.is_ascii_control()) {
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters (U+0000 to U+001F, U+007F)",
+        ));
+    }
+    Ok(())
+}
+
 /// The longest string field a client may send where no narrower rule applies.
 pub const MAX_TEXT_BYTES: usize = 4096;
 

@@ -27,7 +27,7 @@ use crate::event::EventId;
 use crate::event::live::LiveEvent;
 use crate::event::rtc::RtcEvent;
 use crate::field::FieldError;
-use crate::hook::{HookCall, StreamKey};
+use crate::hook::{HookCall, HookFile, StreamKey};
 use crate::source::{RecordingSource, SourceTarget};
 use crate::timefmt::utc_seconds;
 
@@ -103,19 +103,41 @@ pub struct Transition {
 /// The identity of a hook that names a file, within the session it joins: a second hook
 /// with the same key is the first one repeated. `None` for other hooks, and for a hook
 /// that opens a session (which nothing can repeat yet).
-pub fn hook_key(current: Option<&Session>, call: &HookCall) -> Option<String> {
+pub fn hook_key(
+    source: &RecordingSource,
+    current: Option<&Session>,
+    call: &HookCall,
+) -> Option<String> {
     let session = current?;
     match call {
         HookCall::FileStarted { file, .. } => Some(file_key(
             StepKind::FileStart,
             &session.job_id,
-            &file.joined(),
+            &resolved(source, file),
         )),
-        HookCall::FileDone { file, .. } => {
-            Some(file_key(StepKind::File, &session.job_id, &file.joined()))
-        }
+        HookCall::FileDone { file, .. } => Some(file_key(
+            StepKind::File,
+            &session.job_id,
+            &resolved(source, file),
+        )),
         _ => None,
     }
+}
+
+/// The file a hook names, as one path: the hook's base (SRS's `cwd`) or else the record
+/// dir in front of a relative path, and written the one way its components read
+/// (`rec//a.flv`, `rec/./a.flv` and `rec/a.flv` are one file, with one key and one
+/// event). `..` is kept: such a file is outside the record dir, and never opened.
+pub fn resolved(source: &RecordingSource, file: &HookFile) -> String {
+    let joined = file.joined();
+    let path = std::path::Path::new(&joined);
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        source.spec.record_dir.path().join(path)
+    };
+    let normal: std::path::PathBuf = absolute.components().collect();
+    normal.to_string_lossy().into_owned()
 }
 
 fn file_key(kind: StepKind, job_id: &str, path: &str) -> String {
@@ -163,7 +185,7 @@ pub fn transition(
             }
         }
         HookCall::FileStarted { stream, file } => {
-            let path = file.joined();
+            let path = resolved(source, file);
             if current.is_none() {
                 plan.open(stream, is_live, true);
             }
@@ -174,7 +196,7 @@ pub fn transition(
             }
         }
         HookCall::FileDone { stream, file } => {
-            let path = file.joined();
+            let path = resolved(source, file);
             if current.is_none() {
                 // A file of a stream whose publish Herald never saw (the source was created
                 // mid-stream, say): it opens a session that ends after `max_pause`.
@@ -308,6 +330,12 @@ pub fn no_file_message(app: &str, stream: &str, files_started: i64) -> String {
     )
 }
 
+/// The longest recording Herald believes a file holds. No engine writes one file for a
+/// month on end; a container that claims more is corrupt or forged, and its times cannot
+/// be reported (near 3.8e11 s they leave the calendar altogether).
+pub const MOST_PLAUSIBLE_DURATION: std::time::Duration =
+    std::time::Duration::from_secs(31 * 86_400);
+
 /// What reading a finished file found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FileOutcome {
@@ -333,6 +361,40 @@ pub struct FileFacts {
     pub height: Option<u64>,
     /// `FLV`, `MP4`, `HLS`, `TS` (or the container's name in capitals).
     pub record_format: String,
+}
+
+impl FileOutcome {
+    /// The outcome with a complete file's facts checked against what a recording can be:
+    /// one whose duration is absurd, or whose start would fall before the calendar when
+    /// counted back from `end`, is failed with a reason in Herald's words.
+    pub fn checked(self, end: OffsetDateTime) -> Self {
+        let Self::Complete(facts) = &self else {
+            return self;
+        };
+        match facts.start_at(end) {
+            Some(_) => self,
+            None => Self::Failed(format!(
+                "the file claims to last {:.0} s, more than any recording ({} days); it was not \
+                 reported as complete",
+                facts.duration,
+                MOST_PLAUSIBLE_DURATION.as_secs() / 86_400
+            )),
+        }
+    }
+}
+
+impl FileFacts {
+    /// When the file began, counted back from `end` by its duration; `None` when the
+    /// duration is not a plausible one (see [`MOST_PLAUSIBLE_DURATION`]).
+    pub fn start_at(&self, end: OffsetDateTime) -> Option<OffsetDateTime> {
+        if !self.duration.is_finite()
+            || self.duration < 0.0
+            || self.duration > MOST_PLAUSIBLE_DURATION.as_secs_f64()
+        {
+            return None;
+        }
+        end.checked_sub(time::Duration::checked_seconds_f64(self.duration)?)
+    }
 }
 
 /// `record_format` from ffprobe's `format_name` (a comma-separated list of names).
@@ -384,6 +446,9 @@ pub fn events_of(
         events.extend(events_of(source, &over, None)?);
         return Ok(events);
     }
+    // Facts are checked here too, so that no outcome can make the arithmetic below fail.
+    let checked = outcome.map(|o| o.clone().checked(step.at));
+    let outcome = checked.as_ref();
     let is_live = matches!(source.spec.target, SourceTarget::Live { .. });
     let (live_type, rtc_type, identity) = match (step.kind, outcome) {
         (StepKind::Start, _) => ("RECORD_START", None, format!("start\n{}", step.job_id)),
@@ -441,17 +506,24 @@ pub fn events_of(
     }
     match outcome {
         Some(FileOutcome::Complete(facts)) if step.kind == StepKind::File => {
-            let seconds = facts.duration.max(0.0).round();
-            // Whole seconds below 2^53 are exact in an f64.
-            let whole = Duration::from_secs_f64(seconds.min(9.0e15));
+            let end = step.at;
+            // Checked above: a complete file's start is within the calendar.
+            let start = facts.start_at(end).unwrap_or(end);
+            let whole = Duration::from_secs_f64(facts.duration.round());
             put("record_format", json!(facts.record_format));
-            if let Some(base) = &source.spec.download_base {
-                put("download_url", json!(base.url_of(&facts.relative_path)));
+            // A URL cannot be cut short: one longer than an event's `download_url` may be
+            // is left out, and the file is still reported.
+            if let Some(url) = source
+                .spec
+                .download_base
+                .as_ref()
+                .map(|base| base.url_of(&facts.relative_path))
+                .filter(|url| url.len() <= MAX_DOWNLOAD_URL_BYTES)
+            {
+                put("download_url", json!(url));
             }
             put("file_size", json!(facts.size));
             put("record_duration", json!(whole.as_secs()));
-            let end = step.at;
-            let start = end - time::Duration::seconds_f64(facts.duration.clamp(0.0, 9.0e15));
             put("start_time", json!(utc_seconds(start)));
             put("end_time", json!(utc_seconds(end)));
             if let Some(width) = facts.width {
@@ -462,7 +534,10 @@ pub fn events_of(
             }
         }
         Some(FileOutcome::Failed(why)) if is_live => {
-            put("error_message", json!(why));
+            put(
+                "error_message",
+                json!(truncated(why, MAX_ERROR_MESSAGE_BYTES)),
+            );
         }
         _ => {}
     }
@@ -471,6 +546,24 @@ pub fn events_of(
         SourceTarget::Live { .. } => DerivedEvent::Live(event_id, LiveEvent::parse("", &value)?),
         SourceTarget::Rtc { .. } => DerivedEvent::Rtc(event_id, RtcEvent::parse("", &value)?),
     }])
+}
+
+/// The longest `error_message` and `download_url` a derived event carries: the event
+/// rules' limits (a longer one would make the event invalid, and it would be dropped).
+const MAX_ERROR_MESSAGE_BYTES: usize = crate::field::MAX_TEXT_BYTES;
+const MAX_DOWNLOAD_URL_BYTES: usize = 2048;
+
+/// `text` cut at a character boundary to at most `max` bytes, an ellipsis saying so.
+fn truncated(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    const MORE: &str = "…";
+    let mut end = max.saturating_sub(MORE.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MORE}", &text[..end])
 }
 
 /// `src-` and 40 hex characters of a hash of the source and what the event reports.
@@ -488,7 +581,6 @@ fn derived_event_id(source_id: &str, identity: &str) -> EventId {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hook::HookFile;
     use crate::project::ProjectId;
     use crate::source::{Engine, SourceSpec};
     use secrecy::SecretString;
@@ -533,7 +625,7 @@ mod tests {
         let mut steps: Vec<Step> = Vec::new();
         let now = OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1);
         for call in calls {
-            let repeat = hook_key(session.as_ref(), call)
+            let repeat = hook_key(source, session.as_ref(), call)
                 .is_some_and(|k| steps.iter().any(|s| s.hook_key.as_deref() == Some(&k)));
             let t = transition(source, session.as_ref(), call, now, repeat);
             if let Some(s) = t.session {
@@ -647,6 +739,76 @@ mod tests {
         );
     }
 
+    /// A path near 4 KiB made RECORD_FAILED's `error_message` longer than an event may
+    /// hold, and the event was dropped; a long download URL did the same to a complete file.
+    #[test]
+    fn long_paths_never_drop_an_event() {
+        let src = live("nginx-rtmp");
+        let long = format!("/rec/{}é.flv", "x".repeat(4090));
+        let step = Step {
+            kind: StepKind::File,
+            stream: key(),
+            job_id: "j1".into(),
+            file_no: 0,
+            path: Some(long.clone()),
+            at: OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000),
+            hook_key: None,
+        };
+        let why = format!("{long:?} does not exist");
+        let events = events_of(&src, &step, Some(&FileOutcome::Failed(why))).unwrap();
+        let [DerivedEvent::Live(_, event)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        let message = event.text("error_message");
+        assert!(message.len() <= crate::field::MAX_TEXT_BYTES);
+        assert!(message.ends_with('…'), "{}", &message[message.len() - 10..]);
+        let facts = FileFacts {
+            relative_path: long.trim_start_matches("/rec/").into(),
+            size: 1,
+            duration: 1.0,
+            width: None,
+            height: None,
+            record_format: "FLV".into(),
+        };
+        let events = events_of(&src, &step, Some(&FileOutcome::Complete(facts))).unwrap();
+        let [DerivedEvent::Live(_, event)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(event.text("event_type"), "RECORD_FILE_COMPLETE");
+        assert!(!event.fields.contains_key("download_url"));
+        assert_eq!(truncated("ab", 2), "ab");
+        assert_eq!(truncated("aééé", 5), "a…");
+        assert_eq!(truncated("aééé", 6), "aé…");
+    }
+
+    /// `rec//a.flv`, `rec/./a.flv` and `a.flv` (relative to the record dir) were three
+    /// files with three keys, so one file was reported three times.
+    #[test]
+    fn one_file_written_three_ways_is_one_file() {
+        let src = live("nginx-rtmp");
+        let (_, kinds) = run(
+            &src,
+            &[
+                HookCall::Publish(key()),
+                done("/rec/live/a.flv"),
+                done("/rec//live/./a.flv"),
+                done("live/a.flv"),
+                done("/rec/live//a.flv/"),
+            ],
+        );
+        use StepKind::*;
+        assert_eq!(kinds, [Start, FileStart, File, FileStart]);
+        let other = HookFile {
+            base: None,
+            path: "../etc/passwd".into(),
+        };
+        assert_eq!(
+            resolved(&src, &other),
+            "/rec/../etc/passwd",
+            "`..` is kept: outside"
+        );
+    }
+
     #[test]
     fn a_file_without_a_session_opens_one_that_is_paused() {
         let (session, kinds) = run(&live("srs"), &[done("/rec/a.flv")]);
@@ -704,5 +866,66 @@ mod tests {
         );
         assert_eq!(record_format("mov,mp4,m4a,3gp,3g2,mj2"), "MP4");
         assert_eq!(record_format("mpegts"), "TS");
+    }
+
+    /// A container that claims ~3.8e11 s once made `end - duration` panic, which ended the
+    /// tracker for every project. Absurd facts are a failed file, with a reason.
+    #[test]
+    fn an_absurd_duration_is_a_failed_file_not_a_panic() {
+        let src = live("nginx-rtmp");
+        let step = Step {
+            kind: StepKind::File,
+            stream: key(),
+            job_id: "j1".into(),
+            file_no: 0,
+            path: Some("/rec/a.flv".into()),
+            at: OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000),
+            hook_key: None,
+        };
+        for duration in [
+            3.9e11,
+            1.0e300,
+            f64::INFINITY,
+            f64::NAN,
+            -1.0,
+            32.0 * 86_400.0,
+        ] {
+            let facts = FileFacts {
+                relative_path: "a.flv".into(),
+                size: 10,
+                duration,
+                width: None,
+                height: None,
+                record_format: "FLV".into(),
+            };
+            let outcome = FileOutcome::Complete(facts);
+            let events = events_of(&src, &step, Some(&outcome)).unwrap();
+            let [DerivedEvent::Live(_, event)] = events.as_slice() else {
+                panic!("{events:?}")
+            };
+            assert_eq!(event.text("event_type"), "RECORD_FAILED", "{duration}");
+            assert!(
+                event
+                    .text("error_message")
+                    .contains("more than any recording"),
+                "{duration}: {}",
+                event.text("error_message")
+            );
+            assert!(matches!(outcome.checked(step.at), FileOutcome::Failed(_)));
+        }
+        // A long but believable file is still complete.
+        let week = FileFacts {
+            relative_path: "a.flv".into(),
+            size: 10,
+            duration: 7.0 * 86_400.0,
+            width: None,
+            height: None,
+            record_format: "FLV".into(),
+        };
+        let events = events_of(&src, &step, Some(&FileOutcome::Complete(week))).unwrap();
+        let [DerivedEvent::Live(_, event)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(event.text("event_type"), "RECORD_FILE_COMPLETE");
     }
 }

@@ -71,9 +71,29 @@ pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordDir(PathBuf);
 
+/// Characters a record dir may not hold: they mean something in a shell or in the media
+/// servers' configuration files (nginx, SRS, MediaMTX's YAML and its `%` and SRS's `[…]`
+/// placeholders), and the console pastes the dir into ready-made snippets of those files.
+/// Control characters (and Unicode's line separators) are refused too. A space and `#`
+/// are allowed: the snippets quote a dir that has them.
+pub const RECORD_DIR_REFUSED: &str = "\"'`$;\\&|<>*?!(){}[]%^";
+
+fn refused_in_record_dir(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || RECORD_DIR_REFUSED.contains(c)
+}
+
 impl RecordDir {
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
         check_text(field, raw, MAX_LOCATION_BYTES)?;
+        if raw.chars().any(refused_in_record_dir) {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "must not contain control characters or any of {RECORD_DIR_REFUSED} \
+                     (letters, digits, spaces and / . _ - + @ , = : ~ # are fine)"
+                ),
+            ));
+        }
         let path = Path::new(raw);
         if !path.is_absolute() {
             return Err(FieldError::new(field, "must be an absolute path"));
@@ -117,6 +137,88 @@ impl RecordDir {
         file.strip_prefix(&self.0)
             .ok()
             .filter(|rest| !rest.as_os_str().is_empty())
+    }
+}
+
+/// The directories the operator lets sources record into (`HERALD_RECORD_ROOTS`, SPEC §7):
+/// a source's `record_dir` must be one of them or below one. None by default, so that
+/// reading files on the server is always the operator's explicit choice: a project's token
+/// alone must never make Herald open `/etc/shadow` or another project's recordings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordRoots(Vec<RecordDir>);
+
+/// How an operator allows a root: said wherever a source is refused for want of one.
+pub const HOW_TO_ALLOW_ROOTS: &str = "the operator allows record directories with \
+     HERALD_RECORD_ROOTS (absolute paths separated by ':') or record_roots in the config file";
+
+impl RecordRoots {
+    /// Reads `HERALD_RECORD_ROOTS`: absolute paths separated by `:`, as `PATH` is; empty
+    /// entries are skipped.
+    pub fn parse_list(field: &str, raw: &str) -> Result<Self, FieldError> {
+        Self::from_paths(field, raw.split(':').filter(|p| !p.is_empty()))
+    }
+
+    /// Reads roots given one by one (`record_roots` in the config file).
+    pub fn from_paths<'a>(
+        field: &str,
+        paths: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, FieldError> {
+        let mut roots = Vec::new();
+        for raw in paths {
+            let root = RecordDir::parse(field, raw)?;
+            if root.path() == Path::new("/") {
+                return Err(FieldError::new(
+                    field,
+                    "must not be / (that would let every project read every file)",
+                ));
+            }
+            roots.push(root);
+        }
+        Ok(Self(roots))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &RecordDir> {
+        self.0.iter()
+    }
+
+    /// Whether `dir` is one of the roots or below one (by its components).
+    pub fn contain(&self, dir: &Path) -> bool {
+        self.0.iter().any(|root| dir.starts_with(root.path()))
+    }
+
+    /// Refuses, naming `field`, a record dir that is not inside a root.
+    pub fn check(&self, field: &str, dir: &RecordDir) -> Result<(), FieldError> {
+        if self.0.is_empty() {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "cannot be used: this server allows no record directory yet; {HOW_TO_ALLOW_ROOTS}"
+                ),
+            ));
+        }
+        if self.contain(dir.path()) {
+            return Ok(());
+        }
+        let allowed: Vec<&str> = self.0.iter().map(RecordDir::as_str).collect();
+        Err(FieldError::new(
+            field,
+            format!(
+                "must be inside a record directory the operator allows ({}); {HOW_TO_ALLOW_ROOTS}",
+                allowed.join(", ")
+            ),
+        ))
+    }
+}
+
+impl RecordDir {
+    /// Whether one of the two directories is the other or below it: files of one could
+    /// then be reported by the other's source.
+    pub fn overlaps(&self, other: &RecordDir) -> bool {
+        self.0.starts_with(&other.0) || other.0.starts_with(&self.0)
     }
 }
 
@@ -293,6 +395,71 @@ mod tests {
         assert_eq!(dir.relative(&outside), None);
         assert_eq!(dir.relative(Path::new("/srv/recordings/a.flv")), None);
         assert_eq!(dir.relative(Path::new("/srv/rec")), None);
+    }
+
+    #[test]
+    fn record_dirs_must_be_inside_a_root_and_never_overlap_another() {
+        let dir = |raw: &str| RecordDir::parse("record_dir", raw).unwrap();
+        let none = RecordRoots::default();
+        let refused = none.check("record_dir", &dir("/srv/rec")).unwrap_err();
+        assert_eq!(refused.field, "record_dir");
+        assert!(
+            refused.rule.contains("HERALD_RECORD_ROOTS"),
+            "{}",
+            refused.rule
+        );
+        let roots =
+            RecordRoots::parse_list("HERALD_RECORD_ROOTS", "/srv/rec::/data/media/").unwrap();
+        assert_eq!(roots.iter().count(), 2);
+        for inside in ["/srv/rec", "/srv/rec/p1", "/data/media/a/b"] {
+            assert!(roots.check("record_dir", &dir(inside)).is_ok(), "{inside}");
+        }
+        for outside in ["/", "/srv", "/srv/recordings", "/etc", "/data"] {
+            let e = roots.check("record_dir", &dir(outside)).unwrap_err();
+            assert!(
+                e.rule.contains("/srv/rec, /data/media"),
+                "{outside}: {}",
+                e.rule
+            );
+        }
+        assert!(RecordRoots::parse_list("R", "srv").is_err());
+        assert!(RecordRoots::parse_list("R", "/srv/../etc").is_err());
+        assert!(RecordRoots::parse_list("R", "/").is_err());
+        assert!(dir("/srv/rec").overlaps(&dir("/srv/rec/p1")));
+        assert!(dir("/srv/rec/p1").overlaps(&dir("/srv/rec")));
+        assert!(dir("/srv/rec/p1").overlaps(&dir("/srv/rec/p1/")));
+        assert!(!dir("/srv/rec/p1").overlaps(&dir("/srv/rec/p10")));
+    }
+
+    /// A project member could once hand a colleague a console snippet whose record dir held
+    /// a newline, `;` or quotes, and so ran commands on their media server.
+    #[test]
+    fn record_dirs_hold_no_character_a_config_file_or_shell_reads() {
+        for bad in [
+            "/srv/rec\n}\nexec_push sh -c id;",
+            "/srv/rec;",
+            "/srv/\"rec",
+            "/srv/'rec",
+            "/srv/$HOME",
+            "/srv/`id`",
+            "/srv/rec\\x",
+            "/srv/[app]",
+            "/srv/%path",
+            "/srv/a\u{7f}b",
+            "/srv/a\u{85}b",
+            "/srv/a\u{2028}b",
+            "/srv/a\tb",
+        ] {
+            let e = RecordDir::parse("record_dir", bad).unwrap_err();
+            assert_eq!(e.field, "record_dir", "{bad:?}");
+        }
+        for good in [
+            "/srv/my recordings #1",
+            "/srv/录像/live",
+            "/srv/a+b@c,d=e:f~g",
+        ] {
+            assert_eq!(RecordDir::parse("record_dir", good).unwrap().as_str(), good);
+        }
     }
 
     #[test]

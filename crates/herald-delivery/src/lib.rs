@@ -7,11 +7,13 @@
 //! - [`retention`]: deletes finished history older than the operator keeps.
 //! - [`tracker`]: turns the steps media servers' hooks queued into recording events.
 //! - [`probe`]: reads a finished recording (where it is, ffprobe's facts).
+//! - [`file_turns`]: turns to read a file, shared fairly across projects and sources.
 #![forbid(unsafe_code)]
 
 pub mod attempt;
 pub mod client;
 pub mod dispatcher;
+pub mod file_turns;
 pub mod probe;
 pub mod retention;
 pub mod tracker;

@@ -6,6 +6,9 @@
 //! loses nothing: after a restart the same steps are taken again, and since an event's id
 //! is derived from its step, what was ingested before the crash is accepted once.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,83 +16,137 @@ use herald_core::event::EventId;
 use herald_core::event::live::LiveEvent;
 use herald_core::project::ProjectId;
 use herald_core::recording::{DerivedEvent, FileOutcome, StepKind, events_of};
-use herald_core::source::{RecordingSource, SourceTarget};
+use herald_core::source::{RecordDir, RecordingSource, SourceTarget};
 use herald_store::{ClaimedStep, SourceError, Store, StoreError};
 use time::OffsetDateTime;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::probe::Prober;
+use crate::file_turns::FileTurns;
+use crate::probe::{ProbeUnavailable, Prober};
 
-/// How long a claimed step is this tracker's: reading a long recording can take minutes.
-/// Another node takes the step over when it runs out (the embedded store gives every
-/// lease back at start).
-const LEASE: Duration = Duration::from_secs(15 * 60);
-/// Streams whose next step one round takes.
+/// How long a claimed step is this tracker's unless renewed. Short, so that when a node
+/// dies another takes its steps over within a minute (the embedded store gives every
+/// lease back at start); a tracker renews the leases of its steps in progress every
+/// [`RENEW_EVERY`], so a long recording keeps its lease while it is read.
+const LEASE: Duration = Duration::from_secs(45);
+const RENEW_EVERY: Duration = Duration::from_secs(15);
+/// Claims of one step after which it is failed instead of read again: each claim that
+/// did not finish ended with its tracker (a crash, a kill, an OOM during ffprobe).
+const MOST_ATTEMPTS: i64 = 5;
+/// Steps in progress at once (each of a different stream).
 const STREAMS_AT_ONCE: u32 = 64;
 /// Files read at once: ffprobe must never take every core from the hooks, which media
-/// servers wait for.
+/// servers wait for. Shared fairly: see [`FileTurns`].
 const FILES_AT_ONCE: usize = 2;
+/// Finished files a tracker holds at once: those being read and one more for each turn,
+/// ready when a turn comes free. A tracker leases no more, so that another node with
+/// free turns takes the rest.
+const FILES_HELD: u32 = 2 * FILES_AT_ONCE as u32;
 /// When ffprobe cannot run, or the store fails, a step is tried again after this.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// The longest sleep when nothing is due: a fallback for a wake-up another node missed.
 const MOST_IDLE: Duration = Duration::from_secs(30);
 /// How long done file steps are kept to recognise a repeated hook.
 const KEEP_DONE_STEPS: Duration = Duration::from_secs(24 * 3600);
+/// What a project is told about a file whose reading failed inside Herald (a panic).
+const READING_FAILED: &str =
+    "Herald failed while reading this file (see Herald's log); it is not tried again";
+
+/// Reads a finished file: [`Prober`] in Herald; a stand-in in tests.
+pub trait FileReader: Send + Sync + 'static {
+    /// What the file a hook named as `path` is, if it is below `record_dir`; an error when
+    /// it cannot be read now (the step waits).
+    fn read<'a>(
+        &'a self,
+        record_dir: &'a RecordDir,
+        path: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<FileOutcome, ProbeUnavailable>> + Send + 'a>>;
+}
+
+impl FileReader for Prober {
+    fn read<'a>(
+        &'a self,
+        record_dir: &'a RecordDir,
+        path: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<FileOutcome, ProbeUnavailable>> + Send + 'a>> {
+        Box::pin(Prober::read(self, record_dir, path))
+    }
+}
 
 pub struct Tracker {
     store: Arc<dyn Store>,
-    prober: Prober,
+    /// This tracker's name on the steps it leases: only the owner may finish, postpone or
+    /// renew a step, so a node whose lease ran out cannot undo its successor's work.
+    owner: String,
+    reader: Arc<dyn FileReader>,
     /// Signalled by hooks: there may be steps to take or a new pause deadline.
     hooks: Arc<Notify>,
     /// Signalled after ingest, for the delivery worker.
     deliveries: Arc<Notify>,
-    /// Turns to read a file ([`FILES_AT_ONCE`]).
-    files: Semaphore,
-}
-
-/// A step read: its events, ready to ingest.
-struct ReadStep {
-    id: i64,
-    source: RecordingSource,
-    events: Vec<DerivedEvent>,
+    /// Turns to read a file ([`FILES_AT_ONCE`]), fair across projects and sources.
+    files: FileTurns,
 }
 
 impl Tracker {
     pub fn new(
         store: Arc<dyn Store>,
-        prober: Prober,
+        reader: impl FileReader,
         hooks: Arc<Notify>,
         deliveries: Arc<Notify>,
     ) -> Self {
         Self {
             store,
-            prober,
+            owner: uuid::Uuid::new_v4().simple().to_string(),
+            reader: Arc::new(reader),
             hooks,
             deliveries,
-            files: Semaphore::new(FILES_AT_ONCE),
+            files: FileTurns::new(FILES_AT_ONCE),
         }
     }
 
-    /// Runs until `cancel` fires. A step in progress then is left leased, and taken again
-    /// after a restart.
+    /// Runs until `cancel` fires. Each step is a task of its own: it is ingested as soon
+    /// as it is done, and a panic in it ends that step alone (it is failed, not retried).
+    /// Steps in progress when `cancel` fires are left leased, and taken again after a
+    /// restart.
     pub async fn run(self, cancel: CancellationToken) {
+        let this = Arc::new(self);
+        let mut running: JoinSet<()> = JoinSet::new();
+        let mut in_flight: HashMap<tokio::task::Id, ClaimedStep> = HashMap::new();
         let mut last_forget = OffsetDateTime::UNIX_EPOCH;
+        let mut renew = tokio::time::interval(RENEW_EVERY);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !cancel.is_cancelled() {
             let now = OffsetDateTime::now_utc();
             if now - last_forget > time::Duration::HOUR {
                 last_forget = now;
-                if let Err(e) = self.store.forget_done_steps(now - KEEP_DONE_STEPS).await {
+                if let Err(e) = this.store.forget_done_steps(now - KEEP_DONE_STEPS).await {
                     tracing::warn!(error = %e, "recordings: forgetting old steps failed");
                 }
             }
+            let room =
+                STREAMS_AT_ONCE.saturating_sub(u32::try_from(running.len()).unwrap_or(u32::MAX));
+            let files_held = in_flight
+                .values()
+                .filter(|c| c.step.kind == StepKind::File)
+                .count();
+            let file_room =
+                FILES_HELD.saturating_sub(u32::try_from(files_held).unwrap_or(u32::MAX));
             let busy = tokio::select! {
-                () = cancel.cancelled() => return,
-                round = self.round(now) => round,
+                () = cancel.cancelled() => break,
+                started = this.start_due(now, room, file_room) => started,
             };
             let sleep = match busy {
-                Ok(true) => continue,
-                Ok(false) => match self.store.next_recording_wake(now).await {
+                Ok(started) if !started.is_empty() => {
+                    for claimed in started {
+                        let task = Arc::clone(&this).take(claimed.clone());
+                        let handle = running.spawn(task);
+                        in_flight.insert(handle.id(), claimed);
+                    }
+                    Duration::ZERO
+                }
+                Ok(_) => match this.store.next_recording_wake(now).await {
                     Ok(Some(at)) => (at - OffsetDateTime::now_utc())
                         .try_into()
                         .unwrap_or(Duration::ZERO)
@@ -105,102 +162,192 @@ impl Tracker {
                     Duration::from_secs(1)
                 }
             };
+            if sleep.is_zero() {
+                // Reap what has finished without waiting, then look again.
+                while let Some(joined) = running.try_join_next_with_id() {
+                    this.reap(joined, &mut in_flight).await;
+                }
+                continue;
+            }
             tokio::select! {
-                () = cancel.cancelled() => return,
-                () = self.hooks.notified() => {}
+                () = cancel.cancelled() => break,
+                () = this.hooks.notified() => {}
                 () = tokio::time::sleep(sleep) => {}
+                Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
+                    this.reap(joined, &mut in_flight).await;
+                }
+                _ = renew.tick() => this.renew(&in_flight).await,
             }
         }
+        running.abort_all();
     }
 
-    /// Ends the sessions whose pause is over, then takes the next step of each stream
-    /// that has one due: reads their files, ingests all their events in one commit per
-    /// project (and app), and marks them done in one more. True when it did anything
-    /// (there may be more).
-    async fn round(&self, now: OffsetDateTime) -> Result<bool, StoreError> {
+    /// Ends the sessions whose pause is over, then leases the next step of up to `room`
+    /// streams that have one due, of which up to `file_room` are files to read. Empty when
+    /// nothing was due.
+    async fn start_due(
+        &self,
+        now: OffsetDateTime,
+        room: u32,
+        file_room: u32,
+    ) -> Result<Vec<ClaimedStep>, StoreError> {
         let ended = self.store.end_paused_sessions(now).await?;
+        if room == 0 {
+            return Ok(Vec::new());
+        }
+        // Sessions that just ended queued their last steps: they are claimed with the rest.
         let claimed = self
             .store
-            .claim_steps(now, now + LEASE, STREAMS_AT_ONCE)
+            .claim_steps(&self.owner, now, now + LEASE, room, file_room)
             .await?;
-        let took = claimed.len();
-        let read = futures_util::future::join_all(claimed.into_iter().map(|c| self.read(c))).await;
-        // One ingest per project and target: its events are of different streams (a round
-        // takes one step per stream), so their order among each other does not matter.
-        let mut groups: Vec<(ProjectId, SourceTarget, Vec<DerivedEvent>, Vec<i64>)> = Vec::new();
-        for step in read.into_iter().flatten() {
-            let (project, target) = (&step.source.project_id, &step.source.spec.target);
-            match groups
-                .iter_mut()
-                .find(|(p, t, _, _)| p == project && t == target)
-            {
-                Some((_, _, events, ids)) => {
-                    events.extend(step.events);
-                    ids.push(step.id);
-                }
-                None => groups.push((project.clone(), target.clone(), step.events, vec![step.id])),
-            }
+        if claimed.is_empty() && ended > 0 {
+            tracing::debug!(ended, "recordings: sessions ended");
         }
-        let now = OffsetDateTime::now_utc();
-        let mut done = Vec::with_capacity(took);
-        for (project, target, events, ids) in groups {
-            match self.ingest(&project, &target, events, now).await {
-                Ok(()) => done.extend(ids),
-                Err(e) => {
-                    tracing::warn!(project = %project, error = %e, "recordings: ingesting steps' events failed");
-                    for id in ids {
-                        self.postpone(id).await;
-                    }
-                }
-            }
-        }
-        if let Err(e) = self.store.finish_steps(&done, now).await {
-            // Their leases run out and they are taken again; their events are accepted once.
-            tracing::warn!(error = %e, "recordings: marking steps done failed");
-        }
-        Ok(ended > 0 || took > 0)
+        Ok(claimed)
     }
 
-    /// Reads a step's file if it has one (at most [`FILES_AT_ONCE`] at a time) and makes
-    /// its events. `None` when the step must wait (ffprobe cannot run): it is postponed.
-    async fn read(&self, claimed: ClaimedStep) -> Option<ReadStep> {
-        let ClaimedStep { id, source, step } = claimed;
+    /// Renews the leases of the steps in progress. One whose lease another node took (this
+    /// one was too slow to renew) goes on; what it then does is refused by owner.
+    async fn renew(&self, in_flight: &HashMap<tokio::task::Id, ClaimedStep>) {
+        if in_flight.is_empty() {
+            return;
+        }
+        let ids: Vec<i64> = in_flight.values().map(|c| c.id).collect();
+        let until = OffsetDateTime::now_utc() + LEASE;
+        match self
+            .store
+            .extend_step_leases(&self.owner, &ids, until)
+            .await
+        {
+            Ok(kept) if kept.len() < ids.len() => {
+                tracing::warn!(
+                    lost = ids.len() - kept.len(),
+                    "recordings: steps in progress were taken over by another node"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "recordings: renewing step leases failed"),
+        }
+    }
+
+    /// A step's task has ended. One that panicked is failed with a reason in Herald's
+    /// words and done: it cannot stop its stream, nor run again.
+    async fn reap(
+        &self,
+        joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+        in_flight: &mut HashMap<tokio::task::Id, ClaimedStep>,
+    ) {
+        let (id, error) = match joined {
+            Ok((id, ())) => (id, None),
+            Err(e) => (e.id(), Some(e)),
+        };
+        let Some(claimed) = in_flight.remove(&id) else {
+            return;
+        };
+        let Some(error) = error else { return };
+        if error.is_cancelled() {
+            return;
+        }
+        tracing::error!(source = %claimed.source.id, step = claimed.id, error = %error,
+            "recordings: reading a step panicked; the step is failed");
+        metrics::counter!("herald_recording_steps_panicked_total").increment(1);
+        let outcome = (claimed.step.kind == StepKind::File)
+            .then(|| FileOutcome::Failed(READING_FAILED.to_owned()));
+        if let (Some(FileOutcome::Failed(why)), Some(path)) = (&outcome, &claimed.step.path) {
+            self.note_failed(&claimed.source, path, why).await;
+        }
+        let events = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            events_of(&claimed.source, &claimed.step, outcome.as_ref())
+        }))
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+        self.finish(claimed.id, &claimed.source, events).await;
+    }
+
+    /// Takes one step: reads its file if it has one (in its turn, see [`FileTurns`]),
+    /// ingests its events and marks it done, so its stream's next step can go.
+    async fn take(self: Arc<Self>, claimed: ClaimedStep) {
+        let ClaimedStep {
+            id,
+            source,
+            step,
+            attempts,
+        } = claimed;
         let outcome = match (step.kind, &step.path) {
+            (StepKind::File, Some(_)) if attempts > MOST_ATTEMPTS => {
+                Some(FileOutcome::Failed(format!(
+                    "Herald stopped while reading this file {} times (see Herald's log); it is \
+                     not tried again",
+                    attempts - 1
+                )))
+            }
             (StepKind::File, Some(path)) => {
                 let read = async {
-                    let _turn = self.files.acquire().await;
-                    self.prober.read(&source.spec.record_dir, path).await
+                    let _turn = self
+                        .files
+                        .take(source.project_id.as_str(), &source.id)
+                        .await;
+                    self.reader.read(&source.spec.record_dir, path).await
                 };
                 match read.await {
-                    Ok(outcome) => Some(outcome),
+                    Ok(outcome) => Some(outcome.checked(step.at)),
                     Err(unavailable) => {
-                        tracing::warn!(source = %source.id, file = %path, error = %unavailable,
+                        // `?`: a hook's path may hold newlines and escapes; logged escaped.
+                        tracing::warn!(source = %source.id, file = ?path, error = %unavailable,
                             "recordings: the file waits until ffprobe can be run");
                         self.postpone(id).await;
-                        return None;
+                        return;
                     }
                 }
             }
             _ => None,
         };
         if let (Some(FileOutcome::Failed(why)), Some(path)) = (&outcome, &step.path) {
-            tracing::warn!(source = %source.id, file = %path, reason = %why, "recordings: a file cannot be reported");
-            metrics::counter!("herald_recording_files_failed_total").increment(1);
-            let error = SourceError {
-                at: OffsetDateTime::now_utc(),
-                file: path.clone(),
-                message: why.clone(),
-            };
-            if let Err(e) = self.store.note_source_error(&source.id, &error).await {
-                tracing::warn!(error = %e, "recordings: noting a source's error failed");
-            }
+            self.note_failed(&source, path, why).await;
         }
         let events = events_of(&source, &step, outcome.as_ref()).unwrap_or_else(|e| {
             // The hook's names broke an event rule; no retry can change that.
             tracing::error!(source = %source.id, error = %e, "recordings: the step makes no valid event");
             Vec::new()
         });
-        Some(ReadStep { id, source, events })
+        self.finish(id, &source, events).await;
+    }
+
+    /// A file that cannot be reported: logged, counted, shown in the source's status.
+    async fn note_failed(&self, source: &RecordingSource, path: &str, why: &str) {
+        // `?`: a hook's path may hold newlines and terminal escapes that would forge log
+        // lines; Debug writes them escaped. `why` quotes the path the same way.
+        tracing::warn!(source = %source.id, file = ?path, reason = ?why, "recordings: a file cannot be reported");
+        metrics::counter!("herald_recording_files_failed_total").increment(1);
+        let error = SourceError {
+            at: OffsetDateTime::now_utc(),
+            file: path.to_owned(),
+            message: why.to_owned(),
+        };
+        if let Err(e) = self.store.note_source_error(&source.id, &error).await {
+            tracing::warn!(error = %e, "recordings: noting a source's error failed");
+        }
+    }
+
+    /// Ingests a step's events in one commit and marks the step done; postpones it when
+    /// the ingest fails.
+    async fn finish(&self, id: i64, source: &RecordingSource, events: Vec<DerivedEvent>) {
+        let now = OffsetDateTime::now_utc();
+        if let Err(e) = self
+            .ingest(&source.project_id, &source.spec.target, events, now)
+            .await
+        {
+            tracing::warn!(project = %source.project_id, error = %e, "recordings: ingesting a step's events failed");
+            self.postpone(id).await;
+            return;
+        }
+        if let Err(e) = self.store.finish_steps(&self.owner, &[id], now).await {
+            // Its lease runs out and it is taken again; its events are accepted once.
+            tracing::warn!(error = %e, "recordings: marking a step done failed");
+        }
+        // The stream's next step may be due now.
+        self.hooks.notify_one();
     }
 
     /// Ingests one target's events in one commit.
@@ -245,7 +392,7 @@ impl Tracker {
 
     async fn postpone(&self, id: i64) {
         let due = OffsetDateTime::now_utc() + RETRY_AFTER;
-        if let Err(e) = self.store.postpone_step(id, due).await {
+        if let Err(e) = self.store.postpone_step(&self.owner, id, due).await {
             tracing::warn!(error = %e, "recordings: postponing a step failed; its lease will run out");
         }
     }
@@ -275,5 +422,311 @@ async fn note_unmatched_live(
         Err(e) => {
             tracing::debug!(error = %e, "recordings: reading why events matched no config failed")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use herald_core::hook::{HookCall, HookFile, StreamKey};
+    use herald_core::recording::FileFacts;
+    use herald_core::secrets::MasterKey;
+    use herald_core::source::SourceSpec;
+    use herald_store::sqlite::SqliteStore;
+    use secrecy::SecretString;
+
+    /// Panics on any file named `boom.flv`, never finishes reading `slow.flv`; finds every
+    /// other file a short FLV.
+    struct Exploding;
+
+    impl FileReader for Exploding {
+        fn read<'a>(
+            &'a self,
+            _record_dir: &'a RecordDir,
+            path: &'a str,
+        ) -> Pin<Box<dyn Future<Output = Result<FileOutcome, ProbeUnavailable>> + Send + 'a>>
+        {
+            Box::pin(async move {
+                assert!(!path.ends_with("boom.flv"), "a reader bug");
+                if path.ends_with("slow.flv") {
+                    std::future::pending::<()>().await;
+                }
+                Ok(FileOutcome::Complete(FileFacts {
+                    relative_path: path.trim_start_matches("/rec/").into(),
+                    size: 100,
+                    duration: 2.0,
+                    width: None,
+                    height: None,
+                    record_format: "FLV".into(),
+                }))
+            })
+        }
+    }
+
+    fn source(project: &str) -> RecordingSource {
+        RecordingSource {
+            id: RecordingSource::new_id(),
+            project_id: ProjectId::parse("project_id", project).unwrap(),
+            spec: SourceSpec::parse(
+                br#"{"engine": "srs", "publish_domain": "push.example.com", "record_dir": "/rec"}"#,
+            )
+            .unwrap(),
+            secret: SecretString::from(format!("secret-of-{project}")),
+            created_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    fn done(path: &str) -> HookCall {
+        HookCall::FileDone {
+            stream: StreamKey {
+                app: "live".into(),
+                stream: "cam".into(),
+            },
+            file: HookFile {
+                base: None,
+                path: path.into(),
+            },
+        }
+    }
+
+    /// A panic while reading one file once ended the tracker for every project, and the
+    /// step, given back at start, panicked again after every restart. Now it fails that
+    /// step alone: its stream goes on, and so does every other source.
+    #[tokio::test]
+    async fn a_step_that_panics_is_failed_and_nothing_else_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let (master, _) = MasterKey::generate();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), master).await.unwrap());
+        let (a, b) = (source("pa"), source("pb"));
+        store.insert_source(&a).await.unwrap();
+        store.insert_source(&b).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        let hooks = [
+            (a.clone(), done("/rec/boom.flv")),
+            (a.clone(), done("/rec/after.flv")),
+            (b.clone(), done("/rec/good.flv")),
+        ];
+        store.apply_hooks(&hooks, now).await.unwrap();
+        let tracker = Tracker::new(
+            store.clone(),
+            Exploding,
+            Arc::new(Notify::new()),
+            Arc::new(Notify::new()),
+        );
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(tracker.run(cancel.clone()));
+        let view = |project: &RecordingSource| {
+            let (store, project) = (store.clone(), project.clone());
+            async move {
+                store
+                    .get_source(&project.project_id, &project.id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let (va, vb) = (view(&a).await, view(&b).await);
+                if va.files_waiting == 0 && vb.files_waiting == 0 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("every file is done although one read panicked");
+        let va = view(&a).await;
+        let error = va
+            .last_error
+            .expect("the panicked file is the source's error");
+        assert_eq!(error.file, "/rec/boom.flv");
+        assert_eq!(error.message, READING_FAILED);
+        assert!(view(&b).await.last_error.is_none());
+        assert!(!run.is_finished(), "the tracker still runs");
+        cancel.cancel();
+        run.await.unwrap();
+    }
+
+    /// A round once waited for every file it had taken (`join_all`) before ingesting any:
+    /// one file that kept ffprobe busy held back every other project's events. Each step
+    /// is now ingested as soon as it is done.
+    #[tokio::test]
+    async fn a_slow_file_holds_back_no_other_project() {
+        let dir = tempfile::tempdir().unwrap();
+        let (master, _) = MasterKey::generate();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), master).await.unwrap());
+        let (a, b) = (source("pa"), source("pb"));
+        store.insert_source(&a).await.unwrap();
+        store.insert_source(&b).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        let hooks = [
+            (a.clone(), done("/rec/slow.flv")),
+            (b.clone(), done("/rec/one.flv")),
+        ];
+        store.apply_hooks(&hooks, now).await.unwrap();
+        // B's next file arrives while A's is still being read.
+        let tracker = Tracker::new(
+            store.clone(),
+            Exploding,
+            Arc::new(Notify::new()),
+            Arc::new(Notify::new()),
+        );
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(tracker.run(cancel.clone()));
+        let files_waiting = |s: &RecordingSource| {
+            let (store, s) = (store.clone(), s.clone());
+            async move {
+                store
+                    .get_source(&s.project_id, &s.id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .files_waiting
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while files_waiting(&b).await > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("B's file is reported while A's is still read");
+        assert_eq!(
+            files_waiting(&a).await,
+            1,
+            "A's slow file is still being read"
+        );
+        cancel.cancel();
+        run.await.unwrap();
+    }
+
+    /// A step whose reading ended its tracker (a kill during ffprobe, say) was given back
+    /// at every start and taken forever. After a few claims it is failed instead.
+    #[tokio::test]
+    async fn a_step_that_keeps_ending_its_tracker_is_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (master, _) = MasterKey::generate();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), master).await.unwrap());
+        let a = source("pa");
+        store.insert_source(&a).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        store
+            .apply_hooks(&[(a.clone(), done("/rec/crash.flv"))], now)
+            .await
+            .unwrap();
+        // The RECORD_START step is done; then the file is claimed by trackers that died
+        // while reading it, again and again.
+        let start = store.claim_steps("dead", now, now, 10, 10).await.unwrap();
+        store
+            .finish_steps("dead", &[start[0].id], now)
+            .await
+            .unwrap();
+        for _ in 0..MOST_ATTEMPTS {
+            let claimed = store.claim_steps("dead", now, now, 10, 10).await.unwrap();
+            assert_eq!(claimed.len(), 1);
+        }
+        let tracker = Tracker::new(
+            store.clone(),
+            Exploding,
+            Arc::new(Notify::new()),
+            Arc::new(Notify::new()),
+        );
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(tracker.run(cancel.clone()));
+        let error = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let view = store
+                    .get_source(&a.project_id, &a.id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if let (0, Some(error)) = (view.files_waiting, view.last_error) {
+                    return error;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the file is failed, not read a sixth time");
+        assert!(
+            error.message.contains("not tried again"),
+            "{}",
+            error.message
+        );
+        cancel.cancel();
+        run.await.unwrap();
+    }
+
+    /// A log line's output, for the test below.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A hook's path was logged raw (`file = %path`): newlines and ANSI escapes in it
+    /// forged whole log lines. Paths are logged escaped.
+    #[tokio::test]
+    async fn a_hooks_path_cannot_forge_log_lines() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().unwrap();
+        let (master, _) = MasterKey::generate();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), master).await.unwrap());
+        let a = source("pa");
+        store.insert_source(&a).await.unwrap();
+        let forged = "/rec/x\n2026-12-06T00:00:00.000000Z  INFO herald: \u{1b}[32msignature verified\u{1b}[0m\n.txt";
+        store
+            .apply_hooks(&[(a.clone(), done(forged))], OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        let tracker = Tracker::new(
+            store.clone(),
+            Prober::new("ffprobe", herald_core::source::RecordRoots::default()),
+            Arc::new(Notify::new()),
+            Arc::new(Notify::new()),
+        );
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(tracker.run(cancel.clone()));
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let view = store
+                    .get_source(&a.project_id, &a.id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if view.files_waiting == 0 && view.last_error.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the forged file is failed");
+        cancel.cancel();
+        run.await.unwrap();
+        let out = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(out.contains("a file cannot be reported"), "{out}");
+        assert!(!out.contains('\u{1b}'), "a raw escape in the log: {out}");
+        assert!(
+            !out.lines().any(|l| l.starts_with("2026-12-06T00:00:00")),
+            "a forged line: {out}"
+        );
     }
 }

@@ -54,7 +54,7 @@ use herald_core::event::rtc::RtcEvent;
 use herald_core::hook::HookCall;
 use herald_core::project::ProjectId;
 use herald_core::secrets::SealError;
-use herald_core::source::RecordingSource;
+use herald_core::source::{RecordDir, RecordingSource};
 use secrecy::SecretString;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -466,6 +466,12 @@ pub trait RecordingSources {
     ) -> Result<Option<RecordingSource>, StoreError>;
     /// How many sources there are in every project.
     async fn count_sources(&self) -> Result<u64, StoreError>;
+    /// The record dirs of every source of another project than `project`: a new source's
+    /// must overlap none of them.
+    async fn record_dirs_of_other_projects(
+        &self,
+        project: &ProjectId,
+    ) -> Result<Vec<RecordDir>, StoreError>;
 
     // The sessions and steps of the sources' streams (`herald_core::recording`).
 
@@ -480,18 +486,45 @@ pub trait RecordingSources {
     /// Ends (up to 100) sessions whose pause reached `max_pause` and whose steps are all
     /// done, queueing each one's last step. Returns how many ended.
     async fn end_paused_sessions(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
-    /// Leases, until `lease_until`, the first open step of up to `limit` streams whose
-    /// first step is due and not leased: one stream's steps are taken in order, one by one.
+    /// Leases to `owner` (a tracker), until `lease_until`, the first open step of up to
+    /// `limit` streams whose first step is due and not leased, of which at most `files`
+    /// are finished files to read: one stream's steps are taken in order, one by one, and
+    /// each source's first before any source's second. Each claim counts as one of the
+    /// step's attempts.
     async fn claim_steps(
         &self,
+        owner: &str,
         now: OffsetDateTime,
         lease_until: OffsetDateTime,
         limit: u32,
+        files: u32,
     ) -> Result<Vec<ClaimedStep>, StoreError>;
-    /// Marks steps done, in one commit; each one's stream's next step becomes its head.
-    async fn finish_steps(&self, ids: &[i64], now: OffsetDateTime) -> Result<(), StoreError>;
-    /// Gives a step back, to be taken again at `due_at` (ffprobe missing, say).
-    async fn postpone_step(&self, id: i64, due_at: OffsetDateTime) -> Result<(), StoreError>;
+    /// Marks `owner`'s steps done, in one commit; each one's stream's next step becomes
+    /// its head. A step whose lease another tracker has taken since is left to it; returns
+    /// how many were marked.
+    async fn finish_steps(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError>;
+    /// Gives `owner`'s step back, to be taken again at `due_at` (ffprobe missing, say),
+    /// without counting the attempt. Nothing when another tracker holds it now.
+    async fn postpone_step(
+        &self,
+        owner: &str,
+        id: i64,
+        due_at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// Extends `owner`'s leases of steps still in progress to `lease_until`, so that
+    /// leases can be short and a dead tracker's steps are taken over soon. Returns the
+    /// ids still leased to `owner`.
+    async fn extend_step_leases(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        lease_until: OffsetDateTime,
+    ) -> Result<Vec<i64>, StoreError>;
     /// Records the last file a source could not report, for its status.
     async fn note_source_error(
         &self,

@@ -53,6 +53,9 @@ pub struct ClaimedStep {
     pub id: i64,
     pub source: RecordingSource,
     pub step: Step,
+    /// How many times the step has been claimed, this claim included (postponements
+    /// aside): a step that keeps ending its tracker (a crash, a kill) is failed after a few.
+    pub attempts: i64,
 }
 
 /// Associated data binding a sealed hook secret to its source.
@@ -161,7 +164,7 @@ impl From<SessionRow> for Session {
 }
 
 const STEP_COLUMNS: &str =
-    "id, source_id, app, stream, job_id, kind, file_no, path, at_ms, hook_key";
+    "id, source_id, app, stream, job_id, kind, file_no, path, at_ms, hook_key, attempts";
 
 #[derive(sqlx::FromRow)]
 struct StepRow {
@@ -175,6 +178,7 @@ struct StepRow {
     path: Option<String>,
     at_ms: i64,
     hook_key: Option<String>,
+    attempts: i64,
 }
 
 impl StepRow {
@@ -329,6 +333,29 @@ where
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    async fn record_dirs_of_other_projects(
+        &self,
+        project: &ProjectId,
+    ) -> Result<Vec<RecordDir>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, record_dir FROM record_sources WHERE project_id <> $1 ORDER BY id",
+        )
+        .bind(project.as_str())
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|(id, dir)| {
+                RecordDir::parse("record_dir", &dir).map_err(|e| {
+                    StoreError::from(CorruptRow {
+                        table: "record_sources",
+                        id,
+                        reason: e.to_string(),
+                    })
+                })
+            })
+            .collect()
+    }
+
     async fn apply_hooks(
         &self,
         hooks: &[(RecordingSource, HookCall)],
@@ -405,27 +432,45 @@ where
 
     async fn claim_steps(
         &self,
+        owner: &str,
         now: OffsetDateTime,
         lease_until: OffsetDateTime,
         limit: u32,
+        files: u32,
     ) -> Result<Vec<ClaimedStep>, StoreError> {
         let mut w = self.queue_tx().await?;
-        // The head of each stream's open steps, if it is due and not leased. The lease
+        // The head of each stream's open steps, if it is due and not leased: each source's
+        // first before any source's second (`turn`), so no source's many streams crowd out
+        // another's, and at most `files` file steps (`nth_file`), so a tracker leases no
+        // more files than it can start reading: the rest stay for other nodes. The lease
         // test is repeated outside the subquery so that PostgreSQL re-checks it on the row
-        // it locks: of two nodes claiming at once, the second finds it leased.
+        // it locks: of two nodes claiming at once, the second finds it leased. The owner
+        // written here is what finishing, postponing and extending check.
         let rows: Vec<StepRow> = sqlx::query_as(&format!(
-            "UPDATE record_steps SET lease_until_ms = $1 WHERE id IN ( \
-                 SELECT t.id FROM record_steps t JOIN ( \
-                     SELECT MIN(id) AS id FROM record_steps WHERE done_at_ms IS NULL \
-                     GROUP BY source_id, app, stream) head ON head.id = t.id \
-                 WHERE t.due_at_ms <= $2 AND (t.lease_until_ms IS NULL OR t.lease_until_ms <= $2) \
-                 ORDER BY t.id LIMIT $3) \
+            "UPDATE record_steps SET lease_until_ms = $1, lease_owner = $4, \
+             attempts = attempts + 1 WHERE id IN ( \
+                 SELECT id FROM ( \
+                     SELECT id, kind, turn, ROW_NUMBER() OVER ( \
+                         PARTITION BY kind = 'file' ORDER BY turn, id) AS nth_of_kind \
+                     FROM ( \
+                         SELECT t.id, t.kind, ROW_NUMBER() OVER ( \
+                             PARTITION BY t.source_id ORDER BY t.id) AS turn \
+                         FROM record_steps t JOIN ( \
+                             SELECT MIN(id) AS id FROM record_steps WHERE done_at_ms IS NULL \
+                             GROUP BY source_id, app, stream) head ON head.id = t.id \
+                         WHERE t.due_at_ms <= $2 \
+                         AND (t.lease_until_ms IS NULL OR t.lease_until_ms <= $2)) due \
+                     ) ranked \
+                 WHERE kind <> 'file' OR nth_of_kind <= $5 \
+                 ORDER BY turn, id LIMIT $3) \
              AND (lease_until_ms IS NULL OR lease_until_ms <= $2) AND done_at_ms IS NULL \
              RETURNING {STEP_COLUMNS}"
         ))
         .bind(unix_ms(lease_until))
         .bind(unix_ms(now))
         .bind(i64::from(limit))
+        .bind(owner)
+        .bind(i64::from(files))
         .fetch_all(&mut *w.tx)
         .await?;
         w.tx.commit().await?;
@@ -451,48 +496,94 @@ where
                     source
                 }
             };
-            let id = row.id;
+            let (id, attempts) = (row.id, row.attempts);
             claimed.push(ClaimedStep {
                 id,
                 source,
                 step: row.into_step()?,
+                attempts,
             });
         }
         Ok(claimed)
     }
 
-    async fn finish_steps(&self, ids: &[i64], now: OffsetDateTime) -> Result<(), StoreError> {
+    async fn finish_steps(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
         let mut w = self.queue_tx().await?;
+        let mut finished = 0;
         for &id in ids {
             // A step without a hook key can never be repeated: it need not be kept.
-            sqlx::query("DELETE FROM record_steps WHERE id = $1 AND hook_key IS NULL RETURNING id")
-                .bind(id)
-                .fetch_optional(&mut *w.tx)
-                .await?;
-            sqlx::query(
-                "UPDATE record_steps SET done_at_ms = $2, lease_until_ms = NULL \
-                 WHERE id = $1 RETURNING id",
+            let gone: Option<i64> = sqlx::query_scalar(
+                "DELETE FROM record_steps WHERE id = $1 AND hook_key IS NULL \
+                 AND lease_owner = $2 AND done_at_ms IS NULL RETURNING id",
+            )
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&mut *w.tx)
+            .await?;
+            let done: Option<i64> = sqlx::query_scalar(
+                "UPDATE record_steps SET done_at_ms = $2, lease_until_ms = NULL, \
+                 lease_owner = NULL WHERE id = $1 AND lease_owner = $3 AND done_at_ms IS NULL \
+                 RETURNING id",
             )
             .bind(id)
             .bind(unix_ms(now))
+            .bind(owner)
             .fetch_optional(&mut *w.tx)
             .await?;
+            finished += u64::from(gone.is_some() || done.is_some());
         }
         w.tx.commit().await?;
-        Ok(())
+        Ok(finished)
     }
 
-    async fn postpone_step(&self, id: i64, due_at: OffsetDateTime) -> Result<(), StoreError> {
+    async fn postpone_step(
+        &self,
+        owner: &str,
+        id: i64,
+        due_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
         let mut w = self.queue_tx().await?;
         sqlx::query(
-            "UPDATE record_steps SET due_at_ms = $2, lease_until_ms = NULL WHERE id = $1 RETURNING id",
+            "UPDATE record_steps SET due_at_ms = $2, lease_until_ms = NULL, lease_owner = NULL, \
+             attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END \
+             WHERE id = $1 AND lease_owner = $3 AND done_at_ms IS NULL RETURNING id",
         )
         .bind(id)
         .bind(unix_ms(due_at))
+        .bind(owner)
         .fetch_optional(&mut *w.tx)
         .await?;
         w.tx.commit().await?;
         Ok(())
+    }
+
+    async fn extend_step_leases(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        lease_until: OffsetDateTime,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut w = self.queue_tx().await?;
+        let mut still = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let kept: Option<i64> = sqlx::query_scalar(
+                "UPDATE record_steps SET lease_until_ms = $2 \
+                 WHERE id = $1 AND lease_owner = $3 AND done_at_ms IS NULL RETURNING id",
+            )
+            .bind(id)
+            .bind(unix_ms(lease_until))
+            .bind(owner)
+            .fetch_optional(&mut *w.tx)
+            .await?;
+            still.extend(kept);
+        }
+        w.tx.commit().await?;
+        Ok(still)
     }
 
     async fn note_source_error(
@@ -537,7 +628,7 @@ where
     async fn release_step_leases(&self) -> Result<u64, StoreError> {
         let mut w = self.queue_tx().await?;
         let released = sqlx::query(
-            "UPDATE record_steps SET lease_until_ms = NULL \
+            "UPDATE record_steps SET lease_until_ms = NULL, lease_owner = NULL \
              WHERE lease_until_ms IS NOT NULL AND done_at_ms IS NULL",
         )
         .execute(&mut *w.tx)
@@ -621,7 +712,7 @@ where
     .fetch_optional(&mut **tx)
     .await?
     .map(Session::from);
-    let repeat = match hook_key(current.as_ref(), call) {
+    let repeat = match hook_key(source, current.as_ref(), call) {
         Some(key) => sqlx::query_scalar::<_, i64>(
             "SELECT id FROM record_steps WHERE source_id = $1 AND hook_key = $2",
         )

@@ -62,6 +62,191 @@ async fn run_suite(store: &dyn Store) {
     the_rescuer_honours_the_attempt_limit(store).await;
     recording_steps_go_stream_by_stream_in_order(store).await;
     a_session_that_wrote_no_file_ends_saying_so(store).await;
+    a_step_taken_over_belongs_to_its_new_owner(store).await;
+    a_claim_takes_sources_in_turn_and_only_the_files_it_can_read(store).await;
+}
+
+/// Claims once took every due step oldest first, up to 64, files included: one source
+/// with many streams came before every other, and a node leased files it would only
+/// read much later while other nodes idled. Now each source's first step comes before
+/// any source's second, and at most `files` files are leased.
+async fn a_claim_takes_sources_in_turn_and_only_the_files_it_can_read(store: &dyn Store) {
+    use herald_core::hook::{HookCall, HookFile, StreamKey};
+    use herald_core::recording::StepKind;
+    use herald_core::source::{RecordingSource, SourceSpec};
+    let t0 = datetime!(2026-12-04 08:00 UTC);
+    let make = |dir: &str, secret: &str| {
+        RecordingSource {
+        id: RecordingSource::new_id(),
+        project_id: project("turns"),
+        spec: SourceSpec::parse(
+            format!(r#"{{"engine": "srs", "publish_domain": "push.example.com", "record_dir": "{dir}"}}"#)
+                .as_bytes(),
+        )
+        .unwrap(),
+        secret: SecretString::from(secret.to_owned()),
+        created_at: t0,
+    }
+    };
+    let (busy, quiet) = (
+        make("/rec/busy", "hooksecret-busy-0123456789abcdef"),
+        make("/rec/quiet", "hooksecret-quiet-0123456789abcdef"),
+    );
+    store.insert_source(&busy).await.unwrap();
+    store.insert_source(&quiet).await.unwrap();
+    let file = |stream: &str, dir: &str| HookCall::FileDone {
+        stream: StreamKey {
+            app: "live".into(),
+            stream: stream.into(),
+        },
+        file: HookFile {
+            base: None,
+            path: format!("{dir}/{stream}.flv"),
+        },
+    };
+    for stream in ["a", "b", "c"] {
+        apply(store, &busy, file(stream, "/rec/busy"), t0).await;
+    }
+    apply(store, &quiet, file("q", "/rec/quiet"), t0).await;
+    let mine = |claimed: &[herald_store::ClaimedStep]| -> Vec<(String, StepKind)> {
+        claimed
+            .iter()
+            .filter(|c| c.source.id == busy.id || c.source.id == quiet.id)
+            .map(|c| (c.step.stream.stream.clone(), c.step.kind))
+            .collect()
+    };
+    // The four RECORD_START steps: no file among them.
+    let starts = store
+        .claim_steps("n", t0, t0 + secs(60), 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(mine(&starts).len(), 4, "{:?}", mine(&starts));
+    assert!(mine(&starts).iter().all(|(_, k)| *k == StepKind::Start));
+    let ids: Vec<i64> = starts.iter().map(|c| c.id).collect();
+    store.finish_steps("n", &ids, t0).await.unwrap();
+    // Now four files are due: two are leased, the busy source's first and the quiet one's.
+    let files = store
+        .claim_steps("n", t0, t0 + secs(60), 10, 2)
+        .await
+        .unwrap();
+    let mut got: Vec<String> = mine(&files).into_iter().map(|(s, _)| s).collect();
+    got.sort();
+    assert_eq!(got, ["a", "q"]);
+    let rest = store
+        .claim_steps("m", t0, t0 + secs(60), 10, 5)
+        .await
+        .unwrap();
+    let mut got: Vec<String> = mine(&rest).into_iter().map(|(s, _)| s).collect();
+    got.sort();
+    assert_eq!(got, ["b", "c"]);
+    assert!(store.delete_source(None, &busy.id).await.unwrap());
+    assert!(store.delete_source(None, &quiet.id).await.unwrap());
+}
+
+/// Steps were leased but not owned: a node whose lease ran out could postpone (or finish)
+/// a step another node had taken over, clearing that node's lease. Now finishing,
+/// postponing and extending check the owner; claims count attempts, postponing does not.
+async fn a_step_taken_over_belongs_to_its_new_owner(store: &dyn Store) {
+    use herald_core::hook::{HookCall, HookFile, StreamKey};
+    use herald_core::source::{RecordingSource, SourceSpec};
+    let t0 = datetime!(2026-12-03 08:00 UTC);
+    let source = RecordingSource {
+        id: RecordingSource::new_id(),
+        project_id: project("owners"),
+        spec: SourceSpec::parse(
+            br#"{"engine": "srs", "publish_domain": "push.example.com", "record_dir": "/rec/owners"}"#,
+        )
+        .unwrap(),
+        secret: SecretString::from("hooksecret-owners-0123456789abcdef"),
+        created_at: t0,
+    };
+    store.insert_source(&source).await.unwrap();
+    let file = HookCall::FileDone {
+        stream: StreamKey {
+            app: "live".into(),
+            stream: "own".into(),
+        },
+        file: HookFile {
+            base: None,
+            path: "/rec/owners/a.flv".into(),
+        },
+    };
+    // Publish-less file: RECORD_START then the file.
+    assert_eq!(apply(store, &source, file, t0).await, 2);
+    let start = store
+        .claim_steps("a", t0, t0 + secs(60), 10, 10)
+        .await
+        .unwrap();
+    let start = start.iter().find(|c| c.source.id == source.id).unwrap();
+    assert_eq!(start.attempts, 1);
+    assert_eq!(
+        store.finish_steps("b", &[start.id], t0).await.unwrap(),
+        0,
+        "not b's"
+    );
+    assert_eq!(store.finish_steps("a", &[start.id], t0).await.unwrap(), 1);
+    let claimed = store
+        .claim_steps("a", t0, t0 + secs(60), 10, 10)
+        .await
+        .unwrap();
+    let step = claimed
+        .iter()
+        .find(|c| c.source.id == source.id)
+        .unwrap()
+        .clone();
+    assert_eq!(step.attempts, 1);
+    // a's lease runs out; b takes the step over.
+    let later = t0 + secs(61);
+    assert_eq!(
+        store
+            .extend_step_leases("a", &[step.id], later + secs(60))
+            .await
+            .unwrap(),
+        vec![step.id],
+        "a still owns it until someone takes it"
+    );
+    let taken = store
+        .claim_steps("b", later + secs(61), later + secs(121), 10, 10)
+        .await
+        .unwrap();
+    let taken = taken
+        .iter()
+        .find(|c| c.id == step.id)
+        .expect("b takes the expired step");
+    assert_eq!(taken.attempts, 2);
+    let now = later + secs(62);
+    // a's late calls change nothing: b keeps its lease.
+    store
+        .postpone_step("a", step.id, now + secs(300))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .extend_step_leases("a", &[step.id], now + secs(600))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.finish_steps("a", &[step.id], now).await.unwrap(), 0);
+    assert!(
+        store
+            .claim_steps("c", now, now + secs(60), 10, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.id != step.id),
+        "still leased to b"
+    );
+    // b's postponement does not count as an attempt.
+    store.postpone_step("b", step.id, now).await.unwrap();
+    let again = store
+        .claim_steps("c", now, now + secs(60), 10, 10)
+        .await
+        .unwrap();
+    let again = again.iter().find(|c| c.id == step.id).unwrap();
+    assert_eq!(again.attempts, 2);
+    assert_eq!(store.finish_steps("c", &[step.id], now).await.unwrap(), 1);
+    assert!(store.delete_source(None, &source.id).await.unwrap());
 }
 
 /// A session that announced a file and ended without finishing one (the media server
@@ -91,14 +276,14 @@ async fn a_session_that_wrote_no_file_ends_saying_so(store: &dyn Store) {
     apply(store, &source, HookCall::Unpublish(key), t0).await;
     let lease = t0 + secs(60);
     loop {
-        let steps = store.claim_steps(t0, lease, 10).await.unwrap();
+        let steps = store.claim_steps("n", t0, lease, 10, 10).await.unwrap();
         let mine: Vec<i64> = steps
             .iter()
             .filter(|s| s.source.id == source.id)
             .map(|s| s.id)
             .collect();
         store
-            .finish_steps(&steps.iter().map(|s| s.id).collect::<Vec<_>>(), t0)
+            .finish_steps("n", &steps.iter().map(|s| s.id).collect::<Vec<_>>(), t0)
             .await
             .unwrap();
         if mine.is_empty() {
@@ -108,7 +293,7 @@ async fn a_session_that_wrote_no_file_ends_saying_so(store: &dyn Store) {
     let over_at = t0 + secs(10);
     assert!(store.end_paused_sessions(over_at).await.unwrap() >= 1);
     let over = store
-        .claim_steps(over_at, over_at + secs(60), 10)
+        .claim_steps("n", over_at, over_at + secs(60), 10, 10)
         .await
         .unwrap();
     let over = over
@@ -117,7 +302,7 @@ async fn a_session_that_wrote_no_file_ends_saying_so(store: &dyn Store) {
         .expect("the session's over step");
     assert_eq!(over.step.kind, StepKind::Over);
     assert_eq!(over.step.file_no, 1, "one file announced, none written");
-    store.finish_steps(&[over.id], over_at).await.unwrap();
+    store.finish_steps("n", &[over.id], over_at).await.unwrap();
     let view = store
         .get_source(&project("nofile"), &source.id)
         .await
@@ -208,17 +393,21 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
             .map(|c| (c.step.stream.stream.clone(), c.step.kind))
             .collect()
     };
-    let first = store.claim_steps(t0, lease, 10).await.unwrap();
+    let first = store.claim_steps("n1", t0, lease, 10, 10).await.unwrap();
     assert_eq!(
         kinds(&first),
         [("a".into(), StepKind::Start), ("b".into(), StepKind::Start)]
     );
     assert!(
-        store.claim_steps(t0, lease, 10).await.unwrap().is_empty(),
+        store
+            .claim_steps("n1", t0, lease, 10, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "leased heads block their streams"
     );
-    store.finish_steps(&[first[0].id], t0).await.unwrap();
-    let next = store.claim_steps(t0, lease, 10).await.unwrap();
+    store.finish_steps("n1", &[first[0].id], t0).await.unwrap();
+    let next = store.claim_steps("n1", t0, lease, 10, 10).await.unwrap();
     assert_eq!(kinds(&next), [("a".into(), StepKind::FileStart)]);
     assert_eq!(next[0].step.file_no, 1);
     assert_eq!(apply(store, &source, done("/rec/a-1.flv"), t0).await, 2);
@@ -237,7 +426,7 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
     assert_eq!((view.open_sessions, view.files_waiting), (2, 1));
     // A lease that runs out lets another tracker take the step (the same step again).
     let retaken = store
-        .claim_steps(lease, lease + secs(60), 10)
+        .claim_steps("n1", lease, lease + secs(60), 10, 10)
         .await
         .unwrap();
     assert_eq!(
@@ -248,10 +437,10 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
         ]
     );
     for step in &retaken {
-        store.finish_steps(&[step.id], t1).await.unwrap();
+        store.finish_steps("n1", &[step.id], t1).await.unwrap();
     }
     // Across streams, oldest first.
-    let file = store.claim_steps(t1, lease, 10).await.unwrap();
+    let file = store.claim_steps("n1", t1, lease, 10, 10).await.unwrap();
     assert_eq!(
         kinds(&file),
         [
@@ -259,8 +448,11 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
             ("a".into(), StepKind::File)
         ]
     );
-    store.finish_steps(&[file[0].id], t1).await.unwrap();
-    store.postpone_step(file[1].id, t1 + secs(5)).await.unwrap();
+    store.finish_steps("n1", &[file[0].id], t1).await.unwrap();
+    store
+        .postpone_step("n1", file[1].id, t1 + secs(5))
+        .await
+        .unwrap();
     assert_eq!(
         store.next_recording_wake(t1).await.unwrap(),
         Some(t1 + secs(5))
@@ -269,14 +461,17 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
     let over_at = t1 + secs(10);
     assert_eq!(store.end_paused_sessions(over_at).await.unwrap(), 0);
     let file = store
-        .claim_steps(over_at, over_at + secs(60), 10)
+        .claim_steps("n1", over_at, over_at + secs(60), 10, 10)
         .await
         .unwrap();
     assert_eq!(kinds(&file), [("a".into(), StepKind::File)]);
     assert_eq!(file[0].step.path.as_deref(), Some("/rec/a-1.flv"));
-    store.finish_steps(&[file[0].id], over_at).await.unwrap();
+    store
+        .finish_steps("n1", &[file[0].id], over_at)
+        .await
+        .unwrap();
     let last = store
-        .claim_steps(over_at, over_at + secs(60), 10)
+        .claim_steps("n1", over_at, over_at + secs(60), 10, 10)
         .await
         .unwrap();
     assert_eq!(
@@ -284,16 +479,22 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
         [("a".into(), StepKind::FileStart)],
         "opened after the file"
     );
-    store.finish_steps(&[last[0].id], over_at).await.unwrap();
+    store
+        .finish_steps("n1", &[last[0].id], over_at)
+        .await
+        .unwrap();
     assert_eq!(store.end_paused_sessions(over_at).await.unwrap(), 1);
     let over = store
-        .claim_steps(over_at, over_at + secs(60), 10)
+        .claim_steps("n1", over_at, over_at + secs(60), 10, 10)
         .await
         .unwrap();
     assert_eq!(kinds(&over), [("a".into(), StepKind::Over)]);
     assert_eq!(over[0].step.job_id, first[0].step.job_id);
     assert_eq!(over[0].step.file_no, 0, "a wrote a file");
-    store.finish_steps(&[over[0].id], over_at).await.unwrap();
+    store
+        .finish_steps("n1", &[over[0].id], over_at)
+        .await
+        .unwrap();
     // Hooks that share a commit see each other's changes, in order.
     let c_done = HookCall::FileDone {
         stream: key("c"),
@@ -340,7 +541,7 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
     );
     assert!(
         store
-            .claim_steps(over_at, over_at + secs(60), 10)
+            .claim_steps("n1", over_at, over_at + secs(60), 10, 10)
             .await
             .unwrap()
             .is_empty()

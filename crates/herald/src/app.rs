@@ -252,7 +252,7 @@ pub async fn start_with(settings: &Settings, tasks: Supervisor) -> anyhow::Resul
         }
         store.release_step_leases().await?;
     }
-    let prober = Prober::new(&settings.ffprobe);
+    let prober = Prober::new(&settings.ffprobe, settings.record_roots.clone());
     warn_without_ffprobe(store.as_ref(), &prober).await?;
     let wake = Arc::new(Notify::new());
     let recordings = Arc::new(Notify::new());
@@ -272,6 +272,7 @@ pub async fn start_with(settings: &Settings, tasks: Supervisor) -> anyhow::Resul
         worker_stopped: worker_stopped.clone(),
         tasks: tasks.clone(),
         public_url,
+        record_roots: Arc::new(settings.record_roots.clone()),
         recordings: recordings.clone(),
         max_per_project,
     });
@@ -343,13 +344,20 @@ fn remember_public_url(settings: &Settings, public_url: &str) {
     }
 }
 
-/// ffprobe is a run-time dependency of recording sources: say so at start-up when one
-/// exists and ffprobe does not run (files then wait to be read; nothing is lost).
+/// ffprobe and a record root are run-time needs of recording sources: say so at start-up
+/// when one exists and ffprobe does not run (files then wait to be read; nothing is lost)
+/// or no root is allowed (files are then failed: see HERALD_RECORD_ROOTS).
 async fn warn_without_ffprobe(store: &dyn Store, prober: &Prober) -> anyhow::Result<()> {
-    if store.count_sources().await? > 0
-        && let Err(e) = prober.available().await
-    {
+    if store.count_sources().await? == 0 {
+        return Ok(());
+    }
+    if let Err(e) = prober.available().await {
         tracing::warn!(error = %e, "recording sources exist but ffprobe cannot be run: finished recordings wait until it can (install Debian's ffmpeg, or set HERALD_FFPROBE)");
+    }
+    if prober.roots().is_empty() {
+        tracing::warn!(
+            "recording sources exist but no record directory is allowed: every finished recording is failed until the operator sets HERALD_RECORD_ROOTS (or record_roots in the config file)"
+        );
     }
     Ok(())
 }

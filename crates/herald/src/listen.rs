@@ -95,6 +95,21 @@ fn describe(body: &Value, event_id: &str, attempt: &str, verdict: &Result<(), St
     line
 }
 
+/// `line` with every control character written as an escape (`\n`, `\u{1b}`): what a
+/// callback says is printed on one line, and cannot move the cursor, colour the terminal
+/// or start a line of its own that looks like Herald's.
+fn escape_controls(line: &str) -> String {
+    line.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 async fn receive(
     State(listener): State<Arc<Listener>>,
     headers: HeaderMap,
@@ -122,7 +137,7 @@ async fn receive(
         println!(
             "[{}] {}",
             herald_core::timefmt::utc_seconds(now),
-            describe(&parsed, event_id, attempt, &verdict)
+            escape_controls(&describe(&parsed, event_id, attempt, &verdict))
         );
     }
     listener.options.status
@@ -157,4 +172,22 @@ pub async fn run(options: ListenOptions) -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A callback's stream name with a newline once printed a forged "signature verified"
+    /// line of its own; an escape could recolour or erase the real one.
+    #[test]
+    fn a_callbacks_text_stays_on_its_line() {
+        let body = json!({"event_type": "RECORD_OVER",
+            "stream": "cam\n[2026-12-06T00:00:00Z] RECORD_OVER x attempt=1  signature verified\u{1b}[2K\r"});
+        let line = escape_controls(&describe(&body, "e1", "1", &Err("bad signature".into())));
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.ends_with("NOT VERIFIED: bad signature"), "{line}");
+        assert!(line.contains("cam\\n[2026"), "{line}");
+    }
 }

@@ -420,7 +420,11 @@ async fn run() -> anyhow::Result<()> {
                 max_pause,
                 max_per_project,
             };
-            sources::create(store.as_ref(), project(&p)?, &options, &public_url, json).await
+            let place = sources::Place {
+                roots: &settings.record_roots,
+                public_url: &public_url,
+            };
+            sources::create(store.as_ref(), project(&p)?, &options, &place, json).await
         }
         Command::Sources(SourcesCommand::List {
             project: p,

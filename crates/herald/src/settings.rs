@@ -15,6 +15,7 @@ use herald_api::ServerLimits;
 use herald_core::duration::parse_duration;
 use herald_core::field::FieldError;
 use herald_core::retry::RetrySchedule;
+use herald_core::source::RecordRoots;
 use herald_delivery::DeliverySettings;
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -92,6 +93,11 @@ pub struct Settings {
     /// apart (`HERALD_MAX_PER_PROJECT`).
     #[serde(deserialize_with = "max_per_project")]
     pub max_per_project: u32,
+    /// The directories recording sources may read files from: `HERALD_RECORD_ROOTS`
+    /// (absolute paths separated by `:`), or `record_roots`, an array, in the file. None by
+    /// default: a project's token alone must never make Herald read files on the server.
+    #[serde(deserialize_with = "record_roots")]
+    pub record_roots: RecordRoots,
     /// Access keys listed in the config file, beside those created by the CLI.
     pub credentials: Vec<StaticAccessKey>,
     /// Tokens listed in the config file.
@@ -137,6 +143,7 @@ impl Default for Settings {
             body_read_timeout: ServerLimits::default().body_read_timeout,
             max_connections: 256,
             max_per_project: 1000,
+            record_roots: RecordRoots::default(),
             credentials: Vec::new(),
             tokens: Vec::new(),
         }
@@ -337,6 +344,7 @@ pub const SETTINGS_FROM_ENV: &[&str] = &[
     "body_read_timeout",
     "max_connections",
     "max_per_project",
+    "record_roots",
 ];
 
 /// `HERALD_*` variables read elsewhere: by the CLI's flags (`HERALD_CONFIG`, `herald listen`'s
@@ -401,6 +409,22 @@ pub fn warn_about_unknown_variables() {
             None => tracing::warn!("{name} is not a Herald setting and is ignored"),
         }
     }
+}
+
+/// `/a:/b` from the environment, `["/a", "/b"]` from the file.
+fn record_roots<'de, D: Deserializer<'de>>(d: D) -> Result<RecordRoots, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Text(String),
+        List(Vec<String>),
+    }
+    const NAME: &str = "HERALD_RECORD_ROOTS";
+    match Written::deserialize(d)? {
+        Written::Text(text) => RecordRoots::parse_list(NAME, &text),
+        Written::List(list) => RecordRoots::from_paths(NAME, list.iter().map(String::as_str)),
+    }
+    .map_err(serde::de::Error::custom)
 }
 
 /// Flags given on the command line; `None` leaves the lower layers' value.
@@ -706,6 +730,32 @@ mod tests {
             .iter()
             .map(|n| format!("HERALD_{}", n.to_ascii_uppercase()));
         assert!(unknown_variables(every).is_empty());
+    }
+
+    #[test]
+    fn record_roots_come_from_the_environment_or_the_file() {
+        figment::Jail::expect_with(|jail| {
+            let s = Settings::load(None, &FlagOverrides::default()).map_err(|e| *e)?;
+            assert!(s.record_roots.is_empty(), "none by default");
+            jail.create_file(
+                "herald.toml",
+                r#"record_roots = ["/srv/rec", "/data/media"]"#,
+            )?;
+            let s = Settings::load(Some(Path::new("herald.toml")), &FlagOverrides::default())
+                .map_err(|e| *e)?;
+            let roots: Vec<&str> = s.record_roots.iter().map(|r| r.as_str()).collect();
+            assert_eq!(roots, ["/srv/rec", "/data/media"]);
+            jail.set_env("HERALD_RECORD_ROOTS", "/var/lib/rec:/mnt/media");
+            let s = Settings::load(Some(Path::new("herald.toml")), &FlagOverrides::default())
+                .map_err(|e| *e)?;
+            let roots: Vec<&str> = s.record_roots.iter().map(|r| r.as_str()).collect();
+            assert_eq!(roots, ["/var/lib/rec", "/mnt/media"]);
+            Ok(())
+        });
+        for bad in ["rec", "/srv/../etc", "/"] {
+            let message = refused("HERALD_RECORD_ROOTS", bad);
+            assert!(message.contains("HERALD_RECORD_ROOTS"), "{bad}: {message}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use herald_api::sources::{SourceJson, create_source};
 use herald_core::project::ProjectId;
-use herald_core::source::SourceSpec;
+use herald_core::source::{RecordRoots, SourceSpec};
 use herald_store::{Page, SourceView, Store};
 
 /// The options of `herald sources create`, as typed.
@@ -17,12 +17,19 @@ pub struct CreateOptions {
     pub max_per_project: u64,
 }
 
+/// Where a source created from the command line lives: the operator's record roots and
+/// the base of its hook URL, both from the settings.
+pub struct Place<'a> {
+    pub roots: &'a RecordRoots,
+    pub public_url: &'a str,
+}
+
 /// Creates a source and prints it with its hook URL.
 pub async fn create(
     store: &dyn Store,
     project: ProjectId,
     options: &CreateOptions,
-    public_url: &str,
+    place: &Place<'_>,
     as_json: bool,
 ) -> anyhow::Result<()> {
     let spec = SourceSpec::from_fields(
@@ -34,10 +41,10 @@ pub async fn create(
         options.max_pause.as_deref(),
     )
     .map_err(|e| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.rule))?;
-    let view = create_source(store, project, spec, options.max_per_project)
+    let view = create_source(store, place.roots, project, spec, options.max_per_project)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    print(&view, public_url, as_json)?;
+    print(&view, place.public_url, as_json)?;
     if !std::path::Path::new(&options.record_dir).is_dir() {
         // Created anyway: the media server may make it. But a dir it cannot make or write
         // fails in its own log only ("Permission denied"), so say it here.

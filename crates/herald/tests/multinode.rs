@@ -300,3 +300,106 @@ async fn a_node_killed_mid_load_loses_nothing() {
     assert!(accepted_by_a > 0);
     assert_stream_order(&arrivals);
 }
+
+/// A recording step was leased for 15 minutes: when the node reading a file was killed,
+/// the file's callback waited that long for another node. Leases are now short and renewed
+/// while a file is read, so the other node reports the file within a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_whose_reader_was_killed_is_reported_by_another_node_within_a_minute() {
+    let Some(cluster) = Cluster::new().await else {
+        return;
+    };
+    common::media::require_tools();
+    let receiver = Receiver::ok().await;
+    // Node A's ffprobe says it runs, then reads forever; it marks when it starts reading.
+    let tools = tempfile::tempdir().unwrap();
+    let mark = tools.path().join("reading");
+    let stuck = tools.path().join("ffprobe");
+    std::fs::write(
+        &stuck,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *-version*) exit 0;; esac\ntouch '{}'\nexec sleep 120\n",
+            mark.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stuck, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut env_a = cluster.env();
+    env_a.push(("HERALD_FFPROBE", stuck.to_str().unwrap()));
+    let dir_a = tempfile::tempdir().unwrap();
+    let (mut a, base_a) = spawn_serve(
+        dir_a.path(),
+        &["--allow-private-targets"],
+        &env_a,
+        Stdio::inherit(),
+    )
+    .await;
+    let token = cluster.token().await;
+    let http = reqwest::Client::new();
+    create_config(&http, &base_a, &token, &receiver.url()).await;
+    let record_dir = tempfile::tempdir().unwrap();
+    let record_dir = record_dir.path().canonicalize().unwrap();
+    let source: Value = http
+        .post(format!("{base_a}/v1/p1/record/sources"))
+        .header("x-auth-token", &token)
+        .json(
+            &json!({"engine": "nginx-rtmp", "publish_domain": "push.example.com",
+                      "record_dir": record_dir.to_str().unwrap(), "max_pause": "1s"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hook = source["hook_url"].as_str().unwrap().to_owned();
+    let file = record_dir.join("cam-1.flv");
+    common::media::write_recording(&file, common::media::Format::Flv, 2).await;
+    let answer = http
+        .post(&hook)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "app=live&call=record_done&name=cam&path={}",
+            percent_encoding::utf8_percent_encode(
+                file.to_str().unwrap(),
+                percent_encoding::NON_ALPHANUMERIC
+            )
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let reading = Instant::now();
+    while !mark.exists() {
+        assert!(
+            reading.elapsed() < Duration::from_secs(30),
+            "node A never started reading the file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // kill -9 mid-probe; B, with a working ffprobe, takes the step over.
+    a.kill().await.unwrap();
+    let killed = Instant::now();
+    let dir_b = tempfile::tempdir().unwrap();
+    let (_b, _base_b) = spawn_serve(
+        dir_b.path(),
+        &["--allow-private-targets"],
+        &cluster.env(),
+        Stdio::inherit(),
+    )
+    .await;
+    loop {
+        let reported = receiver
+            .received()
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains("RECORD_FILE_COMPLETE"));
+        if reported {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "the file was not reported within a minute of the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -485,6 +485,8 @@ async fn hostile_hooks_are_failed_without_opening_anything_outside_and_repeats_c
     let stub = dir.join("cam-2.flv");
     media::write_frameless_flv(&stub).await;
     std::os::unix::fs::symlink("/etc/hostname", dir.join("escape.flv")).unwrap();
+    // A link to nothing outside is told apart from a link to something by nothing.
+    std::os::unix::fs::symlink("/nonexistent/secret.flv", dir.join("dangling.flv")).unwrap();
     let post = |body: String| {
         let (http, hook) = (live.server.http.clone(), hook.clone());
         async move {
@@ -512,6 +514,7 @@ async fn hostile_hooks_are_failed_without_opening_anything_outside_and_repeats_c
         "/etc/passwd".to_owned(),
         format!("{}/../../etc/passwd", dir.display()),
         dir.join("escape.flv").display().to_string(),
+        dir.join("dangling.flv").display().to_string(),
         dir.join("missing.flv").display().to_string(),
         dir.join("notes.txt").display().to_string(),
     ];
@@ -559,8 +562,17 @@ async fn hostile_hooks_are_failed_without_opening_anything_outside_and_repeats_c
         messages[2].contains("outside the record directory"),
         "a symlink out: {messages:?}"
     );
-    assert!(messages[3].contains("does not exist"), "{messages:?}");
-    assert!(messages[4].contains("not a media file"), "{messages:?}");
+    assert!(
+        messages[3].contains("outside the record directory"),
+        "a dangling symlink out says what a symlink out says: {messages:?}"
+    );
+    assert!(messages[4].contains("does not exist"), "{messages:?}");
+    // Herald's words, never ffprobe's ("Invalid data found when processing input").
+    assert!(
+        messages[5]
+            .ends_with("is not a recording Herald reads (only .flv, .mp4 and .ts files are)"),
+        "{messages:?}"
+    );
     let completes = events
         .iter()
         .filter(|e| e["event_type"] == "RECORD_FILE_COMPLETE")
@@ -576,7 +588,7 @@ async fn hostile_hooks_are_failed_without_opening_anything_outside_and_repeats_c
             &format!("/v1/p1/record/sources/{}", source["id"].as_str().unwrap()),
         )
         .await;
-    assert_eq!(shown["status"]["last_error"]["file"], forged[4], "{shown}");
+    assert_eq!(shown["status"]["last_error"]["file"], forged[5], "{shown}");
 
     // Unknown secret, another engine's path, unreadable hooks, oversized bodies.
     let base = live.server.base.clone();
@@ -670,7 +682,7 @@ async fn sources_are_managed_by_api_and_cli_and_their_input_is_checked() {
             "--publish-domain",
             DOMAIN,
             "--record-dir",
-            "/srv/rec",
+            live.record_dir().join("srs").to_str().unwrap(),
             "--json",
         ])
         .await;
@@ -745,9 +757,260 @@ async fn sources_are_managed_by_api_and_cli_and_their_input_is_checked() {
     assert_eq!(list["total"], 0);
 }
 
+/// A container that claimed ~3.9e11 s made the tracker panic: it ended silently, and
+/// every project's files waited forever. Such a file is now RECORD_FAILED with a reason,
+/// and the tracker goes on (the session still ends).
+#[tokio::test]
+async fn a_file_with_an_absurd_duration_is_failed_and_stops_nothing() {
+    let tools = tempfile::tempdir().unwrap();
+    let lying = tools.path().join("ffprobe");
+    std::fs::write(
+        &lying,
+        "#!/bin/sh
+case \"$*\" in *-version*) exit 0;; esac
+cat >/dev/null
+\
+         echo '{\"streams\": [{\"codec_type\": \"video\", \"width\": 640, \"height\": 360, \"nb_read_packets\": \"50\"}], \"format\": {\"format_name\": \"flv\", \"duration\": \"390000000000.0\"}}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&lying, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut live = Live::start().await;
+    // The same project and config, on a server whose ffprobe lies about durations.
+    live.server = TestServer::start_with(|s| {
+        s.allow_private_targets = true;
+        s.ffprobe = lying.clone();
+    })
+    .await;
+    live.token = live.server.token("p1").await;
+    let (status, body) = live
+        .server
+        .post_with_token(
+            &live.token,
+            "/v1/p1/record/callbacks",
+            &json!({"publish_domain": DOMAIN, "app": "*", "notify_callback_url": live.receiver.url(),
+                    "notify_event_subscription": ALL_LIVE, "sign_type": "HMACSHA256", "key": KEY}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let source = live.source("nginx-rtmp", "1s").await;
+    let hook = source["hook_url"].as_str().unwrap().to_owned();
+    let file = live.record_dir().join("cam-1.flv");
+    std::fs::write(&file, b"FLV, or so it says").unwrap();
+    let post = |body: String| {
+        live.server
+            .http
+            .post(&hook)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        post("app=live&call=publish&name=cam".into())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let done = format!(
+        "app=live&call=record_done&name=cam&path={}",
+        percent_encoding::utf8_percent_encode(
+            file.to_str().unwrap(),
+            percent_encoding::NON_ALPHANUMERIC
+        )
+    );
+    assert_eq!(post(done).await.unwrap().status(), 200);
+    assert_eq!(
+        post("app=live&call=publish_done&name=cam".into())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let events = live.wait_for_type("RECORD_OVER").await;
+    let failed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event_type"] == "RECORD_FAILED")
+        .collect();
+    assert_eq!(failed.len(), 1, "{events:?}");
+    let message = failed[0]["error_message"].as_str().unwrap();
+    assert!(message.contains("more than any recording"), "{message}");
+}
+
+/// ffprobe once opened whatever absolute paths an HLS playlist or a concat list in the
+/// record dir listed. Only the containers the engines write are read now, each with its
+/// demuxer forced, so a playlist reaches nothing, whatever its name.
+#[tokio::test]
+async fn playlists_cannot_lead_ffprobe_out_of_the_record_dir() {
+    media::require_tools();
+    let live = Live::start().await;
+    let source = live.source("nginx-rtmp", "1s").await;
+    let hook = source["hook_url"].as_str().unwrap().to_owned();
+    let dir = live.record_dir();
+    // Another project's recording, outside this source's dir.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let theirs = elsewhere.path().canonicalize().unwrap().join("theirs.ts");
+    media::write_recording(&theirs, Format::Ts, 2).await;
+    let playlist = format!(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nfile:{0}\n#EXTINF:2.0,\n{0}\n#EXT-X-ENDLIST\n",
+        theirs.display()
+    );
+    let concat = format!("ffconcat version 1.0\nfile '{}'\n", theirs.display());
+    let files = [
+        ("list.m3u8", playlist.clone()),
+        ("live.m3u8", playlist.replace("#EXT-X-ENDLIST\n", "")),
+        ("list.ffconcat", concat.clone()),
+        ("playlist.ts", playlist),
+        ("concat.mp4", concat),
+    ];
+    for (name, text) in &files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let http = &live.server.http;
+    let post = |body: String| {
+        http.post(&hook)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        post("app=live&call=publish&name=cam".into())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for (name, _) in &files {
+        let path = dir.join(name);
+        let body = format!(
+            "app=live&call=record_done&name=cam&path={}",
+            percent_encoding::utf8_percent_encode(
+                path.to_str().unwrap(),
+                percent_encoding::NON_ALPHANUMERIC
+            )
+        );
+        assert_eq!(post(body).await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        post("app=live&call=publish_done&name=cam".into())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let events = live.wait_for_type("RECORD_OVER").await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["event_type"] == "RECORD_FILE_COMPLETE"),
+        "a playlist was followed out of the record dir: {events:?}"
+    );
+    let failed = events
+        .iter()
+        .filter(|e| e["event_type"] == "RECORD_FAILED")
+        .count();
+    assert_eq!(failed, files.len(), "{events:?}");
+}
+
+/// POSTs an SRS source over `dir` for `project`.
+async fn create(server: &TestServer, token: &str, project: &str, dir: &str) -> (u16, Value) {
+    let body = json!({"engine": "srs", "publish_domain": DOMAIN, "record_dir": dir});
+    server
+        .post_with_token(token, &format!("/v1/{project}/record/sources"), &body)
+        .await
+}
+
+/// A project's token once made Herald open and ffprobe any file on the server (`/`,
+/// `master.key`, another project's recordings). Record dirs are now confined to the
+/// operator's roots, none by default, and no two projects' dirs overlap.
+#[tokio::test]
+async fn record_dirs_are_confined_to_the_operators_roots_and_never_overlap() {
+    let refused = |(status, answer): (u16, Value), why: &str| {
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error_code"], "LIVE.100011001", "{answer}");
+        let message = answer["error_msg"].as_str().unwrap();
+        assert!(message.starts_with("record_dir"), "{answer}");
+        assert!(message.contains(why), "{why}: {answer}");
+    };
+
+    // No roots: every source is refused, and the message says how to allow one.
+    let closed = TestServer::start_with(|s| s.record_roots = Default::default()).await;
+    let token = closed.token("p1").await;
+    refused(
+        create(&closed, &token, "p1", "/").await,
+        "HERALD_RECORD_ROOTS",
+    );
+    let root = tempfile::tempdir().unwrap();
+    let root_path = root.path().canonicalize().unwrap();
+    let root_str = root_path.to_str().unwrap();
+    refused(
+        create(&closed, &token, "p1", root_str).await,
+        "HERALD_RECORD_ROOTS",
+    );
+
+    let server = TestServer::start_with(|s| {
+        s.record_roots =
+            herald_core::source::RecordRoots::parse_list("record_roots", root_str).unwrap();
+    })
+    .await;
+    let (t1, t2) = (server.token("p1").await, server.token("p2").await);
+    for outside in ["/", "/etc", &common::test_record_root()] {
+        refused(create(&server, &t1, "p1", outside).await, root_str);
+    }
+    std::os::unix::fs::symlink("/etc", root_path.join("etc-link")).unwrap();
+    let link = root_path.join("etc-link");
+    refused(
+        create(&server, &t1, "p1", link.to_str().unwrap()).await,
+        "symbolic link",
+    );
+    let p1_dir = root_path.join("p1");
+    let (status, body) = create(&server, &t1, "p1", p1_dir.to_str().unwrap()).await;
+    assert_eq!(status, 201, "{body}");
+    // The same project may nest its own dirs; another project may not come near them.
+    let (status, body) = create(&server, &t1, "p1", p1_dir.join("b").to_str().unwrap()).await;
+    assert_eq!(status, 201, "{body}");
+    for near in [p1_dir.clone(), p1_dir.join("sub"), root_path.clone()] {
+        refused(
+            create(&server, &t2, "p2", near.to_str().unwrap()).await,
+            "another project",
+        );
+    }
+    let p2_dir = root_path.join("p2");
+    let (status, body) = create(&server, &t2, "p2", p2_dir.to_str().unwrap()).await;
+    assert_eq!(status, 201, "{body}");
+    // The CLI is held to the same rules.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["sources", "create", "--project", "p1", "--engine", "srs"])
+        .args([
+            "--publish-domain",
+            DOMAIN,
+            "--record-dir",
+            "/etc",
+            "--data-dir",
+        ])
+        .arg(server.data_dir.path())
+        .env("HERALD_RECORD_ROOTS", root_str)
+        .envs(
+            std::env::var("HERALD_TEST_BACKEND")
+                .ok()
+                .filter(|b| b == "postgres")
+                .map(|_| ("HERALD_DATABASE_URL", server.database_url().unwrap())),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("record_dir") || stderr.contains("record-dir"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn the_public_url_setting_makes_the_hook_url() {
     let data_dir = tempfile::tempdir().unwrap();
+    let record_dir = tempfile::tempdir().unwrap();
+    let record_dir = record_dir.path().canonicalize().unwrap();
     let out = common::run_cli_with(
         data_dir.path(),
         &[
@@ -760,7 +1023,7 @@ async fn the_public_url_setting_makes_the_hook_url() {
             "--publish-domain",
             DOMAIN,
             "--record-dir",
-            "/srv/rec",
+            record_dir.to_str().unwrap(),
             "--max-pause",
             "2m",
             "--json",

@@ -10,7 +10,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::field::{FieldError, MAX_TEXT_BYTES, check_text};
+use crate::field::{FieldError, MAX_TEXT_BYTES, check_name, check_text};
 
 pub mod live;
 pub mod rtc;
@@ -26,6 +26,11 @@ pub(crate) enum Kind {
 /// The most bytes a text field of an event may hold (SPEC §4): the names that become
 /// callback routing keys are short, URLs are long, anything else is bounded too, so the
 /// same event is a 400 on every store rather than a 500 on one.
+/// The fields that name a stream: printed in logs and terminals, so without controls.
+fn is_name(name: &str) -> bool {
+    matches!(name, "app" | "stream" | "stream_name" | "room_id")
+}
+
 fn max_text_bytes(name: &str) -> usize {
     match name {
         "publish_domain" => 255,
@@ -104,6 +109,10 @@ impl ReadEvent {
         for (name, kind) in table {
             match (obj.get(*name), kind) {
                 (None | Some(Value::Null), _) => {}
+                (Some(v @ Value::String(text)), Kind::Text) if is_name(name) => {
+                    check_name(&named(name), text, max_text_bytes(name))?;
+                    fields.insert((*name).to_owned(), v.clone());
+                }
                 (Some(v @ Value::String(text)), Kind::Text) => {
                     check_text(&named(name), text, max_text_bytes(name))?;
                     fields.insert((*name).to_owned(), v.clone());
@@ -190,6 +199,42 @@ mod tests {
     use super::live::parse_live_ingest;
     use super::rtc::{RtcEvent, parse_rtc_ingest};
     use serde_json::json;
+
+    /// Names with a newline or an escape were accepted and printed raw by `herald
+    /// listen`: a forged "signature verified" line was possible. Names refuse controls;
+    /// other text (an `error_message`) may still hold a newline.
+    #[test]
+    fn names_hold_no_control_characters() {
+        for (name, value) in [
+            (
+                "stream",
+                "cam\n[2026-12-06T00:00:00Z] RECORD_OVER  signature verified",
+            ),
+            ("app", "live\u{1b}[2K"),
+            ("stream", "a\rb"),
+            ("stream", "a\u{7f}b"),
+        ] {
+            let mut event = json!({"event_type": "RECORD_OVER", "publish_domain": "d", "app": "a", "stream": "s"});
+            event[name] = json!(value);
+            let refused = parse_live_ingest(event.to_string().as_bytes()).unwrap_err();
+            assert!(
+                refused.field.ends_with(name),
+                "{value:?}: {}",
+                refused.field
+            );
+            let rtc = json!({"event_type": "CLOUD_RECORD_SERVER_OVER", "stream_name": value, "room_id": "r"});
+            assert_eq!(
+                RtcEvent::parse("", &rtc).unwrap_err().field,
+                "stream_name",
+                "{value:?}"
+            );
+        }
+        let note = json!({"event_type": "RECORD_FAILED", "publish_domain": "d", "app": "a",
+                          "stream": "s", "error_message": "line one\nline two"});
+        assert!(parse_live_ingest(note.to_string().as_bytes()).is_ok());
+        let unicode = json!({"event_type": "RECORD_OVER", "publish_domain": "d", "app": "直播", "stream": "s"});
+        assert!(parse_live_ingest(unicode.to_string().as_bytes()).is_ok());
+    }
 
     #[test]
     fn batches_are_bounded_and_errors_carry_the_index() {

@@ -48,6 +48,18 @@ async fn test_schema() -> Option<TestSchema> {
     }
 }
 
+/// The record root every test server allows: the system's temporary directory (real
+/// path), where each test makes its record dirs with `tempfile`. Sources are refused
+/// without a root (SPEC §7), so tests that want that set their own.
+pub fn test_record_root() -> String {
+    std::env::temp_dir()
+        .canonicalize()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// A retry schedule written as in `HERALD_RETRY_SCHEDULE`.
 pub fn schedule(raw: &str) -> herald_core::retry::RetrySchedule {
     herald_core::retry::RetrySchedule::parse("retry_schedule", raw).unwrap()
@@ -76,6 +88,11 @@ impl TestServer {
                 .as_ref()
                 .map(|s| secrecy::SecretString::from(s.url.clone())),
             database_pool_size: 4,
+            record_roots: herald_core::source::RecordRoots::parse_list(
+                "record_roots",
+                &test_record_root(),
+            )
+            .unwrap(),
             ..Settings::default()
         };
         adjust(&mut settings);
@@ -110,6 +127,11 @@ impl TestServer {
             .map(|s| ("HERALD_DATABASE_URL", s.url.as_str()))
             .collect();
         run_cli_with(self.data_dir.path(), args, &env).await
+    }
+
+    /// The PostgreSQL URL the server runs on, when it does.
+    pub fn database_url(&self) -> Option<String> {
+        self.schema.as_ref().map(|s| s.url.clone())
     }
 
     /// Runs `sql` on the server's database behind Herald's back (to corrupt a row, say).
@@ -291,6 +313,7 @@ pub async fn spawn_serve(
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(args)
+        .env("HERALD_RECORD_ROOTS", test_record_root())
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(stderr)
@@ -324,6 +347,7 @@ pub async fn run_cli_with(
         .arg("--data-dir")
         .arg(data_dir)
         .env_remove("HERALD_MASTER_KEY")
+        .env("HERALD_RECORD_ROOTS", test_record_root())
         .envs(env.iter().copied())
         .output()
         .await
