@@ -291,13 +291,13 @@ test("keyboard only, at 360 px", async () => {
 const sources = () => api("GET", `/v1/${PROJECT}/record/sources?offset=0&limit=100`);
 
 /** Runs the `curl` command of `key` in a MediaMTX snippet the way MediaMTX would, with
- *  `env` for its $MTX_… variables, but through fetch: `curl -s "URL" --data-urlencode
+ *  `env` for its $MTX_… variables, but through fetch: `curl -sS "URL" --data-urlencode
  *  "name=$VAR"…` is a form POST to URL. Fails unless the hook answers 200. */
 async function runMediamtxCommand(snippet, key, env) {
   const line = snippet.split("\n").find((l) => l.trimStart().startsWith(`${key}: `));
   assert.ok(line, `no ${key} in the snippet`);
   const quoted = [...line.matchAll(/"([^"]*)"/g)].map((m) => m[1]);
-  assert.match(line, /^\s*\w+: 'curl -s "[^"]+"( --data-urlencode "[^"]+")+'$/);
+  assert.match(line, /^\s*\w+: 'curl -sS "[^"]+"( --data-urlencode "[^"]+")+'$/);
   const [url, ...fields] = quoted;
   const form = new URLSearchParams(fields.map((f) => {
     const [name, value] = f.split("=");

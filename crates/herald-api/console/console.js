@@ -472,8 +472,10 @@ function configValue(value) {
   return `"${value.replace(/[\\"]/g, (c) => `\\${c}`).replace(/[\u0000-\u001f\u007f]/g, "")}"`;
 }
 
-/** The lines a source's engine needs (SPEC §7), with its hook URL and record directory
- *  filled in (quoted for the file's syntax where needed), and where they go. */
+/** The lines a source's engine needs, with its hook URL and record directory filled in
+ *  (quoted for the file's syntax where needed), and where they go: the same settings as
+ *  docs/recording-sources.md's configurations (crates/herald/tests/media/), which
+ *  herald-api's console tests hold them to. */
 function engineSnippet(source) {
   const hook = source.hook_url;
   const dir = source.record_dir;
@@ -492,7 +494,7 @@ dvr {
     dvr_apply       all;
     dvr_plan        segment;
     dvr_path        ${under("[app]/[stream]/[2006][01][02]-[15][04][05]-[999].flv")};
-    dvr_duration    1800;
+    dvr_duration    30;
     dvr_wait_keyframe on;
 }
 `,
@@ -500,19 +502,23 @@ dvr {
   }
   if (source.engine === "mediamtx") {
     const run = (event, extra = "") =>
-      `'curl -s "${hook}?event=${event}" --data-urlencode "path=$MTX_PATH"${extra}'`;
+      `'curl -sS "${hook}?event=${event}" --data-urlencode "path=$MTX_PATH"${extra}'`;
     const segment = ' --data-urlencode "segment_path=$MTX_SEGMENT_PATH"';
     return {
-      where: "In mediamtx.yml, in place of its own pathDefaults recording and runOn… settings.",
+      where: "In mediamtx.yml, in place of its own pathDefaults recording and runOn… settings; keep a paths entry that matches your streams (all_others matches any).",
       text: `pathDefaults:
   record: yes
   recordPath: ${under("%path/%Y-%m-%d_%H-%M-%S-%f")}
   recordFormat: fmp4
+  recordSegmentDuration: 30s
   recordDeleteAfter: 0s
   runOnReady: ${run("ready")}
   runOnNotReady: ${run("not_ready")}
   runOnRecordSegmentCreate: ${run("segment_create", segment)}
   runOnRecordSegmentComplete: ${run("segment_complete", `${segment} --data-urlencode "duration=$MTX_SEGMENT_DURATION"`)}
+
+paths:
+  all_others:
 `,
     };
   }
@@ -712,6 +718,18 @@ function metricSum(text, name, label = null) {
   return found ? sum : 0;
 }
 
+/** Events accepted with no delivery, by event type: `herald_events_unmatched_total`. */
+function unmatchedByType(text) {
+  const counts = {};
+  for (const line of text.split("\n")) {
+    if (!line.startsWith("herald_events_unmatched_total{")) continue;
+    const type = /event_type="([^"]*)"/.exec(line);
+    const value = Number(line.slice(line.lastIndexOf(" ") + 1));
+    if (type && Number.isFinite(value)) counts[type[1]] = (counts[type[1]] || 0) + value;
+  }
+  return counts;
+}
+
 function readSamples() {
   try { return JSON.parse(sessionStorage.getItem(SAMPLES_KEY) || "[]"); } catch { return []; }
 }
@@ -725,9 +743,10 @@ async function takeSample() {
     accepted: metricSum(text, "herald_events_accepted_total"),
     succeeded: metricSum(text, "herald_deliveries_completed_total", 'outcome="succeeded"'),
     completed: metricSum(text, "herald_deliveries_completed_total"),
-    depth: ["blocked", "pending", "running", "retrying"]
+    depth: ["pending", "failed"]
       .reduce((n, s) => n + metricSum(text, "herald_deliveries", `state="${s}"`), 0),
     oldest: metricSum(text, "herald_oldest_due_delivery_age_seconds"),
+    unmatched: unmatchedByType(text),
   };
   const samples = readSamples().filter((s) => s.t > sample.t - WINDOW_MS);
   // A restarted server starts its counters again: the history before it no longer adds up.
@@ -778,7 +797,12 @@ function renderFigures(samples) {
     figure("Accepted events/s", latest ? latest.accepted.toFixed(1) : "…"),
     figure("Success rate (last minute)", done > 0 ? `${((100 * ok) / done).toFixed(1)} %` : "—"),
     figure("Queue depth", last ? String(last.depth) : "…"),
-    figure("Oldest due delivery", last ? `${last.oldest.toFixed(0)} s` : "…"));
+    figure("Oldest due delivery", last ? `${last.oldest.toFixed(0)} s` : "…"),
+    // Events accepted with 0 deliveries: no config subscribes to their type (configs take
+    // only RECORD_FILE_COMPLETE by default), so they are said here rather than missed.
+    figure("Matched no config (since start)", last && last.unmatched
+      ? (Object.entries(last.unmatched).map(([t, n]) => `${t} ${n}`).join(", ") || "none")
+      : "…"));
   chart.replaceChildren(chartSvg(r));
 }
 

@@ -73,3 +73,38 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/console/console.js", get(|| async { serve(&SCRIPT) }))
         .route("/console/console.css", get(|| async { serve(&STYLE) }))
 }
+
+#[cfg(test)]
+mod tests {
+    /// The console's ready-to-paste snippets set what the documented configurations set
+    /// (docs/recording-sources.md quotes crates/herald/tests/media/, which the media tests
+    /// run): the same SRS segment length, MediaMTX segment length and `paths:` entry.
+    #[test]
+    fn engine_snippets_agree_with_the_documented_configurations() {
+        let console = include_str!("../console/console.js");
+        let srs = include_str!("../../herald/tests/media/srs.conf");
+        let mediamtx = include_str!("../../herald/tests/media/mediamtx.yml");
+        let setting = |text: &str, name: &str| -> String {
+            text.lines()
+                .map(str::trim)
+                .find_map(|line| line.strip_prefix(name))
+                .map(|rest| rest.trim().trim_end_matches(';').to_owned())
+                .unwrap_or_else(|| panic!("no {name}"))
+        };
+        for name in ["dvr_duration", "dvr_plan", "dvr_apply", "dvr_wait_keyframe"] {
+            assert_eq!(setting(console, name), setting(srs, name), "{name}");
+        }
+        for name in [
+            "recordSegmentDuration:",
+            "recordFormat:",
+            "recordDeleteAfter:",
+            "record:",
+        ] {
+            assert_eq!(setting(console, name), setting(mediamtx, name), "{name}");
+        }
+        assert!(
+            console.contains("\npaths:\n  all_others:\n")
+                && mediamtx.contains("\npaths:\n  all_others:")
+        );
+    }
+}

@@ -91,6 +91,57 @@ async fn take(
     // now wake for.
     state.recordings.notify_one();
     let [(source, call)] = &hook;
-    tracing::info!(source = %source.id, ?call, queued = ?queued, "hook");
+    let steps: usize = queued.iter().sum();
+    tracing::info!(
+        source = %source.id,
+        "hook: {}; {}",
+        describe(call),
+        match steps {
+            0 => "nothing new to report (a repeated hook, or the session goes on)".to_owned(),
+            1 => "1 recording event queued".to_owned(),
+            n => format!("{n} recording events queued"),
+        }
+    );
     Ok(true)
+}
+
+/// A hook as a log line says it: what happened to which stream.
+fn describe(call: &HookCall) -> String {
+    match call {
+        HookCall::Publish(s) => format!("{}/{} published", s.app, s.stream),
+        HookCall::Unpublish(s) => format!("{}/{} unpublished", s.app, s.stream),
+        HookCall::FileStarted { stream: s, file } => {
+            format!("{}/{} began file {}", s.app, s.stream, file.joined())
+        }
+        HookCall::FileDone { stream: s, file } => {
+            format!("{}/{} finished file {}", s.app, s.stream, file.joined())
+        }
+        HookCall::Ignored => "a call Herald has no use for".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_core::hook::{HookFile, StreamKey};
+
+    use super::*;
+
+    /// A hook's log line reads as a sentence, not as Rust's `Debug` of the call.
+    #[test]
+    fn hook_log_lines_are_readable() {
+        let stream = StreamKey {
+            app: "live".into(),
+            stream: "cam1".into(),
+        };
+        let done = HookCall::FileDone {
+            stream: stream.clone(),
+            file: HookFile {
+                base: None,
+                path: "/srv/rec/cam1.flv".into(),
+            },
+        };
+        assert_eq!(describe(&done), "live/cam1 finished file /srv/rec/cam1.flv");
+        assert_eq!(describe(&HookCall::Publish(stream)), "live/cam1 published");
+        assert!(!describe(&done).contains('{'));
+    }
 }

@@ -23,6 +23,10 @@ pub struct AcceptedEvent {
     event_id: String,
     /// How many callbacks the event will cause (0 when no config matches).
     deliveries: u32,
+    /// With 0 deliveries, why: e.g. "0 deliveries: no config subscribes to RECORD_START
+    /// for push.example.com/live". Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
 }
 
 /// The answer for a batch: each event's answer, in order, and their total deliveries.
@@ -169,13 +173,27 @@ pub fn count() -> ObjectBuilder {
         .maximum(Some(u64::MAX))
 }
 
-/// The 202's body: the one event's answer, or the batch's answers and their total.
-pub fn answer(accepted: Vec<Accepted>, is_batch: bool) -> Result<IngestAnswer, ApiError> {
+/// Counts and logs (at debug) an accepted event that causes no delivery, with why.
+pub fn note_unmatched(flavour: &'static str, event_type: &'static str, event_id: &str, why: &str) {
+    metrics::counter!("herald_events_unmatched_total", "flavour" => flavour, "event_type" => event_type)
+        .increment(1);
+    tracing::debug!(flavour, event_id, "{why}");
+}
+
+/// The 202's body: the one event's answer, or the batch's answers and their total; `notes`
+/// say, in the same order, why an event causes no delivery.
+pub fn answer(
+    accepted: Vec<Accepted>,
+    notes: Vec<Option<String>>,
+    is_batch: bool,
+) -> Result<IngestAnswer, ApiError> {
+    let mut notes = notes.into_iter();
     let mut answers: Vec<AcceptedEvent> = accepted
         .into_iter()
         .map(|a| AcceptedEvent {
             event_id: a.event_id,
             deliveries: a.deliveries,
+            note: notes.next().flatten(),
         })
         .collect();
     if is_batch {
@@ -227,6 +245,18 @@ pub async fn ingest_live(
     state.wake.notify_one();
     metrics::counter!("herald_events_accepted_total", "flavour" => "live")
         .increment(events.len() as u64);
-    let answer = answer(accepted, is_batch)?;
+    let notes = herald_store::unmatched::why_live_events_unmatched(
+        state.store.as_ref(),
+        &project_id,
+        &events,
+        &accepted,
+    )
+    .await?;
+    for ((id, event), note) in events.iter().zip(&notes) {
+        if let Some(why) = note {
+            note_unmatched("live", event.event_type.as_str(), id.as_str(), why);
+        }
+    }
+    let answer = answer(accepted, notes, is_batch)?;
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }

@@ -509,5 +509,23 @@ pub async fn ingest_rtc(
     state.wake.notify_one();
     metrics::counter!("herald_events_accepted_total", "flavour" => "rtc")
         .increment(events.len() as u64);
-    Ok((StatusCode::ACCEPTED, Json(answer(accepted, is_batch)?)))
+    let notes: Vec<Option<String>> = events
+        .iter()
+        .zip(&accepted)
+        .map(|((id, event), a)| {
+            (a.deliveries == 0).then(|| {
+                let why = format!(
+                    "0 deliveries: app {} has no record callback that subscribes to {}",
+                    app_id.as_str(),
+                    event.event_type.as_str()
+                );
+                crate::ingest::note_unmatched("rtc", event.event_type.as_str(), id.as_str(), &why);
+                why
+            })
+        })
+        .collect();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(answer(accepted, notes, is_batch)?),
+    ))
 }

@@ -14,10 +14,12 @@ pub const MAX_SETTING_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400
 /// A duration of at most [`MAX_SETTING_DURATION`]; errors name `field` and the rule.
 pub fn parse_duration(field: &str, raw: &str) -> Result<Duration, FieldError> {
     let raw = raw.trim();
-    let duration = humantime::parse_duration(raw).map_err(|e| {
+    // humantime's own message lists every unit it knows (weeks, months, `nsec`, …); a
+    // reader is told only the forms the docs use.
+    let duration = humantime::parse_duration(raw).map_err(|_| {
         FieldError::new(
             field,
-            format!("{raw:?} is not a duration like 500ms, 5s, 2m, 1h or 1d ({e})"),
+            format!("{raw:?} is not a duration: write a number and a unit, like 500ms, 5s, 2m, 1h or 30d"),
         )
     })?;
     if duration > MAX_SETTING_DURATION {
@@ -53,6 +55,15 @@ mod tests {
         for bad in ["", "5", "5x", "-1s", "s", "3651d", "18446744073709551615ms"] {
             let err = parse_duration("HERALD_X", bad).unwrap_err();
             assert_eq!(err.field, "HERALD_X", "{bad:?}");
+            if bad != "3651d" {
+                assert!(
+                    err.rule.contains("500ms, 5s, 2m, 1h or 30d")
+                        && !err.rule.contains("weeks")
+                        && !err.rule.contains("nsec"),
+                    "{bad:?}: {}",
+                    err.rule
+                );
+            }
         }
     }
 }

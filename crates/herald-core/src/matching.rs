@@ -26,16 +26,52 @@ pub fn select_config<T>(
     app: &str,
     event_type: LiveEventType,
 ) -> Option<T> {
+    let chosen = config_for_app(candidates, app)?;
+    (chosen.has_url && chosen.subscription.event_types().contains(&event_type))
+        .then_some(chosen.target)
+}
+
+/// The config of the event's app, or only if there is none, the `*` one.
+fn config_for_app<T>(candidates: Vec<MatchCandidate<T>>, app: &str) -> Option<MatchCandidate<T>> {
     let (exact, wildcard): (Vec<_>, Vec<_>) = candidates
         .into_iter()
         .filter(|c| c.app == AppSelector::Any || c.app.as_str() == app)
         .partition(|c| c.app != AppSelector::Any);
-    let chosen = exact
+    exact
         .into_iter()
         .next()
-        .or_else(|| wildcard.into_iter().next())?;
-    (chosen.has_url && chosen.subscription.event_types().contains(&event_type))
-        .then_some(chosen.target)
+        .or_else(|| wildcard.into_iter().next())
+}
+
+/// Why an event goes nowhere, in the words the ingest answer and the logs use (e.g. "0
+/// deliveries: no config subscribes to RECORD_START for push.example.com/live"); `None`
+/// when [`select_config`] would choose a config.
+pub fn why_unmatched<T>(
+    candidates: Vec<MatchCandidate<T>>,
+    publish_domain: &str,
+    app: &str,
+    event_type: LiveEventType,
+) -> Option<String> {
+    let scope = format!("{publish_domain}/{app}");
+    let Some(chosen) = config_for_app(candidates, app) else {
+        return Some(format!(
+            "0 deliveries: no config for {scope} (none with app \"{app}\" or \"*\")"
+        ));
+    };
+    if !chosen.subscription.event_types().contains(&event_type) {
+        return Some(format!(
+            "0 deliveries: no config subscribes to {} for {scope} (its config subscribes to {}; \
+             add the type to notify_event_subscription)",
+            event_type.as_str(),
+            chosen.subscription.names().join(", ")
+        ));
+    }
+    if !chosen.has_url {
+        return Some(format!(
+            "0 deliveries: the config for {scope} has no notify_callback_url"
+        ));
+    }
+    None
 }
 
 /// SPEC §2: an app has at most one record callback; the event goes there only if the
@@ -53,6 +89,36 @@ pub fn select_rtc_callback<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An event that matches nothing is said to, with the reason.
+    #[test]
+    fn an_unmatched_event_is_told_why() {
+        let config = |app: &str, types: &[&str], has_url: bool| MatchCandidate {
+            app: AppSelector::parse("app", app).unwrap(),
+            subscription: Subscription::parse("s", types).unwrap(),
+            has_url,
+            target: (),
+        };
+        let start = LiveEventType::parse("event_type", "RECORD_START").unwrap();
+        let why = |candidates| why_unmatched(candidates, "push.example.com", "live", start);
+        assert_eq!(
+            why(vec![config("*", &["RECORD_FILE_COMPLETE"], true)]).unwrap(),
+            "0 deliveries: no config subscribes to RECORD_START for push.example.com/live \
+             (its config subscribes to RECORD_FILE_COMPLETE; add the type to \
+             notify_event_subscription)"
+        );
+        assert!(
+            why(vec![])
+                .unwrap()
+                .starts_with("0 deliveries: no config for push.example.com/live")
+        );
+        assert!(
+            why(vec![config("live", &["RECORD_START"], false)])
+                .unwrap()
+                .contains("no notify_callback_url")
+        );
+        assert_eq!(why(vec![config("live", &["RECORD_START"], true)]), None);
+    }
 
     #[test]
     fn exact_app_wins_over_wildcard_and_subscription_filters() {

@@ -79,7 +79,8 @@ pub struct Step {
     pub kind: StepKind,
     pub stream: StreamKey,
     pub job_id: String,
-    /// [`StepKind::FileStart`]: the file's number in the session.
+    /// [`StepKind::FileStart`]: the file's number in the session. [`StepKind::Over`]: how
+    /// many files the session announced when none of them was written (else 0).
     pub file_no: i64,
     /// [`StepKind::File`]: the file as the hook named it (resolved against `cwd` when the
     /// hook gave one); checked against the record dir before it is ever opened.
@@ -319,6 +320,16 @@ pub fn over_step(stream: StreamKey, job_id: String, now: OffsetDateTime) -> Step
     }
 }
 
+/// Why a session that announced files ended without one: the media server could not
+/// write into its record dir (or was not recording).
+pub fn no_file_message(app: &str, stream: &str, files_started: i64) -> String {
+    format!(
+        "no file was written: {app}/{stream} ended with {files_started} file(s) announced and none \
+         finished; check that the media server can write to record_dir (its error log says \
+         \"Permission denied\" when it cannot)"
+    )
+}
+
 /// The longest recording Herald believes a file holds. No engine writes one file for a
 /// month on end; a container that claims more is corrupt or forged, and its times cannot
 /// be reported (near 3.8e11 s they leave the calendar altogether).
@@ -410,13 +421,31 @@ pub enum DerivedEvent {
     Rtc(EventId, RtcEvent),
 }
 
-/// The events a step reports: none, one, or (never more than) one per step. `outcome` is
+/// The events a step reports: none or one, except the end of a session that announced
+/// files and wrote none: `RECORD_FAILED` saying so (Live), then `RECORD_OVER`. `outcome` is
 /// the reading of a [`StepKind::File`] step's file.
 pub fn events_of(
     source: &RecordingSource,
     step: &Step,
     outcome: Option<&FileOutcome>,
 ) -> Result<Vec<DerivedEvent>, FieldError> {
+    if step.kind == StepKind::Over && step.file_no > 0 {
+        let why = no_file_message(&step.stream.app, &step.stream.stream, step.file_no);
+        // A file step without a path: its event id cannot be a real file's.
+        let failed = Step {
+            kind: StepKind::File,
+            path: None,
+            file_no: 0,
+            ..step.clone()
+        };
+        let mut events = events_of(source, &failed, Some(&FileOutcome::Failed(why)))?;
+        let over = Step {
+            file_no: 0,
+            ..step.clone()
+        };
+        events.extend(events_of(source, &over, None)?);
+        return Ok(events);
+    }
     // Facts are checked here too, so that no outcome can make the arithmetic below fail.
     let checked = outcome.map(|o| o.clone().checked(step.at));
     let outcome = checked.as_ref();
@@ -674,6 +703,53 @@ mod tests {
             ],
         );
         assert_eq!(kinds, [FileStart, File]);
+    }
+
+    /// A session that announced files and finished none ends with `RECORD_FAILED` saying no
+    /// file was written, then `RECORD_OVER` (Live); RTC, which has no failure event, only
+    /// ends. A session that wrote a file ends with `RECORD_OVER` alone.
+    #[test]
+    fn a_session_without_a_file_ends_saying_so() {
+        let at = OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(100);
+        let mut step = over_step(key(), "j1".into(), at);
+        let types = |src: &RecordingSource, step: &Step| -> Vec<Value> {
+            events_of(src, step, None)
+                .unwrap()
+                .into_iter()
+                .map(|e| match e {
+                    DerivedEvent::Live(_, e) => Value::Object(e.fields),
+                    DerivedEvent::Rtc(_, e) => Value::Object(e.fields),
+                })
+                .collect()
+        };
+        let live_src = live("nginx-rtmp");
+        let ended = types(&live_src, &step);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0]["event_type"], "RECORD_OVER");
+        step.file_no = 2;
+        let ended = types(&live_src, &step);
+        assert_eq!(
+            ended
+                .iter()
+                .map(|e| e["event_type"].clone())
+                .collect::<Vec<_>>(),
+            [json!("RECORD_FAILED"), json!("RECORD_OVER")]
+        );
+        let why = ended[0]["error_message"].as_str().unwrap();
+        assert!(
+            why.starts_with("no file was written") && why.contains("record_dir"),
+            "{why}"
+        );
+        assert_eq!(ended[0]["job_id"], "j1");
+        let rtc_src = source("nginx-rtmp", r#""app_id": "0123456789abcdef01234567""#);
+        let ended = types(&rtc_src, &step);
+        assert_eq!(
+            ended
+                .iter()
+                .map(|e| e["event_type"].clone())
+                .collect::<Vec<_>>(),
+            [json!("CLOUD_RECORD_SERVER_OVER")]
+        );
     }
 
     /// A path near 4 KiB made RECORD_FAILED's `error_message` longer than an event may

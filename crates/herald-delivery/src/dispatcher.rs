@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use herald_store::{
-    AfterAttempt, ClaimLimits, ClaimedDelivery, Completion, Lease, Recorded, Store, StoreError,
+    AfterAttempt, ClaimLimits, ClaimedDelivery, Completion, DeliveryState, DeliveryStatus, Lease,
+    Recorded, Store, StoreError,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -521,9 +522,10 @@ async fn record_outcomes(
         for c in &batch {
             let outcome = match c.next {
                 AfterAttempt::Succeeded => "succeeded",
+                // The delivery log's name for a delivery waiting for its next attempt.
                 AfterAttempt::RetryAt(_) => {
                     retrying = true;
-                    "retrying"
+                    DeliveryStatus::Failed.as_str()
                 }
                 AfterAttempt::Dead => "dead",
             };
@@ -680,8 +682,8 @@ async fn maintain(
         }
         match store.queue_stats(now).await {
             Ok(stats) => {
-                for (state, n) in stats.by_state {
-                    metrics::gauge!("herald_deliveries", "state" => state).set(n as f64);
+                for (status, n) in count_by_status(&stats.by_state) {
+                    metrics::gauge!("herald_deliveries", "state" => status.as_str()).set(n as f64);
                 }
                 let age = stats
                     .oldest_due_at
@@ -691,6 +693,25 @@ async fn maintain(
             Err(e) => tracing::warn!(error = %e, "reading queue statistics failed"),
         }
     }
+}
+
+/// The queue's counts under the delivery log's names (`pending`, `failed`, …), each of them
+/// present (a state with no rows left counts 0 rather than keeping its last value).
+fn count_by_status(by_state: &[(String, u64)]) -> Vec<(DeliveryStatus, u64)> {
+    let mut counts: Vec<(DeliveryStatus, u64)> = DeliveryState::ALL
+        .iter()
+        .map(|state| (state.status(), 0))
+        .collect();
+    counts.dedup_by_key(|(status, _)| *status);
+    for (state, n) in by_state {
+        let Ok(state) = DeliveryState::parse(state) else {
+            continue;
+        };
+        if let Some(count) = counts.iter_mut().find(|(s, _)| *s == state.status()) {
+            count.1 += n;
+        }
+    }
+    counts
 }
 
 #[cfg(test)]
@@ -708,9 +729,32 @@ mod tests {
     use herald_store::postgres::PgStore;
     use herald_store::sqlite::SqliteStore;
     use herald_store::testing::TestSchema;
-    use herald_store::{AttemptRecord, DeliveryFilter, DeliveryStatus, Page};
+    use herald_store::{AttemptRecord, DeliveryFilter, Page};
 
     use super::*;
+
+    /// `herald_deliveries{state}` uses the delivery log's names: `failed`, not `retrying`.
+    #[test]
+    fn queue_gauges_use_the_delivery_logs_names() {
+        let counts = count_by_status(&[
+            ("blocked".into(), 1),
+            ("pending".into(), 2),
+            ("running".into(), 3),
+            ("retrying".into(), 4),
+            ("dead".into(), 5),
+        ]);
+        let named: Vec<(&str, u64)> = counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+        assert_eq!(
+            named,
+            [
+                ("pending", 6),
+                ("failed", 4),
+                ("succeeded", 0),
+                ("dead", 5),
+                ("cancelled", 0)
+            ]
+        );
+    }
 
     /// The real store, except that it refuses the outcome of one delivery that carries the
     /// receiver's answer (as PostgreSQL refused a NUL byte in one), and refuses everything

@@ -12,6 +12,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_core::event::EventId;
+use herald_core::event::live::LiveEvent;
 use herald_core::project::ProjectId;
 use herald_core::recording::{DerivedEvent, FileOutcome, StepKind, events_of};
 use herald_core::source::{RecordDir, RecordingSource, SourceTarget};
@@ -364,9 +366,10 @@ impl Tracker {
             }
         }
         if !live.is_empty() {
-            self.store.ingest_live(project, &live, now).await?;
+            let accepted = self.store.ingest_live(project, &live, now).await?;
             metrics::counter!("herald_events_accepted_total", "flavour" => "live")
                 .increment(live.len() as u64);
+            note_unmatched_live(self.store.as_ref(), project, &live, &accepted).await;
         }
         if let (false, SourceTarget::Rtc { app_id }) = (rtc.is_empty(), target) {
             if self
@@ -391,6 +394,33 @@ impl Tracker {
         let due = OffsetDateTime::now_utc() + RETRY_AFTER;
         if let Err(e) = self.store.postpone_step(&self.owner, id, due).await {
             tracing::warn!(error = %e, "recordings: postponing a step failed; its lease will run out");
+        }
+    }
+}
+
+/// A derived event that matches no config (configs subscribe to `RECORD_FILE_COMPLETE` by
+/// default, so `RECORD_START` and the rest usually do not) is counted in
+/// `herald_events_unmatched_total` and logged at debug with why, not dropped in silence.
+async fn note_unmatched_live(
+    store: &dyn Store,
+    project: &ProjectId,
+    events: &[(EventId, LiveEvent)],
+    accepted: &[herald_store::Accepted],
+) {
+    match herald_store::unmatched::why_live_events_unmatched(store, project, events, accepted).await
+    {
+        Ok(notes) => {
+            for ((id, event), note) in events.iter().zip(notes) {
+                if let Some(why) = note {
+                    let event_type = event.event_type.as_str();
+                    metrics::counter!("herald_events_unmatched_total", "flavour" => "live", "event_type" => event_type)
+                        .increment(1);
+                    tracing::debug!(event_id = id.as_str(), "recordings: {why}");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "recordings: reading why events matched no config failed")
         }
     }
 }

@@ -40,6 +40,7 @@ mod state;
 pub mod supervision;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod unmatched;
 
 use std::sync::Arc;
 
@@ -61,6 +62,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use accept::{REPLAY_MOST, ReplayTarget, Replayed};
 pub use location::StoreLocation;
+
+/// The name and sealing context of the master-key check in `herald_meta`, on every backend.
+pub(crate) const KEY_CHECK: &str = "master_key_check";
 pub use queue::{
     Accepted, AfterAttempt, AttemptRecord, BULK_RETRY_MOST, BulkRetried, ClaimLimits,
     ClaimedDelivery, Completion, DeliveryFilter, DeliveryStatus, DeliveryView, EndpointAttempts,

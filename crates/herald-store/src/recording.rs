@@ -12,7 +12,9 @@ use herald_core::config::live::PublishDomain;
 use herald_core::config::rtc::AppId;
 use herald_core::hook::{HookCall, StreamKey};
 use herald_core::project::ProjectId;
-use herald_core::recording::{Session, Step, StepKind, hook_key, over_step, transition};
+use herald_core::recording::{
+    Session, Step, StepKind, hook_key, no_file_message, over_step, transition,
+};
 use herald_core::secrets::MasterKey;
 use herald_core::source::{
     DownloadBase, Engine, RecordDir, RecordingSource, SourceSpec, SourceTarget,
@@ -392,7 +394,7 @@ where
 
     async fn end_paused_sessions(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
         let mut w = self.queue_tx().await?;
-        let ended: Vec<(String, String, String, String)> = sqlx::query_as(
+        let ended: Vec<(String, String, String, String, i64)> = sqlx::query_as(
             "DELETE FROM record_sessions WHERE (source_id, app, stream) IN ( \
                  SELECT s.source_id, s.app, s.stream FROM record_sessions s \
                  WHERE s.over_at_ms <= $1 AND NOT s.published AND NOT EXISTS ( \
@@ -400,13 +402,13 @@ where
                      AND t.app = s.app AND t.stream = s.stream AND t.done_at_ms IS NULL) \
                  LIMIT 100) \
              AND over_at_ms <= $1 AND NOT published \
-             RETURNING source_id, app, stream, job_id",
+             RETURNING source_id, app, stream, job_id, files_started",
         )
         .bind(unix_ms(now))
         .fetch_all(&mut *w.tx)
         .await?;
-        for (source_id, app, stream, job_id) in &ended {
-            let step = over_step(
+        for (source_id, app, stream, job_id, files_started) in &ended {
+            let mut step = over_step(
                 StreamKey {
                     app: app.clone(),
                     stream: stream.clone(),
@@ -414,6 +416,14 @@ where
                 job_id.clone(),
                 now,
             );
+            // Files announced and none finished: the media server could not write them
+            // (nginx logs "Permission denied", and sends no record_done). Said here, in the
+            // session's end, rather than by a silent RECORD_OVER.
+            if *files_started > 0 && !wrote_a_file(&mut w.tx, source_id, job_id).await? {
+                step.file_no = *files_started;
+                note_no_file_written(&mut w.tx, source_id, app, stream, *files_started, now)
+                    .await?;
+            }
             insert_step(&mut w.tx, source_id, &step).await?;
         }
         w.tx.commit().await?;
@@ -741,6 +751,61 @@ where
 }
 
 /// Queues a step after the stream's others.
+/// Whether a session's media server reported a finished file (any outcome: an empty or
+/// unreadable file was still written).
+async fn wrote_a_file<D>(
+    tx: &mut sqlx::Transaction<'_, D>,
+    source_id: &str,
+    job_id: &str,
+) -> Result<bool, StoreError>
+where
+    D: Database,
+    for<'c> &'c mut D::Connection: sqlx::Executor<'c, Database = D>,
+    for<'q> <D as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D>,
+    for<'q> &'q str: Encode<'q, D> + Type<D>,
+    for<'r> i64: Decode<'r, D> + Type<D>,
+    usize: sqlx::ColumnIndex<D::Row>,
+{
+    let files: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM record_steps WHERE source_id = $1 AND job_id = $2 AND kind = 'file'",
+    )
+    .bind(source_id)
+    .bind(job_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(files > 0)
+}
+
+/// The source's `last_error` for a session that ended without a file: its `file` is the
+/// record dir nothing was written into.
+async fn note_no_file_written<D>(
+    tx: &mut sqlx::Transaction<'_, D>,
+    source_id: &str,
+    app: &str,
+    stream: &str,
+    files_started: i64,
+    now: OffsetDateTime,
+) -> Result<(), StoreError>
+where
+    D: Database,
+    for<'c> &'c mut D::Connection: sqlx::Executor<'c, Database = D>,
+    for<'q> <D as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D>,
+    for<'q> &'q str: Encode<'q, D> + Type<D>,
+    for<'q> String: Encode<'q, D> + Type<D>,
+    for<'q> i64: Encode<'q, D> + Type<D>,
+{
+    sqlx::query(
+        "UPDATE record_sources SET last_error_at_ms = $2, last_error_file = record_dir, \
+         last_error_message = $3 WHERE id = $1",
+    )
+    .bind(source_id)
+    .bind(unix_ms(now))
+    .bind(no_file_message(app, stream, files_started))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 async fn insert_step<D>(
     tx: &mut sqlx::Transaction<'_, D>,
     source_id: &str,

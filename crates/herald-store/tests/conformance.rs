@@ -63,6 +63,7 @@ async fn run_suite(store: &dyn Store) {
     bulk_retry_requeues_matches_once_in_stream_order(store).await;
     replay_sends_the_matching_history_again_in_order(store).await;
     recording_steps_go_stream_by_stream_in_order(store).await;
+    a_session_that_wrote_no_file_ends_saying_so(store).await;
     a_step_taken_over_belongs_to_its_new_owner(store).await;
     a_claim_takes_sources_in_turn_and_only_the_files_it_can_read(store).await;
 }
@@ -250,6 +251,76 @@ async fn a_step_taken_over_belongs_to_its_new_owner(store: &dyn Store) {
     assert!(store.delete_source(None, &source.id).await.unwrap());
 }
 
+/// A session that announced a file and ended without finishing one (the media server
+/// could not write into its record dir) ends with an over step that says how many files
+/// were announced, and the source's `last_error` says no file was written.
+async fn a_session_that_wrote_no_file_ends_saying_so(store: &dyn Store) {
+    use herald_core::hook::{HookCall, StreamKey};
+    use herald_core::recording::StepKind;
+    use herald_core::source::{RecordingSource, SourceSpec};
+    let t0 = datetime!(2026-12-03 08:00 UTC);
+    let source = RecordingSource {
+        id: RecordingSource::new_id(),
+        project_id: project("nofile"),
+        spec: SourceSpec::parse(
+            br#"{"engine": "nginx-rtmp", "publish_domain": "push.example.com", "record_dir": "/nofile", "max_pause": "10s"}"#,
+        )
+        .unwrap(),
+        secret: SecretString::from("hooksecretNOFILE456789abcdefABCDEF"),
+        created_at: t0,
+    };
+    store.insert_source(&source).await.unwrap();
+    let key = StreamKey {
+        app: "live".into(),
+        stream: "denied".into(),
+    };
+    apply(store, &source, HookCall::Publish(key.clone()), t0).await;
+    apply(store, &source, HookCall::Unpublish(key), t0).await;
+    let lease = t0 + secs(60);
+    loop {
+        let steps = store.claim_steps("n", t0, lease, 10, 10).await.unwrap();
+        let mine: Vec<i64> = steps
+            .iter()
+            .filter(|s| s.source.id == source.id)
+            .map(|s| s.id)
+            .collect();
+        store
+            .finish_steps("n", &steps.iter().map(|s| s.id).collect::<Vec<_>>(), t0)
+            .await
+            .unwrap();
+        if mine.is_empty() {
+            break;
+        }
+    }
+    let over_at = t0 + secs(10);
+    assert!(store.end_paused_sessions(over_at).await.unwrap() >= 1);
+    let over = store
+        .claim_steps("n", over_at, over_at + secs(60), 10, 10)
+        .await
+        .unwrap();
+    let over = over
+        .iter()
+        .find(|s| s.source.id == source.id)
+        .expect("the session's over step");
+    assert_eq!(over.step.kind, StepKind::Over);
+    assert_eq!(over.step.file_no, 1, "one file announced, none written");
+    store.finish_steps("n", &[over.id], over_at).await.unwrap();
+    let view = store
+        .get_source(&project("nofile"), &source.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let error = view
+        .last_error
+        .expect("last_error says no file was written");
+    assert!(
+        error.message.starts_with("no file was written"),
+        "{}",
+        error.message
+    );
+    assert_eq!(error.file, "/nofile");
+}
+
 /// Applies one hook, alone in its commit; returns how many steps it queued.
 async fn apply(
     store: &dyn Store,
@@ -421,6 +492,11 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
         .unwrap();
     assert_eq!(kinds(&over), [("a".into(), StepKind::Over)]);
     assert_eq!(over[0].step.job_id, first[0].step.job_id);
+    assert_eq!(over[0].step.file_no, 0, "a wrote a file");
+    store
+        .finish_steps("n1", &[over[0].id], over_at)
+        .await
+        .unwrap();
     // Hooks that share a commit see each other's changes, in order.
     let c_done = HookCall::FileDone {
         stream: key("c"),
@@ -3121,10 +3197,12 @@ async fn sqlite_keeps_no_secret_in_plaintext() {
     }
 }
 
+/// Opened with another master key, the embedded store refuses to start, as PostgreSQL
+/// does, instead of failing later on every secret it reads; its own key still opens it.
 #[tokio::test]
-async fn sqlite_refuses_secrets_under_another_master_key() {
+async fn sqlite_refuses_to_open_under_another_master_key() {
     let dir = tempfile::tempdir().unwrap();
-    let (master, _) = MasterKey::generate();
+    let (master, hex) = MasterKey::generate();
     let store = SqliteStore::open(dir.path(), master).await.unwrap();
     store
         .insert_access_key(&AccessKey {
@@ -3137,10 +3215,47 @@ async fn sqlite_refuses_secrets_under_another_master_key() {
         .unwrap();
     drop(store);
     let (other, _) = MasterKey::generate();
-    let store = SqliteStore::open(dir.path(), other).await.unwrap();
     assert!(matches!(
-        store.find_access_key("AKWRONGMASTERKEY0001").await,
-        Err(StoreError::Sealing(_))
+        SqliteStore::open(dir.path(), other).await,
+        Err(StoreError::MasterKeyMismatch)
+    ));
+    let same = MasterKey::from_hex(hex.expose_secret()).unwrap();
+    let store = SqliteStore::open(dir.path(), same).await.unwrap();
+    assert!(store.find_access_key("AKWRONGMASTERKEY0001").await.is_ok());
+}
+
+/// A database from before the check holds no check value: its key is tried on a secret it
+/// already has, so a wrong key is refused rather than recorded as the right one.
+#[tokio::test]
+async fn sqlite_from_before_the_check_refuses_another_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (master, _) = MasterKey::generate();
+    let store = SqliteStore::open(dir.path(), master).await.unwrap();
+    store
+        .insert_access_key(&AccessKey {
+            access_key: "AKOLDDATABASE0000001".into(),
+            project_id: project("p1"),
+            secret_key: SecretString::from("s".repeat(40)),
+            created_at: OffsetDateTime::now_utc(),
+        })
+        .await
+        .unwrap();
+    drop(store);
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite:{}",
+        dir.path().join(DATABASE_FILE).display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM herald_meta")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (other, _) = MasterKey::generate();
+    assert!(matches!(
+        SqliteStore::open(dir.path(), other).await,
+        Err(StoreError::MasterKeyMismatch)
     ));
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use herald_api::auth::StaticCredentials;
 use herald_api::{AppState, Shared, router};
+use herald_core::field::FieldError;
 use herald_core::project::ProjectId;
 use herald_delivery::concurrency::EndpointConcurrency;
 use herald_delivery::dispatcher::{Dispatcher, WorkerStopped};
@@ -58,23 +59,99 @@ async fn open_at(
         data_dir::create_database_file(data_dir)
             .with_context(|| format!("creating the database in {}", data_dir.display()))?;
     }
-    location
-        .open(master, tasks)
-        .await
-        .with_context(|| format!("opening the {}", location.describe()))
+    match location.open(master, tasks).await {
+        Err(herald_store::StoreError::MasterKeyMismatch) => bail!(
+            "{}: the master key Herald used does not open this database's secrets. {}",
+            location.describe(),
+            which_master_key(settings)
+        ),
+        opened => opened.with_context(|| format!("opening the {}", location.describe())),
+    }
+}
+
+/// Which master key was used and which one wins, for the message that refuses it.
+fn which_master_key(settings: &Settings) -> String {
+    let file = settings.data_dir.join(master_key::MASTER_KEY_FILE);
+    if settings.master_key.is_some() {
+        let beside = if file.exists() {
+            format!(
+                " (the data dir's {} is ignored while it is set)",
+                file.display()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "It used HERALD_MASTER_KEY, which wins over the data dir's master.key{beside}: set \
+             HERALD_MASTER_KEY to the key the database was created with, or unset it to use \
+             the key file."
+        )
+    } else {
+        format!(
+            "It used {}, as HERALD_MASTER_KEY is unset (when set, the variable wins over the \
+             file): restore the key file the database was created with, or set \
+             HERALD_MASTER_KEY to that key.",
+            file.display()
+        )
+    }
 }
 
 fn static_credentials(settings: &Settings) -> anyhow::Result<StaticCredentials> {
     let mut creds = StaticCredentials::default();
     for (i, key) in settings.credentials.iter().enumerate() {
         let project = ProjectId::parse(&format!("credentials[{i}].project_id"), &key.project_id)?;
+        check_config_secret(
+            &format!("credentials[{i}].secret_key"),
+            key.secret_key.expose_secret(),
+        )?;
         creds.add_access_key(project, key.access_key.clone(), key.secret_key.clone());
     }
     for (i, token) in settings.tokens.iter().enumerate() {
         let project = ProjectId::parse(&format!("tokens[{i}].project_id"), &token.project_id)?;
+        check_config_secret(&format!("tokens[{i}].token"), token.token.expose_secret())?;
         creds.add_token(project, &token.token);
     }
     Ok(creds)
+}
+
+/// The shortest secret a config file may list.
+const SHORTEST_CONFIG_SECRET: usize = 32;
+
+/// A secret in the config file must look like one: at least 32 characters of the kinds a
+/// generator prints (letters, digits, `-_.+/=~`), not one character repeated. A placeholder
+/// copied from an example (`...`, `<your token>`, `changeme`) then stops `serve` instead of
+/// becoming a password anyone can guess.
+fn check_config_secret(field: &str, secret: &str) -> Result<(), FieldError> {
+    let how = "generate one with `openssl rand -hex 32`, or use `herald tokens create` / \
+               `herald credentials create` instead of the config file";
+    if secret.chars().count() < SHORTEST_CONFIG_SECRET {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "is {} characters; a secret must be at least {SHORTEST_CONFIG_SECRET}: {how}",
+                secret.chars().count()
+            ),
+        ));
+    }
+    if !secret
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.+/=~".contains(c))
+    {
+        return Err(FieldError::new(
+            field,
+            format!("may hold only letters, digits and -_.+/=~ (is it a placeholder?): {how}"),
+        ));
+    }
+    let mut distinct: Vec<char> = secret.chars().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < 8 {
+        return Err(FieldError::new(
+            field,
+            format!("repeats too few characters to be a secret: {how}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The process-wide Prometheus recorder. The `metrics` facade has one global recorder by
@@ -202,6 +279,7 @@ pub async fn start_with(settings: &Settings, tasks: Supervisor) -> anyhow::Resul
         .with_context(|| format!("binding {}", settings.listen))?;
     let local_addr = listener.local_addr()?;
     let public_url: Arc<str> = settings.public_url_for(local_addr).into();
+    remember_public_url(settings, &public_url);
     let shutdown = CancellationToken::new();
     let state = AppState::new(Shared {
         store: store.clone(),
@@ -289,6 +367,23 @@ pub async fn start_with(settings: &Settings, tasks: Supervisor) -> anyhow::Resul
         tasks,
         _data_dir_lock: lock,
     })
+}
+
+/// Leaves the public URL in the data dir, where `herald sources` reads it to print the hook
+/// URLs of this server rather than a guess. Without it the CLI still works, and says so.
+fn remember_public_url(settings: &Settings, public_url: &str) {
+    if !settings.data_dir.is_dir() {
+        return; // PostgreSQL with HERALD_MASTER_KEY needs no data dir; the CLI then guesses.
+    }
+    let path = settings.data_dir.join(crate::settings::PUBLIC_URL_FILE);
+    let written = data_dir::open_private_file(&path).and_then(|mut file| {
+        use std::io::Write;
+        file.set_len(0)?;
+        file.write_all(format!("{public_url}\n").as_bytes())
+    });
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot note the public URL for `herald sources`; set HERALD_PUBLIC_URL for its hook URLs");
+    }
 }
 
 /// ffprobe and a record root are run-time needs of recording sources: say so at start-up
@@ -394,5 +489,54 @@ pub(crate) async fn shutdown_signal() -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use super::*;
+    use crate::settings::{StaticAccessKey, StaticToken};
+
+    fn with_token(token: &str) -> Settings {
+        Settings {
+            tokens: vec![StaticToken {
+                project_id: "p1".into(),
+                token: SecretString::from(token),
+            }],
+            ..Settings::default()
+        }
+    }
+
+    /// The README's `token = "..."` (or any short or placeholder secret) stops `serve`
+    /// with a message naming the entry, instead of becoming a token that works.
+    #[test]
+    fn config_file_secrets_too_weak_to_be_secrets_are_refused() {
+        for weak in [
+            "...",
+            "a-long-random-token",
+            "<output of: openssl rand -hex 32>",
+            &"x".repeat(40),
+        ] {
+            let Err(e) = static_credentials(&with_token(weak)) else {
+                panic!("{weak:?} was accepted");
+            };
+            assert!(e.to_string().contains("tokens[0].token"), "{weak:?}: {e}");
+        }
+        let generated = "3f9c2b7a41d85e60c1fa9b2e7d4038a6b5c9e1f27a3d8046";
+        assert!(static_credentials(&with_token(generated)).is_ok());
+        let weak_key = Settings {
+            credentials: vec![StaticAccessKey {
+                project_id: "p1".into(),
+                access_key: "AK".into(),
+                secret_key: SecretString::from("..."),
+            }],
+            ..Settings::default()
+        };
+        let Err(e) = static_credentials(&weak_key) else {
+            panic!("a secret_key of ... was accepted");
+        };
+        assert!(e.to_string().contains("credentials[0].secret_key"), "{e}");
     }
 }

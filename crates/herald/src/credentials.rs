@@ -51,6 +51,9 @@ pub async fn list(
     project: Option<&ProjectId>,
     as_json: bool,
 ) -> anyhow::Result<()> {
+    if !as_json {
+        println!("ACCESS_KEY\tPROJECT\tCREATED");
+    }
     for key in store.list_access_keys(project).await? {
         let created = utc_seconds(key.created_at);
         if as_json {
@@ -119,6 +122,9 @@ pub async fn list_tokens(
     as_json: bool,
 ) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
+    if !as_json {
+        println!("ID\tPROJECT\tCREATED\tEXPIRES");
+    }
     for token in store.list_tokens(project).await? {
         let created = utc_seconds(token.created_at);
         let expires = token.expires_at.map(utc_seconds);
@@ -143,10 +149,17 @@ pub async fn list_tokens(
 
 /// Deletes a token by id; a running server refuses it from the next request on.
 pub async fn revoke_token(store: &dyn Store, id: &str) -> anyhow::Result<()> {
+    if id.starts_with(herald_core::secrets::TOKEN_PREFIX) {
+        // The token itself: it would work as an id of nothing, and it is now in the shell's
+        // history, so say what to give instead.
+        anyhow::bail!(
+            "TOKEN_ID: expects the token's id (the ID column of `herald tokens list`), not the token itself"
+        );
+    }
     if store.delete_token(id).await? {
         println!("revoked token {id}");
         Ok(())
     } else {
-        anyhow::bail!("no token {id}")
+        anyhow::bail!("no token with id {id}; `herald tokens list` shows the ids")
     }
 }

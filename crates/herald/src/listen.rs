@@ -125,7 +125,8 @@ async fn receive(
         let line = json!({
             "received_at": herald_core::timefmt::utc_millis(now),
             "event_id": event_id,
-            "attempt": attempt,
+            // A number, as the header carries it; null when the header is missing or odd.
+            "attempt": attempt.parse::<u32>().ok(),
             "event_type": parsed.get("event_type"),
             "body": parsed,
             "verified": verdict.is_ok(),
@@ -160,7 +161,8 @@ pub async fn run(options: ListenOptions) -> anyhow::Result<()> {
         "herald listen: {mode} callbacks, answering {}",
         options.status.as_u16()
     );
-    println!("listening on http://{addr}");
+    // On stderr: stdout carries only callbacks, so `herald listen --json | jq` works.
+    eprintln!("listening on http://{addr}");
     let app = axum::Router::new()
         .fallback(axum::routing::post(receive))
         .with_state(Arc::new(Listener { options, rtc }));

@@ -314,20 +314,16 @@ impl Common {
         app::open_store(&self.settings(FlagOverrides::default())?).await
     }
 
-    /// The store, and the base of hook URLs (`HERALD_PUBLIC_URL`, or the listen address).
-    async fn open_store_and_public_url(
+    /// The settings, the store, and the base of hook URLs (said on stderr, with where it
+    /// came from, so that a wrong one is seen before it is pasted into a media server).
+    async fn open_store_and_hook_base(
         &self,
-    ) -> anyhow::Result<(std::sync::Arc<dyn herald_store::Store>, String)> {
-        let (store, settings) = self.open_store_and_settings().await?;
-        Ok((store, settings.public_url_for(settings.listen)))
-    }
-
-    /// The store, and the settings it was opened with.
-    async fn open_store_and_settings(
-        &self,
-    ) -> anyhow::Result<(std::sync::Arc<dyn herald_store::Store>, Settings)> {
+    ) -> anyhow::Result<(Settings, std::sync::Arc<dyn herald_store::Store>, String)> {
         let settings = self.settings(FlagOverrides::default())?;
-        Ok((app::open_store(&settings).await?, settings))
+        let base = settings.hook_base();
+        eprintln!("hook URLs use {}, from {}", base.url, base.origin);
+        let store = app::open_store(&settings).await?;
+        Ok((settings, store, base.url))
     }
 }
 
@@ -335,8 +331,20 @@ fn project(raw: &str) -> anyhow::Result<ProjectId> {
     Ok(ProjectId::parse("--project", raw)?)
 }
 
+/// A mistake gets its message and exit status 2, never a backtrace: `anyhow`'s `Debug`,
+/// which `main` returning `Result` would print, adds one whenever `RUST_BACKTRACE` is set.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -345,6 +353,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    herald::settings::warn_about_unknown_variables();
     match Cli::parse().command {
         Command::Serve {
             listen,
@@ -463,8 +472,7 @@ async fn main() -> anyhow::Result<()> {
             common,
             json,
         }) => {
-            let (store, settings) = common.open_store_and_settings().await?;
-            let public_url = settings.public_url_for(settings.listen);
+            let (settings, store, public_url) = common.open_store_and_hook_base().await?;
             let max_per_project = settings.max_per_project()?;
             let options = sources::CreateOptions {
                 engine,
@@ -486,7 +494,7 @@ async fn main() -> anyhow::Result<()> {
             common,
             json,
         }) => {
-            let (store, public_url) = common.open_store_and_public_url().await?;
+            let (_, store, public_url) = common.open_store_and_hook_base().await?;
             sources::list(store.as_ref(), &project(&p)?, &public_url, json).await
         }
         Command::Deliveries(DeliveriesCommand::Retry {

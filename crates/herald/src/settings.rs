@@ -25,6 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Where the API listens (`HERALD_LISTEN`).
+    #[serde(deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     /// The embedded store and the generated master key live here (`HERALD_DATA_DIR`).
     pub data_dir: PathBuf,
@@ -33,8 +34,10 @@ pub struct Settings {
     pub database_url: Option<SecretString>,
     /// Most PostgreSQL connections this node opens for ingest and management, besides its
     /// worker's and the one it keeps for `LISTEN` (`HERALD_DATABASE_POOL_SIZE`).
+    #[serde(deserialize_with = "database_pool_size")]
     pub database_pool_size: u32,
     /// Lets callbacks target loopback and private addresses (`HERALD_ALLOW_PRIVATE_TARGETS`).
+    #[serde(deserialize_with = "allow_private_targets")]
     pub allow_private_targets: bool,
     /// 64 hex characters; when unset, `master.key` in the data dir is used or created
     /// (`HERALD_MASTER_KEY`).
@@ -52,11 +55,14 @@ pub struct Settings {
     #[serde(deserialize_with = "signature_ttl")]
     pub signature_ttl: Duration,
     /// Most callbacks in flight to one endpoint (`HERALD_ENDPOINT_CONCURRENCY`).
+    #[serde(deserialize_with = "endpoint_concurrency")]
     pub endpoint_concurrency: u32,
     /// Most callbacks in flight from this process (`HERALD_MAX_IN_FLIGHT`).
+    #[serde(deserialize_with = "max_in_flight")]
     pub max_in_flight: u32,
     /// Most of those one project may hold (`HERALD_PROJECT_IN_FLIGHT`; default half of
     /// `max_in_flight`), so that one project's hanging receivers cannot starve the others.
+    #[serde(deserialize_with = "project_in_flight")]
     pub project_in_flight: Option<u32>,
     /// Longest wait between looks at the queue when nothing signals work (`HERALD_POLL_INTERVAL`).
     #[serde(deserialize_with = "poll_interval")]
@@ -81,9 +87,11 @@ pub struct Settings {
     #[serde(deserialize_with = "body_read_timeout")]
     pub body_read_timeout: Duration,
     /// Connections served at once; more wait until one ends (`HERALD_MAX_CONNECTIONS`).
+    #[serde(deserialize_with = "max_connections")]
     pub max_connections: u32,
     /// Most callback configs, apps and recording sources one project may have, each counted
     /// apart (`HERALD_MAX_PER_PROJECT`).
+    #[serde(deserialize_with = "max_per_project")]
     pub max_per_project: u32,
     /// The directories recording sources may read files from: `HERALD_RECORD_ROOTS`
     /// (absolute paths separated by `:`), or `record_roots`, an array, in the file. None by
@@ -157,6 +165,88 @@ fn written<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(match Written::deserialize(d)? {
         Written::Text(text) => text,
         Written::Number(n) => n.to_string(),
+    })
+}
+
+/// A whole number setting: its error names the variable and says what it takes (serde's
+/// own says "expected u32").
+fn whole_number<'de, D: Deserializer<'de>>(d: D, name: &str) -> Result<u32, D::Error> {
+    let raw = written(d)?;
+    raw.trim().parse().map_err(|_| {
+        serde::de::Error::custom(FieldError::new(
+            name,
+            format!("{raw:?} is not a whole number from 0 to {}", u32::MAX),
+        ))
+    })
+}
+
+fn database_pool_size<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    whole_number(d, "HERALD_DATABASE_POOL_SIZE")
+}
+
+fn endpoint_concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    whole_number(d, "HERALD_ENDPOINT_CONCURRENCY")
+}
+
+fn max_in_flight<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    whole_number(d, "HERALD_MAX_IN_FLIGHT")
+}
+
+fn max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    whole_number(d, "HERALD_MAX_CONNECTIONS")
+}
+
+fn max_per_project<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    whole_number(d, "HERALD_MAX_PER_PROJECT")
+}
+
+fn project_in_flight<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    whole_number(d, "HERALD_PROJECT_IN_FLIGHT").map(Some)
+}
+
+/// `true/false`, `1/0`, `yes/no` (any case): what people write for a switch in a shell.
+fn switch<'de, D: Deserializer<'de>>(d: D, name: &str) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Bool(bool),
+        Number(u64),
+        Text(String),
+    }
+    let refused = |shown: &str| {
+        serde::de::Error::custom(FieldError::new(
+            name,
+            format!("{shown:?} is not a switch: write true or false (also 1/0, yes/no)"),
+        ))
+    };
+    match Written::deserialize(d)? {
+        Written::Bool(b) => Ok(b),
+        Written::Number(1) => Ok(true),
+        Written::Number(0) => Ok(false),
+        Written::Number(n) => Err(refused(&n.to_string())),
+        Written::Text(text) => match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err(refused(&text)),
+        },
+    }
+}
+
+fn allow_private_targets<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    switch(d, "HERALD_ALLOW_PRIVATE_TARGETS")
+}
+
+/// An IP address and a port: a host name would need a resolver, and which of its
+/// addresses to bind would be a guess.
+fn listen_address<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let raw = written(d)?;
+    raw.trim().parse().map_err(|_| {
+        serde::de::Error::custom(FieldError::new(
+            "HERALD_LISTEN",
+            format!(
+                "{raw:?} is not an IP:PORT address, like 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080"
+            ),
+        ))
     })
 }
 
@@ -234,6 +324,98 @@ fn public_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
         .map_err(serde::de::Error::custom)
 }
 
+/// The settings read from `HERALD_<NAME>` variables: what [`Settings::load`] reads, and what
+/// [`unknown_variables`] checks the environment against, so the two cannot drift apart.
+pub const SETTINGS_FROM_ENV: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "database_pool_size",
+    "allow_private_targets",
+    "master_key",
+    "shutdown_grace",
+    "retry_schedule",
+    "delivery_timeout",
+    "signature_ttl",
+    "endpoint_concurrency",
+    "max_in_flight",
+    "project_in_flight",
+    "poll_interval",
+    "retention",
+    "public_url",
+    "ffprobe",
+    "header_read_timeout",
+    "body_read_timeout",
+    "max_connections",
+    "max_per_project",
+    "record_roots",
+    "metrics_listen",
+];
+
+/// `HERALD_*` variables read elsewhere: by the CLI's flags (`HERALD_CONFIG`, `herald listen`'s
+/// and `herald emit`'s keys) and by the build (`HERALD_COMMIT`).
+const OTHER_VARIABLES: &[&str] = &[
+    "HERALD_CONFIG",
+    "HERALD_LISTEN_KEY",
+    "HERALD_AK",
+    "HERALD_SK",
+    "HERALD_COMMIT",
+];
+
+/// The `HERALD_*` variables among `names` that nothing reads (a misspelled
+/// `HERALD_RETENTON` would otherwise be ignored without a word), each with the known
+/// variable it most likely meant. `HERALD_TEST_*` belongs to the test suites.
+pub fn unknown_variables(names: impl IntoIterator<Item = String>) -> Vec<(String, Option<String>)> {
+    let known: Vec<String> = SETTINGS_FROM_ENV
+        .iter()
+        .map(|name| format!("HERALD_{}", name.to_ascii_uppercase()))
+        .chain(OTHER_VARIABLES.iter().map(|name| (*name).to_owned()))
+        .collect();
+    names
+        .into_iter()
+        .filter(|name| name.starts_with("HERALD_") && !name.starts_with("HERALD_TEST_"))
+        .filter(|name| !known.contains(name))
+        .map(|name| {
+            let meant = known
+                .iter()
+                .map(|k| (edit_distance(&name.to_ascii_uppercase(), k), k))
+                .filter(|(distance, _)| *distance <= 2)
+                .min_by_key(|(distance, _)| *distance)
+                .map(|(_, k)| k.clone());
+            (name, meant)
+        })
+        .collect()
+}
+
+/// Levenshtein distance, for suggesting the variable a typo meant.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substituted = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substituted.min(previous + 1).min(row[j] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// Logs a warning for each `HERALD_*` variable of the environment that nothing reads.
+pub fn warn_about_unknown_variables() {
+    let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+    for (name, meant) in unknown_variables(names) {
+        match meant {
+            Some(meant) => tracing::warn!(
+                "{name} is not a Herald setting and is ignored; did you mean {meant}?"
+            ),
+            None => tracing::warn!("{name} is not a Herald setting and is ignored"),
+        }
+    }
+}
+
 /// `/a:/b` from the environment, `["/a", "/b"]` from the file.
 fn record_roots<'de, D: Deserializer<'de>>(d: D) -> Result<RecordRoots, D::Error> {
     #[derive(Deserialize)]
@@ -261,7 +443,45 @@ pub struct FlagOverrides {
     pub allow_private_targets: Option<bool>,
 }
 
+/// Where `herald serve` leaves the public URL it runs with, in its data dir, for the CLI's
+/// hook URLs: the CLI cannot know the `--listen` or port the server was started with.
+pub const PUBLIC_URL_FILE: &str = "public-url";
+
+/// The base of the hook URLs the CLI prints, and where it came from (said beside them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookBase {
+    pub url: String,
+    pub origin: String,
+}
+
 impl Settings {
+    /// The base of hook URLs for the CLI: `HERALD_PUBLIC_URL` when set; else the URL the
+    /// server on this data dir last started with; else a guess from `HERALD_LISTEN`.
+    pub fn hook_base(&self) -> HookBase {
+        if let Some(url) = &self.public_url {
+            return HookBase {
+                url: url.clone(),
+                origin: "HERALD_PUBLIC_URL".to_owned(),
+            };
+        }
+        let file = self.data_dir.join(PUBLIC_URL_FILE);
+        if let Ok(text) = std::fs::read_to_string(&file)
+            && let Ok(url) = herald_core::source::DownloadBase::parse("public-url", text.trim())
+        {
+            return HookBase {
+                url: url.as_str().trim_end_matches('/').to_owned(),
+                origin: format!("the URL the server last started with ({})", file.display()),
+            };
+        }
+        HookBase {
+            url: format!("http://{}", self.listen),
+            origin: format!(
+                "HERALD_LISTEN, a guess: no server has started with {} yet (start it first, or set HERALD_PUBLIC_URL)",
+                self.data_dir.display()
+            ),
+        }
+    }
+
     /// The base of hook URLs for a server listening on `listen`.
     pub fn public_url_for(&self, listen: SocketAddr) -> String {
         self.public_url
@@ -345,31 +565,7 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment
-            .merge(Env::prefixed("HERALD_").only(&[
-                "listen",
-                "data_dir",
-                "database_url",
-                "database_pool_size",
-                "allow_private_targets",
-                "master_key",
-                "shutdown_grace",
-                "retry_schedule",
-                "delivery_timeout",
-                "signature_ttl",
-                "endpoint_concurrency",
-                "max_in_flight",
-                "project_in_flight",
-                "poll_interval",
-                "retention",
-                "public_url",
-                "ffprobe",
-                "header_read_timeout",
-                "body_read_timeout",
-                "max_connections",
-                "max_per_project",
-                "record_roots",
-                "metrics_listen",
-            ]))
+            .merge(Env::prefixed("HERALD_").only(SETTINGS_FROM_ENV))
             .merge(Serialized::defaults(flags))
             .extract()
             .map_err(Box::new)
@@ -466,6 +662,79 @@ mod tests {
             s.max_per_project().unwrap_err().field,
             "HERALD_MAX_PER_PROJECT"
         );
+    }
+
+    #[test]
+    fn switches_read_as_people_write_them_and_addresses_say_ip_port() {
+        for (value, expected) in [
+            ("1", true),
+            ("yes", true),
+            ("TRUE", true),
+            ("0", false),
+            ("no", false),
+        ] {
+            let mut got = None;
+            figment::Jail::expect_with(|jail| {
+                jail.set_env("HERALD_ALLOW_PRIVATE_TARGETS", value);
+                got = Some(
+                    Settings::load(None, &FlagOverrides::default())
+                        .map_err(|e| *e)?
+                        .allow_private_targets,
+                );
+                Ok(())
+            });
+            assert_eq!(got, Some(expected), "{value}");
+        }
+        let message = refused("HERALD_ALLOW_PRIVATE_TARGETS", "maybe");
+        assert!(
+            message.contains("HERALD_ALLOW_PRIVATE_TARGETS") && message.contains("true or false"),
+            "{message}"
+        );
+        for bad in ["localhost:8080", "8080", "127.0.0.1"] {
+            let message = refused("HERALD_LISTEN", bad);
+            assert!(
+                message.contains("HERALD_LISTEN") && message.contains("IP:PORT"),
+                "{bad}: {message}"
+            );
+        }
+        let message = refused("HERALD_MAX_IN_FLIGHT", "lots");
+        assert!(
+            message.contains("HERALD_MAX_IN_FLIGHT") && message.contains("whole number"),
+            "{message}"
+        );
+        let message = refused("HERALD_RETENTION", "5x");
+        assert!(
+            message.contains("500ms, 5s, 2m, 1h or 30d") && !message.contains("weeks"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn misspelled_variables_are_found_with_what_they_meant() {
+        let env = [
+            "HERALD_RETENTON",
+            "HERALD_LISTEN",
+            "HERALD_CONFIG",
+            "HERALD_TEST_BACKEND",
+            "PATH",
+            "HERALD_ZZZ",
+        ];
+        let unknown = unknown_variables(env.map(String::from));
+        assert_eq!(
+            unknown,
+            [
+                (
+                    "HERALD_RETENTON".to_owned(),
+                    Some("HERALD_RETENTION".to_owned())
+                ),
+                ("HERALD_ZZZ".to_owned(), None)
+            ]
+        );
+        // Every setting read from the environment is known, by construction.
+        let every = SETTINGS_FROM_ENV
+            .iter()
+            .map(|n| format!("HERALD_{}", n.to_ascii_uppercase()));
+        assert!(unknown_variables(every).is_empty());
     }
 
     #[test]

@@ -44,7 +44,17 @@ pub async fn create(
     let view = create_source(store, place.roots, project, spec, options.max_per_project)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    print(&view, place.public_url, as_json)
+    print(&view, place.public_url, as_json)?;
+    if !std::path::Path::new(&options.record_dir).is_dir() {
+        // Created anyway: the media server may make it. But a dir it cannot make or write
+        // fails in its own log only ("Permission denied"), so say it here.
+        eprintln!(
+            "warning: --record-dir {} does not exist: create it, writable by the user the media \
+             server runs as (www-data for Debian's nginx), or nothing is recorded",
+            options.record_dir
+        );
+    }
+    Ok(())
 }
 
 /// Prints every source of a project, oldest first.

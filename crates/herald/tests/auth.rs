@@ -385,22 +385,25 @@ async fn chunked_post(base: &str, path: &str, token: &str, size: usize) -> Strin
 
 #[tokio::test]
 async fn config_file_credentials_are_honoured() {
+    // Long and random enough: serve refuses shorter or placeholder secrets in the file.
+    const SECRET_FROM_CONFIG: &str = "secret-from-config-file-9f3a7c1e5b2d8046";
+    const TOKEN_FROM_CONFIG: &str = "token-from-config-4e8b2a6f1c9d7053ab";
     let server = TestServer::start_with(|s| {
         s.credentials.push(herald::settings::StaticAccessKey {
             project_id: "p1".into(),
             access_key: "AKFROMCONFIGFILE0001".into(),
-            secret_key: "secret-from-config-file".into(),
+            secret_key: SECRET_FROM_CONFIG.into(),
         });
         s.tokens.push(herald::settings::StaticToken {
             project_id: "p1".into(),
-            token: "token-from-config".into(),
+            token: TOKEN_FROM_CONFIG.into(),
         });
     })
     .await;
     let c = common::Creds {
         project: "p1".into(),
         ak: "AKFROMCONFIGFILE0001".into(),
-        sk: "secret-from-config-file".into(),
+        sk: SECRET_FROM_CONFIG.into(),
     };
     assert_eq!(
         server.signed(&c, Method::GET, LIST, None).await.status(),
@@ -409,7 +412,7 @@ async fn config_file_credentials_are_honoured() {
     let by_token = server
         .http
         .get(format!("{}{LIST}", server.base))
-        .header("x-auth-token", "token-from-config")
+        .header("x-auth-token", TOKEN_FROM_CONFIG)
         .send()
         .await
         .unwrap();

@@ -843,7 +843,7 @@ fn embedded(dir: &std::path::Path) -> herald::settings::Settings {
         data_dir: dir.to_owned(),
         tokens: vec![herald::settings::StaticToken {
             project_id: "p1".into(),
-            token: secrecy::SecretString::from("supervised-token"),
+            token: secrecy::SecretString::from("supervised-token-7c2e9a4f1b8d3065"),
         }],
         ..herald::settings::Settings::default()
     }
@@ -914,7 +914,7 @@ async fn an_ingest_committer_that_panics_once_is_restarted_and_ingest_goes_on() 
     let http = reqwest::Client::new();
     let answer = http
         .post(format!("http://{}/v1/p1/record/events", running.local_addr))
-        .header("X-Auth-Token", "supervised-token")
+        .header("X-Auth-Token", "supervised-token-7c2e9a4f1b8d3065")
         .json(&event("after-a-panic", "RECORD_OVER", "live", "s"))
         .send()
         .await

@@ -18,7 +18,8 @@ use tokio::process::{Child, ChildStdout, Command};
 const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 const KEY: &str = "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z";
 
-/// `herald listen --json` on a free port; returns it, its port and its output lines.
+/// `herald listen --json` on a free port; returns it, its port and its output lines. The
+/// "listening on" line is on stderr, so that stdout is only callbacks (`| jq` works).
 async fn listen(args: &[&str]) -> (Child, u16, Lines<BufReader<ChildStdout>>) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -29,17 +30,23 @@ async fn listen(args: &[&str]) -> (Child, u16, Lines<BufReader<ChildStdout>>) {
         .args(["listen", "--json", "--port", &port.to_string()])
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(first.starts_with("listening on "), "{first}");
+    let mut errors = BufReader::new(child.stderr.take().unwrap()).lines();
+    let announced = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = errors.next_line().await.unwrap() {
+            if line.starts_with("listening on ") {
+                return;
+            }
+        }
+        panic!("herald listen ended without saying where it listens");
+    });
+    announced.await.unwrap();
+    // Keep reading stderr: a closed pipe would fail the listener's next write there.
+    tokio::spawn(async move { while let Ok(Some(_)) = errors.next_line().await {} });
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
     (child, port, lines)
 }
 
@@ -150,6 +157,11 @@ async fn serve_listen_and_emit_show_a_verified_callback() {
         (Some(true), Value::Null),
         "{got}"
     );
+    assert_eq!(
+        (got["event_type"].as_str(), got["event_id"].as_str()),
+        (Some("RECORD_FILE_COMPLETE"), Some("kit-1"))
+    );
+    assert_eq!(got["attempt"], json!(1), "attempt is a number: {got}");
     assert_eq!(
         (got["event_type"].as_str(), got["event_id"].as_str()),
         (Some("RECORD_FILE_COMPLETE"), Some("kit-1"))

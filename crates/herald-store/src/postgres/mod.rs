@@ -27,8 +27,7 @@ const WORK_CHANNEL: &str = "herald_work";
 /// maintenance, and the idle look at the next due time.
 pub const QUEUE_POOL_SIZE: u32 = 4;
 
-/// The name and sealing context of the master-key check in `herald_meta`.
-const KEY_CHECK: &str = "master_key_check";
+use crate::KEY_CHECK;
 
 /// How to reach the database.
 #[derive(Clone)]

@@ -65,6 +65,43 @@ pub(crate) const BEGIN_DURABLE: &str = "PRAGMA synchronous = FULL; BEGIN IMMEDIA
 /// callbacks per second.
 pub(crate) const BEGIN_QUEUE: &str = "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE";
 
+/// Refuses a master key that does not open the database's secrets, as PostgreSQL does: the
+/// first start seals a check value, every later one must open it. A database from before
+/// the check has its key tried on a sealed secret it already holds before the check is
+/// written, so that the wrong key is never the one recorded.
+async fn check_master_key(pool: &SqlitePool, master: &MasterKey) -> Result<(), StoreError> {
+    let stored: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT value FROM herald_meta WHERE name = $1")
+            .bind(crate::KEY_CHECK)
+            .fetch_optional(pool)
+            .await?;
+    if let Some(stored) = stored {
+        return master
+            .open(crate::KEY_CHECK, &stored)
+            .map(drop)
+            .map_err(|_| StoreError::MasterKeyMismatch);
+    }
+    let existing: Option<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT access_key, secret_key_sealed FROM access_keys LIMIT 1")
+            .fetch_optional(pool)
+            .await?;
+    if let Some((access_key, sealed)) = existing
+        && master
+            .open(&crate::rows::access_key_context(&access_key), &sealed)
+            .is_err()
+    {
+        return Err(StoreError::MasterKeyMismatch);
+    }
+    sqlx::query(
+        "INSERT INTO herald_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(crate::KEY_CHECK)
+    .bind(master.seal(crate::KEY_CHECK, b"herald")?)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database in `data_dir` and applies migrations. Its
     /// background task runs unwatched: for commands and tests; a server opens it with
@@ -95,6 +132,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        check_master_key(&pool, &master).await?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
@@ -341,9 +379,9 @@ mod tests {
         let store = store_with_one_delivery(dir.path(), now).await;
         let first = claim(&store, now).await;
         assert_eq!(first.len(), 1);
+        let master = store.master.clone();
         drop(store);
 
-        let (master, _) = MasterKey::generate();
         let next = SqliteStore::open(dir.path(), master).await.unwrap();
         let again = claim(&next, now).await;
         assert_eq!(
