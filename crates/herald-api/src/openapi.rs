@@ -146,7 +146,7 @@ fn url_regex() -> String {
     )
 }
 
-const PRIVATE_TARGETS: &str = "A host that is a loopback, private, link-local or metadata \
+pub const PRIVATE_TARGETS: &str = "A host that is a loopback, private, link-local or metadata \
      address (or `localhost`) is refused unless the server runs with --allow-private-targets.";
 
 /// A URL by the rules of `herald_core::config::callback_url::CallbackUrl`, or `""`.

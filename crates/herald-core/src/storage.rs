@@ -48,7 +48,11 @@ impl RecordFormat {
             .find(|f| f.as_str().eq_ignore_ascii_case(raw))
             .ok_or_else(|| {
                 let names: Vec<&str> = offered.iter().map(|f| f.as_str()).collect();
-                let flavour = if rtc { "an RTC app source" } else { "a Live source" };
+                let flavour = if rtc {
+                    "an RTC app source"
+                } else {
+                    "a Live source"
+                };
                 FieldError::new(field, format!("must be {} for {flavour}", names.join(", ")))
             })
     }
@@ -239,11 +243,7 @@ pub struct StorageFields<'a> {
 
 impl StorageSpec {
     /// Reads the API's `storage` object; each refusal names `storage.{field}`.
-    pub fn from_json(
-        obj: &JsonObject,
-        rtc: bool,
-        allow_private: bool,
-    ) -> Result<Self, FieldError> {
+    pub fn from_json(obj: &JsonObject, rtc: bool, allow_private: bool) -> Result<Self, FieldError> {
         let named = |e: FieldError| FieldError::new(format!("storage.{}", e.field), e.rule);
         let fields = StorageFields {
             endpoint: obj.optional_str("endpoint").map_err(named)?,
@@ -251,7 +251,10 @@ impl StorageSpec {
             bucket: obj.optional_str("bucket").map_err(named)?,
             access_key_id: obj.optional_str("access_key_id").map_err(named)?,
             secret_access_key: obj.optional_str("secret_access_key").map_err(named)?,
-            path_style: obj.optional_bool("path_style").map_err(named)?.unwrap_or(false),
+            path_style: obj
+                .optional_bool("path_style")
+                .map_err(named)?
+                .unwrap_or(false),
             object_prefix: obj
                 .optional_str("object_prefix")
                 .map_err(named)?
@@ -375,11 +378,17 @@ mod tests {
 
     #[test]
     fn formats_are_the_flavours_own() {
-        assert_eq!(RecordFormat::parse("f", "mp4", true).unwrap(), RecordFormat::Mp4);
+        assert_eq!(
+            RecordFormat::parse("f", "mp4", true).unwrap(),
+            RecordFormat::Mp4
+        );
         let refused = RecordFormat::parse("record_format", "FLV", true).unwrap_err();
         assert_eq!(refused.field, "record_format");
         assert!(refused.rule.contains("MP4, HLS"), "{}", refused.rule);
-        assert_eq!(RecordFormat::parse("f", "FLV", false).unwrap(), RecordFormat::Flv);
+        assert_eq!(
+            RecordFormat::parse("f", "FLV", false).unwrap(),
+            RecordFormat::Flv
+        );
         assert!(RecordFormat::parse("f", "AVI", false).is_err());
     }
 

@@ -105,8 +105,8 @@ impl StoredStorage {
             object_prefix: Some(&self.object_prefix),
             delete_local: self.delete_local,
         };
-        let spec = StorageSpec::from_fields(&fields, "storage.", rtc, true)
-            .map_err(|e| e.to_string())?;
+        let spec =
+            StorageSpec::from_fields(&fields, "storage.", rtc, true).map_err(|e| e.to_string())?;
         ObjectPrefix::parse("object_prefix", &self.object_prefix).map_err(|e| e.to_string())?;
         Ok(spec)
     }
@@ -306,13 +306,15 @@ where
         };
         let (storage_json, storage_sealed) = match &source.spec.storage {
             Some(storage) => (
-                Some(serde_json::to_string(&StoredStorage::of(storage)).map_err(|e| {
-                    StoreError::Corrupt(CorruptRow {
-                        table: "record_sources",
-                        id: source.id.clone(),
-                        reason: format!("storage_json: {e}"),
-                    })
-                })?),
+                Some(
+                    serde_json::to_string(&StoredStorage::of(storage)).map_err(|e| {
+                        StoreError::Corrupt(CorruptRow {
+                            table: "record_sources",
+                            id: source.id.clone(),
+                            reason: format!("storage_json: {e}"),
+                        })
+                    })?,
+                ),
                 Some(self.master().seal(
                     &storage_secret_context(&source.id),
                     storage.secret_access_key.expose_secret().as_bytes(),

@@ -118,7 +118,13 @@ async fn a_sources_storage_reads_back_as_created(store: &dyn Store) {
     assert!(read.source.spec.storage.is_none());
     assert!(read.source.spec.record_format.is_none());
     let (_, listed) = store
-        .list_sources(&project("stored"), Page { offset: 0, limit: 10 })
+        .list_sources(
+            &project("stored"),
+            Page {
+                offset: 0,
+                limit: 10,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(listed.len(), 2);

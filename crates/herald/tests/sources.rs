@@ -1232,3 +1232,208 @@ async fn without_ffprobe_serve_warns_and_files_wait() {
     assert_eq!(shown["status"]["files_waiting"], 1, "{shown}");
     assert_eq!(shown["status"]["last_error"], Value::Null, "{shown}");
 }
+
+/// A source takes a record format and a bucket (SPEC §7.1) through the API and the CLI:
+/// every refusal names its field, a private endpoint is refused unless private targets are
+/// allowed, and the secret access key is never shown again.
+#[tokio::test]
+async fn sources_take_a_bucket_and_never_show_its_secret() {
+    let live = Live::start().await;
+    let (server, token) = (&live.server, &live.token);
+    let dir = live.record_dir();
+    let dir = dir.to_str().unwrap();
+    let storage = json!({"endpoint": "http://127.0.0.1:3900", "region": "garage",
+        "bucket": "recordings", "access_key_id": "GK31c2f218a2e44f485b94239e",
+        "secret_access_key": "b892c0665f0ada8a4755dae98baa3b133590e11dae3bcc1f9d3d9ad3",
+        "path_style": true});
+    let with = |extra: Value| {
+        let mut body = json!({"engine": "nginx-rtmp", "publish_domain": DOMAIN, "record_dir": dir,
+            "storage": storage.clone()});
+        for (k, v) in extra.as_object().unwrap() {
+            if k == "storage" {
+                for (sk, sv) in v.as_object().unwrap() {
+                    body["storage"][sk] = sv.clone();
+                }
+            } else {
+                body[k] = v.clone();
+            }
+        }
+        body
+    };
+    let app = {
+        let (status, app) = server
+            .post_with_token(token, "/v2/apps", &json!({"app_name": "rooms"}))
+            .await;
+        assert_eq!(status, 201, "{app}");
+        app["app_id"].as_str().unwrap().to_owned()
+    };
+    for (body, field) in [
+        (with(json!({"record_format": "AVI"})), "record_format"),
+        (
+            json!({"engine": "srs", "app_id": app, "record_dir": dir, "record_format": "FLV",
+                   "storage": storage.clone()}),
+            "record_format",
+        ),
+        (
+            json!({"engine": "srs", "publish_domain": DOMAIN, "record_dir": dir, "record_format": "MP4"}),
+            "record_format",
+        ),
+        (
+            with(json!({"storage": {"object_prefix": "rec/{steam}"}})),
+            "storage.object_prefix",
+        ),
+        (
+            with(json!({"storage": {"bucket": "Not_A_Bucket"}})),
+            "storage.bucket",
+        ),
+        (
+            with(json!({"storage": {"secret_access_key": null}})),
+            "storage.secret_access_key",
+        ),
+        (
+            with(json!({"storage": {"endpoint": "https://s3.example.com/recordings"}})),
+            "storage.endpoint",
+        ),
+        (
+            with(json!({"storage": {"path_style": "yes"}})),
+            "storage.path_style",
+        ),
+        (
+            json!({"engine": "srs", "publish_domain": DOMAIN, "record_dir": dir, "storage": "s3"}),
+            "storage",
+        ),
+    ] {
+        let (status, answer) = server
+            .post_with_token(token, "/v1/p1/record/sources", &body)
+            .await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error_code"], "LIVE.100011001");
+        assert!(
+            answer["error_msg"].as_str().unwrap().starts_with(field),
+            "{field}: {answer}"
+        );
+    }
+
+    let (status, created) = server
+        .post_with_token(
+            token,
+            "/v1/p1/record/sources",
+            &with(json!({"record_format": "mp4", "storage": {"delete_local": true}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["record_format"], "MP4");
+    assert_eq!(
+        created["storage"],
+        json!({"endpoint": "http://127.0.0.1:3900", "region": "garage", "bucket": "recordings",
+            "access_key_id": "GK31c2f218a2e44f485b94239e", "secret_access_key": null,
+            "secret_access_key_set": true, "path_style": true,
+            "object_prefix": herald_core::storage::DEFAULT_LIVE_PREFIX, "delete_local": true})
+    );
+    let id = created["id"].as_str().unwrap();
+    let (status, shown) = server
+        .get_with_token(token, &format!("/v1/p1/record/sources/{id}"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(shown["storage"], created["storage"]);
+    let (_, listed) = server.get_with_token(token, "/v1/p1/record/sources").await;
+    assert!(
+        !listed.to_string().contains("b892c0665f0ada8a"),
+        "the secret is listed: {listed}"
+    );
+
+    // Without --allow-private-targets, a loopback endpoint is refused as a callback URL is.
+    let strict = TestServer::start().await;
+    let strict_token = strict.token("p1").await;
+    let (status, answer) = strict
+        .post_with_token(&strict_token, "/v1/p1/record/sources", &with(json!({})))
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error_msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("storage.endpoint"),
+        "{answer}"
+    );
+
+    // The CLI: the secret from a file, an RTC app's source in HLS with its default keys.
+    let secret_file = live.record_dir.path().join("secret");
+    std::fs::write(&secret_file, "cli-secret-access-key-0123\n").unwrap();
+    let out = server
+        .herald(&[
+            "sources",
+            "create",
+            "--project",
+            "p1",
+            "--engine",
+            "mediamtx",
+            "--app-id",
+            &app,
+            "--record-dir",
+            live.record_dir().join("rtc").to_str().unwrap(),
+            "--record-format",
+            "HLS",
+            "--storage-endpoint",
+            "https://obs.cn-north-4.myhuaweicloud.com",
+            "--storage-region",
+            "cn-north-4",
+            "--bucket",
+            "rtc-recordings",
+            "--access-key-id",
+            "AKCLI",
+            "--secret-access-key-file",
+            secret_file.to_str().unwrap(),
+            "--json",
+        ])
+        .await;
+    let from_cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(from_cli["record_format"], "HLS");
+    assert_eq!(from_cli["storage"]["secret_access_key"], Value::Null);
+    assert_eq!(from_cli["storage"]["secret_access_key_set"], true);
+    assert_eq!(from_cli["storage"]["path_style"], false);
+    assert_eq!(
+        from_cli["storage"]["object_prefix"],
+        herald_core::storage::DEFAULT_RTC_PREFIX
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("cli-secret-access-key"));
+
+    // A refused flag is named as typed.
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "sources",
+            "create",
+            "--project",
+            "p1",
+            "--engine",
+            "srs",
+            "--publish-domain",
+            DOMAIN,
+            "--record-dir",
+            live.record_dir().join("cli2").to_str().unwrap(),
+            "--storage-endpoint",
+            "https://obs.cn-north-4.myhuaweicloud.com",
+            "--storage-region",
+            "cn-north-4",
+            "--bucket",
+            "b",
+            "--access-key-id",
+            "AK",
+            "--secret-access-key-file",
+            secret_file.to_str().unwrap(),
+            "--data-dir",
+        ])
+        .arg(server.data_dir.path())
+        .env("HERALD_RECORD_ROOTS", common::test_record_root())
+        .envs(
+            server
+                .database_url()
+                .map(|url| ("HERALD_DATABASE_URL", url)),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--bucket:"), "{stderr}");
+}
