@@ -88,7 +88,10 @@ pub struct KeyFacts<'a> {
     pub app: &'a str,
     pub stream: &'a str,
     pub app_id: &'a str,
-    pub record_format: RecordFormat,
+    /// `{record_format}`: `FLV`, `MP4`, `HLS`, or the engine's own (`TS`).
+    pub record_format: &'a str,
+    /// What the key ends with: `.flv`, `.mp4`, `.m3u8`, `.ts`.
+    pub extension: &'a str,
     pub file_start: OffsetDateTime,
 }
 
@@ -154,11 +157,11 @@ impl ObjectPrefix {
             ("app", facts.app.to_owned()),
             ("stream", facts.stream.to_owned()),
             ("record_type", "CONTINUOUS_RECORD".to_owned()),
-            ("record_format", facts.record_format.as_str().to_owned()),
+            ("record_format", facts.record_format.to_owned()),
         ] {
             key = key.replace(&format!("{{{name}}}"), &value);
         }
-        key.push_str(facts.record_format.extension());
+        key.push_str(facts.extension);
         key
     }
 }
@@ -334,21 +337,27 @@ impl StorageSpec {
         })
     }
 
+    /// The URL the bucket's objects are below: `{endpoint}/{bucket}` (path style) or
+    /// `{scheme}://{bucket}.{endpoint host}` (virtual-hosted).
+    pub fn bucket_url(&self) -> String {
+        let endpoint = self.endpoint.as_str().trim_end_matches('/');
+        if self.path_style {
+            return format!("{endpoint}/{}", self.bucket);
+        }
+        match endpoint.split_once("://") {
+            Some((scheme, host)) => format!("{scheme}://{}.{host}", self.bucket),
+            None => format!("{endpoint}/{}", self.bucket),
+        }
+    }
+
     /// The object's URL: `download_url` when the source has no `download_base`.
     pub fn object_url(&self, key: &str) -> String {
-        let endpoint = self.endpoint.as_str().trim_end_matches('/');
         let key: String = key
             .split('/')
             .map(|s| percent_encoding::utf8_percent_encode(s, KEY_SEGMENT).to_string())
             .collect::<Vec<_>>()
             .join("/");
-        if self.path_style {
-            return format!("{endpoint}/{}/{key}", self.bucket);
-        }
-        match endpoint.split_once("://") {
-            Some((scheme, host)) => format!("{scheme}://{}.{host}/{key}", self.bucket),
-            None => format!("{endpoint}/{}/{key}", self.bucket),
-        }
+        format!("{}/{key}", self.bucket_url())
     }
 }
 
@@ -401,7 +410,8 @@ mod tests {
             app: "live",
             stream: "cam",
             app_id: "",
-            record_format: RecordFormat::Mp4,
+            record_format: "MP4",
+            extension: ".mp4",
             file_start: start,
         });
         assert_eq!(
@@ -414,7 +424,8 @@ mod tests {
             app: "room",
             stream: "u1",
             app_id: "0123456789abcdef01234567",
-            record_format: RecordFormat::Hls,
+            record_format: "HLS",
+            extension: ".m3u8",
             file_start: start,
         });
         assert_eq!(
@@ -429,7 +440,8 @@ mod tests {
                     app: "",
                     stream: "s",
                     app_id: "",
-                    record_format: RecordFormat::Flv,
+                    record_format: "FLV",
+                    extension: ".flv",
                     file_start: start,
                 })
                 .ends_with("rec/s-1583676625.flv")
