@@ -1437,3 +1437,202 @@ async fn sources_take_a_bucket_and_never_show_its_secret() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("--bucket:"), "{stderr}");
 }
+
+/// A Live source over `live`'s record dir storing in `garage` (path style), with `extra`
+/// fields of the source and `secret` as its secret access key.
+async fn stored_source(
+    live: &Live,
+    garage: &common::garage::Garage,
+    secret: &str,
+    extra: Value,
+) -> Value {
+    let mut body = json!({"engine": "nginx-rtmp", "publish_domain": DOMAIN,
+        "record_dir": live.record_dir().to_str().unwrap(), "max_pause": "4s",
+        "storage": {"endpoint": garage.endpoint, "region": common::garage::REGION,
+            "bucket": common::garage::BUCKET, "access_key_id": garage.key_id,
+            "secret_access_key": secret, "path_style": true}});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let (status, source) = live
+        .server
+        .post_with_token(&live.token, "/v1/p1/record/sources", &body)
+        .await;
+    assert_eq!(status, 201, "{source}");
+    source
+}
+
+/// nginx-rtmp records FLV; the source stores MP4 in a real Garage. Each
+/// RECORD_FILE_COMPLETE comes after its object is stored, with the OBS fields of it: the
+/// object read back over S3 has the reported size, ffprobe reads it as MP4 of the reported
+/// duration, its key is the default template's, and the local file is kept.
+#[tokio::test]
+async fn recordings_are_stored_in_garage_as_mp4_and_reported_with_the_obs_fields() {
+    let Some(program) = common::garage::program() else {
+        return;
+    };
+    media::require_tools();
+    let garage = common::garage::Garage::start(program).await;
+    let live = Live::start().await;
+    let source = stored_source(
+        &live,
+        &garage,
+        &garage.secret,
+        json!({"record_format": "MP4"}),
+    )
+    .await;
+    let nginx = Nginx::start(
+        source["hook_url"].as_str().unwrap(),
+        &live.record_dir(),
+        "3s",
+    )
+    .await;
+    media::publish(&nginx.rtmp_url("live", "cam"), 5).await;
+    let events = live.wait_for_type("RECORD_OVER").await;
+    assert!(!types(&events).contains(&"RECORD_FAILED"), "{events:?}");
+    let completes: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event_type"] == "RECORD_FILE_COMPLETE")
+        .collect();
+    assert!(!completes.is_empty(), "{events:?}");
+    let keys = garage.keys().await;
+    assert_eq!(keys.len(), completes.len(), "one object per file: {keys:?}");
+    for (n, complete) in completes.iter().enumerate() {
+        assert_eq!(complete["obs_location"], garage.endpoint.as_str());
+        assert_eq!(complete["obs_bucket"], common::garage::BUCKET);
+        assert_eq!(complete["record_format"], "MP4");
+        let key = complete["obs_object"].as_str().unwrap();
+        let prefix = format!("Record/{DOMAIN}/live/CONTINUOUS_RECORD/MP4/cam_");
+        assert!(key.starts_with(&prefix) && key.ends_with(".mp4"), "{key}");
+        assert_eq!(
+            complete["download_url"],
+            format!("{}/{}/{key}", garage.endpoint, common::garage::BUCKET)
+        );
+        let object = garage.get(key).await;
+        assert_eq!(complete["file_size"], object.len(), "{key}");
+        let copy = garage.save(&format!("{n}.mp4"), &object);
+        let probed = media::ffprobe_duration(&copy).await;
+        let reported = complete["record_duration"].as_f64().unwrap();
+        assert!((reported - probed).abs() <= 1.0, "{reported} vs {probed}");
+        assert_eq!(
+            (complete["width"].clone(), complete["height"].clone()),
+            (json!(1280), json!(720))
+        );
+    }
+    let local: Vec<_> = std::fs::read_dir(live.record_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "flv"))
+        .collect();
+    assert!(!local.is_empty(), "the local files are kept");
+}
+
+/// Credentials the store refuses fail the file at once: RECORD_FAILED naming the bucket
+/// and the store's code, the source's last_error, and the local file kept.
+#[tokio::test]
+async fn refused_credentials_fail_the_file_at_once_and_keep_it() {
+    let Some(program) = common::garage::program() else {
+        return;
+    };
+    media::require_tools();
+    let garage = common::garage::Garage::start(program).await;
+    let live = Live::start().await;
+    let wrong = "0000000000000000000000000000000000000000000000000000000000000000";
+    let source = stored_source(&live, &garage, wrong, json!({})).await;
+    let started = std::time::Instant::now();
+    let nginx = Nginx::start(
+        source["hook_url"].as_str().unwrap(),
+        &live.record_dir(),
+        "30s",
+    )
+    .await;
+    media::publish(&nginx.rtmp_url("live", "cam"), 3).await;
+    let events = live.wait_for_type("RECORD_FAILED").await;
+    assert!(started.elapsed() < Duration::from_secs(40), "not at once");
+    let failed = events
+        .iter()
+        .find(|e| e["event_type"] == "RECORD_FAILED")
+        .unwrap();
+    let message = failed["error_message"].as_str().unwrap();
+    assert!(message.contains("bucket recordings: "), "{message}");
+    assert!(
+        !types(&events).contains(&"RECORD_FILE_COMPLETE"),
+        "{events:?}"
+    );
+    let (_, shown) = live
+        .server
+        .get_with_token(
+            &live.token,
+            &format!("/v1/p1/record/sources/{}", source["id"].as_str().unwrap()),
+        )
+        .await;
+    let last = shown["status"]["last_error"]["message"].as_str().unwrap();
+    assert!(last.contains("bucket recordings"), "{shown}");
+    let file = shown["status"]["last_error"]["file"].as_str().unwrap();
+    assert!(Path::new(file).is_file(), "the local file {file} is kept");
+    assert!(garage.keys().await.is_empty());
+}
+
+/// Garage down while a file waits: the upload is retried, and once Garage is back the file
+/// is stored and reported once.
+#[tokio::test]
+async fn an_upload_waits_for_a_stopped_store_and_is_reported_once() {
+    let Some(program) = common::garage::program() else {
+        return;
+    };
+    media::require_tools();
+    let mut garage = common::garage::Garage::start(program).await;
+    let live = Live::start().await;
+    let source = stored_source(&live, &garage, &garage.secret, json!({})).await;
+    let nginx = Nginx::start(
+        source["hook_url"].as_str().unwrap(),
+        &live.record_dir(),
+        "30s",
+    )
+    .await;
+    garage.stop().await;
+    media::publish(&nginx.rtmp_url("live", "cam"), 3).await;
+    let id = source["id"].as_str().unwrap();
+    // The file has been read and its upload refused at least once.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let (_, shown) = live
+                .server
+                .get_with_token(&live.token, &format!("/v1/p1/record/sources/{id}"))
+                .await;
+            let has_file = std::fs::read_dir(live.record_dir())
+                .unwrap()
+                .filter_map(Result::ok)
+                .any(|e| e.path().extension().is_some_and(|x| x == "flv"));
+            if has_file && shown["status"]["files_waiting"].as_u64() >= Some(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !types(&live.events()).contains(&"RECORD_FILE_COMPLETE"),
+        "reported before it was stored"
+    );
+    garage.restart().await;
+    let events = live.wait_for_type("RECORD_OVER").await;
+    let completes: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event_type"] == "RECORD_FILE_COMPLETE")
+        .collect();
+    assert_eq!(completes.len(), 1, "{events:?}");
+    let all = live.receiver.received();
+    let ids: Vec<_> = all
+        .iter()
+        .filter(|r| String::from_utf8_lossy(&r.body).contains("RECORD_FILE_COMPLETE"))
+        .map(|r| r.header("herald-event-id"))
+        .collect::<std::collections::HashSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(ids.len(), 1, "one event");
+    let key = completes[0]["obs_object"].as_str().unwrap();
+    assert_eq!(completes[0]["file_size"], garage.get(key).await.len());
+}
