@@ -342,6 +342,13 @@ impl SourceSpec {
                 "needs storage: Herald converts a recording only to upload it",
             ));
         }
+        if record_format == Some(RecordFormat::Hls) {
+            // Refused here rather than accepted and failed file by file.
+            return Err(FieldError::new(
+                "record_format",
+                "HLS is not produced by this version of Herald yet; use MP4 (or FLV for Live)",
+            ));
+        }
         self.record_format = record_format;
         self.storage = storage;
         Ok(self)

@@ -228,8 +228,9 @@ enum SourcesCommand {
         /// engine wrote them]. Needs --storage-endpoint.
         #[arg(long, requires = "storage_endpoint")]
         record_format: Option<String>,
+        /// Boxed: the flags are many, and the command's other variants small.
         #[command(flatten)]
-        storage: StorageArgs,
+        storage: Box<StorageArgs>,
         #[command(flatten)]
         common: Common,
         /// Print one JSON line: {"id", "project_id", "engine", "publish_domain" or "app_id",
@@ -437,6 +438,7 @@ async fn main() -> anyhow::Result<()> {
             json,
         }) => {
             let (store, settings) = common.open_store_and_settings().await?;
+            let storage = *storage;
             let secret_access_key = storage
                 .secret_access_key_file
                 .as_deref()

@@ -1357,7 +1357,23 @@ async fn sources_take_a_bucket_and_never_show_its_secret() {
         "{answer}"
     );
 
-    // The CLI: the secret from a file, an RTC app's source in HLS with its default keys.
+    // HLS is not produced yet: refused at once rather than failed file by file.
+    let (status, answer) = server
+        .post_with_token(
+            token,
+            "/v1/p1/record/sources",
+            &with(json!({"record_format": "HLS"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error_msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("record_format")
+    );
+
+    // The CLI: the secret from a file, an RTC app's source in MP4 with its default keys.
     let secret_file = live.record_dir.path().join("secret");
     std::fs::write(&secret_file, "cli-secret-access-key-0123\n").unwrap();
     let out = server
@@ -1373,7 +1389,7 @@ async fn sources_take_a_bucket_and_never_show_its_secret() {
             "--record-dir",
             live.record_dir().join("rtc").to_str().unwrap(),
             "--record-format",
-            "HLS",
+            "MP4",
             "--storage-endpoint",
             "https://obs.cn-north-4.myhuaweicloud.com",
             "--storage-region",
@@ -1388,7 +1404,7 @@ async fn sources_take_a_bucket_and_never_show_its_secret() {
         ])
         .await;
     let from_cli: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(from_cli["record_format"], "HLS");
+    assert_eq!(from_cli["record_format"], "MP4");
     assert_eq!(from_cli["storage"]["secret_access_key"], Value::Null);
     assert_eq!(from_cli["storage"]["secret_access_key_set"], true);
     assert_eq!(from_cli["storage"]["path_style"], false);
