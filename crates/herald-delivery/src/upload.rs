@@ -562,4 +562,94 @@ mod tests {
             "{error}"
         );
     }
+
+    /// Nellymoser audio (Flash's codec, which MP4 cannot hold) is transcoded to AAC when
+    /// the file becomes MP4, never dropped; the video is copied as it is.
+    #[tokio::test]
+    async fn nellymoser_audio_becomes_aac_in_mp4() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("nelly.flv");
+        let made = tokio::process::Command::new("ffmpeg")
+            .args([
+                "-nostdin",
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=320x240:rate=10",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=22050",
+                "-t",
+                "2",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-c:a",
+                "nellymoser",
+                "-ar",
+                "22050",
+            ])
+            .arg(&local)
+            .status()
+            .await
+            .expect("ffmpeg runs (Debian's ffmpeg)");
+        assert!(made.success());
+        let memory = Arc::new(InMemory::new());
+        let uploader = Uploader::new("ffmpeg", "ffprobe", dir.path().join("tmp"), false)
+            .with_store(memory.clone());
+        assert_eq!(
+            uploader.audio_codec(&local).await.unwrap().as_deref(),
+            Some("nellymoser")
+        );
+        let source = source(
+            r#"{"engine": "nginx-rtmp", "publish_domain": "push.example.com", "record_dir": "/rec",
+                "record_format": "MP4",
+                "storage": {"endpoint": "https://obs.example.com", "region": "r",
+                "bucket": "recs", "access_key_id": "AK", "secret_access_key": "SK"}}"#,
+        );
+        let storage = source.spec.storage.clone().unwrap();
+        let facts = FileFacts {
+            relative_path: "nelly.flv".into(),
+            size: std::fs::metadata(&local).unwrap().len(),
+            duration: 2.0,
+            width: Some(320),
+            height: Some(240),
+            record_format: "FLV".into(),
+            stored: None,
+        };
+        let stored = uploader
+            .upload(
+                &source,
+                &storage,
+                ("live", "nelly"),
+                &local,
+                &facts,
+                OffsetDateTime::now_utc(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(stored.record_format, "MP4");
+        assert!(stored.object.key.ends_with(".mp4"), "{}", stored.object.key);
+        let bytes = memory
+            .get(&ObjectPath::parse(&stored.object.key).unwrap())
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(bytes.len() as u64, stored.size);
+        let copy = dir.path().join("back.mp4");
+        std::fs::write(&copy, &bytes).unwrap();
+        assert_eq!(
+            uploader.audio_codec(&copy).await.unwrap().as_deref(),
+            Some("aac")
+        );
+        let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+        assert!(tmp.is_empty(), "the conversion's output is removed");
+    }
 }
