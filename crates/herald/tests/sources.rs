@@ -1652,3 +1652,79 @@ async fn an_upload_waits_for_a_stopped_store_and_is_reported_once() {
     let key = completes[0]["obs_object"].as_str().unwrap();
     assert_eq!(completes[0]["file_size"], garage.get(key).await.len());
 }
+
+/// A store that stays down past HERALD_UPLOAD_DEADLINE (5 s here): the file is retried
+/// until then, then RECORD_FAILED naming the bucket, and the local file is kept.
+#[tokio::test]
+async fn an_upload_past_its_deadline_is_failed_and_the_file_kept() {
+    media::require_tools();
+    let server = TestServer::start_with(|s| {
+        s.allow_private_targets = true;
+        s.upload_deadline = Duration::from_secs(5);
+    })
+    .await;
+    let token = server.token("p1").await;
+    let receiver = Receiver::ok().await;
+    let (status, body) = server
+        .post_with_token(
+            &token,
+            "/v1/p1/record/callbacks",
+            &json!({"publish_domain": DOMAIN, "app": "*", "notify_callback_url": receiver.url(),
+                    "notify_event_subscription": ALL_LIVE, "sign_type": "HMACSHA256", "key": KEY}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let live = Live {
+        server,
+        token,
+        receiver,
+        record_dir: tempfile::tempdir().unwrap(),
+    };
+    // A loopback port nothing listens on: every request is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (status, source) = live
+        .server
+        .post_with_token(
+            &live.token,
+            "/v1/p1/record/sources",
+            &json!({"engine": "nginx-rtmp", "publish_domain": DOMAIN,
+                "record_dir": live.record_dir().to_str().unwrap(), "max_pause": "3s",
+                "storage": {"endpoint": format!("http://127.0.0.1:{port}"), "region": "r",
+                    "bucket": "gone", "access_key_id": "AK", "secret_access_key": "SK",
+                    "path_style": true}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{source}");
+    let nginx = Nginx::start(
+        source["hook_url"].as_str().unwrap(),
+        &live.record_dir(),
+        "30s",
+    )
+    .await;
+    media::publish(&nginx.rtmp_url("live", "cam"), 2).await;
+    let events = live.wait_for_type("RECORD_OVER").await;
+    let seen = types(&events);
+    assert!(!seen.contains(&"RECORD_FILE_COMPLETE"), "{seen:?}");
+    let failed = events
+        .iter()
+        .find(|e| e["event_type"] == "RECORD_FAILED")
+        .unwrap_or_else(|| panic!("{seen:?}"));
+    let message = failed["error_message"].as_str().unwrap();
+    assert!(message.contains("bucket gone: "), "{message}");
+    assert!(message.contains("retries"), "{message}");
+    // RECORD_OVER waited for the file.
+    let over = seen.iter().position(|t| *t == "RECORD_OVER").unwrap();
+    let fail = seen.iter().position(|t| *t == "RECORD_FAILED").unwrap();
+    assert!(fail < over, "{seen:?}");
+    let (_, shown) = live
+        .server
+        .get_with_token(
+            &live.token,
+            &format!("/v1/p1/record/sources/{}", source["id"].as_str().unwrap()),
+        )
+        .await;
+    let file = shown["status"]["last_error"]["file"].as_str().unwrap();
+    assert!(Path::new(file).is_file(), "the local file {file} is kept");
+}
