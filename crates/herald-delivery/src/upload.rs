@@ -195,9 +195,10 @@ impl Uploader {
             .with_access_key_id(&storage.access_key_id)
             .with_secret_access_key(storage.secret_access_key.expose_secret())
             .with_virtual_hosted_style_request(!storage.path_style)
-            .with_allow_http(true)
+            // Client options replace the builder's own, allow_http included: set it here.
             .with_client_options(
                 ClientOptions::new()
+                    .with_allow_http(true)
                     .with_timeout(REQUEST_TIMEOUT)
                     .with_connect_timeout(Duration::from_secs(10)),
             )
