@@ -372,6 +372,17 @@ test("recording sources at 1280 px", async () => {
   await page.getByLabel("App ID").selectOption({ label: `sources-app (${appId})` });
   await page.getByLabel("Record directory").fill("/var/rec/rtc");
   await page.getByLabel("Max pause").fill("2m");
+  // SPEC §7.1: a record format and the Storage group; the secret is never shown again.
+  await page.getByLabel("Record format").selectOption("MP4");
+  const storage = page.getByRole("group", { name: "Storage" });
+  await storage.getByLabel("Endpoint").fill("https://obs.cn-north-4.myhuaweicloud.com");
+  await storage.getByLabel("Region").fill("cn-north-4");
+  await storage.getByLabel("Bucket").fill("rtc-recordings");
+  await storage.getByLabel("Access Key ID").fill("AKCONSOLE");
+  await storage.getByLabel("Secret Access Key").fill("console-secret-access-key");
+  await storage.getByLabel("Object path").fill("{app_id}/{stream}/{file_start_time_unix}");
+  await storage.getByLabel("Delete local file after upload").check();
+  assert.equal(await storage.getByLabel("Path style").isChecked(), false);
   await page.getByRole("button", { name: "OK" }).click();
   const rtcSection = sourceSection(page, "mediamtx for app sources-app");
   await rtcSection.waitFor();
@@ -382,6 +393,15 @@ test("recording sources at 1280 px", async () => {
     [rtcSource.app_id, rtcSource.publish_domain, rtcSource.record_dir, rtcSource.download_base, rtcSource.max_pause],
     [appId, undefined, "/var/rec/rtc", null, "120s"]);
   assert.match(rtcSource.hook_url, /\/hooks\/mediamtx\/[^/]+$/);
+  assert.equal(rtcSource.record_format, "MP4");
+  assert.deepEqual(rtcSource.storage, {
+    endpoint: "https://obs.cn-north-4.myhuaweicloud.com", region: "cn-north-4",
+    bucket: "rtc-recordings", access_key_id: "AKCONSOLE", secret_access_key: null,
+    secret_access_key_set: true, path_style: false,
+    object_prefix: "{app_id}/{stream}/{file_start_time_unix}", delete_local: true,
+  });
+  const liveShown = list.body.sources.find((s) => s.engine !== "mediamtx");
+  assert.equal(liveShown.storage, null, "a source without a bucket has none");
   await rtcSection.getByText(rtcSource.hook_url, { exact: true }).waitFor();
   const rtcSnippet = await rtcSection.locator("pre").textContent();
   assert.ok(rtcSnippet.includes(`"${rtcSource.hook_url}?event=segment_complete"`), rtcSnippet);
@@ -404,6 +424,8 @@ test("recording sources at 1280 px", async () => {
     dts.map((dt) => [dt.textContent, dt.nextElementSibling.textContent])));
   assert.equal(facts["Open sessions"], String(status.open_sessions));
   assert.equal(facts["Open sessions"], "1");
+  assert.equal(facts["Record format"], "MP4");
+  assert.ok(facts.Storage.startsWith("rtc-recordings at https://obs.cn-north-4.myhuaweicloud.com"), facts.Storage);
   assert.ok(facts["Last error"].includes(env.MTX_SEGMENT_PATH), facts["Last error"]);
   await page.screenshot({ path: join(SHOTS, "sources-1280.png"), fullPage: true });
 

@@ -6,7 +6,9 @@
    record_dir is outside the operator's record roots (none by default, SPEC §7) or
    overlaps another project's, a retry of a delivery that is neither dead nor failed. A
    schema-valid request refused with exactly one of these documented 400s is not a
-   contract failure; every other refusal of valid data still is.
+   contract failure; every other refusal of valid data still is. One rule joins two
+   fields, which the document states in words: a source's `record_format` needs its
+   `storage` (Herald converts a recording only to upload it).
 2. JSON Schema 2020-12 counts `24.0` as an integer; Herald's counts (`file_size`, `width`,
    …) must be written as JSON integers (`24`), which no schema keyword can require. The
    bodies sent spell whole numbers as integers.
@@ -39,6 +41,10 @@ STATE_REFUSALS = [
             r"|overlaps the record directory of another project's source)",
             re.S,
         ),
+    ),
+    (
+        "POST /v1/{project_id}/record/sources",
+        re.compile(r"^record_format: needs storage: Herald converts a recording only to upload it$"),
     ),
     (
         "POST /v1/{project_id}/record/deliveries/{id}/retry",

@@ -446,6 +446,10 @@ function sourceSection(source, appNames) {
       fact("Record directory", h("code", {}, source.record_dir)),
       fact("Download base URL", source.download_base || "none"),
       fact("Max pause", source.max_pause),
+      fact("Record format", source.record_format || "as recorded"),
+      fact("Storage", source.storage
+        ? `${source.storage.bucket} at ${source.storage.endpoint}${source.storage.delete_local ? " (local files deleted after upload)" : ""}`
+        : "none"),
       fact("Hook URL", h("code", {}, source.hook_url)),
       fact("Open sessions", String(status.open_sessions ?? 0)),
       fact("Files waiting", String(status.files_waiting ?? 0)),
@@ -568,6 +572,22 @@ function openSourceForm(slot, apps) {
     "Optional. A file's download URL is this followed by its path below the record directory.");
   const pause = field("Max pause", { value: "30s" },
     "How long a stream may stay unpublished before its recording is over, e.g. 30s or 5m.");
+  const format = field("Record format", { options: [["", "As recorded"], ["MP4", "MP4"], ["FLV", "FLV"]], value: "" },
+    "MP4 or FLV needs a bucket below (RTC: MP4 only). As recorded: the engine's own file.");
+  // SPEC §7.1: the bucket each finished file is uploaded to before it is reported.
+  const endpoint = field("Endpoint", { type: "url" },
+    "Optional. The S3 API's URL, e.g. https://obs.cn-north-4.myhuaweicloud.com; empty: files stay on the media server.");
+  const region = field("Region");
+  const bucket = field("Bucket");
+  const keyId = field("Access Key ID", { autocomplete: "off" });
+  const secret = field("Secret Access Key", { type: "password", autocomplete: "new-password" },
+    "Kept sealed by Herald and never shown again.");
+  const pathStyle = checkbox("Path style");
+  const prefix = field("Object path", {},
+    "Optional template of the object key, e.g. Record/{publish_domain}/{app}/{stream}_{file_start_time}.");
+  const deleteLocal = checkbox("Delete local file after upload");
+  const storage = h("fieldset", {}, h("legend", {}, "Storage"),
+    endpoint.el, region.el, bucket.el, keyId.el, secret.el, pathStyle.el, prefix.el, deleteLocal.el);
   const pick = () => {
     const rtc = flavour.input.value === "rtc";
     domain.el.hidden = rtc;
@@ -577,13 +597,26 @@ function openSourceForm(slot, apps) {
   };
   flavour.input.addEventListener("change", pick);
   pick();
-  const fields = [engine.el, flavour.el, domain.el, app.el, dir.el, download.el, pause.el];
+  const fields = [engine.el, flavour.el, domain.el, app.el, dir.el, download.el, pause.el, format.el, storage];
   openForm(slot, "Add Recording Source", fields, async () => {
     const body = { engine: engine.input.value, record_dir: dir.input.value.trim() };
     if (flavour.input.value === "rtc") body.app_id = app.input.value.trim();
     else body.publish_domain = domain.input.value.trim();
     if (download.input.value.trim() !== "") body.download_base = download.input.value.trim();
     if (pause.input.value.trim() !== "") body.max_pause = pause.input.value.trim();
+    if (format.input.value !== "") body.record_format = format.input.value;
+    if (endpoint.input.value.trim() !== "") {
+      body.storage = {
+        endpoint: endpoint.input.value.trim(),
+        region: region.input.value.trim(),
+        bucket: bucket.input.value.trim(),
+        access_key_id: keyId.input.value.trim(),
+        secret_access_key: secret.input.value,
+        path_style: pathStyle.input.checked,
+        delete_local: deleteLocal.input.checked,
+      };
+      if (prefix.input.value.trim() !== "") body.storage.object_prefix = prefix.input.value.trim();
+    }
     await api("POST", live("sources"), body);
     say("Recording source added.");
     await sourcesView();

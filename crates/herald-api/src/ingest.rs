@@ -144,9 +144,14 @@ fn event_publish_domain() -> ObjectBuilder {
     required_text(255)
 }
 
-/// `app`, `stream`, `stream_name`.
+/// `app`, `stream`, `stream_name`: names, without control characters.
 pub fn routing_key() -> ObjectBuilder {
     required_text(256)
+        .pattern(Some(openapi::NAME))
+        .description(Some(
+            "Required, not empty, at most 256 bytes, no control character (U+0000 to U+001F, \
+             U+007F).",
+        ))
 }
 
 /// A text field without a narrower rule: at most 4096 bytes.

@@ -30,6 +30,10 @@ const SPACE: &str = r"\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\
 /// Every string a client sends: no U+0000 (`herald_core::field::check_text`).
 pub const NO_NUL: &str = r"^[^\x00]*$";
 
+/// A name (`app`, `stream`, `stream_name`, `room_id`): no C0 control character and no DEL
+/// (`herald_core::field::check_name`).
+pub const NAME: &str = r"^[^\x00-\x1f\x7f]*$";
+
 /// `herald_core::config::live::PublishDomain`: dot-separated labels of 1 to 63 letters,
 /// digits and `-`, neither first nor last; at most 253 characters.
 pub const DOMAIN: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$";
@@ -163,15 +167,24 @@ pub fn app_selector() -> ObjectBuilder {
 /// information and host names with other characters (WHATWG URL parsing); the pattern
 /// leaves them out to stay a regex one can read, so every URL it allows is accepted.
 fn url_regex() -> String {
+    format!(r"{}(/[^{SPACE_OR_CONTROL}\\?#]*)?", origin_regex())
+}
+
+/// `http://` or `https://` (any case), a host name whose last label starts with a letter,
+/// an optional port: the part of [`url_regex`] before the path.
+fn origin_regex() -> String {
     let label = "[A-Za-z0-9]+(-[A-Za-z0-9]+)*";
     let last_label = "[A-Za-z][A-Za-z0-9]*(-[A-Za-z0-9]+)*";
     let port = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})";
-    format!(
-        r"[Hh][Tt][Tt][Pp][Ss]?://({label}\.)*{last_label}(:{port})?(/[^{SPACE_OR_CONTROL}\\?#]*)?"
-    )
+    format!(r"[Hh][Tt][Tt][Pp][Ss]?://({label}\.)*{last_label}(:{port})?")
 }
 
-const PRIVATE_TARGETS: &str = "A host that is a loopback, private, link-local or metadata \
+/// A URL without a path (an object store's endpoint): [`origin_regex`] and an optional `/`.
+pub fn origin_url_pattern() -> String {
+    format!("^{}/?$", origin_regex())
+}
+
+pub const PRIVATE_TARGETS: &str = "A host that is a loopback, private, link-local or metadata \
      address (or `localhost`) is refused unless the server runs with --allow-private-targets.";
 
 /// A URL by the rules of `herald_core::config::callback_url::CallbackUrl`, or `""`.

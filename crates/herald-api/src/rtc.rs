@@ -221,8 +221,13 @@ fn rtc_event_type() -> ObjectBuilder {
     openapi::one_of_names(RtcEventType::ALL.map(RtcEventType::as_str))
 }
 
+/// A name, as `stream_name` is: no control characters.
 fn room_id() -> ObjectBuilder {
     ingest::optional_text_of(256)
+        .pattern(Some(openapi::NAME))
+        .description(Some(
+            "At most 256 bytes, no control character (U+0000 to U+001F, U+007F).",
+        ))
 }
 
 fn app_json(app: &RtcApp) -> AppJson {

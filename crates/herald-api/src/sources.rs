@@ -10,6 +10,7 @@ use herald_core::secrets::generate_hook_secret;
 use herald_core::source::{
     Engine, RecordDir, RecordRoots, RecordingSource, SourceSpec, SourceTarget, format_max_pause,
 };
+use herald_core::storage::{DEFAULT_LIVE_PREFIX, DEFAULT_RTC_PREFIX, PLACEHOLDERS, RecordFormat};
 use herald_core::timefmt::utc_seconds;
 use herald_store::{SourceView, Store};
 use serde::Serialize;
@@ -51,6 +52,9 @@ pub struct LiveSourceBody {
     download_base: Option<String>,
     #[schema(schema_with = openapi::max_pause)]
     max_pause: Option<String>,
+    #[schema(schema_with = live_record_format)]
+    record_format: Option<String>,
+    storage: Option<StorageBody>,
 }
 
 /// A source that reports RTC events.
@@ -69,6 +73,110 @@ pub struct RtcSourceBody {
     download_base: Option<String>,
     #[schema(schema_with = openapi::max_pause)]
     max_pause: Option<String>,
+    #[schema(schema_with = rtc_record_format)]
+    record_format: Option<String>,
+    storage: Option<StorageBody>,
+}
+
+/// The bucket a source uploads its recordings to (SPEC §7.1): Huawei OBS, AWS S3, MinIO,
+/// Garage or any S3-compatible store. Every field but `path_style`, `object_prefix` and
+/// `delete_local` is required; a refusal names `storage.{field}`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the wire format only; never constructed.
+pub struct StorageBody {
+    #[schema(schema_with = storage_endpoint)]
+    endpoint: String,
+    #[schema(schema_with = credential)]
+    region: String,
+    #[schema(schema_with = bucket)]
+    bucket: String,
+    #[schema(schema_with = credential)]
+    access_key_id: String,
+    /// Sealed at rest with the server's master key and never returned.
+    #[schema(schema_with = credential)]
+    secret_access_key: String,
+    /// `true`: `{endpoint}/{bucket}/{key}` (MinIO, Garage); default `false`:
+    /// virtual-hosted `{bucket}.{endpoint host}/{key}` (OBS, S3).
+    path_style: Option<bool>,
+    #[schema(schema_with = object_prefix)]
+    object_prefix: Option<String>,
+    /// Delete the local file once its object is confirmed and its event is durable;
+    /// default `false`.
+    delete_local: Option<bool>,
+}
+
+fn record_format_of(formats: &[RecordFormat]) -> ObjectBuilder {
+    openapi::nullable_string(
+        ObjectBuilder::new().enum_values(Some(
+            formats
+                .iter()
+                // HLS is refused until Herald produces it.
+                .filter(|f| **f != RecordFormat::Hls)
+                .map(|f| f.as_str())
+                .chain([""])
+                .collect::<Vec<_>>(),
+        )),
+    )
+    .description(Some(
+        "The format recordings are stored in (a remux, `-c copy`; audio the container cannot \
+         hold becomes AAC); matched case-insensitively. Needs `storage`. Empty, null or left \
+         out: the file as the engine wrote it.",
+    ))
+}
+
+fn live_record_format() -> ObjectBuilder {
+    record_format_of(&RecordFormat::ALL)
+}
+
+fn rtc_record_format() -> ObjectBuilder {
+    record_format_of(&RecordFormat::RTC)
+}
+
+fn storage_endpoint() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(1024))
+        .pattern(Some(openapi::origin_url_pattern()))
+        .description(Some(format!(
+            "The S3 API's URL, without a path (e.g. `https://obs.cn-north-4.myhuaweicloud.com`); \
+             also the events' `obs_location`. {}",
+            openapi::PRIVATE_TARGETS
+        )))
+}
+
+fn credential() -> ObjectBuilder {
+    openapi::text(herald_core::storage::MAX_CREDENTIAL_BYTES).min_length(Some(1))
+}
+
+fn bucket() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(3))
+        .max_length(Some(63))
+        .pattern(Some("^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$"))
+        .description(Some(
+            "An S3 bucket name; one with '.' needs `path_style` when the endpoint is https.",
+        ))
+}
+
+fn object_prefix() -> ObjectBuilder {
+    let names = PLACEHOLDERS.join("|");
+    openapi::nullable_string(
+        ObjectBuilder::new()
+            .max_length(Some(herald_core::storage::MAX_KEY_BYTES))
+            .pattern(Some(format!(
+                "^([^{{}}/\\x00-\\x1f\\x7f]|\\{{({names})\\}})([^{{}}\\x00-\\x1f\\x7f]|\\{{({names})\\}})*$"
+            ))),
+    )
+    .description(Some(format!(
+        "The object key's template, without its extension (`.flv`, `.mp4`, `.m3u8`); \
+         placeholders {}; not starting with '/', no '..' segment. Default (Live) `{}`, \
+         (RTC) `{}`.",
+        PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", "),
+        DEFAULT_LIVE_PREFIX,
+        DEFAULT_RTC_PREFIX
+    )))
 }
 
 fn engine() -> ObjectBuilder {
@@ -126,11 +234,32 @@ pub struct SourceJson {
     download_base: Option<String>,
     /// Whole seconds, e.g. `30s`.
     max_pause: String,
+    /// `FLV`, `MP4` or `HLS`; null: the file as the engine wrote it.
+    record_format: Option<&'static str>,
+    /// The bucket recordings are uploaded to; null: they stay on the media server's disk.
+    storage: Option<StorageJson>,
     /// The URL to paste into the media server's hooks; it holds the source's secret.
     hook_url: String,
     /// UTC, `yyyy-mm-ddThh:mm:ssZ`.
     created_at: String,
     status: SourceStatusJson,
+}
+
+/// A source's bucket as returned: the secret access key never is.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StorageJson {
+    endpoint: String,
+    region: String,
+    bucket: String,
+    access_key_id: String,
+    /// Always null: the secret is sealed and never returned.
+    #[schema(value_type = Option<String>)]
+    secret_access_key: Option<()>,
+    /// Always true: a bucket cannot be saved without its secret.
+    secret_access_key_set: bool,
+    path_style: bool,
+    object_prefix: String,
+    delete_local: bool,
 }
 
 /// What is going on at a source.
@@ -172,6 +301,18 @@ impl SourceJson {
                 .as_ref()
                 .map(|b| b.as_str().into()),
             max_pause: format_max_pause(source.spec.max_pause),
+            record_format: source.spec.record_format.map(RecordFormat::as_str),
+            storage: source.spec.storage.as_ref().map(|s| StorageJson {
+                endpoint: s.endpoint.as_str().into(),
+                region: s.region.clone(),
+                bucket: s.bucket.clone(),
+                access_key_id: s.access_key_id.clone(),
+                secret_access_key: None,
+                secret_access_key_set: true,
+                path_style: s.path_style,
+                object_prefix: s.object_prefix.as_str().into(),
+                delete_local: s.delete_local,
+            }),
             hook_url: source.hook_url(public_url),
             created_at: utc_seconds(source.created_at),
             status: SourceStatusJson {
@@ -289,7 +430,7 @@ pub async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<SourceJson>), ApiError> {
     let project_id = caller.authorize(&project_id)?;
-    let spec = SourceSpec::parse(&body)?;
+    let spec = SourceSpec::parse_allowing(&body, state.allow_private_targets)?;
     let view = create_source(
         state.store.as_ref(),
         &state.record_roots,

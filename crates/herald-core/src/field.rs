@@ -114,6 +114,24 @@ impl JsonObject {
         }
     }
 
+    /// A boolean field that may be absent; `null` counts as absent.
+    pub fn optional_bool(&self, field: &str) -> Result<Option<bool>, FieldError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(FieldError::new(field, "must be true or false")),
+        }
+    }
+
+    /// A nested object that may be absent; `null` counts as absent.
+    pub fn optional_object(&self, field: &str) -> Result<Option<Self>, FieldError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(Self(map.clone()))),
+            Some(_) => Err(FieldError::new(field, "must be a JSON object")),
+        }
+    }
+
     /// An array of strings that may be absent; `null` counts as absent.
     pub fn optional_str_array(&self, field: &str) -> Result<Option<Vec<&str>>, FieldError> {
         match self.0.get(field) {

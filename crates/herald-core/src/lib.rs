@@ -16,6 +16,7 @@
 //!   the rule.
 //! - [`project`]: project ids, the tenant boundary of every resource.
 //! - [`source`]: recording sources: a media server, its record dir and hook URL.
+//! - [`storage`]: where a source keeps its recordings: format, bucket, object keys.
 //! - [`hook`]: what a media server's hook says, read per engine.
 //! - [`recording`]: recording sessions: where a hook becomes recording events.
 //! - [`secrets`]: the master key that seals secrets at rest, and credential generation.
@@ -38,5 +39,6 @@ pub mod sdk_auth;
 pub mod secrets;
 pub mod signing;
 pub mod source;
+pub mod storage;
 pub mod target;
 pub mod timefmt;

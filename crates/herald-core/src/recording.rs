@@ -361,6 +361,22 @@ pub struct FileFacts {
     pub height: Option<u64>,
     /// `FLV`, `MP4`, `HLS`, `TS` (or the container's name in capitals).
     pub record_format: String,
+    /// Where the file was uploaded, when its source has storage (SPEC §7.1); `size`
+    /// and `record_format` are then those of what was stored.
+    pub stored: Option<StoredObject>,
+}
+
+/// A recording confirmed in its source's bucket: the seeds' OBS fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// `obs_location`: the storage endpoint.
+    pub location: String,
+    /// `obs_bucket`.
+    pub bucket: String,
+    /// `obs_object`: the key.
+    pub key: String,
+    /// `download_url`: `download_base` + the key, else the object's URL.
+    pub download_url: String,
 }
 
 impl FileOutcome {
@@ -513,13 +529,20 @@ pub fn events_of(
             put("record_format", json!(facts.record_format));
             // A URL cannot be cut short: one longer than an event's `download_url` may be
             // is left out, and the file is still reported.
-            if let Some(url) = source
-                .spec
-                .download_base
-                .as_ref()
-                .map(|base| base.url_of(&facts.relative_path))
-                .filter(|url| url.len() <= MAX_DOWNLOAD_URL_BYTES)
-            {
+            let download_url = match &facts.stored {
+                Some(stored) => {
+                    put("obs_location", json!(stored.location));
+                    put("obs_bucket", json!(stored.bucket));
+                    put("obs_object", json!(stored.key));
+                    Some(stored.download_url.clone())
+                }
+                None => source
+                    .spec
+                    .download_base
+                    .as_ref()
+                    .map(|base| base.url_of(&facts.relative_path)),
+            };
+            if let Some(url) = download_url.filter(|url| url.len() <= MAX_DOWNLOAD_URL_BYTES) {
                 put("download_url", json!(url));
             }
             put("file_size", json!(facts.size));
@@ -777,6 +800,7 @@ mod tests {
             width: None,
             height: None,
             record_format: "FLV".into(),
+            stored: None,
         };
         let events = events_of(&src, &step, Some(&FileOutcome::Complete(facts))).unwrap();
         let [DerivedEvent::Live(_, event)] = events.as_slice() else {
@@ -838,6 +862,7 @@ mod tests {
             width: Some(1280),
             height: Some(720),
             record_format: record_format("flv"),
+            stored: None,
         };
         let events = events_of(&src, &step, Some(&FileOutcome::Complete(facts))).unwrap();
         let [DerivedEvent::Live(id, event)] = events.as_slice() else {
@@ -895,6 +920,7 @@ mod tests {
                 width: None,
                 height: None,
                 record_format: "FLV".into(),
+                stored: None,
             };
             let outcome = FileOutcome::Complete(facts);
             let events = events_of(&src, &step, Some(&outcome)).unwrap();
@@ -919,6 +945,7 @@ mod tests {
             width: None,
             height: None,
             record_format: "FLV".into(),
+            stored: None,
         };
         let events = events_of(&src, &step, Some(&FileOutcome::Complete(week))).unwrap();
         let [DerivedEvent::Live(_, event)] = events.as_slice() else {

@@ -13,6 +13,7 @@ use crate::config::rtc::AppId;
 use crate::duration::parse_duration;
 use crate::field::{FieldError, JsonObject, check_text};
 use crate::project::ProjectId;
+use crate::storage::{RecordFormat, StorageSpec};
 
 /// The media servers whose hooks Herald reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -288,21 +289,69 @@ pub struct SourceSpec {
     pub record_dir: RecordDir,
     pub download_base: Option<DownloadBase>,
     pub max_pause: Duration,
+    /// The format files are stored in; `None`: as the engine wrote them.
+    pub record_format: Option<RecordFormat>,
+    /// The bucket files are uploaded to; `None`: they stay on the media server's disk.
+    pub storage: Option<StorageSpec>,
 }
 
 impl SourceSpec {
     /// Reads a create request's body (`engine`, `publish_domain` or `app_id`, `record_dir`,
-    /// `download_base`, `max_pause`).
+    /// `download_base`, `max_pause`, `record_format`, `storage`), refusing a private storage
+    /// endpoint.
     pub fn parse(body: &[u8]) -> Result<Self, FieldError> {
+        Self::parse_allowing(body, false)
+    }
+
+    /// [`Self::parse`]; `allow_private` is the operator's `--allow-private-targets`, which
+    /// the storage endpoint obeys as a callback URL does.
+    pub fn parse_allowing(body: &[u8], allow_private: bool) -> Result<Self, FieldError> {
         let obj = JsonObject::parse(body)?;
-        Self::from_fields(
+        let spec = Self::from_fields(
             obj.required_str("engine")?,
             obj.optional_str("publish_domain")?,
             obj.optional_str("app_id")?,
             obj.required_str("record_dir")?,
             obj.optional_str("download_base")?.filter(|s| !s.is_empty()),
             obj.optional_str("max_pause")?,
-        )
+        )?;
+        let rtc = matches!(spec.target, SourceTarget::Rtc { .. });
+        let record_format = obj
+            .optional_str("record_format")?
+            .filter(|f| !f.is_empty())
+            .map(|f| RecordFormat::parse("record_format", f, rtc))
+            .transpose()?;
+        let storage = obj
+            .optional_object("storage")?
+            .map(|storage| StorageSpec::from_json(&storage, rtc, allow_private))
+            .transpose()?;
+        spec.with_storage(record_format, storage)
+    }
+
+    /// Adds what §7.1 adds to a source. A format other than the engine's needs a bucket:
+    /// Herald converts only what it uploads, so that the media server's own files are
+    /// never rewritten under it.
+    pub fn with_storage(
+        mut self,
+        record_format: Option<RecordFormat>,
+        storage: Option<StorageSpec>,
+    ) -> Result<Self, FieldError> {
+        if record_format.is_some() && storage.is_none() {
+            return Err(FieldError::new(
+                "record_format",
+                "needs storage: Herald converts a recording only to upload it",
+            ));
+        }
+        if record_format == Some(RecordFormat::Hls) {
+            // Refused here rather than accepted and failed file by file.
+            return Err(FieldError::new(
+                "record_format",
+                "HLS is not produced by this version of Herald yet; use MP4 (or FLV for Live)",
+            ));
+        }
+        self.record_format = record_format;
+        self.storage = storage;
+        Ok(self)
     }
 
     /// Validates the fields of a source as the API and the CLI take them.
@@ -341,6 +390,8 @@ impl SourceSpec {
                 .map(|p| parse_max_pause("max_pause", p))
                 .transpose()?
                 .unwrap_or(DEFAULT_MAX_PAUSE),
+            record_format: None,
+            storage: None,
         })
     }
 }

@@ -10,6 +10,7 @@
 //! - [`tracker`]: turns the steps media servers' hooks queued into recording events.
 //! - [`probe`]: reads a finished recording (where it is, ffprobe's facts).
 //! - [`file_turns`]: turns to read a file, shared fairly across projects and sources.
+//! - [`upload`]: a finished recording converted and stored in its source's bucket.
 #![forbid(unsafe_code)]
 
 pub mod attempt;
@@ -20,6 +21,7 @@ pub mod file_turns;
 pub mod probe;
 pub mod retention;
 pub mod tracker;
+pub mod upload;
 
 use std::time::Duration;
 

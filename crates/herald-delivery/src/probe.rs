@@ -249,6 +249,7 @@ impl Prober {
                     width,
                     height,
                     record_format: record_format(&format_name),
+                    stored: None,
                 }),
                 Probed::NoFrames => FileOutcome::Empty,
                 Probed::NotMedia(why) => FileOutcome::Failed(format!("{path:?} {why}")),

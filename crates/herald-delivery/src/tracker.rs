@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::file_turns::FileTurns;
 use crate::probe::{ProbeUnavailable, Prober};
+use crate::upload::{UploadError, Uploader};
 
 /// How long a claimed step is this tracker's unless renewed. Short, so that when a node
 /// dies another takes its steps over within a minute (the embedded store gives every
@@ -50,6 +51,12 @@ const RETRY_AFTER: Duration = Duration::from_secs(30);
 const MOST_IDLE: Duration = Duration::from_secs(30);
 /// How long done file steps are kept to recognise a repeated hook.
 const KEEP_DONE_STEPS: Duration = Duration::from_secs(24 * 3600);
+/// How long an upload is retried before its file is `RECORD_FAILED` (SPEC §7.1's
+/// `HERALD_UPLOAD_DEADLINE` default).
+pub const DEFAULT_UPLOAD_DEADLINE: Duration = Duration::from_secs(3600);
+/// The bounds of an upload's back-off: a quarter of the time it has already waited,
+/// within these, and never past its deadline.
+const UPLOAD_BACKOFF: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(300));
 /// What a project is told about a file whose reading failed inside Herald (a panic).
 const READING_FAILED: &str =
     "Herald failed while reading this file (see Herald's log); it is not tried again";
@@ -87,6 +94,10 @@ pub struct Tracker {
     deliveries: Arc<Notify>,
     /// Turns to read a file ([`FILES_AT_ONCE`]), fair across projects and sources.
     files: FileTurns,
+    /// Converts and uploads the files of sources with storage (SPEC §7.1).
+    uploader: Uploader,
+    /// How long a failing upload is tried again, counted from the file's hook.
+    upload_deadline: Duration,
 }
 
 impl Tracker {
@@ -103,6 +114,83 @@ impl Tracker {
             hooks,
             deliveries,
             files: FileTurns::new(FILES_AT_ONCE),
+            uploader: Uploader::new(
+                "ffmpeg",
+                "ffprobe",
+                std::env::temp_dir().join("herald-uploads"),
+                false,
+            ),
+            upload_deadline: DEFAULT_UPLOAD_DEADLINE,
+        }
+    }
+
+    /// Uploads with `uploader`, retrying a failing upload for `deadline`.
+    pub fn with_uploads(mut self, uploader: Uploader, deadline: Duration) -> Self {
+        self.uploader = uploader;
+        self.upload_deadline = deadline;
+        self
+    }
+
+    /// Stores a complete file in its source's bucket; the outcome is then what was stored,
+    /// or the failure naming the bucket. `None`: the upload is to be tried again later
+    /// (the step was postponed).
+    async fn store_file(
+        &self,
+        id: i64,
+        source: &RecordingSource,
+        step: &herald_core::recording::Step,
+        outcome: FileOutcome,
+    ) -> Option<FileOutcome> {
+        let (FileOutcome::Complete(mut facts), Some(storage)) =
+            (outcome.clone(), &source.spec.storage)
+        else {
+            return Some(outcome);
+        };
+        let local = source.spec.record_dir.path().join(&facts.relative_path);
+        let start = facts.start_at(step.at).unwrap_or(step.at);
+        let stream = (step.stream.app.as_str(), step.stream.stream.as_str());
+        match self
+            .uploader
+            .upload(source, storage, stream, &local, &facts, start)
+            .await
+        {
+            Ok(stored) => {
+                metrics::counter!("herald_uploads_total", "outcome" => "stored").increment(1);
+                facts.size = stored.size;
+                facts.record_format = stored.record_format;
+                facts.stored = Some(stored.object);
+                Some(FileOutcome::Complete(facts))
+            }
+            Err(error @ UploadError::Unavailable { .. }) => {
+                let waited: Duration = (OffsetDateTime::now_utc() - step.at)
+                    .try_into()
+                    .unwrap_or(Duration::ZERO);
+                if waited >= self.upload_deadline {
+                    metrics::counter!("herald_uploads_total", "outcome" => "failed").increment(1);
+                    return Some(FileOutcome::Failed(format!(
+                        "upload failed after {} s of retries: {error}; the local file is kept",
+                        waited.as_secs()
+                    )));
+                }
+                metrics::counter!("herald_uploads_total", "outcome" => "retried").increment(1);
+                let (least, most) = UPLOAD_BACKOFF;
+                let wait = (waited / 4)
+                    .clamp(least, most)
+                    .min(self.upload_deadline - waited);
+                tracing::warn!(source = %source.id, error = %error, retry_in = ?wait,
+                    "recordings: an upload failed; it is tried again");
+                let due = OffsetDateTime::now_utc() + wait;
+                if let Err(e) = self.store.postpone_step(&self.owner, id, due).await {
+                    tracing::warn!(error = %e, "recordings: postponing an upload failed; its lease will run out");
+                }
+                None
+            }
+            Err(error) => {
+                metrics::counter!("herald_uploads_total", "outcome" => "failed").increment(1);
+                Some(FileOutcome::Failed(format!(
+                    "upload failed: {error}; the local file is kept"
+                )))
+            }
         }
     }
 
@@ -291,7 +379,16 @@ impl Tracker {
                     self.reader.read(&source.spec.record_dir, path).await
                 };
                 match read.await {
-                    Ok(outcome) => Some(outcome.checked(step.at)),
+                    Ok(outcome) => {
+                        match self
+                            .store_file(id, &source, &step, outcome.checked(step.at))
+                            .await
+                        {
+                            Some(outcome) => Some(outcome),
+                            // Postponed: the upload is tried again.
+                            None => return,
+                        }
+                    }
                     Err(unavailable) => {
                         // `?`: a hook's path may hold newlines and escapes; logged escaped.
                         tracing::warn!(source = %source.id, file = ?path, error = %unavailable,
@@ -311,7 +408,19 @@ impl Tracker {
             tracing::error!(source = %source.id, error = %e, "recordings: the step makes no valid event");
             Vec::new()
         });
-        self.finish(id, &source, events).await;
+        let finished = self.finish(id, &source, events).await;
+        // The local file goes only once its object is confirmed and its event durable.
+        if let (true, Some(FileOutcome::Complete(facts)), Some(storage)) =
+            (finished, &outcome, &source.spec.storage)
+            && storage.delete_local
+            && facts.stored.is_some()
+        {
+            let local = source.spec.record_dir.path().join(&facts.relative_path);
+            if let Err(e) = tokio::fs::remove_file(&local).await {
+                tracing::warn!(source = %source.id, file = ?local, error = %e,
+                    "recordings: deleting an uploaded file failed");
+            }
+        }
     }
 
     /// A file that cannot be reported: logged, counted, shown in the source's status.
@@ -331,8 +440,8 @@ impl Tracker {
     }
 
     /// Ingests a step's events in one commit and marks the step done; postpones it when
-    /// the ingest fails.
-    async fn finish(&self, id: i64, source: &RecordingSource, events: Vec<DerivedEvent>) {
+    /// the ingest fails. Whether its events are durable.
+    async fn finish(&self, id: i64, source: &RecordingSource, events: Vec<DerivedEvent>) -> bool {
         let now = OffsetDateTime::now_utc();
         if let Err(e) = self
             .ingest(&source.project_id, &source.spec.target, events, now)
@@ -340,7 +449,7 @@ impl Tracker {
         {
             tracing::warn!(project = %source.project_id, error = %e, "recordings: ingesting a step's events failed");
             self.postpone(id).await;
-            return;
+            return false;
         }
         if let Err(e) = self.store.finish_steps(&self.owner, &[id], now).await {
             // Its lease runs out and it is taken again; its events are accepted once.
@@ -348,6 +457,7 @@ impl Tracker {
         }
         // The stream's next step may be due now.
         self.hooks.notify_one();
+        true
     }
 
     /// Ingests one target's events in one commit.
@@ -460,6 +570,7 @@ mod tests {
                     width: None,
                     height: None,
                     record_format: "FLV".into(),
+                    stored: None,
                 }))
             })
         }

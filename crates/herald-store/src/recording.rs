@@ -19,6 +19,7 @@ use herald_core::secrets::MasterKey;
 use herald_core::source::{
     DownloadBase, Engine, RecordDir, RecordingSource, SourceSpec, SourceTarget,
 };
+use herald_core::storage::{ObjectPrefix, RecordFormat, StorageFields, StorageSpec};
 use herald_core::timefmt::{from_unix_ms, unix_ms};
 use secrecy::ExposeSecret;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type};
@@ -63,9 +64,59 @@ fn secret_context(id: &str) -> String {
     format!("record_source:{id}")
 }
 
+/// Associated data binding a sealed secret access key to its source's bucket.
+fn storage_secret_context(id: &str) -> String {
+    format!("record_source_storage:{id}")
+}
+
+/// A bucket's settings as stored in `storage_json`; the secret is sealed beside it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredStorage {
+    endpoint: String,
+    region: String,
+    bucket: String,
+    access_key_id: String,
+    path_style: bool,
+    object_prefix: String,
+    delete_local: bool,
+}
+
+impl StoredStorage {
+    fn of(spec: &StorageSpec) -> Self {
+        Self {
+            endpoint: spec.endpoint.as_str().to_owned(),
+            region: spec.region.clone(),
+            bucket: spec.bucket.clone(),
+            access_key_id: spec.access_key_id.clone(),
+            path_style: spec.path_style,
+            object_prefix: spec.object_prefix.as_str().to_owned(),
+            delete_local: spec.delete_local,
+        }
+    }
+
+    /// Read back through the core's rules (private endpoints allowed: the target check
+    /// was made at creation, and is made again at each upload).
+    fn into_spec(self, secret: &str, rtc: bool) -> Result<StorageSpec, String> {
+        let fields = StorageFields {
+            endpoint: Some(&self.endpoint),
+            region: Some(&self.region),
+            bucket: Some(&self.bucket),
+            access_key_id: Some(&self.access_key_id),
+            secret_access_key: Some(secret),
+            path_style: self.path_style,
+            object_prefix: Some(&self.object_prefix),
+            delete_local: self.delete_local,
+        };
+        let spec =
+            StorageSpec::from_fields(&fields, "storage.", rtc, true).map_err(|e| e.to_string())?;
+        ObjectPrefix::parse("object_prefix", &self.object_prefix).map_err(|e| e.to_string())?;
+        Ok(spec)
+    }
+}
+
 const SOURCE_COLUMNS: &str = "id, project_id, engine, publish_domain, app_id, record_dir, \
      download_base, max_pause_ms, secret_sealed, created_at_ms, last_error_at_ms, \
-     last_error_file, last_error_message";
+     last_error_file, last_error_message, record_format, storage_json, storage_secret_sealed";
 
 #[derive(sqlx::FromRow)]
 struct SourceRow {
@@ -82,6 +133,9 @@ struct SourceRow {
     last_error_at_ms: Option<i64>,
     last_error_file: Option<String>,
     last_error_message: Option<String>,
+    record_format: Option<String>,
+    storage_json: Option<String>,
+    storage_secret_sealed: Option<Vec<u8>>,
 }
 
 impl SourceRow {
@@ -104,7 +158,30 @@ impl SourceRow {
             },
             _ => return Err(bad("not exactly one of publish_domain and app_id".into()).into()),
         };
+        let rtc = matches!(target, SourceTarget::Rtc { .. });
+        let record_format = self
+            .record_format
+            .as_deref()
+            .map(|f| RecordFormat::parse("record_format", f, rtc))
+            .transpose()
+            .map_err(|e| bad(e.to_string()))?;
+        let storage = match (&self.storage_json, &self.storage_secret_sealed) {
+            (Some(json), Some(sealed)) => {
+                let stored: StoredStorage =
+                    serde_json::from_str(json).map_err(|e| bad(format!("storage_json: {e}")))?;
+                let secret = master.open_string(&storage_secret_context(&self.id), sealed)?;
+                Some(
+                    stored
+                        .into_spec(secret.expose_secret(), rtc)
+                        .map_err(|e| bad(format!("storage_json: {e}")))?,
+                )
+            }
+            (None, None) => None,
+            _ => return Err(bad("storage without its secret, or the reverse".into()).into()),
+        };
         let spec = SourceSpec {
+            record_format,
+            storage,
             engine: Engine::parse("engine", &self.engine).map_err(|e| bad(e.to_string()))?,
             target,
             record_dir: RecordDir::parse("record_dir", &self.record_dir)
@@ -214,6 +291,8 @@ where
     for<'q> &'q str: Encode<'q, S::Db> + Type<S::Db>,
     for<'q> Option<&'q str>: Encode<'q, S::Db>,
     for<'q> Option<i64>: Encode<'q, S::Db>,
+    for<'q> Option<String>: Encode<'q, S::Db>,
+    for<'q> Option<Vec<u8>>: Encode<'q, S::Db>,
     for<'q> Vec<u8>: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
     for<'r> &'r str: ColumnIndex<<S::Db as Database>::Row>,
     usize: ColumnIndex<<S::Db as Database>::Row>,
@@ -227,10 +306,28 @@ where
             SourceTarget::Live { publish_domain } => (Some(publish_domain.as_str()), None),
             SourceTarget::Rtc { app_id } => (None, Some(app_id.as_str())),
         };
+        let (storage_json, storage_sealed) = match &source.spec.storage {
+            Some(storage) => (
+                Some(
+                    serde_json::to_string(&StoredStorage::of(storage)).map_err(|e| {
+                        StoreError::Corrupt(CorruptRow {
+                            table: "record_sources",
+                            id: source.id.clone(),
+                            reason: format!("storage_json: {e}"),
+                        })
+                    })?,
+                ),
+                Some(self.master().seal(
+                    &storage_secret_context(&source.id),
+                    storage.secret_access_key.expose_secret().as_bytes(),
+                )?),
+            ),
+            None => (None, None),
+        };
         let mut w = self.write_tx().await?;
         sqlx::query(&format!(
             "INSERT INTO record_sources ({SOURCE_COLUMNS}, secret_sha256) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, $11)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, $11, $12, $13, $14)"
         ))
         .bind(source.id.as_str())
         .bind(source.project_id.as_str())
@@ -242,6 +339,9 @@ where
         .bind(i64::try_from(source.spec.max_pause.as_millis()).unwrap_or(i64::MAX))
         .bind(sealed)
         .bind(unix_ms(source.created_at))
+        .bind(source.spec.record_format.map(RecordFormat::as_str))
+        .bind(storage_json)
+        .bind(storage_sealed)
         .bind(herald_core::secrets::token_digest(secret))
         .execute(&mut *w.tx)
         .await

@@ -66,6 +66,73 @@ async fn run_suite(store: &dyn Store) {
     a_session_that_wrote_no_file_ends_saying_so(store).await;
     a_step_taken_over_belongs_to_its_new_owner(store).await;
     a_claim_takes_sources_in_turn_and_only_the_files_it_can_read(store).await;
+    a_sources_storage_reads_back_as_created(store).await;
+}
+
+/// A source's format and bucket (SPEC §7.1, issue 26) read back as created, the secret
+/// access key opened from its sealed copy; a source without them reads back without.
+async fn a_sources_storage_reads_back_as_created(store: &dyn Store) {
+    use herald_core::source::{RecordingSource, SourceSpec};
+    use herald_core::storage::RecordFormat;
+    let t0 = datetime!(2026-12-06 08:00 UTC);
+    let make = |body: &str, secret: &str| RecordingSource {
+        id: RecordingSource::new_id(),
+        project_id: project("stored"),
+        spec: SourceSpec::parse_allowing(body.as_bytes(), true).unwrap(),
+        secret: SecretString::from(secret.to_owned()),
+        created_at: t0,
+    };
+    let with = make(
+        r#"{"engine": "nginx-rtmp", "publish_domain": "push.example.com",
+            "record_dir": "/rec/stored", "record_format": "MP4",
+            "storage": {"endpoint": "http://127.0.0.1:3900", "region": "garage",
+                "bucket": "recordings", "access_key_id": "GK0123",
+                "secret_access_key": "storage-secret-0123456789", "path_style": true,
+                "object_prefix": "rec/{stream}/{file_start_time_unix}", "delete_local": true}}"#,
+        "hooksecret-stored-0123456789abcdef",
+    );
+    let without = make(
+        r#"{"engine": "srs", "publish_domain": "push.example.com", "record_dir": "/rec/plain"}"#,
+        "hooksecret-plain-0123456789abcdef",
+    );
+    store.insert_source(&with).await.unwrap();
+    store.insert_source(&without).await.unwrap();
+    let read = store
+        .get_source(&project("stored"), &with.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.source.spec, with.spec);
+    assert_eq!(read.source.spec.record_format, Some(RecordFormat::Mp4));
+    let storage = read.source.spec.storage.as_ref().unwrap();
+    assert_eq!(
+        storage.secret_access_key.expose_secret(),
+        "storage-secret-0123456789"
+    );
+    assert_eq!(
+        storage.object_prefix.as_str(),
+        "rec/{stream}/{file_start_time_unix}"
+    );
+    let read = store
+        .get_source(&project("stored"), &without.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(read.source.spec.storage.is_none());
+    assert!(read.source.spec.record_format.is_none());
+    let (_, listed) = store
+        .list_sources(
+            &project("stored"),
+            Page {
+                offset: 0,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(store.delete_source(None, &with.id).await.unwrap());
+    assert!(store.delete_source(None, &without.id).await.unwrap());
 }
 
 /// Claims once took every due step oldest first, up to 64, files included: one source
@@ -3147,9 +3214,9 @@ async fn sqlite_survives_poison_and_forgets_history() {
     run_hardening_suite(&store, &Behind::Sqlite(dir.path().to_owned())).await;
 }
 
-/// Stores a secret key and a signing key, and returns them: what must not be found in
-/// plaintext afterwards.
-async fn store_two_secrets(store: &dyn Store) -> [&'static str; 2] {
+/// Stores a secret key, a signing key and a bucket's secret access key, and returns them:
+/// what must not be found in plaintext afterwards.
+async fn store_secrets(store: &dyn Store) -> [&'static str; 3] {
     let secret = "PLAINTEXTSECRETKEYPLAINTEXTSECRETKEY0000";
     store
         .insert_access_key(&AccessKey {
@@ -3166,7 +3233,23 @@ async fn store_two_secrets(store: &dyn Store) -> [&'static str; 2] {
         .insert_live_config(&config("p1", "cfg", &body, OffsetDateTime::now_utc()))
         .await
         .unwrap();
-    [secret, sign_key]
+    let storage_secret = "STORAGESECRETSTORAGESECRET0000";
+    let body = format!(
+        r#"{{"engine": "srs", "publish_domain": "d.example.com", "record_dir": "/rec/secret",
+            "storage": {{"endpoint": "https://obs.example.com", "region": "r", "bucket": "b-1",
+            "access_key_id": "AK", "secret_access_key": "{storage_secret}"}}}}"#
+    );
+    store
+        .insert_source(&herald_core::source::RecordingSource {
+            id: herald_core::source::RecordingSource::new_id(),
+            project_id: project("p1"),
+            spec: herald_core::source::SourceSpec::parse(body.as_bytes()).unwrap(),
+            secret: SecretString::from("hooksecret-secrets-0123456789abcdef"),
+            created_at: OffsetDateTime::now_utc(),
+        })
+        .await
+        .unwrap();
+    [secret, sign_key, storage_secret]
 }
 
 #[tokio::test]
@@ -3174,7 +3257,7 @@ async fn sqlite_keeps_no_secret_in_plaintext() {
     let dir = tempfile::tempdir().unwrap();
     let (master, _) = MasterKey::generate();
     let store = SqliteStore::open(dir.path(), master).await.unwrap();
-    let secrets = store_two_secrets(&store).await;
+    let secrets = store_secrets(&store).await;
     drop(store);
     let mut bytes = Vec::new();
     for entry in std::fs::read_dir(dir.path()).unwrap() {
@@ -3306,7 +3389,7 @@ async fn postgres_keeps_no_secret_in_plaintext() {
     let Some((store, schema)) = postgres(master).await else {
         return;
     };
-    let secrets = store_two_secrets(&store).await;
+    let secrets = store_secrets(&store).await;
     // Every row of every table in the schema, as text (bytea as hex, and as escaped bytes).
     let pool = sqlx::PgPool::connect(&schema.url).await.unwrap();
     let tables: Vec<String> = sqlx::query_scalar(

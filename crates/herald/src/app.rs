@@ -269,6 +269,15 @@ pub async fn start_with(settings: &Settings, tasks: Supervisor) -> anyhow::Resul
         store.release_step_leases().await?;
     }
     let prober = Prober::new(&settings.ffprobe, settings.record_roots.clone());
+    // Conversions for uploads live under the data dir; what a dead process left is removed.
+    let uploader = herald_delivery::upload::Uploader::new(
+        &settings.ffmpeg,
+        &settings.ffprobe,
+        settings.data_dir.join("upload-tmp"),
+        settings.allow_private_targets,
+    );
+    uploader.clean_temp_dir().await?;
+    let upload_deadline = settings.upload_deadline;
     warn_without_ffprobe(store.as_ref(), &prober).await?;
     let wake = Arc::new(Notify::new());
     let concurrency = Arc::new(EndpointConcurrency::new(delivery.per_endpoint_in_flight));
@@ -334,7 +343,8 @@ pub async fn start_with(settings: &Settings, tasks: Supervisor) -> anyhow::Resul
             prober.clone(),
             recordings.clone(),
             wake_worker.clone(),
-        );
+        )
+        .with_uploads(uploader.clone(), upload_deadline);
         // The run that panicked left its steps leased; on the embedded store no other
         // process holds one, so the next run takes them back at once.
         let release = std::mem::replace(&mut restarted, true) && embedded;

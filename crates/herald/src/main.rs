@@ -235,6 +235,34 @@ enum TokensCommand {
     },
 }
 
+/// The bucket a source uploads its recordings to (SPEC §7.1).
+#[derive(clap::Args)]
+struct StorageArgs {
+    /// The S3 API's URL (e.g. https://obs.cn-north-4.myhuaweicloud.com); also obs_location.
+    #[arg(long, requires_all = ["storage_region", "bucket", "access_key_id", "secret_access_key_file"])]
+    storage_endpoint: Option<String>,
+    #[arg(long, requires = "storage_endpoint")]
+    storage_region: Option<String>,
+    #[arg(long, requires = "storage_endpoint")]
+    bucket: Option<String>,
+    #[arg(long, requires = "storage_endpoint")]
+    access_key_id: Option<String>,
+    /// A file holding the secret access key (never given on the command line, where `ps`
+    /// would show it); a trailing newline is ignored.
+    #[arg(long, requires = "storage_endpoint")]
+    secret_access_key_file: Option<std::path::PathBuf>,
+    /// Address objects as {endpoint}/{bucket}/{key} (MinIO, Garage) rather than
+    /// {bucket}.{endpoint host}/{key} (OBS, S3).
+    #[arg(long, requires = "storage_endpoint")]
+    path_style: bool,
+    /// The object key's template [default: Huawei's, see docs/recording-sources.md].
+    #[arg(long, requires = "storage_endpoint")]
+    object_prefix: Option<String>,
+    /// Delete the local file once its object is confirmed and its event is durable.
+    #[arg(long, requires = "storage_endpoint")]
+    delete_local: bool,
+}
+
 #[derive(Subcommand)]
 enum SourcesCommand {
     /// Create a recording source and print it with its hook URL.
@@ -259,6 +287,13 @@ enum SourcesCommand {
         /// How long a stream may stay unpublished before its recording is over [default: 30s].
         #[arg(long)]
         max_pause: Option<String>,
+        /// Store recordings as MP4, HLS or FLV (Live; RTC: MP4 or HLS) [default: as the
+        /// engine wrote them]. Needs --storage-endpoint.
+        #[arg(long, requires = "storage_endpoint")]
+        record_format: Option<String>,
+        /// Boxed: the flags are many, and the command's other variants small.
+        #[command(flatten)]
+        storage: Box<StorageArgs>,
         #[command(flatten)]
         common: Common,
         /// Print one JSON line: {"id", "project_id", "engine", "publish_domain" or "app_id",
@@ -469,10 +504,27 @@ async fn run() -> anyhow::Result<()> {
             record_dir,
             download_base,
             max_pause,
+            record_format,
+            storage,
             common,
             json,
         }) => {
             let (settings, store, public_url) = common.open_store_and_hook_base().await?;
+            let storage = *storage;
+            let secret_access_key = storage
+                .secret_access_key_file
+                .as_deref()
+                .map(|path| {
+                    std::fs::read_to_string(path)
+                        .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                        .map_err(|e| {
+                            anyhow::anyhow!(
+                                "--secret-access-key-file: cannot read {}: {e}",
+                                path.display()
+                            )
+                        })
+                })
+                .transpose()?;
             let max_per_project = settings.max_per_project()?;
             let options = sources::CreateOptions {
                 engine,
@@ -482,6 +534,20 @@ async fn run() -> anyhow::Result<()> {
                 download_base,
                 max_pause,
                 max_per_project,
+                record_format,
+                storage: storage
+                    .storage_endpoint
+                    .map(|endpoint| sources::StorageOptions {
+                        endpoint,
+                        region: storage.storage_region,
+                        bucket: storage.bucket,
+                        access_key_id: storage.access_key_id,
+                        secret_access_key,
+                        path_style: storage.path_style,
+                        object_prefix: storage.object_prefix,
+                        delete_local: storage.delete_local,
+                    }),
+                allow_private_targets: settings.allow_private_targets,
             };
             let place = sources::Place {
                 roots: &settings.record_roots,

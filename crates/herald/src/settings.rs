@@ -77,6 +77,13 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// The ffprobe program that reads finished recordings (`HERALD_FFPROBE`).
     pub ffprobe: PathBuf,
+    /// The ffmpeg program that converts recordings to a source's `record_format`
+    /// (`HERALD_FFMPEG`).
+    pub ffmpeg: PathBuf,
+    /// How long a failing upload to a source's bucket is retried before its file is
+    /// `RECORD_FAILED` (`HERALD_UPLOAD_DEADLINE`, SPEC §7.1).
+    #[serde(deserialize_with = "upload_deadline")]
+    pub upload_deadline: Duration,
     /// A connection whose request head has not arrived this long after the server began
     /// waiting for it is closed: trickled headers and idle connections do not hold a slot
     /// (`HERALD_HEADER_READ_TIMEOUT`).
@@ -142,6 +149,8 @@ impl Default for Settings {
             retention: Some(Duration::from_secs(30 * 86_400)),
             public_url: None,
             ffprobe: PathBuf::from("ffprobe"),
+            ffmpeg: PathBuf::from("ffmpeg"),
+            upload_deadline: Duration::from_secs(3600),
             header_read_timeout: ServerLimits::default().header_read_timeout,
             body_read_timeout: ServerLimits::default().body_read_timeout,
             max_connections: 256,
@@ -290,6 +299,10 @@ fn body_read_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Err
     positive_duration(d, "HERALD_BODY_READ_TIMEOUT")
 }
 
+fn upload_deadline<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    positive_duration(d, "HERALD_UPLOAD_DEADLINE")
+}
+
 fn signature_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     duration_named(d, "HERALD_SIGNATURE_TTL")
 }
@@ -350,6 +363,8 @@ pub const SETTINGS_FROM_ENV: &[&str] = &[
     "max_per_project",
     "record_roots",
     "metrics_listen",
+    "ffmpeg",
+    "upload_deadline",
 ];
 
 /// `HERALD_*` variables read elsewhere: by the CLI's flags (`HERALD_CONFIG`, `herald listen`'s

@@ -2,7 +2,8 @@
 
 use herald_api::sources::{SourceJson, create_source};
 use herald_core::project::ProjectId;
-use herald_core::source::{RecordRoots, SourceSpec};
+use herald_core::source::{RecordRoots, SourceSpec, SourceTarget};
+use herald_core::storage::{RecordFormat, StorageFields, StorageSpec};
 use herald_store::{Page, SourceView, Store};
 
 /// The options of `herald sources create`, as typed.
@@ -15,6 +16,34 @@ pub struct CreateOptions {
     pub max_pause: Option<String>,
     /// The cap on sources per project (`HERALD_MAX_PER_PROJECT`), as the API applies it.
     pub max_per_project: u64,
+    pub record_format: Option<String>,
+    pub storage: Option<StorageOptions>,
+    /// `--allow-private-targets`, which the storage endpoint obeys as callback URLs do.
+    pub allow_private_targets: bool,
+}
+
+/// `--storage-endpoint` and the flags that go with it, as typed.
+pub struct StorageOptions {
+    pub endpoint: String,
+    pub region: Option<String>,
+    pub bucket: Option<String>,
+    pub access_key_id: Option<String>,
+    /// Read from `--secret-access-key-file`.
+    pub secret_access_key: Option<String>,
+    pub path_style: bool,
+    pub object_prefix: Option<String>,
+    pub delete_local: bool,
+}
+
+/// A field's flag: `storage.bucket` is `--bucket`, `storage.endpoint` `--storage-endpoint`.
+fn flag_of(field: &str) -> String {
+    let name = match field {
+        "storage.endpoint" => "storage-endpoint",
+        "storage.region" => "storage-region",
+        "storage.secret_access_key" => "secret-access-key-file",
+        other => other.trim_start_matches("storage."),
+    };
+    format!("--{}", name.replace('_', "-"))
 }
 
 /// Where a source created from the command line lives: the operator's record roots and
@@ -40,7 +69,33 @@ pub async fn create(
         options.download_base.as_deref(),
         options.max_pause.as_deref(),
     )
-    .map_err(|e| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.rule))?;
+    .and_then(|spec| {
+        let rtc = matches!(spec.target, SourceTarget::Rtc { .. });
+        let record_format = options
+            .record_format
+            .as_deref()
+            .map(|f| RecordFormat::parse("record_format", f, rtc))
+            .transpose()?;
+        let storage = options
+            .storage
+            .as_ref()
+            .map(|s| {
+                let fields = StorageFields {
+                    endpoint: Some(&s.endpoint),
+                    region: s.region.as_deref(),
+                    bucket: s.bucket.as_deref(),
+                    access_key_id: s.access_key_id.as_deref(),
+                    secret_access_key: s.secret_access_key.as_deref(),
+                    path_style: s.path_style,
+                    object_prefix: s.object_prefix.as_deref(),
+                    delete_local: s.delete_local,
+                };
+                StorageSpec::from_fields(&fields, "storage.", rtc, options.allow_private_targets)
+            })
+            .transpose()?;
+        spec.with_storage(record_format, storage)
+    })
+    .map_err(|e| anyhow::anyhow!("{}: {}", flag_of(&e.field), e.rule))?;
     let view = create_source(store, place.roots, project, spec, options.max_per_project)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

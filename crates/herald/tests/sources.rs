@@ -1206,3 +1206,499 @@ async fn without_ffprobe_serve_warns_and_files_wait() {
     assert_eq!(shown["status"]["files_waiting"], 1, "{shown}");
     assert_eq!(shown["status"]["last_error"], Value::Null, "{shown}");
 }
+
+/// A source takes a record format and a bucket (SPEC §7.1) through the API and the CLI:
+/// every refusal names its field, a private endpoint is refused unless private targets are
+/// allowed, and the secret access key is never shown again.
+#[tokio::test]
+async fn sources_take_a_bucket_and_never_show_its_secret() {
+    let live = Live::start().await;
+    let (server, token) = (&live.server, &live.token);
+    let dir = live.record_dir();
+    let dir = dir.to_str().unwrap();
+    let storage = json!({"endpoint": "http://127.0.0.1:3900", "region": "garage",
+        "bucket": "recordings", "access_key_id": "GK31c2f218a2e44f485b94239e",
+        "secret_access_key": "b892c0665f0ada8a4755dae98baa3b133590e11dae3bcc1f9d3d9ad3",
+        "path_style": true});
+    let with = |extra: Value| {
+        let mut body = json!({"engine": "nginx-rtmp", "publish_domain": DOMAIN, "record_dir": dir,
+            "storage": storage.clone()});
+        for (k, v) in extra.as_object().unwrap() {
+            if k == "storage" {
+                for (sk, sv) in v.as_object().unwrap() {
+                    body["storage"][sk] = sv.clone();
+                }
+            } else {
+                body[k] = v.clone();
+            }
+        }
+        body
+    };
+    let app = {
+        let (status, app) = server
+            .post_with_token(token, "/v2/apps", &json!({"app_name": "rooms"}))
+            .await;
+        assert_eq!(status, 201, "{app}");
+        app["app_id"].as_str().unwrap().to_owned()
+    };
+    for (body, field) in [
+        (with(json!({"record_format": "AVI"})), "record_format"),
+        (
+            json!({"engine": "srs", "app_id": app, "record_dir": dir, "record_format": "FLV",
+                   "storage": storage.clone()}),
+            "record_format",
+        ),
+        (
+            json!({"engine": "srs", "publish_domain": DOMAIN, "record_dir": dir, "record_format": "MP4"}),
+            "record_format",
+        ),
+        (
+            with(json!({"storage": {"object_prefix": "rec/{steam}"}})),
+            "storage.object_prefix",
+        ),
+        (
+            with(json!({"storage": {"bucket": "Not_A_Bucket"}})),
+            "storage.bucket",
+        ),
+        (
+            with(json!({"storage": {"secret_access_key": null}})),
+            "storage.secret_access_key",
+        ),
+        (
+            with(json!({"storage": {"endpoint": "https://s3.example.com/recordings"}})),
+            "storage.endpoint",
+        ),
+        (
+            with(json!({"storage": {"path_style": "yes"}})),
+            "storage.path_style",
+        ),
+        (
+            json!({"engine": "srs", "publish_domain": DOMAIN, "record_dir": dir, "storage": "s3"}),
+            "storage",
+        ),
+    ] {
+        let (status, answer) = server
+            .post_with_token(token, "/v1/p1/record/sources", &body)
+            .await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error_code"], "LIVE.100011001");
+        assert!(
+            answer["error_msg"].as_str().unwrap().starts_with(field),
+            "{field}: {answer}"
+        );
+    }
+
+    let (status, created) = server
+        .post_with_token(
+            token,
+            "/v1/p1/record/sources",
+            &with(json!({"record_format": "mp4", "storage": {"delete_local": true}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["record_format"], "MP4");
+    assert_eq!(
+        created["storage"],
+        json!({"endpoint": "http://127.0.0.1:3900", "region": "garage", "bucket": "recordings",
+            "access_key_id": "GK31c2f218a2e44f485b94239e", "secret_access_key": null,
+            "secret_access_key_set": true, "path_style": true,
+            "object_prefix": herald_core::storage::DEFAULT_LIVE_PREFIX, "delete_local": true})
+    );
+    let id = created["id"].as_str().unwrap();
+    let (status, shown) = server
+        .get_with_token(token, &format!("/v1/p1/record/sources/{id}"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(shown["storage"], created["storage"]);
+    let (_, listed) = server.get_with_token(token, "/v1/p1/record/sources").await;
+    assert!(
+        !listed.to_string().contains("b892c0665f0ada8a"),
+        "the secret is listed: {listed}"
+    );
+
+    // Without --allow-private-targets, a loopback endpoint is refused as a callback URL is.
+    let strict = TestServer::start().await;
+    let strict_token = strict.token("p1").await;
+    let (status, answer) = strict
+        .post_with_token(&strict_token, "/v1/p1/record/sources", &with(json!({})))
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error_msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("storage.endpoint"),
+        "{answer}"
+    );
+
+    // HLS is not produced yet: refused at once rather than failed file by file.
+    let (status, answer) = server
+        .post_with_token(
+            token,
+            "/v1/p1/record/sources",
+            &with(json!({"record_format": "HLS"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error_msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("record_format")
+    );
+
+    // The CLI: the secret from a file, an RTC app's source in MP4 with its default keys.
+    let secret_file = live.record_dir.path().join("secret");
+    std::fs::write(&secret_file, "cli-secret-access-key-0123\n").unwrap();
+    let out = server
+        .herald(&[
+            "sources",
+            "create",
+            "--project",
+            "p1",
+            "--engine",
+            "mediamtx",
+            "--app-id",
+            &app,
+            "--record-dir",
+            live.record_dir().join("rtc").to_str().unwrap(),
+            "--record-format",
+            "MP4",
+            "--storage-endpoint",
+            "https://obs.cn-north-4.myhuaweicloud.com",
+            "--storage-region",
+            "cn-north-4",
+            "--bucket",
+            "rtc-recordings",
+            "--access-key-id",
+            "AKCLI",
+            "--secret-access-key-file",
+            secret_file.to_str().unwrap(),
+            "--json",
+        ])
+        .await;
+    let from_cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(from_cli["record_format"], "MP4");
+    assert_eq!(from_cli["storage"]["secret_access_key"], Value::Null);
+    assert_eq!(from_cli["storage"]["secret_access_key_set"], true);
+    assert_eq!(from_cli["storage"]["path_style"], false);
+    assert_eq!(
+        from_cli["storage"]["object_prefix"],
+        herald_core::storage::DEFAULT_RTC_PREFIX
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("cli-secret-access-key"));
+
+    // A refused flag is named as typed.
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "sources",
+            "create",
+            "--project",
+            "p1",
+            "--engine",
+            "srs",
+            "--publish-domain",
+            DOMAIN,
+            "--record-dir",
+            live.record_dir().join("cli2").to_str().unwrap(),
+            "--storage-endpoint",
+            "https://obs.cn-north-4.myhuaweicloud.com",
+            "--storage-region",
+            "cn-north-4",
+            "--bucket",
+            "b",
+            "--access-key-id",
+            "AK",
+            "--secret-access-key-file",
+            secret_file.to_str().unwrap(),
+            "--data-dir",
+        ])
+        .arg(server.data_dir.path())
+        .env("HERALD_RECORD_ROOTS", common::test_record_root())
+        .envs(
+            server
+                .database_url()
+                .map(|url| ("HERALD_DATABASE_URL", url)),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--bucket:"), "{stderr}");
+}
+
+/// A Live source over `live`'s record dir storing in `garage` (path style), with `extra`
+/// fields of the source and `secret` as its secret access key.
+async fn stored_source(
+    live: &Live,
+    garage: &common::garage::Garage,
+    secret: &str,
+    extra: Value,
+) -> Value {
+    let mut body = json!({"engine": "nginx-rtmp", "publish_domain": DOMAIN,
+        "record_dir": live.record_dir().to_str().unwrap(), "max_pause": "4s",
+        "storage": {"endpoint": garage.endpoint, "region": common::garage::REGION,
+            "bucket": common::garage::BUCKET, "access_key_id": garage.key_id,
+            "secret_access_key": secret, "path_style": true}});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let (status, source) = live
+        .server
+        .post_with_token(&live.token, "/v1/p1/record/sources", &body)
+        .await;
+    assert_eq!(status, 201, "{source}");
+    source
+}
+
+/// nginx-rtmp records FLV; the source stores MP4 in a real Garage. Each
+/// RECORD_FILE_COMPLETE comes after its object is stored, with the OBS fields of it: the
+/// object read back over S3 has the reported size, ffprobe reads it as MP4 of the reported
+/// duration, its key is the default template's, and the local file is kept.
+#[tokio::test]
+async fn recordings_are_stored_in_garage_as_mp4_and_reported_with_the_obs_fields() {
+    let Some(program) = common::garage::program() else {
+        return;
+    };
+    media::require_tools();
+    let garage = common::garage::Garage::start(program).await;
+    let live = Live::start().await;
+    let source = stored_source(
+        &live,
+        &garage,
+        &garage.secret,
+        json!({"record_format": "MP4"}),
+    )
+    .await;
+    let nginx = Nginx::start(
+        source["hook_url"].as_str().unwrap(),
+        &live.record_dir(),
+        "3s",
+    )
+    .await;
+    media::publish(&nginx.rtmp_url("live", "cam"), 5).await;
+    let events = live.wait_for_type("RECORD_OVER").await;
+    assert!(!types(&events).contains(&"RECORD_FAILED"), "{events:?}");
+    let completes: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event_type"] == "RECORD_FILE_COMPLETE")
+        .collect();
+    assert!(!completes.is_empty(), "{events:?}");
+    let keys = garage.keys().await;
+    assert_eq!(keys.len(), completes.len(), "one object per file: {keys:?}");
+    for (n, complete) in completes.iter().enumerate() {
+        assert_eq!(complete["obs_location"], garage.endpoint.as_str());
+        assert_eq!(complete["obs_bucket"], common::garage::BUCKET);
+        assert_eq!(complete["record_format"], "MP4");
+        let key = complete["obs_object"].as_str().unwrap();
+        let prefix = format!("Record/{DOMAIN}/live/CONTINUOUS_RECORD/MP4/cam_");
+        assert!(key.starts_with(&prefix) && key.ends_with(".mp4"), "{key}");
+        assert_eq!(
+            complete["download_url"],
+            format!("{}/{}/{key}", garage.endpoint, common::garage::BUCKET)
+        );
+        let object = garage.get(key).await;
+        assert_eq!(complete["file_size"], object.len(), "{key}");
+        let copy = garage.save(&format!("{n}.mp4"), &object);
+        let probed = media::ffprobe_duration(&copy).await;
+        let reported = complete["record_duration"].as_f64().unwrap();
+        assert!((reported - probed).abs() <= 1.0, "{reported} vs {probed}");
+        assert_eq!(
+            (complete["width"].clone(), complete["height"].clone()),
+            (json!(1280), json!(720))
+        );
+    }
+    let local: Vec<_> = std::fs::read_dir(live.record_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "flv"))
+        .collect();
+    assert!(!local.is_empty(), "the local files are kept");
+}
+
+/// Credentials the store refuses fail the file at once: RECORD_FAILED naming the bucket
+/// and the store's code, the source's last_error, and the local file kept.
+#[tokio::test]
+async fn refused_credentials_fail_the_file_at_once_and_keep_it() {
+    let Some(program) = common::garage::program() else {
+        return;
+    };
+    media::require_tools();
+    let garage = common::garage::Garage::start(program).await;
+    let live = Live::start().await;
+    let wrong = "0000000000000000000000000000000000000000000000000000000000000000";
+    let source = stored_source(&live, &garage, wrong, json!({})).await;
+    let started = std::time::Instant::now();
+    let nginx = Nginx::start(
+        source["hook_url"].as_str().unwrap(),
+        &live.record_dir(),
+        "30s",
+    )
+    .await;
+    media::publish(&nginx.rtmp_url("live", "cam"), 3).await;
+    let events = live.wait_for_type("RECORD_FAILED").await;
+    assert!(started.elapsed() < Duration::from_secs(40), "not at once");
+    let failed = events
+        .iter()
+        .find(|e| e["event_type"] == "RECORD_FAILED")
+        .unwrap();
+    let message = failed["error_message"].as_str().unwrap();
+    assert!(message.contains("bucket recordings: "), "{message}");
+    assert!(
+        !types(&events).contains(&"RECORD_FILE_COMPLETE"),
+        "{events:?}"
+    );
+    let (_, shown) = live
+        .server
+        .get_with_token(
+            &live.token,
+            &format!("/v1/p1/record/sources/{}", source["id"].as_str().unwrap()),
+        )
+        .await;
+    let last = shown["status"]["last_error"]["message"].as_str().unwrap();
+    assert!(last.contains("bucket recordings"), "{shown}");
+    let file = shown["status"]["last_error"]["file"].as_str().unwrap();
+    assert!(Path::new(file).is_file(), "the local file {file} is kept");
+    assert!(garage.keys().await.is_empty());
+}
+
+/// Garage down while a file waits: the upload is retried, and once Garage is back the file
+/// is stored and reported once.
+#[tokio::test]
+async fn an_upload_waits_for_a_stopped_store_and_is_reported_once() {
+    let Some(program) = common::garage::program() else {
+        return;
+    };
+    media::require_tools();
+    let mut garage = common::garage::Garage::start(program).await;
+    let live = Live::start().await;
+    let source = stored_source(&live, &garage, &garage.secret, json!({})).await;
+    let nginx = Nginx::start(
+        source["hook_url"].as_str().unwrap(),
+        &live.record_dir(),
+        "30s",
+    )
+    .await;
+    garage.stop().await;
+    media::publish(&nginx.rtmp_url("live", "cam"), 3).await;
+    let id = source["id"].as_str().unwrap();
+    // The file has been read and its upload refused at least once.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let (_, shown) = live
+                .server
+                .get_with_token(&live.token, &format!("/v1/p1/record/sources/{id}"))
+                .await;
+            let has_file = std::fs::read_dir(live.record_dir())
+                .unwrap()
+                .filter_map(Result::ok)
+                .any(|e| e.path().extension().is_some_and(|x| x == "flv"));
+            if has_file && shown["status"]["files_waiting"].as_u64() >= Some(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !types(&live.events()).contains(&"RECORD_FILE_COMPLETE"),
+        "reported before it was stored"
+    );
+    garage.restart().await;
+    let events = live.wait_for_type("RECORD_OVER").await;
+    let completes: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event_type"] == "RECORD_FILE_COMPLETE")
+        .collect();
+    assert_eq!(completes.len(), 1, "{events:?}");
+    let all = live.receiver.received();
+    let ids: Vec<_> = all
+        .iter()
+        .filter(|r| String::from_utf8_lossy(&r.body).contains("RECORD_FILE_COMPLETE"))
+        .map(|r| r.header("herald-event-id"))
+        .collect::<std::collections::HashSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(ids.len(), 1, "one event");
+    let key = completes[0]["obs_object"].as_str().unwrap();
+    assert_eq!(completes[0]["file_size"], garage.get(key).await.len());
+}
+
+/// A store that stays down past HERALD_UPLOAD_DEADLINE (5 s here): the file is retried
+/// until then, then RECORD_FAILED naming the bucket, and the local file is kept.
+#[tokio::test]
+async fn an_upload_past_its_deadline_is_failed_and_the_file_kept() {
+    media::require_tools();
+    let server = TestServer::start_with(|s| {
+        s.allow_private_targets = true;
+        s.upload_deadline = Duration::from_secs(5);
+    })
+    .await;
+    let token = server.token("p1").await;
+    let receiver = Receiver::ok().await;
+    let (status, body) = server
+        .post_with_token(
+            &token,
+            "/v1/p1/record/callbacks",
+            &json!({"publish_domain": DOMAIN, "app": "*", "notify_callback_url": receiver.url(),
+                    "notify_event_subscription": ALL_LIVE, "sign_type": "HMACSHA256", "key": KEY}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let live = Live {
+        server,
+        token,
+        receiver,
+        record_dir: tempfile::tempdir().unwrap(),
+    };
+    // A loopback port nothing listens on: every request is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (status, source) = live
+        .server
+        .post_with_token(
+            &live.token,
+            "/v1/p1/record/sources",
+            &json!({"engine": "nginx-rtmp", "publish_domain": DOMAIN,
+                "record_dir": live.record_dir().to_str().unwrap(), "max_pause": "3s",
+                "storage": {"endpoint": format!("http://127.0.0.1:{port}"), "region": "r",
+                    "bucket": "gone", "access_key_id": "AK", "secret_access_key": "SK",
+                    "path_style": true}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{source}");
+    let nginx = Nginx::start(
+        source["hook_url"].as_str().unwrap(),
+        &live.record_dir(),
+        "30s",
+    )
+    .await;
+    media::publish(&nginx.rtmp_url("live", "cam"), 2).await;
+    let events = live.wait_for_type("RECORD_OVER").await;
+    let seen = types(&events);
+    assert!(!seen.contains(&"RECORD_FILE_COMPLETE"), "{seen:?}");
+    let failed = events
+        .iter()
+        .find(|e| e["event_type"] == "RECORD_FAILED")
+        .unwrap_or_else(|| panic!("{seen:?}"));
+    let message = failed["error_message"].as_str().unwrap();
+    assert!(message.contains("bucket gone: "), "{message}");
+    assert!(message.contains("retries"), "{message}");
+    // RECORD_OVER waited for the file.
+    let over = seen.iter().position(|t| *t == "RECORD_OVER").unwrap();
+    let fail = seen.iter().position(|t| *t == "RECORD_FAILED").unwrap();
+    assert!(fail < over, "{seen:?}");
+    let (_, shown) = live
+        .server
+        .get_with_token(
+            &live.token,
+            &format!("/v1/p1/record/sources/{}", source["id"].as_str().unwrap()),
+        )
+        .await;
+    let file = shown["status"]["last_error"]["file"].as_str().unwrap();
+    assert!(Path::new(file).is_file(), "the local file {file} is kept");
+}

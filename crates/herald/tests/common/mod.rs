@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
+pub mod garage;
 pub mod media;
 pub mod receiver;
 
