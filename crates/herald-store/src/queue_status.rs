@@ -107,13 +107,7 @@ where
         .await?;
         for url in urls {
             if let Ok(url) = CallbackUrl::parse("url", &url, true) {
-                let endpoint = url.endpoint(project);
-                by_endpoint
-                    .entry(endpoint.clone())
-                    .or_insert(EndpointAttempts {
-                        endpoint,
-                        ..EndpointAttempts::default()
-                    });
+                endpoint_entry(&mut by_endpoint, url.endpoint(project));
             }
         }
         let counts = sqlx::query(
@@ -128,13 +122,7 @@ where
         .fetch_all(self.pool())
         .await?;
         for row in counts {
-            let endpoint: String = row.try_get("endpoint")?;
-            let e = by_endpoint
-                .entry(endpoint.clone())
-                .or_insert(EndpointAttempts {
-                    endpoint,
-                    ..EndpointAttempts::default()
-                });
+            let e = endpoint_entry(&mut by_endpoint, row.try_get("endpoint")?);
             e.attempts = u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
             e.successes = u64::try_from(row.try_get::<i64, _>("ok")?).unwrap_or(0);
         }
@@ -150,13 +138,7 @@ where
         .fetch_all(self.pool())
         .await?;
         for row in errors {
-            let endpoint: String = row.try_get("endpoint")?;
-            let e = by_endpoint
-                .entry(endpoint.clone())
-                .or_insert(EndpointAttempts {
-                    endpoint,
-                    ..EndpointAttempts::default()
-                });
+            let e = endpoint_entry(&mut by_endpoint, row.try_get("endpoint")?);
             if e.last_error.is_none() {
                 let error: Option<String> = row.try_get("error")?;
                 let at: i64 = row.try_get("at_ms")?;
@@ -165,4 +147,17 @@ where
         }
         Ok(by_endpoint.into_values().collect())
     }
+}
+
+/// `endpoint`'s figures in `by_endpoint`, empty until something is counted.
+fn endpoint_entry(
+    by_endpoint: &mut BTreeMap<String, EndpointAttempts>,
+    endpoint: String,
+) -> &mut EndpointAttempts {
+    by_endpoint
+        .entry(endpoint.clone())
+        .or_insert(EndpointAttempts {
+            endpoint,
+            ..EndpointAttempts::default()
+        })
 }
