@@ -103,18 +103,15 @@ fn ingest_phase(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_accepted_is_lost_to_kill_9() {
-    // A slowish receiver keeps many callbacks on the wire when the kill comes.
-    let receiver = Receiver::scripted(Arc::new(|_r: &Received, _n: usize| {
-        (StatusCode::OK, Duration::from_millis(20))
-    }))
-    .await;
+/// A `herald serve` on a fresh data dir with a config sending push.example.com's
+/// `RECORD_FILE_COMPLETE` to `receiver`: its data dir, process, base URL and a token of p1.
+async fn first_server(
+    receiver: &Receiver,
+) -> (tempfile::TempDir, tokio::process::Child, String, String) {
     let data_dir = tempfile::tempdir().unwrap();
-    let (mut first, base) = spawn_serve(data_dir.path(), ARGS, ENV, Stdio::null()).await;
+    let (first, base) = spawn_serve(data_dir.path(), ARGS, ENV, Stdio::null()).await;
     let token = cli_token(data_dir.path(), "p1").await;
-    let http = reqwest::Client::new();
-    let created = http
+    let created = reqwest::Client::new()
         .post(format!("{base}/v1/p1/record/callbacks"))
         .header("x-auth-token", &token)
         .json(&json!({"publish_domain": "push.example.com", "app": "*", "notify_callback_url": receiver.url(),
@@ -123,6 +120,18 @@ async fn nothing_accepted_is_lost_to_kill_9() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
+    (data_dir, first, base, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_accepted_is_lost_to_kill_9() {
+    // A slowish receiver keeps many callbacks on the wire when the kill comes.
+    let receiver = Receiver::scripted(Arc::new(|_r: &Received, _n: usize| {
+        (StatusCode::OK, Duration::from_millis(20))
+    }))
+    .await;
+    let (data_dir, mut first, base, token) = first_server(&receiver).await;
+    let http = reqwest::Client::new();
 
     let accepted = Arc::new(Mutex::new(HashSet::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -234,19 +243,8 @@ async fn nothing_accepted_is_lost_to_kill_9_while_a_receiver_says_slow_down() {
             .map(|(_, r)| r)
             .collect()
     };
-    let data_dir = tempfile::tempdir().unwrap();
-    let (mut first, base) = spawn_serve(data_dir.path(), ARGS, ENV, Stdio::null()).await;
-    let token = cli_token(data_dir.path(), "p1").await;
+    let (data_dir, mut first, base, token) = first_server(&receiver).await;
     let http = reqwest::Client::new();
-    let created = http
-        .post(format!("{base}/v1/p1/record/callbacks"))
-        .header("x-auth-token", &token)
-        .json(&json!({"publish_domain": "push.example.com", "app": "*", "notify_callback_url": receiver.url(),
-                      "notify_event_subscription": ["RECORD_FILE_COMPLETE"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
     let accepted = Arc::new(Mutex::new(HashSet::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let ingest = ingest_phase(&http, &base, &token, &stop, &accepted, "before");
