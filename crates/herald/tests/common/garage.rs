@@ -66,38 +66,22 @@ fn free_port() -> u16 {
 impl Garage {
     pub async fn start(program: PathBuf) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (rpc, s3, admin) = (free_port(), free_port(), free_port());
-        let secret: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
-        let config = format!(
-            r#"metadata_dir = "{d}/meta"
-data_dir = "{d}/data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:{rpc}"
-rpc_public_addr = "127.0.0.1:{rpc}"
-rpc_secret = "{secret}"
-
-[s3_api]
-s3_region = "{REGION}"
-api_bind_addr = "127.0.0.1:{s3}"
-root_domain = ".s3.garage.localhost"
-
-[admin]
-api_bind_addr = "127.0.0.1:{admin}"
-"#,
-            d = dir.path().display()
-        );
-        std::fs::write(dir.path().join("garage.toml"), config).unwrap();
         let mut garage = Self {
             program,
             dir,
             child: None,
-            endpoint: format!("http://127.0.0.1:{s3}"),
+            endpoint: String::new(),
             key_id: String::new(),
             secret: String::new(),
         };
-        garage.run_server();
-        let node = garage.until_ok(&["node", "id", "-q"]).await;
+        // Ports are picked free, then bound by Garage: another test can take one in
+        // between, and Garage then exits. Start again on other ports when it did.
+        let mut tries = 0;
+        while !garage.start_on_free_ports().await {
+            tries += 1;
+            assert!(tries < 5, "garage did not start: {}", garage.log());
+        }
+        let node = garage.cli(&["node", "id", "-q"]).await;
         let node = node.trim().split('@').next().unwrap().to_owned();
         garage
             .cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])
@@ -125,6 +109,55 @@ api_bind_addr = "127.0.0.1:{admin}"
             ])
             .await;
         garage
+    }
+
+    /// Writes a configuration on free ports, runs the server and waits until its RPC
+    /// answers (`garage status`); false when the server exited first.
+    async fn start_on_free_ports(&mut self) -> bool {
+        let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+        let secret: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
+        let config = format!(
+            r#"metadata_dir = "{d}/meta"
+data_dir = "{d}/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secret}"
+
+[s3_api]
+s3_region = "{REGION}"
+api_bind_addr = "127.0.0.1:{s3}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:{admin}"
+"#,
+            d = self.dir.path().display()
+        );
+        std::fs::write(self.config(), config).unwrap();
+        self.endpoint = format!("http://127.0.0.1:{s3}");
+        self.run_server();
+        for _ in 0..150 {
+            if self.try_cli(&["status"]).await.status.success() {
+                return true;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|child| child.try_wait().ok().flatten().is_some());
+            if exited {
+                self.child = None;
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("garage did not answer within 30 s: {}", self.log());
+    }
+
+    /// What the server wrote to its log.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
     fn config(&self) -> PathBuf {
