@@ -424,6 +424,7 @@ test("recording sources at 1280 px", async () => {
     dts.map((dt) => [dt.textContent, dt.nextElementSibling.textContent])));
   assert.equal(facts["Open sessions"], String(status.open_sessions));
   assert.equal(facts["Open sessions"], "1");
+  assert.equal(facts["Uploads waiting"], String(status.uploads_waiting));
   assert.equal(facts["Record format"], "MP4");
   assert.ok(facts.Storage.startsWith("rtc-recordings at https://obs.cn-north-4.myhuaweicloud.com"), facts.Storage);
   assert.ok(facts["Last error"].includes(env.MTX_SEGMENT_PATH), facts["Last error"]);

@@ -453,6 +453,7 @@ function sourceSection(source, appNames) {
       fact("Hook URL", h("code", {}, source.hook_url)),
       fact("Open sessions", String(status.open_sessions ?? 0)),
       fact("Files waiting", String(status.files_waiting ?? 0)),
+      fact("Uploads waiting", String(status.uploads_waiting ?? 0)),
       fact("Last error", error
         ? h("span", { class: "error-text" }, `${when(error.at)} · ${error.file} · ${error.message}`)
         : "none"),

@@ -269,6 +269,8 @@ pub struct SourceStatusJson {
     open_sessions: u64,
     /// Finished files not yet read and reported.
     files_waiting: u64,
+    /// Of those, files whose upload to the source's bucket failed and is tried again.
+    uploads_waiting: u64,
     /// The last file that could not be reported (missing, not media, outside the record dir).
     last_error: Option<SourceErrorJson>,
 }
@@ -318,6 +320,7 @@ impl SourceJson {
             status: SourceStatusJson {
                 open_sessions: view.open_sessions,
                 files_waiting: view.files_waiting,
+                uploads_waiting: view.uploads_waiting,
                 last_error: view.last_error.as_ref().map(|e| SourceErrorJson {
                     at: utc_seconds(e.at),
                     file: e.file.clone(),
@@ -366,6 +369,7 @@ pub async fn create_source(
         source,
         open_sessions: 0,
         files_waiting: 0,
+        uploads_waiting: 0,
         last_error: None,
     })
 }

@@ -17,7 +17,7 @@ use herald_core::event::live::LiveEvent;
 use herald_core::project::ProjectId;
 use herald_core::recording::{DerivedEvent, FileOutcome, StepKind, events_of};
 use herald_core::source::{RecordDir, RecordingSource, SourceTarget};
-use herald_store::{ClaimedStep, SourceError, Store, StoreError};
+use herald_store::{ClaimedStep, Postponed, SourceError, Store, StoreError};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -180,7 +180,11 @@ impl Tracker {
                 tracing::warn!(source = %source.id, error = %error, retry_in = ?wait,
                     "recordings: an upload failed; it is tried again");
                 let due = OffsetDateTime::now_utc() + wait;
-                if let Err(e) = self.store.postpone_step(&self.owner, id, due).await {
+                if let Err(e) = self
+                    .store
+                    .postpone_step(&self.owner, id, due, Postponed::UploadFailed)
+                    .await
+                {
                     tracing::warn!(error = %e, "recordings: postponing an upload failed; its lease will run out");
                 }
                 None
@@ -502,7 +506,11 @@ impl Tracker {
 
     async fn postpone(&self, id: i64) {
         let due = OffsetDateTime::now_utc() + RETRY_AFTER;
-        if let Err(e) = self.store.postpone_step(&self.owner, id, due).await {
+        if let Err(e) = self
+            .store
+            .postpone_step(&self.owner, id, due, Postponed::Reading)
+            .await
+        {
             tracing::warn!(error = %e, "recordings: postponing a step failed; its lease will run out");
         }
     }

@@ -70,7 +70,7 @@ pub use queue::{
     ClaimedDelivery, Completion, DeliveryFilter, DeliveryStatus, DeliveryView, EndpointAttempts,
     Lease, MOST_COUNTED_DELIVERIES, Notification, QueueStats, RetryFilter, RetryOutcome,
 };
-pub use recording::{ClaimedStep, SourceError, SourceView};
+pub use recording::{ClaimedStep, Postponed, SourceError, SourceView};
 pub use rows::CorruptRow;
 pub use state::{DeliveryState, UnknownState};
 
@@ -573,12 +573,15 @@ pub trait RecordingSources {
         now: OffsetDateTime,
     ) -> Result<u64, StoreError>;
     /// Gives `owner`'s step back, to be taken again at `due_at` (ffprobe missing, say),
-    /// without counting the attempt. Nothing when another tracker holds it now.
+    /// without counting the attempt; `why` says whether its upload failed (it then
+    /// counts in the source's `uploads_waiting`). Nothing when another tracker holds it
+    /// now.
     async fn postpone_step(
         &self,
         owner: &str,
         id: i64,
         due_at: OffsetDateTime,
+        why: Postponed,
     ) -> Result<(), StoreError>;
     /// Extends `owner`'s leases of steps still in progress to `lease_until`, so that
     /// leases can be short and a dead tracker's steps are taken over soon. Returns the

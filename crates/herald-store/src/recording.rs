@@ -29,6 +29,15 @@ use crate::backend::{SqlBackend, conflict_or, limit_offset};
 use crate::rows::{CorruptRow, stored_project};
 use crate::{Page, RecordingSources, StoreError};
 
+/// Why a step is given back to be taken again later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Postponed {
+    /// Its file cannot be read now (ffprobe cannot run).
+    Reading,
+    /// Its file's upload failed and is tried again: it counts in `uploads_waiting`.
+    UploadFailed,
+}
+
 /// A recording source with what is going on at it, as the API lists it.
 #[derive(Debug, Clone)]
 pub struct SourceView {
@@ -37,6 +46,8 @@ pub struct SourceView {
     pub open_sessions: u64,
     /// Finished files not yet read and reported.
     pub files_waiting: u64,
+    /// Of those, files whose upload failed and is tried again (SPEC §7.1).
+    pub uploads_waiting: u64,
     pub last_error: Option<SourceError>,
 }
 
@@ -646,16 +657,19 @@ where
         owner: &str,
         id: i64,
         due_at: OffsetDateTime,
+        why: Postponed,
     ) -> Result<(), StoreError> {
         let mut w = self.queue_tx().await?;
         sqlx::query(
             "UPDATE record_steps SET due_at_ms = $2, lease_until_ms = NULL, lease_owner = NULL, \
-             attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END \
+             attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, \
+             upload_tries = upload_tries + $4 \
              WHERE id = $1 AND lease_owner = $3 AND done_at_ms IS NULL RETURNING id",
         )
         .bind(id)
         .bind(unix_ms(due_at))
         .bind(owner)
+        .bind(i64::from(why == Postponed::UploadFailed))
         .fetch_optional(&mut *w.tx)
         .await?;
         w.tx.commit().await?;
@@ -758,10 +772,12 @@ where
     for<'q> &'q str: Encode<'q, S::Db> + Type<S::Db>,
     usize: ColumnIndex<<S::Db as Database>::Row>,
 {
-    let (open_sessions, files_waiting): (i64, i64) = sqlx::query_as(
+    let (open_sessions, files_waiting, uploads_waiting): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT COUNT(*) FROM record_sessions WHERE source_id = $1), \
                 (SELECT COUNT(*) FROM record_steps WHERE source_id = $1 \
-                 AND kind = 'file' AND done_at_ms IS NULL)",
+                 AND kind = 'file' AND done_at_ms IS NULL), \
+                (SELECT COUNT(*) FROM record_steps WHERE source_id = $1 \
+                 AND kind = 'file' AND done_at_ms IS NULL AND upload_tries > 0)",
     )
     .bind(row.id.as_str())
     .fetch_one(store.pool())
@@ -771,6 +787,7 @@ where
         source,
         open_sessions: u64::try_from(open_sessions).unwrap_or(0),
         files_waiting: u64::try_from(files_waiting).unwrap_or(0),
+        uploads_waiting: u64::try_from(uploads_waiting).unwrap_or(0),
         last_error,
     })
 }

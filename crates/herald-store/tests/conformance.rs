@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use herald_store::{
     Accepted, AccessKey, AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion,
     Credentials, DeliveryFilter, DeliveryStatus, DeliveryView, Lease, LiveConfigFilter,
-    MOST_COUNTED_DELIVERIES, NewToken, Notification, Page, QueueStats, Recorded, ReplayTarget,
-    Replayed, RetryFilter, RetryOutcome, Store, StoreError,
+    MOST_COUNTED_DELIVERIES, NewToken, Notification, Page, Postponed, QueueStats, Recorded,
+    ReplayTarget, Replayed, RetryFilter, RetryOutcome, Store, StoreError,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -286,7 +286,7 @@ async fn a_step_taken_over_belongs_to_its_new_owner(store: &dyn Store) {
     let now = later + secs(62);
     // a's late calls change nothing: b keeps its lease.
     store
-        .postpone_step("a", step.id, now + secs(300))
+        .postpone_step("a", step.id, now + secs(300), Postponed::Reading)
         .await
         .unwrap();
     assert!(
@@ -307,7 +307,10 @@ async fn a_step_taken_over_belongs_to_its_new_owner(store: &dyn Store) {
         "still leased to b"
     );
     // b's postponement does not count as an attempt.
-    store.postpone_step("b", step.id, now).await.unwrap();
+    store
+        .postpone_step("b", step.id, now, Postponed::Reading)
+        .await
+        .unwrap();
     let again = store
         .claim_steps("c", now, now + secs(60), 10, 10)
         .await
@@ -519,9 +522,19 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
     );
     store.finish_steps("n1", &[file[0].id], t1).await.unwrap();
     store
-        .postpone_step("n1", file[1].id, t1 + secs(5))
+        .postpone_step("n1", file[1].id, t1 + secs(5), Postponed::UploadFailed)
         .await
         .unwrap();
+    let view = store
+        .get_source(&project("rec"), &source.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (view.files_waiting, view.uploads_waiting),
+        (1, 1),
+        "a file whose upload failed waits for it"
+    );
     assert_eq!(
         store.next_recording_wake(t1).await.unwrap(),
         Some(t1 + secs(5))

@@ -1429,7 +1429,8 @@ async fn sources_take_a_bucket_and_never_show_its_secret() {
 }
 
 /// A Live source over `live`'s record dir storing in `garage` (path style), with `extra`
-/// fields of the source and `secret` as its secret access key.
+/// fields of the source (those under `"storage"` go into its storage) and `secret` as its
+/// secret access key.
 async fn stored_source(
     live: &Live,
     garage: &common::garage::Garage,
@@ -1442,7 +1443,14 @@ async fn stored_source(
             "bucket": common::garage::BUCKET, "access_key_id": garage.key_id,
             "secret_access_key": secret, "path_style": true}});
     for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
+        match v.as_object() {
+            Some(fields) if k == "storage" => {
+                for (field, value) in fields {
+                    body["storage"][field] = value.clone();
+                }
+            }
+            _ => body[k] = v.clone(),
+        }
     }
     let (status, source) = live
         .server
@@ -1563,8 +1571,9 @@ async fn refused_credentials_fail_the_file_at_once_and_keep_it() {
     assert!(garage.keys().await.is_empty());
 }
 
-/// Garage down while a file waits: the upload is retried, and once Garage is back the file
-/// is stored and reported once.
+/// Garage down while a file waits: the upload is retried, counted in the source's
+/// `uploads_waiting` and the upload metrics, and once Garage is back the file is stored and
+/// reported once.
 #[tokio::test]
 async fn an_upload_waits_for_a_stopped_store_and_is_reported_once() {
     let Some(program) = common::garage::program() else {
@@ -1581,27 +1590,36 @@ async fn an_upload_waits_for_a_stopped_store_and_is_reported_once() {
     )
     .await;
     garage.stop().await;
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = common::metrics_text(&live.server.http, &live.server.base).await;
     media::publish(&nginx.rtmp_url("live", "cam"), 3).await;
     let id = source["id"].as_str().unwrap();
-    // The file has been read and its upload refused at least once.
+    let status = || async {
+        let (_, shown) = live
+            .server
+            .get_with_token(&live.token, &format!("/v1/p1/record/sources/{id}"))
+            .await;
+        shown["status"].clone()
+    };
+    // The file has been read and its upload refused at least once: it waits for its bucket.
     tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let (_, shown) = live
-                .server
-                .get_with_token(&live.token, &format!("/v1/p1/record/sources/{id}"))
-                .await;
-            let has_file = std::fs::read_dir(live.record_dir())
-                .unwrap()
-                .filter_map(Result::ok)
-                .any(|e| e.path().extension().is_some_and(|x| x == "flv"));
-            if has_file && shown["status"]["files_waiting"].as_u64() >= Some(1) {
-                break;
-            }
+        while status().await["uploads_waiting"].as_u64() < Some(1) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
     .await
-    .unwrap();
+    .expect("uploads_waiting shows the file");
+    let during = common::metrics_text(&live.server.http, &live.server.base).await;
+    let retried = r#"herald_uploads_total{outcome="retried"}"#;
+    assert!(
+        metric(&during, retried) > metric(&before, retried),
+        "{during}"
+    );
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(
         !types(&live.events()).contains(&"RECORD_FILE_COMPLETE"),
@@ -1624,7 +1642,23 @@ async fn an_upload_waits_for_a_stopped_store_and_is_reported_once() {
         .collect();
     assert_eq!(ids.len(), 1, "one event");
     let key = completes[0]["obs_object"].as_str().unwrap();
-    assert_eq!(completes[0]["file_size"], garage.get(key).await.len());
+    let size = garage.get(key).await.len();
+    assert_eq!(completes[0]["file_size"], size);
+    let after = status().await;
+    assert_eq!(
+        (&after["files_waiting"], &after["uploads_waiting"]),
+        (&json!(0), &json!(0)),
+        "{after}"
+    );
+    let done = common::metrics_text(&live.server.http, &live.server.base).await;
+    let stored = r#"herald_uploads_total{outcome="stored"}"#;
+    assert!(metric(&done, stored) > metric(&before, stored), "{done}");
+    assert!(
+        metric(&done, "herald_upload_bytes_total") - metric(&before, "herald_upload_bytes_total")
+            >= size as f64,
+        "{done}"
+    );
+    assert!(done.contains("herald_upload_duration_seconds"), "{done}");
 }
 
 /// A store that stays down past HERALD_UPLOAD_DEADLINE (5 s here): the file is retried
@@ -1701,4 +1735,62 @@ async fn an_upload_past_its_deadline_is_failed_and_the_file_kept() {
         .await;
     let file = shown["status"]["last_error"]["file"].as_str().unwrap();
     assert!(Path::new(file).is_file(), "the local file {file} is kept");
+}
+
+/// `delete_local`: each local file is deleted once its object is stored and its event is
+/// durable; the objects hold what was recorded, and no conversion is left behind.
+#[tokio::test]
+async fn delete_local_removes_each_file_once_it_is_stored() {
+    let Some(program) = common::garage::program() else {
+        return;
+    };
+    media::require_tools();
+    let garage = common::garage::Garage::start(program).await;
+    let live = Live::start().await;
+    let source = stored_source(
+        &live,
+        &garage,
+        &garage.secret,
+        json!({"record_format": "MP4", "storage": {"delete_local": true}}),
+    )
+    .await;
+    assert_eq!(source["storage"]["delete_local"], true, "{source}");
+    let nginx = Nginx::start(
+        source["hook_url"].as_str().unwrap(),
+        &live.record_dir(),
+        "2s",
+    )
+    .await;
+    media::publish(&nginx.rtmp_url("live", "cam"), 5).await;
+    let events = live.wait_for_type("RECORD_OVER").await;
+    let completes: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event_type"] == "RECORD_FILE_COMPLETE")
+        .collect();
+    assert!(completes.len() >= 2, "{events:?}");
+    for complete in &completes {
+        let key = complete["obs_object"].as_str().unwrap();
+        assert_eq!(complete["file_size"], garage.get(key).await.len(), "{key}");
+    }
+    // The last deletion follows the last event's commit: give it a moment.
+    let left = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let left: Vec<_> = std::fs::read_dir(live.record_dir())
+                .unwrap()
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .collect();
+            if left.is_empty() {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(left.is_ok(), "the local files are deleted");
+    let temp = live.server.data_dir.path().join("upload-tmp");
+    let temps: Vec<_> = std::fs::read_dir(&temp)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(temps.is_empty(), "conversions are removed: {temps:?}");
 }
