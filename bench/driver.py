@@ -16,6 +16,8 @@ Sub-commands (each writes OUT_DIR/<name>.json and prints one line per run):
   retention  a steady load with a short HERALD_RETENTION; the data dir's size over time
   hooks    a recording source's hooks, as nginx-rtmp sends them (publish, record_done of a real
            file, publish_done) from many streams at once: how long each answer takes
+  upload   one large recording stored in a local Garage through a source with storage, beside
+           `rclone copyto` of the same file: MB/s of each, and Herald's RSS growth meanwhile
   report   read OUT_DIR/*.json, print the summary table and write OUT_DIR/summary.md
 
 Every loop is bounded in count and time; all traffic goes to 127.0.0.1.
@@ -1120,6 +1122,203 @@ def cmd_hooks(a):
     return 0
 
 
+# ---------------------------------------------------------------------------------------
+# u: a recording uploaded to object storage
+
+
+class Garage:
+    """A single-node Garage (the S3-compatible store the tests use) on loopback, with one
+    bucket and one key allowed on it."""
+
+    BUCKET, REGION = "bench", "garage"
+
+    def __init__(self, program, work_dir):
+        self.program, self.dir = program, work_dir
+        os.makedirs(work_dir, exist_ok=True)
+        ports = [free_port() for _ in range(3)]
+        self.config = os.path.join(work_dir, "garage.toml")
+        with open(self.config, "w") as f:
+            f.write(f'''metadata_dir = "{work_dir}/meta"
+data_dir = "{work_dir}/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{ports[0]}"
+rpc_public_addr = "127.0.0.1:{ports[0]}"
+rpc_secret = "{uuid.uuid4().hex}{uuid.uuid4().hex}"
+
+[s3_api]
+s3_region = "{self.REGION}"
+api_bind_addr = "127.0.0.1:{ports[1]}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:{ports[2]}"
+''')
+        self.endpoint = f"http://127.0.0.1:{ports[1]}"
+        self.log = open(os.path.join(work_dir, "server.log"), "ab")
+        self.proc = subprocess.Popen([program, "-c", self.config, "server"], stdout=self.log,
+                                     stderr=self.log, env=dict(os.environ, RUST_LOG="garage=warn"))
+        self.cli("status", retry_for=30)
+        node = self.cli("node", "id", "-q").strip().split("@")[0]
+        self.cli("layout", "assign", "-z", "dc1", "-c", "10G", node)
+        self.cli("layout", "apply", "--version", "1")
+        self.cli("bucket", "create", self.BUCKET, retry_for=30)
+        key = self.cli("key", "create", "bench")
+        field = lambda name: next(l.split(":", 1)[1].strip() for l in key.splitlines()
+                                  if l.strip().startswith(name))
+        self.key_id, self.secret = field("Key ID"), field("Secret key")
+        self.cli("bucket", "allow", "--read", "--write", "--owner", self.BUCKET, "--key", "bench")
+
+    def cli(self, *args, retry_for=0):
+        deadline = time.time() + retry_for
+        while True:
+            r = subprocess.run([self.program, "-c", self.config, *args], capture_output=True,
+                               timeout=60)
+            if r.returncode == 0:
+                return r.stdout.decode()
+            if time.time() >= deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"garage {' '.join(args)}: {r.stderr.decode()[-500:]}")
+            time.sleep(0.2)
+
+    def rclone_remote(self):
+        """An rclone on-the-fly remote for the bucket (no rclone.conf)."""
+        return (f":s3,provider=Other,endpoint='{self.endpoint}',region={self.REGION},"
+                f"access_key_id={self.key_id},secret_access_key={self.secret},"
+                f"force_path_style=true:{self.BUCKET}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def big_recording(path, mib):
+    """An FLV of at least `mib` MiB that ffprobe reads as a recording: 10 s of noise video
+    (which does not compress), repeated with the concat demuxer (`-c copy`, fast). Kept for
+    the next run."""
+    if os.path.exists(path) and os.path.getsize(path) >= mib * 1048576:
+        return
+    part = path + ".part.flv"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "nullsrc=size=1280x720:rate=25,geq=random(1)*255:128:128", "-t", "10",
+                    "-c:v", "flv1", "-q:v", "2", "-f", "flv", part], check=True, timeout=600)
+    copies = -(-mib * 1048576 // os.path.getsize(part))
+    listing = path + ".txt"
+    with open(listing, "w") as f:
+        f.write("".join(f"file '{part}'\n" for _ in range(copies)))
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", listing,
+                    "-c", "copy", "-f", "flv", path], check=True, timeout=600)
+    os.remove(part)
+    os.remove(listing)
+
+
+def cmd_upload(a):
+    """One recording of `a.mib` MiB stored in a local Garage through Herald (a source with
+    storage: hooks as nginx-rtmp sends them; the upload is Herald's multipart streaming),
+    beside `rclone copyto` of the same file to the same bucket, alternating, `a.runs` each.
+    Herald's MB/s is its own upload time (herald_upload_duration_seconds: read, send,
+    confirm); its VmRSS is sampled every 20 ms from the hook until the file is stored."""
+    tag = f"upload-{uuid.uuid4().hex[:8]}"
+    record_dir = os.path.join(a.out_dir, f"{tag}-rec")
+    os.makedirs(record_dir)
+    source_file = os.path.join(os.path.dirname(os.path.abspath(a.out_dir)), f"upload-{a.mib}MiB.flv")
+    big_recording(source_file, a.mib)
+    size = os.path.getsize(source_file)
+    garage = Garage(a.garage, os.path.join(a.out_dir, f"{tag}-garage"))
+    h = Herald(a.herald, os.path.join(a.out_dir, f"{tag}-data"), os.path.join(a.out_dir, f"{tag}.log"),
+               {"HERALD_RECORD_ROOTS": record_dir})
+    runs = []
+    try:
+        secret_file = os.path.join(a.out_dir, f"{tag}-secret")
+        with open(secret_file, "w") as f:
+            f.write(garage.secret)
+        out = subprocess.run(
+            [a.herald, "sources", "create", "--project", PROJECT, "--engine", "nginx-rtmp",
+             "--publish-domain", DOMAIN, "--record-dir", record_dir, "--max-pause", "1s",
+             "--storage-endpoint", garage.endpoint, "--storage-region", garage.REGION,
+             "--bucket", garage.BUCKET, "--access-key-id", garage.key_id,
+             "--secret-access-key-file", secret_file, "--path-style",
+             "--data-dir", h.data_dir, "--json"],
+            check=True, capture_output=True, timeout=30, env=h.env).stdout
+        hook_path = "/hooks/" + json.loads(out)["hook_url"].split("/hooks/", 1)[1]
+
+        def hook(body):
+            c = h.conn()
+            c.request("POST", hook_path, body=body,
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+            r = c.getresponse()
+            r.read()
+            c.close()
+            if r.status != 200:
+                raise RuntimeError(f"hook {body}: {r.status}")
+
+        def uploads():
+            text = h.metrics()
+            return (metric(text, 'herald_uploads_total{outcome="stored"}') or 0,
+                    metric(text, "herald_upload_duration_seconds_sum") or 0.0)
+
+        for i in range(a.runs):
+            t0 = time.perf_counter()
+            r = subprocess.run(["rclone", "copyto", source_file,
+                                f"{garage.rclone_remote()}/rclone/run{i}.flv"],
+                               capture_output=True, timeout=1800)
+            rclone_s = time.perf_counter() - t0
+            if r.returncode != 0:
+                raise RuntimeError(f"rclone copyto: {r.stderr.decode()[-500:]}")
+            name = f"run{i}"
+            os.link(source_file, os.path.join(record_dir, f"{name}.flv"))
+            stored0, upload_s0 = uploads()
+            rss0 = h.status("VmRSS")
+            hook(f"app=live&call=publish&name={name}&type=live")
+            t0 = time.perf_counter()
+            hook(f"app=live&call=record_done&name={name}&path={record_dir}/{name}.flv")
+            peak = rss0
+            deadline = time.time() + a.time_limit
+            while time.time() < deadline:
+                peak = max(peak, h.status("VmRSS") or 0)
+                if uploads()[0] > stored0:
+                    break
+                time.sleep(0.02)
+            else:
+                raise RuntimeError(f"the upload of {name} did not finish within {a.time_limit} s")
+            wall_s = time.perf_counter() - t0
+            upload_s = uploads()[1] - upload_s0
+            hook(f"app=live&call=publish_done&name={name}")
+            run = {"rclone_s": round(rclone_s, 2), "rclone_mb_per_s": round(size / 1e6 / rclone_s, 1),
+                   "herald_upload_s": round(upload_s, 2),
+                   "herald_mb_per_s": round(size / 1e6 / upload_s, 1),
+                   "herald_hook_to_stored_s": round(wall_s, 2),
+                   "rss_before_mib": round(rss0, 1), "rss_peak_mib": round(peak, 1),
+                   "rss_growth_mib": round(peak - rss0, 1)}
+            run["ratio"] = round(run["herald_mb_per_s"] / run["rclone_mb_per_s"], 3)
+            print(f"upload run {i + 1}/{a.runs}: rclone {run['rclone_mb_per_s']} MB/s, Herald "
+                  f"{run['herald_mb_per_s']} MB/s ({run['ratio']} x), RSS +{run['rss_growth_mib']} MiB",
+                  flush=True)
+            runs.append(run)
+            os.remove(os.path.join(record_dir, f"{name}.flv"))
+        res = {"bytes": size, "runs": runs,
+               "median_rclone_mb_per_s": statistics.median(r["rclone_mb_per_s"] for r in runs),
+               "median_herald_mb_per_s": statistics.median(r["herald_mb_per_s"] for r in runs),
+               "median_ratio": statistics.median(r["ratio"] for r in runs),
+               "max_rss_growth_mib": max(r["rss_growth_mib"] for r in runs),
+               "log_warn_error": h.log_counts()}
+    finally:
+        h.stop()
+        garage.stop()
+    save(a.out_dir, "upload", res)
+    return 0
+
+
 def cmd_report(a):
     wrk, e2e, lat, mem, pg1, pg2 = (load(a.out_dir, n) for n in
                                     ("wrk", "e2e", "latency", "memory", "e2e-pg1", "e2e-pg2"))
@@ -1193,6 +1392,15 @@ def cmd_report(a):
                      f"p50 {hooks['p50_ms']} ms, p99 {hooks['p99_ms']} ms, max {hooks['max_ms']} ms "
                      f"({hooks['hooks_per_s']:,.0f} hooks/s)",
                      "p99 <= 50 ms", verdict(hooks["p99_ms"] <= 50 and hooks["error_count"] == 0)))
+    up = load(a.out_dir, "upload")
+    if up:
+        ok = up["median_ratio"] >= 0.9 and up["max_rss_growth_mib"] <= 64
+        rows.append((f"u. upload: one {up['bytes'] / 1048576:,.0f} MiB recording to a local Garage, "
+                     "Herald beside `rclone copyto`",
+                     f"Herald {up['median_herald_mb_per_s']} MB/s, rclone {up['median_rclone_mb_per_s']} MB/s "
+                     f"= {up['median_ratio']} x (median of {len(up['runs'])}); Herald's RSS grew "
+                     f"<= {up['max_rss_growth_mib']} MiB",
+                     ">= 0.9 x rclone, RSS growth <= 64 MiB", verdict(ok)))
     lines = ["| measurement | result | target | |", "|---|---|---|---|"]
     lines += [f"| {m} | {r} | {t} | {v} |" for m, r, t, v in rows]
     table = "\n".join(lines)
@@ -1287,6 +1495,11 @@ def main():
     hk.add_argument("--streams", type=int, default=200)
     hk.add_argument("--threads", type=int, default=16, help="streams sending hooks at once")
     hk.add_argument("--files", type=int, default=3, help="record_done hooks per stream")
+    up = sub.add_parser("upload")
+    up.add_argument("--garage", required=True, help="the garage program")
+    up.add_argument("--mib", type=int, default=1024, help="the recording's size")
+    up.add_argument("--runs", type=int, default=3)
+    up.add_argument("--time-limit", type=float, default=900, help="per upload")
     r = sub.add_parser("report")
     r.add_argument("--machine", default="")
     a = p.parse_args()
@@ -1294,7 +1507,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return {"probe": cmd_probe, "e2e": cmd_e2e, "latency": cmd_latency, "ingest": cmd_ingest,
             "ceiling": cmd_ceiling, "memory": cmd_memory,
-            "idle": cmd_idle, "retention": cmd_retention, "hooks": cmd_hooks,
+            "idle": cmd_idle, "retention": cmd_retention, "hooks": cmd_hooks, "upload": cmd_upload,
             "report": cmd_report}[a.cmd](a)
 
 

@@ -413,13 +413,25 @@ impl Tracker {
             Vec::new()
         });
         let finished = self.finish(id, &source, events).await;
-        // The local file goes only once its object is confirmed and its event durable.
-        if let (true, Some(FileOutcome::Complete(facts)), Some(storage)) =
-            (finished, &outcome, &source.spec.storage)
+        // The local file goes only once its object is confirmed and its event durable; a
+        // file without a single frame (nginx-rtmp's stub at the end of a publish) holds
+        // nothing to store, and goes too.
+        let stored_or_empty = match &outcome {
+            Some(FileOutcome::Complete(facts)) if facts.stored.is_some() => {
+                Some(source.spec.record_dir.path().join(&facts.relative_path))
+            }
+            Some(FileOutcome::Empty) => step
+                .path
+                .as_deref()
+                .and_then(|path| source.spec.record_dir.resolve(None, path))
+                // Read as inside it already; checked again before anything is deleted.
+                .filter(|local| source.spec.record_dir.relative(local).is_some()),
+            _ => None,
+        };
+        if let (true, Some(local), Some(storage)) =
+            (finished, stored_or_empty, &source.spec.storage)
             && storage.delete_local
-            && facts.stored.is_some()
         {
-            let local = source.spec.record_dir.path().join(&facts.relative_path);
             if let Err(e) = tokio::fs::remove_file(&local).await {
                 tracing::warn!(source = %source.id, file = ?local, error = %e,
                     "recordings: deleting an uploaded file failed");

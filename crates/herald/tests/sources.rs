@@ -1773,21 +1773,24 @@ async fn delete_local_removes_each_file_once_it_is_stored() {
         assert_eq!(complete["file_size"], garage.get(key).await.len(), "{key}");
     }
     // The last deletion follows the last event's commit: give it a moment.
-    let left = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let left: Vec<_> = std::fs::read_dir(live.record_dir())
-                .unwrap()
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .collect();
-            if left.is_empty() {
-                return left;
-            }
+    let left = || -> Vec<PathBuf> {
+        std::fs::read_dir(live.record_dir())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect()
+    };
+    let deleted = tokio::time::timeout(Duration::from_secs(10), async {
+        while !left().is_empty() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .await;
-    assert!(left.is_ok(), "the local files are deleted");
+    assert!(
+        deleted.is_ok(),
+        "the local files are deleted: {:?} {events:?}",
+        left()
+    );
     let temp = live.server.data_dir.path().join("upload-tmp");
     let temps: Vec<_> = std::fs::read_dir(&temp)
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
