@@ -431,11 +431,10 @@ impl Tracker {
         if let (true, Some(local), Some(storage)) =
             (finished, stored_or_empty, &source.spec.storage)
             && storage.delete_local
+            && let Err(e) = tokio::fs::remove_file(&local).await
         {
-            if let Err(e) = tokio::fs::remove_file(&local).await {
-                tracing::warn!(source = %source.id, file = ?local, error = %e,
-                    "recordings: deleting an uploaded file failed");
-            }
+            tracing::warn!(source = %source.id, file = ?local, error = %e,
+                "recordings: deleting an uploaded file failed");
         }
     }
 
