@@ -572,9 +572,7 @@ mod tests {
             .map(|i| (i % 251) as u8)
             .collect();
         std::fs::write(&local, &bytes).unwrap();
-        let memory = Arc::new(InMemory::new());
-        let uploader = Uploader::new("ffmpeg", "ffprobe", dir.path().join("tmp"), false)
-            .with_store(memory.clone());
+        let (memory, uploader) = in_memory(dir.path());
         let source = source(
             r#"{"engine": "nginx-rtmp", "publish_domain": "push.example.com", "record_dir": "/rec",
                 "storage": {"endpoint": "https://obs.cn-north-4.myhuaweicloud.com",
@@ -664,8 +662,18 @@ mod tests {
         );
     }
 
-    /// Writes `seconds` of 320x240 H.264 with Nellymoser audio (Flash's codec) as FLV.
-    async fn write_nellymoser_flv(path: &Path, seconds: u32) {
+    /// An uploader with its temp dir under `dir`, storing in memory.
+    fn in_memory(dir: &Path) -> (Arc<InMemory>, Uploader) {
+        let memory = Arc::new(InMemory::new());
+        let uploader =
+            Uploader::new("ffmpeg", "ffprobe", dir.join("tmp"), false).with_store(memory.clone());
+        (memory, uploader)
+    }
+
+    /// Writes `seconds` of 320x240 H.264 with Nellymoser audio (Flash's codec) as
+    /// `dir/cam.flv`.
+    async fn nellymoser_flv(dir: &Path, seconds: u32) -> PathBuf {
+        let path = dir.join("cam.flv");
         let made = tokio::process::Command::new("ffmpeg")
             .args([
                 "-nostdin",
@@ -691,11 +699,12 @@ mod tests {
                 "-ar",
                 "22050",
             ])
-            .arg(path)
+            .arg(&path)
             .status()
             .await
             .expect("ffmpeg runs (Debian's ffmpeg)");
         assert!(made.success());
+        path
     }
 
     /// A file as the tracker reads it: FLV of `duration` seconds, 320x240.
@@ -718,11 +727,8 @@ mod tests {
     #[tokio::test]
     async fn hls_is_a_playlist_with_its_segments_beside_it() {
         let dir = tempfile::tempdir().unwrap();
-        let local = dir.path().join("cam.flv");
-        write_nellymoser_flv(&local, 3).await;
-        let memory = Arc::new(InMemory::new());
-        let uploader = Uploader::new("ffmpeg", "ffprobe", dir.path().join("tmp"), false)
-            .with_store(memory.clone());
+        let local = nellymoser_flv(dir.path(), 3).await;
+        let (memory, uploader) = in_memory(dir.path());
         let source = source(
             r#"{"engine": "mediamtx", "app_id": "0123456789abcdef01234567", "record_dir": "/rec",
                 "record_format": "HLS",
@@ -807,8 +813,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_hls_upload_leaves_no_conversion_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let local = dir.path().join("cam.flv");
-        write_nellymoser_flv(&local, 2).await;
+        let local = nellymoser_flv(dir.path(), 2).await;
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = closed.local_addr().unwrap().port();
         drop(closed);
@@ -861,11 +866,8 @@ mod tests {
     #[tokio::test]
     async fn nellymoser_audio_becomes_aac_in_mp4() {
         let dir = tempfile::tempdir().unwrap();
-        let local = dir.path().join("nelly.flv");
-        write_nellymoser_flv(&local, 2).await;
-        let memory = Arc::new(InMemory::new());
-        let uploader = Uploader::new("ffmpeg", "ffprobe", dir.path().join("tmp"), false)
-            .with_store(memory.clone());
+        let local = nellymoser_flv(dir.path(), 2).await;
+        let (memory, uploader) = in_memory(dir.path());
         assert_eq!(
             uploader.audio_codec(&local).await.unwrap().as_deref(),
             Some("nellymoser")

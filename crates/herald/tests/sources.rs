@@ -41,22 +41,28 @@ struct Live {
 
 impl Live {
     async fn start() -> Self {
-        let server = TestServer::start_with(|s| s.allow_private_targets = true).await;
-        let token = server.token("p1").await;
-        let receiver = Receiver::ok().await;
-        let (status, body) = server
+        let live = Self::without_callbacks().await;
+        let (status, body) = live
+            .server
             .post_with_token(
-                &token,
+                &live.token,
                 "/v1/p1/record/callbacks",
-                &json!({"publish_domain": DOMAIN, "app": "*", "notify_callback_url": receiver.url(),
+                &json!({"publish_domain": DOMAIN, "app": "*", "notify_callback_url": live.receiver.url(),
                         "notify_event_subscription": ALL_LIVE, "sign_type": "HMACSHA256", "key": KEY}),
             )
             .await;
         assert_eq!(status, 201, "{body}");
+        live
+    }
+
+    /// The server, its receiver and a record dir, with no config yet: [`Rtc`] starts here.
+    async fn without_callbacks() -> Self {
+        let server = TestServer::start_with(|s| s.allow_private_targets = true).await;
+        let token = server.token("p1").await;
         Self {
             server,
             token,
-            receiver,
+            receiver: Receiver::ok().await,
             record_dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -397,43 +403,38 @@ async fn srs_hooks_as_srs_sends_them_report_its_dvr_segments() {
 /// A server whose project has an RTC app whose record callback goes to a receiver, signed
 /// with [`AUTH_KEY`].
 struct Rtc {
-    server: TestServer,
-    token: String,
-    receiver: Receiver,
+    /// The server, receiver and record dir, without Live's config.
+    base: Live,
     app_id: String,
-    record_dir: tempfile::TempDir,
 }
 
 impl Rtc {
     async fn start() -> Self {
-        let server = TestServer::start_with(|s| s.allow_private_targets = true).await;
-        let token = server.token("p1").await;
-        let receiver = Receiver::ok().await;
-        let (status, app) = server
-            .post_with_token(&token, "/v2/apps", &json!({"app_name": "studio"}))
+        let base = Live::without_callbacks().await;
+        let (status, app) = base
+            .server
+            .post_with_token(&base.token, "/v2/apps", &json!({"app_name": "studio"}))
             .await;
         assert_eq!(status, 201, "{app}");
         let app_id = app["app_id"].as_str().unwrap().to_owned();
-        let response = server
+        let response = base
+            .server
             .http
-            .put(format!("{}/v2/apps/{app_id}/record-callback", server.base))
-            .header("x-auth-token", &token)
-            .json(&json!({"url": receiver.url(), "auth_key": AUTH_KEY}))
+            .put(format!(
+                "{}/v2/apps/{app_id}/record-callback",
+                base.server.base
+            ))
+            .header("x-auth-token", &base.token)
+            .json(&json!({"url": base.receiver.url(), "auth_key": AUTH_KEY}))
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        Self {
-            server,
-            token,
-            receiver,
-            app_id,
-            record_dir: tempfile::tempdir().unwrap(),
-        }
+        Self { base, app_id }
     }
 
     fn record_dir(&self) -> PathBuf {
-        self.record_dir.path().canonicalize().unwrap()
+        self.base.record_dir()
     }
 
     /// Creates a MediaMTX source of the app over the record dir, with `extra` fields;
@@ -446,8 +447,9 @@ impl Rtc {
             body[k] = v.clone();
         }
         let (status, source) = self
+            .base
             .server
-            .post_with_token(&self.token, "/v1/p1/record/sources", &body)
+            .post_with_token(&self.base.token, "/v1/p1/record/sources", &body)
             .await;
         assert_eq!(status, 201, "{source}");
         source
@@ -503,8 +505,9 @@ impl Rtc {
     /// Waits until the session is over; returns each event once, its signature verified.
     async fn events_until_over(&self) -> Vec<Value> {
         let verifier = RtcVerifier::new(AUTH_KEY);
-        let events = wait_until(&self.receiver, || {
-            let got = unique(&self.receiver.received());
+        let receiver = &self.base.receiver;
+        let events = wait_until(receiver, || {
+            let got = unique(&receiver.received());
             got.iter()
                 .any(|r| r.json()["event_type"] == "CLOUD_RECORD_SERVER_OVER")
                 .then_some(got)
@@ -1495,62 +1498,56 @@ async fn stored_source(
     source
 }
 
+/// A Live source storing in a fresh Garage, with `extra` fields, recording what ffmpeg
+/// publishes for `seconds` through nginx-rtmp (files of `record_interval`); returns once
+/// RECORD_OVER has arrived, with every event so far (no RECORD_FAILED among them). `None`: garage is not installed, and
+/// the test skips.
+async fn record_into_garage(
+    extra: Value,
+    record_interval: &str,
+    seconds: u32,
+) -> Option<(common::garage::Garage, Live, Vec<Value>)> {
+    let program = common::garage::program()?;
+    media::require_tools();
+    let garage = common::garage::Garage::start(program).await;
+    let live = Live::start().await;
+    let source = stored_source(&live, &garage, &garage.secret, extra).await;
+    let nginx = Nginx::start(
+        source["hook_url"].as_str().unwrap(),
+        &live.record_dir(),
+        record_interval,
+    )
+    .await;
+    media::publish(&nginx.rtmp_url("live", "cam"), seconds).await;
+    let events = live.wait_for_type("RECORD_OVER").await;
+    assert!(!types(&events).contains(&"RECORD_FAILED"), "{events:?}");
+    Some((garage, live, events))
+}
+
 /// nginx-rtmp records FLV; the source stores MP4 in a real Garage. Each
 /// RECORD_FILE_COMPLETE comes after its object is stored, with the OBS fields of it: the
 /// object read back over S3 has the reported size, ffprobe reads it as MP4 of the reported
 /// duration, its key is the default template's, and the local file is kept.
 #[tokio::test]
 async fn recordings_are_stored_in_garage_as_mp4_and_reported_with_the_obs_fields() {
-    let Some(program) = common::garage::program() else {
+    let Some((garage, live, events)) =
+        record_into_garage(json!({"record_format": "MP4"}), "3s", 5).await
+    else {
         return;
     };
-    media::require_tools();
-    let garage = common::garage::Garage::start(program).await;
-    let live = Live::start().await;
-    let source = stored_source(
-        &live,
-        &garage,
-        &garage.secret,
-        json!({"record_format": "MP4"}),
-    )
-    .await;
-    let nginx = Nginx::start(
-        source["hook_url"].as_str().unwrap(),
-        &live.record_dir(),
-        "3s",
-    )
-    .await;
-    media::publish(&nginx.rtmp_url("live", "cam"), 5).await;
-    let events = live.wait_for_type("RECORD_OVER").await;
-    assert!(!types(&events).contains(&"RECORD_FAILED"), "{events:?}");
-    let completes: Vec<&Value> = events
-        .iter()
-        .filter(|e| e["event_type"] == "RECORD_FILE_COMPLETE")
-        .collect();
+    let completes = completes(&events);
     assert!(!completes.is_empty(), "{events:?}");
     let keys = garage.keys().await;
     assert_eq!(keys.len(), completes.len(), "one object per file: {keys:?}");
     for (n, complete) in completes.iter().enumerate() {
-        assert_eq!(complete["obs_location"], garage.endpoint.as_str());
-        assert_eq!(complete["obs_bucket"], common::garage::BUCKET);
         assert_eq!(complete["record_format"], "MP4");
         let key = complete["obs_object"].as_str().unwrap();
         let prefix = format!("Record/{DOMAIN}/live/CONTINUOUS_RECORD/MP4/cam_");
         assert!(key.starts_with(&prefix) && key.ends_with(".mp4"), "{key}");
-        assert_eq!(
-            complete["download_url"],
-            format!("{}/{}/{key}", garage.endpoint, common::garage::BUCKET)
-        );
+        check_obs_fields(complete, &garage, key, &garage.url_of(key));
         let object = garage.get(key).await;
         assert_eq!(complete["file_size"], object.len(), "{key}");
-        let copy = garage.save(&format!("{n}.mp4"), &object);
-        let probed = media::ffprobe_duration(&copy).await;
-        let reported = complete["record_duration"].as_f64().unwrap();
-        assert!((reported - probed).abs() <= 1.0, "{reported} vs {probed}");
-        assert_eq!(
-            (complete["width"].clone(), complete["height"].clone()),
-            (json!(1280), json!(720))
-        );
+        check_stored_media(complete, &garage.save(&format!("{n}.mp4"), &object)).await;
     }
     let local: Vec<_> = std::fs::read_dir(live.record_dir())
         .unwrap()
@@ -1588,6 +1585,18 @@ fn check_obs_fields(complete: &Value, garage: &common::garage::Garage, key: &str
     assert_eq!(complete["download_url"], url);
 }
 
+/// What ffprobe reads in a copy of what was stored (`file`) against the event: the
+/// reported duration within 1 s, and the test pattern's 1280×720.
+async fn check_stored_media(complete: &Value, file: &Path) {
+    let probed = media::ffprobe_duration(file).await;
+    let reported = complete["record_duration"].as_f64().unwrap();
+    assert!((reported - probed).abs() <= 1.0, "{reported} vs {probed}");
+    assert_eq!(
+        (complete["width"].clone(), complete["height"].clone()),
+        (json!(1280), json!(720))
+    );
+}
+
 /// nginx-rtmp records FLV; the source stores HLS in Garage. Each file is a VOD playlist
 /// under the template's key with its segments beside it, named
 /// `{file_start_time_unix}_{file_end_time_unix}_{n}.ts`. Fetched back over S3 into a
@@ -1595,28 +1604,11 @@ fn check_obs_fields(complete: &Value, garage: &common::garage::Garage, key: &str
 /// is every byte stored for it.
 #[tokio::test]
 async fn recordings_are_stored_in_garage_as_hls_playlists_with_their_segments() {
-    let Some(program) = common::garage::program() else {
+    let Some((garage, _live, events)) =
+        record_into_garage(json!({"record_format": "HLS"}), "3s", 4).await
+    else {
         return;
     };
-    media::require_tools();
-    let garage = common::garage::Garage::start(program).await;
-    let live = Live::start().await;
-    let source = stored_source(
-        &live,
-        &garage,
-        &garage.secret,
-        json!({"record_format": "HLS"}),
-    )
-    .await;
-    let nginx = Nginx::start(
-        source["hook_url"].as_str().unwrap(),
-        &live.record_dir(),
-        "3s",
-    )
-    .await;
-    media::publish(&nginx.rtmp_url("live", "cam"), 4).await;
-    let events = live.wait_for_type("RECORD_OVER").await;
-    assert!(!types(&events).contains(&"RECORD_FAILED"), "{events:?}");
     let completes = completes(&events);
     assert!(!completes.is_empty(), "{events:?}");
     let keys = garage.keys().await;
@@ -1627,12 +1619,12 @@ async fn recordings_are_stored_in_garage_as_hls_playlists_with_their_segments() 
         let (stamp, start) = file_start(complete);
         let folder = format!("Record/{DOMAIN}/live/CONTINUOUS_RECORD/HLS/cam_{stamp}");
         let playlist_key = format!("{folder}/{stamp}.m3u8");
-        let url = format!(
-            "{}/{}/{playlist_key}",
-            garage.endpoint,
-            common::garage::BUCKET
+        check_obs_fields(
+            complete,
+            &garage,
+            &playlist_key,
+            &garage.url_of(&playlist_key),
         );
-        check_obs_fields(complete, &garage, &playlist_key, &url);
         let duration = complete["record_duration"].as_i64().unwrap();
         let mut segments: Vec<&str> = keys
             .iter()
@@ -1671,15 +1663,7 @@ async fn recordings_are_stored_in_garage_as_hls_playlists_with_their_segments() 
         }
         assert_eq!(complete["file_size"], stored, "{playlist_key}");
         media::decode_to_end(&playlist_file).await;
-        let probed = media::ffprobe_duration(&playlist_file).await;
-        assert!(
-            (duration as f64 - probed).abs() <= 1.0,
-            "{duration} vs {probed}"
-        );
-        assert_eq!(
-            (complete["width"].clone(), complete["height"].clone()),
-            (json!(1280), json!(720))
-        );
+        check_stored_media(complete, &playlist_file).await;
     }
     assert_eq!(
         keys.len(),
@@ -1692,30 +1676,16 @@ async fn recordings_are_stored_in_garage_as_hls_playlists_with_their_segments() 
 /// local FLV byte for byte, reported as FLV under the template's `.flv` key.
 #[tokio::test]
 async fn recordings_without_a_format_are_stored_as_the_engine_wrote_them() {
-    let Some(program) = common::garage::program() else {
+    let Some((garage, live, events)) = record_into_garage(json!({}), "30s", 2).await else {
         return;
     };
-    media::require_tools();
-    let garage = common::garage::Garage::start(program).await;
-    let live = Live::start().await;
-    let source = stored_source(&live, &garage, &garage.secret, json!({})).await;
-    assert_eq!(source["record_format"], Value::Null);
-    let nginx = Nginx::start(
-        source["hook_url"].as_str().unwrap(),
-        &live.record_dir(),
-        "30s",
-    )
-    .await;
-    media::publish(&nginx.rtmp_url("live", "cam"), 2).await;
-    let events = live.wait_for_type("RECORD_OVER").await;
     let completes = completes(&events);
     assert_eq!(completes.len(), 1, "{events:?}");
     let complete = completes[0];
     assert_eq!(complete["record_format"], "FLV");
     let (stamp, _) = file_start(complete);
     let key = format!("Record/{DOMAIN}/live/CONTINUOUS_RECORD/FLV/cam_{stamp}/{stamp}.flv");
-    let url = format!("{}/{}/{key}", garage.endpoint, common::garage::BUCKET);
-    check_obs_fields(complete, &garage, &key, &url);
+    check_obs_fields(complete, &garage, &key, &garage.url_of(&key));
     let local: Vec<PathBuf> = std::fs::read_dir(live.record_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -1766,14 +1736,7 @@ async fn rtc_recordings_are_stored_in_garage_under_the_rtc_template() {
     assert_eq!(garage.keys().await, [key.as_str()]);
     let object = garage.get(&key).await;
     assert_eq!(complete["file_size"], object.len());
-    let copy = garage.save("rtc.mp4", &object);
-    let probed = media::ffprobe_duration(&copy).await;
-    let reported = complete["record_duration"].as_f64().unwrap();
-    assert!((reported - probed).abs() <= 1.0, "{reported} vs {probed}");
-    assert_eq!(
-        (complete["width"].clone(), complete["height"].clone()),
-        (json!(1280), json!(720))
-    );
+    check_stored_media(complete, &garage.save("rtc.mp4", &object)).await;
     for time in ["start_time", "end_time"] {
         let text = complete[time].as_str().unwrap();
         assert!(text.len() == 20 && text.ends_with('Z'), "{time} {text}");
