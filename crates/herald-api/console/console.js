@@ -573,8 +573,8 @@ function openSourceForm(slot, apps) {
     "Optional. A file's download URL is this followed by its path below the record directory.");
   const pause = field("Max pause", { value: "30s" },
     "How long a stream may stay unpublished before its recording is over, e.g. 30s or 5m.");
-  const format = field("Record format", { options: [["", "As recorded"], ["MP4", "MP4"], ["FLV", "FLV"]], value: "" },
-    "MP4 or FLV needs a bucket below (RTC: MP4 only). As recorded: the engine's own file.");
+  const format = field("Record format", { options: [["", "As recorded"], ["MP4", "MP4"], ["HLS", "HLS"], ["FLV", "FLV"]], value: "" },
+    "MP4, HLS or FLV needs a bucket below (RTC: MP4 or HLS). HLS: a playlist with its segments beside it. As recorded: the engine's own file.");
   // SPEC §7.1: the bucket each finished file is uploaded to before it is reported.
   const endpoint = field("Endpoint", { type: "url" },
     "Optional. The S3 API's URL, e.g. https://obs.cn-north-4.myhuaweicloud.com; empty: files stay on the media server.");

@@ -110,8 +110,6 @@ fn record_format_of(formats: &[RecordFormat]) -> ObjectBuilder {
         ObjectBuilder::new().enum_values(Some(
             formats
                 .iter()
-                // HLS is refused until Herald produces it.
-                .filter(|f| **f != RecordFormat::Hls)
                 .map(|f| f.as_str())
                 .chain([""])
                 .collect::<Vec<_>>(),

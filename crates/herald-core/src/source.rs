@@ -342,13 +342,6 @@ impl SourceSpec {
                 "needs storage: Herald converts a recording only to upload it",
             ));
         }
-        if record_format == Some(RecordFormat::Hls) {
-            // Refused here rather than accepted and failed file by file.
-            return Err(FieldError::new(
-                "record_format",
-                "HLS is not produced by this version of Herald yet; use MP4 (or FLV for Live)",
-            ));
-        }
         self.record_format = record_format;
         self.storage = storage;
         Ok(self)
@@ -521,6 +514,37 @@ mod tests {
             "https://cdn.example.com/vod/live/my%20stream%231/a%2Bb.flv"
         );
         assert!(DownloadBase::parse("b", "ftp://x").is_err());
+    }
+
+    /// HLS is produced for both flavours (SPEC §7.1); a format nobody offers is still a
+    /// refusal naming the field, as is a format without a bucket.
+    #[test]
+    fn record_formats_are_the_flavours_own_and_need_storage() {
+        let storage = r#""storage": {"endpoint": "https://obs.example.com", "region": "r",
+            "bucket": "recs", "access_key_id": "AK", "secret_access_key": "SK"}"#;
+        let live =
+            r#""engine": "nginx-rtmp", "publish_domain": "push.example.com", "record_dir": "/r""#;
+        let rtc =
+            r#""engine": "mediamtx", "app_id": "0123456789abcdef01234567", "record_dir": "/r""#;
+        for target in [live, rtc] {
+            for raw in ["HLS", "hls"] {
+                let body = format!(r#"{{{target}, "record_format": "{raw}", {storage}}}"#);
+                let spec = SourceSpec::parse(body.as_bytes()).unwrap();
+                assert_eq!(spec.record_format, Some(RecordFormat::Hls), "{body}");
+            }
+            for body in [
+                format!(r#"{{{target}, "record_format": "AVI", {storage}}}"#),
+                format!(r#"{{{target}, "record_format": "HLS"}}"#),
+            ] {
+                let refused = SourceSpec::parse(body.as_bytes()).unwrap_err();
+                assert_eq!(refused.field, "record_format", "{body}");
+            }
+        }
+        let flv_for_rtc = format!(r#"{{{rtc}, "record_format": "FLV", {storage}}}"#);
+        assert_eq!(
+            SourceSpec::parse(flv_for_rtc.as_bytes()).unwrap_err().field,
+            "record_format"
+        );
     }
 
     #[test]

@@ -166,6 +166,25 @@ impl ObjectPrefix {
     }
 }
 
+/// The name of HLS segments without their index (SPEC §7.1): segment `n` is this plus
+/// `{n}.ts`, so `{file_start_time_unix}_{file_end_time_unix}_{n}.ts`, the end being the
+/// start plus the recording's duration, rounded.
+pub fn hls_segment_stem(file_start: OffsetDateTime, duration_seconds: f64) -> String {
+    let start = file_start.unix_timestamp();
+    // `as` saturates, and a NaN is 0: a broken duration cannot wrap the end around.
+    let end = start.saturating_add(duration_seconds.round() as i64);
+    format!("{start}_{end}_")
+}
+
+/// The key of `name` in the folder of the object at `key`: an HLS segment beside its
+/// playlist, where the playlist's bare-name references resolve in the bucket.
+pub fn key_beside(key: &str, name: &str) -> String {
+    match key.rsplit_once('/') {
+        Some((folder, _)) => format!("{folder}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
 /// A bucket name as S3 and OBS take it: 3 to 63 lower-case letters, digits, `.` and `-`,
 /// starting and ending with a letter or digit.
 fn check_bucket(field: &str, raw: &str) -> Result<(), FieldError> {
@@ -446,6 +465,20 @@ mod tests {
                 })
                 .ends_with("rec/s-1583676625.flv")
         );
+    }
+
+    /// Huawei's HLS layout: segments beside the playlist, named by the file's start and
+    /// end (start plus the duration, rounded).
+    #[test]
+    fn hls_segments_are_named_by_the_files_times_beside_the_playlist() {
+        let start = OffsetDateTime::from_unix_timestamp(1_583_676_625).unwrap();
+        assert_eq!(hls_segment_stem(start, 65.5), "1583676625_1583676691_");
+        assert_eq!(hls_segment_stem(start, 2.4), "1583676625_1583676627_");
+        assert_eq!(
+            key_beside("app/HLS/u1_t/u1_t.m3u8", "1_3_0.ts"),
+            "app/HLS/u1_t/1_3_0.ts"
+        );
+        assert_eq!(key_beside("top.m3u8", "1_3_0.ts"), "1_3_0.ts");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use herald_core::recording::{FileFacts, StoredObject};
 use herald_core::source::RecordingSource;
-use herald_core::storage::{KeyFacts, RecordFormat, StorageSpec};
+use herald_core::storage::{KeyFacts, RecordFormat, StorageSpec, hls_segment_stem, key_beside};
 use herald_core::target::{is_local_host_name, is_private_target};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
@@ -28,6 +28,9 @@ const PART_BYTES: usize = 8 * 1024 * 1024;
 const PARTS_IN_FLIGHT: usize = 4;
 /// One request's limit; object_store retries a failed request a few times within it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// The target length of an HLS segment, as ffmpeg's and most services' default; a segment
+/// ends at the first keyframe past it.
+const HLS_SEGMENT_SECONDS: &str = "10";
 
 /// Why an upload did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -147,15 +150,30 @@ impl Uploader {
             file_start,
         });
         let converted = match wanted {
-            Some(format) if format.as_str() != facts.record_format => {
-                Some(self.convert(local, format).await?)
+            // A playlist cannot be uploaded as one object: HLS is always made here.
+            Some(format)
+                if format == RecordFormat::Hls || format.as_str() != facts.record_format =>
+            {
+                let segment_stem = hls_segment_stem(file_start, facts.duration);
+                Some(self.convert(local, format, &segment_stem).await?)
             }
             _ => None,
         };
-        let upload_from = converted.as_ref().map_or(local, |c| c.path.as_path());
-        let result = self.put(storage, &key, upload_from).await;
+        let store = self.store_of(storage).await?;
+        let mut size = 0;
+        // Segments first, the playlist last: a playlist in the bucket means a whole
+        // recording. `converted` removes its directory when dropped, on error too.
+        if let Some(converted) = &converted {
+            for segment in &converted.segments {
+                let from = converted.dir.path.join(segment);
+                size += self
+                    .put(&store, storage, &key_beside(&key, segment), &from)
+                    .await?;
+            }
+        }
+        let upload_from = converted.as_ref().map_or(local, |c| c.main.as_path());
+        size += self.put(&store, storage, &key, upload_from).await?;
         drop(converted);
-        let size = result?;
         metrics::counter!("herald_upload_bytes_total").increment(size);
         metrics::histogram!("herald_upload_duration_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -242,8 +260,13 @@ impl Uploader {
 
     /// Streams `file` to `key` (one request when small, else a multipart upload with
     /// bounded parts in flight, aborted on failure) and confirms the stored size.
-    async fn put(&self, storage: &StorageSpec, key: &str, file: &Path) -> Result<u64, UploadError> {
-        let store = self.store_of(storage).await?;
+    async fn put(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        storage: &StorageSpec,
+        key: &str,
+        file: &Path,
+    ) -> Result<u64, UploadError> {
         let path = ObjectPath::parse(key)
             .map_err(|e| refused(storage, "InvalidObjectKey", &e.to_string()))?;
         let mut local = tokio::fs::File::open(file)
@@ -301,9 +324,15 @@ impl Uploader {
         Ok(size)
     }
 
-    /// Remuxes `local` into `format` (`-c copy`); audio the container cannot hold is
-    /// transcoded to AAC, never dropped.
-    async fn convert(&self, local: &Path, format: RecordFormat) -> Result<TempFile, UploadError> {
+    /// Remuxes `local` into `format` (`-c copy`) in a directory of its own; audio the
+    /// container cannot hold is transcoded to AAC, never dropped. HLS is a VOD playlist
+    /// with its segments beside it, named `{segment_stem}{n}.ts` from 0.
+    async fn convert(
+        &self,
+        local: &Path,
+        format: RecordFormat,
+        segment_stem: &str,
+    ) -> Result<Converted, UploadError> {
         let fail = |message: String| UploadError::Conversion {
             format: format.as_str(),
             message,
@@ -320,20 +349,31 @@ impl Uploader {
             (RecordFormat::Flv, Some(codec)) => matches!(codec, "aac" | "mp3"),
             (RecordFormat::Hls, Some(codec)) => matches!(codec, "aac" | "mp3" | "ac3"),
         };
-        let out = TempFile {
-            path: self.temp_dir.join(format!(
-                "{}{}",
-                uuid::Uuid::new_v4().simple(),
-                format.extension()
-            )),
+        let dir = TempDir {
+            path: self
+                .temp_dir
+                .join(uuid::Uuid::new_v4().simple().to_string()),
         };
-        tokio::fs::create_dir_all(&self.temp_dir)
+        tokio::fs::create_dir_all(&dir.path)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        let mut command = tokio::process::Command::new(&self.ffmpeg);
+        // ffmpeg runs in the directory and names what it writes there relatively: a `%`
+        // in the data dir's path would otherwise be read as part of the segments' pattern.
+        // So paths given relative to Herald's own directory are made absolute (a bare
+        // program name is still looked up on PATH).
+        let absolute = |path: &Path| std::path::absolute(path).map_err(|e| fail(e.to_string()));
+        let program = if self.ffmpeg.components().count() > 1 {
+            absolute(&self.ffmpeg)?
+        } else {
+            self.ffmpeg.clone()
+        };
+        let input = absolute(local)?;
+        let main = format!("recording{}", format.extension());
+        let mut command = tokio::process::Command::new(program);
         command
+            .current_dir(&dir.path)
             .args(["-nostdin", "-v", "error", "-y", "-i"])
-            .arg(local)
+            .arg(input)
             .args(["-map", "0", "-c", "copy"]);
         if !audio_fits {
             command.args(["-c:a", "aac"]);
@@ -341,12 +381,21 @@ impl Uploader {
         match format {
             RecordFormat::Mp4 => command.args(["-movflags", "+faststart", "-f", "mp4"]),
             RecordFormat::Flv => command.args(["-f", "flv"]),
-            RecordFormat::Hls => {
-                return Err(fail("HLS is not produced by this version of Herald".into()));
-            }
+            RecordFormat::Hls => command
+                .args([
+                    "-f",
+                    "hls",
+                    "-hls_playlist_type",
+                    "vod",
+                    "-hls_list_size",
+                    "0",
+                ])
+                .args(["-hls_time", HLS_SEGMENT_SECONDS, "-start_number", "0"])
+                .arg("-hls_segment_filename")
+                .arg(format!("{segment_stem}%d.ts")),
         };
         let output = command
-            .arg(&out.path)
+            .arg(&main)
             .kill_on_drop(true)
             .output()
             .await
@@ -355,7 +404,21 @@ impl Uploader {
             let text = String::from_utf8_lossy(&output.stderr);
             return Err(fail(text.chars().take(512).collect()));
         }
-        Ok(out)
+        let main = dir.path.join(main);
+        let segments = match format {
+            RecordFormat::Hls => {
+                let playlist = tokio::fs::read_to_string(&main)
+                    .await
+                    .map_err(|e| fail(format!("the playlist: {e}")))?;
+                segments_of(&playlist).map_err(fail)?
+            }
+            RecordFormat::Mp4 | RecordFormat::Flv => Vec::new(),
+        };
+        Ok(Converted {
+            dir,
+            main,
+            segments,
+        })
     }
 
     /// The first audio stream's codec, if the file has audio.
@@ -379,20 +442,56 @@ impl Uploader {
         if !output.status.success() {
             return Err("ffprobe could not read the file's audio".into());
         }
-        let codec = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        Ok((!codec.is_empty()).then_some(codec))
+        // MPEG-TS lists its streams again under its program: the first line is the stream.
+        let text = String::from_utf8_lossy(&output.stdout);
+        let codec = text.lines().map(str::trim).find(|l| !l.is_empty());
+        Ok(codec.map(str::to_owned))
     }
 }
 
-/// A conversion's output: removed when dropped.
-struct TempFile {
+/// What a conversion wrote.
+struct Converted {
+    dir: TempDir,
+    /// What goes under the object key: the converted file, or the HLS playlist.
+    main: PathBuf,
+    /// HLS: the segments in the playlist's order, bare names of files in `dir`.
+    segments: Vec<String>,
+}
+
+/// A conversion's own directory under the temp dir: removed with what is in it when
+/// dropped, whether the upload succeeded or not.
+struct TempDir {
     path: PathBuf,
 }
 
-impl Drop for TempFile {
+impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// The segments a VOD playlist lists. Each must be a bare file name, so that the
+/// playlist's references resolve beside it in the bucket as they do on disk.
+fn segments_of(playlist: &str) -> Result<Vec<String>, String> {
+    if !playlist.lines().any(|line| line.trim() == "#EXT-X-ENDLIST") {
+        return Err("the playlist has no #EXT-X-ENDLIST".into());
+    }
+    let segments: Vec<String> = playlist
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    if let Some(bad) = segments
+        .iter()
+        .find(|name| name.contains(['/', '\\']) || name.starts_with('.'))
+    {
+        return Err(format!("the playlist names {bad:?}, not a file beside it"));
+    }
+    if segments.is_empty() {
+        return Err("the playlist lists no segment".into());
+    }
+    Ok(segments)
 }
 
 const PRIVATE: &str = "the storage endpoint resolves to a loopback, private, link-local or \
@@ -448,6 +547,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use futures_util::TryStreamExt;
     use herald_core::source::SourceSpec;
     use object_store::memory::InMemory;
     use secrecy::SecretString;
@@ -472,9 +572,7 @@ mod tests {
             .map(|i| (i % 251) as u8)
             .collect();
         std::fs::write(&local, &bytes).unwrap();
-        let memory = Arc::new(InMemory::new());
-        let uploader = Uploader::new("ffmpeg", "ffprobe", dir.path().join("tmp"), false)
-            .with_store(memory.clone());
+        let (memory, uploader) = in_memory(dir.path());
         let source = source(
             r#"{"engine": "nginx-rtmp", "publish_domain": "push.example.com", "record_dir": "/rec",
                 "storage": {"endpoint": "https://obs.cn-north-4.myhuaweicloud.com",
@@ -564,12 +662,18 @@ mod tests {
         );
     }
 
-    /// Nellymoser audio (Flash's codec, which MP4 cannot hold) is transcoded to AAC when
-    /// the file becomes MP4, never dropped; the video is copied as it is.
-    #[tokio::test]
-    async fn nellymoser_audio_becomes_aac_in_mp4() {
-        let dir = tempfile::tempdir().unwrap();
-        let local = dir.path().join("nelly.flv");
+    /// An uploader with its temp dir under `dir`, storing in memory.
+    fn in_memory(dir: &Path) -> (Arc<InMemory>, Uploader) {
+        let memory = Arc::new(InMemory::new());
+        let uploader =
+            Uploader::new("ffmpeg", "ffprobe", dir.join("tmp"), false).with_store(memory.clone());
+        (memory, uploader)
+    }
+
+    /// Writes `seconds` of 320x240 H.264 with Nellymoser audio (Flash's codec) as
+    /// `dir/cam.flv`.
+    async fn nellymoser_flv(dir: &Path, seconds: u32) -> PathBuf {
+        let path = dir.join("cam.flv");
         let made = tokio::process::Command::new("ffmpeg")
             .args([
                 "-nostdin",
@@ -585,7 +689,7 @@ mod tests {
                 "-i",
                 "sine=frequency=440:sample_rate=22050",
                 "-t",
-                "2",
+                &seconds.to_string(),
                 "-c:v",
                 "libx264",
                 "-preset",
@@ -595,14 +699,175 @@ mod tests {
                 "-ar",
                 "22050",
             ])
-            .arg(&local)
+            .arg(&path)
             .status()
             .await
             .expect("ffmpeg runs (Debian's ffmpeg)");
         assert!(made.success());
-        let memory = Arc::new(InMemory::new());
-        let uploader = Uploader::new("ffmpeg", "ffprobe", dir.path().join("tmp"), false)
-            .with_store(memory.clone());
+        path
+    }
+
+    /// A file as the tracker reads it: FLV of `duration` seconds, 320x240.
+    fn flv_facts(local: &Path, duration: f64) -> FileFacts {
+        FileFacts {
+            relative_path: local.file_name().unwrap().into(),
+            size: std::fs::metadata(local).unwrap().len(),
+            duration,
+            width: Some(320),
+            height: Some(240),
+            record_format: "FLV".into(),
+            stored: None,
+        }
+    }
+
+    /// An HLS recording is a VOD playlist under the template's key with its segments
+    /// beside it, named by the file's start and end (SPEC §7.1), listed by bare name so
+    /// they resolve in the bucket; Nellymoser audio, which MPEG-TS cannot hold, becomes
+    /// AAC. The size is every stored byte, and nothing is left in the temp dir.
+    #[tokio::test]
+    async fn hls_is_a_playlist_with_its_segments_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = nellymoser_flv(dir.path(), 3).await;
+        let (memory, uploader) = in_memory(dir.path());
+        let source = source(
+            r#"{"engine": "mediamtx", "app_id": "0123456789abcdef01234567", "record_dir": "/rec",
+                "record_format": "HLS",
+                "storage": {"endpoint": "https://obs.example.com", "region": "r",
+                "bucket": "recs", "access_key_id": "AK", "secret_access_key": "SK"}}"#,
+        );
+        let storage = source.spec.storage.clone().unwrap();
+        let start = OffsetDateTime::from_unix_timestamp(1_583_676_625).unwrap();
+        let stored = uploader
+            .upload(
+                &source,
+                &storage,
+                ("room", "u1"),
+                &local,
+                &flv_facts(&local, 2.6),
+                start,
+            )
+            .await
+            .unwrap();
+        let folder = "0123456789abcdef01234567/HLS/u1_2020-03-08-14-10-25";
+        assert_eq!(
+            stored.object.key,
+            format!("{folder}/u1_2020-03-08-14-10-25.m3u8")
+        );
+        assert_eq!(stored.record_format, "HLS");
+        assert_eq!(
+            stored.object.download_url,
+            format!("https://recs.obs.example.com/{}", stored.object.key)
+        );
+        let get = |key: String| {
+            let memory = memory.clone();
+            async move {
+                memory
+                    .get(&ObjectPath::parse(&key).unwrap())
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap()
+            }
+        };
+        let playlist = get(stored.object.key.clone()).await;
+        let playlist = String::from_utf8(playlist.to_vec()).unwrap();
+        assert!(playlist.contains("#EXT-X-PLAYLIST-TYPE:VOD"), "{playlist}");
+        assert!(playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
+        let listed = segments_of(&playlist).unwrap();
+        let named: Vec<String> = (0..listed.len())
+            .map(|n| format!("1583676625_1583676628_{n}.ts"))
+            .collect();
+        assert_eq!(listed, named, "{playlist}");
+        let mut keys: Vec<String> = memory
+            .list(None)
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        keys.sort();
+        let mut expected: Vec<String> = named.iter().map(|n| format!("{folder}/{n}")).collect();
+        expected.push(stored.object.key.clone());
+        expected.sort();
+        assert_eq!(keys, expected);
+        let mut total = 0;
+        for key in keys {
+            total += get(key).await.len() as u64;
+        }
+        assert_eq!(stored.size, total);
+        let segment = dir.path().join("segment.ts");
+        std::fs::write(&segment, get(format!("{folder}/{}", named[0])).await).unwrap();
+        assert_eq!(
+            uploader.audio_codec(&segment).await.unwrap().as_deref(),
+            Some("aac")
+        );
+        let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+        assert!(
+            tmp.is_empty(),
+            "the conversion's directory is removed: {tmp:?}"
+        );
+    }
+
+    /// A store that cannot be reached fails the upload, and the conversion's directory
+    /// goes with it: nothing piles up under the temp dir while a store is down.
+    #[tokio::test]
+    async fn a_failed_hls_upload_leaves_no_conversion_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = nellymoser_flv(dir.path(), 2).await;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let uploader = Uploader::new("ffmpeg", "ffprobe", dir.path().join("tmp"), true);
+        let source = source(&format!(
+            r#"{{"engine": "nginx-rtmp", "publish_domain": "push.example.com", "record_dir": "/rec",
+                "record_format": "HLS",
+                "storage": {{"endpoint": "http://127.0.0.1:{port}", "region": "r",
+                "bucket": "recs", "access_key_id": "AK", "secret_access_key": "SK",
+                "path_style": true}}}}"#
+        ));
+        let storage = source.spec.storage.clone().unwrap();
+        let error = uploader
+            .upload(
+                &source,
+                &storage,
+                ("live", "cam"),
+                &local,
+                &flv_facts(&local, 2.0),
+                OffsetDateTime::now_utc(),
+            )
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(error, UploadError::Unavailable { .. }), "{error}");
+        let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+        assert!(
+            tmp.is_empty(),
+            "the conversion's directory is removed: {tmp:?}"
+        );
+    }
+
+    /// A playlist naming anything but a file beside it is not uploaded.
+    #[test]
+    fn a_playlist_must_list_bare_names_and_be_complete() {
+        let ok = "#EXTM3U\n#EXTINF:2.0,\n1_3_0.ts\n#EXT-X-ENDLIST\n";
+        assert_eq!(segments_of(ok).unwrap(), ["1_3_0.ts"]);
+        for bad in [
+            "#EXTM3U\n#EXTINF:2.0,\n1_3_0.ts\n",
+            "#EXTM3U\n#EXTINF:2.0,\n/tmp/x/1_3_0.ts\n#EXT-X-ENDLIST\n",
+            "#EXTM3U\n#EXTINF:2.0,\n../1_3_0.ts\n#EXT-X-ENDLIST\n",
+            "#EXTM3U\n#EXT-X-ENDLIST\n",
+        ] {
+            assert!(segments_of(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Nellymoser audio (Flash's codec, which MP4 cannot hold) is transcoded to AAC when
+    /// the file becomes MP4, never dropped; the video is copied as it is.
+    #[tokio::test]
+    async fn nellymoser_audio_becomes_aac_in_mp4() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = nellymoser_flv(dir.path(), 2).await;
+        let (memory, uploader) = in_memory(dir.path());
         assert_eq!(
             uploader.audio_codec(&local).await.unwrap().as_deref(),
             Some("nellymoser")
@@ -614,15 +879,7 @@ mod tests {
                 "bucket": "recs", "access_key_id": "AK", "secret_access_key": "SK"}}"#,
         );
         let storage = source.spec.storage.clone().unwrap();
-        let facts = FileFacts {
-            relative_path: "nelly.flv".into(),
-            size: std::fs::metadata(&local).unwrap().len(),
-            duration: 2.0,
-            width: Some(320),
-            height: Some(240),
-            record_format: "FLV".into(),
-            stored: None,
-        };
+        let facts = flv_facts(&local, 2.0);
         let stored = uploader
             .upload(
                 &source,

@@ -41,22 +41,28 @@ struct Live {
 
 impl Live {
     async fn start() -> Self {
-        let server = TestServer::start_with(|s| s.allow_private_targets = true).await;
-        let token = server.token("p1").await;
-        let receiver = Receiver::ok().await;
-        let (status, body) = server
+        let live = Self::without_callbacks().await;
+        let (status, body) = live
+            .server
             .post_with_token(
-                &token,
+                &live.token,
                 "/v1/p1/record/callbacks",
-                &json!({"publish_domain": DOMAIN, "app": "*", "notify_callback_url": receiver.url(),
+                &json!({"publish_domain": DOMAIN, "app": "*", "notify_callback_url": live.receiver.url(),
                         "notify_event_subscription": ALL_LIVE, "sign_type": "HMACSHA256", "key": KEY}),
             )
             .await;
         assert_eq!(status, 201, "{body}");
+        live
+    }
+
+    /// The server, its receiver and a record dir, with no config yet: [`Rtc`] starts here.
+    async fn without_callbacks() -> Self {
+        let server = TestServer::start_with(|s| s.allow_private_targets = true).await;
+        let token = server.token("p1").await;
         Self {
             server,
             token,
-            receiver,
+            receiver: Receiver::ok().await,
             record_dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -394,115 +400,158 @@ async fn srs_hooks_as_srs_sends_them_report_its_dvr_segments() {
     );
 }
 
+/// A server whose project has an RTC app whose record callback goes to a receiver, signed
+/// with [`AUTH_KEY`].
+struct Rtc {
+    /// The server, receiver and record dir, without Live's config.
+    base: Live,
+    app_id: String,
+}
+
+impl Rtc {
+    async fn start() -> Self {
+        let base = Live::without_callbacks().await;
+        let (status, app) = base
+            .server
+            .post_with_token(&base.token, "/v2/apps", &json!({"app_name": "studio"}))
+            .await;
+        assert_eq!(status, 201, "{app}");
+        let app_id = app["app_id"].as_str().unwrap().to_owned();
+        let response = base
+            .server
+            .http
+            .put(format!(
+                "{}/v2/apps/{app_id}/record-callback",
+                base.server.base
+            ))
+            .header("x-auth-token", &base.token)
+            .json(&json!({"url": base.receiver.url(), "auth_key": AUTH_KEY}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        Self { base, app_id }
+    }
+
+    fn record_dir(&self) -> PathBuf {
+        self.base.record_dir()
+    }
+
+    /// Creates a MediaMTX source of the app over the record dir, with `extra` fields;
+    /// returns its JSON.
+    async fn mediamtx_source(&self, extra: Value) -> Value {
+        let mut body = json!({"engine": "mediamtx", "app_id": self.app_id,
+            "record_dir": self.record_dir().to_str().unwrap(), "max_pause": "1s",
+            "download_base": "https://cdn.example.com/vod"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, source) = self
+            .base
+            .server
+            .post_with_token(&self.base.token, "/v1/p1/record/sources", &body)
+            .await;
+        assert_eq!(status, 201, "{source}");
+        source
+    }
+
+    /// One recording of 3 s on the path `live/cam`: the hook commands of the docs'
+    /// configuration, with `hook` as the source's hook URL, run as MediaMTX runs them
+    /// (ready, segment create, segment complete, not ready) over a real segment.
+    async fn record_one_segment(&self, hook: &str) {
+        let record_dir = self.record_dir();
+        let yml = media::render(
+            "mediamtx.yml",
+            &[
+                ("HOOK_URL", hook),
+                ("RECORD_DIR", record_dir.to_str().unwrap()),
+            ],
+        );
+        let hooks = media::mediamtx_hooks(&yml);
+        let command = |name: &str| {
+            hooks
+                .iter()
+                .find(|(key, _)| key == name)
+                .unwrap_or_else(|| panic!("{name} in mediamtx.yml"))
+                .1
+                .clone()
+        };
+        let segment = record_dir.join("live/cam/2026-12-02_06-37-00-123456.mp4");
+        std::fs::create_dir_all(segment.parent().unwrap()).unwrap();
+        media::write_recording(&segment, Format::Mp4, 3).await;
+        let segment_path = segment.to_str().unwrap();
+        let env = [
+            ("MTX_PATH", "live/cam"),
+            ("MTX_QUERY", ""),
+            ("MTX_SEGMENT_PATH", segment_path),
+            ("MTX_SEGMENT_DURATION", "3.04"),
+        ];
+        for name in [
+            "runOnReady",
+            "runOnRecordSegmentCreate",
+            "runOnRecordSegmentComplete",
+            "runOnNotReady",
+        ] {
+            let out = media::run_mediamtx_command(&command(name), &env).await;
+            assert!(out.status.success(), "{name}: {out:?}");
+            assert_eq!(
+                serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+                json!({"code": 0}),
+                "{name}"
+            );
+        }
+    }
+
+    /// Waits until the session is over; returns each event once, its signature verified.
+    async fn events_until_over(&self) -> Vec<Value> {
+        let verifier = RtcVerifier::new(AUTH_KEY);
+        let receiver = &self.base.receiver;
+        let events = wait_until(receiver, || {
+            let got = unique(&receiver.received());
+            got.iter()
+                .any(|r| r.json()["event_type"] == "CLOUD_RECORD_SERVER_OVER")
+                .then_some(got)
+        })
+        .await;
+        for r in &events {
+            let headers = RtcHeaders {
+                rand: Some(&r.header("x-rtc-rand")),
+                timestamp: Some(&r.header("x-rtc-timestamp")),
+                signature: Some(&r.header("x-rtc-signature")),
+            };
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            verifier.verify(headers, &r.body, now).unwrap();
+        }
+        let events: Vec<Value> = events.iter().map(Received::json).collect();
+        assert_eq!(
+            types(&events),
+            [
+                "RECORD_NEW_FILE_START",
+                "RECORD_FILE_COMPLETE",
+                "CLOUD_RECORD_SERVER_OVER"
+            ]
+        );
+        for event in &events {
+            assert_eq!(event["app_id"], self.app_id.as_str());
+            assert_eq!(event["stream_name"], "cam");
+            assert_eq!(event["room_id"], "live");
+            assert_eq!(event["job_id"], events[0]["job_id"]);
+        }
+        events
+    }
+}
+
 #[tokio::test]
 async fn mediamtx_commands_report_rtc_recordings() {
     media::require_tools();
-    let server = TestServer::start_with(|s| s.allow_private_targets = true).await;
-    let token = server.token("p1").await;
-    let receiver = Receiver::ok().await;
-    let (status, app) = server
-        .post_with_token(&token, "/v2/apps", &json!({"app_name": "studio"}))
-        .await;
-    assert_eq!(status, 201, "{app}");
-    let app_id = app["app_id"].as_str().unwrap().to_owned();
-    let response = server
-        .http
-        .put(format!("{}/v2/apps/{app_id}/record-callback", server.base))
-        .header("x-auth-token", &token)
-        .json(&json!({"url": receiver.url(), "auth_key": AUTH_KEY}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let record_dir = tempfile::tempdir().unwrap();
-    let record_dir = record_dir.path().canonicalize().unwrap();
-    let (status, source) = server
-        .post_with_token(
-            &token,
-            "/v1/p1/record/sources",
-            &json!({"engine": "mediamtx", "app_id": app_id,
-                    "record_dir": record_dir.to_str().unwrap(), "max_pause": "1s",
-                    "download_base": "https://cdn.example.com/vod"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{source}");
-    assert_eq!(source["app_id"], app_id.as_str());
+    let rtc = Rtc::start().await;
+    let source = rtc.mediamtx_source(json!({})).await;
+    assert_eq!(source["app_id"], rtc.app_id.as_str());
     assert!(source.get("publish_domain").is_none());
-    let hook = source["hook_url"].as_str().unwrap();
-    // The commands of the configuration the docs give, run as MediaMTX runs them.
-    let yml = media::render(
-        "mediamtx.yml",
-        &[
-            ("HOOK_URL", hook),
-            ("RECORD_DIR", record_dir.to_str().unwrap()),
-        ],
-    );
-    let hooks = media::mediamtx_hooks(&yml);
-    let command = |name: &str| {
-        hooks
-            .iter()
-            .find(|(key, _)| key == name)
-            .unwrap_or_else(|| panic!("{name} in mediamtx.yml"))
-            .1
-            .clone()
-    };
-    let segment = record_dir.join("live/cam/2026-12-02_06-37-00-123456.mp4");
-    std::fs::create_dir_all(segment.parent().unwrap()).unwrap();
-    media::write_recording(&segment, Format::Mp4, 3).await;
-    let segment_path = segment.to_str().unwrap();
-    let env = [
-        ("MTX_PATH", "live/cam"),
-        ("MTX_QUERY", ""),
-        ("MTX_SEGMENT_PATH", segment_path),
-        ("MTX_SEGMENT_DURATION", "3.04"),
-    ];
-    for name in [
-        "runOnReady",
-        "runOnRecordSegmentCreate",
-        "runOnRecordSegmentComplete",
-        "runOnNotReady",
-    ] {
-        let out = media::run_mediamtx_command(&command(name), &env).await;
-        assert!(out.status.success(), "{name}: {out:?}");
-        assert_eq!(
-            serde_json::from_slice::<Value>(&out.stdout).unwrap(),
-            json!({"code": 0}),
-            "{name}"
-        );
-    }
-    let verifier = RtcVerifier::new(AUTH_KEY);
-    let events = wait_until(&receiver, || {
-        let got = unique(&receiver.received());
-        got.iter()
-            .any(|r| r.json()["event_type"] == "CLOUD_RECORD_SERVER_OVER")
-            .then_some(got)
-    })
-    .await;
-    for r in &events {
-        let headers = RtcHeaders {
-            rand: Some(&r.header("x-rtc-rand")),
-            timestamp: Some(&r.header("x-rtc-timestamp")),
-            signature: Some(&r.header("x-rtc-signature")),
-        };
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        verifier.verify(headers, &r.body, now).unwrap();
-    }
-    let events: Vec<Value> = events.iter().map(Received::json).collect();
-    assert_eq!(
-        types(&events),
-        [
-            "RECORD_NEW_FILE_START",
-            "RECORD_FILE_COMPLETE",
-            "CLOUD_RECORD_SERVER_OVER"
-        ]
-    );
-    for event in &events {
-        assert_eq!(event["app_id"], app_id.as_str());
-        assert_eq!(event["stream_name"], "cam");
-        assert_eq!(event["room_id"], "live");
-        assert_eq!(event["job_id"], events[0]["job_id"]);
-    }
-    check_file_complete(&events[1], &record_dir, "MP4").await;
+    rtc.record_one_segment(source["hook_url"].as_str().unwrap())
+        .await;
+    let events = rtc.events_until_over().await;
+    check_file_complete(&events[1], &rtc.record_dir(), "MP4").await;
 }
 
 #[tokio::test]
@@ -1331,21 +1380,18 @@ async fn sources_take_a_bucket_and_never_show_its_secret() {
         "{answer}"
     );
 
-    // HLS is not produced yet: refused at once rather than failed file by file.
-    let (status, answer) = server
-        .post_with_token(
-            token,
-            "/v1/p1/record/sources",
-            &with(json!({"record_format": "HLS"})),
-        )
-        .await;
-    assert_eq!(status, 400, "{answer}");
-    assert!(
-        answer["error_msg"]
-            .as_str()
-            .unwrap()
-            .starts_with("record_format")
-    );
+    // HLS, for Live and for RTC (each source in a record dir of its own).
+    for body in [
+        with(json!({"record_format": "hls", "record_dir": format!("{dir}/hls-live")})),
+        json!({"engine": "mediamtx", "app_id": app, "record_dir": format!("{dir}/hls-rtc"),
+               "record_format": "HLS", "storage": storage.clone()}),
+    ] {
+        let (status, created) = server
+            .post_with_token(token, "/v1/p1/record/sources", &body)
+            .await;
+        assert_eq!(status, 201, "{body}: {created}");
+        assert_eq!(created["record_format"], "HLS");
+    }
 
     // The CLI: the secret from a file, an RTC app's source in MP4 with its default keys.
     let secret_file = live.record_dir.path().join("secret");
@@ -1460,62 +1506,56 @@ async fn stored_source(
     source
 }
 
+/// A Live source storing in a fresh Garage, with `extra` fields, recording what ffmpeg
+/// publishes for `seconds` through nginx-rtmp (files of `record_interval`); returns once
+/// RECORD_OVER has arrived, with every event so far (no RECORD_FAILED among them). `None`: garage is not installed, and
+/// the test skips.
+async fn record_into_garage(
+    extra: Value,
+    record_interval: &str,
+    seconds: u32,
+) -> Option<(common::garage::Garage, Live, Vec<Value>)> {
+    let program = common::garage::program()?;
+    media::require_tools();
+    let garage = common::garage::Garage::start(program).await;
+    let live = Live::start().await;
+    let source = stored_source(&live, &garage, &garage.secret, extra).await;
+    let nginx = Nginx::start(
+        source["hook_url"].as_str().unwrap(),
+        &live.record_dir(),
+        record_interval,
+    )
+    .await;
+    media::publish(&nginx.rtmp_url("live", "cam"), seconds).await;
+    let events = live.wait_for_type("RECORD_OVER").await;
+    assert!(!types(&events).contains(&"RECORD_FAILED"), "{events:?}");
+    Some((garage, live, events))
+}
+
 /// nginx-rtmp records FLV; the source stores MP4 in a real Garage. Each
 /// RECORD_FILE_COMPLETE comes after its object is stored, with the OBS fields of it: the
 /// object read back over S3 has the reported size, ffprobe reads it as MP4 of the reported
 /// duration, its key is the default template's, and the local file is kept.
 #[tokio::test]
 async fn recordings_are_stored_in_garage_as_mp4_and_reported_with_the_obs_fields() {
-    let Some(program) = common::garage::program() else {
+    let Some((garage, live, events)) =
+        record_into_garage(json!({"record_format": "MP4"}), "3s", 5).await
+    else {
         return;
     };
-    media::require_tools();
-    let garage = common::garage::Garage::start(program).await;
-    let live = Live::start().await;
-    let source = stored_source(
-        &live,
-        &garage,
-        &garage.secret,
-        json!({"record_format": "MP4"}),
-    )
-    .await;
-    let nginx = Nginx::start(
-        source["hook_url"].as_str().unwrap(),
-        &live.record_dir(),
-        "3s",
-    )
-    .await;
-    media::publish(&nginx.rtmp_url("live", "cam"), 5).await;
-    let events = live.wait_for_type("RECORD_OVER").await;
-    assert!(!types(&events).contains(&"RECORD_FAILED"), "{events:?}");
-    let completes: Vec<&Value> = events
-        .iter()
-        .filter(|e| e["event_type"] == "RECORD_FILE_COMPLETE")
-        .collect();
+    let completes = completes(&events);
     assert!(!completes.is_empty(), "{events:?}");
     let keys = garage.keys().await;
     assert_eq!(keys.len(), completes.len(), "one object per file: {keys:?}");
     for (n, complete) in completes.iter().enumerate() {
-        assert_eq!(complete["obs_location"], garage.endpoint.as_str());
-        assert_eq!(complete["obs_bucket"], common::garage::BUCKET);
         assert_eq!(complete["record_format"], "MP4");
         let key = complete["obs_object"].as_str().unwrap();
         let prefix = format!("Record/{DOMAIN}/live/CONTINUOUS_RECORD/MP4/cam_");
         assert!(key.starts_with(&prefix) && key.ends_with(".mp4"), "{key}");
-        assert_eq!(
-            complete["download_url"],
-            format!("{}/{}/{key}", garage.endpoint, common::garage::BUCKET)
-        );
+        check_obs_fields(complete, &garage, key, &garage.url_of(key));
         let object = garage.get(key).await;
         assert_eq!(complete["file_size"], object.len(), "{key}");
-        let copy = garage.save(&format!("{n}.mp4"), &object);
-        let probed = media::ffprobe_duration(&copy).await;
-        let reported = complete["record_duration"].as_f64().unwrap();
-        assert!((reported - probed).abs() <= 1.0, "{reported} vs {probed}");
-        assert_eq!(
-            (complete["width"].clone(), complete["height"].clone()),
-            (json!(1280), json!(720))
-        );
+        check_stored_media(complete, &garage.save(&format!("{n}.mp4"), &object)).await;
     }
     let local: Vec<_> = std::fs::read_dir(live.record_dir())
         .unwrap()
@@ -1523,6 +1563,192 @@ async fn recordings_are_stored_in_garage_as_mp4_and_reported_with_the_obs_fields
         .filter(|e| e.path().extension().is_some_and(|x| x == "flv"))
         .collect();
     assert!(!local.is_empty(), "the local files are kept");
+}
+
+/// The RECORD_FILE_COMPLETEs among `events`.
+fn completes(events: &[Value]) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| e["event_type"] == "RECORD_FILE_COMPLETE")
+        .collect()
+}
+
+/// A reported file's start as the key templates hold it: `{file_start_time}`
+/// (`yyyy-MM-dd-HH-mm-ss`) and `{file_start_time_unix}`.
+fn file_start(complete: &Value) -> (String, i64) {
+    let text = complete["start_time"].as_str().unwrap();
+    let at =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap();
+    (
+        text.trim_end_matches('Z').replace(['T', ':'], "-"),
+        at.unix_timestamp(),
+    )
+}
+
+/// The OBS fields of a file stored in `garage` at `key`, reported with `download_url`.
+fn check_obs_fields(complete: &Value, garage: &common::garage::Garage, key: &str, url: &str) {
+    assert_eq!(complete["obs_location"], garage.endpoint.as_str());
+    assert_eq!(complete["obs_bucket"], common::garage::BUCKET);
+    assert_eq!(complete["obs_object"], key);
+    assert_eq!(complete["download_url"], url);
+}
+
+/// What ffprobe reads in a copy of what was stored (`file`) against the event: the
+/// reported duration within 1 s, and the test pattern's 1280×720.
+async fn check_stored_media(complete: &Value, file: &Path) {
+    let probed = media::ffprobe_duration(file).await;
+    let reported = complete["record_duration"].as_f64().unwrap();
+    assert!((reported - probed).abs() <= 1.0, "{reported} vs {probed}");
+    assert_eq!(
+        (complete["width"].clone(), complete["height"].clone()),
+        (json!(1280), json!(720))
+    );
+}
+
+/// nginx-rtmp records FLV; the source stores HLS in Garage. Each file is a VOD playlist
+/// under the template's key with its segments beside it, named
+/// `{file_start_time_unix}_{file_end_time_unix}_{n}.ts`. Fetched back over S3 into a
+/// directory, the playlist decodes to its end with the reported duration, and `file_size`
+/// is every byte stored for it.
+#[tokio::test]
+async fn recordings_are_stored_in_garage_as_hls_playlists_with_their_segments() {
+    let Some((garage, _live, events)) =
+        record_into_garage(json!({"record_format": "HLS"}), "3s", 4).await
+    else {
+        return;
+    };
+    let completes = completes(&events);
+    assert!(!completes.is_empty(), "{events:?}");
+    let keys = garage.keys().await;
+    let copies = tempfile::tempdir().unwrap();
+    let mut objects = 0;
+    for (n, complete) in completes.iter().enumerate() {
+        assert_eq!(complete["record_format"], "HLS");
+        let (stamp, start) = file_start(complete);
+        let folder = format!("Record/{DOMAIN}/live/CONTINUOUS_RECORD/HLS/cam_{stamp}");
+        let playlist_key = format!("{folder}/{stamp}.m3u8");
+        check_obs_fields(
+            complete,
+            &garage,
+            &playlist_key,
+            &garage.url_of(&playlist_key),
+        );
+        let duration = complete["record_duration"].as_i64().unwrap();
+        let mut segments: Vec<&str> = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix(&format!("{folder}/")))
+            .filter(|name| name.ends_with(".ts"))
+            .collect();
+        segments.sort_unstable();
+        let mut named: Vec<String> = (0..segments.len())
+            .map(|i| format!("{start}_{}_{i}.ts", start + duration))
+            .collect();
+        named.sort_unstable();
+        assert!(
+            !segments.is_empty(),
+            "no segment beside {playlist_key}: {keys:?}"
+        );
+        assert_eq!(segments, named, "{keys:?}");
+        objects += 1 + segments.len();
+        // The bucket's layout, fetched as a player would: the playlist's relative names.
+        let dir = copies.path().join(n.to_string());
+        std::fs::create_dir(&dir).unwrap();
+        let playlist = garage.get(&playlist_key).await;
+        let mut stored = playlist.len();
+        let playlist_file = dir.join(format!("{stamp}.m3u8"));
+        std::fs::write(&playlist_file, &playlist).unwrap();
+        let text = String::from_utf8(playlist).unwrap();
+        assert!(text.contains("#EXT-X-PLAYLIST-TYPE:VOD"), "{text}");
+        assert!(text.contains("#EXT-X-ENDLIST"), "{text}");
+        for name in text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            assert!(segments.contains(&name), "{name} in {text}");
+            let segment = garage.get(&format!("{folder}/{name}")).await;
+            stored += segment.len();
+            std::fs::write(dir.join(name), segment).unwrap();
+        }
+        assert_eq!(complete["file_size"], stored, "{playlist_key}");
+        media::decode_to_end(&playlist_file).await;
+        check_stored_media(complete, &playlist_file).await;
+    }
+    assert_eq!(
+        keys.len(),
+        objects,
+        "only the recordings' objects: {keys:?}"
+    );
+}
+
+/// Without `record_format` the file is stored as nginx-rtmp wrote it: the object is the
+/// local FLV byte for byte, reported as FLV under the template's `.flv` key.
+#[tokio::test]
+async fn recordings_without_a_format_are_stored_as_the_engine_wrote_them() {
+    let Some((garage, live, events)) = record_into_garage(json!({}), "30s", 2).await else {
+        return;
+    };
+    let completes = completes(&events);
+    assert_eq!(completes.len(), 1, "{events:?}");
+    let complete = completes[0];
+    assert_eq!(complete["record_format"], "FLV");
+    let (stamp, _) = file_start(complete);
+    let key = format!("Record/{DOMAIN}/live/CONTINUOUS_RECORD/FLV/cam_{stamp}/{stamp}.flv");
+    check_obs_fields(complete, &garage, &key, &garage.url_of(&key));
+    let local: Vec<PathBuf> = std::fs::read_dir(live.record_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "flv"))
+        .collect();
+    assert_eq!(local.len(), 1, "{local:?}");
+    let object = garage.get(&key).await;
+    assert_eq!(complete["file_size"], object.len());
+    assert!(
+        object == std::fs::read(&local[0]).unwrap(),
+        "the object differs from {:?}",
+        local[0]
+    );
+    assert_eq!(garage.keys().await, [key]);
+}
+
+/// An RTC app's MediaMTX source storing MP4 in Garage: MediaMTX's fragmented MP4 is stored
+/// under the RTC default template, and the RTC callback carries the OBS fields with
+/// `download_url` on `download_base`.
+#[tokio::test]
+async fn rtc_recordings_are_stored_in_garage_under_the_rtc_template() {
+    let Some(program) = common::garage::program() else {
+        return;
+    };
+    media::require_tools();
+    let garage = common::garage::Garage::start(program).await;
+    let rtc = Rtc::start().await;
+    let source = rtc
+        .mediamtx_source(json!({"record_format": "MP4",
+            "storage": {"endpoint": garage.endpoint, "region": common::garage::REGION,
+                "bucket": common::garage::BUCKET, "access_key_id": garage.key_id,
+                "secret_access_key": garage.secret, "path_style": true}}))
+        .await;
+    assert_eq!(source["record_format"], "MP4");
+    rtc.record_one_segment(source["hook_url"].as_str().unwrap())
+        .await;
+    let events = rtc.events_until_over().await;
+    let complete = &events[1];
+    assert_eq!(complete["record_format"], "MP4");
+    let (stamp, _) = file_start(complete);
+    let key = format!("{}/MP4/cam_{stamp}/cam_{stamp}.mp4", rtc.app_id);
+    check_obs_fields(
+        complete,
+        &garage,
+        &key,
+        &format!("https://cdn.example.com/vod/{key}"),
+    );
+    assert_eq!(garage.keys().await, [key.as_str()]);
+    let object = garage.get(&key).await;
+    assert_eq!(complete["file_size"], object.len());
+    check_stored_media(complete, &garage.save("rtc.mp4", &object)).await;
+    for time in ["start_time", "end_time"] {
+        let text = complete[time].as_str().unwrap();
+        assert!(text.len() == 20 && text.ends_with('Z'), "{time} {text}");
+    }
 }
 
 /// Credentials the store refuses fail the file at once: RECORD_FAILED naming the bucket

@@ -239,6 +239,11 @@ api_bind_addr = "127.0.0.1:{admin}"
         )
     }
 
+    /// The URL of the object at `key`, path style, as Herald reports it.
+    pub fn url_of(&self, key: &str) -> String {
+        format!("{}/{BUCKET}/{key}", self.endpoint)
+    }
+
     /// The object at `key`, whole.
     pub async fn get(&self, key: &str) -> Vec<u8> {
         let path = object_store::path::Path::parse(key).unwrap();

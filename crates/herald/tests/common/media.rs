@@ -335,6 +335,34 @@ pub async fn ffprobe_duration(path: &Path) -> f64 {
     })
 }
 
+/// Decodes the whole of `path` (an HLS playlist: every segment it lists); panics when
+/// ffmpeg finds anything wrong on the way, a missing segment included.
+pub async fn decode_to_end(path: &Path) {
+    let output = Command::new(program("ffmpeg"))
+        .args([
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "warning",
+            "-xerror",
+            "-i",
+        ])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stderr.trim().is_empty(),
+        "ffmpeg decoding {} ({}):\n{stderr}",
+        path.display(),
+        output.status
+    );
+}
+
 /// Runs a `runOn…` command as MediaMTX does (`internal/externalcmd/cmd_os.go`): split with
 /// shell quoting rules (go-shellquote there, `shell-words` here; both POSIX, though
 /// `shell-words` also drops a word starting with `#` and what follows, which no command of
