@@ -474,8 +474,7 @@ mod tests {
             .store
             .put(&ObjectPath::from("a.flv"), PutPayload::from_static(b"x"))
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(
             crate::client::refusal(&error).is_some(),
             "not refused by the guard: {error}"

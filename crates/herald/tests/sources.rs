@@ -1428,6 +1428,14 @@ async fn sources_take_a_bucket_and_never_show_its_secret() {
     assert!(stderr.contains("--bucket:"), "{stderr}");
 }
 
+/// A running Garage, after checking the media tools; `None` when garage is not installed
+/// (the test then skips, saying so, as [`common::garage::program`] does).
+async fn started_garage() -> Option<common::garage::Garage> {
+    let program = common::garage::program()?;
+    media::require_tools();
+    Some(common::garage::Garage::start(program).await)
+}
+
 /// A Live source over `live`'s record dir storing in `garage` (path style), with `extra`
 /// fields of the source (those under `"storage"` go into its storage) and `secret` as its
 /// secret access key.
@@ -1466,11 +1474,9 @@ async fn stored_source(
 /// duration, its key is the default template's, and the local file is kept.
 #[tokio::test]
 async fn recordings_are_stored_in_garage_as_mp4_and_reported_with_the_obs_fields() {
-    let Some(program) = common::garage::program() else {
+    let Some(garage) = started_garage().await else {
         return;
     };
-    media::require_tools();
-    let garage = common::garage::Garage::start(program).await;
     let live = Live::start().await;
     let source = stored_source(
         &live,
@@ -1529,11 +1535,9 @@ async fn recordings_are_stored_in_garage_as_mp4_and_reported_with_the_obs_fields
 /// and the store's code, the source's last_error, and the local file kept.
 #[tokio::test]
 async fn refused_credentials_fail_the_file_at_once_and_keep_it() {
-    let Some(program) = common::garage::program() else {
+    let Some(garage) = started_garage().await else {
         return;
     };
-    media::require_tools();
-    let garage = common::garage::Garage::start(program).await;
     let live = Live::start().await;
     let wrong = "0000000000000000000000000000000000000000000000000000000000000000";
     let source = stored_source(&live, &garage, wrong, json!({})).await;
@@ -1576,11 +1580,9 @@ async fn refused_credentials_fail_the_file_at_once_and_keep_it() {
 /// reported once.
 #[tokio::test]
 async fn an_upload_waits_for_a_stopped_store_and_is_reported_once() {
-    let Some(program) = common::garage::program() else {
+    let Some(mut garage) = started_garage().await else {
         return;
     };
-    media::require_tools();
-    let mut garage = common::garage::Garage::start(program).await;
     let live = Live::start().await;
     let source = stored_source(&live, &garage, &garage.secret, json!({})).await;
     let nginx = Nginx::start(
@@ -1873,11 +1875,9 @@ impl Drop for SlowRelay {
 /// them).
 #[tokio::test]
 async fn a_multipart_upload_killed_mid_way_is_stored_once_and_leaves_no_open_upload() {
-    let Some(program) = common::garage::program() else {
+    let Some(garage) = started_garage().await else {
         return;
     };
-    media::require_tools();
-    let garage = common::garage::Garage::start(program).await;
     let s3: std::net::SocketAddr = garage
         .endpoint
         .strip_prefix("http://")
@@ -2014,7 +2014,7 @@ async fn a_multipart_upload_killed_mid_way_is_stored_once_and_leaves_no_open_upl
     assert_eq!(completes[0]["file_size"], bytes.len());
     let stored = garage.get(&key).await;
     assert!(stored == bytes, "the object differs from the file");
-    assert_eq!(garage.keys().await, [key.clone()]);
+    assert_eq!(garage.keys().await, [key.as_str()]);
     assert_eq!(
         garage.open_uploads().await,
         Vec::<(String, String)>::new(),
