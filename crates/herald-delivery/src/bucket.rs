@@ -113,8 +113,6 @@ impl Bucket {
             .with_access_key_id(&storage.access_key_id)
             .with_secret_access_key(storage.secret_access_key.expose_secret())
             .with_virtual_hosted_style_request(!storage.path_style)
-            // The builder refuses an http endpoint unless allowed, before any connector.
-            .with_allow_http(true)
             .with_http_connector(GuardedConnector(client.clone()))
             .with_retry(RetryConfig {
                 max_retries: 2,
