@@ -1743,11 +1743,9 @@ async fn an_upload_past_its_deadline_is_failed_and_the_file_kept() {
 /// durable; the objects hold what was recorded, and no conversion is left behind.
 #[tokio::test]
 async fn delete_local_removes_each_file_once_it_is_stored() {
-    let Some(program) = common::garage::program() else {
+    let Some(garage) = started_garage().await else {
         return;
     };
-    media::require_tools();
-    let garage = common::garage::Garage::start(program).await;
     let live = Live::start().await;
     let source = stored_source(
         &live,
