@@ -380,8 +380,9 @@ impl StorageSpec {
     }
 }
 
-/// What a key's path segment must escape in a URL: all but RFC 3986's unreserved.
-const KEY_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+/// What a key's path segment, or a query value, must escape in a URL: all but RFC 3986's
+/// unreserved.
+pub const KEY_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')

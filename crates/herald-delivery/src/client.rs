@@ -1,6 +1,7 @@
-//! The one outbound HTTP client: pooled, a timeout on every request, no redirects, and a
-//! resolver that refuses private addresses, so the target check happens on the address
-//! actually connected to and DNS rebinding cannot slip past it.
+//! The callbacks' outbound HTTP client: pooled, a timeout on every request, no redirects,
+//! and a resolver that refuses private addresses, so the target check happens on the
+//! address actually connected to and DNS rebinding cannot slip past it. Storage endpoints
+//! connect through the same resolver ([`crate::bucket`]).
 
 use std::future::Future;
 use std::io;
@@ -25,10 +26,29 @@ use tokio::time::{Instant, timeout_at};
 /// How much of a receiver's answer is kept for the delivery log.
 pub const RESPONSE_HEAD_BYTES: usize = 1024;
 
-/// Resolves names and drops private addresses unless the operator allowed them.
-#[derive(Clone)]
-struct GuardedResolver {
-    allow_private: bool,
+/// Resolves names and drops private addresses unless the operator allowed them: the one
+/// target guard of every outbound connection, callbacks (hyper's resolver) and storage
+/// endpoints (reqwest's, for object_store) alike.
+#[derive(Clone, Debug)]
+pub(crate) struct GuardedResolver {
+    pub(crate) allow_private: bool,
+}
+
+impl GuardedResolver {
+    /// The addresses of `host` that may be connected to; an error carrying
+    /// [`RefusedTarget`] when none may.
+    async fn resolve_host(self, host: String) -> io::Result<Vec<SocketAddr>> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+            .await?
+            .filter(|a| self.allow_private || !is_private_target(a.ip()))
+            .collect();
+        if addrs.is_empty() {
+            return Err(io::Error::other(RefusedTarget(format!(
+                "{host} resolves only to loopback, private, link-local or metadata addresses"
+            ))));
+        }
+        Ok(addrs)
+    }
 }
 
 type Resolving = Pin<Box<dyn Future<Output = io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
@@ -43,19 +63,17 @@ impl tower_service::Service<Name> for GuardedResolver {
     }
 
     fn call(&mut self, name: Name) -> Resolving {
-        let allow_private = self.allow_private;
+        let resolving = self.clone().resolve_host(name.as_str().to_owned());
+        Box::pin(async move { Ok(resolving.await?.into_iter()) })
+    }
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let resolving = self.clone().resolve_host(name.as_str().to_owned());
         Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|a| allow_private || !is_private_target(a.ip()))
-                .collect();
-            if addrs.is_empty() {
-                return Err(io::Error::other(RefusedTarget(format!(
-                    "{host} resolves only to loopback, private, link-local or metadata addresses"
-                ))));
-            }
-            Ok(addrs.into_iter())
+            let addrs = resolving.await?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }
@@ -64,7 +82,7 @@ impl tower_service::Service<Name> for GuardedResolver {
 /// attempt can tell it from a connect error without reading text.
 #[derive(Debug, thiserror::Error)]
 #[error("refused target: {0}")]
-struct RefusedTarget(String);
+pub(crate) struct RefusedTarget(String);
 
 /// What came back from one POST.
 #[derive(Debug)]
@@ -277,7 +295,7 @@ fn basic_auth(url: &mut url::Url) -> Option<HeaderValue> {
     Some(value)
 }
 
-fn literal_ip(url: &url::Url) -> Option<IpAddr> {
+pub(crate) fn literal_ip(url: &url::Url) -> Option<IpAddr> {
     match url.host()? {
         url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
         url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
@@ -294,9 +312,13 @@ fn causes(
 
 /// The guard's refusal, when that is why the connect failed.
 fn refused_target(e: &hyper_util::client::legacy::Error) -> Option<&RefusedTarget> {
-    // The resolver's `io::Error` wraps the refusal; its `source()` skips the error it
-    // wraps, so look inside each one.
-    causes(e).find_map(|cause| {
+    std::error::Error::source(e).and_then(refusal)
+}
+
+/// The guard's refusal, when `e` or one of its causes is one. An `io::Error`'s
+/// `source()` skips the error it wraps, so each one is looked inside.
+pub(crate) fn refusal<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a RefusedTarget> {
+    std::iter::successors(Some(e), |cause| cause.source()).find_map(|cause| {
         cause.downcast_ref::<RefusedTarget>().or_else(|| {
             cause
                 .downcast_ref::<io::Error>()

@@ -11,9 +11,12 @@
 //! - [`probe`]: reads a finished recording (where it is, ffprobe's facts).
 //! - [`file_turns`]: turns to read a file, shared fairly across projects and sources.
 //! - [`upload`]: a finished recording converted and stored in its source's bucket.
+//! - [`bucket`]: a source's bucket: the S3 client behind the target guard, and the
+//!   multipart uploads a killed process left open there.
 #![forbid(unsafe_code)]
 
 pub mod attempt;
+pub mod bucket;
 pub mod client;
 pub mod concurrency;
 pub mod dispatcher;

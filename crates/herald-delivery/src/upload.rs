@@ -8,26 +8,25 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use herald_core::recording::{FileFacts, StoredObject};
 use herald_core::source::RecordingSource;
 use herald_core::storage::{KeyFacts, RecordFormat, StorageSpec, hls_segment_stem, key_beside};
 use herald_core::target::{is_local_host_name, is_private_target};
-use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
-use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig, WriteMultipart};
-use secrecy::ExposeSecret;
+use object_store::{ObjectStore, PutPayload, WriteMultipart};
 use time::OffsetDateTime;
 use tokio::io::AsyncReadExt;
+use tokio::sync::OnceCell;
+
+use crate::bucket::{Bucket, storage_client};
 
 /// Parts of a multipart upload, and what is read from disk at once: never the whole file
 /// in memory.
 const PART_BYTES: usize = 8 * 1024 * 1024;
 /// Parts in flight at once per upload: memory is bounded by this times [`PART_BYTES`].
 const PARTS_IN_FLIGHT: usize = 4;
-/// One request's limit; object_store retries a failed request a few times within it.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// The target length of an HLS segment, as ffmpeg's and most services' default; a segment
 /// ends at the first keyframe past it.
 const HLS_SEGMENT_SECONDS: &str = "10";
@@ -77,6 +76,9 @@ pub struct Uploader {
     allow_private: bool,
     /// A store given by a test instead of the source's bucket.
     fixed_store: Option<Arc<dyn ObjectStore>>,
+    /// The pooled HTTP client of every bucket, its resolver guarded as `allow_private`
+    /// says; built at the first upload, so that making an uploader cannot fail.
+    http: Arc<OnceCell<reqwest::Client>>,
 }
 
 impl Uploader {
@@ -92,6 +94,7 @@ impl Uploader {
             temp_dir: temp_dir.into(),
             allow_private,
             fixed_store: None,
+            http: Arc::new(OnceCell::new()),
         }
     }
 
@@ -193,67 +196,38 @@ impl Uploader {
         })
     }
 
-    /// The object store of a bucket, after the endpoint's address check.
-    async fn store_of(&self, storage: &StorageSpec) -> Result<Arc<dyn ObjectStore>, UploadError> {
+    /// The bucket to upload to, after the endpoint's address check.
+    async fn store_of(&self, storage: &StorageSpec) -> Result<Bucket, UploadError> {
         if let Some(store) = &self.fixed_store {
-            return Ok(Arc::clone(store));
+            return Ok(Bucket::fixed(Arc::clone(store)));
         }
-        self.check_endpoint(storage).await?;
-        // object_store puts the bucket after a path-style endpoint, and takes a
-        // virtual-hosted one as the bucket's own address.
-        let endpoint = if storage.path_style {
-            storage.endpoint.as_str().trim_end_matches('/').to_owned()
-        } else {
-            storage.bucket_url()
-        };
-        let store = AmazonS3Builder::new()
-            .with_endpoint(endpoint)
-            .with_region(&storage.region)
-            .with_bucket_name(&storage.bucket)
-            .with_access_key_id(&storage.access_key_id)
-            .with_secret_access_key(storage.secret_access_key.expose_secret())
-            .with_virtual_hosted_style_request(!storage.path_style)
-            // Client options replace the builder's own, allow_http included: set it here.
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(true)
-                    .with_timeout(REQUEST_TIMEOUT)
-                    .with_connect_timeout(Duration::from_secs(10)),
-            )
-            .with_retry(RetryConfig {
-                max_retries: 2,
-                retry_timeout: Duration::from_secs(60),
-                ..RetryConfig::default()
-            })
-            .build()
+        self.check_endpoint(storage)?;
+        let http = self
+            .http
+            .get_or_try_init(|| async { storage_client(self.allow_private) })
+            .await
             .map_err(|e| refused(storage, "InvalidConfiguration", &e.to_string()))?;
-        Ok(Arc::new(store))
+        Bucket::open(storage, http.clone())
+            .map_err(|e| refused(storage, "InvalidConfiguration", &e.to_string()))
     }
 
-    /// Refuses an endpoint whose host resolves to a private address, unless allowed.
-    async fn check_endpoint(&self, storage: &StorageSpec) -> Result<(), UploadError> {
+    /// Refuses an endpoint that is a private address or a local name, unless allowed.
+    /// A name is checked where it is resolved, by the client's guarded resolver, so that
+    /// no second lookup (DNS rebinding) can answer otherwise; an IP literal never reaches
+    /// a resolver, so it is checked here.
+    fn check_endpoint(&self, storage: &StorageSpec) -> Result<(), UploadError> {
         if self.allow_private {
             return Ok(());
         }
         let Ok(url) = url::Url::parse(storage.endpoint.as_str()) else {
             return Err(refused(storage, "InvalidEndpoint", "not a URL"));
         };
-        let host = url.host_str().unwrap_or_default().to_owned();
-        let port = url.port_or_known_default().unwrap_or(443);
-        if is_local_host_name(&host) {
+        let private = match crate::client::literal_ip(&url) {
+            Some(ip) => is_private_target(ip),
+            None => is_local_host_name(url.host_str().unwrap_or_default()),
+        };
+        if private {
             return Err(refused(storage, "PrivateEndpoint", PRIVATE));
-        }
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let addrs = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|e| unavailable(storage, "ResolveFailed", &e.to_string()))?;
-        for addr in addrs {
-            if is_private_target(addr.ip()) {
-                return Err(refused(storage, "PrivateEndpoint", PRIVATE));
-            }
         }
         Ok(())
     }
@@ -262,11 +236,12 @@ impl Uploader {
     /// bounded parts in flight, aborted on failure) and confirms the stored size.
     async fn put(
         &self,
-        store: &Arc<dyn ObjectStore>,
+        bucket: &Bucket,
         storage: &StorageSpec,
         key: &str,
         file: &Path,
     ) -> Result<u64, UploadError> {
+        let store = &bucket.store;
         let path = ObjectPath::parse(key)
             .map_err(|e| refused(storage, "InvalidObjectKey", &e.to_string()))?;
         let mut local = tokio::fs::File::open(file)
@@ -288,30 +263,12 @@ impl Uploader {
                 .await
                 .map_err(|e| classify(storage, &e))?;
         } else {
-            let upload = store
-                .put_multipart(&path)
-                .await
-                .map_err(|e| classify(storage, &e))?;
-            let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
-            let mut buf = vec![0u8; 1024 * 1024];
-            loop {
-                let n = match local.read(&mut buf).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = writer.abort().await;
-                        return Err(local_error(storage, &e));
-                    }
-                };
-                if n == 0 {
-                    break;
-                }
-                if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
-                    let _ = writer.abort().await;
-                    return Err(classify(storage, &e));
-                }
-                writer.write(&buf[..n]);
+            // A process killed during an earlier upload of this key left its upload open.
+            bucket.abort_open_uploads(&path).await;
+            if let Err(e) = put_in_parts(store.as_ref(), &path, &mut local, storage).await {
+                bucket.abort_open_uploads(&path).await;
+                return Err(e);
             }
-            writer.finish().await.map_err(|e| classify(storage, &e))?;
         }
         let head = store.head(&path).await.map_err(|e| classify(storage, &e))?;
         if head.size != size {
@@ -449,6 +406,41 @@ impl Uploader {
     }
 }
 
+/// Streams `local` to `path` in parts, with [`PARTS_IN_FLIGHT`] parts in flight at most;
+/// the upload is aborted when reading or sending fails.
+async fn put_in_parts(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+    local: &mut tokio::fs::File,
+    storage: &StorageSpec,
+) -> Result<(), UploadError> {
+    let upload = store
+        .put_multipart(path)
+        .await
+        .map_err(|e| classify(storage, &e))?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+    let mut buf = vec![0u8; 1024 * 1024];
+    loop {
+        let n = match local.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = writer.abort().await;
+                return Err(local_error(storage, &e));
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+            let _ = writer.abort().await;
+            return Err(classify(storage, &e));
+        }
+        writer.write(&buf[..n]);
+    }
+    writer.finish().await.map_err(|e| classify(storage, &e))?;
+    Ok(())
+}
+
 /// What a conversion wrote.
 struct Converted {
     dir: TempDir,
@@ -520,6 +512,10 @@ fn local_error(storage: &StorageSpec, e: &std::io::Error) -> UploadError {
 /// The store's error code (`<Code>AccessDenied</Code>` in its answer, when it gave one),
 /// and whether trying again can help: credentials refused or a missing bucket cannot.
 fn classify(storage: &StorageSpec, e: &object_store::Error) -> UploadError {
+    // The guarded resolver refused the address the endpoint's name resolved to.
+    if crate::client::refusal(e).is_some() {
+        return refused(storage, "PrivateEndpoint", PRIVATE);
+    }
     let text = e.to_string();
     let code = text
         .split_once("<Code>")

@@ -1474,6 +1474,14 @@ async fn sources_take_a_bucket_and_never_show_its_secret() {
     assert!(stderr.contains("--bucket:"), "{stderr}");
 }
 
+/// A running Garage, after checking the media tools; `None` when garage is not installed
+/// (the test then skips, saying so, as [`common::garage::program`] does).
+async fn started_garage() -> Option<common::garage::Garage> {
+    let program = common::garage::program()?;
+    media::require_tools();
+    Some(common::garage::Garage::start(program).await)
+}
+
 /// A Live source over `live`'s record dir storing in `garage` (path style), with `extra`
 /// fields of the source (those under `"storage"` go into its storage) and `secret` as its
 /// secret access key.
@@ -1515,9 +1523,7 @@ async fn record_into_garage(
     record_interval: &str,
     seconds: u32,
 ) -> Option<(common::garage::Garage, Live, Vec<Value>)> {
-    let program = common::garage::program()?;
-    media::require_tools();
-    let garage = common::garage::Garage::start(program).await;
+    let garage = started_garage().await?;
     let live = Live::start().await;
     let source = stored_source(&live, &garage, &garage.secret, extra).await;
     let nginx = Nginx::start(
@@ -1715,11 +1721,9 @@ async fn recordings_without_a_format_are_stored_as_the_engine_wrote_them() {
 /// `download_url` on `download_base`.
 #[tokio::test]
 async fn rtc_recordings_are_stored_in_garage_under_the_rtc_template() {
-    let Some(program) = common::garage::program() else {
+    let Some(garage) = started_garage().await else {
         return;
     };
-    media::require_tools();
-    let garage = common::garage::Garage::start(program).await;
     let rtc = Rtc::start().await;
     let source = rtc
         .mediamtx_source(json!({"record_format": "MP4",
@@ -1755,11 +1759,9 @@ async fn rtc_recordings_are_stored_in_garage_under_the_rtc_template() {
 /// and the store's code, the source's last_error, and the local file kept.
 #[tokio::test]
 async fn refused_credentials_fail_the_file_at_once_and_keep_it() {
-    let Some(program) = common::garage::program() else {
+    let Some(garage) = started_garage().await else {
         return;
     };
-    media::require_tools();
-    let garage = common::garage::Garage::start(program).await;
     let live = Live::start().await;
     let wrong = "0000000000000000000000000000000000000000000000000000000000000000";
     let source = stored_source(&live, &garage, wrong, json!({})).await;
@@ -1802,11 +1804,9 @@ async fn refused_credentials_fail_the_file_at_once_and_keep_it() {
 /// reported once.
 #[tokio::test]
 async fn an_upload_waits_for_a_stopped_store_and_is_reported_once() {
-    let Some(program) = common::garage::program() else {
+    let Some(mut garage) = started_garage().await else {
         return;
     };
-    media::require_tools();
-    let mut garage = common::garage::Garage::start(program).await;
     let live = Live::start().await;
     let source = stored_source(&live, &garage, &garage.secret, json!({})).await;
     let nginx = Nginx::start(
@@ -1967,11 +1967,9 @@ async fn an_upload_past_its_deadline_is_failed_and_the_file_kept() {
 /// durable; the objects hold what was recorded, and no conversion is left behind.
 #[tokio::test]
 async fn delete_local_removes_each_file_once_it_is_stored() {
-    let Some(program) = common::garage::program() else {
+    let Some(garage) = started_garage().await else {
         return;
     };
-    media::require_tools();
-    let garage = common::garage::Garage::start(program).await;
     let live = Live::start().await;
     let source = stored_source(
         &live,
@@ -2022,4 +2020,257 @@ async fn delete_local_removes_each_file_once_it_is_stored() {
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(temps.is_empty(), "conversions are removed: {temps:?}");
+}
+
+/// A TCP relay to `to` passing at most `bytes_per_second` through all its connections
+/// together, each way: an upload through it takes seconds, and a kill -9 finds it under
+/// way. Stops when dropped.
+struct SlowRelay {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowRelay {
+    async fn start(to: std::net::SocketAddr, bytes_per_second: u64) -> Self {
+        use tokio::sync::Mutex;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // When the relay may next send: each chunk moves it on by the chunk's time.
+        let next_free = std::sync::Arc::new(Mutex::new(tokio::time::Instant::now()));
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(outbound) = tokio::net::TcpStream::connect(to).await else {
+                    continue;
+                };
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                for (from, into) in [
+                    (
+                        Box::new(in_read) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(out_write) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(out_read), Box::new(in_write)),
+                ] {
+                    let next_free = next_free.clone();
+                    connections.spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let (mut from, mut into) = (from, into);
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let send_at = {
+                                let mut next = next_free.lock().await;
+                                let at = (*next).max(tokio::time::Instant::now());
+                                *next = at
+                                    + Duration::from_secs_f64(n as f64 / bytes_per_second as f64);
+                                at
+                            };
+                            tokio::time::sleep_until(send_at).await;
+                            if into.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = into.shutdown().await;
+                    });
+                }
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for SlowRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// kill -9 during a multipart upload (SPEC §7.1): a ~40 MB FLV goes up in 8 MiB parts
+/// through a relay of 4 MB/s, and Herald dies once Garage shows the upload open. After a
+/// restart on the same data dir the upload starts again: the object is complete and
+/// byte-identical to the file, its RECORD_FILE_COMPLETE arrives with one event id, and no
+/// multipart upload is left open in the bucket (as rclone, an independent client, lists
+/// them).
+#[tokio::test]
+async fn a_multipart_upload_killed_mid_way_is_stored_once_and_leaves_no_open_upload() {
+    let Some(garage) = started_garage().await else {
+        return;
+    };
+    let s3: std::net::SocketAddr = garage
+        .endpoint
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let relay = SlowRelay::start(s3, 4_000_000).await;
+
+    let record = tempfile::tempdir().unwrap();
+    let record_dir = record.path().canonicalize().unwrap();
+    let file = record_dir.join("cam-1.flv");
+    // Noise keeps H.264 from compressing the pattern: ~40 MB in 3 s, five parts or more.
+    let made = tokio::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=1280x720:rate=25")
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
+        .args(["-t", "3", "-vf", "noise=alls=40:allf=t", "-c:v", "libx264"])
+        .args(["-preset", "ultrafast", "-qp", "22", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "aac", "-f", "flv"])
+        .arg(&file)
+        .status()
+        .await
+        .unwrap();
+    assert!(made.success());
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(
+        bytes.len() > 32 << 20,
+        "{} bytes: too few parts",
+        bytes.len()
+    );
+
+    // The same store for both processes: the data dir, or a PostgreSQL schema when the
+    // suite runs there (HERALD_TEST_BACKEND=postgres).
+    let data_dir = tempfile::tempdir().unwrap();
+    let schema = common::test_schema().await;
+    let mut env = vec![("HERALD_RETRY_SCHEDULE", "0s,200ms,500ms,1s,1s")];
+    if let Some(schema) = &schema {
+        env.push(("HERALD_DATABASE_URL", schema.url.as_str()));
+    }
+    let args = ["--allow-private-targets"];
+    let (mut first, base) = spawn_serve(data_dir.path(), &args, &env, Stdio::null()).await;
+    let created = common::run_cli_with(
+        data_dir.path(),
+        &["tokens", "create", "--project", "p1", "--json"],
+        &env,
+    )
+    .await;
+    let created: Value = serde_json::from_slice(&created.stdout).unwrap();
+    let token = created["token"].as_str().unwrap();
+    let receiver = Receiver::ok().await;
+    let client = TestServer::client_for(&base);
+    let (status, body) = client
+        .post_with_token(
+            token,
+            "/v1/p1/record/callbacks",
+            &json!({"publish_domain": DOMAIN, "app": "live", "notify_callback_url": receiver.url(),
+                    "notify_event_subscription": ALL_LIVE}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, source) = client
+        .post_with_token(
+            token,
+            "/v1/p1/record/sources",
+            &json!({"engine": "nginx-rtmp", "publish_domain": DOMAIN,
+                "record_dir": record_dir.to_str().unwrap(), "max_pause": "1s",
+                "storage": {"endpoint": format!("http://{}", relay.addr),
+                    "region": common::garage::REGION, "bucket": common::garage::BUCKET,
+                    "access_key_id": garage.key_id, "secret_access_key": garage.secret,
+                    "path_style": true}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{source}");
+    let hook = hook_on(&base, &source);
+    for body in [
+        "app=live&call=publish&name=cam&type=live".to_owned(),
+        format!("app=live&call=record_done&name=cam&path={}", file.display()),
+        "app=live&call=publish_done&name=cam".to_owned(),
+    ] {
+        let answer = client.http.post(&hook).body(body).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+
+    // Herald dies once the upload is open in the bucket, parts still to come.
+    let open = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let open = garage.open_uploads().await;
+            if !open.is_empty() {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("no multipart upload was opened within 60 s");
+    first.kill().await.unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    let key = open[0].0.clone();
+    assert!(
+        key.starts_with(&format!("Record/{DOMAIN}/live/CONTINUOUS_RECORD/FLV/cam_")),
+        "{key}"
+    );
+    assert_eq!(garage.open_uploads().await, open, "left open by the kill");
+    assert!(garage.keys().await.is_empty(), "stored before the kill");
+
+    let (_second, base) = spawn_serve(data_dir.path(), &args, &env, Stdio::null()).await;
+    // The new upload, under way through the relay, finds the old one gone: aborted
+    // before it began. (Garage also forgets an older open upload of a key once a newer
+    // one completes, which S3 does not; so the bucket is looked at while it is under way.)
+    let stale = &open[0].1;
+    let during = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let now = garage.open_uploads().await;
+            if now.iter().any(|(_, id)| id != stale) {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the restarted process opened no upload within 120 s");
+    assert!(
+        during.iter().all(|(k, id)| k == &key && id != stale),
+        "the upload the kill left open is still there: {during:?}"
+    );
+    // On PostgreSQL the dead process's lease (45 s) runs out before the step is taken again.
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let events = loop {
+        let events: Vec<Value> = unique(&receiver.received())
+            .iter()
+            .map(Received::json)
+            .collect();
+        if events.iter().any(|e| e["event_type"] == "RECORD_OVER") {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "no RECORD_OVER: {events:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!types(&events).contains(&"RECORD_FAILED"), "{events:?}");
+    let completes: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event_type"] == "RECORD_FILE_COMPLETE")
+        .collect();
+    assert_eq!(completes.len(), 1, "{events:?}");
+    let ids: std::collections::HashSet<String> = receiver
+        .received()
+        .iter()
+        .filter(|r| r.json()["event_type"] == "RECORD_FILE_COMPLETE")
+        .map(|r| r.header("herald-event-id"))
+        .collect();
+    assert_eq!(ids.len(), 1, "one event: {ids:?}");
+    assert_eq!(completes[0]["obs_object"], key.as_str());
+    assert_eq!(completes[0]["file_size"], bytes.len());
+    let stored = garage.get(&key).await;
+    assert!(stored == bytes, "the object differs from the file");
+    assert_eq!(garage.keys().await, [key.as_str()]);
+    assert_eq!(
+        garage.open_uploads().await,
+        Vec::<(String, String)>::new(),
+        "a multipart upload is left open"
+    );
+    // The restarted process counted its abort.
+    let metrics = common::metrics_text(&client.http, &base).await;
+    let aborted: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_upload_stale_multipart_aborted_total "))
+        .unwrap_or_else(|| panic!("no abort counted: {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(aborted >= 1.0, "{metrics}");
 }

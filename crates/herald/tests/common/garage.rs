@@ -268,6 +268,42 @@ api_bind_addr = "127.0.0.1:{admin}"
             .unwrap()
     }
 
+    /// The bucket's open multipart uploads as (key, upload id), listed by rclone: an S3
+    /// client independent of Herald's (Debian package `rclone`).
+    pub async fn open_uploads(&self) -> Vec<(String, String)> {
+        let remote = format!(
+            ":s3,provider=Other,endpoint='{}',region={REGION},access_key_id={},\
+             secret_access_key={},force_path_style=true:{BUCKET}",
+            self.endpoint, self.key_id, self.secret
+        );
+        let out = Command::new("rclone")
+            .args(["--config", "/dev/null", "backend", "list-multipart-uploads"])
+            // rclone 1.60 fails on any AWS_CA_BUNDLE, even for plain http.
+            .env_remove("AWS_CA_BUNDLE")
+            .arg(&remote)
+            .output()
+            .await
+            .expect("rclone runs (Debian package rclone; scripts/test installs it)");
+        assert!(
+            out.status.success(),
+            "rclone list-multipart-uploads: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        listed[BUCKET]
+            .as_array()
+            .map(|uploads| {
+                uploads
+                    .iter()
+                    .map(|u| {
+                        let field = |name: &str| u[name].as_str().unwrap().to_owned();
+                        (field("Key"), field("UploadId"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Writes `bytes` to a file in its own directory, for ffprobe.
     pub fn save(&self, name: &str, bytes: &[u8]) -> PathBuf {
         let path = self.dir.path().join(name);

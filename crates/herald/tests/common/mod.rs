@@ -37,7 +37,7 @@ pub struct TestServer {
 pub const TEST_BACKEND: &str = "HERALD_TEST_BACKEND";
 
 /// A fresh schema when the tests are to run on PostgreSQL.
-async fn test_schema() -> Option<TestSchema> {
+pub async fn test_schema() -> Option<TestSchema> {
     match std::env::var(TEST_BACKEND).as_deref() {
         Ok("postgres") => {
             Some(TestSchema::create().await.unwrap_or_else(|| {
