@@ -35,7 +35,7 @@ pub fn probe_deadline(size: u64) -> Duration {
 
 /// The containers the engines write, by the file's extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Container {
+pub enum Container {
     Flv,
     /// MP4 and fragmented MP4 (SRS, MediaMTX).
     Mp4,
@@ -54,8 +54,8 @@ impl Container {
         }
     }
 
-    /// ffprobe's `-f`: this demuxer and no other reads the file.
-    fn demuxer(self) -> &'static str {
+    /// ffprobe's and ffmpeg's `-f`: this demuxer and no other reads the file.
+    pub fn demuxer(self) -> &'static str {
         match self {
             Self::Flv => "flv",
             Self::Mp4 => "mov",
@@ -86,6 +86,18 @@ fn opened_path(file: &std::fs::File) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()
 }
 
+/// A recording opened for reading after every check: below its record dir and inside the
+/// operator's roots, by its path and by the path the kernel gives the open file. Whoever
+/// reads it (ffprobe, ffmpeg, an upload) reads this open file, never the path again, so a
+/// link or rename swapped in after the checks cannot lead anyone elsewhere.
+pub struct OpenedRecording {
+    pub file: std::fs::File,
+    pub container: Container,
+    /// Its path below the record dir.
+    pub relative: PathBuf,
+    pub size: u64,
+}
+
 /// ffprobe could not be run at all: the file waits, it is not failed.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot run {program}: {reason}")]
@@ -114,6 +126,11 @@ impl Prober {
 
     pub fn roots(&self) -> &RecordRoots {
         &self.roots
+    }
+
+    /// The ffprobe program.
+    pub fn program(&self) -> &Path {
+        &self.program
     }
 
     /// Whether `real_file` (symbolic links resolved) is inside one of the roots, also with
@@ -163,12 +180,51 @@ impl Prober {
         record_dir: &RecordDir,
         path: &str,
     ) -> Result<FileOutcome, ProbeUnavailable> {
-        let failed = |why: &str| Ok(FileOutcome::Failed(format!("{path:?} {why}")));
+        let OpenedRecording {
+            file,
+            container,
+            relative,
+            size,
+        } = match self.open(record_dir, path).await {
+            Ok(opened) => opened,
+            Err(why) => return Ok(FileOutcome::Failed(why)),
+        };
+        self.probe(file, container, size, path)
+            .await
+            .map(|found| match found {
+                Probed::Media {
+                    duration,
+                    width,
+                    height,
+                    format_name,
+                } => FileOutcome::Complete(FileFacts {
+                    relative_path: relative,
+                    size,
+                    duration,
+                    width,
+                    height,
+                    record_format: record_format(&format_name),
+                    stored: None,
+                }),
+                Probed::NoFrames => FileOutcome::Empty,
+                Probed::NotMedia(why) => FileOutcome::Failed(format!("{path:?} {why}")),
+            })
+    }
+
+    /// Opens the file a hook named as `path`, if it is below `record_dir` and inside the
+    /// operator's roots, and is a container an engine writes; else why not, in Herald's
+    /// words (see [`Self::read`]).
+    pub async fn open(
+        &self,
+        record_dir: &RecordDir,
+        path: &str,
+    ) -> Result<OpenedRecording, String> {
+        let failed = |why: &str| Err(format!("{path:?} {why}"));
         let outside = || {
-            Ok(FileOutcome::Failed(format!(
+            Err(format!(
                 "{path:?} is outside the record directory {:?}; it was not opened",
                 record_dir.as_str()
-            )))
+            ))
         };
         let Some(file) = record_dir.resolve(None, path) else {
             return outside();
@@ -178,11 +234,11 @@ impl Prober {
         };
         let relative = relative.to_owned();
         if !self.roots.contain(record_dir.path()) {
-            return Ok(FileOutcome::Failed(format!(
+            return Err(format!(
                 "{path:?} was not opened: the record directory {:?} is not inside a directory \
                  the operator allows (HERALD_RECORD_ROOTS)",
                 record_dir.as_str()
-            )));
+            ));
         }
         let real_dir = tokio::fs::canonicalize(record_dir.path())
             .await
@@ -234,26 +290,12 @@ impl Prober {
             Ok(_) => return failed("is not a regular file"),
             Err(_) => return failed("cannot be read by Herald"),
         };
-        self.probe(opened, container, size, path)
-            .await
-            .map(|found| match found {
-                Probed::Media {
-                    duration,
-                    width,
-                    height,
-                    format_name,
-                } => FileOutcome::Complete(FileFacts {
-                    relative_path: relative,
-                    size,
-                    duration,
-                    width,
-                    height,
-                    record_format: record_format(&format_name),
-                    stored: None,
-                }),
-                Probed::NoFrames => FileOutcome::Empty,
-                Probed::NotMedia(why) => FileOutcome::Failed(format!("{path:?} {why}")),
-            })
+        Ok(OpenedRecording {
+            file: opened,
+            container,
+            relative,
+            size,
+        })
     }
 
     /// Whether no component of `file` below the record dir is a symbolic link, checked

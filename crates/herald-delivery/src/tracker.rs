@@ -16,7 +16,7 @@ use herald_core::event::EventId;
 use herald_core::event::live::LiveEvent;
 use herald_core::project::ProjectId;
 use herald_core::recording::{DerivedEvent, FileOutcome, StepKind, events_of};
-use herald_core::source::{RecordDir, RecordingSource, SourceTarget};
+use herald_core::source::{RecordDir, RecordRoots, RecordingSource, SourceTarget};
 use herald_store::{ClaimedStep, Postponed, SourceError, Store, StoreError};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -115,8 +115,8 @@ impl Tracker {
             deliveries,
             files: FileTurns::new(FILES_AT_ONCE),
             uploader: Uploader::new(
+                Prober::new("ffprobe", RecordRoots::default()),
                 "ffmpeg",
-                "ffprobe",
                 std::env::temp_dir().join("herald-uploads"),
                 false,
             ),
@@ -146,12 +146,11 @@ impl Tracker {
         else {
             return Some(outcome);
         };
-        let local = source.spec.record_dir.path().join(&facts.relative_path);
         let start = facts.start_at(step.at).unwrap_or(step.at);
         let stream = (step.stream.app.as_str(), step.stream.stream.as_str());
         match self
             .uploader
-            .upload(source, storage, stream, &local, &facts, start)
+            .upload(source, storage, stream, &facts, start)
             .await
         {
             Ok(stored) => {

@@ -21,6 +21,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::OnceCell;
 
 use crate::bucket::{Bucket, storage_client};
+use crate::probe::{OpenedRecording, Prober, probe_deadline};
 
 /// Parts of a multipart upload, and what is read from disk at once: never the whole file
 /// in memory.
@@ -68,7 +69,9 @@ pub struct Stored {
 #[derive(Clone)]
 pub struct Uploader {
     ffmpeg: PathBuf,
-    ffprobe: PathBuf,
+    /// Opens a recording with every check the probe step made (the file may have been
+    /// swapped since), and its program reads the audio codec.
+    prober: Prober,
     /// Where conversions are written: under the data dir, emptied at start.
     temp_dir: PathBuf,
     /// `--allow-private-targets`: a storage endpoint resolving to a private address is
@@ -83,14 +86,14 @@ pub struct Uploader {
 
 impl Uploader {
     pub fn new(
+        prober: Prober,
         ffmpeg: impl Into<PathBuf>,
-        ffprobe: impl Into<PathBuf>,
         temp_dir: impl Into<PathBuf>,
         allow_private: bool,
     ) -> Self {
         Self {
             ffmpeg: ffmpeg.into(),
-            ffprobe: ffprobe.into(),
+            prober,
             temp_dir: temp_dir.into(),
             allow_private,
             fixed_store: None,
@@ -114,24 +117,34 @@ impl Uploader {
         tokio::fs::create_dir_all(&self.temp_dir).await
     }
 
-    /// Converts the file at `local` (read as `facts`) to the source's format if it asks
-    /// for one, uploads it under its key and confirms its size in the bucket.
+    /// Converts the file `facts` describe (below the source's record dir) to the source's
+    /// format if it asks for one, uploads it under its key and confirms its size in the
+    /// bucket. The file is opened with the probe step's checks again, and only that open
+    /// file is read.
     pub async fn upload(
         &self,
         source: &RecordingSource,
         storage: &StorageSpec,
         stream: (&str, &str),
-        local: &Path,
         facts: &FileFacts,
         file_start: OffsetDateTime,
     ) -> Result<Stored, UploadError> {
         let started = Instant::now();
+        let opened = self
+            .prober
+            .open(
+                &source.spec.record_dir,
+                &facts.relative_path.to_string_lossy(),
+            )
+            .await
+            .map_err(|why| refused(storage, "LocalFileUnreadable", &why))?;
         let wanted = source.spec.record_format;
         let (format_name, extension) = match wanted {
             Some(format) => (format.as_str().to_owned(), format.extension().to_owned()),
             None => (
                 facts.record_format.clone(),
-                local
+                opened
+                    .relative
                     .extension()
                     .map(|e| format!(".{}", e.to_string_lossy()))
                     .unwrap_or_default(),
@@ -158,7 +171,7 @@ impl Uploader {
                 if format == RecordFormat::Hls || format.as_str() != facts.record_format =>
             {
                 let segment_stem = hls_segment_stem(file_start, facts.duration);
-                Some(self.convert(local, format, &segment_stem).await?)
+                Some(self.convert(&opened, format, &segment_stem).await?)
             }
             _ => None,
         };
@@ -168,14 +181,17 @@ impl Uploader {
         // recording. `converted` removes its directory when dropped, on error too.
         if let Some(converted) = &converted {
             for segment in &converted.segments {
-                let from = converted.dir.path.join(segment);
+                let from = open_output(storage, &converted.dir.path.join(segment)).await?;
                 size += self
-                    .put(&store, storage, &key_beside(&key, segment), &from)
+                    .put(&store, storage, &key_beside(&key, segment), from)
                     .await?;
             }
         }
-        let upload_from = converted.as_ref().map_or(local, |c| c.main.as_path());
-        size += self.put(&store, storage, &key, upload_from).await?;
+        let main = match &converted {
+            Some(converted) => open_output(storage, &converted.main).await?,
+            None => tokio::fs::File::from_std(opened.file),
+        };
+        size += self.put(&store, storage, &key, main).await?;
         drop(converted);
         metrics::counter!("herald_upload_bytes_total").increment(size);
         metrics::histogram!("herald_upload_duration_seconds")
@@ -232,21 +248,19 @@ impl Uploader {
         Ok(())
     }
 
-    /// Streams `file` to `key` (one request when small, else a multipart upload with
-    /// bounded parts in flight, aborted on failure) and confirms the stored size.
+    /// Streams the open file `local` to `key` (one request when small, else a multipart
+    /// upload with bounded parts in flight, aborted on failure) and confirms the stored
+    /// size.
     async fn put(
         &self,
         bucket: &Bucket,
         storage: &StorageSpec,
         key: &str,
-        file: &Path,
+        mut local: tokio::fs::File,
     ) -> Result<u64, UploadError> {
         let store = &bucket.store;
         let path = ObjectPath::parse(key)
             .map_err(|e| refused(storage, "InvalidObjectKey", &e.to_string()))?;
-        let mut local = tokio::fs::File::open(file)
-            .await
-            .map_err(|e| local_error(storage, &e))?;
         let size = local
             .metadata()
             .await
@@ -286,7 +300,7 @@ impl Uploader {
     /// with its segments beside it, named `{segment_stem}{n}.ts` from 0.
     async fn convert(
         &self,
-        local: &Path,
+        opened: &OpenedRecording,
         format: RecordFormat,
         segment_stem: &str,
     ) -> Result<Converted, UploadError> {
@@ -294,7 +308,7 @@ impl Uploader {
             format: format.as_str(),
             message,
         };
-        let audio = self.audio_codec(local).await.map_err(fail)?;
+        let audio = self.audio_codec(opened).await.map_err(fail)?;
         let audio_fits = match (format, audio.as_deref()) {
             (_, None) => true,
             (RecordFormat::Mp4, Some(codec)) => {
@@ -324,14 +338,24 @@ impl Uploader {
         } else {
             self.ffmpeg.clone()
         };
-        let input = absolute(local)?;
         let main = format!("recording{}", format.extension());
         let mut command = tokio::process::Command::new(program);
+        // The checked open file is ffmpeg's standard input, read as `file:/dev/stdin` (a
+        // fresh, seekable open of that very file) by the container's own demuxer and no
+        // protocol but `file`: no playlist or concat list swapped in can name other files.
         command
             .current_dir(&dir.path)
-            .args(["-nostdin", "-v", "error", "-y", "-i"])
-            .arg(input)
-            .args(["-map", "0", "-c", "copy"]);
+            .args([
+                "-nostdin",
+                "-v",
+                "error",
+                "-y",
+                "-protocol_whitelist",
+                "file",
+            ])
+            .args(["-f", opened.container.demuxer(), "-i", "file:/dev/stdin"])
+            .args(["-map", "0", "-c", "copy"])
+            .stdin(input_of(opened).map_err(|e| fail(e.to_string()))?);
         if !audio_fits {
             command.args(["-c:a", "aac"]);
         }
@@ -351,12 +375,25 @@ impl Uploader {
                 .arg("-hls_segment_filename")
                 .arg(format!("{segment_stem}%d.ts")),
         };
-        let output = command
-            .arg(&main)
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|e| fail(format!("{} cannot be run: {e}", self.ffmpeg.display())))?;
+        // A remux reads and writes each packet once; a file that keeps ffmpeg busy longer
+        // than twice a probe's allowance is not converted (and ffmpeg is killed).
+        let deadline = 2 * probe_deadline(opened.size);
+        let output = match tokio::time::timeout(
+            deadline,
+            command.arg(&main).kill_on_drop(true).output(),
+        )
+        .await
+        {
+            Ok(output) => {
+                output.map_err(|e| fail(format!("{} cannot be run: {e}", self.ffmpeg.display())))?
+            }
+            Err(_) => {
+                return Err(fail(format!(
+                    "ffmpeg did not finish within {} s (the time allowed for a file of its size)",
+                    deadline.as_secs()
+                )));
+            }
+        };
         if !output.status.success() {
             let text = String::from_utf8_lossy(&output.stderr);
             return Err(fail(text.chars().take(512).collect()));
@@ -378,24 +415,27 @@ impl Uploader {
         })
     }
 
-    /// The first audio stream's codec, if the file has audio.
-    async fn audio_codec(&self, local: &Path) -> Result<Option<String>, String> {
-        let output = tokio::process::Command::new(&self.ffprobe)
+    /// The first audio stream's codec, if the file has audio: read, as the probe step
+    /// reads, from the checked open file by its own demuxer.
+    async fn audio_codec(&self, opened: &OpenedRecording) -> Result<Option<String>, String> {
+        let program = self.prober.program();
+        let command = tokio::process::Command::new(program)
+            .args(["-v", "error", "-protocol_whitelist", "file"])
+            .args(["-f", opened.container.demuxer()])
             .args([
-                "-v",
-                "error",
                 "-select_streams",
                 "a:0",
                 "-show_entries",
                 "stream=codec_name",
-                "-of",
-                "csv=p=0",
             ])
-            .arg(local)
+            .args(["-of", "csv=p=0", "file:/dev/stdin"])
+            .stdin(input_of(opened).map_err(|e| e.to_string())?)
             .kill_on_drop(true)
-            .output()
+            .output();
+        let output = tokio::time::timeout(probe_deadline(opened.size), command)
             .await
-            .map_err(|e| format!("{} cannot be run: {e}", self.ffprobe.display()))?;
+            .map_err(|_| "ffprobe did not read the file's audio in time".to_owned())?
+            .map_err(|e| format!("{} cannot be run: {e}", program.display()))?;
         if !output.status.success() {
             return Err("ffprobe could not read the file's audio".into());
         }
@@ -404,6 +444,19 @@ impl Uploader {
         let codec = text.lines().map(str::trim).find(|l| !l.is_empty());
         Ok(codec.map(str::to_owned))
     }
+}
+
+/// The open recording again, as a child's standard input: the same open file, whose
+/// `/dev/stdin` the child opens afresh (its own offset, seekable).
+fn input_of(opened: &OpenedRecording) -> std::io::Result<std::process::Stdio> {
+    Ok(std::process::Stdio::from(opened.file.try_clone()?))
+}
+
+/// Opens what a conversion wrote, in Herald's own temporary directory.
+async fn open_output(storage: &StorageSpec, path: &Path) -> Result<tokio::fs::File, UploadError> {
+    tokio::fs::File::open(path)
+        .await
+        .map_err(|e| local_error(storage, &e))
 }
 
 /// Streams `local` to `path` in parts, with [`PARTS_IN_FLIGHT`] parts in flight at most;
@@ -544,11 +597,15 @@ mod tests {
 
     use super::*;
     use futures_util::TryStreamExt;
-    use herald_core::source::SourceSpec;
+    use herald_core::source::{RecordRoots, SourceSpec};
+
+    use crate::probe::Container;
     use object_store::memory::InMemory;
     use secrecy::SecretString;
 
-    fn source(body: &str) -> RecordingSource {
+    /// A source whose `"record_dir": "/rec"` is `record_dir`.
+    fn source(body: &str, record_dir: &Path) -> RecordingSource {
+        let body = body.replace("\"/rec\"", &format!("{:?}", record_dir.to_str().unwrap()));
         RecordingSource {
             id: RecordingSource::new_id(),
             project_id: herald_core::project::ProjectId::parse("project_id", "p1").unwrap(),
@@ -574,6 +631,7 @@ mod tests {
                 "storage": {"endpoint": "https://obs.cn-north-4.myhuaweicloud.com",
                 "region": "cn-north-4", "bucket": "mybucket", "access_key_id": "AK",
                 "secret_access_key": "SK"}}"#,
+            dir.path(),
         );
         let storage = source.spec.storage.clone().unwrap();
         let facts = FileFacts {
@@ -587,7 +645,7 @@ mod tests {
         };
         let start = OffsetDateTime::from_unix_timestamp(1_583_676_625).unwrap();
         let stored = uploader
-            .upload(&source, &storage, ("live", "cam"), &local, &facts, start)
+            .upload(&source, &storage, ("live", "cam"), &facts, start)
             .await
             .unwrap();
         assert_eq!(stored.size, bytes.len() as u64);
@@ -620,12 +678,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let local = dir.path().join("a.flv");
         std::fs::write(&local, b"x").unwrap();
-        let uploader = Uploader::new("ffmpeg", "ffprobe", dir.path().join("tmp"), false);
+        let uploader = Uploader::new(
+            prober_for(dir.path()),
+            "ffmpeg",
+            dir.path().join("tmp"),
+            false,
+        );
         let source = source(
             r#"{"engine": "srs", "publish_domain": "push.example.com", "record_dir": "/rec",
                 "storage": {"endpoint": "http://localhost:3900", "region": "r",
                 "bucket": "recs", "access_key_id": "AK", "secret_access_key": "SK",
                 "path_style": true}}"#,
+            dir.path(),
         );
         let storage = source.spec.storage.clone().unwrap();
         let facts = FileFacts {
@@ -642,7 +706,6 @@ mod tests {
                 &source,
                 &storage,
                 ("live", "a"),
-                &local,
                 &facts,
                 OffsetDateTime::now_utc(),
             )
@@ -658,12 +721,31 @@ mod tests {
         );
     }
 
-    /// An uploader with its temp dir under `dir`, storing in memory.
+    /// A prober whose only record root is `dir`.
+    fn prober_for(dir: &Path) -> Prober {
+        let roots = RecordRoots::from_paths("roots", [dir.to_str().unwrap()]).unwrap();
+        Prober::new("ffprobe", roots)
+    }
+
+    /// An uploader over the record root `dir`, with its temp dir under it, storing in
+    /// memory.
     fn in_memory(dir: &Path) -> (Arc<InMemory>, Uploader) {
         let memory = Arc::new(InMemory::new());
-        let uploader =
-            Uploader::new("ffmpeg", "ffprobe", dir.join("tmp"), false).with_store(memory.clone());
+        let uploader = Uploader::new(prober_for(dir), "ffmpeg", dir.join("tmp"), false)
+            .with_store(memory.clone());
         (memory, uploader)
+    }
+
+    /// The audio codec of the file at `path`, read as the upload reads it.
+    async fn codec_of(uploader: &Uploader, path: &Path, container: Container) -> Option<String> {
+        let file = std::fs::File::open(path).unwrap();
+        let opened = OpenedRecording {
+            size: file.metadata().unwrap().len(),
+            file,
+            container,
+            relative: path.file_name().unwrap().into(),
+        };
+        uploader.audio_codec(&opened).await.unwrap()
     }
 
     /// Writes `seconds` of 320x240 H.264 with Nellymoser audio (Flash's codec) as
@@ -730,6 +812,7 @@ mod tests {
                 "record_format": "HLS",
                 "storage": {"endpoint": "https://obs.example.com", "region": "r",
                 "bucket": "recs", "access_key_id": "AK", "secret_access_key": "SK"}}"#,
+            dir.path(),
         );
         let storage = source.spec.storage.clone().unwrap();
         let start = OffsetDateTime::from_unix_timestamp(1_583_676_625).unwrap();
@@ -738,7 +821,6 @@ mod tests {
                 &source,
                 &storage,
                 ("room", "u1"),
-                &local,
                 &flv_facts(&local, 2.6),
                 start,
             )
@@ -794,7 +876,9 @@ mod tests {
         let segment = dir.path().join("segment.ts");
         std::fs::write(&segment, get(format!("{folder}/{}", named[0])).await).unwrap();
         assert_eq!(
-            uploader.audio_codec(&segment).await.unwrap().as_deref(),
+            codec_of(&uploader, &segment, Container::Ts)
+                .await
+                .as_deref(),
             Some("aac")
         );
         let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
@@ -813,21 +897,28 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = closed.local_addr().unwrap().port();
         drop(closed);
-        let uploader = Uploader::new("ffmpeg", "ffprobe", dir.path().join("tmp"), true);
-        let source = source(&format!(
-            r#"{{"engine": "nginx-rtmp", "publish_domain": "push.example.com", "record_dir": "/rec",
+        let uploader = Uploader::new(
+            prober_for(dir.path()),
+            "ffmpeg",
+            dir.path().join("tmp"),
+            true,
+        );
+        let source = source(
+            &format!(
+                r#"{{"engine": "nginx-rtmp", "publish_domain": "push.example.com", "record_dir": "/rec",
                 "record_format": "HLS",
                 "storage": {{"endpoint": "http://127.0.0.1:{port}", "region": "r",
                 "bucket": "recs", "access_key_id": "AK", "secret_access_key": "SK",
                 "path_style": true}}}}"#
-        ));
+            ),
+            dir.path(),
+        );
         let storage = source.spec.storage.clone().unwrap();
         let error = uploader
             .upload(
                 &source,
                 &storage,
                 ("live", "cam"),
-                &local,
                 &flv_facts(&local, 2.0),
                 OffsetDateTime::now_utc(),
             )
@@ -865,7 +956,7 @@ mod tests {
         let local = nellymoser_flv(dir.path(), 2).await;
         let (memory, uploader) = in_memory(dir.path());
         assert_eq!(
-            uploader.audio_codec(&local).await.unwrap().as_deref(),
+            codec_of(&uploader, &local, Container::Flv).await.as_deref(),
             Some("nellymoser")
         );
         let source = source(
@@ -873,6 +964,7 @@ mod tests {
                 "record_format": "MP4",
                 "storage": {"endpoint": "https://obs.example.com", "region": "r",
                 "bucket": "recs", "access_key_id": "AK", "secret_access_key": "SK"}}"#,
+            dir.path(),
         );
         let storage = source.spec.storage.clone().unwrap();
         let facts = flv_facts(&local, 2.0);
@@ -881,7 +973,6 @@ mod tests {
                 &source,
                 &storage,
                 ("live", "nelly"),
-                &local,
                 &facts,
                 OffsetDateTime::now_utc(),
             )
@@ -900,10 +991,134 @@ mod tests {
         let copy = dir.path().join("back.mp4");
         std::fs::write(&copy, &bytes).unwrap();
         assert_eq!(
-            uploader.audio_codec(&copy).await.unwrap().as_deref(),
+            codec_of(&uploader, &copy, Container::Mp4).await.as_deref(),
             Some("aac")
         );
         let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
         assert!(tmp.is_empty(), "the conversion's output is removed");
+    }
+
+    /// The object store's keys, sorted.
+    async fn keys(memory: &InMemory) -> Vec<String> {
+        let mut keys: Vec<String> = memory
+            .list(None)
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        keys.sort();
+        keys
+    }
+
+    /// A recording replaced by a link to a file outside its record dir after it was
+    /// probed (a hostile media server's swap) is not followed: the upload is refused in
+    /// Herald's words, and nothing is stored.
+    #[tokio::test]
+    async fn a_link_swapped_in_after_the_probe_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("secret.flv");
+        std::fs::write(&secret, b"another project's recording").unwrap();
+        let rec = dir.path().join("rec");
+        std::fs::create_dir(&rec).unwrap();
+        std::os::unix::fs::symlink(&secret, rec.join("cam.flv")).unwrap();
+        let (memory, uploader) = in_memory(dir.path());
+        let source = source(
+            r#"{"engine": "nginx-rtmp", "publish_domain": "push.example.com", "record_dir": "/rec",
+                "storage": {"endpoint": "https://obs.example.com", "region": "r",
+                "bucket": "recs", "access_key_id": "AK", "secret_access_key": "SK"}}"#,
+            &rec,
+        );
+        let storage = source.spec.storage.clone().unwrap();
+        let facts = FileFacts {
+            relative_path: "cam.flv".into(),
+            size: 27,
+            duration: 1.0,
+            width: None,
+            height: None,
+            record_format: "FLV".into(),
+            stored: None,
+        };
+        let error = uploader
+            .upload(
+                &source,
+                &storage,
+                ("live", "cam"),
+                &facts,
+                OffsetDateTime::now_utc(),
+            )
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(error, UploadError::Refused { .. }), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("is outside the record directory"),
+            "{error}"
+        );
+        assert!(keys(&memory).await.is_empty());
+    }
+
+    /// A playlist swapped in under a recording's name is read by the recording's own
+    /// demuxer, as the probe step read it, never as a playlist: the media it names outside
+    /// the record dir is not converted or uploaded.
+    #[tokio::test]
+    async fn a_playlist_under_a_recordings_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let flv = nellymoser_flv(outside.path(), 2).await;
+        let secret = outside.path().join("secret.mp4");
+        let made = tokio::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-y", "-i"])
+            .arg(&flv)
+            .args(["-c:v", "copy", "-c:a", "aac"])
+            .arg(&secret)
+            .status()
+            .await
+            .unwrap();
+        assert!(made.success());
+        let rec = dir.path().join("rec");
+        std::fs::create_dir(&rec).unwrap();
+        std::fs::write(
+            rec.join("cam.flv"),
+            format!(
+                "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n\
+                 #EXTINF:2.0,\n{}\n#EXT-X-ENDLIST\n",
+                secret.display()
+            ),
+        )
+        .unwrap();
+        let (memory, uploader) = in_memory(dir.path());
+        let source = source(
+            r#"{"engine": "nginx-rtmp", "publish_domain": "push.example.com", "record_dir": "/rec",
+                "record_format": "MP4",
+                "storage": {"endpoint": "https://obs.example.com", "region": "r",
+                "bucket": "recs", "access_key_id": "AK", "secret_access_key": "SK"}}"#,
+            &rec,
+        );
+        let storage = source.spec.storage.clone().unwrap();
+        let facts = FileFacts {
+            relative_path: "cam.flv".into(),
+            size: 100,
+            duration: 2.0,
+            width: Some(320),
+            height: Some(240),
+            record_format: "FLV".into(),
+            stored: None,
+        };
+        let error = uploader
+            .upload(
+                &source,
+                &storage,
+                ("live", "cam"),
+                &facts,
+                OffsetDateTime::now_utc(),
+            )
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(error, UploadError::Conversion { .. }), "{error}");
+        assert!(keys(&memory).await.is_empty());
     }
 }

@@ -271,8 +271,8 @@ pub async fn start_with(settings: &Settings, tasks: Supervisor) -> anyhow::Resul
     let prober = Prober::new(&settings.ffprobe, settings.record_roots.clone());
     // Conversions for uploads live under the data dir; what a dead process left is removed.
     let uploader = herald_delivery::upload::Uploader::new(
+        prober.clone(),
         &settings.ffmpeg,
-        &settings.ffprobe,
         settings.data_dir.join("upload-tmp"),
         settings.allow_private_targets,
     );
