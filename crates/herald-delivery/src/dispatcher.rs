@@ -39,9 +39,13 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
 /// when a callback finishes the next one starts at once instead of after a round trip to
 /// the store. A waiting delivery waits for at most one round of the endpoint's callbacks
 /// (each bounded by the delivery timeout): the lease covers that wait and the send
-/// ([`DeliverySettings::longest_hold`]). A slot is given back only once its outcome is
-/// recorded, so a store that cannot write stops the sending at `max_in_flight` instead of
-/// piling outcomes up in memory.
+/// ([`DeliverySettings::longest_hold`]).
+///
+/// A delivery holds two things. Its endpoint's and its project's share ([`Slot`]) are
+/// given back when its attempt ends, so the endpoint's next callbacks are claimed while
+/// the outcome waits for the next commit. Its place in the worker's `total`
+/// ([`InFlight`]) is given back only once its outcome is recorded, so a store that cannot
+/// write stops the sending at `max_in_flight` instead of piling outcomes up in memory.
 #[derive(Default)]
 struct Held {
     by_endpoint: HashMap<String, (u32, Arc<Semaphore>)>,
@@ -49,11 +53,16 @@ struct Held {
     /// ([`DeliverySettings::per_project_in_flight`]).
     by_project: HashMap<String, u32>,
     total: u32,
-    /// The last claim was held back by room (an endpoint, or the worker, at what a claim
-    /// takes): the slot given back that makes `released` reach this wakes the worker.
+    /// The last claim was held back by an endpoint's or a project's share: the slot given
+    /// back that makes `released` reach this wakes the worker.
     wake_at: Option<u64>,
     /// Slots given back so far: a claim counts the room made since it began from it.
     released: u64,
+    /// The last claim found the worker's `total` at `max_in_flight`: the outcome recorded
+    /// that makes `recorded` reach this wakes the worker.
+    wake_at_recorded: Option<u64>,
+    /// Outcomes recorded so far (places in `total` given back).
+    recorded: u64,
 }
 
 /// How many slots given back a claim held back by room waits for: half of what a claim
@@ -79,8 +88,9 @@ impl Held {
         permits.clone()
     }
 
-    /// Gives a slot back. Returns whether the worker should look at the queue again: the
-    /// last claim was held back for want of room, and enough has been made since.
+    /// Gives a delivery's endpoint and project share back. Returns whether the worker
+    /// should look at the queue again: the last claim was held back for want of room, and
+    /// enough has been made since.
     fn remove(&mut self, endpoint: &str, project: &str) -> bool {
         if let Some((n, _)) = self.by_endpoint.get_mut(endpoint) {
             *n -= 1;
@@ -94,11 +104,23 @@ impl Held {
                 self.by_project.remove(project);
             }
         }
-        self.total = self.total.saturating_sub(1);
         self.released += 1;
         let made = self.wake_at.is_some_and(|at| self.released >= at);
         if made {
             self.wake_at = None;
+        }
+        made
+    }
+
+    /// Gives a delivery's place in `total` back, its outcome recorded. Returns whether the
+    /// worker should look at the queue again: the last claim found no room in `total`,
+    /// and enough has been made since.
+    fn remove_in_flight(&mut self) -> bool {
+        self.total = self.total.saturating_sub(1);
+        self.recorded += 1;
+        let made = self.wake_at_recorded.is_some_and(|at| self.recorded >= at);
+        if made {
+            self.wake_at_recorded = None;
         }
         made
     }
@@ -117,6 +139,18 @@ impl Held {
         }
     }
 
+    /// As [`Self::want_room`], for room in `total`, made as outcomes are recorded.
+    fn want_recorded(&mut self, since: u64, room: u64) -> bool {
+        let at = since.saturating_add(room);
+        if self.recorded >= at {
+            self.wake_at_recorded = None;
+            true
+        } else {
+            self.wake_at_recorded = Some(at);
+            false
+        }
+    }
+
     fn counts(&self) -> HashMap<String, u32> {
         self.by_endpoint
             .iter()
@@ -130,12 +164,12 @@ impl Held {
     }
 }
 
-/// A claimed delivery's place in [`Held`], given back once its outcome is recorded, or when
-/// its attempt's task ends without one, a panic included: a slot can never leak. If the last claim was held back for
-/// want of room and this slot makes enough of it ([`room_worth_a_claim`]), the worker
-/// looks at the queue again; otherwise there is nothing a look would find that the
-/// commits' own wake-ups do not announce (the next delivery of its stream comes due when
-/// the outcome is recorded, which wakes the worker).
+/// A claimed delivery's endpoint and project share in [`Held`], given back when its attempt
+/// ends, or when its attempt's task ends without one, a panic included: a slot can never
+/// leak. If the last claim was held back for want of room and this slot makes enough of it
+/// ([`room_worth_a_claim`]), the worker looks at the queue again; otherwise there is
+/// nothing a look would find that the commits' own wake-ups do not announce (the next
+/// delivery of its stream comes due when the outcome is recorded, which wakes the worker).
 struct Slot {
     held: Arc<Mutex<Held>>,
     endpoint: String,
@@ -147,6 +181,24 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let room_made = guard.remove(&self.endpoint, &self.project);
+        drop(guard);
+        if room_made {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// A claimed delivery's place in the worker's `total`: it travels with the outcome and is
+/// given back once the outcome is recorded (or when dropped unrecorded, a panic included).
+struct InFlight {
+    held: Arc<Mutex<Held>>,
+    wake: Arc<Notify>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let room_made = guard.remove_in_flight();
         metrics::gauge!("herald_deliveries_in_flight").set(f64::from(guard.total));
         drop(guard);
         if room_made {
@@ -223,8 +275,8 @@ impl Dispatcher {
         grace: Duration,
     ) -> Result<(), WorkerStopped> {
         let tracker = TaskTracker::new();
-        // Each outcome carries its slot, and there are `max_in_flight` slots: the channel
-        // never holds more, so a send never waits.
+        // Each outcome carries its place in flight, and there are `max_in_flight` of them:
+        // the channel never holds more, so a send never waits.
         let (done_tx, done_rx) = mpsc::channel(
             usize::try_from(self.settings.max_in_flight)
                 .unwrap_or(BATCH)
@@ -341,10 +393,10 @@ impl Dispatcher {
             let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
             let room = self.settings.max_in_flight.saturating_sub(guard.total);
             if room == 0 {
-                // Counted from now, no room has come back yet: the slot that makes
-                // `worth` of it wakes the worker.
-                let since = guard.released;
-                guard.want_room(since, worth);
+                // Counted from now, no room has come back yet: the outcome recorded that
+                // makes `worth` of it wakes the worker.
+                let since = guard.recorded;
+                guard.want_recorded(since, worth);
                 return Ok((Vec::new(), 1));
             }
             (
@@ -414,7 +466,7 @@ impl Dispatcher {
         tracker: &TaskTracker,
         delivery: ClaimedDelivery,
         permits: Arc<Semaphore>,
-        done: mpsc::Sender<(Completion, Slot)>,
+        done: mpsc::Sender<(Completion, InFlight)>,
     ) {
         let span = tracing::debug_span!(
             "delivery", delivery_id = delivery.id, event_id = %delivery.event_id,
@@ -432,6 +484,10 @@ impl Dispatcher {
             project: delivery.project_id.to_string(),
             wake: self.wake.clone(),
         };
+        let in_flight = InFlight {
+            held: self.held.clone(),
+            wake: self.wake.clone(),
+        };
         tracker.spawn(
             async move {
                 // The semaphore is never closed, so acquiring only waits for a permit.
@@ -442,10 +498,12 @@ impl Dispatcher {
                 drop(sending);
                 drop(permit);
                 concurrency.learn(&delivery.endpoint, sent_at, completion.record.status_code);
-                // The slot goes with the outcome and is given back once it is recorded.
-                // The recorder outlives every attempt task, so the receiver is still there,
-                // and the channel has room for every slot.
-                let _ = done.send((completion, slot)).await;
+                // The endpoint's next callbacks may be claimed while this outcome waits for
+                // its commit; its place in flight goes with it and is given back once it is
+                // recorded. The recorder outlives every attempt task, so the receiver is
+                // still there, and the channel has room for every place.
+                drop(slot);
+                let _ = done.send((completion, in_flight)).await;
             }
             .instrument(span),
         );
@@ -506,18 +564,18 @@ impl Dispatcher {
 /// then learns when to look next); otherwise there is nothing new for a claim to find.
 async fn record_outcomes(
     store: Arc<dyn Store>,
-    mut done: mpsc::Receiver<(Completion, Slot)>,
+    mut done: mpsc::Receiver<(Completion, InFlight)>,
     wake: Arc<Notify>,
     retry_scheduled: Arc<AtomicBool>,
 ) {
     let mut received = Vec::with_capacity(BATCH);
     let mut batch = Vec::with_capacity(BATCH);
     while done.recv_many(&mut received, BATCH).await > 0 {
-        let (completions, slots): (Vec<_>, Vec<_>) = received.drain(..).unzip();
+        let (completions, places): (Vec<_>, Vec<_>) = received.drain(..).unzip();
         batch.extend(completions);
         let made_due = record_batch(store.as_ref(), &batch).await;
         // Recorded: the room is free for the next claim.
-        drop(slots);
+        drop(places);
         let mut retrying = false;
         for c in &batch {
             let outcome = match c.next {
@@ -587,7 +645,7 @@ pub(crate) async fn record_batch(
 
 /// Records one outcome. A store that fails to write (a pool timeout, a busy database, a
 /// dropped connection, a full disk) is tried again with back-off, with the real outcome,
-/// for as long as it takes: the delivery's slot is held meanwhile, so a store that cannot
+/// for as long as it takes: the delivery's place in flight is held meanwhile, so a store that cannot
 /// write stops the sending instead of filling memory (and if the lease expires first, the
 /// rescuer re-queues the delivery; nothing is lost either way). Only when the store refuses
 /// the outcome's data ([`StoreError::is_about_the_data`]: a poison pill, which would fail
@@ -994,16 +1052,21 @@ mod tests {
         }
     }
 
-    /// Holds one delivery of `endpoint` and returns its slot.
-    fn one_slot(held: &Arc<Mutex<Held>>, wake: &Arc<Notify>) -> Slot {
+    /// Holds one delivery of an endpoint and returns its slot and its place in flight.
+    fn one_delivery(held: &Arc<Mutex<Held>>, wake: &Arc<Notify>) -> (Slot, InFlight) {
         let endpoint = "p1 cb.example.com";
         held.lock().unwrap().add(endpoint, "p1", 2);
-        Slot {
+        let slot = Slot {
             held: held.clone(),
             endpoint: endpoint.into(),
             project: "p1".into(),
             wake: wake.clone(),
-        }
+        };
+        let in_flight = InFlight {
+            held: held.clone(),
+            wake: wake.clone(),
+        };
+        (slot, in_flight)
     }
 
     /// Whether the worker has been woken (a stored wake-up completes at the first poll).
@@ -1017,10 +1080,10 @@ mod tests {
     async fn a_panicking_attempt_gives_its_slot_back_and_wakes_the_worker() {
         let held = Arc::new(Mutex::new(Held::default()));
         let wake = Arc::new(Notify::new());
-        let slot = one_slot(&held, &wake);
+        let delivery = one_delivery(&held, &wake);
         assert!(!held.lock().unwrap().want_room(0, 1));
         let task = tokio::spawn(async move {
-            let _slot = slot;
+            let _delivery = delivery;
             panic!("an attempt panicked");
         });
         assert!(task.await.unwrap_err().is_panic());
@@ -1038,12 +1101,13 @@ mod tests {
     async fn a_slot_wakes_the_worker_only_when_a_claim_waited_for_room() {
         let held = Arc::new(Mutex::new(Held::default()));
         let wake = Arc::new(Notify::new());
-        drop(one_slot(&held, &wake));
+        drop(one_delivery(&held, &wake));
         assert!(
             !woken(&wake).await,
             "woken although no claim waited for room"
         );
-        let slots: Vec<Slot> = (0..3).map(|_| one_slot(&held, &wake)).collect();
+        let (slots, places): (Vec<Slot>, Vec<InFlight>) =
+            (0..3).map(|_| one_delivery(&held, &wake)).unzip();
         let since = held.lock().unwrap().released;
         assert!(!held.lock().unwrap().want_room(since, 2));
         let mut slots = slots.into_iter();
@@ -1052,6 +1116,36 @@ mod tests {
         drop(slots.next());
         assert!(woken(&wake).await, "not woken when the room was made");
         drop(slots.next());
+        assert!(!woken(&wake).await, "woken twice for one claim");
+        assert_eq!(
+            held.lock().unwrap().total,
+            3,
+            "their outcomes are not recorded"
+        );
+        drop(places);
+        assert_eq!(held.lock().unwrap().total, 0);
+    }
+
+    /// A claim that found the worker's `total` full waits for outcomes to be recorded, not
+    /// for attempts to end: a store that cannot write keeps the worker from sending more.
+    #[tokio::test]
+    async fn a_full_worker_is_woken_by_recorded_outcomes_only() {
+        let held = Arc::new(Mutex::new(Held::default()));
+        let wake = Arc::new(Notify::new());
+        let (slots, places): (Vec<Slot>, Vec<InFlight>) =
+            (0..2).map(|_| one_delivery(&held, &wake)).unzip();
+        let since = held.lock().unwrap().recorded;
+        assert!(!held.lock().unwrap().want_recorded(since, 1));
+        drop(slots);
+        assert!(
+            !woken(&wake).await,
+            "woken by attempts that ended unrecorded"
+        );
+        assert_eq!(held.lock().unwrap().total, 2);
+        let mut places = places.into_iter();
+        drop(places.next());
+        assert!(woken(&wake).await, "not woken when an outcome was recorded");
+        drop(places.next());
         assert!(!woken(&wake).await, "woken twice for one claim");
         assert_eq!(held.lock().unwrap().total, 0);
     }
