@@ -732,9 +732,9 @@ def cmd_ingest(a):
         save_metrics(h, a.out_dir, tag)
     finally:
         h.stop()
-    print(ingest_line("ingest", res) + f", {res.get('bytes_written_per_callback')} bytes written",
+    print(ingest_line(a.name, res) + f", {res.get('bytes_written_per_callback')} bytes written",
           flush=True)
-    save(a.out_dir, "ingest", res)
+    save(a.out_dir, a.name, res)
     return 0 if res["arrived"] >= res["accepted"] else 1
 
 
@@ -1356,6 +1356,15 @@ def cmd_report(a):
                      f"{ing['ingest_p99']}), {ing['delivered_per_s_in_window']:,.0f} delivered/s meanwhile, "
                      f"the rest within {ing['drain_after_s']} s" + per_callback(ing),
                      ">= 20,000/s, delivered within 10%", verdict(ok)))
+    one = load(a.out_dir, "ingest-one-stream")
+    if one:
+        lag = one["drain_after_s"]
+        rows.append((f"e1. single-event ingest, every event on one stream: wrk -c{one['connections']} "
+                     f"for {one['duration_s']:g} s",
+                     f"{one['accepted_per_s']:,.0f} accepted/s, {one['delivered_per_s_in_window']:,.0f} "
+                     f"delivered/s meanwhile (in order, one at a time), the rest within {lag} s"
+                     + per_callback(one),
+                     "- (a stream's rate: bounded by the receiver, issue 29)", "-"))
     ceil = load(a.out_dir, "ceiling")
     if ceil:
         snd, rel = ceil["send"], ceil["relay"]
@@ -1410,7 +1419,7 @@ def cmd_report(a):
     table = "\n".join(lines)
     notes = []
     for name, d in (("e2e", e2e), ("e2e-pg1", pg1), ("e2e-pg2", pg2), ("latency", lat),
-                    ("latency-5000", load(a.out_dir, "latency-5000")), ("ingest", ing), ("memory", mem),
+                    ("latency-5000", load(a.out_dir, "latency-5000")), ("ingest", ing), ("ingest-one-stream", load(a.out_dir, "ingest-one-stream")), ("memory", mem),
                     ("idle", idle), ("retention", ret)):
         for r in (d["runs"] if d and "runs" in d else [d] if d else []):
             if r.get("ingest_error_count"):
@@ -1469,6 +1478,7 @@ def main():
     ig.add_argument("--duration", type=float, default=10)
     ig.add_argument("--streams", type=int, default=1000)
     ig.add_argument("--stall", type=float, default=30)
+    ig.add_argument("--name", default="ingest", help="name of the result (OUT_DIR/NAME.json)")
     ce = sub.add_parser("ceiling")
     ce.add_argument("--ceiling", default="target/release/examples/ceiling")
     ce.add_argument("--events", type=int, default=300000, help="callbacks per send run")
