@@ -53,16 +53,47 @@ struct Held {
     /// ([`DeliverySettings::per_project_in_flight`]).
     by_project: HashMap<String, u32>,
     total: u32,
-    /// The last claim was held back by an endpoint's or a project's share: the slot given
-    /// back that makes `released` reach this wakes the worker.
+    /// Slots given back (endpoint and project shares), and what a claim held back by a
+    /// share waits for.
+    released: Returns,
+    /// Outcomes recorded (places in `total` given back), and what a claim that found
+    /// `total` at `max_in_flight` waits for.
+    recorded: Returns,
+}
+
+/// Room given back so far, counted, and the count at which a claim held back for want of
+/// that room is to look again.
+#[derive(Default)]
+struct Returns {
+    count: u64,
     wake_at: Option<u64>,
-    /// Slots given back so far: a claim counts the room made since it began from it.
-    released: u64,
-    /// The last claim found the worker's `total` at `max_in_flight`: the outcome recorded
-    /// that makes `recorded` reach this wakes the worker.
-    wake_at_recorded: Option<u64>,
-    /// Outcomes recorded so far (places in `total` given back).
-    recorded: u64,
+}
+
+impl Returns {
+    /// One more given back. Returns whether the worker should look at the queue again: the
+    /// last claim was held back for want of this room, and enough has been made since.
+    fn give_back(&mut self) -> bool {
+        self.count += 1;
+        let made = self.wake_at.is_some_and(|at| self.count >= at);
+        if made {
+            self.wake_at = None;
+        }
+        made
+    }
+
+    /// Records that a claim begun when the count was `since` was held back for want of
+    /// this room: returns true when `room` came back since (the caller wakes the worker),
+    /// else the [`Self::give_back`] that makes it `room` will wake it.
+    fn want(&mut self, since: u64, room: u64) -> bool {
+        let at = since.saturating_add(room);
+        if self.count >= at {
+            self.wake_at = None;
+            true
+        } else {
+            self.wake_at = Some(at);
+            false
+        }
+    }
 }
 
 /// How many slots given back a claim held back by room waits for: half of what a claim
@@ -104,12 +135,7 @@ impl Held {
                 self.by_project.remove(project);
             }
         }
-        self.released += 1;
-        let made = self.wake_at.is_some_and(|at| self.released >= at);
-        if made {
-            self.wake_at = None;
-        }
-        made
+        self.released.give_back()
     }
 
     /// Gives a delivery's place in `total` back, its outcome recorded. Returns whether the
@@ -117,38 +143,7 @@ impl Held {
     /// and enough has been made since.
     fn remove_in_flight(&mut self) -> bool {
         self.total = self.total.saturating_sub(1);
-        self.recorded += 1;
-        let made = self.wake_at_recorded.is_some_and(|at| self.recorded >= at);
-        if made {
-            self.wake_at_recorded = None;
-        }
-        made
-    }
-
-    /// Records that a claim begun when `released` was `since` was held back by room:
-    /// returns true when `room` slots came back since (the caller wakes the worker),
-    /// else the slot that makes them `room` will wake it.
-    fn want_room(&mut self, since: u64, room: u64) -> bool {
-        let at = since.saturating_add(room);
-        if self.released >= at {
-            self.wake_at = None;
-            true
-        } else {
-            self.wake_at = Some(at);
-            false
-        }
-    }
-
-    /// As [`Self::want_room`], for room in `total`, made as outcomes are recorded.
-    fn want_recorded(&mut self, since: u64, room: u64) -> bool {
-        let at = since.saturating_add(room);
-        if self.recorded >= at {
-            self.wake_at_recorded = None;
-            true
-        } else {
-            self.wake_at_recorded = Some(at);
-            false
-        }
+        self.recorded.give_back()
     }
 
     fn counts(&self) -> HashMap<String, u32> {
@@ -395,15 +390,15 @@ impl Dispatcher {
             if room == 0 {
                 // Counted from now, no room has come back yet: the outcome recorded that
                 // makes `worth` of it wakes the worker.
-                let since = guard.recorded;
-                guard.want_recorded(since, worth);
+                let since = guard.recorded.count;
+                guard.recorded.want(since, worth);
                 return Ok((Vec::new(), 1));
             }
             (
                 usize::try_from(room).unwrap_or(0).min(BATCH),
                 guard.counts(),
                 guard.by_project.clone(),
-                guard.released,
+                guard.released.count,
             )
         };
         let now = OffsetDateTime::now_utc();
@@ -443,7 +438,7 @@ impl Dispatcher {
             endpoints.values().any(|n| *n >= endpoint_cap) || after.project_full(per_project);
         let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         // Slots given back while the claim ran woke no one: they count towards the room.
-        if held_back && guard.want_room(released, worth) {
+        if held_back && guard.released.want(released, worth) {
             self.wake.notify_one();
         }
         let claimed = claimed
@@ -1081,7 +1076,7 @@ mod tests {
         let held = Arc::new(Mutex::new(Held::default()));
         let wake = Arc::new(Notify::new());
         let delivery = one_delivery(&held, &wake);
-        assert!(!held.lock().unwrap().want_room(0, 1));
+        assert!(!held.lock().unwrap().released.want(0, 1));
         let task = tokio::spawn(async move {
             let _delivery = delivery;
             panic!("an attempt panicked");
@@ -1089,7 +1084,7 @@ mod tests {
         assert!(task.await.unwrap_err().is_panic());
         let left = {
             let guard = held.lock().unwrap();
-            (guard.total, guard.by_endpoint.len(), guard.released)
+            (guard.total, guard.by_endpoint.len(), guard.released.count)
         };
         assert_eq!(left, (0, 0, 1));
         assert!(woken(&wake).await, "the worker was not woken");
@@ -1108,8 +1103,8 @@ mod tests {
         );
         let (slots, places): (Vec<Slot>, Vec<InFlight>) =
             (0..3).map(|_| one_delivery(&held, &wake)).unzip();
-        let since = held.lock().unwrap().released;
-        assert!(!held.lock().unwrap().want_room(since, 2));
+        let since = held.lock().unwrap().released.count;
+        assert!(!held.lock().unwrap().released.want(since, 2));
         let mut slots = slots.into_iter();
         drop(slots.next());
         assert!(!woken(&wake).await, "woken before the room was made");
@@ -1134,8 +1129,8 @@ mod tests {
         let wake = Arc::new(Notify::new());
         let (slots, places): (Vec<Slot>, Vec<InFlight>) =
             (0..2).map(|_| one_delivery(&held, &wake)).unzip();
-        let since = held.lock().unwrap().recorded;
-        assert!(!held.lock().unwrap().want_recorded(since, 1));
+        let since = held.lock().unwrap().recorded.count;
+        assert!(!held.lock().unwrap().recorded.want(since, 1));
         drop(slots);
         assert!(
             !woken(&wake).await,
@@ -1158,10 +1153,10 @@ mod tests {
         for _ in 0..3 {
             held.add("p1 cb.example.com", "p1", 2);
         }
-        let since = held.released;
+        let since = held.released.count;
         assert!(!held.remove("p1 cb.example.com", "p1"));
         assert!(!held.remove("p1 cb.example.com", "p1"));
-        assert!(held.want_room(since, 2));
+        assert!(held.released.want(since, 2));
         assert!(!held.remove("p1 cb.example.com", "p1"));
     }
 
