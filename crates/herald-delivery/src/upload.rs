@@ -691,7 +691,6 @@ mod tests {
                 "path_style": true}}"#,
             dir.path(),
         );
-        let storage = source.spec.storage.clone().unwrap();
         let facts = FileFacts {
             relative_path: "a.flv".into(),
             size: 1,
@@ -701,17 +700,7 @@ mod tests {
             record_format: "FLV".into(),
             stored: None,
         };
-        let error = uploader
-            .upload(
-                &source,
-                &storage,
-                ("live", "a"),
-                &facts,
-                OffsetDateTime::now_utc(),
-            )
-            .await
-            .err()
-            .unwrap();
+        let error = upload_error(&uploader, &source, ("live", "a"), &facts).await;
         assert!(matches!(error, UploadError::Refused { .. }), "{error}");
         assert!(
             error
@@ -857,13 +846,7 @@ mod tests {
             .map(|n| format!("1583676625_1583676628_{n}.ts"))
             .collect();
         assert_eq!(listed, named, "{playlist}");
-        let mut keys: Vec<String> = memory
-            .list(None)
-            .map_ok(|meta| meta.location.to_string())
-            .try_collect()
-            .await
-            .unwrap();
-        keys.sort();
+        let keys = keys(&memory).await;
         let mut expected: Vec<String> = named.iter().map(|n| format!("{folder}/{n}")).collect();
         expected.push(stored.object.key.clone());
         expected.sort();
@@ -913,18 +896,8 @@ mod tests {
             ),
             dir.path(),
         );
-        let storage = source.spec.storage.clone().unwrap();
-        let error = uploader
-            .upload(
-                &source,
-                &storage,
-                ("live", "cam"),
-                &flv_facts(&local, 2.0),
-                OffsetDateTime::now_utc(),
-            )
-            .await
-            .err()
-            .unwrap();
+        let error =
+            upload_error(&uploader, &source, ("live", "cam"), &flv_facts(&local, 2.0)).await;
         assert!(matches!(error, UploadError::Unavailable { .. }), "{error}");
         let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
         assert!(
@@ -998,6 +971,21 @@ mod tests {
         assert!(tmp.is_empty(), "the conversion's output is removed");
     }
 
+    /// The error of an upload expected to fail.
+    async fn upload_error(
+        uploader: &Uploader,
+        source: &RecordingSource,
+        stream: (&str, &str),
+        facts: &FileFacts,
+    ) -> UploadError {
+        let storage = source.spec.storage.clone().unwrap();
+        uploader
+            .upload(source, &storage, stream, facts, OffsetDateTime::now_utc())
+            .await
+            .err()
+            .unwrap()
+    }
+
     /// The object store's keys, sorted.
     async fn keys(memory: &InMemory) -> Vec<String> {
         let mut keys: Vec<String> = memory
@@ -1029,7 +1017,6 @@ mod tests {
                 "bucket": "recs", "access_key_id": "AK", "secret_access_key": "SK"}}"#,
             &rec,
         );
-        let storage = source.spec.storage.clone().unwrap();
         let facts = FileFacts {
             relative_path: "cam.flv".into(),
             size: 27,
@@ -1039,17 +1026,7 @@ mod tests {
             record_format: "FLV".into(),
             stored: None,
         };
-        let error = uploader
-            .upload(
-                &source,
-                &storage,
-                ("live", "cam"),
-                &facts,
-                OffsetDateTime::now_utc(),
-            )
-            .await
-            .err()
-            .unwrap();
+        let error = upload_error(&uploader, &source, ("live", "cam"), &facts).await;
         assert!(matches!(error, UploadError::Refused { .. }), "{error}");
         assert!(
             error
@@ -1097,7 +1074,6 @@ mod tests {
                 "bucket": "recs", "access_key_id": "AK", "secret_access_key": "SK"}}"#,
             &rec,
         );
-        let storage = source.spec.storage.clone().unwrap();
         let facts = FileFacts {
             relative_path: "cam.flv".into(),
             size: 100,
@@ -1107,17 +1083,7 @@ mod tests {
             record_format: "FLV".into(),
             stored: None,
         };
-        let error = uploader
-            .upload(
-                &source,
-                &storage,
-                ("live", "cam"),
-                &facts,
-                OffsetDateTime::now_utc(),
-            )
-            .await
-            .err()
-            .unwrap();
+        let error = upload_error(&uploader, &source, ("live", "cam"), &facts).await;
         assert!(matches!(error, UploadError::Conversion { .. }), "{error}");
         assert!(keys(&memory).await.is_empty());
     }
