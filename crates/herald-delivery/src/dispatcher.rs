@@ -28,6 +28,10 @@ use crate::concurrency::EndpointConcurrency;
 
 /// Most deliveries leased by one claim, and most outcomes recorded by one write.
 const BATCH: usize = 512;
+/// Most followers ([`ClaimedDelivery::followers`]) leased behind one due delivery: enough
+/// that one busy stream sends dozens of callbacks per claim, few enough that a claim reads
+/// a bounded number of rows.
+const FOLLOWERS: usize = 64;
 /// How often leases are checked and queue metrics refreshed.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
 
@@ -48,7 +52,7 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
 /// write stops the sending at `max_in_flight` instead of piling outcomes up in memory.
 #[derive(Default)]
 struct Held {
-    by_endpoint: HashMap<String, (u32, Arc<Semaphore>)>,
+    by_endpoint: HashMap<String, EndpointHeld>,
     /// Held by project: a project's share of the worker is bounded
     /// ([`DeliverySettings::per_project_in_flight`]).
     by_project: HashMap<String, u32>,
@@ -59,6 +63,19 @@ struct Held {
     /// Outcomes recorded (places in `total` given back), and what a claim that found
     /// `total` at `max_in_flight` waits for.
     recorded: Returns,
+}
+
+/// What the worker holds for one endpoint.
+struct EndpointHeld {
+    /// Claimed as due deliveries: what the endpoint's room in a claim counts.
+    claimed: u32,
+    /// Followers ([`ClaimedDelivery::followers`]) waiting for or in their send. They take
+    /// no room of their endpoint's (a stream sends one at a time), but they keep its
+    /// permits alive: a claim meanwhile must not start the endpoint afresh with permits
+    /// of its own.
+    following: u32,
+    /// The endpoint's sending permits.
+    permits: Arc<Semaphore>,
 }
 
 /// Room given back so far, counted, and the count at which a claim held back for want of
@@ -107,25 +124,45 @@ fn room_worth_a_claim(endpoint_cap: u32, max_in_flight: u32) -> u64 {
 }
 
 impl Held {
-    /// Counts a claimed delivery and returns its endpoint's sending permits.
-    fn add(&mut self, endpoint: &str, project: &str, per_endpoint: u32) -> Arc<Semaphore> {
-        let (n, permits) = self
+    /// Counts a claimed delivery (a follower when `following`) and returns its endpoint's
+    /// sending permits.
+    fn add(
+        &mut self,
+        endpoint: &str,
+        project: &str,
+        per_endpoint: u32,
+        following: bool,
+    ) -> Arc<Semaphore> {
+        let held = self
             .by_endpoint
             .entry(endpoint.to_owned())
-            .or_insert_with(|| (0, Arc::new(Semaphore::new(per_endpoint as usize))));
-        *n += 1;
+            .or_insert_with(|| EndpointHeld {
+                claimed: 0,
+                following: 0,
+                permits: Arc::new(Semaphore::new(per_endpoint as usize)),
+            });
+        if following {
+            held.following += 1;
+        } else {
+            held.claimed += 1;
+        }
         *self.by_project.entry(project.to_owned()).or_default() += 1;
         self.total += 1;
-        permits.clone()
+        held.permits.clone()
     }
 
     /// Gives a delivery's endpoint and project share back. Returns whether the worker
     /// should look at the queue again: the last claim was held back for want of room, and
     /// enough has been made since.
-    fn remove(&mut self, endpoint: &str, project: &str) -> bool {
-        if let Some((n, _)) = self.by_endpoint.get_mut(endpoint) {
-            *n -= 1;
-            if *n == 0 {
+    fn remove(&mut self, endpoint: &str, project: &str, following: bool) -> bool {
+        if let Some(held) = self.by_endpoint.get_mut(endpoint) {
+            let n = if following {
+                &mut held.following
+            } else {
+                &mut held.claimed
+            };
+            *n = n.saturating_sub(1);
+            if held.claimed == 0 && held.following == 0 {
                 self.by_endpoint.remove(endpoint);
             }
         }
@@ -146,10 +183,11 @@ impl Held {
         self.recorded.give_back()
     }
 
+    /// What each endpoint holds of its room in a claim (followers take none).
     fn counts(&self) -> HashMap<String, u32> {
-        self.by_endpoint
-            .iter()
-            .map(|(e, (n, _))| (e.clone(), *n))
+        (self.by_endpoint.iter())
+            .filter(|(_, held)| held.claimed > 0)
+            .map(|(e, held)| (e.clone(), held.claimed))
             .collect()
     }
 
@@ -169,13 +207,15 @@ struct Slot {
     held: Arc<Mutex<Held>>,
     endpoint: String,
     project: String,
+    /// A follower's: no room of its endpoint's ([`EndpointHeld::following`]).
+    following: bool,
     wake: Arc<Notify>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut guard = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let room_made = guard.remove(&self.endpoint, &self.project);
+        let room_made = guard.remove(&self.endpoint, &self.project, self.following);
         drop(guard);
         if room_made {
             self.wake.notify_one();
@@ -199,6 +239,35 @@ impl Drop for InFlight {
         if room_made {
             self.wake.notify_one();
         }
+    }
+}
+
+/// A claimed delivery, its share ([`Slot`]) and its place in flight ([`InFlight`]).
+type Link = (ClaimedDelivery, Slot, InFlight);
+
+/// An outcome on its way to the recorder, with its place in flight.
+type Outcome = (Completion, InFlight);
+
+/// A due delivery and its followers, sent in order by one task ([`Dispatcher::spawn_chain`]).
+struct Chain {
+    links: Vec<Link>,
+    /// The endpoint's sending permits.
+    permits: Arc<Semaphore>,
+    /// When the hold the chain's leases cover ends ([`DeliverySettings::longest_hold`]).
+    deadline: std::time::Instant,
+}
+
+/// Hands a chain's unsent followers back: their shares at once, their places with their
+/// outcome (their leases end when it is recorded).
+async fn hand_back(links: impl Iterator<Item = Link>, owner: &str, done: &mpsc::Sender<Outcome>) {
+    for (delivery, slot, in_flight) in links {
+        drop(slot);
+        let _ = done
+            .send((
+                Completion::not_sent(&delivery, owner, OffsetDateTime::now_utc()),
+                in_flight,
+            ))
+            .await;
     }
 }
 
@@ -319,9 +388,9 @@ impl Dispatcher {
                     (Vec::new(), 1)
                 }
             };
-            let drained = claimed.len() < wanted;
-            for (delivery, permits) in claimed {
-                self.spawn_attempt(&tracker, delivery, permits, done_tx.clone());
+            let drained = claimed.iter().map(|c| c.links.len()).sum::<usize>() < wanted;
+            for chain in claimed {
+                self.spawn_chain(&tracker, chain, done_tx.clone());
             }
             if drained {
                 // A short claim means that nothing else is due, or that what is due
@@ -365,11 +434,10 @@ impl Dispatcher {
         }
     }
 
-    /// Leases as many due deliveries as there is room for. Returns them and how many
-    /// were asked for: fewer back means the queue has nothing more due right now.
-    async fn claim(
-        &self,
-    ) -> Result<(Vec<(ClaimedDelivery, Arc<Semaphore>)>, usize), herald_store::StoreError> {
+    /// Leases as many due deliveries (followers included) as there is room for. Returns
+    /// them and how many were asked for: fewer back means the queue has nothing more due
+    /// right now.
+    async fn claim(&self) -> Result<(Vec<Chain>, usize), herald_store::StoreError> {
         let endpoint_cap = self.settings.endpoint_claim();
         // A cut endpoint is claimed for up to its concurrency now (one round): counted as
         // holding the rest of a full claim, it has just that much room.
@@ -406,6 +474,11 @@ impl Dispatcher {
             owner: self.owner.to_string(),
             expires_at: now + self.settings.lease(),
         };
+        // A follower is sent only if its send ends within the hold its lease covers.
+        let started = std::time::Instant::now();
+        let deadline = (self.settings.longest_hold())
+            .and_then(|hold| started.checked_add(hold))
+            .unwrap_or(started);
         let per_project = self.settings.per_project_in_flight;
         let mut held = held;
         for (endpoint, limit) in cut {
@@ -417,6 +490,7 @@ impl Dispatcher {
             in_flight: &held,
             per_project,
             project_in_flight: &by_project,
+            followers: FOLLOWERS,
         };
         let claimed = self.store.claim_due_deliveries(now, limits, &lease).await?;
         // Held back by room: an endpoint at what a claim gives it, or a project at its
@@ -429,10 +503,12 @@ impl Dispatcher {
         let mut endpoints = held;
         for d in &claimed {
             *endpoints.entry(d.endpoint.clone()).or_default() += 1;
-            *after
-                .by_project
-                .entry(d.project_id.to_string())
-                .or_default() += 1;
+            for link in std::iter::once(d).chain(&d.followers) {
+                *after
+                    .by_project
+                    .entry(link.project_id.to_string())
+                    .or_default() += 1;
+            }
         }
         let held_back =
             endpoints.values().any(|n| *n >= endpoint_cap) || after.project_full(per_project);
@@ -441,67 +517,113 @@ impl Dispatcher {
         if held_back && guard.released.want(released, worth) {
             self.wake.notify_one();
         }
-        let claimed = claimed
+        let per_endpoint = self.settings.per_endpoint_in_flight;
+        let chains = claimed
             .into_iter()
-            .map(|d| {
+            .map(|mut head| {
+                let followers = std::mem::take(&mut head.followers);
                 let permits = guard.add(
-                    &d.endpoint,
-                    d.project_id.as_str(),
-                    self.settings.per_endpoint_in_flight,
+                    &head.endpoint,
+                    head.project_id.as_str(),
+                    per_endpoint,
+                    false,
                 );
-                (d, permits)
+                let mut links = vec![self.link(head, false)];
+                for follower in followers {
+                    guard.add(
+                        &follower.endpoint,
+                        follower.project_id.as_str(),
+                        per_endpoint,
+                        true,
+                    );
+                    links.push(self.link(follower, true));
+                }
+                Chain {
+                    links,
+                    permits,
+                    deadline,
+                }
             })
             .collect();
         metrics::gauge!("herald_deliveries_in_flight").set(f64::from(guard.total));
-        Ok((claimed, room))
+        Ok((chains, room))
     }
 
-    fn spawn_attempt(
-        &self,
-        tracker: &TaskTracker,
-        delivery: ClaimedDelivery,
-        permits: Arc<Semaphore>,
-        done: mpsc::Sender<(Completion, InFlight)>,
-    ) {
-        let span = tracing::debug_span!(
-            "delivery", delivery_id = delivery.id, event_id = %delivery.event_id,
-            config_id = %delivery.config_id, attempt = delivery.attempt
-        );
-        let (sender, settings, owner, concurrency) = (
-            self.sender.clone(),
-            self.settings.clone(),
-            self.owner.clone(),
-            self.concurrency.clone(),
-        );
+    /// A claimed delivery with its share and its place, counted in [`Held`] by the caller.
+    fn link(&self, delivery: ClaimedDelivery, following: bool) -> Link {
         let slot = Slot {
             held: self.held.clone(),
             endpoint: delivery.endpoint.clone(),
             project: delivery.project_id.to_string(),
+            following,
             wake: self.wake.clone(),
         };
         let in_flight = InFlight {
             held: self.held.clone(),
             wake: self.wake.clone(),
         };
-        tracker.spawn(
-            async move {
+        (delivery, slot, in_flight)
+    }
+
+    /// Sends a chain's deliveries one after the other: the due one, then each follower
+    /// once the one before it succeeded, if its lease still holds (its config was not
+    /// deleted) and its send can end within the lease's hold. What is not sent is handed
+    /// back ([`AfterAttempt::NotSent`]).
+    fn spawn_chain(&self, tracker: &TaskTracker, chain: Chain, done: mpsc::Sender<Outcome>) {
+        let (store, sender, settings, owner, concurrency) = (
+            self.store.clone(),
+            self.sender.clone(),
+            self.settings.clone(),
+            self.owner.clone(),
+            self.concurrency.clone(),
+        );
+        tracker.spawn(async move {
+            let Chain {
+                links,
+                permits,
+                deadline,
+            } = chain;
+            let mut links = links.into_iter();
+            let mut first = true;
+            while let Some((delivery, slot, in_flight)) = links.next() {
                 // The semaphore is never closed, so acquiring only waits for a permit.
                 let permit = permits.acquire().await;
+                let may_send = first
+                    || (std::time::Instant::now().checked_add(settings.timeout))
+                        .is_some_and(|end| end <= deadline)
+                        && store.follower_lease_holds(&delivery, &owner);
+                if !may_send {
+                    drop(permit);
+                    let rest = std::iter::once((delivery, slot, in_flight)).chain(links);
+                    hand_back(rest, &owner, &done).await;
+                    return;
+                }
+                first = false;
+                let span = tracing::debug_span!(
+                    "delivery", delivery_id = delivery.id, event_id = %delivery.event_id,
+                    config_id = %delivery.config_id, attempt = delivery.attempt
+                );
                 let sent_at = std::time::Instant::now();
                 let sending = concurrency.sending(&delivery.endpoint);
-                let completion = attempt(&sender, &settings, &delivery, &owner).await;
+                let completion = attempt(&sender, &settings, &delivery, &owner)
+                    .instrument(span)
+                    .await;
                 drop(sending);
                 drop(permit);
                 concurrency.learn(&delivery.endpoint, sent_at, completion.record.status_code);
+                let succeeded = completion.next == AfterAttempt::Succeeded;
                 // The endpoint's next callbacks may be claimed while this outcome waits for
                 // its commit; its place in flight goes with it and is given back once it is
                 // recorded. The recorder outlives every attempt task, so the receiver is
                 // still there, and the channel has room for every place.
                 drop(slot);
                 let _ = done.send((completion, in_flight)).await;
+                if !succeeded {
+                    hand_back(links, &owner, &done).await;
+                    return;
+                }
             }
-            .instrument(span),
-        );
+        });
     }
 
     /// How long to sleep when nothing can be claimed: until the next delivery comes due,
@@ -559,7 +681,7 @@ impl Dispatcher {
 /// then learns when to look next); otherwise there is nothing new for a claim to find.
 async fn record_outcomes(
     store: Arc<dyn Store>,
-    mut done: mpsc::Receiver<(Completion, InFlight)>,
+    mut done: mpsc::Receiver<Outcome>,
     wake: Arc<Notify>,
     retry_scheduled: Arc<AtomicBool>,
 ) {
@@ -574,6 +696,7 @@ async fn record_outcomes(
         let mut retrying = false;
         for c in &batch {
             let outcome = match c.next {
+                AfterAttempt::NotSent => continue,
                 AfterAttempt::Succeeded => "succeeded",
                 // The delivery log's name for a delivery waiting for its next attempt.
                 AfterAttempt::RetryAt(_) => {
@@ -620,9 +743,12 @@ pub(crate) async fn record_batch(
 ) -> bool {
     match store.complete(batch).await {
         Ok(recorded) => {
-            if recorded.applied < batch.len() as u64 {
+            let attempted = (batch.iter())
+                .filter(|c| c.next != AfterAttempt::NotSent)
+                .count() as u64;
+            if recorded.applied < attempted {
                 tracing::info!(
-                    stale = batch.len() as u64 - recorded.applied,
+                    stale = attempted - recorded.applied,
                     "outcomes of expired leases were discarded"
                 );
             }
@@ -917,6 +1043,7 @@ mod tests {
             in_flight: &none,
             per_project: 10,
             project_in_flight: &none,
+            followers: 0,
         };
         let mut claimed = store
             .claim_due_deliveries(now, limits, &lease)
@@ -1050,11 +1177,12 @@ mod tests {
     /// Holds one delivery of an endpoint and returns its slot and its place in flight.
     fn one_delivery(held: &Arc<Mutex<Held>>, wake: &Arc<Notify>) -> (Slot, InFlight) {
         let endpoint = "p1 cb.example.com";
-        held.lock().unwrap().add(endpoint, "p1", 2);
+        held.lock().unwrap().add(endpoint, "p1", 2, false);
         let slot = Slot {
             held: held.clone(),
             endpoint: endpoint.into(),
             project: "p1".into(),
+            following: false,
             wake: wake.clone(),
         };
         let in_flight = InFlight {
@@ -1151,13 +1279,13 @@ mod tests {
     fn room_made_during_a_claim_counts() {
         let mut held = Held::default();
         for _ in 0..3 {
-            held.add("p1 cb.example.com", "p1", 2);
+            held.add("p1 cb.example.com", "p1", 2, false);
         }
         let since = held.released.count;
-        assert!(!held.remove("p1 cb.example.com", "p1"));
-        assert!(!held.remove("p1 cb.example.com", "p1"));
+        assert!(!held.remove("p1 cb.example.com", "p1", false));
+        assert!(!held.remove("p1 cb.example.com", "p1", false));
         assert!(held.released.want(since, 2));
-        assert!(!held.remove("p1 cb.example.com", "p1"));
+        assert!(!held.remove("p1 cb.example.com", "p1", false));
     }
 
     /// The room a held-back claim waits for is never more than it leaves held, however the

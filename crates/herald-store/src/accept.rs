@@ -297,13 +297,15 @@ pub(crate) fn answers_in_order<'e>(
 }
 
 /// An attempt's outcome as the queue stores it: the state it moves the delivery to, and
-/// when the delivery is next due (for a finished one, when it finished).
-pub(crate) fn next_state(completion: &Completion) -> (DeliveryState, i64) {
+/// when the delivery is next due (for a finished one, when it finished). `None` for a
+/// follower handed back unsent, which moves nothing.
+pub(crate) fn next_state(completion: &Completion) -> Option<(DeliveryState, i64)> {
     let at_ms = unix_ms(completion.record.at);
     match completion.next {
-        AfterAttempt::Succeeded => (DeliveryState::Succeeded, at_ms),
-        AfterAttempt::RetryAt(at) => (DeliveryState::Retrying, unix_ms(at)),
-        AfterAttempt::Dead => (DeliveryState::Dead, at_ms),
+        AfterAttempt::Succeeded => Some((DeliveryState::Succeeded, at_ms)),
+        AfterAttempt::RetryAt(at) => Some((DeliveryState::Retrying, unix_ms(at))),
+        AfterAttempt::Dead => Some((DeliveryState::Dead, at_ms)),
+        AfterAttempt::NotSent => None,
     }
 }
 

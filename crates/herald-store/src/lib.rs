@@ -322,13 +322,22 @@ pub trait DeliveryQueue {
     /// the others up for longer than one claim. (A claim scans a bounded window of due
     /// deliveries; when one endpoint's backlog fills it, that claim may come back short,
     /// and the next, with that endpoint full, goes past it.) Only the head of each
-    /// (config, stream) queue is ever due, so per-stream order holds.
+    /// (config, stream) queue is ever due, so per-stream order holds; the deliveries behind
+    /// it come only as its followers ([`ClaimedDelivery::followers`]), to be sent after it.
     async fn claim_due_deliveries(
         &self,
         now: OffsetDateTime,
         limits: ClaimLimits<'_>,
         lease: &Lease,
     ) -> Result<Vec<ClaimedDelivery>, StoreError>;
+
+    /// Whether a follower ([`ClaimedDelivery::followers`]) may still be sent: its lease
+    /// holds. A follower's lease ends when its config or app is deleted (its delivery is
+    /// cancelled, as every delivery not yet sent). Answered from memory. Stores that
+    /// lease no followers (PostgreSQL) keep every lease they give.
+    fn follower_lease_holds(&self, _delivery: &ClaimedDelivery, _lease_owner: &str) -> bool {
+        true
+    }
 
     /// Records attempts and moves their deliveries on, each only if its lease still holds.
     async fn complete_deliveries(&self, completions: &[Completion])

@@ -41,6 +41,9 @@ pub struct ClaimLimits<'a> {
     pub per_project: u32,
     /// Deliveries the worker holds by project; projects not listed have none.
     pub project_in_flight: &'a HashMap<String, u32>,
+    /// Most followers ([`ClaimedDelivery::followers`]) to lease behind one due delivery;
+    /// 0 for none. A store may lease fewer (PostgreSQL leases none).
+    pub followers: usize,
 }
 
 impl ClaimLimits<'_> {
@@ -107,6 +110,15 @@ pub struct ClaimedDelivery {
     /// The number of this attempt, 1 for the first (the `Herald-Delivery-Attempt` header).
     pub attempt: u32,
     pub notification: Notification,
+    /// The next deliveries of the same stream (config and stream), oldest first, leased
+    /// with this one: each goes out as soon as the one before it succeeded, without a
+    /// round trip through the store, and is handed back unsent
+    /// ([`AfterAttempt::NotSent`]) when one before it fails or its lease has no time left
+    /// for a send. A stream's rate is then bounded by its receiver rather than by the
+    /// store's commits. Only the embedded store leases followers; they count towards the
+    /// claim's `total` and their project's share, not towards their endpoint's room (a
+    /// stream sends one at a time).
+    pub followers: Vec<ClaimedDelivery>,
 }
 
 /// What a delivery sends, by flavour, with the key it is signed with (if any) as it was
@@ -141,6 +153,10 @@ pub enum AfterAttempt {
     Succeeded,
     RetryAt(OffsetDateTime),
     Dead,
+    /// Not attempted: a follower ([`ClaimedDelivery::followers`]) handed back because a
+    /// delivery before it in its stream did not succeed, or its lease had no time left.
+    /// Its lease ends and its row stays as it was; no attempt is recorded.
+    NotSent,
 }
 
 /// The outcome of one attempt, applied only if the lease it was made under still holds.
@@ -154,6 +170,23 @@ pub struct Completion {
 }
 
 impl Completion {
+    /// A follower handed back unsent ([`AfterAttempt::NotSent`]) at `at`.
+    pub fn not_sent(delivery: &ClaimedDelivery, lease_owner: &str, at: OffsetDateTime) -> Self {
+        Self {
+            delivery_id: delivery.id,
+            attempt: delivery.attempt,
+            lease_owner: lease_owner.to_owned(),
+            record: AttemptRecord {
+                at,
+                status_code: None,
+                error: None,
+                latency_ms: 0,
+                response_head: None,
+            },
+            next: AfterAttempt::NotSent,
+        }
+    }
+
     /// This attempt's outcome replaced by the end of its delivery, for `reason`: what is
     /// recorded when the outcome itself cannot be, so that the delivery is not sent again
     /// and again. The reason is kept in the attempt, for the delivery log.

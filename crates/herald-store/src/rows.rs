@@ -306,6 +306,7 @@ impl ClaimedRow {
             url: self.url,
             attempt: u32::try_from(self.attempts).unwrap_or(u32::MAX),
             notification,
+            followers: Vec::new(),
         })
     }
 }

@@ -1234,6 +1234,7 @@ fn limits(total: usize, per_endpoint: u32, in_flight: &HashMap<String, u32>) -> 
         in_flight,
         per_project: u32::MAX,
         project_in_flight: &NO_PROJECTS,
+        followers: 0,
     }
 }
 
@@ -3217,6 +3218,152 @@ async fn sqlite_conforms() {
     let (master, _) = MasterKey::generate();
     let store = SqliteStore::open(dir.path(), master).await.unwrap();
     run_suite(&store).await;
+}
+
+/// The embedded store leases a due delivery's followers, the next deliveries of its stream
+/// in order, and keeps the stream's order whatever their outcomes: a follower that fails
+/// right after the one before it succeeded (in one batch) holds the rest back; followers
+/// handed back unsent are due again in their turn, not before.
+#[tokio::test]
+async fn sqlite_leases_each_streams_next_deliveries_behind_its_due_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (master, _) = MasterKey::generate();
+    let store = SqliteStore::open(dir.path(), master).await.unwrap();
+    let store: &dyn Store = &store;
+    let t0 = datetime!(2026-12-06 10:00:00 UTC);
+    let domain = "chain.example.com";
+    add_config(
+        store,
+        "q-chain",
+        "chain-cfg",
+        json!({"publish_domain": domain, "app": "chain", "notify_callback_url": "https://chain.example.com/cb"}),
+        t0,
+    )
+    .await;
+    let events: Vec<_> = ["a1", "a2", "a3", "a4", "a5", "b1"]
+        .iter()
+        .map(|id| {
+            let stream = if id.starts_with('a') { "s" } else { "t" };
+            event(id, "RECORD_FILE_COMPLETE", domain, "chain", stream)
+        })
+        .collect();
+    store
+        .ingest_live(&project("q-chain"), &events, t0)
+        .await
+        .unwrap();
+    let with_followers = |n| ClaimLimits {
+        followers: n,
+        ..limits(100, ROOMY, &NO_PROJECTS)
+    };
+    let chain_of = |d: &ClaimedDelivery| -> Vec<String> {
+        std::iter::once(d)
+            .chain(&d.followers)
+            .map(|d| d.event_id.clone())
+            .collect()
+    };
+
+    let heads = claim_within(store, t0 + secs(1), with_followers(3)).await;
+    assert_eq!(event_ids(&heads), ["a1", "b1"]);
+    let a1 = claimed_one(&heads, "a1");
+    assert_eq!(chain_of(a1), ["a1", "a2", "a3", "a4"]);
+    assert!(claimed_one(&heads, "b1").followers.is_empty());
+    assert!(a1.followers.iter().all(|f| f.attempt == 1));
+    // Leased: neither the stream's head nor its followers are claimed again.
+    assert_eq!(
+        event_ids(&claim_within(store, t0 + secs(1), with_followers(3)).await),
+        Vec::<&str>::new()
+    );
+
+    // a1 and a2 succeed, a3 fails, a4 is handed back unsent, all in one batch: a4 and a5
+    // wait behind a3's retry.
+    let [a2, a3, a4] = [0, 1, 2].map(|i| &a1.followers[i]);
+    let retry_at = t0 + secs(100);
+    let batch = [
+        succeeded(a1, t0 + secs(2)),
+        succeeded(a2, t0 + secs(2)),
+        outcome(
+            a3,
+            answer(t0 + secs(2), 503),
+            AfterAttempt::RetryAt(retry_at),
+        ),
+        Completion::not_sent(a4, WORKER, t0 + secs(2)),
+    ];
+    assert_eq!(
+        complete(store, &batch).await,
+        3,
+        "a not-sent follower is no attempt"
+    );
+    assert!(
+        claim_within(store, t0 + secs(3), with_followers(3))
+            .await
+            .is_empty(),
+        "nothing of stream s is due before a3's retry"
+    );
+    assert!(
+        delivery_of(store, "q-chain", "a4")
+            .await
+            .attempts
+            .is_empty()
+    );
+
+    // At a3's retry: a3 again, with a4 and a5 behind it. a3 succeeds and the two are handed
+    // back (their lease had no time left): a4 is due, a5 still waits behind it.
+    let next = claim_within(store, retry_at, with_followers(3)).await;
+    assert_eq!(
+        next.iter().map(chain_of).collect::<Vec<_>>(),
+        [["a3", "a4", "a5"]]
+    );
+    assert_eq!(next[0].attempt, 2);
+    let (a4, a5) = (&next[0].followers[0], &next[0].followers[1]);
+    let batch = [
+        succeeded(&next[0], retry_at),
+        Completion::not_sent(a4, WORKER, retry_at),
+        Completion::not_sent(a5, WORKER, retry_at),
+    ];
+    assert_eq!(complete(store, &batch).await, 1);
+    let a4 = claim_within(store, retry_at, with_followers(0)).await;
+    assert_eq!(event_ids(&a4), ["a4"]);
+    assert!(
+        delivery_of(store, "q-chain", "a4")
+            .await
+            .attempts
+            .is_empty()
+    );
+    // Any leased delivery may be handed back unsent.
+    let back = [Completion::not_sent(&a4[0], WORKER, retry_at)];
+    assert_eq!(complete(store, &back).await, 0);
+
+    // A config's deletion cancels its followers as every delivery not yet sent, and ends
+    // their leases so that they are not sent; the due delivery in flight is recorded.
+    let next = claim_within(store, retry_at + secs(2), with_followers(3)).await;
+    assert_eq!(
+        next.iter().map(chain_of).collect::<Vec<_>>(),
+        [["a4", "a5"]]
+    );
+    let a5 = &next[0].followers[0];
+    assert!(store.follower_lease_holds(a5, WORKER));
+    assert!(
+        store
+            .delete_live_config(&project("q-chain"), "chain-cfg")
+            .await
+            .unwrap()
+    );
+    assert!(!store.follower_lease_holds(a5, WORKER));
+    assert_eq!(
+        delivery_of(store, "q-chain", "a5").await.status,
+        DeliveryStatus::Cancelled
+    );
+    let batch = [
+        succeeded(claimed_one(&heads, "b1"), retry_at),
+        succeeded(&next[0], retry_at),
+        Completion::not_sent(a5, WORKER, retry_at),
+    ];
+    assert_eq!(complete(store, &batch).await, 2);
+    assert_eq!(
+        delivery_of(store, "q-chain", "a4").await.status,
+        DeliveryStatus::Succeeded
+    );
+    assert_idle(store).await;
 }
 
 #[tokio::test]

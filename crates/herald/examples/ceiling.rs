@@ -110,6 +110,7 @@ impl Attempts {
                 event,
                 signing: Some(self.signing.clone()),
             },
+            followers: Vec::new(),
         };
         let done = attempt(&self.sender, &self.settings, &delivery, "ceiling").await;
         matches!(done.next, AfterAttempt::Succeeded)

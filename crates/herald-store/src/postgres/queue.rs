@@ -262,11 +262,16 @@ impl DeliveryQueue for PgStore {
         &self,
         completions: &[Completion],
     ) -> Result<Recorded, StoreError> {
-        if completions.is_empty() {
+        // PostgreSQL's claims lease no followers, so no delivery of its comes back unsent;
+        // were one to, it would keep its lease until the rescue re-queued it.
+        let (attempted, next): (Vec<&Completion>, Vec<(DeliveryState, i64)>) = completions
+            .iter()
+            .filter_map(|c| next_state(c).map(|next| (c, next)))
+            .unzip();
+        if attempted.is_empty() {
             return Ok(Recorded::default());
         }
-        let next: Vec<(DeliveryState, i64)> = completions.iter().map(next_state).collect();
-        let ids: Vec<i64> = completions.iter().map(|c| c.delivery_id).collect();
+        let ids: Vec<i64> = attempted.iter().map(|c| c.delivery_id).collect();
         let mut tx = self.begin_queue().await?;
         // Streams first, then rows, as every writer takes them: a config's deletion, which
         // cancels under the same locks, then either sees this batch's retries or is seen
@@ -292,8 +297,8 @@ impl DeliveryQueue for PgStore {
             running = DeliveryState::Running,
         ))
         .bind(&ids)
-        .bind(completions.iter().map(|c| i64::from(c.attempt)).collect::<Vec<_>>())
-        .bind(completions.iter().map(|c| c.lease_owner.as_str()).collect::<Vec<_>>())
+        .bind(attempted.iter().map(|c| i64::from(c.attempt)).collect::<Vec<_>>())
+        .bind(attempted.iter().map(|c| c.lease_owner.as_str()).collect::<Vec<_>>())
         .bind(next.iter().map(|(state, _)| state.as_str()).collect::<Vec<_>>())
         .bind(next.iter().map(|(_, at)| *at).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
@@ -302,8 +307,8 @@ impl DeliveryQueue for PgStore {
             .iter()
             .map(|r| r.try_get("id"))
             .collect::<Result<_, _>>()?;
-        let counted: Vec<&Completion> = completions
-            .iter()
+        let counted: Vec<&Completion> = attempted
+            .into_iter()
             .filter(|c| applied.contains(&c.delivery_id))
             .collect();
         sqlx::query(

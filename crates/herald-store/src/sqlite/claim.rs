@@ -1,6 +1,7 @@
 //! The claim on SQLite: due deliveries read on a reader connection, in pages of what the
-//! endpoints can still take, and leased in this process's memory ([`super::leases`]). A
-//! claim writes nothing, and does not wait for the writer.
+//! endpoints can still take, each with the next deliveries of its stream behind it (its
+//! followers, [`ClaimedDelivery::followers`]), and all leased in this process's memory
+//! ([`super::leases`]). A claim writes nothing, and does not wait for the writer.
 
 use std::collections::{HashMap, HashSet};
 
@@ -12,8 +13,16 @@ use super::leases::Held;
 use super::{SqliteStore, json_array};
 use crate::queue::endpoint_project;
 use crate::rows::{ClaimedRow, finish_claim};
-use crate::state::{DUE, DeliveryState};
+use crate::state::{DUE, DeliveryState, NOT_SENT};
 use crate::{ClaimLimits, ClaimedDelivery, Lease, StoreError};
+
+/// A due delivery the claim found, with its stream's next deliveries.
+struct Due {
+    id: i64,
+    endpoint: String,
+    retry: bool,
+    followers: Vec<i64>,
+}
 
 /// Leases what is due within `limits` (see [`crate::DeliveryQueue::claim_due_deliveries`]).
 pub(super) async fn claim(
@@ -25,47 +34,147 @@ pub(super) async fn claim(
     let _claiming = store.leases.claiming.lock().await;
     let leased = json_array(&store.leases.ids());
     let mut conn = store.pool.acquire().await?;
-    let due = due_within_room(&mut conn, now, &limits, &leased).await?;
-    let retries: HashSet<i64> = (due.iter())
-        .filter_map(|(id, retry)| retry.then_some(*id))
+    let mut due = due_within_room(&mut conn, now, &limits, &leased).await?;
+    add_followers(&mut conn, &mut due, &limits).await?;
+    let ids: Vec<i64> = (due.iter())
+        .flat_map(|d| std::iter::once(d.id).chain(d.followers.iter().copied()))
         .collect();
-    let ids: Vec<i64> = due.iter().map(|(id, _)| *id).collect();
     // Rows cancelled since the pages were read (their config was deleted) stay behind.
     let rows = sqlx::query_as::<_, ClaimedRow>(&format!(
         "SELECT d.id, d.project_id, e.event_id, e.payload, e.flavour, d.config_id, d.endpoint, d.url, \
              d.sign_type, d.key_sealed, d.attempts + 1 AS attempts \
          FROM deliveries d JOIN events e ON e.seq = d.event_seq \
-         WHERE d.id IN (SELECT value FROM json_each(?)) AND d.state IN {DUE} \
-         ORDER BY d.next_attempt_at_ms, d.id"
+         WHERE d.id IN (SELECT value FROM json_each(?)) AND d.state IN {NOT_SENT}"
     ))
     .bind(json_array(&ids))
     .fetch_all(&mut *conn)
     .await?;
     drop(conn);
+    let mut rows: HashMap<i64, ClaimedRow> = rows.into_iter().map(|r| (r.id, r)).collect();
     let expires_at_ms = unix_ms(lease.expires_at);
-    let claimed: Vec<ClaimedRow> = rows
-        .into_iter()
-        .filter(|row| {
-            store.leases.take(
-                row.id,
-                Held {
-                    owner: lease.owner.clone(),
-                    expires_at_ms,
-                    attempt: u32::try_from(row.attempts).unwrap_or(u32::MAX),
-                    state: if retries.contains(&row.id) {
-                        DeliveryState::Retrying.as_str()
-                    } else {
-                        DeliveryState::Pending.as_str()
-                    },
-                },
-            )
-        })
-        .collect();
-    finish_claim(store, claimed, &store.master, &lease.owner, now).await
+    let take = |row: &ClaimedRow, state: DeliveryState| {
+        store.leases.take(
+            row.id,
+            Held {
+                owner: lease.owner.clone(),
+                expires_at_ms,
+                attempt: u32::try_from(row.attempts).unwrap_or(u32::MAX),
+                state: state.as_str(),
+                follower: state == DeliveryState::Blocked,
+            },
+        )
+    };
+    let mut heads = Vec::with_capacity(due.len());
+    let mut chains: HashMap<i64, Vec<ClaimedDelivery>> = HashMap::new();
+    for d in due {
+        let Some(row) = rows.remove(&d.id) else {
+            continue;
+        };
+        let state = if d.retry {
+            DeliveryState::Retrying
+        } else {
+            DeliveryState::Pending
+        };
+        if !take(&row, state) {
+            continue;
+        }
+        // A chain ends at the first follower that is gone (cancelled), leased already or
+        // unreadable: the rest wait for their turn as due deliveries, where an unreadable
+        // one is ended with a reason (`finish_claim`).
+        let mut chain = Vec::new();
+        for id in d.followers {
+            let Some(follower) = rows.remove(&id) else {
+                break;
+            };
+            if !take(&follower, DeliveryState::Blocked) {
+                break;
+            }
+            match follower.into_claimed(&store.master) {
+                Ok(delivery) => chain.push(delivery),
+                Err(e) => {
+                    tracing::warn!(delivery_id = id, error = %e, "a stream's next delivery cannot be read; it waits for its turn");
+                    store.leases.release([id]);
+                    break;
+                }
+            }
+        }
+        chains.insert(row.id, chain);
+        heads.push(row);
+    }
+    let mut claimed = finish_claim(store, heads, &store.master, &lease.owner, now).await?;
+    for delivery in &mut claimed {
+        delivery.followers = chains.remove(&delivery.id).unwrap_or_default();
+    }
+    // The followers of a due delivery that could not be read (ended by `finish_claim`):
+    // its stream has moved on, and they are due in their turn.
+    store
+        .leases
+        .release(chains.into_values().flatten().map(|d| d.id));
+    Ok(claimed)
+}
+
+/// Finds each due delivery's followers: the oldest blocked deliveries of its stream, one
+/// probe of the blocked index per due delivery, at most `limits.followers` each, the
+/// claim's room left shared evenly between them, within what the claim has left in all and
+/// in each project's share (followers count towards both, not towards their endpoint's
+/// room: a stream sends one at a time).
+async fn add_followers(
+    conn: &mut SqliteConnection,
+    due: &mut [Due],
+    limits: &ClaimLimits<'_>,
+) -> Result<(), StoreError> {
+    let mut left = limits.total.saturating_sub(due.len());
+    if due.is_empty() || left == 0 || limits.followers == 0 {
+        return Ok(());
+    }
+    let mut project_left: HashMap<String, usize> = HashMap::new();
+    for d in due.iter() {
+        let project = endpoint_project(&d.endpoint);
+        let room = project_left.entry(project.to_owned()).or_insert_with(|| {
+            usize::try_from(limits.project_room_of(project)).unwrap_or(usize::MAX)
+        });
+        *room = room.saturating_sub(1);
+    }
+    let each = (left / due.len()).clamp(1, limits.followers);
+    let heads: Vec<i64> = due.iter().map(|d| d.id).collect();
+    let found: String = sqlx::query_scalar(&format!(
+        "SELECT json_group_array(json_array(h.value, json((SELECT json_group_array(id) FROM ( \
+             SELECT b.id FROM deliveries b WHERE b.state = '{blocked}' \
+             AND b.config_id = d.config_id AND b.stream = d.stream ORDER BY b.id LIMIT ?2))))) \
+         FROM json_each(?1) h JOIN deliveries d ON d.id = h.value",
+        blocked = DeliveryState::Blocked,
+    ))
+    .bind(json_array(&heads))
+    .bind(i64::try_from(each).unwrap_or(i64::MAX))
+    .fetch_one(&mut *conn)
+    .await?;
+    let found: Vec<(i64, Vec<i64>)> =
+        serde_json::from_str(&found).map_err(|e| crate::rows::CorruptRow {
+            table: "deliveries",
+            id: "a claim's followers".into(),
+            reason: e.to_string(),
+        })?;
+    let mut found: HashMap<i64, Vec<i64>> = found.into_iter().collect();
+    for d in due.iter_mut() {
+        let mut followers = found.remove(&d.id).unwrap_or_default();
+        // The blocked index is ordered by id; the JSON array keeps that order only by
+        // SQLite's habit, so it is sorted again.
+        followers.sort_unstable();
+        let room = project_left
+            .get_mut(endpoint_project(&d.endpoint))
+            .map_or(0, |room| *room);
+        followers.truncate(each.min(left).min(room));
+        left -= followers.len();
+        if let Some(room) = project_left.get_mut(endpoint_project(&d.endpoint)) {
+            *room -= followers.len();
+        }
+        d.followers = followers;
+    }
+    Ok(())
 }
 
 /// The due deliveries a claim takes, oldest due first, each endpoint within its room,
-/// leaving out `leased` (a JSON array of ids): with whether each is a retry.
+/// leaving out `leased` (a JSON array of ids), without their followers yet.
 ///
 /// The due index is read in pages, each page one row of JSON (sqlx hands rows from its
 /// SQLite thread one at a time, so one row per page is one hand-off). A page asks for no
@@ -80,7 +189,7 @@ async fn due_within_room(
     now: OffsetDateTime,
     limits: &ClaimLimits<'_>,
     leased: &str,
-) -> Result<Vec<(i64, bool)>, StoreError> {
+) -> Result<Vec<Due>, StoreError> {
     let budget = limits.total.saturating_mul(8);
     // Taken by this claim, by endpoint and by project.
     let mut taken: HashMap<String, u32> = HashMap::new();
@@ -154,7 +263,12 @@ async fn due_within_room(
             {
                 *used += 1;
                 *taken_by_project.entry(project.to_owned()).or_default() += 1;
-                due.push((*id, *retry == 1));
+                due.push(Due {
+                    id: *id,
+                    endpoint: endpoint.clone(),
+                    retry: *retry == 1,
+                    followers: Vec::new(),
+                });
             }
         }
         if rows.len() < page_size {

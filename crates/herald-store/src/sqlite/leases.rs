@@ -30,8 +30,13 @@ pub(super) struct Held {
     pub expires_at_ms: i64,
     /// The attempt being made: the row's `attempts` + 1.
     pub attempt: u32,
-    /// The state the row keeps while the attempt is in flight: `pending` or `retrying`.
+    /// The state the row keeps while the attempt is in flight: `pending` or `retrying`
+    /// (a follower's: `blocked`, until the delivery before it is recorded).
     pub state: &'static str,
+    /// Leased as a follower ([`crate::ClaimedDelivery::followers`]): not sent yet, or
+    /// being sent. A config's deletion cancels it and ends its lease, where it leaves a
+    /// due delivery's lease alone (that one is in flight).
+    pub follower: bool,
 }
 
 #[derive(Default)]
@@ -51,6 +56,25 @@ impl Leases {
     /// The leased ids, for a claim to leave out.
     pub fn ids(&self) -> Vec<i64> {
         self.held().keys().copied().collect()
+    }
+
+    /// The ids leased as due deliveries (in flight) and as followers, apart: a
+    /// cancellation leaves the first alone and ends the second.
+    pub fn due_and_follower_ids(&self) -> (Vec<i64>, Vec<i64>) {
+        let (due, followers): (Vec<_>, Vec<_>) = self
+            .held()
+            .iter()
+            .map(|(id, h)| (*id, h.follower))
+            .partition(|(_, f)| !f);
+        (
+            due.into_iter().map(|(id, _)| id).collect(),
+            followers.into_iter().map(|(id, _)| id).collect(),
+        )
+    }
+
+    /// Whether `id` is leased to `owner` for `attempt`.
+    pub fn holds(&self, id: i64, owner: &str, attempt: u32) -> bool {
+        (self.held().get(&id)).is_some_and(|h| h.owner == owner && h.attempt == attempt)
     }
 
     /// Leases `id`; false when it is leased already.

@@ -248,7 +248,13 @@ impl crate::backend::SqlBackend for SqliteStore {
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         target_id: &str,
     ) -> Result<(), StoreError> {
-        queue::cancel_open_deliveries(tx, target_id, &self.leases.ids()).await
+        let (due, followers) = self.leases.due_and_follower_ids();
+        let cancelled = queue::cancel_open_deliveries(tx, target_id, &due, &followers).await?;
+        // Followers are cancelled with the rest: their leases end now, so that they are not
+        // sent (`follower_lease_holds`). Should the transaction not commit, they are
+        // handed back unsent and due again as they were.
+        self.leases.release(cancelled);
+        Ok(())
     }
 }
 
@@ -307,6 +313,7 @@ mod tests {
             in_flight: &in_flight,
             per_project: 10,
             project_in_flight: &in_flight,
+            followers: 0,
         };
         let lease = Lease {
             owner: "w".into(),

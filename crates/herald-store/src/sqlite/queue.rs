@@ -61,10 +61,11 @@ async fn stream_has_open_delivery(
 }
 
 /// After an update of the deliveries `ids` (a JSON array), the oldest blocked delivery of
-/// the streams (config, stream) of those that are now finished becomes due. The streams
-/// are found here, in SQL, rather than returned by the update: sqlx hands returned rows
-/// over one by one.
-/// True when any became due.
+/// the streams (config, stream) of those that are now finished becomes due, unless another
+/// of `ids` in the same stream is due (a follower that failed right after the delivery
+/// before it succeeded, in the same batch: the stream waits for it). The streams are found
+/// here, in SQL, rather than returned by the update: sqlx hands returned rows over one by
+/// one. True when any became due.
 async fn unblock_next_of_streams(
     tx: &mut Transaction<'_, Sqlite>,
     ids: &str,
@@ -75,11 +76,14 @@ async fn unblock_next_of_streams(
     // waiting per stream).
     let (pending, blocked) = (DeliveryState::Pending, DeliveryState::Blocked);
     let done = sqlx::query(&format!(
-        "UPDATE deliveries SET state = '{pending}', next_attempt_at_ms = ?1 WHERE id IN \
+        "WITH batch AS MATERIALIZED (SELECT id, config_id, stream, state FROM deliveries \
+             WHERE id IN (SELECT value FROM json_each(?2))) \
+         UPDATE deliveries SET state = '{pending}', next_attempt_at_ms = ?1 WHERE id IN \
          (SELECT (SELECT b.id FROM deliveries b WHERE b.state = '{blocked}' \
                   AND b.config_id = f.config_id AND b.stream = f.stream ORDER BY b.id LIMIT 1) \
-          FROM (SELECT DISTINCT config_id, stream FROM deliveries WHERE id IN (SELECT value FROM json_each(?2)) \
-              AND state IN {FINISHED}) f)",
+          FROM (SELECT DISTINCT config_id, stream FROM batch WHERE state IN {FINISHED}) f \
+          WHERE NOT EXISTS (SELECT 1 FROM batch o WHERE o.state IN {DUE} \
+              AND o.config_id = f.config_id AND o.stream = f.stream))",
     ))
     .bind(now_ms)
     .bind(ids)
@@ -155,6 +159,11 @@ impl DeliveryQueue for SqliteStore {
         claim::claim(self, now, limits, lease).await
     }
 
+    fn follower_lease_holds(&self, delivery: &ClaimedDelivery, lease_owner: &str) -> bool {
+        self.leases
+            .holds(delivery.id, lease_owner, delivery.attempt)
+    }
+
     /// Set-based like ingest: the outcomes made under a lease that still holds, in one
     /// update, one insert of their attempts and one update unblocking the next delivery
     /// of the streams they finished; their leases are given up once that has committed.
@@ -172,9 +181,9 @@ impl DeliveryQueue for SqliteStore {
         }
         let rows: Vec<OutcomeRow<'_>> = current
             .iter()
-            .map(|c| {
-                let (state, next) = next_state(c);
-                OutcomeRow {
+            .filter_map(|c| {
+                let (state, next) = next_state(c)?;
+                Some(OutcomeRow {
                     id: c.delivery_id,
                     attempt: c.attempt,
                     state,
@@ -184,19 +193,19 @@ impl DeliveryQueue for SqliteStore {
                     error: c.record.error.as_deref(),
                     latency_ms: c.record.latency_ms,
                     response_head: c.record.response_head.as_deref(),
-                }
+                })
             })
             .collect();
         // A retry of a deleted config's delivery is cancelled instead. Only rows still in
-        // the state a lease keeps them in move: a claim that read a row just before a
-        // config's deletion cancelled it may lease it just after, and its outcome must not
-        // turn the cancelled delivery into a sent one.
+        // the state a lease keeps them in (a follower's: `blocked`) move: a claim that read
+        // a row just before a config's deletion cancelled it may lease it just after, and
+        // its outcome must not turn the cancelled delivery into a sent one.
         let moved: Vec<i64> = sqlx::query_scalar(&format!(
             "WITH b AS MATERIALIZED (SELECT v ->> 'id' AS id, v ->> 'attempt' AS attempt, \
                  v ->> 'state' AS state, v ->> 'next' AS next FROM (SELECT jsonb(value) AS v FROM json_each(?))) \
              UPDATE deliveries AS d SET attempts = b.attempt, next_attempt_at_ms = b.next, \
                  state = CASE WHEN b.state = '{retrying}' AND NOT {TARGET_EXISTS} THEN '{cancelled}' ELSE b.state END \
-             FROM b WHERE d.id = b.id AND d.state IN {DUE} RETURNING id",
+             FROM b WHERE d.id = b.id AND d.state IN {NOT_SENT} RETURNING id",
             retrying = DeliveryState::Retrying,
             cancelled = DeliveryState::Cancelled,
         ))
@@ -216,6 +225,10 @@ impl DeliveryQueue for SqliteStore {
         .bind(&batch)
         .execute(&mut *tx)
         .await?;
+        // Followers handed back unsent keep their rows as they are: only their leases end,
+        // below. (A deleted config's followers were cancelled with its other deliveries,
+        // and their leases ended then.)
+        let applied = rows.len();
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let made_due =
             unblock_next_of_streams(&mut tx, &json_array(&ids), batch_time_ms(completions)).await?;
@@ -223,7 +236,7 @@ impl DeliveryQueue for SqliteStore {
         // Every lease of the batch ends, those whose row had moved on included.
         self.leases.release(current.iter().map(|c| c.delivery_id));
         Ok(Recorded {
-            applied: u64::try_from(ids.len()).unwrap_or(0),
+            applied: u64::try_from(applied).unwrap_or(0),
             made_due,
         })
     }
@@ -455,20 +468,33 @@ impl DeliveryQueue for SqliteStore {
 }
 
 /// Cancels a deleted config's deliveries that have not gone out: not those in flight
-/// (`leased`), whose outcome is recorded when it comes, as if their config still existed.
+/// (`in_flight`), whose outcome is recorded when it comes, as if their config still existed.
+/// Returns which of the leased `followers` it cancelled (their leases must end).
 pub(super) async fn cancel_open_deliveries(
     tx: &mut Transaction<'_, Sqlite>,
     config_id: &str,
-    leased: &[i64],
-) -> Result<(), StoreError> {
+    in_flight: &[i64],
+    followers: &[i64],
+) -> Result<Vec<i64>, StoreError> {
     sqlx::query(&format!(
         "UPDATE deliveries SET state = '{}' WHERE config_id = ? \
          AND state IN {NOT_SENT} AND id NOT IN (SELECT value FROM json_each(?))",
         DeliveryState::Cancelled
     ))
     .bind(config_id)
-    .bind(json_array(leased))
+    .bind(json_array(in_flight))
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    if followers.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_scalar(&format!(
+        "SELECT id FROM deliveries WHERE id IN (SELECT value FROM json_each(?)) \
+         AND config_id = ? AND state = '{}'",
+        DeliveryState::Cancelled
+    ))
+    .bind(json_array(followers))
+    .bind(config_id)
+    .fetch_all(&mut **tx)
+    .await?)
 }
