@@ -31,7 +31,7 @@ const BATCH: usize = 512;
 /// Most followers ([`ClaimedDelivery::followers`]) leased behind one due delivery: enough
 /// that one busy stream sends dozens of callbacks per claim, few enough that a claim reads
 /// a bounded number of rows.
-const FOLLOWERS: usize = 64;
+const FOLLOWERS: usize = 256;
 /// How often leases are checked and queue metrics refreshed.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
 
