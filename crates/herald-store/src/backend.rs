@@ -7,8 +7,8 @@
 //! generic over sqlx's database traits, as a blanket impl for every [`SqlBackend`], one
 //! module per part of [`Store`]: `credentials`, `live_configs`, `rtc_apps`,
 //! `queue_status`, `retention` and `recording`. The delivery queue is not the same, and
-//! each backend writes its own (`sqlite::queue`, `postgres::queue`). Here too are the helpers that shared SQL uses, and
-//! [`Store`] itself.
+//! each backend writes its own (`sqlite::delivery_queue`, `postgres::delivery_queue`).
+//! Here too are the helpers that shared SQL uses, and [`Store`] itself.
 //!
 //! Rust does not carry a trait's `where` clauses over to the code that uses it, so each
 //! blanket impl lists the sqlx bounds its own statements need.

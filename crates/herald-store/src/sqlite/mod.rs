@@ -18,10 +18,10 @@ pub(crate) use crate::backend::json_array;
 use crate::supervision::Supervisor;
 
 mod claim;
+mod delivery_queue;
 pub(crate) mod group_commit;
 mod ingest;
 mod leases;
-mod queue;
 pub(crate) mod token_cache;
 
 /// File name of the database inside the data directory.
@@ -249,7 +249,8 @@ impl crate::backend::SqlBackend for SqliteStore {
         target_id: &str,
     ) -> Result<(), StoreError> {
         let (due, followers) = self.leases.due_and_follower_ids();
-        let cancelled = queue::cancel_open_deliveries(tx, target_id, &due, &followers).await?;
+        let cancelled =
+            delivery_queue::cancel_open_deliveries(tx, target_id, &due, &followers).await?;
         // Followers are cancelled with the rest: their leases end now, so that they are not
         // sent (`follower_lease_holds`). Should the transaction not commit, they are
         // handed back unsent and due again as they were.

@@ -1,9 +1,9 @@
 //! The delivery queue on PostgreSQL, shared by every node.
 //!
-//! A delivery's life is the embedded store's (see `sqlite::queue`): created `pending` or
-//! `blocked` with its event, leased (`running`) by a claim, finished by a lease-guarded
-//! completion that unblocks the next of its stream. What changes is that several nodes
-//! write at once, under READ COMMITTED:
+//! A delivery's life is the embedded store's (see `sqlite::delivery_queue`): created
+//! `pending` or `blocked` with its event, leased (`running`) by a claim, finished by a
+//! lease-guarded completion that unblocks the next of its stream. What changes is that
+//! several nodes write at once, under READ COMMITTED:
 //!
 //! - **Claims** lease rows with `FOR UPDATE SKIP LOCKED` in one statement, so two nodes
 //!   never lease the same delivery and never wait for each other.
@@ -48,7 +48,7 @@ use crate::accept::{
 };
 use crate::accept::{REPLAY_EVENTS, StoredEvent, replay_plan};
 use crate::backend::limit_offset;
-use crate::queue::{
+use crate::deliveries::{
     MOST_COUNTED_DELIVERIES, RetryFilter, bulk_retry_candidates, delivery_log_where,
 };
 use crate::rows::{
