@@ -20,6 +20,7 @@ use crate::StoreError;
 
 mod delivery_queue;
 mod ingest;
+mod streams;
 
 /// The channel on which commits that made deliveries due are announced to every node.
 const WORK_CHANNEL: &str = "herald_work";
