@@ -19,7 +19,8 @@
 //! - `accept`: the backend-neutral steps of accepting events and finishing attempts;
 //!   `rows`: stored rows to domain types and back; `deliveries`: the delivery queue's types;
 //!   `location`: which backend the operator's settings name; `state`: a delivery's states
-//!   and the SQL lists of them.
+//!   and the SQL lists of them; `token_cache`: the tokens a backend on one machine (the
+//!   embedded store) remembers having found.
 //! - [`supervision`]: background tasks restarted after a panic, and named once they cannot
 //!   be kept running (the embedded store's ingest committer is one).
 
@@ -40,6 +41,7 @@ mod state;
 pub mod supervision;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod token_cache;
 pub mod unmatched;
 
 use std::sync::Arc;
@@ -97,7 +99,7 @@ pub enum StoreError {
     )]
     MasterKeyMismatch,
     /// A change to the tokens committed, but the stamp that tells running servers about it
-    /// could not be written (see `sqlite::token_cache`).
+    /// could not be written (see `token_cache`).
     #[error(
         "the change is saved, but the running server could not be told ({0}): it keeps \
          trusting tokens it has seen for up to 10 s"
