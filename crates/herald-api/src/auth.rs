@@ -6,7 +6,7 @@
 //! up in the store on every request, so keys created by `herald credentials create` while
 //! the server runs work at once, and revoked ones stop at once. (The embedded store
 //! remembers the tokens it found, and learns of revocations through a stamp file that the
-//! CLI replaces: see `herald_store::sqlite::token_cache`.)
+//! CLI replaces: see herald-store's `token_cache`.)
 
 use std::collections::HashMap;
 

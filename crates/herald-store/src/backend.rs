@@ -7,16 +7,21 @@
 //! generic over sqlx's database traits, as a blanket impl for every [`SqlBackend`], one
 //! module per part of [`Store`]: `credentials`, `live_configs`, `rtc_apps`,
 //! `queue_status`, `retention` and `recording`. The delivery queue is not the same, and
-//! each backend writes its own (`sqlite::queue`, `postgres::queue`). Here too are the helpers that shared SQL uses, and
-//! [`Store`] itself.
+//! each backend writes its own (`sqlite::delivery_queue`, `postgres::delivery_queue`).
+//! Here too are the helpers that shared SQL uses, and [`Store`] itself.
 //!
 //! Rust does not carry a trait's `where` clauses over to the code that uses it, so each
 //! blanket impl lists the sqlx bounds its own statements need.
 
 use async_trait::async_trait;
+use herald_core::hook::HookCall;
 use herald_core::project::ProjectId;
 use herald_core::secrets::MasterKey;
+use herald_core::source::RecordingSource;
 use sqlx::{Database, Encode, Executor, IntoArguments, Pool, Type};
+use time::OffsetDateTime;
+
+use crate::token_cache::TokenCache;
 
 use crate::{
     Credentials, DeliveryQueue, LiveConfigs, QueueStatus, RecordingSources, Retention, RtcApps,
@@ -59,20 +64,25 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     /// The deliveries leased in this process's memory, with the state their rows keep
     /// meanwhile (`pending` or `retrying`): the embedded store's. Where leases are written
     /// into the rows (PostgreSQL), none.
-    fn leased_in_memory(&self) -> std::collections::HashMap<i64, &'static str> {
+    fn leases_not_in_rows(&self) -> std::collections::HashMap<i64, &'static str> {
         std::collections::HashMap::new()
     }
     /// How many rows a statement changed. sqlx's generic interface has no `rows_affected`;
     /// each backend's own result type has.
     fn rows_affected(done: &<Self::Db as Database>::QueryResult) -> u64;
-    /// Where the backend commits concurrent writers together, if it does (the embedded
-    /// store): hooks join those commits rather than each waiting for a flush of its own.
-    fn group_commits(&self) -> Option<&crate::sqlite::group_commit::IngestCommits> {
+    /// Applies hooks in the commits the backend shares among concurrent writers, if it
+    /// does (the embedded store): hooks join those commits rather than each waiting for a
+    /// flush of its own. `None` where it does not: the caller commits them itself.
+    async fn apply_hooks_in_group_commit(
+        &self,
+        _hooks: &[(RecordingSource, HookCall)],
+        _now: OffsetDateTime,
+    ) -> Option<Result<Vec<usize>, StoreError>> {
         None
     }
     /// Where the backend remembers the tokens it found, if it does (the embedded store,
     /// whose changes all happen on one machine).
-    fn token_cache(&self) -> Option<&crate::sqlite::token_cache::TokenCache> {
+    fn token_cache(&self) -> Option<&TokenCache> {
         None
     }
     /// A write transaction that is durable when it commits: sources, and the session

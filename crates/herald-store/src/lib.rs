@@ -15,21 +15,22 @@
 //!   `recording`: the parts of [`Store`] whose SQL is the same on both backends, each
 //!   written once, generic over sqlx's database traits, for every `SqlBackend`.
 //! - [`sqlite`] and [`postgres`]: each backend's connections and migrations, its
-//!   `SqlBackend`, and its [`DeliveryQueue`] (`queue`), whose SQL is its own.
+//!   `SqlBackend`, and its [`DeliveryQueue`] (`delivery_queue`), whose SQL is its own.
 //! - `accept`: the backend-neutral steps of accepting events and finishing attempts;
-//!   `rows`: stored rows to domain types and back; `queue`: the delivery queue's types;
+//!   `rows`: stored rows to domain types and back; `deliveries`: the delivery queue's types;
 //!   `location`: which backend the operator's settings name; `state`: a delivery's states
-//!   and the SQL lists of them.
+//!   and the SQL lists of them; `token_cache`: the tokens a backend on one machine (the
+//!   embedded store) remembers having found.
 //! - [`supervision`]: background tasks restarted after a panic, and named once they cannot
 //!   be kept running (the embedded store's ingest committer is one).
 
 mod accept;
 mod backend;
 mod credentials;
+mod deliveries;
 mod live_configs;
 mod location;
 pub mod postgres;
-mod queue;
 mod queue_status;
 mod recording;
 mod retention;
@@ -40,6 +41,7 @@ mod state;
 pub mod supervision;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod token_cache;
 pub mod unmatched;
 
 use std::sync::Arc;
@@ -65,7 +67,7 @@ pub use location::StoreLocation;
 
 /// The name and sealing context of the master-key check in `herald_meta`, on every backend.
 pub(crate) const KEY_CHECK: &str = "master_key_check";
-pub use queue::{
+pub use deliveries::{
     Accepted, AfterAttempt, AttemptRecord, BULK_RETRY_MOST, BulkRetried, ClaimLimits,
     ClaimedDelivery, Completion, DeliveryFilter, DeliveryStatus, DeliveryView, EndpointAttempts,
     Lease, MOST_COUNTED_DELIVERIES, Notification, QueueStats, RetryFilter, RetryOutcome,
@@ -97,7 +99,7 @@ pub enum StoreError {
     )]
     MasterKeyMismatch,
     /// A change to the tokens committed, but the stamp that tells running servers about it
-    /// could not be written (see `sqlite::token_cache`).
+    /// could not be written (see `token_cache`).
     #[error(
         "the change is saved, but the running server could not be told ({0}): it keeps \
          trusting tokens it has seen for up to 10 s"
@@ -371,7 +373,7 @@ pub trait DeliveryQueue {
     ) -> Result<RetryOutcome, StoreError>;
 
     /// The ids of the deliveries a bulk retry re-queues, oldest first, at most `limit`
-    /// (see [`queue::bulk_retry_candidates`]).
+    /// (see [`deliveries::bulk_retry_candidates`]).
     async fn bulk_retry_ids(
         &self,
         project: &ProjectId,

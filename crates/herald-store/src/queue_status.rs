@@ -41,10 +41,10 @@ where
         Ok(ms.map(from_unix_ms))
     }
 
-    /// Deliveries leased in memory ([`SqlBackend::leased_in_memory`]) count as `running`,
+    /// Deliveries leased in memory ([`SqlBackend::leases_not_in_rows`]) count as `running`,
     /// not in the state their rows keep, and are not the oldest due.
     async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
-        let leased = self.leased_in_memory();
+        let leased = self.leases_not_in_rows();
         let mut by_state: Vec<(String, u64)> =
             sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
                 .fetch_all(self.queue_pool())

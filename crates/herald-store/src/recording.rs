@@ -472,8 +472,8 @@ where
         hooks: &[(RecordingSource, HookCall)],
         now: OffsetDateTime,
     ) -> Result<Vec<usize>, StoreError> {
-        if let Some(commits) = self.group_commits() {
-            return commits.hooks(hooks.to_vec(), now).await;
+        if let Some(applied) = self.apply_hooks_in_group_commit(hooks, now).await {
+            return applied;
         }
         // Two nodes opening one stream's session at once: the second insert conflicts,
         // and the second try finds the session the first one opened.

@@ -9,7 +9,7 @@ use herald_core::project::ProjectId;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::notify_work;
-use super::queue::lock_streams;
+use super::streams::lock_streams;
 use crate::accept::{
     Accepting, Flavour, answers_in_order, earlier_answers_of, new_deliveries, stream_pairs,
 };

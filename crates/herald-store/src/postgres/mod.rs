@@ -4,8 +4,9 @@
 //! `FOR UPDATE SKIP LOCKED` in one short statement; completions are guarded by the lease;
 //! any node's rescuer returns expired leases; `NOTIFY` after commit (plus the worker's
 //! jittered poll) wakes the other nodes. How per-stream order holds across nodes is set
-//! out in `queue` (the claim, the completion, the rescue, the log); the ingest plan is in
-//! `ingest`. Queries are runtime-checked (`query().bind()`), so building needs no database.
+//! out in `delivery_queue` (the claim, the completion, the rescue, the log); the ingest
+//! plan is in `ingest`. Queries are runtime-checked (`query().bind()`), so building needs
+//! no database.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -17,8 +18,9 @@ use sqlx::{Postgres, Transaction};
 
 use crate::StoreError;
 
+mod delivery_queue;
 mod ingest;
-mod queue;
+mod streams;
 
 /// The channel on which commits that made deliveries due are announced to every node.
 const WORK_CHANNEL: &str = "herald_work";
@@ -165,7 +167,7 @@ impl crate::backend::SqlBackend for PgStore {
         tx: &mut sqlx::Transaction<'_, Postgres>,
         target_id: &str,
     ) -> Result<(), StoreError> {
-        queue::cancel_open_deliveries(tx, target_id).await
+        delivery_queue::cancel_open_deliveries(tx, target_id).await
     }
 }
 

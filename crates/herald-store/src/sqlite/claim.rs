@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use super::leases::Held;
 use super::{SqliteStore, json_array};
-use crate::queue::endpoint_project;
+use crate::deliveries::endpoint_project;
 use crate::rows::{ClaimedRow, finish_claim};
 use crate::state::{DUE, DeliveryState, NOT_SENT};
 use crate::{ClaimLimits, ClaimedDelivery, Lease, StoreError};

@@ -9,20 +9,23 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_core::hook::HookCall;
 use herald_core::secrets::MasterKey;
+use herald_core::source::RecordingSource;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use time::OffsetDateTime;
 
 use crate::StoreError;
 pub(crate) use crate::backend::json_array;
 use crate::supervision::Supervisor;
+use crate::token_cache::TokenCache;
 
 mod claim;
-pub(crate) mod group_commit;
+mod delivery_queue;
+mod group_commit;
 mod ingest;
 mod leases;
-mod queue;
-pub(crate) mod token_cache;
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "herald.sqlite3";
@@ -51,7 +54,7 @@ pub struct SqliteStore {
     /// The deliveries this process's worker holds (see [`leases`]).
     leases: leases::Leases,
     /// The tokens found so far, and how a revocation elsewhere reaches them.
-    tokens: token_cache::TokenCache,
+    tokens: TokenCache,
 }
 
 /// Begins a transaction whose commit is on disk before it returns (`synchronous=FULL`):
@@ -146,7 +149,7 @@ impl SqliteStore {
             .connect_with(options.pragma("temp_store", "memory"))
             .await?;
         let write_gate = Arc::new(tokio::sync::Mutex::new(()));
-        let tokens = token_cache::TokenCache::new(data_dir);
+        let tokens = TokenCache::new(data_dir);
         if tokens.stamp().is_none() {
             // Without a stamp every lookup goes to the database: slower, never wrong.
             if let Err(e) = tokens.changed() {
@@ -195,15 +198,19 @@ impl crate::backend::SqlBackend for SqliteStore {
     const LOCK_ROWS_OR_SKIP: &'static str = "";
     const RTC_APPS_IN_CREATION_ORDER_BY: &'static str = "rowid";
 
-    fn group_commits(&self) -> Option<&group_commit::IngestCommits> {
-        Some(&self.ingest_commits)
+    async fn apply_hooks_in_group_commit(
+        &self,
+        hooks: &[(RecordingSource, HookCall)],
+        now: OffsetDateTime,
+    ) -> Option<Result<Vec<usize>, StoreError>> {
+        Some(self.ingest_commits.hooks(hooks.to_vec(), now).await)
     }
 
     fn ids_of_json(param: &str) -> String {
         format!("(SELECT value FROM json_each({param}))")
     }
 
-    fn token_cache(&self) -> Option<&token_cache::TokenCache> {
+    fn token_cache(&self) -> Option<&TokenCache> {
         Some(&self.tokens)
     }
 
@@ -221,7 +228,7 @@ impl crate::backend::SqlBackend for SqliteStore {
         &self.master
     }
 
-    fn leased_in_memory(&self) -> std::collections::HashMap<i64, &'static str> {
+    fn leases_not_in_rows(&self) -> std::collections::HashMap<i64, &'static str> {
         self.leases.states()
     }
 
@@ -249,7 +256,8 @@ impl crate::backend::SqlBackend for SqliteStore {
         target_id: &str,
     ) -> Result<(), StoreError> {
         let (due, followers) = self.leases.due_and_follower_ids();
-        let cancelled = queue::cancel_open_deliveries(tx, target_id, &due, &followers).await?;
+        let cancelled =
+            delivery_queue::cancel_open_deliveries(tx, target_id, &due, &followers).await?;
         // Followers are cancelled with the rest: their leases end now, so that they are not
         // sent (`follower_lease_holds`). Should the transaction not commit, they are
         // handed back unsent and due again as they were.

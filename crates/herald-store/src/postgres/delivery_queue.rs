@@ -1,9 +1,9 @@
 //! The delivery queue on PostgreSQL, shared by every node.
 //!
-//! A delivery's life is the embedded store's (see `sqlite::queue`): created `pending` or
-//! `blocked` with its event, leased (`running`) by a claim, finished by a lease-guarded
-//! completion that unblocks the next of its stream. What changes is that several nodes
-//! write at once, under READ COMMITTED:
+//! A delivery's life is the embedded store's (see `sqlite::delivery_queue`): created
+//! `pending` or `blocked` with its event, leased (`running`) by a claim, finished by a
+//! lease-guarded completion that unblocks the next of its stream. What changes is that
+//! several nodes write at once, under READ COMMITTED:
 //!
 //! - **Claims** lease rows with `FOR UPDATE SKIP LOCKED` in one statement, so two nodes
 //!   never lease the same delivery and never wait for each other.
@@ -12,7 +12,7 @@
 //!   needs the writers that decide "is this stream busy?" (ingest, manual retry) and those
 //!   that end a stream's head and unblock the next (completion, rescue, cancellation) to
 //!   see each other's commits: each takes a transaction-scoped advisory lock per stream
-//!   ([`lock_streams`]) and reads after it has the lock.
+//!   ([`lock_streams`], in `streams`) and reads after it has the lock.
 //! - **No deadlocks.** Every writer takes its locks in one order: the config or app row
 //!   (ingest shares it, a deletion takes it), then the streams' advisory locks in key
 //!   order, then delivery rows. Claims lock only delivery rows, and skip locked ones.
@@ -41,6 +41,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::ingest::{accept, commit_ingest, earlier_answers};
+use super::streams::{lock_streams, streams_of, unblock_next_of_streams};
 use super::{PgStore, WORK_CHANNEL, notify_work};
 use crate::accept::{
     Flavour, LEASE_EXPIRED, RtcCallback, TARGET_EXISTS, batch_time_ms, finished_streams,
@@ -48,7 +49,7 @@ use crate::accept::{
 };
 use crate::accept::{REPLAY_EVENTS, StoredEvent, replay_plan};
 use crate::backend::limit_offset;
-use crate::queue::{
+use crate::deliveries::{
     MOST_COUNTED_DELIVERIES, RetryFilter, bulk_retry_candidates, delivery_log_where,
 };
 use crate::rows::{
@@ -61,79 +62,6 @@ use crate::{
     DeliveryState, DeliveryStatus, DeliveryView, Lease, Page, REPLAY_MOST, Recorded, ReplayTarget,
     Replayed, RetryOutcome, StoreError,
 };
-
-/// Takes the advisory lock of each `(config_id, stream)` until the transaction ends, in
-/// key order. (PostgreSQL evaluates a volatile function in the select list after the
-/// `ORDER BY`, so the locks are taken in that order.) A hash collision only makes two
-/// streams take turns.
-pub(super) async fn lock_streams<'p>(
-    tx: &mut Transaction<'_, Postgres>,
-    pairs: impl IntoIterator<Item = (&'p str, &'p str)>,
-) -> Result<(), StoreError> {
-    let (configs, streams): (Vec<&str>, Vec<&str>) = pairs.into_iter().unzip();
-    if configs.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(k) FROM \
-             (SELECT DISTINCT hashtextextended(c || chr(31) || s, 0) AS k \
-              FROM unnest($1::text[], $2::text[]) AS t(c, s)) keys \
-         ORDER BY k",
-    )
-    .bind(configs)
-    .bind(streams)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// After deliveries finished, the oldest blocked delivery of each of their streams becomes
-/// due, read under the streams' locks. True when any did.
-async fn unblock_next_of_streams(
-    tx: &mut Transaction<'_, Postgres>,
-    pairs: &[(String, String)],
-    now_ms: i64,
-) -> Result<bool, StoreError> {
-    if pairs.is_empty() {
-        return Ok(false);
-    }
-    lock_streams(tx, pairs.iter().map(|(c, s)| (c.as_str(), s.as_str()))).await?;
-    let (configs, streams): (Vec<&str>, Vec<&str>) =
-        pairs.iter().map(|(c, s)| (c.as_str(), s.as_str())).unzip();
-    // One index probe per stream for its oldest blocked delivery, then one per id: the
-    // plain `id IN (SELECT MIN(id) … GROUP BY …)` read every blocked row of each stream
-    // and joined them to a scan of the whole table.
-    let (pending, blocked) = (DeliveryState::Pending, DeliveryState::Blocked);
-    let done = sqlx::query(&format!(
-        "UPDATE deliveries SET state = '{pending}', next_attempt_at_ms = $1 WHERE id = ANY(ARRAY( \
-             SELECT (SELECT b.id FROM deliveries b WHERE b.state = '{blocked}' \
-                     AND b.config_id = t.c AND b.stream = t.s ORDER BY b.id LIMIT 1) \
-             FROM unnest($2::text[], $3::text[]) AS t(c, s)))",
-    ))
-    .bind(now_ms)
-    .bind(configs)
-    .bind(streams)
-    .execute(&mut **tx)
-    .await?;
-    Ok(done.rows_affected() > 0)
-}
-
-/// The `(config_id, stream)` of the deliveries `ids`, read without locking: a delivery's
-/// config and stream never change, so writers can lock its stream before its row.
-async fn streams_of(
-    tx: &mut Transaction<'_, Postgres>,
-    ids: &[i64],
-) -> Result<Vec<(String, String)>, StoreError> {
-    Ok(
-        sqlx::query("SELECT DISTINCT config_id, stream FROM deliveries WHERE id = ANY($1)")
-            .bind(ids)
-            .fetch_all(&mut **tx)
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get("config_id")?, r.try_get("stream")?)))
-            .collect::<Result<_, sqlx::Error>>()?,
-    )
-}
 
 #[async_trait]
 impl DeliveryQueue for PgStore {

@@ -13,6 +13,10 @@
 //!
 //! SQLite has no cheap cross-process change notice (`PRAGMA data_version` is itself a
 //! query), and a file watcher would fire on every commit, hence the stamp.
+//!
+//! It lives beside the backends rather than in `sqlite` because the shared credentials SQL
+//! asks every backend for it ([`crate::backend::SqlBackend::token_cache`]), and that trait
+//! names no backend's types.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;

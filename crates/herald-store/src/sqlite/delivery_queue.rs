@@ -33,7 +33,7 @@ use super::ingest::{Batch, BatchAnswer};
 use super::{BEGIN_DURABLE, BEGIN_QUEUE, SqliteStore, claim, json_array};
 use crate::accept::{LEASE_EXPIRED, TARGET_EXISTS, batch_time_ms, next_state, rescued_state};
 use crate::accept::{REPLAY_EVENTS, StoredEvent, replay_plan};
-use crate::queue::{
+use crate::deliveries::{
     MOST_COUNTED_DELIVERIES, RetryFilter, bulk_retry_candidates, delivery_log_where,
 };
 use crate::rows::{AttemptRow, DeliveryRow, delivery_views, stored_state};
