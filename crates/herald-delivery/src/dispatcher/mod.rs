@@ -188,7 +188,7 @@ impl Dispatcher {
             };
             let drained = claimed.iter().map(|c| c.links.len()).sum::<usize>() < wanted;
             for chain in claimed {
-                self.spawn_chain(&tracker, chain, done_tx.clone());
+                self.spawn_chain(&tracker, chain, done_tx.clone(), cancel.clone());
             }
             if drained {
                 // A short claim means that nothing else is due, or that what is due
@@ -365,9 +365,15 @@ impl Dispatcher {
 
     /// Sends a chain's deliveries one after the other: the due one, then each follower
     /// once the one before it succeeded, if its lease still holds (its config was not
-    /// deleted) and its send can end within the lease's hold. What is not sent is handed
-    /// back ([`AfterAttempt::NotSent`]).
-    fn spawn_chain(&self, tracker: &TaskTracker, chain: Chain, done: mpsc::Sender<Outcome>) {
+    /// deleted), its send can end within the lease's hold and the server is not stopping.
+    /// What is not sent is handed back ([`AfterAttempt::NotSent`]).
+    fn spawn_chain(
+        &self,
+        tracker: &TaskTracker,
+        chain: Chain,
+        done: mpsc::Sender<Outcome>,
+        stopping: CancellationToken,
+    ) {
         let (store, sender, settings, owner, concurrency) = (
             self.store.clone(),
             self.sender.clone(),
@@ -386,10 +392,13 @@ impl Dispatcher {
             while let Some((delivery, slot, in_flight)) = links.next() {
                 // The semaphore is never closed, so acquiring only waits for a permit.
                 let permit = permits.acquire().await;
+                // Once the server is stopping, followers go back unsent: the shutdown grace
+                // is for what is on the wire, not for a stream's whole backlog.
                 let may_send = first
                     || (std::time::Instant::now().checked_add(settings.timeout))
                         .is_some_and(|end| end <= deadline)
-                        && store.follower_lease_holds(&delivery, &owner);
+                        && store.follower_lease_holds(&delivery, &owner)
+                        && !stopping.is_cancelled();
                 if !may_send {
                     drop(permit);
                     let rest = std::iter::once((delivery, slot, in_flight)).chain(links);
