@@ -127,21 +127,27 @@ async fn first_server(
     (data_dir, first, base, token)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_accepted_is_lost_to_kill_9() {
-    // A slowish receiver keeps many callbacks on the wire when the kill comes.
-    let receiver = Receiver::scripted(Arc::new(|_r: &Received, _n: usize| {
-        (StatusCode::OK, Duration::from_millis(20))
-    }))
-    .await;
-    let (data_dir, mut first, base, token) = first_server(&receiver).await;
-    let http = reqwest::Client::new();
+/// What [`ingest_kill_restart`] leaves: the restarted server (up while this lives), the
+/// ids that got a 202 in both phases, how many of them before the kill, and when it came.
+struct Restarted {
+    _data_dir: tempfile::TempDir,
+    _second: tokio::process::Child,
+    expected: HashSet<String>,
+    accepted_before: usize,
+    killed_at: Instant,
+}
 
+/// [`first_server`], [`CLIENTS`] clients ingesting over `streams` streams, `kill -9` once
+/// `kill_after` callbacks have arrived, then a second `herald serve` on the same data dir
+/// and half a second more of ingest (phases `before` and `after`).
+async fn ingest_kill_restart(receiver: &Receiver, kill_after: usize, streams: u32) -> Restarted {
+    let (data_dir, mut first, base, token) = first_server(receiver).await;
+    let http = reqwest::Client::new();
     let accepted = Arc::new(Mutex::new(HashSet::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let ingest = ingest_phase(&http, &base, &token, &stop, &accepted, "before", 50);
+    let ingest = ingest_phase(&http, &base, &token, &stop, &accepted, "before", streams);
     // Kill once deliveries are flowing and ingest is in full swing.
-    receiver.wait_for(100, Duration::from_secs(30)).await;
+    receiver.wait_for(kill_after, Duration::from_secs(30)).await;
     first.kill().await.unwrap();
     let killed_at = Instant::now();
     stop.store(true, Ordering::SeqCst);
@@ -149,15 +155,34 @@ async fn nothing_accepted_is_lost_to_kill_9() {
     let accepted_before = accepted.lock().unwrap().len();
     assert!(accepted_before > 0);
 
-    let (_second, base) = spawn_serve(data_dir.path(), ARGS, ENV, Stdio::null()).await;
+    let (second, base) = spawn_serve(data_dir.path(), ARGS, ENV, Stdio::null()).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let ingest = ingest_phase(&http, &base, &token, &stop, &accepted, "after", 50);
+    let ingest = ingest_phase(&http, &base, &token, &stop, &accepted, "after", streams);
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     ingest.await.unwrap();
-
-    eprintln!("phase: restarted and ingested at {:?}", killed_at.elapsed());
     let expected = accepted.lock().unwrap().clone();
+    Restarted {
+        _data_dir: data_dir,
+        _second: second,
+        expected,
+        accepted_before,
+        killed_at,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_accepted_is_lost_to_kill_9() {
+    // A slowish receiver keeps many callbacks on the wire when the kill comes.
+    let receiver = Receiver::scripted(Arc::new(|_r: &Received, _n: usize| {
+        (StatusCode::OK, Duration::from_millis(20))
+    }))
+    .await;
+    // Bound whole: the restarted server lives as long as `run`.
+    let run = ingest_kill_restart(&receiver, 100, 50).await;
+    let expected = run.expected.clone();
+    let accepted_before = run.accepted_before;
+    let killed_at = run.killed_at;
     let delivered = receiver
         .wait_for_ids(&expected, Duration::from_secs(60))
         .await;
@@ -247,25 +272,10 @@ async fn nothing_accepted_is_lost_to_kill_9_while_a_receiver_says_slow_down() {
             .map(|(_, r)| r)
             .collect()
     };
-    let (data_dir, mut first, base, token) = first_server(&receiver).await;
-    let http = reqwest::Client::new();
-    let accepted = Arc::new(Mutex::new(HashSet::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let ingest = ingest_phase(&http, &base, &token, &stop, &accepted, "before", 50);
-    receiver.wait_for(100, Duration::from_secs(30)).await;
-    first.kill().await.unwrap();
-    let killed_at = Instant::now();
-    stop.store(true, Ordering::SeqCst);
-    ingest.await.unwrap();
-
-    let (_second, base) = spawn_serve(data_dir.path(), ARGS, ENV, Stdio::null()).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let ingest = ingest_phase(&http, &base, &token, &stop, &accepted, "after", 50);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::SeqCst);
-    ingest.await.unwrap();
-
-    let expected = accepted.lock().unwrap().clone();
+    // Bound whole: the restarted server lives as long as `run`.
+    let run = ingest_kill_restart(&receiver, 100, 50).await;
+    let expected = run.expected.clone();
+    let killed_at = run.killed_at;
     let deadline = Instant::now() + Duration::from_secs(90);
     let arrivals = loop {
         let mut arrivals: HashMap<String, Vec<Instant>> = HashMap::new();
@@ -308,25 +318,10 @@ async fn nothing_accepted_is_lost_to_kill_9_on_one_busy_stream_and_its_order_hol
         (StatusCode::OK, Duration::from_millis(2))
     }))
     .await;
-    let (data_dir, mut first, base, token) = first_server(&receiver).await;
-    let http = reqwest::Client::new();
-    let accepted = Arc::new(Mutex::new(HashSet::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let ingest = ingest_phase(&http, &base, &token, &stop, &accepted, "before", 1);
-    receiver.wait_for(300, Duration::from_secs(30)).await;
-    first.kill().await.unwrap();
-    let killed_at = Instant::now();
-    stop.store(true, Ordering::SeqCst);
-    ingest.await.unwrap();
-
-    let (_second, base) = spawn_serve(data_dir.path(), ARGS, ENV, Stdio::null()).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let ingest = ingest_phase(&http, &base, &token, &stop, &accepted, "after", 1);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::SeqCst);
-    ingest.await.unwrap();
-
-    let expected = accepted.lock().unwrap().clone();
+    // Bound whole: the restarted server lives as long as `run`.
+    let run = ingest_kill_restart(&receiver, 300, 1).await;
+    let expected = run.expected.clone();
+    let killed_at = run.killed_at;
     let delivered = receiver
         .wait_for_ids(&expected, Duration::from_secs(90))
         .await;
