@@ -53,6 +53,8 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     /// SQL for the ids in a JSON array of integers bound as `param` (`json_array`), as a
     /// subquery for `IN`: how both backends take a list as one parameter.
     fn ids_of_json(param: &str) -> String;
+    /// SQL for the text field `field` of the event payload `e.payload` (JSON text).
+    fn payload_text(field: &str) -> String;
     /// The column that orders RTC apps by creation: SQLite's `rowid`, a sequence (`seq`)
     /// on PostgreSQL.
     const RTC_APPS_IN_CREATION_ORDER_BY: &'static str;

@@ -28,6 +28,7 @@ mod accept;
 mod backend;
 mod credentials;
 mod deliveries;
+mod history;
 mod live_configs;
 mod location;
 pub mod postgres;

@@ -43,15 +43,13 @@ use tokio_util::sync::CancellationToken;
 use super::ingest::{accept, commit_ingest, earlier_answers};
 use super::streams::{lock_streams, streams_of, unblock_next_of_streams};
 use super::{PgStore, WORK_CHANNEL, notify_work};
+use crate::accept::replay_plan;
 use crate::accept::{
     Flavour, LEASE_EXPIRED, RtcCallback, TARGET_EXISTS, batch_time_ms, finished_streams,
     live_match_keys, next_state, plan_live, plan_rtc, rescued_state,
 };
-use crate::accept::{REPLAY_EVENTS, StoredEvent, replay_plan};
 use crate::backend::limit_offset;
-use crate::deliveries::{
-    MOST_COUNTED_DELIVERIES, RetryFilter, bulk_retry_candidates, delivery_log_where,
-};
+use crate::deliveries::{MOST_COUNTED_DELIVERIES, RetryFilter, delivery_log_where};
 use crate::rows::{
     AttemptRow, CandidateRow, ClaimedRow, DeliveryRow, Target, delivery_views, finish_claim,
     stored_state,
@@ -59,8 +57,8 @@ use crate::rows::{
 use crate::state::{DUE, NOT_SENT, OPEN};
 use crate::{
     Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
-    DeliveryState, DeliveryStatus, DeliveryView, Lease, Page, REPLAY_MOST, Recorded, ReplayTarget,
-    Replayed, RetryOutcome, StoreError,
+    DeliveryState, DeliveryStatus, DeliveryView, Lease, Page, Recorded, ReplayTarget, Replayed,
+    RetryOutcome, StoreError,
 };
 
 #[async_trait]
@@ -384,21 +382,7 @@ impl DeliveryQueue for PgStore {
         now: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<i64>, StoreError> {
-        Ok(
-            sqlx::query_scalar(&bulk_retry_candidates(filter.status, |field| {
-                format!("(e.payload::jsonb ->> '{field}')")
-            }))
-            .bind(project.as_str())
-            .bind(filter.since.map(unix_ms))
-            .bind(filter.until.map(unix_ms))
-            .bind(filter.publish_domain.as_deref())
-            .bind(filter.app.as_deref())
-            .bind(filter.app_id.as_deref())
-            .bind(unix_ms(now))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?,
-        )
+        crate::history::bulk_retry_ids(self, project, filter, now, limit).await
     }
 
     async fn replay(
@@ -414,21 +398,11 @@ impl DeliveryQueue for PgStore {
         };
         let flavour = plan.flavour();
         let mut tx = self.begin().await?;
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(REPLAY_EVENTS)
-            .bind(project.as_str())
-            .bind(flavour.name())
-            .bind(unix_ms(since))
-            .bind(unix_ms(until))
-            .bind(i64::try_from(REPLAY_MOST + 1).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
-            .await?;
-        if rows.len() > REPLAY_MOST {
+        let Some(events) =
+            crate::history::replay_events::<Self>(&mut tx, project, flavour, since, until).await?
+        else {
             return Ok(Replayed::TooMany);
-        }
-        let events = rows
-            .into_iter()
-            .map(|(seq, id, payload)| StoredEvent::new(seq, &id, payload))
-            .collect::<Result<Vec<_>, _>>()?;
+        };
         let events = plan.matching(events)?;
         let seqs = events
             .iter()

@@ -128,6 +128,10 @@ impl crate::backend::SqlBackend for PgStore {
     const LOCK_ROWS_OR_SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
     const RTC_APPS_IN_CREATION_ORDER_BY: &'static str = "seq";
 
+    fn payload_text(field: &str) -> String {
+        format!("(e.payload::jsonb ->> '{field}')")
+    }
+
     fn ids_of_json(param: &str) -> String {
         format!("(SELECT jsonb_array_elements_text({param}::jsonb)::bigint)")
     }

@@ -31,17 +31,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::ingest::{Batch, BatchAnswer};
 use super::{BEGIN_DURABLE, BEGIN_QUEUE, SqliteStore, claim, json_array};
+use crate::accept::replay_plan;
 use crate::accept::{LEASE_EXPIRED, TARGET_EXISTS, batch_time_ms, next_state, rescued_state};
-use crate::accept::{REPLAY_EVENTS, StoredEvent, replay_plan};
-use crate::deliveries::{
-    MOST_COUNTED_DELIVERIES, RetryFilter, bulk_retry_candidates, delivery_log_where,
-};
+use crate::deliveries::{MOST_COUNTED_DELIVERIES, RetryFilter, delivery_log_where};
 use crate::rows::{AttemptRow, DeliveryRow, delivery_views, stored_state};
 use crate::state::{DUE, FINISHED, NOT_SENT, OPEN};
 use crate::{
     Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
-    DeliveryState, DeliveryStatus, DeliveryView, Lease, Page, REPLAY_MOST, Recorded, ReplayTarget,
-    Replayed, RetryOutcome, StoreError,
+    DeliveryState, DeliveryStatus, DeliveryView, Lease, Page, Recorded, ReplayTarget, Replayed,
+    RetryOutcome, StoreError,
 };
 
 async fn stream_has_open_delivery(
@@ -347,21 +345,7 @@ impl DeliveryQueue for SqliteStore {
         now: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<i64>, StoreError> {
-        Ok(
-            sqlx::query_scalar(&bulk_retry_candidates(filter.status, |field| {
-                format!("json_extract(e.payload, '$.{field}')")
-            }))
-            .bind(project.as_str())
-            .bind(filter.since.map(unix_ms))
-            .bind(filter.until.map(unix_ms))
-            .bind(filter.publish_domain.as_deref())
-            .bind(filter.app.as_deref())
-            .bind(filter.app_id.as_deref())
-            .bind(unix_ms(now))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?,
-        )
+        crate::history::bulk_retry_ids(self, project, filter, now, limit).await
     }
 
     async fn replay(
@@ -377,21 +361,11 @@ impl DeliveryQueue for SqliteStore {
         };
         let flavour = plan.flavour();
         let (_gate, mut tx) = self.begin_write(BEGIN_DURABLE).await?;
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(REPLAY_EVENTS)
-            .bind(project.as_str())
-            .bind(flavour.name())
-            .bind(unix_ms(since))
-            .bind(unix_ms(until))
-            .bind(i64::try_from(REPLAY_MOST + 1).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
-            .await?;
-        if rows.len() > REPLAY_MOST {
+        let Some(events) =
+            crate::history::replay_events::<Self>(&mut tx, project, flavour, since, until).await?
+        else {
             return Ok(Replayed::TooMany);
-        }
-        let events = rows
-            .into_iter()
-            .map(|(seq, id, payload)| StoredEvent::new(seq, &id, payload))
-            .collect::<Result<Vec<_>, _>>()?;
+        };
         let events = plan.matching(events)?;
         let queued = super::ingest::insert_deliveries(
             &mut tx,

@@ -206,6 +206,10 @@ impl crate::backend::SqlBackend for SqliteStore {
         Some(self.ingest_commits.hooks(hooks.to_vec(), now).await)
     }
 
+    fn payload_text(field: &str) -> String {
+        format!("json_extract(e.payload, '$.{field}')")
+    }
+
     fn ids_of_json(param: &str) -> String {
         format!("(SELECT value FROM json_each({param}))")
     }
