@@ -341,7 +341,7 @@ pub(crate) fn bulk_retry_candidates(
         retrying = DeliveryState::Retrying,
         domain = json_text("publish_domain"),
         app = json_text("app"),
-        target = crate::accept::TARGET_EXISTS,
+        target = crate::outcomes::TARGET_EXISTS,
     )
 }
 

@@ -31,6 +31,7 @@ mod deliveries;
 mod history;
 mod live_configs;
 mod location;
+mod outcomes;
 pub mod postgres;
 mod queue_status;
 mod recording;
@@ -63,7 +64,7 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use accept::{REPLAY_MOST, ReplayTarget, Replayed};
+pub use history::{REPLAY_MOST, ReplayTarget, Replayed};
 pub use location::StoreLocation;
 
 /// The name and sealing context of the master-key check in `herald_meta`, on every backend.

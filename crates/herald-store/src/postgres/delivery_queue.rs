@@ -43,13 +43,13 @@ use tokio_util::sync::CancellationToken;
 use super::ingest::{accept, commit_ingest, earlier_answers};
 use super::streams::{lock_streams, streams_of, unblock_next_of_streams};
 use super::{PgStore, WORK_CHANNEL, notify_work};
-use crate::accept::replay_plan;
-use crate::accept::{
-    Flavour, LEASE_EXPIRED, RtcCallback, TARGET_EXISTS, batch_time_ms, finished_streams,
-    live_match_keys, next_state, plan_live, plan_rtc, rescued_state,
-};
+use crate::accept::{Flavour, RtcCallback, live_match_keys, plan_live, plan_rtc};
 use crate::backend::limit_offset;
 use crate::deliveries::{MOST_COUNTED_DELIVERIES, RetryFilter, delivery_log_where};
+use crate::history::replay_plan;
+use crate::outcomes::{
+    LEASE_EXPIRED, TARGET_EXISTS, batch_time_ms, finished_streams, next_state, rescued_state,
+};
 use crate::rows::{
     AttemptRow, CandidateRow, ClaimedRow, DeliveryRow, Target, delivery_views, finish_claim,
     stored_state,

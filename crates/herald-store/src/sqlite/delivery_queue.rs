@@ -31,9 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::ingest::{Batch, BatchAnswer};
 use super::{BEGIN_DURABLE, BEGIN_QUEUE, SqliteStore, claim, json_array};
-use crate::accept::replay_plan;
-use crate::accept::{LEASE_EXPIRED, TARGET_EXISTS, batch_time_ms, next_state, rescued_state};
 use crate::deliveries::{MOST_COUNTED_DELIVERIES, RetryFilter, delivery_log_where};
+use crate::history::replay_plan;
+use crate::outcomes::{LEASE_EXPIRED, TARGET_EXISTS, batch_time_ms, next_state, rescued_state};
 use crate::rows::{AttemptRow, DeliveryRow, delivery_views, stored_state};
 use crate::state::{DUE, FINISHED, NOT_SENT, OPEN};
 use crate::{
