@@ -136,7 +136,8 @@ impl Dispatcher {
         cancel: CancellationToken,
         grace: Duration,
     ) -> Result<(), WorkerStopped> {
-        let tracker = TaskTracker::new();
+        // The chains' tasks, waited for at shutdown (not the recording `Tracker`).
+        let chains = TaskTracker::new();
         // Each outcome carries its place in flight, and there are `max_in_flight` of them:
         // the channel never holds more, so a send never waits.
         let (done_tx, done_rx) = mpsc::channel(
@@ -188,7 +189,7 @@ impl Dispatcher {
             };
             let drained = claimed.iter().map(|c| c.links.len()).sum::<usize>() < wanted;
             for chain in claimed {
-                self.spawn_chain(&tracker, chain, done_tx.clone(), cancel.clone());
+                self.spawn_chain(&chains, chain, done_tx.clone(), cancel.clone());
             }
             if drained {
                 // A short claim means that nothing else is due, or that what is due
@@ -203,8 +204,8 @@ impl Dispatcher {
                 }
             }
         }
-        tracker.close();
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        chains.close();
+        if tokio::time::timeout(grace, chains.wait()).await.is_err() {
             tracing::warn!(
                 ?grace,
                 "attempts still in flight at shutdown; their leases will expire and they will be retried"
@@ -369,7 +370,7 @@ impl Dispatcher {
     /// What is not sent is handed back ([`AfterAttempt::NotSent`]).
     fn spawn_chain(
         &self,
-        tracker: &TaskTracker,
+        chains: &TaskTracker,
         chain: Chain,
         done: mpsc::Sender<Outcome>,
         stopping: CancellationToken,
@@ -381,7 +382,7 @@ impl Dispatcher {
             self.owner.clone(),
             self.concurrency.clone(),
         );
-        tracker.spawn(async move {
+        chains.spawn(async move {
             let Chain {
                 links,
                 permits,
