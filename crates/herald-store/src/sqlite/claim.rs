@@ -60,7 +60,6 @@ pub(super) async fn claim(
                 expires_at_ms,
                 attempt: u32::try_from(row.attempts).unwrap_or(u32::MAX),
                 state: state.as_str(),
-                follower: state == DeliveryState::Blocked,
             },
         )
     };
@@ -160,12 +159,10 @@ async fn add_followers(
         // The blocked index is ordered by id; the JSON array keeps that order only by
         // SQLite's habit, so it is sorted again.
         followers.sort_unstable();
-        let room = project_left
-            .get_mut(endpoint_project(&d.endpoint))
-            .map_or(0, |room| *room);
-        followers.truncate(each.min(left).min(room));
+        let room = project_left.get_mut(endpoint_project(&d.endpoint));
+        followers.truncate(each.min(left).min(room.as_deref().map_or(0, |r| *r)));
         left -= followers.len();
-        if let Some(room) = project_left.get_mut(endpoint_project(&d.endpoint)) {
+        if let Some(room) = room {
             *room -= followers.len();
         }
         d.followers = followers;

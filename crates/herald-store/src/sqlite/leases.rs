@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::Completion;
+use crate::{Completion, DeliveryState};
 
 /// A delivery leased by this process.
 #[derive(Debug, Clone)]
@@ -30,13 +30,24 @@ pub(super) struct Held {
     pub expires_at_ms: i64,
     /// The attempt being made: the row's `attempts` + 1.
     pub attempt: u32,
-    /// The state the row keeps while the attempt is in flight: `pending` or `retrying`
-    /// (a follower's: `blocked`, until the delivery before it is recorded).
+    /// The state the row keeps while the attempt is in flight: `pending` or `retrying`;
+    /// `blocked` for a follower ([`crate::ClaimedDelivery::followers`]), leased in that
+    /// state whatever its row becomes once the delivery before it is recorded.
     pub state: &'static str,
-    /// Leased as a follower ([`crate::ClaimedDelivery::followers`]): not sent yet, or
-    /// being sent. A config's deletion cancels it and ends its lease, where it leaves a
-    /// due delivery's lease alone (that one is in flight).
-    pub follower: bool,
+}
+
+impl Held {
+    /// Leased as a follower: not sent yet, or being sent. A config's deletion cancels it
+    /// and ends its lease, where it leaves a due delivery's lease alone (that one is in
+    /// flight).
+    fn is_follower(&self) -> bool {
+        self.state == DeliveryState::Blocked.as_str()
+    }
+
+    /// Held by `owner` for `attempt`.
+    fn is_for(&self, owner: &str, attempt: u32) -> bool {
+        self.owner == owner && self.attempt == attempt
+    }
 }
 
 #[derive(Default)]
@@ -64,7 +75,7 @@ impl Leases {
         let (due, followers): (Vec<_>, Vec<_>) = self
             .held()
             .iter()
-            .map(|(id, h)| (*id, h.follower))
+            .map(|(id, h)| (*id, h.is_follower()))
             .partition(|(_, f)| !f);
         (
             due.into_iter().map(|(id, _)| id).collect(),
@@ -74,7 +85,7 @@ impl Leases {
 
     /// Whether `id` is leased to `owner` for `attempt`.
     pub fn holds(&self, id: i64, owner: &str, attempt: u32) -> bool {
-        (self.held().get(&id)).is_some_and(|h| h.owner == owner && h.attempt == attempt)
+        (self.held().get(&id)).is_some_and(|h| h.is_for(owner, attempt))
     }
 
     /// Leases `id`; false when it is leased already.
@@ -95,7 +106,7 @@ impl Leases {
             .iter()
             .filter(|c| {
                 held.get(&c.delivery_id)
-                    .is_some_and(|h| h.owner == c.lease_owner && h.attempt == c.attempt)
+                    .is_some_and(|h| h.is_for(&c.lease_owner, c.attempt))
             })
             .collect()
     }
