@@ -12,6 +12,24 @@ use crate::{AfterAttempt, Completion, DeliveryState};
 pub(crate) const TARGET_EXISTS: &str = "(EXISTS (SELECT 1 FROM live_callback_configs c WHERE c.id = d.config_id) \
      OR EXISTS (SELECT 1 FROM rtc_apps a WHERE a.app_id = d.config_id AND a.callback_url IS NOT NULL))";
 
+/// SQL `SET` terms that keep a successful attempt in its delivery row `d`, from the outcome
+/// row `b` (`state`, `at`, `status_code`, `latency_ms`, `response_head`); other outcomes
+/// leave the columns empty. A success is never written to `delivery_attempts`, which holds
+/// the failed and lost attempts: a first-try success is one change of one row.
+pub(crate) fn success_from_b() -> String {
+    let succeeded = DeliveryState::Succeeded;
+    [
+        ("at_ms", "at"),
+        ("status_code", "status_code"),
+        ("latency_ms", "latency_ms"),
+        ("response_head", "response_head"),
+    ]
+    .map(|(column, value)| {
+        format!("success_{column} = CASE WHEN b.state = '{succeeded}' THEN b.{value} END")
+    })
+    .join(", ")
+}
+
 /// SQL: the state a rescued delivery `d` moves to. Cancelled when its target is gone; dead
 /// when the attempt its worker died in (number `attempts`, an SQL expression) was its last
 /// (`max_attempts` is the parameter that holds the number of attempts), so that a delivery

@@ -110,12 +110,17 @@ where
                 endpoint_entry(&mut by_endpoint, url.endpoint(project));
             }
         }
+        // The failed attempts are rows of delivery_attempts (so were the successes of
+        // deliveries finished before issue 29); a success is kept in its delivery's row.
         let counts = sqlx::query(
-            "SELECT d.endpoint AS endpoint, COUNT(*) AS n, \
-                 SUM(CASE WHEN a.status_code >= 200 AND a.status_code < 300 THEN 1 ELSE 0 END) AS ok \
-             FROM deliveries d JOIN delivery_attempts a ON a.delivery_id = d.id \
-             WHERE d.project_id = $1 AND d.next_attempt_at_ms >= $2 AND a.at_ms >= $2 \
-             GROUP BY d.endpoint",
+            "SELECT endpoint, COUNT(*) AS n, SUM(ok) AS ok FROM ( \
+                 SELECT d.endpoint AS endpoint, \
+                     CASE WHEN a.status_code >= 200 AND a.status_code < 300 THEN 1 ELSE 0 END AS ok \
+                 FROM deliveries d JOIN delivery_attempts a ON a.delivery_id = d.id \
+                 WHERE d.project_id = $1 AND d.next_attempt_at_ms >= $2 AND a.at_ms >= $2 \
+                 UNION ALL SELECT d.endpoint, 1 FROM deliveries d \
+                 WHERE d.project_id = $1 AND d.next_attempt_at_ms >= $2 AND d.success_at_ms >= $2) attempts \
+             GROUP BY endpoint",
         )
         .bind(project.as_str())
         .bind(unix_ms(since))

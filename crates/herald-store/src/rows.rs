@@ -369,7 +369,17 @@ pub(crate) struct DeliveryRow {
     pub state: String,
     pub created_at_ms: i64,
     pub next_attempt_at_ms: i64,
+    /// The successful attempt, kept in the row rather than in `delivery_attempts`.
+    pub success_at_ms: Option<i64>,
+    pub success_status_code: Option<i64>,
+    pub success_latency_ms: Option<i64>,
+    pub success_response_head: Option<String>,
 }
+
+/// The columns of [`DeliveryRow`], for a `SELECT` from `deliveries d JOIN events e`.
+pub(crate) const DELIVERY_ROW_COLUMNS: &str = "d.id, e.event_id, d.config_id, d.url, e.payload, \
+     d.state, d.created_at_ms, d.next_attempt_at_ms, \
+     d.success_at_ms, d.success_status_code, d.success_latency_ms, d.success_response_head";
 
 /// One row of `delivery_attempts`.
 #[derive(sqlx::FromRow)]
@@ -387,7 +397,25 @@ pub(crate) fn stored_state(id: i64, raw: &str) -> Result<DeliveryState, CorruptR
     DeliveryState::parse(raw).map_err(|e| corrupt("deliveries", id, e))
 }
 
-/// The log's page of deliveries, each with its attempts (given in attempt order).
+/// An attempt as stored, in `delivery_attempts` or (a success) in its delivery's row.
+fn attempt_record(
+    at_ms: i64,
+    status_code: Option<i64>,
+    error: Option<String>,
+    latency_ms: i64,
+    response_head: Option<String>,
+) -> AttemptRecord {
+    AttemptRecord {
+        at: from_unix_ms(at_ms),
+        status_code: status_code.and_then(|c| u16::try_from(c).ok()),
+        error,
+        latency_ms: u64::try_from(latency_ms).unwrap_or(0),
+        response_head,
+    }
+}
+
+/// The log's page of deliveries, each with its attempts (given in attempt order), its
+/// success (kept in its row) last.
 pub(crate) fn delivery_views(
     rows: Vec<DeliveryRow>,
     attempts: Vec<AttemptRow>,
@@ -397,17 +425,27 @@ pub(crate) fn delivery_views(
         by_delivery
             .entry(a.delivery_id)
             .or_default()
-            .push(AttemptRecord {
-                at: from_unix_ms(a.at_ms),
-                status_code: a.status_code.and_then(|c| u16::try_from(c).ok()),
-                error: a.error,
-                latency_ms: u64::try_from(a.latency_ms).unwrap_or(0),
-                response_head: a.response_head,
-            });
+            .push(attempt_record(
+                a.at_ms,
+                a.status_code,
+                a.error,
+                a.latency_ms,
+                a.response_head,
+            ));
     }
     rows.into_iter()
         .map(|row| {
             let state = stored_state(row.id, &row.state)?;
+            let mut attempts = by_delivery.remove(&row.id).unwrap_or_default();
+            if let Some(at_ms) = row.success_at_ms {
+                attempts.push(attempt_record(
+                    at_ms,
+                    row.success_status_code,
+                    None,
+                    row.success_latency_ms.unwrap_or(0),
+                    row.success_response_head,
+                ));
+            }
             let open = !state.is_finished();
             Ok(DeliveryView {
                 id: row.id,
@@ -420,7 +458,7 @@ pub(crate) fn delivery_views(
                     .unwrap_or_default(),
                 created_at: from_unix_ms(row.created_at_ms),
                 next_attempt_at: open.then(|| from_unix_ms(row.next_attempt_at_ms)),
-                attempts: by_delivery.remove(&row.id).unwrap_or_default(),
+                attempts,
                 status: state.status(),
             })
         })

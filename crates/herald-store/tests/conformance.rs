@@ -652,6 +652,21 @@ enum Behind {
 }
 
 impl Behind {
+    /// The one number `sql` selects.
+    async fn count(&self, sql: &str) -> i64 {
+        match self {
+            Self::Sqlite(dir) => {
+                let url = format!("sqlite:{}", dir.join(DATABASE_FILE).display());
+                let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap()
+            }
+            Self::Postgres(url) => {
+                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap()
+            }
+        }
+    }
+
     async fn execute(&self, sql: &str) {
         match self {
             Self::Sqlite(dir) => {
@@ -759,7 +774,105 @@ async fn run_hardening_suite(store: &dyn Store, behind: &Behind) {
     an_unreadable_delivery_is_dead_and_the_claim_goes_on(store, behind).await;
     a_claim_goes_on_when_an_unreadable_row_cannot_be_marked_dead(store, behind).await;
     a_corrupt_config_fails_only_its_own_ingest(store, behind).await;
+    a_success_is_kept_in_its_delivery_row(store, behind).await;
     the_log_counts_up_to_a_bound(store).await;
+}
+
+/// A success is kept in its delivery's row, so a first-try success writes no attempt row;
+/// `delivery_attempts` holds the failed attempts. The log and the endpoint figures show
+/// every attempt all the same, successes stored in `delivery_attempts` before issue 29
+/// included.
+async fn a_success_is_kept_in_its_delivery_row(store: &dyn Store, behind: &Behind) {
+    let t0 = datetime!(2035-02-01 00:00:00 UTC);
+    let p = "q-success-row";
+    let body = json!({"publish_domain": "row.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/row"});
+    add_config(store, p, "cfg-success-row", body, t0).await;
+    let events: Vec<_> = ["first-try", "after-retry", "given-up"]
+        .iter()
+        .map(|id| event(id, "RECORD_FILE_COMPLETE", "row.example.com", "live", id))
+        .collect();
+    store.ingest_live(&project(p), &events, t0).await.unwrap();
+    let attempt_rows = "SELECT COUNT(*) FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
+         WHERE d.config_id = 'cfg-success-row'";
+    let claimed = claim(store, t0, 10).await;
+    let outcomes = [
+        succeeded(claimed_one(&claimed, "first-try"), t0),
+        outcome(
+            claimed_one(&claimed, "after-retry"),
+            answer(t0, 500),
+            AfterAttempt::RetryAt(t0 + secs(5)),
+        ),
+        outcome(
+            claimed_one(&claimed, "given-up"),
+            answer(t0, 410),
+            AfterAttempt::Dead,
+        ),
+    ];
+    assert_eq!(complete(store, &outcomes).await, 3);
+    assert_eq!(behind.count(attempt_rows).await, 2, "the two failures only");
+    let again = claim(store, t0 + secs(5), 10).await;
+    assert_eq!(event_ids(&again), ["after-retry"]);
+    assert_eq!(again[0].attempt, 2);
+    assert_eq!(
+        complete(store, &[succeeded(&again[0], t0 + secs(6))]).await,
+        1
+    );
+    assert_eq!(
+        behind.count(attempt_rows).await,
+        2,
+        "no row for the success"
+    );
+
+    let attempts = |id: &'static str| async move { delivery_of(store, p, id).await.attempts };
+    assert_eq!(attempts("first-try").await, [answer(t0, 200)]);
+    assert_eq!(
+        attempts("after-retry").await,
+        [answer(t0, 500), answer(t0 + secs(6), 200)]
+    );
+    assert_eq!(attempts("given-up").await, [answer(t0, 410)]);
+    let health = store
+        .endpoint_attempts(&project(p), t0 - secs(1), t0 - secs(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        health
+            .iter()
+            .map(|e| (e.attempts, e.successes))
+            .collect::<Vec<_>>(),
+        [(4, 2)],
+        "{health:?}"
+    );
+
+    // A success stored as before: in delivery_attempts, with the row's columns empty.
+    let first = delivery_of(store, p, "first-try").await.id;
+    behind
+        .execute(&format!(
+            "UPDATE deliveries SET success_at_ms = NULL, success_status_code = NULL, \
+                 success_latency_ms = NULL, success_response_head = NULL WHERE id = {first}"
+        ))
+        .await;
+    behind
+        .execute(&format!(
+            "INSERT INTO delivery_attempts (delivery_id, attempt, at_ms, status_code, latency_ms, response_head) \
+             VALUES ({first}, 1, {}, 200, 25, 'status 200')",
+            (t0 - OffsetDateTime::UNIX_EPOCH).whole_milliseconds()
+        ))
+        .await;
+    assert_eq!(attempts("first-try").await, [answer(t0, 200)]);
+    let health = store
+        .endpoint_attempts(&project(p), t0 - secs(1), t0 - secs(1))
+        .await
+        .unwrap();
+    assert_eq!((health[0].attempts, health[0].successes), (4, 2));
+    // Retention takes them with the rest of the finished history before it.
+    let deleted = store
+        .delete_finished_events(t0 + secs(7), 1000)
+        .await
+        .unwrap();
+    assert!(deleted >= 3, "{deleted}");
+    assert_eq!(behind.count(attempt_rows).await, 0);
+    let (total, _) = log(store, p, None, None, ALL).await;
+    assert_eq!(total, 0);
 }
 
 /// An ingest that meets a corrupt config row fails alone: the embedded store plans the

@@ -49,16 +49,17 @@ use crate::deliveries::{MOST_COUNTED_DELIVERIES, RetryFilter, delivery_log_where
 use crate::history::replay_plan;
 use crate::outcomes::{
     LEASE_EXPIRED, TARGET_EXISTS, batch_time_ms, finished_streams, next_state, rescued_state,
+    success_from_b,
 };
 use crate::rows::{
-    AttemptRow, CandidateRow, ClaimedRow, DeliveryRow, Target, delivery_views, finish_claim,
-    stored_state,
+    AttemptRow, CandidateRow, ClaimedRow, DELIVERY_ROW_COLUMNS, DeliveryRow, Target,
+    delivery_views, finish_claim, stored_state,
 };
 use crate::state::{DUE, NOT_SENT, OPEN};
 use crate::{
-    Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
-    DeliveryState, DeliveryStatus, DeliveryView, Lease, Page, Recorded, ReplayTarget, Replayed,
-    RetryOutcome, StoreError,
+    Accepted, AfterAttempt, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter,
+    DeliveryQueue, DeliveryState, DeliveryStatus, DeliveryView, Lease, Page, Recorded,
+    ReplayTarget, Replayed, RetryOutcome, StoreError,
 };
 
 #[async_trait]
@@ -210,47 +211,58 @@ impl DeliveryQueue for PgStore {
         .await?;
         // Applied only where the lease still holds; a retry of a deleted config's delivery
         // is cancelled instead. (`d.id = ANY($1)` makes PostgreSQL look the batch up by
-        // primary key rather than match it against every running delivery.)
+        // primary key rather than match it against every running delivery.) A success is
+        // kept in the row itself, so a first-try success writes no attempt row.
         let moved = sqlx::query(&format!(
             "UPDATE deliveries d SET lease_owner = NULL, lease_expires_at_ms = NULL, next_attempt_at_ms = b.next, \
-                 state = CASE WHEN b.state = '{retrying}' AND NOT {TARGET_EXISTS} THEN '{cancelled}' ELSE b.state END \
-             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[]) AS b(id, attempt, owner, state, next) \
+                 state = CASE WHEN b.state = '{retrying}' AND NOT {TARGET_EXISTS} THEN '{cancelled}' ELSE b.state END, \
+                 {success} \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], \
+                     $6::bigint[], $7::bigint[], $8::bigint[], $9::text[]) \
+                 AS b(id, attempt, owner, state, next, at, status_code, latency_ms, response_head) \
              WHERE d.id = ANY($1) AND d.id = b.id AND d.state = '{running}' AND d.lease_owner = b.owner \
                  AND d.attempts = b.attempt \
              RETURNING d.id, d.config_id, d.stream, d.state",
             retrying = DeliveryState::Retrying,
             cancelled = DeliveryState::Cancelled,
             running = DeliveryState::Running,
+            success = success_from_b(),
         ))
         .bind(&ids)
         .bind(attempted.iter().map(|c| i64::from(c.attempt)).collect::<Vec<_>>())
         .bind(attempted.iter().map(|c| c.lease_owner.as_str()).collect::<Vec<_>>())
         .bind(next.iter().map(|(state, _)| state.as_str()).collect::<Vec<_>>())
         .bind(next.iter().map(|(_, at)| *at).collect::<Vec<_>>())
+        .bind(attempted.iter().map(|c| unix_ms(c.record.at)).collect::<Vec<_>>())
+        .bind(attempted.iter().map(|c| c.record.status_code.map(i64::from)).collect::<Vec<_>>())
+        .bind(attempted.iter().map(|c| latency_ms(c)).collect::<Vec<_>>())
+        .bind(attempted.iter().map(|c| c.record.response_head.as_deref()).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
         let applied: HashSet<i64> = moved
             .iter()
             .map(|r| r.try_get("id"))
             .collect::<Result<_, _>>()?;
-        let counted: Vec<&Completion> = attempted
+        let failed: Vec<&Completion> = attempted
             .into_iter()
-            .filter(|c| applied.contains(&c.delivery_id))
+            .filter(|c| applied.contains(&c.delivery_id) && c.next != AfterAttempt::Succeeded)
             .collect();
-        sqlx::query(
-            "INSERT INTO delivery_attempts (delivery_id, attempt, at_ms, status_code, error, latency_ms, response_head) \
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::text[]) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(counted.iter().map(|c| c.delivery_id).collect::<Vec<_>>())
-        .bind(counted.iter().map(|c| i64::from(c.attempt)).collect::<Vec<_>>())
-        .bind(counted.iter().map(|c| unix_ms(c.record.at)).collect::<Vec<_>>())
-        .bind(counted.iter().map(|c| c.record.status_code.map(i64::from)).collect::<Vec<_>>())
-        .bind(counted.iter().map(|c| c.record.error.as_deref()).collect::<Vec<_>>())
-        .bind(counted.iter().map(|c| i64::try_from(c.record.latency_ms).unwrap_or(i64::MAX)).collect::<Vec<_>>())
-        .bind(counted.iter().map(|c| c.record.response_head.as_deref()).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
+        if !failed.is_empty() {
+            sqlx::query(
+                "INSERT INTO delivery_attempts (delivery_id, attempt, at_ms, status_code, error, latency_ms, response_head) \
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::text[]) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(failed.iter().map(|c| c.delivery_id).collect::<Vec<_>>())
+            .bind(failed.iter().map(|c| i64::from(c.attempt)).collect::<Vec<_>>())
+            .bind(failed.iter().map(|c| unix_ms(c.record.at)).collect::<Vec<_>>())
+            .bind(failed.iter().map(|c| c.record.status_code.map(i64::from)).collect::<Vec<_>>())
+            .bind(failed.iter().map(|c| c.record.error.as_deref()).collect::<Vec<_>>())
+            .bind(failed.iter().map(|c| latency_ms(c)).collect::<Vec<_>>())
+            .bind(failed.iter().map(|c| c.record.response_head.as_deref()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
         let finished = finished_streams(&moved)?;
         let made_due =
             unblock_next_of_streams(&mut tx, &finished, batch_time_ms(completions)).await?;
@@ -351,8 +363,7 @@ impl DeliveryQueue for PgStore {
         .await?;
         let (limit, offset) = limit_offset(page);
         let rows = sqlx::query_as::<_, DeliveryRow>(&format!(
-            "SELECT d.id, e.event_id, d.config_id, d.url, e.payload, \
-             d.state, d.created_at_ms, d.next_attempt_at_ms \
+            "SELECT {DELIVERY_ROW_COLUMNS} \
              FROM deliveries d JOIN events e ON e.seq = d.event_seq {filtered} ORDER BY d.id DESC LIMIT $3 OFFSET $4"
         ))
         .bind(project.as_str())
@@ -535,4 +546,9 @@ pub(super) async fn cancel_open_deliveries(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// An attempt's latency as PostgreSQL stores it.
+fn latency_ms(completion: &Completion) -> i64 {
+    i64::try_from(completion.record.latency_ms).unwrap_or(i64::MAX)
 }

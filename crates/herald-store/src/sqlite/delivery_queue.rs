@@ -33,8 +33,10 @@ use super::ingest::{Batch, BatchAnswer};
 use super::{BEGIN_DURABLE, BEGIN_QUEUE, SqliteStore, claim, json_array};
 use crate::deliveries::{MOST_COUNTED_DELIVERIES, RetryFilter, delivery_log_where};
 use crate::history::replay_plan;
-use crate::outcomes::{LEASE_EXPIRED, TARGET_EXISTS, batch_time_ms, next_state, rescued_state};
-use crate::rows::{AttemptRow, DeliveryRow, delivery_views, stored_state};
+use crate::outcomes::{
+    LEASE_EXPIRED, TARGET_EXISTS, batch_time_ms, next_state, rescued_state, success_from_b,
+};
+use crate::rows::{AttemptRow, DELIVERY_ROW_COLUMNS, DeliveryRow, delivery_views, stored_state};
 use crate::state::{DUE, FINISHED, NOT_SENT, OPEN};
 use crate::{
     Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
@@ -197,32 +199,43 @@ impl DeliveryQueue for SqliteStore {
         // A retry of a deleted config's delivery is cancelled instead. Only rows still in
         // the state a lease keeps them in (a follower's: `blocked`) move: a claim that read
         // a row just before a config's deletion cancelled it may lease it just after, and
-        // its outcome must not turn the cancelled delivery into a sent one.
+        // its outcome must not turn the cancelled delivery into a sent one. A success is
+        // kept in the row itself, so a first-try success is this one change.
         let moved: Vec<i64> = sqlx::query_scalar(&format!(
             "WITH b AS MATERIALIZED (SELECT v ->> 'id' AS id, v ->> 'attempt' AS attempt, \
-                 v ->> 'state' AS state, v ->> 'next' AS next FROM (SELECT jsonb(value) AS v FROM json_each(?))) \
+                 v ->> 'state' AS state, v ->> 'next' AS next, v ->> 'at' AS at, \
+                 v ->> 'status_code' AS status_code, v ->> 'latency_ms' AS latency_ms, \
+                 v ->> 'response_head' AS response_head \
+                 FROM (SELECT jsonb(value) AS v FROM json_each(?))) \
              UPDATE deliveries AS d SET attempts = b.attempt, next_attempt_at_ms = b.next, \
-                 state = CASE WHEN b.state = '{retrying}' AND NOT {TARGET_EXISTS} THEN '{cancelled}' ELSE b.state END \
+                 state = CASE WHEN b.state = '{retrying}' AND NOT {TARGET_EXISTS} THEN '{cancelled}' ELSE b.state END, \
+                 {success} \
              FROM b WHERE d.id = b.id AND d.state IN {NOT_SENT} RETURNING id",
             retrying = DeliveryState::Retrying,
             cancelled = DeliveryState::Cancelled,
+            success = success_from_b(),
         ))
         .bind(json_array(&rows))
         .fetch_all(&mut *tx)
         .await?;
         let moved: HashSet<i64> = moved.into_iter().collect();
         let rows: Vec<&OutcomeRow<'_>> = rows.iter().filter(|r| moved.contains(&r.id)).collect();
-        let batch = json_array(&rows);
-        sqlx::query(
-            "INSERT OR IGNORE INTO delivery_attempts \
-                 (delivery_id, attempt, at_ms, status_code, error, latency_ms, response_head) \
-             SELECT v ->> 'id', v ->> 'attempt', v ->> 'at', v ->> 'status_code', v ->> 'error', \
-                 v ->> 'latency_ms', v ->> 'response_head' \
-             FROM (SELECT jsonb(value) AS v FROM json_each(?))",
-        )
-        .bind(&batch)
-        .execute(&mut *tx)
-        .await?;
+        let failed: Vec<&&OutcomeRow<'_>> = rows
+            .iter()
+            .filter(|r| r.state != DeliveryState::Succeeded)
+            .collect();
+        if !failed.is_empty() {
+            sqlx::query(
+                "INSERT OR IGNORE INTO delivery_attempts \
+                     (delivery_id, attempt, at_ms, status_code, error, latency_ms, response_head) \
+                 SELECT v ->> 'id', v ->> 'attempt', v ->> 'at', v ->> 'status_code', v ->> 'error', \
+                     v ->> 'latency_ms', v ->> 'response_head' \
+                 FROM (SELECT jsonb(value) AS v FROM json_each(?))",
+            )
+            .bind(json_array(&failed))
+            .execute(&mut *tx)
+            .await?;
+        }
         // Followers handed back unsent keep their rows as they are: only their leases end,
         // below. (A deleted config's followers were cancelled with its other deliveries,
         // and their leases ended then.)
@@ -316,8 +329,7 @@ impl DeliveryQueue for SqliteStore {
         .fetch_one(&self.pool)
         .await?;
         let rows = sqlx::query_as::<_, DeliveryRow>(&format!(
-            "SELECT d.id, e.event_id, d.config_id, d.url, e.payload, \
-             d.state, d.created_at_ms, d.next_attempt_at_ms \
+            "SELECT {DELIVERY_ROW_COLUMNS} \
              FROM deliveries d JOIN events e ON e.seq = d.event_seq {filtered} ORDER BY d.id DESC LIMIT $3 OFFSET $4"
         ))
         .bind(project.as_str())
