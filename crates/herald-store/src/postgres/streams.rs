@@ -5,6 +5,7 @@
 
 use sqlx::{Postgres, Row, Transaction};
 
+use crate::state::OPEN;
 use crate::{DeliveryState, StoreError};
 
 /// Takes the advisory lock of each `(config_id, stream)` until the transaction ends, in
@@ -32,8 +33,8 @@ pub(super) async fn lock_streams<'p>(
     Ok(())
 }
 
-/// After deliveries finished, the oldest blocked delivery of each of their streams becomes
-/// due, read under the streams' locks. True when any did.
+/// After deliveries finished, each of their streams moves on: its oldest open delivery
+/// becomes due if it is blocked, read under the streams' locks. True when any did.
 pub(super) async fn unblock_next_of_streams(
     tx: &mut Transaction<'_, Postgres>,
     pairs: &[(String, String)],
@@ -45,14 +46,16 @@ pub(super) async fn unblock_next_of_streams(
     lock_streams(tx, pairs.iter().map(|(c, s)| (c.as_str(), s.as_str()))).await?;
     let (configs, streams): (Vec<&str>, Vec<&str>) =
         pairs.iter().map(|(c, s)| (c.as_str(), s.as_str())).unzip();
-    // One index probe per stream for its oldest blocked delivery, then one per id: the
-    // plain `id IN (SELECT MIN(id) … GROUP BY …)` read every blocked row of each stream
-    // and joined them to a scan of the whole table.
+    // One probe of the by-stream index per stream for its oldest open delivery, which
+    // becomes due if it is blocked, then one per id: the plain `id IN (SELECT MIN(id) …
+    // GROUP BY …)` read every open row of each stream and joined them to a scan of the
+    // whole table.
     let (pending, blocked) = (DeliveryState::Pending, DeliveryState::Blocked);
     let done = sqlx::query(&format!(
-        "UPDATE deliveries SET state = '{pending}', next_attempt_at_ms = $1 WHERE id = ANY(ARRAY( \
-             SELECT (SELECT b.id FROM deliveries b WHERE b.state = '{blocked}' \
-                     AND b.config_id = t.c AND b.stream = t.s ORDER BY b.id LIMIT 1) \
+        "UPDATE deliveries SET state = '{pending}', next_attempt_at_ms = $1 \
+         WHERE state = '{blocked}' AND id = ANY(ARRAY( \
+             SELECT (SELECT o.id FROM deliveries o WHERE o.state IN {OPEN} \
+                     AND o.config_id = t.c AND o.stream = t.s ORDER BY o.id LIMIT 1) \
              FROM unnest($2::text[], $3::text[]) AS t(c, s)))",
     ))
     .bind(now_ms)

@@ -13,7 +13,7 @@ use super::leases::Held;
 use super::{SqliteStore, json_array};
 use crate::deliveries::endpoint_project;
 use crate::rows::{ClaimedRow, finish_claim};
-use crate::state::{DUE, DeliveryState, NOT_SENT};
+use crate::state::{DUE, DeliveryState, NOT_SENT, OPEN};
 use crate::{ClaimLimits, ClaimedDelivery, Lease, StoreError};
 
 /// A due delivery the claim found, with its stream's next deliveries.
@@ -113,7 +113,8 @@ pub(super) async fn claim(
 }
 
 /// Finds each due delivery's followers: the oldest blocked deliveries of its stream, one
-/// probe of the blocked index per due delivery, at most `limits.followers` each, the
+/// probe of the by-stream index per due delivery (its `state IN` term is what lets SQLite
+/// use that partial index), at most `limits.followers` each, the
 /// claim's room left shared evenly between them, within what the claim has left in all and
 /// in each project's share (followers count towards both, not towards their endpoint's
 /// room: a stream sends one at a time).
@@ -138,7 +139,7 @@ async fn add_followers(
     let heads: Vec<i64> = due.iter().map(|d| d.id).collect();
     let found: String = sqlx::query_scalar(&format!(
         "SELECT json_group_array(json_array(h.value, json((SELECT json_group_array(id) FROM ( \
-             SELECT b.id FROM deliveries b WHERE b.state = '{blocked}' \
+             SELECT b.id FROM deliveries b WHERE b.state IN {OPEN} AND b.state = '{blocked}' \
              AND b.config_id = d.config_id AND b.stream = d.stream ORDER BY b.id LIMIT ?2))))) \
          FROM json_each(?1) h JOIN deliveries d ON d.id = h.value",
         blocked = DeliveryState::Blocked,
@@ -156,7 +157,7 @@ async fn add_followers(
     let mut found: HashMap<i64, Vec<i64>> = found.into_iter().collect();
     for d in due.iter_mut() {
         let mut followers = found.remove(&d.id).unwrap_or_default();
-        // The blocked index is ordered by id; the JSON array keeps that order only by
+        // The by-stream index is ordered by id; the JSON array keeps that order only by
         // SQLite's habit, so it is sorted again.
         followers.sort_unstable();
         let room = project_left.get_mut(endpoint_project(&d.endpoint));

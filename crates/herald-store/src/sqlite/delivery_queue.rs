@@ -60,30 +60,28 @@ async fn stream_has_open_delivery(
     .await?)
 }
 
-/// After an update of the deliveries `ids` (a JSON array), the oldest blocked delivery of
-/// the streams (config, stream) of those that are now finished becomes due, unless another
-/// of `ids` in the same stream is due (a follower that failed right after the delivery
-/// before it succeeded, in the same batch: the stream waits for it). The streams are found
-/// here, in SQL, rather than returned by the update: sqlx hands returned rows over one by
-/// one. True when any became due.
+/// After an update of the deliveries `ids` (a JSON array), each stream (config, stream) of
+/// those now finished moves on: its oldest open delivery becomes due if it is `blocked`.
+/// If it is not (a follower that failed right after the delivery before it succeeded, in
+/// the same batch, is due again), the stream waits for it. The streams are found here, in
+/// SQL, rather than returned by the update: sqlx hands returned rows over one by one. True
+/// when any became due.
 async fn unblock_next_of_streams(
     tx: &mut Transaction<'_, Sqlite>,
     ids: &str,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
-    // One probe of the blocked index per stream for its oldest: `MIN(id) … GROUP BY`
-    // read every blocked delivery of each stream, and sorted them (7 ms a batch with 150
-    // waiting per stream).
+    // One probe of the by-stream index per stream for its oldest open delivery: `MIN(id) …
+    // GROUP BY` read every open delivery of each stream, and sorted them (7 ms a batch with
+    // 150 waiting per stream).
     let (pending, blocked) = (DeliveryState::Pending, DeliveryState::Blocked);
     let done = sqlx::query(&format!(
-        "WITH batch AS MATERIALIZED (SELECT id, config_id, stream, state FROM deliveries \
-             WHERE id IN (SELECT value FROM json_each(?2))) \
-         UPDATE deliveries SET state = '{pending}', next_attempt_at_ms = ?1 WHERE id IN \
-         (SELECT (SELECT b.id FROM deliveries b WHERE b.state = '{blocked}' \
-                  AND b.config_id = f.config_id AND b.stream = f.stream ORDER BY b.id LIMIT 1) \
-          FROM (SELECT DISTINCT config_id, stream FROM batch WHERE state IN {FINISHED}) f \
-          WHERE NOT EXISTS (SELECT 1 FROM batch o WHERE o.state IN {DUE} \
-              AND o.config_id = f.config_id AND o.stream = f.stream))",
+        "UPDATE deliveries SET state = '{pending}', next_attempt_at_ms = ?1 \
+         WHERE state = '{blocked}' AND id IN \
+         (SELECT (SELECT o.id FROM deliveries o WHERE o.state IN {OPEN} \
+                  AND o.config_id = f.config_id AND o.stream = f.stream ORDER BY o.id LIMIT 1) \
+          FROM (SELECT DISTINCT config_id, stream FROM deliveries \
+                WHERE id IN (SELECT value FROM json_each(?2)) AND state IN {FINISHED}) f)",
     ))
     .bind(now_ms)
     .bind(ids)
