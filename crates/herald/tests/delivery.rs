@@ -861,15 +861,20 @@ async fn readiness(http: &reqwest::Client, addr: std::net::SocketAddr) -> (u16, 
     (code, body["status"].as_str().unwrap_or_default().to_owned())
 }
 
-/// Each background task the server depends on (the embedded store's ingest committer,
-/// retention, the recording tracker) panics on every run: once its restarts are spent,
+/// Each background task the server depends on (the embedded store's ingest committer and
+/// WAL checkpointer, retention, the recording tracker) panics on every run: once its restarts are spent,
 /// /readyz answers 503 naming it, and supervision ends in an error naming it (the process
 /// exits non-zero, for systemd to restart it). Before, each was a bare `tokio::spawn`
 /// that ended silently while /readyz said 200.
 #[tokio::test]
 async fn a_background_task_that_keeps_panicking_makes_the_node_unready_and_the_process_exit() {
     let http = reqwest::Client::new();
-    for task in ["ingest committer", "retention", "recording tracker"] {
+    for task in [
+        "ingest committer",
+        "wal checkpointer",
+        "retention",
+        "recording tracker",
+    ] {
         let data_dir = tempfile::tempdir().unwrap();
         let tasks = impatient();
         tasks.inject_panics(task, u32::MAX);

@@ -21,6 +21,7 @@ pub(crate) use crate::backend::json_array;
 use crate::supervision::Supervisor;
 use crate::token_cache::TokenCache;
 
+mod checkpoint;
 mod claim;
 mod delivery_queue;
 mod group_commit;
@@ -55,6 +56,8 @@ pub struct SqliteStore {
     leases: leases::Leases,
     /// The tokens found so far, and how a revocation elsewhere reaches them.
     tokens: TokenCache,
+    /// Ends the WAL checkpointer ([`checkpoint`]) with the store.
+    _checkpoints: tokio_util::sync::DropGuard,
 }
 
 /// Begins a transaction whose commit is on disk before it returns (`synchronous=FULL`):
@@ -113,8 +116,8 @@ impl SqliteStore {
         Self::open_supervised(data_dir, master, &Supervisor::new()).await
     }
 
-    /// [`SqliteStore::open`], with its background task (the ingest committer) under
-    /// `tasks`, the server's supervision.
+    /// [`SqliteStore::open`], with its background tasks (the ingest committer, the WAL
+    /// checkpointer) under `tasks`, the server's supervision.
     pub async fn open_supervised(
         data_dir: &Path,
         master: MasterKey,
@@ -126,7 +129,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // WAL checkpoints are the checkpointer's, not the writers' ([`checkpoint`]).
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", checkpoint::WAL_SIZE_LIMIT);
         // A connection to a local file cannot go stale, so the pool's check before lending
         // one (a round trip to the connection's thread per acquire) is skipped.
         let pool = SqlitePoolOptions::new()
@@ -162,6 +168,7 @@ impl SqliteStore {
                 write_gate.clone(),
                 tasks,
             ),
+            _checkpoints: checkpoint::start(pool.clone(), write_gate.clone(), tasks),
             pool,
             writer,
             master,
