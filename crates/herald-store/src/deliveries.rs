@@ -276,15 +276,29 @@ pub(crate) fn delivery_log_where(filter: &DeliveryFilter) -> String {
     } else {
         "CAST($2 AS TEXT) IS NULL"
     };
-    // On the failing states, the index's own term comes first, for SQLite to use it.
+    // On the failing states, the index's own term is there for SQLite to use the partial
+    // index, and comes after the status's: the other way round, SQLite sorted the
+    // status's deliveries by id rather than read them from the index in id order.
     let by_state = match filter.status.map(DeliveryStatus::states) {
         None => String::new(),
-        Some(states) if states.0.iter().all(|s| state::FAILING.contains(*s)) => {
-            format!(" AND d.state IN {} AND d.state IN {states}", state::FAILING)
+        Some(states) if failing_only(filter) => {
+            format!(" AND d.state IN {states} AND d.state IN {}", state::FAILING)
         }
         Some(states) => format!(" AND d.state IN {states}"),
     };
     format!("WHERE d.project_id = $1 AND {by_event}{by_state}")
+}
+
+/// Whether the log's `filter` asks for failing states only, which the partial index
+/// `deliveries_failing_by_project` holds.
+pub(crate) fn failing_only(filter: &DeliveryFilter) -> bool {
+    filter.status.is_some_and(|status| {
+        status
+            .states()
+            .0
+            .iter()
+            .all(|s| state::FAILING.contains(*s))
+    })
 }
 
 /// Most deliveries one bulk retry re-queues: a request's work stays bounded, and a larger

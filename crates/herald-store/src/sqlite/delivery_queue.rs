@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ingest::{Batch, BatchAnswer};
 use super::{BEGIN_DURABLE, BEGIN_QUEUE, SqliteStore, claim, json_array};
-use crate::deliveries::{MOST_COUNTED_DELIVERIES, RetryFilter, delivery_log_where};
+use crate::deliveries::{MOST_COUNTED_DELIVERIES, RetryFilter, delivery_log_where, failing_only};
 use crate::history::replay_plan;
 use crate::outcomes::{
     LEASE_EXPIRED, TARGET_EXISTS, batch_time_ms, next_state, rescued_state, success_from_b,
@@ -318,8 +318,18 @@ impl DeliveryQueue for SqliteStore {
         page: Page,
     ) -> Result<(u64, Vec<DeliveryView>), StoreError> {
         let filtered = delivery_log_where(filter);
+        // SQLite keeps no statistics of the table to choose by, and one of its guesses for
+        // the failing states (by project in id order, reading every delivery of the
+        // project to find the few failing ones) took 0.4 s on d2's million deliveries;
+        // the partial index takes a millisecond. An event id is narrower still: its own
+        // index is left to SQLite.
+        let index = if failing_only(filter) && filter.event_id.is_none() {
+            "INDEXED BY deliveries_failing_by_project"
+        } else {
+            ""
+        };
         let total: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries d {filtered} LIMIT $3)"
+            "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries d {index} {filtered} LIMIT $3)"
         ))
         .bind(project.as_str())
         .bind(filter.event_id.as_deref())
@@ -328,7 +338,7 @@ impl DeliveryQueue for SqliteStore {
         .await?;
         let rows = sqlx::query_as::<_, DeliveryRow>(&format!(
             "SELECT {DELIVERY_ROW_COLUMNS} \
-             FROM deliveries d JOIN events e ON e.seq = d.event_seq {filtered} ORDER BY d.id DESC LIMIT $3 OFFSET $4"
+             FROM deliveries d {index} JOIN events e ON e.seq = d.event_seq {filtered} ORDER BY d.id DESC LIMIT $3 OFFSET $4"
         ))
         .bind(project.as_str())
         .bind(filter.event_id.as_deref())
