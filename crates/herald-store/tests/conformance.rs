@@ -785,13 +785,15 @@ async fn run_hardening_suite(store: &dyn Store, behind: &Behind) {
 async fn a_success_is_kept_in_its_delivery_row(store: &dyn Store, behind: &Behind) {
     let t0 = datetime!(2035-02-01 00:00:00 UTC);
     let p = "q-success-row";
-    let body = json!({"publish_domain": "row.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/row"});
-    add_config(store, p, "cfg-success-row", body, t0).await;
-    let events: Vec<_> = ["first-try", "after-retry", "given-up"]
-        .iter()
-        .map(|id| event(id, "RECORD_FILE_COMPLETE", "row.example.com", "live", id))
-        .collect();
-    store.ingest_live(&project(p), &events, t0).await.unwrap();
+    accept_one_per_stream(
+        store,
+        p,
+        "cfg-success-row",
+        "https://cb.example.com/row",
+        &["first-try", "after-retry", "given-up"],
+        t0,
+    )
+    .await;
     let attempt_rows = "SELECT COUNT(*) FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
          WHERE d.config_id = 'cfg-success-row'";
     let claimed = claim(store, t0, 10).await;
@@ -1400,6 +1402,27 @@ fn event_ids(claimed: &[ClaimedDelivery]) -> Vec<&str> {
     let mut ids: Vec<_> = claimed.iter().map(|d| d.event_id.as_str()).collect();
     ids.sort_unstable();
     ids
+}
+
+/// A config of project `p` for `url`, on its own domain (the config id's), and one
+/// `RECORD_FILE_COMPLETE` event per id accepted at `t0`, each on a stream of its own (the
+/// event id).
+async fn accept_one_per_stream(
+    store: &dyn Store,
+    p: &str,
+    config_id: &str,
+    url: &str,
+    ids: &[&str],
+    t0: OffsetDateTime,
+) {
+    let domain = format!("{config_id}.example.com");
+    let body = json!({"publish_domain": domain, "app": "*", "notify_callback_url": url});
+    add_config(store, p, config_id, body, t0).await;
+    let events: Vec<_> = ids
+        .iter()
+        .map(|id| event(id, "RECORD_FILE_COMPLETE", &domain, "live", id))
+        .collect();
+    store.ingest_live(&project(p), &events, t0).await.unwrap();
 }
 
 fn claimed_one<'a>(claimed: &'a [ClaimedDelivery], event_id: &str) -> &'a ClaimedDelivery {
@@ -3072,13 +3095,15 @@ async fn a_claim_goes_on_when_an_unreadable_row_cannot_be_marked_dead(
 ) {
     let t0 = datetime!(2034-06-01 00:00:00 UTC);
     let p = "q-poison-stuck";
-    let body = json!({"publish_domain": "stuck.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/s"});
-    add_config(store, p, "cfg-poison-stuck", body, t0).await;
-    let events: Vec<_> = ["readable", "unreadable"]
-        .iter()
-        .map(|id| event(id, "RECORD_FILE_COMPLETE", "stuck.example.com", "live", id))
-        .collect();
-    store.ingest_live(&project(p), &events, t0).await.unwrap();
+    accept_one_per_stream(
+        store,
+        p,
+        "cfg-poison-stuck",
+        "https://cb.example.com/s",
+        &["readable", "unreadable"],
+        t0,
+    )
+    .await;
     behind
         .execute("UPDATE events SET payload = 'not json' WHERE event_id = 'unreadable'")
         .await;
@@ -3136,13 +3161,15 @@ async fn a_cancelled_delivery_stays_cancelled_whatever_its_lease_brings(
 ) {
     let t0 = datetime!(2030-01-01 00:00:00 UTC);
     let p = "q-cancel-race";
-    let body = json!({"publish_domain": "race.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/r"});
-    add_config(store, p, "cfg-cancel-race", body, t0).await;
-    let events: Vec<_> = ["raced", "raced-lost"]
-        .iter()
-        .map(|id| event(id, "RECORD_FILE_COMPLETE", "race.example.com", "live", id))
-        .collect();
-    store.ingest_live(&project(p), &events, t0).await.unwrap();
+    accept_one_per_stream(
+        store,
+        p,
+        "cfg-cancel-race",
+        "https://cb.example.com/r",
+        &["raced", "raced-lost"],
+        t0,
+    )
+    .await;
     let claimed = claim(store, t0, 10).await;
     assert_eq!(event_ids(&claimed), ["raced", "raced-lost"]);
     behind
@@ -3187,13 +3214,15 @@ async fn a_cancelled_delivery_stays_cancelled_whatever_its_lease_brings(
 async fn retention_keeps_a_delivery_reopened_while_it_runs(store: &dyn Store, behind: &Behind) {
     let t0 = datetime!(2030-01-01 00:00:00 UTC);
     let p = "q-reopened";
-    let body = json!({"publish_domain": "reopen.example.com", "app": "*", "notify_callback_url": "https://cb.example.com/o"});
-    add_config(store, p, "cfg-reopened", body, t0).await;
-    let events: Vec<_> = ["first", "reopened", "last"]
-        .iter()
-        .map(|id| event(id, "RECORD_FILE_COMPLETE", "reopen.example.com", "live", id))
-        .collect();
-    store.ingest_live(&project(p), &events, t0).await.unwrap();
+    accept_one_per_stream(
+        store,
+        p,
+        "cfg-reopened",
+        "https://cb.example.com/o",
+        &["first", "reopened", "last"],
+        t0,
+    )
+    .await;
     let claimed = claim(store, t0, 10).await;
     let outcomes = [
         succeeded(claimed_one(&claimed, "first"), t0),
