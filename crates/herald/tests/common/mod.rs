@@ -157,17 +157,20 @@ impl TestServer {
 
     /// Holds the database's write lock behind Herald's back, as a stuck disk or a long
     /// CLI transaction would, until the returned guard is dropped. On the embedded store
-    /// every write then waits (and after the busy timeout fails); on PostgreSQL the
-    /// attempts table is locked, which every completion writes.
+    /// every write then waits (and after the busy timeout fails); on PostgreSQL the rows of
+    /// the deliveries in flight are locked, which their completions update (a first-try
+    /// success writes nothing else), while claims, which skip locked rows, go on.
     pub async fn hold_writes_behind_herald(&self) -> HeldWrites {
         let conn = match &self.schema {
             Some(schema) => {
                 let mut conn = sqlx::PgConnection::connect(&schema.url).await.unwrap();
                 sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
-                sqlx::query("LOCK TABLE delivery_attempts IN ACCESS EXCLUSIVE MODE")
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
+                let locked =
+                    sqlx::query("SELECT id FROM deliveries WHERE state = 'running' FOR UPDATE")
+                        .fetch_all(&mut conn)
+                        .await
+                        .unwrap();
+                assert!(!locked.is_empty(), "no delivery in flight to hold");
                 HeldConnection::Postgres(conn)
             }
             None => {
