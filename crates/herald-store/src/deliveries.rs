@@ -276,29 +276,36 @@ pub(crate) fn delivery_log_where(filter: &DeliveryFilter) -> String {
     } else {
         "CAST($2 AS TEXT) IS NULL"
     };
-    // On the failing states, the index's own term is there for SQLite to use the partial
-    // index, and comes after the status's: the other way round, SQLite sorted the
-    // status's deliveries by id rather than read them from the index in id order.
-    let by_state = match filter.status.map(DeliveryStatus::states) {
-        None => String::new(),
-        Some(states) if failing_only(filter) => {
-            format!(" AND d.state IN {states} AND d.state IN {}", state::FAILING)
-        }
-        Some(states) => format!(" AND d.state IN {states}"),
-    };
+    let by_state = filter.status.map(state_term).unwrap_or_default();
     format!("WHERE d.project_id = $1 AND {by_event}{by_state}")
+}
+
+/// The condition on `d.state` that selects `status`. On failing states only, the partial
+/// index's own term follows the status's, for SQLite to read `deliveries_failing_by_project`
+/// (it keeps no statistics, and without the term read the project's whole history by id:
+/// 0.7 ms became 401 ms at 1M); the other way round, it sorted the status's deliveries by
+/// id rather than read them from the index in id order.
+fn state_term(status: DeliveryStatus) -> String {
+    let states = status.states();
+    if is_failing(status) {
+        format!(" AND d.state IN {states} AND d.state IN {}", state::FAILING)
+    } else {
+        format!(" AND d.state IN {states}")
+    }
 }
 
 /// Whether the log's `filter` asks for failing states only, which the partial index
 /// `deliveries_failing_by_project` holds.
 pub(crate) fn failing_only(filter: &DeliveryFilter) -> bool {
-    filter.status.is_some_and(|status| {
-        status
-            .states()
-            .0
-            .iter()
-            .all(|s| state::FAILING.contains(*s))
-    })
+    filter.status.is_some_and(is_failing)
+}
+
+fn is_failing(status: DeliveryStatus) -> bool {
+    status
+        .states()
+        .0
+        .iter()
+        .all(|s| state::FAILING.contains(*s))
 }
 
 /// Most deliveries one bulk retry re-queues: a request's work stays bounded, and a larger
@@ -341,10 +348,9 @@ pub(crate) fn bulk_retry_candidates(
     status: DeliveryStatus,
     json_text: impl Fn(&str) -> String,
 ) -> String {
-    let states = status.states();
     format!(
         "SELECT d.id FROM deliveries d JOIN events e ON e.seq = d.event_seq \
-         WHERE d.project_id = $1 AND d.state IN {states} \
+         WHERE d.project_id = $1{by_state} \
          AND (d.state <> '{retrying}' OR d.next_attempt_at_ms > $7) \
          AND (CAST($2 AS BIGINT) IS NULL OR d.created_at_ms >= $2) \
          AND (CAST($3 AS BIGINT) IS NULL OR d.created_at_ms < $3) \
@@ -352,6 +358,7 @@ pub(crate) fn bulk_retry_candidates(
          AND (CAST($5 AS TEXT) IS NULL OR (e.flavour = 'live' AND {app} = $5)) \
          AND (CAST($6 AS TEXT) IS NULL OR (e.flavour = 'rtc' AND d.config_id = $6)) \
          AND {target} ORDER BY d.id LIMIT $8",
+        by_state = state_term(status),
         retrying = DeliveryState::Retrying,
         domain = json_text("publish_domain"),
         app = json_text("app"),
