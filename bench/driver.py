@@ -928,6 +928,7 @@ def cmd_memory(a):
             **context([h], marks),
         }
         res["log"] = log_latency(h)
+        res["idle"] = idle_cpu(h, a.idle_window or max(60.0, a.events / 1e6 * 15))
         save_metrics(h, a.out_dir, tag)
     finally:
         h.stop()
@@ -935,9 +936,23 @@ def cmd_memory(a):
     print(f"memory: {a.events} events ingested in {res['ingest_s']} s "
           f"({res['ingest_error_count']} errors); VmRSS {res['rss_mib']} MiB after {res['settle_s']} s, "
           f"peak {res['hwm_mib']} MiB; store {res['store_bytes'] / 2**20:.0f} MiB; "
-          f"delivery log first page {res['log']['first_page']['median_ms']} ms", flush=True)
+          f"delivery log first page {res['log']['first_page']['median_ms']} ms; idle with it all "
+          f"pending {res['idle']['cpu_share_of_a_core_pct']}% of a core over {res['idle']['window_s']} s",
+          flush=True)
     save(a.out_dir, "memory", res)
     return 0
+
+
+def idle_cpu(h, window):
+    """Herald's CPU over `window` seconds with nothing to do, from /proc/PID/stat. With the
+    whole backlog waiting for its retry, this is what the store's upkeep costs at that size
+    (the queue gauges' count, retention, checkpoints); the window should span the gauges'
+    slowest refresh (100 x the time of one count: about 2 minutes at 10M pending)."""
+    cpu0, t0 = h.cpu_s(), time.time()
+    time.sleep(window)
+    cpu1, t1 = h.cpu_s(), time.time()
+    return {"window_s": round(t1 - t0, 1), "herald_cpu_s": round(cpu1 - cpu0, 3),
+            "cpu_share_of_a_core_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 2)}
 
 
 def log_latency(h, repeat=21):
@@ -1032,14 +1047,10 @@ def cmd_idle(a):
             last = now
             time.sleep(1)
         connections = len(silent.held)
-        cpu0, t0 = h.cpu_s(), time.time()
-        time.sleep(a.window)
-        cpu1, t1 = h.cpu_s(), time.time()
         res = {
             "endpoints": a.endpoints, "events_per_endpoint": a.per_endpoint,
             "in_flight": last, "connections_held": connections,
-            "window_s": round(t1 - t0, 1), "herald_cpu_s": round(cpu1 - cpu0, 3),
-            "cpu_share_of_a_core_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 2),
+            **idle_cpu(h, a.window),
             "loadavg": open("/proc/loadavg").read().split()[:3],
             "log_warn_error": h.log_counts(),
         }
@@ -1540,6 +1551,11 @@ def cmd_report(a):
                      f"(status=failed: {mem['log']['status_failed']['median_ms']} ms, "
                      f"event_id: {mem['log']['by_event_id']['median_ms']} ms)",
                      "<= 50 ms", verdict(first["median_ms"] <= 50)))
+    if mem and "idle" in mem:
+        quiet = mem["idle"]
+        rows.append((f"d3. idle CPU, {mem['events']:,} deliveries pending",
+                     f"{quiet['cpu_share_of_a_core_pct']}% of a core ({quiet['herald_cpu_s']} s in {quiet['window_s']} s)",
+                     "<= 1% of a core", verdict(quiet["cpu_share_of_a_core_pct"] <= 1)))
     idle = load(a.out_dir, "idle")
     if idle:
         rows.append((f"f. idle CPU: {idle['endpoints']} silent endpoints holding {idle['in_flight']:.0f} callbacks",
@@ -1656,6 +1672,10 @@ def main():
     m.add_argument("--retry-schedule", default="0s,1h,1h")
     m.add_argument("--settle", type=float, default=120, help="longest wait for the queue to settle")
     m.add_argument("--time-limit", type=float, default=1800)
+    m.add_argument("--idle-window", type=float,
+                   help="seconds of Herald's CPU measured afterwards, the backlog all pending "
+                        "(default 15 s per million events, at least 60 s: the queue gauges' "
+                        "slowest refresh grows with the queue)")
     i = sub.add_parser("idle")
     i.add_argument("--endpoints", type=int, default=10)
     i.add_argument("--per-endpoint", type=int, default=100)
