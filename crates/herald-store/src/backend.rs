@@ -55,6 +55,10 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     fn ids_of_json(param: &str) -> String;
     /// SQL for the text field `field` of the event payload `e.payload` (JSON text).
     fn payload_text(field: &str) -> String;
+    /// The deliveries by state (`state`, `n`), for the queue gauges: the embedded store
+    /// keeps the counts as its triggers change them (`delivery_counts`, migration 0016);
+    /// PostgreSQL counts the table, which the gauges then refresh less often as it grows.
+    const COUNT_BY_STATE: &'static str;
     /// The column that orders RTC apps by creation: SQLite's `rowid`, a sequence (`seq`)
     /// on PostgreSQL.
     const RTC_APPS_IN_CREATION_ORDER_BY: &'static str;

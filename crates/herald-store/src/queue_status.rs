@@ -45,18 +45,17 @@ where
     /// not in the state their rows keep, and are not the oldest due.
     async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
         let leased = self.leases_not_in_rows();
-        let mut by_state: Vec<(String, u64)> =
-            sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
-                .fetch_all(self.queue_pool())
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok((
-                        r.try_get("state")?,
-                        u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
-                    ))
-                })
-                .collect::<Result<_, sqlx::Error>>()?;
+        let mut by_state: Vec<(String, u64)> = sqlx::query(B::COUNT_BY_STATE)
+            .fetch_all(self.queue_pool())
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("state")?,
+                    u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
         if !leased.is_empty() {
             for (state, n) in &mut by_state {
                 let in_flight = leased.values().filter(|s| **s == state.as_str()).count();

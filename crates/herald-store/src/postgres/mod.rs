@@ -127,6 +127,11 @@ impl crate::backend::SqlBackend for PgStore {
     const LOCK_ROW: &'static str = " FOR UPDATE";
     const LOCK_ROWS_OR_SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
     const RTC_APPS_IN_CREATION_ORDER_BY: &'static str = "seq";
+    // Several nodes write the table at once: a count kept by triggers would be a row
+    // every transaction that changes a delivery waits for (item 2 of issue 29 is this
+    // store's layout).
+    const COUNT_BY_STATE: &'static str =
+        "SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state";
 
     fn payload_text(field: &str) -> String {
         format!("(e.payload::jsonb ->> '{field}')")

@@ -204,6 +204,7 @@ impl crate::backend::SqlBackend for SqliteStore {
     const LOCK_ROW: &'static str = "";
     const LOCK_ROWS_OR_SKIP: &'static str = "";
     const RTC_APPS_IN_CREATION_ORDER_BY: &'static str = "rowid";
+    const COUNT_BY_STATE: &'static str = "SELECT state, n FROM delivery_counts WHERE n <> 0";
 
     async fn apply_hooks_in_group_commit(
         &self,
@@ -394,6 +395,90 @@ mod tests {
         assert_eq!(row(&store).await, ("succeeded".into(), 1));
         // The lease ended with its outcome: the same outcome again is not applied.
         assert_eq!(store.complete_deliveries(&[done]).await.unwrap().applied, 0);
+    }
+
+    /// The counts the queue gauges read (`delivery_counts`, kept by triggers) against a
+    /// count of the table, after each kind of change: ingest (pending and blocked), an
+    /// outcome of each kind with the unblocking it brings, a lease written into a row and
+    /// its rescue, a config's deletion (cancelled), retention's deletes.
+    #[tokio::test]
+    async fn the_counts_by_state_follow_every_change() {
+        async fn counts_agree(store: &SqliteStore, step: &str) {
+            let table: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT state, COUNT(*) FROM deliveries GROUP BY state ORDER BY state",
+            )
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+            let mut kept: Vec<(String, i64)> =
+                sqlx::query_as(<SqliteStore as crate::backend::SqlBackend>::COUNT_BY_STATE)
+                    .fetch_all(&store.pool)
+                    .await
+                    .unwrap();
+            kept.sort();
+            assert_eq!(kept, table, "after {step}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let store = store_with_one_delivery(dir.path(), now).await;
+        let events: Vec<_> = [("e2", "s"), ("e3", "s"), ("e4", "t"), ("e5", "u")]
+            .into_iter()
+            .map(|(id, stream)| {
+                let event = serde_json::json!({"event_type": "RECORD_FILE_COMPLETE",
+                    "publish_domain": "d.example.com", "app": "live", "stream": stream,
+                    "download_url": "https://obs.example.com/f.mp4"});
+                (
+                    EventId::parse("event_id", id).unwrap(),
+                    LiveEvent::parse("", &event).unwrap(),
+                )
+            })
+            .collect();
+        store.ingest_live(&project(), &events, now).await.unwrap();
+        counts_agree(&store, "ingest").await;
+
+        let claimed = claim(&store, now).await;
+        assert_eq!(claimed.len(), 3, "the heads of s, t and u");
+        let outcome = |d: &ClaimedDelivery, next: AfterAttempt| Completion {
+            delivery_id: d.id,
+            attempt: d.attempt,
+            lease_owner: "w".into(),
+            record: AttemptRecord {
+                at: now,
+                status_code: Some(500),
+                error: None,
+                latency_ms: 1,
+                response_head: None,
+            },
+            next,
+        };
+        let outcomes = [
+            outcome(&claimed[0], AfterAttempt::Succeeded),
+            outcome(&claimed[1], AfterAttempt::RetryAt(now)),
+            outcome(&claimed[2], AfterAttempt::Dead),
+        ];
+        assert_eq!(
+            store.complete_deliveries(&outcomes).await.unwrap().applied,
+            3
+        );
+        counts_agree(&store, "outcomes and an unblocking").await;
+
+        sqlx::query(
+            "UPDATE deliveries SET state = 'running', lease_owner = 'old', lease_expires_at_ms = 0 \
+             WHERE state = 'retrying'",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        counts_agree(&store, "a lease written into a row").await;
+        assert_eq!(store.rescue_expired_leases(now, now, 5).await.unwrap(), 1);
+        counts_agree(&store, "its rescue").await;
+
+        assert!(store.delete_live_config(&project(), "cfg").await.unwrap());
+        counts_agree(&store, "the config's deletion").await;
+        let later = now + time::Duration::seconds(1);
+        let deleted = crate::Retention::delete_finished_events(&store, later, 100);
+        assert_eq!(deleted.await.unwrap(), 5);
+        counts_agree(&store, "retention's delete").await;
     }
 
     /// Leases end with the process: a delivery in flight when it stopped is due at once in
