@@ -184,3 +184,18 @@ pub(crate) fn limit_offset(page: crate::Page) -> (i64, i64) {
 pub(crate) fn json_array<T: serde::Serialize>(items: &[T]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
 }
+
+/// The other way: a query's results read back from the one row of JSON its
+/// `json_group_array` made (sqlx hands each result row over on its own, which for a batch
+/// costs more than the query). `what` names the results in the error, should the text
+/// not be what the query makes.
+pub(crate) fn from_json_row<T: serde::de::DeserializeOwned>(
+    text: &str,
+    what: &str,
+) -> Result<T, crate::rows::CorruptRow> {
+    serde_json::from_str(text).map_err(|e| crate::rows::CorruptRow {
+        table: "deliveries",
+        id: what.into(),
+        reason: e.to_string(),
+    })
+}

@@ -10,7 +10,7 @@ use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
 use super::leases::Held;
-use super::{SqliteStore, json_array};
+use super::{SqliteStore, from_json_row, json_array};
 use crate::deliveries::endpoint_project;
 use crate::rows::{ClaimedRow, finish_claim};
 use crate::state::{DUE, DeliveryState, NOT_SENT, OPEN};
@@ -148,12 +148,7 @@ async fn add_followers(
     .bind(i64::try_from(each).unwrap_or(i64::MAX))
     .fetch_one(&mut *conn)
     .await?;
-    let found: Vec<(i64, Vec<i64>)> =
-        serde_json::from_str(&found).map_err(|e| crate::rows::CorruptRow {
-            table: "deliveries",
-            id: "a claim's followers".into(),
-            reason: e.to_string(),
-        })?;
+    let found: Vec<(i64, Vec<i64>)> = from_json_row(&found, "a claim's followers")?;
     let mut found: HashMap<i64, Vec<i64>> = found.into_iter().collect();
     for d in due.iter_mut() {
         let mut followers = found.remove(&d.id).unwrap_or_default();
@@ -241,12 +236,7 @@ async fn due_within_room(
         .bind(json_array(&full_projects))
         .fetch_one(&mut *conn)
         .await?;
-        let mut rows: Vec<(i64, String, i64, u8)> =
-            serde_json::from_str(&page).map_err(|e| crate::rows::CorruptRow {
-                table: "deliveries",
-                id: "a claim's page".into(),
-                reason: e.to_string(),
-            })?;
+        let mut rows: Vec<(i64, String, i64, u8)> = from_json_row(&page, "a claim's page")?;
         // json_group_array keeps the order its rows come in, which SQL does not promise.
         rows.sort_unstable_by_key(|(id, _, due, _)| (*due, *id));
         scanned += rows.len();

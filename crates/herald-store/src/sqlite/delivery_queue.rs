@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::ingest::{Batch, BatchAnswer};
-use super::{BEGIN_DURABLE, BEGIN_QUEUE, SqliteStore, claim, json_array};
+use super::{BEGIN_DURABLE, BEGIN_QUEUE, SqliteStore, claim, from_json_row, json_array};
 use crate::deliveries::{MOST_COUNTED_DELIVERIES, RetryFilter, delivery_log_where, failing_only};
 use crate::history::replay_plan;
 use crate::outcomes::{
@@ -198,8 +198,20 @@ impl DeliveryQueue for SqliteStore {
         // the state a lease keeps them in (a follower's: `blocked`) move: a claim that read
         // a row just before a config's deletion cancelled it may lease it just after, and
         // its outcome must not turn the cancelled delivery into a sent one. A success is
-        // kept in the row itself, so a first-try success is this one change.
-        let moved: Vec<i64> = sqlx::query_scalar(&format!(
+        // kept in the row itself, so a first-try success is this one change. The rows that
+        // move are read first, as one row of JSON (the write transaction is the only
+        // writer, so the update moves exactly these): a `RETURNING` row per outcome, which
+        // sqlx hands over one by one, cost more than the update's own work.
+        let batch = json_array(&rows);
+        let moved: String = sqlx::query_scalar(&format!(
+            "SELECT json_group_array(d.id) FROM deliveries d \
+             WHERE d.id IN (SELECT value ->> 'id' FROM json_each(?)) AND d.state IN {NOT_SENT}"
+        ))
+        .bind(&batch)
+        .fetch_one(&mut *tx)
+        .await?;
+        let moved: HashSet<i64> = from_json_row(&moved, "the completed deliveries")?;
+        sqlx::query(&format!(
             "WITH b AS MATERIALIZED (SELECT v ->> 'id' AS id, v ->> 'attempt' AS attempt, \
                  v ->> 'state' AS state, v ->> 'next' AS next, v ->> 'at' AS at, \
                  v ->> 'status_code' AS status_code, v ->> 'latency_ms' AS latency_ms, \
@@ -208,15 +220,14 @@ impl DeliveryQueue for SqliteStore {
              UPDATE deliveries AS d SET attempts = b.attempt, next_attempt_at_ms = b.next, \
                  state = CASE WHEN b.state = '{retrying}' AND NOT {TARGET_EXISTS} THEN '{cancelled}' ELSE b.state END, \
                  {success} \
-             FROM b WHERE d.id = b.id AND d.state IN {NOT_SENT} RETURNING id",
+             FROM b WHERE d.id = b.id AND d.state IN {NOT_SENT}",
             retrying = DeliveryState::Retrying,
             cancelled = DeliveryState::Cancelled,
             success = success_from_b(),
         ))
-        .bind(json_array(&rows))
-        .fetch_all(&mut *tx)
+        .bind(&batch)
+        .execute(&mut *tx)
         .await?;
-        let moved: HashSet<i64> = moved.into_iter().collect();
         let rows: Vec<&OutcomeRow<'_>> = rows.iter().filter(|r| moved.contains(&r.id)).collect();
         let failed: Vec<&&OutcomeRow<'_>> = rows
             .iter()

@@ -16,7 +16,7 @@ use herald_core::timefmt::unix_ms;
 use sqlx::{Sqlite, Transaction};
 use time::OffsetDateTime;
 
-use super::json_array;
+use super::{from_json_row, json_array};
 use crate::accept::{
     Accepting, Flavour, RtcCallback, answers_in_order, earlier_answers_of, live_match_keys,
     new_deliveries, plan_live, plan_rtc, stream_pairs,
@@ -149,12 +149,7 @@ pub(super) async fn insert_deliveries(
     .bind(json_array(&pairs))
     .fetch_one(&mut **tx)
     .await?;
-    let busy: HashSet<(String, String)> =
-        serde_json::from_str(&busy).map_err(|e| crate::rows::CorruptRow {
-            table: "deliveries",
-            id: "the busy streams".into(),
-            reason: e.to_string(),
-        })?;
+    let busy: HashSet<(String, String)> = from_json_row(&busy, "the busy streams")?;
     let deliveries = new_deliveries(project, accepting, busy)?;
     let inserted = sqlx::query(&format!(
         "INSERT INTO deliveries (project_id, event_seq, config_id, stream, endpoint, url, sign_type, \

@@ -17,7 +17,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use time::OffsetDateTime;
 
 use crate::StoreError;
-pub(crate) use crate::backend::json_array;
+pub(crate) use crate::backend::{from_json_row, json_array};
 use crate::supervision::Supervisor;
 use crate::token_cache::TokenCache;
 
