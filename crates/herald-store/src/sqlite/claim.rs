@@ -24,6 +24,51 @@ struct Due {
     followers: Vec<i64>,
 }
 
+/// A claimed delivery as the claim reads it: [`ClaimedRow`]'s columns in order, the key in
+/// hex.
+type ClaimedJson = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+);
+
+impl TryFrom<ClaimedJson> for ClaimedRow {
+    type Error = StoreError;
+
+    fn try_from(r: ClaimedJson) -> Result<Self, StoreError> {
+        let key_sealed =
+            (r.9)
+                .map(hex::decode)
+                .transpose()
+                .map_err(|e| crate::rows::CorruptRow {
+                    table: "deliveries",
+                    id: r.0.to_string(),
+                    reason: format!("key_sealed: {e}"),
+                })?;
+        Ok(Self {
+            id: r.0,
+            project_id: r.1,
+            event_id: r.2,
+            payload: r.3,
+            flavour: r.4,
+            config_id: r.5,
+            endpoint: r.6,
+            url: r.7,
+            sign_type: r.8,
+            key_sealed,
+            attempts: r.10,
+        })
+    }
+}
+
 /// Leases what is due within `limits` (see [`crate::DeliveryQueue::claim_due_deliveries`]).
 pub(super) async fn claim(
     store: &SqliteStore,
@@ -40,17 +85,24 @@ pub(super) async fn claim(
         .flat_map(|d| std::iter::once(d.id).chain(d.followers.iter().copied()))
         .collect();
     // Rows cancelled since the pages were read (their config was deleted) stay behind.
-    let rows = sqlx::query_as::<_, ClaimedRow>(&format!(
-        "SELECT d.id, d.project_id, e.event_id, e.payload, e.flavour, d.config_id, d.endpoint, d.url, \
-             d.sign_type, d.key_sealed, d.attempts + 1 AS attempts \
+    // One row of JSON for all of them (`from_json_row`); a key goes as hex, since JSON has
+    // no bytes.
+    let rows: String = sqlx::query_scalar(&format!(
+        "SELECT json_group_array(json_array(d.id, d.project_id, e.event_id, e.payload, e.flavour, \
+             d.config_id, d.endpoint, d.url, d.sign_type, \
+             CASE WHEN d.key_sealed IS NULL THEN NULL ELSE hex(d.key_sealed) END, d.attempts + 1)) \
          FROM deliveries d JOIN events e ON e.seq = d.event_seq \
          WHERE d.id IN (SELECT value FROM json_each(?)) AND d.state IN {NOT_SENT}"
     ))
     .bind(json_array(&ids))
-    .fetch_all(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
     drop(conn);
-    let mut rows: HashMap<i64, ClaimedRow> = rows.into_iter().map(|r| (r.id, r)).collect();
+    let rows: Vec<ClaimedJson> = from_json_row(&rows, "a claim's deliveries")?;
+    let mut rows: HashMap<i64, ClaimedRow> = rows
+        .into_iter()
+        .map(|r| Ok((r.0, ClaimedRow::try_from(r)?)))
+        .collect::<Result<_, StoreError>>()?;
     let expires_at_ms = unix_ms(lease.expires_at);
     let take = |row: &ClaimedRow, state: DeliveryState| {
         store.leases.take(
