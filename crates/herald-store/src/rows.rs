@@ -246,8 +246,10 @@ impl CandidateRow {
     }
 }
 
-/// A leased delivery joined with its event, as both backends read it after a claim.
-#[derive(sqlx::FromRow)]
+/// A leased delivery joined with its event, as both backends read it after a claim: a row
+/// on PostgreSQL; on SQLite one JSON array per delivery, its columns in this order and the
+/// key in hex (JSON has no bytes), which serde reads into the struct field by field.
+#[derive(sqlx::FromRow, serde::Deserialize)]
 pub(crate) struct ClaimedRow {
     pub id: i64,
     pub project_id: String,
@@ -258,8 +260,16 @@ pub(crate) struct ClaimedRow {
     pub endpoint: String,
     pub url: String,
     pub sign_type: String,
+    #[serde(deserialize_with = "hex_key")]
     pub key_sealed: Option<Vec<u8>>,
     pub attempts: i64,
+}
+
+fn hex_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    <Option<String> as serde::Deserialize>::deserialize(d)?
+        .map(hex::decode)
+        .transpose()
+        .map_err(serde::de::Error::custom)
 }
 
 impl ClaimedRow {

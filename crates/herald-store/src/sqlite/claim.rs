@@ -24,51 +24,6 @@ struct Due {
     followers: Vec<i64>,
 }
 
-/// A claimed delivery as the claim reads it: [`ClaimedRow`]'s columns in order, the key in
-/// hex.
-type ClaimedJson = (
-    i64,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    i64,
-);
-
-impl TryFrom<ClaimedJson> for ClaimedRow {
-    type Error = StoreError;
-
-    fn try_from(r: ClaimedJson) -> Result<Self, StoreError> {
-        let key_sealed =
-            (r.9)
-                .map(hex::decode)
-                .transpose()
-                .map_err(|e| crate::rows::CorruptRow {
-                    table: "deliveries",
-                    id: r.0.to_string(),
-                    reason: format!("key_sealed: {e}"),
-                })?;
-        Ok(Self {
-            id: r.0,
-            project_id: r.1,
-            event_id: r.2,
-            payload: r.3,
-            flavour: r.4,
-            config_id: r.5,
-            endpoint: r.6,
-            url: r.7,
-            sign_type: r.8,
-            key_sealed,
-            attempts: r.10,
-        })
-    }
-}
-
 /// Leases what is due within `limits` (see [`crate::DeliveryQueue::claim_due_deliveries`]).
 pub(super) async fn claim(
     store: &SqliteStore,
@@ -98,11 +53,8 @@ pub(super) async fn claim(
     .fetch_one(&mut *conn)
     .await?;
     drop(conn);
-    let rows: Vec<ClaimedJson> = from_json_row(&rows, "a claim's deliveries")?;
-    let mut rows: HashMap<i64, ClaimedRow> = rows
-        .into_iter()
-        .map(|r| Ok((r.0, ClaimedRow::try_from(r)?)))
-        .collect::<Result<_, StoreError>>()?;
+    let rows: Vec<ClaimedRow> = from_json_row(&rows, "a claim's deliveries")?;
+    let mut rows: HashMap<i64, ClaimedRow> = rows.into_iter().map(|r| (r.id, r)).collect();
     let expires_at_ms = unix_ms(lease.expires_at);
     let take = |row: &ClaimedRow, state: DeliveryState| {
         store.leases.take(
