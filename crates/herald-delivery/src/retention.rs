@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use herald_store::Retention;
+use herald_store::supervision::Rounds;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -18,13 +19,8 @@ const MOST_BETWEEN_PASSES: Duration = Duration::from_secs(60);
 /// is shorter (a short retention is a test or a small disk: it is honoured closely).
 pub async fn run(store: &(dyn Retention + Sync), keep: Duration, cancel: CancellationToken) {
     let every = (keep / 2).clamp(Duration::from_secs(1), MOST_BETWEEN_PASSES);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut rounds = Rounds::new(every, cancel.clone());
+    while rounds.next().await {
         let before = OffsetDateTime::now_utc() - keep;
         let deleted = clean(store, before, &cancel).await;
         if deleted > 0 {

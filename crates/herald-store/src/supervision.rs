@@ -184,6 +184,30 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
+/// The rounds of a periodic background task (the WAL checkpointer, retention): the first
+/// at once, then one every `period`, until `stop` is cancelled. A round that overran its
+/// period delays the next one rather than bunching the rounds it missed.
+pub struct Rounds {
+    tick: tokio::time::Interval,
+    stop: CancellationToken,
+}
+
+impl Rounds {
+    pub fn new(period: Duration, stop: CancellationToken) -> Self {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { tick, stop }
+    }
+
+    /// Waits for the next round: true when it is due, false once `stop` is cancelled.
+    pub async fn next(&mut self) -> bool {
+        tokio::select! {
+            () = self.stop.cancelled() => false,
+            _ = self.tick.tick() => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -25,7 +25,7 @@ use sqlx::SqlitePool;
 use tokio::sync::Mutex;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::supervision::Supervisor;
+use crate::supervision::{Rounds, Supervisor};
 
 /// The checkpointing task's name, for supervision and `/readyz`.
 pub const TASK: &str = "wal checkpointer";
@@ -48,13 +48,8 @@ pub(super) fn start(pool: SqlitePool, gate: Arc<Mutex<()>>, tasks: &Supervisor) 
 }
 
 async fn checkpoints(pool: SqlitePool, gate: Arc<Mutex<()>>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut rounds = Rounds::new(EVERY, stop);
+    while rounds.next().await {
         if let Err(e) = checkpoint(&pool, &gate).await {
             // Another process (the CLI) checkpointing, or the disk: the next tick tries
             // again, and the WAL keeps every commit meanwhile.
