@@ -184,9 +184,10 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// The rounds of a periodic background task (the WAL checkpointer, retention): the first
-/// at once, then one every `period`, until `stop` is cancelled. A round that overran its
-/// period delays the next one rather than bunching the rounds it missed.
+/// The rounds of a periodic background task (the WAL checkpointer, retention, the
+/// dispatcher's maintenance): the first at once, then one every `period`, until `stop` is
+/// cancelled. A round that overran its period delays the next one rather than bunching the
+/// rounds it missed.
 pub struct Rounds {
     tick: tokio::time::Interval,
     stop: CancellationToken,

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_store::supervision::Rounds;
 use herald_store::{DeliveryState, DeliveryStatus, Store};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -53,10 +54,9 @@ pub(super) async fn maintain(
     max_attempts: u32,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
+    let mut rounds = Rounds::new(MAINTENANCE_EVERY, cancel);
     let mut gauges_due = tokio::time::Instant::now();
-    while !cancel.is_cancelled() {
-        tick.tick().await;
+    while rounds.next().await {
         let now = OffsetDateTime::now_utc();
         match store.rescue_expired_leases(now, now, max_attempts).await {
             Ok(0) => {}
