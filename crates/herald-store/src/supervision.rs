@@ -308,4 +308,35 @@ mod tests {
         finished.await.unwrap();
         assert!(tasks.failed_tasks().is_empty());
     }
+
+    /// The first round is due at once; a cancel ends the wait for the next one then, not
+    /// when its period is over (an hour here: the outer timeout only keeps a broken
+    /// `Rounds` from hanging the test).
+    #[tokio::test]
+    async fn rounds_start_at_once_and_stop_when_told() {
+        let stop = CancellationToken::new();
+        let mut rounds = Rounds::new(Duration::from_secs(3600), stop.clone());
+        let bound = Duration::from_secs(10);
+        assert!(tokio::time::timeout(bound, rounds.next()).await.unwrap());
+        let waiting = tokio::spawn(async move { rounds.next().await });
+        stop.cancel();
+        assert!(!tokio::time::timeout(bound, waiting).await.unwrap().unwrap());
+    }
+
+    /// A round that overran several periods is followed by one round at once and then a
+    /// full period's wait: the rounds it missed are not run back to back (Tokio's default,
+    /// `Burst`, would run three at once here).
+    #[tokio::test]
+    async fn a_slow_round_delays_the_next_rather_than_bunching_them() {
+        let period = Duration::from_millis(30);
+        let mut rounds = Rounds::new(period, CancellationToken::new());
+        assert!(rounds.next().await);
+        // The round's own work, three periods and more; not synchronisation.
+        tokio::time::sleep(period * 3 + period / 3).await;
+        assert!(rounds.next().await);
+        let after_catch_up = Instant::now();
+        assert!(rounds.next().await);
+        let gap = after_catch_up.elapsed();
+        assert!(gap >= period * 2 / 3, "the next round came after {gap:?}");
+    }
 }
