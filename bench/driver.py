@@ -570,53 +570,35 @@ def cmd_latency(a):
         n = int(a.rate * a.duration)
         bodies = batch_bodies(tag, n, a.batch, a.streams)
         log = AccessLog(a.access_log)
-        # Request j (a.batch events) is due at t0 + j * batch / rate. Thread k sends requests
-        # k, k + T, k + 2T, ... over its own keep-alive connection, each at its due time or
-        # as soon as the previous one returned if it is late.
-        acked, sent, late, errors = {}, {}, [0], []
-        lock = threading.Lock()
-        interval = a.batch / a.rate
+        # Request j (a.batch events) is due at t0 + j * batch / rate, open loop: the `pace`
+        # example sends it then, whatever the requests before it are doing, over up to
+        # a.connections keep-alive connections (a request waits, and counts as late, only
+        # when all of them are busy), and writes down when each was sent and answered.
+        sched = os.path.join(a.out_dir, f"{tag}.bodies")
+        with open(sched, "wb") as f:
+            f.write(b"\n".join(body for body, _ in bodies) + b"\n")
+        answers = os.path.join(a.out_dir, f"{tag}.answers")
         marks = cpu_marks([h])
-        t0 = time.time() + 0.5
-        deadline = t0 + a.duration + 60
-
-        def worker(k):
-            c = h.conn()
-            for j in range(k, len(bodies), a.threads):
-                due = t0 + j * interval
-                now = time.time()
-                if now > deadline:
-                    break
-                if due > now:
-                    time.sleep(due - now)
-                elif now - due > 0.005:
-                    with lock:
-                        late[0] += 1
-                body, ids = bodies[j]
-                ts = time.time()
-                try:
-                    status, data = h.request(c, "POST", EVENTS_PATH, body)
-                except (OSError, http.client.HTTPException) as e:
-                    c.close()
-                    c = h.conn()
-                    with lock:
-                        errors.append(f"{type(e).__name__}: {e}")
-                    continue
-                t202 = time.time()
-                with lock:
-                    if status == 202:
-                        for eid in ids:
-                            acked[eid], sent[eid] = t202, ts
-                    else:
-                        errors.append(f"{status} {data[:200]!r}")
-            c.close()
-
-        ts_ = [threading.Thread(target=worker, args=(k,)) for k in range(a.threads)]
-        for t in ts_:
-            t.start()
-        for t in ts_:
-            t.join()
-        t_end = time.time()
+        out = subprocess.run(
+            [a.pace, "--url", f"http://{h.host}:{h.port}{EVENTS_PATH}", "--token", h.token,
+             "--per-second", str(a.rate / a.batch), "--bodies", sched, "--out", answers,
+             "--connections", str(a.connections), "--delay", "0.5"],
+            capture_output=True, text=True, timeout=a.duration + 120)
+        if out.returncode != 0:
+            raise RuntimeError(f"pace failed: {out.stderr.strip()[-500:]}")
+        paced = json.loads(out.stdout)
+        t0, late = paced["start"], paced["late_requests"]
+        acked, sent, errors = {}, {}, []
+        with open(answers) as f:
+            for line in f:
+                j, ts, t202, status = json.loads(line)
+                if status == 202:
+                    for eid in bodies[j][1]:
+                        acked[eid], sent[eid] = t202, ts
+                else:
+                    errors.append(f"request {j}: status {status}" if status else f"request {j}: no answer")
+        # The run ends with the last answer (pace waits for every one).
+        t_end = max(acked.values(), default=t0)
         first, stats = follow_arrivals(log, tag, len(acked), a.stall, time.time() + 120)
         lat = [(first[e] - acked[e]) * 1000 for e in acked if e in first]
         # Worst latency per second of the run (by 202 time): shows whether slow ones cluster.
@@ -628,10 +610,10 @@ def cmd_latency(a):
         ingest = [(acked[e] - sent[e]) * 1000 for e in acked]
         res = {
             "mode": "single events" if a.batch == 1 else f"batches of {a.batch}",
-            "target_rate": a.rate, "duration_s": a.duration, "threads": a.threads,
+            "target_rate": a.rate, "duration_s": a.duration, "connections": a.connections,
             "streams": a.streams, "events": n, "acked": len(acked), "arrived": len(first),
             "achieved_rate": round(len(acked) / max(t_end - t0, 1e-9), 1),
-            "late_requests": late[0], "ingest_errors": errors[:20], "ingest_error_count": len(errors),
+            "late_requests": late, "ingest_errors": errors[:20], "ingest_error_count": len(errors),
             "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99),
             "max_ms": max(lat) if lat else None, "min_ms": min(lat) if lat else None,
             "ingest_p50_ms": pct(ingest, 50), "ingest_p99_ms": pct(ingest, 99),
@@ -1638,7 +1620,8 @@ def main():
     lt.add_argument("--rate", type=float, default=1000)
     lt.add_argument("--duration", type=float, default=20)
     lt.add_argument("--batch", type=int, default=1, help="events per request (1: single events)")
-    lt.add_argument("--threads", type=int, default=32, help="concurrent connections")
+    lt.add_argument("--connections", type=int, default=256, help="most requests in flight")
+    lt.add_argument("--pace", default="target/release/examples/pace", help="the `pace` example")
     lt.add_argument("--streams", type=int, default=1000)
     lt.add_argument("--stall", type=float, default=30)
     lt.add_argument("--name", default="latency", help="name of the result (OUT_DIR/NAME.json)")
