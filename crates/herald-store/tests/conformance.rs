@@ -645,17 +645,18 @@ async fn recording_steps_go_stream_by_stream_in_order(store: &dyn Store) {
 }
 
 /// Where a store's database is, to run SQL behind the store's back (to break a row as a
-/// disk, an operator or a bug could).
-enum Behind {
-    Sqlite(std::path::PathBuf),
+/// disk, an operator or a bug could). The embedded store is named too: what it holds of
+/// the queue in memory is forgotten after such a write, as a restart would.
+enum Behind<'s> {
+    Sqlite(std::path::PathBuf, &'s SqliteStore),
     Postgres(String),
 }
 
-impl Behind {
+impl Behind<'_> {
     /// The one number `sql` selects.
     async fn count(&self, sql: &str) -> i64 {
         match self {
-            Self::Sqlite(dir) => {
+            Self::Sqlite(dir, _) => {
                 let url = format!("sqlite:{}", dir.join(DATABASE_FILE).display());
                 let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
                 sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap()
@@ -669,10 +670,11 @@ impl Behind {
 
     async fn execute(&self, sql: &str) {
         match self {
-            Self::Sqlite(dir) => {
+            Self::Sqlite(dir, store) => {
                 let url = format!("sqlite:{}", dir.join(DATABASE_FILE).display());
                 let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
                 sqlx::query(sql).execute(&pool).await.unwrap();
+                store.forget_due_window();
             }
             Self::Postgres(url) => {
                 let pool = sqlx::PgPool::connect(url).await.unwrap();
@@ -684,8 +686,8 @@ impl Behind {
 
 /// A transaction begun behind a store's back and left open: it holds what it wrote (the
 /// embedded store's write lock, PostgreSQL's row locks) until it commits.
-enum HeldTx {
-    Sqlite(sqlx::SqliteConnection),
+enum HeldTx<'s> {
+    Sqlite(sqlx::SqliteConnection, &'s SqliteStore),
     Postgres {
         conn: sqlx::PgConnection,
         /// The server process of the transaction, whose locks others may wait for.
@@ -695,12 +697,12 @@ enum HeldTx {
     },
 }
 
-impl Behind {
+impl Behind<'_> {
     /// Begins a transaction and runs `sql` in it, uncommitted.
-    async fn begin(&self, sql: &str) -> HeldTx {
+    async fn begin(&self, sql: &str) -> HeldTx<'_> {
         use sqlx::Connection;
         match self {
-            Self::Sqlite(dir) => {
+            Self::Sqlite(dir, store) => {
                 let url = format!("sqlite:{}", dir.join(DATABASE_FILE).display());
                 let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
                 sqlx::query("BEGIN IMMEDIATE")
@@ -708,7 +710,7 @@ impl Behind {
                     .await
                     .unwrap();
                 sqlx::query(sql).execute(&mut conn).await.unwrap();
-                HeldTx::Sqlite(conn)
+                HeldTx::Sqlite(conn, store)
             }
             Self::Postgres(url) => {
                 let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
@@ -728,7 +730,7 @@ impl Behind {
     }
 }
 
-impl HeldTx {
+impl HeldTx<'_> {
     /// Returns once another transaction waits for one of this one's locks. On SQLite at
     /// once: its writers are serial, so a writer sees this transaction whole or not at all
     /// whenever it commits, and how long one waits for the lock cannot be observed.
@@ -755,8 +757,9 @@ impl HeldTx {
 
     async fn commit(self) {
         match self {
-            Self::Sqlite(mut conn) => {
+            Self::Sqlite(mut conn, store) => {
                 sqlx::query("COMMIT").execute(&mut conn).await.unwrap();
+                store.forget_due_window();
             }
             Self::Postgres { mut conn, .. } => {
                 sqlx::query("COMMIT").execute(&mut conn).await.unwrap();
@@ -767,7 +770,7 @@ impl HeldTx {
 
 /// What a store must survive (no poison pills) and forget (retention), on a fresh store
 /// (retention's counts are exact only where no other test left history).
-async fn run_hardening_suite(store: &dyn Store, behind: &Behind) {
+async fn run_hardening_suite(store: &dyn Store, behind: &Behind<'_>) {
     a_cancelled_delivery_stays_cancelled_whatever_its_lease_brings(store, behind).await;
     retention_keeps_a_delivery_reopened_while_it_runs(store, behind).await;
     retention_deletes_only_finished_history(store).await;
@@ -782,7 +785,7 @@ async fn run_hardening_suite(store: &dyn Store, behind: &Behind) {
 /// `delivery_attempts` holds the failed attempts. The log and the endpoint figures show
 /// every attempt all the same, successes stored in `delivery_attempts` before issue 29
 /// included.
-async fn a_success_is_kept_in_its_delivery_row(store: &dyn Store, behind: &Behind) {
+async fn a_success_is_kept_in_its_delivery_row(store: &dyn Store, behind: &Behind<'_>) {
     let t0 = datetime!(2035-02-01 00:00:00 UTC);
     let p = "q-success-row";
     accept_one_per_stream(
@@ -880,7 +883,7 @@ async fn a_success_is_kept_in_its_delivery_row(store: &dyn Store, behind: &Behin
 /// An ingest that meets a corrupt config row fails alone: the embedded store plans the
 /// ingests that share a commit together, and when that plan fails it takes them one by
 /// one, so the others arriving with it are accepted all the same.
-async fn a_corrupt_config_fails_only_its_own_ingest(store: &dyn Store, behind: &Behind) {
+async fn a_corrupt_config_fails_only_its_own_ingest(store: &dyn Store, behind: &Behind<'_>) {
     let t0 = datetime!(2035-01-01 00:00:00 UTC);
     let p = "q-corrupt-config";
     for (id, domain) in [
@@ -3018,7 +3021,10 @@ async fn the_rescuer_honours_the_attempt_limit(store: &dyn Store) {
 /// A claimed row that cannot be decoded (a corrupt payload, a key sealed for another
 /// config) can never be sent: its delivery ends as dead with the reason in its attempt,
 /// the other deliveries of the claim go out, and its stream moves on.
-async fn an_unreadable_delivery_is_dead_and_the_claim_goes_on(store: &dyn Store, behind: &Behind) {
+async fn an_unreadable_delivery_is_dead_and_the_claim_goes_on(
+    store: &dyn Store,
+    behind: &Behind<'_>,
+) {
     let t0 = datetime!(2034-01-01 00:00:00 UTC);
     let p = "q-poison";
     for (id, app) in [("cfg-poison-a", "live"), ("cfg-poison-b", "other")] {
@@ -3091,7 +3097,7 @@ async fn an_unreadable_delivery_is_dead_and_the_claim_goes_on(store: &dyn Store,
 /// would.
 async fn a_claim_goes_on_when_an_unreadable_row_cannot_be_marked_dead(
     store: &dyn Store,
-    behind: &Behind,
+    behind: &Behind<'_>,
 ) {
     let t0 = datetime!(2034-06-01 00:00:00 UTC);
     let p = "q-poison-stuck";
@@ -3108,7 +3114,7 @@ async fn a_claim_goes_on_when_an_unreadable_row_cannot_be_marked_dead(
         .execute("UPDATE events SET payload = 'not json' WHERE event_id = 'unreadable'")
         .await;
     let refuse = match behind {
-        Behind::Sqlite(_) => vec![
+        Behind::Sqlite(..) => vec![
             "CREATE TRIGGER refuse_dead BEFORE UPDATE ON deliveries WHEN NEW.state = 'dead' \
              BEGIN SELECT RAISE(ABORT, 'the disk is full'); END",
         ],
@@ -3130,7 +3136,7 @@ async fn a_claim_goes_on_when_an_unreadable_row_cannot_be_marked_dead(
     );
     behind
         .execute(match behind {
-            Behind::Sqlite(_) => "DROP TRIGGER refuse_dead",
+            Behind::Sqlite(..) => "DROP TRIGGER refuse_dead",
             Behind::Postgres(_) => "DROP TRIGGER refuse_dead ON deliveries",
         })
         .await;
@@ -3157,7 +3163,7 @@ async fn a_claim_goes_on_when_an_unreadable_row_cannot_be_marked_dead(
 /// as the cancellation that raced the claim leaves them.
 async fn a_cancelled_delivery_stays_cancelled_whatever_its_lease_brings(
     store: &dyn Store,
-    behind: &Behind,
+    behind: &Behind<'_>,
 ) {
     let t0 = datetime!(2030-01-01 00:00:00 UTC);
     let p = "q-cancel-race";
@@ -3211,7 +3217,7 @@ async fn a_cancelled_delivery_stays_cancelled_whatever_its_lease_brings(
 /// the delivery's row while retention runs; it commits once retention waits for it (the
 /// old statements did, after deleting the attempts) or retention is done (it skips the
 /// held row now). On SQLite writers take turns, so retention sees the reopening whole.
-async fn retention_keeps_a_delivery_reopened_while_it_runs(store: &dyn Store, behind: &Behind) {
+async fn retention_keeps_a_delivery_reopened_while_it_runs(store: &dyn Store, behind: &Behind<'_>) {
     let t0 = datetime!(2030-01-01 00:00:00 UTC);
     let p = "q-reopened";
     accept_one_per_stream(
@@ -3513,7 +3519,7 @@ async fn sqlite_survives_poison_and_forgets_history() {
     let dir = tempfile::tempdir().unwrap();
     let (master, _) = MasterKey::generate();
     let store = SqliteStore::open(dir.path(), master).await.unwrap();
-    run_hardening_suite(&store, &Behind::Sqlite(dir.path().to_owned())).await;
+    run_hardening_suite(&store, &Behind::Sqlite(dir.path().to_owned(), &store)).await;
 }
 
 /// Stores a secret key, a signing key and a bucket's secret access key, and returns them:

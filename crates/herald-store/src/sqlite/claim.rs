@@ -1,7 +1,9 @@
 //! The claim on SQLite: due deliveries read on a reader connection, in pages of what the
 //! endpoints can still take, each with the next deliveries of its stream behind it (its
 //! followers, [`ClaimedDelivery::followers`]), and all leased in this process's memory
-//! ([`super::leases`]). A claim writes nothing, and does not wait for the writer.
+//! ([`super::leases`]). A claim writes nothing, and does not wait for the writer. While
+//! the due window is exact ([`super::due_window`]) a claim takes from it instead, and
+//! reads nothing either.
 
 use std::collections::{HashMap, HashSet};
 
@@ -24,7 +26,8 @@ struct Due {
     followers: Vec<i64>,
 }
 
-/// Leases what is due within `limits` (see [`crate::DeliveryQueue::claim_due_deliveries`]).
+/// Leases what is due within `limits` (see [`crate::DeliveryQueue::claim_due_deliveries`]):
+/// from the due window alone while it is exact ([`super::due_window`]), else by SQL.
 pub(super) async fn claim(
     store: &SqliteStore,
     now: OffsetDateTime,
@@ -32,9 +35,20 @@ pub(super) async fn claim(
     lease: &Lease,
 ) -> Result<Vec<ClaimedDelivery>, StoreError> {
     let _claiming = store.leases.claiming.lock().await;
+    let now_ms = unix_ms(now);
+    if store.window.is_exact(now_ms) {
+        let (due, rows) = from_window(store, now_ms, &limits);
+        let (claimed, all_taken) = lease_found(store, due, rows, lease, now).await?;
+        if !all_taken {
+            // What the window handed out and no lease took is due outside the window.
+            store.window.lose_exactness();
+        }
+        return Ok(claimed);
+    }
+    let generation = store.window.generation();
     let leased = json_array(&store.leases.ids());
     let mut conn = store.pool.acquire().await?;
-    let mut due = due_within_room(&mut conn, now, &limits, &leased).await?;
+    let (mut due, complete) = due_within_room(&mut conn, now, &limits, &leased).await?;
     add_followers(&mut conn, &mut due, &limits).await?;
     let ids: Vec<i64> = (due.iter())
         .flat_map(|d| std::iter::once(d.id).chain(d.followers.iter().copied()))
@@ -45,19 +59,97 @@ pub(super) async fn claim(
     let rows: String = sqlx::query_scalar(&format!(
         "SELECT json_group_array(json_array(d.id, d.project_id, e.event_id, e.payload, e.flavour, \
              d.config_id, d.endpoint, d.url, d.sign_type, \
-             CASE WHEN d.key_sealed IS NULL THEN NULL ELSE hex(d.key_sealed) END, d.attempts + 1)) \
+             CASE WHEN d.key_sealed IS NULL THEN NULL ELSE hex(d.key_sealed) END, d.attempts)) \
          FROM deliveries d JOIN events e ON e.seq = d.event_seq \
          WHERE d.id IN (SELECT value FROM json_each(?)) AND d.state IN {NOT_SENT}"
     ))
     .bind(json_array(&ids))
     .fetch_one(&mut *conn)
     .await?;
+    // When the first retry falls due after this claim's time: the window is exact until
+    // then. (A `pending` delivery is due when it is written, so one due later is one
+    // written by ingest since the claim's time was taken, which pushed it to the window.)
+    let next_due: Option<Option<i64>> = if complete {
+        Some(
+            sqlx::query_scalar(&format!(
+                "SELECT MIN(next_attempt_at_ms) FROM deliveries \
+                 WHERE state IN {DUE} AND state = '{retrying}' AND next_attempt_at_ms > ?",
+                retrying = DeliveryState::Retrying,
+            ))
+            .bind(now_ms)
+            .fetch_one(&mut *conn)
+            .await?,
+        )
+    } else {
+        None
+    };
     drop(conn);
     let rows: Vec<ClaimedRow> = from_json_row(&rows, "a claim's deliveries")?;
-    let mut rows: HashMap<i64, ClaimedRow> = rows.into_iter().map(|r| (r.id, r)).collect();
+    let rows: HashMap<i64, ClaimedRow> = rows.into_iter().map(|r| (r.id, r)).collect();
+    let (claimed, all_taken) = lease_found(store, due, rows, lease, now).await?;
+    if let Some(next_due) = next_due
+        && all_taken
+    {
+        store
+            .window
+            .exact_since(generation, next_due.unwrap_or(i64::MAX));
+    }
+    Ok(claimed)
+}
+
+/// The due deliveries a claim takes from the due window, oldest first, each endpoint and
+/// project within its room, with their followers from the window: the same choice
+/// [`due_within_room`] and [`add_followers`] make by SQL. They leave the window here.
+fn from_window(
+    store: &SqliteStore,
+    now_ms: i64,
+    limits: &ClaimLimits<'_>,
+) -> (Vec<Due>, HashMap<i64, ClaimedRow>) {
+    let mut room = Room::new(limits);
+    let mut due = Vec::new();
+    for (id, endpoint) in store.window.due_heads(now_ms) {
+        if due.len() >= limits.total {
+            break;
+        }
+        if room.admit(&endpoint) {
+            due.push(Due {
+                id,
+                endpoint,
+                retry: false,
+                followers: Vec::new(),
+            });
+        }
+    }
+    let each = followers_each(&due, limits);
+    let found = (due.iter())
+        .map(|d| (d.id, store.window.behind(d.id, each)))
+        .collect();
+    share_followers(&mut due, found, each, limits);
+    let mut rows = HashMap::new();
+    for d in &mut due {
+        let taken = store.window.take(d.id, &d.followers);
+        // A follower the window no longer held ends the chain.
+        d.followers.truncate(taken.len().saturating_sub(1));
+        rows.extend(taken.into_iter().map(|r| (r.id, r)));
+    }
+    (due, rows)
+}
+
+/// Leases the due deliveries found and their followers (each row's attempt is its
+/// `attempts` + 1), and turns them into deliveries to send. Also returns whether every
+/// one found was leased.
+async fn lease_found(
+    store: &SqliteStore,
+    due: Vec<Due>,
+    mut rows: HashMap<i64, ClaimedRow>,
+    lease: &Lease,
+    now: OffsetDateTime,
+) -> Result<(Vec<ClaimedDelivery>, bool), StoreError> {
     let expires_at_ms = unix_ms(lease.expires_at);
-    let take = |row: &ClaimedRow, state: DeliveryState| {
-        store.leases.take(
+    let mut all_taken = true;
+    let mut take = |row: &mut ClaimedRow, state: DeliveryState| {
+        row.attempts += 1;
+        let taken = store.leases.take(
             row.id,
             Held {
                 owner: lease.owner.clone(),
@@ -65,12 +157,15 @@ pub(super) async fn claim(
                 attempt: u32::try_from(row.attempts).unwrap_or(u32::MAX),
                 state: state.as_str(),
             },
-        )
+        );
+        all_taken &= taken;
+        taken
     };
     let mut heads = Vec::with_capacity(due.len());
     let mut chains: HashMap<i64, Vec<ClaimedDelivery>> = HashMap::new();
+    let mut leased = Vec::new();
     for d in due {
-        let Some(row) = rows.remove(&d.id) else {
+        let Some(mut row) = rows.remove(&d.id) else {
             continue;
         };
         let state = if d.retry {
@@ -78,20 +173,22 @@ pub(super) async fn claim(
         } else {
             DeliveryState::Pending
         };
-        if !take(&row, state) {
+        if !take(&mut row, state) {
             continue;
         }
+        leased.push(row.id);
         // A chain ends at the first follower that is gone (cancelled), leased already or
         // unreadable: the rest wait for their turn as due deliveries, where an unreadable
         // one is ended with a reason (`finish_claim`).
         let mut chain = Vec::new();
         for id in d.followers {
-            let Some(follower) = rows.remove(&id) else {
+            let Some(mut follower) = rows.remove(&id) else {
                 break;
             };
-            if !take(&follower, DeliveryState::Blocked) {
+            if !take(&mut follower, DeliveryState::Blocked) {
                 break;
             }
+            leased.push(id);
             match follower.into_claimed(&store.master) {
                 Ok(delivery) => chain.push(delivery),
                 Err(e) => {
@@ -104,6 +201,8 @@ pub(super) async fn claim(
         chains.insert(row.id, chain);
         heads.push(row);
     }
+    // Whatever the window held of these is leased now.
+    store.window.leased_elsewhere(leased);
     let mut claimed = finish_claim(store, heads, &store.master, &lease.owner, now).await?;
     for delivery in &mut claimed {
         delivery.followers = chains.remove(&delivery.id).unwrap_or_default();
@@ -113,24 +212,70 @@ pub(super) async fn claim(
     store
         .leases
         .release(chains.into_values().flatten().map(|d| d.id));
-    Ok(claimed)
+    Ok((claimed, all_taken))
 }
 
-/// Finds each due delivery's followers: the oldest blocked deliveries of its stream, one
-/// probe of the by-stream index per due delivery (its `state IN` term is what lets SQLite
-/// use that partial index), at most `limits.followers` each, the
-/// claim's room left shared evenly between them, within what the claim has left in all and
-/// in each project's share (followers count towards both, not towards their endpoint's
-/// room: a stream sends one at a time).
-async fn add_followers(
-    conn: &mut SqliteConnection,
-    due: &mut [Due],
-    limits: &ClaimLimits<'_>,
-) -> Result<(), StoreError> {
-    let mut left = limits.total.saturating_sub(due.len());
-    if due.is_empty() || left == 0 || limits.followers == 0 {
-        return Ok(());
+/// What a claim has taken so far, by endpoint and by project, against its limits.
+struct Room<'l> {
+    limits: &'l ClaimLimits<'l>,
+    by_endpoint: HashMap<String, u32>,
+    by_project: HashMap<String, u32>,
+}
+
+impl<'l> Room<'l> {
+    fn new(limits: &'l ClaimLimits<'l>) -> Self {
+        Self {
+            limits,
+            by_endpoint: HashMap::new(),
+            by_project: HashMap::new(),
+        }
     }
+
+    /// The room `endpoint` has left.
+    fn left(&self, endpoint: &str) -> u32 {
+        let used = self.by_endpoint.get(endpoint).copied().unwrap_or(0);
+        self.limits.room_of(endpoint).saturating_sub(used)
+    }
+
+    /// The room `project` has left.
+    fn project_left(&self, project: &str) -> u32 {
+        let used = self.by_project.get(project).copied().unwrap_or(0);
+        self.limits.project_room_of(project).saturating_sub(used)
+    }
+
+    /// Takes one delivery for `endpoint` if it and its project have room left.
+    fn admit(&mut self, endpoint: &str) -> bool {
+        let project = endpoint_project(endpoint);
+        if self.left(endpoint) == 0 || self.project_left(project) == 0 {
+            return false;
+        }
+        *self.by_endpoint.entry(endpoint.to_owned()).or_default() += 1;
+        *self.by_project.entry(project.to_owned()).or_default() += 1;
+        true
+    }
+}
+
+/// How many followers each due delivery may have at most: the claim's room left shared
+/// evenly between them, at most `limits.followers`; 0 for none.
+fn followers_each(due: &[Due], limits: &ClaimLimits<'_>) -> usize {
+    let left = limits.total.saturating_sub(due.len());
+    if due.is_empty() || left == 0 || limits.followers == 0 {
+        return 0;
+    }
+    (left / due.len()).clamp(1, limits.followers)
+}
+
+/// Gives each due delivery the followers `found` for it (its stream's next deliveries,
+/// oldest first, at most `each`), within what the claim has left in all and in each
+/// project's share (followers count towards both, not towards their endpoint's room: a
+/// stream sends one at a time).
+fn share_followers(
+    due: &mut [Due],
+    mut found: HashMap<i64, Vec<i64>>,
+    each: usize,
+    limits: &ClaimLimits<'_>,
+) {
+    let mut left = limits.total.saturating_sub(due.len());
     let mut project_left: HashMap<String, usize> = HashMap::new();
     for d in due.iter() {
         let project = endpoint_project(&d.endpoint);
@@ -139,7 +284,31 @@ async fn add_followers(
         });
         *room = room.saturating_sub(1);
     }
-    let each = (left / due.len()).clamp(1, limits.followers);
+    for d in due.iter_mut() {
+        let mut followers = found.remove(&d.id).unwrap_or_default();
+        let room = project_left.get_mut(endpoint_project(&d.endpoint));
+        followers.truncate(each.min(left).min(room.as_deref().map_or(0, |r| *r)));
+        left -= followers.len();
+        if let Some(room) = room {
+            *room -= followers.len();
+        }
+        d.followers = followers;
+    }
+}
+
+/// Finds each due delivery's followers: the oldest blocked deliveries of its stream, one
+/// probe of the by-stream index per due delivery (its `state IN` term is what lets SQLite
+/// use that partial index), as many as [`followers_each`] allows, then shared out by
+/// [`share_followers`].
+async fn add_followers(
+    conn: &mut SqliteConnection,
+    due: &mut [Due],
+    limits: &ClaimLimits<'_>,
+) -> Result<(), StoreError> {
+    let each = followers_each(due, limits);
+    if each == 0 {
+        return Ok(());
+    }
     let heads: Vec<i64> = due.iter().map(|d| d.id).collect();
     let found: String = sqlx::query_scalar(&format!(
         "SELECT json_group_array(json_array(h.value, json((SELECT json_group_array(id) FROM ( \
@@ -153,25 +322,22 @@ async fn add_followers(
     .fetch_one(&mut *conn)
     .await?;
     let found: Vec<(i64, Vec<i64>)> = from_json_row(&found, "a claim's followers")?;
-    let mut found: HashMap<i64, Vec<i64>> = found.into_iter().collect();
-    for d in due.iter_mut() {
-        let mut followers = found.remove(&d.id).unwrap_or_default();
-        // The by-stream index is ordered by id; the JSON array keeps that order only by
-        // SQLite's habit, so it is sorted again.
-        followers.sort_unstable();
-        let room = project_left.get_mut(endpoint_project(&d.endpoint));
-        followers.truncate(each.min(left).min(room.as_deref().map_or(0, |r| *r)));
-        left -= followers.len();
-        if let Some(room) = room {
-            *room -= followers.len();
-        }
-        d.followers = followers;
-    }
+    let found = (found.into_iter())
+        .map(|(id, mut followers)| {
+            // The by-stream index is ordered by id; the JSON array keeps that order only
+            // by SQLite's habit, so it is sorted again.
+            followers.sort_unstable();
+            (id, followers)
+        })
+        .collect();
+    share_followers(due, found, each, limits);
     Ok(())
 }
 
 /// The due deliveries a claim takes, oldest due first, each endpoint within its room,
-/// leaving out `leased` (a JSON array of ids), without their followers yet.
+/// leaving out `leased` (a JSON array of ids), without their followers yet; and whether
+/// it read every due delivery no lease holds and took them all (then the due window may
+/// become exact, [`super::due_window`]).
 ///
 /// The due index is read in pages, each page one row of JSON (sqlx hands rows from its
 /// SQLite thread one at a time, so one row per page is one hand-off). A page asks for no
@@ -179,8 +345,8 @@ async fn add_followers(
 /// yet, and every page leaves out the endpoints and the projects that are full (in flight,
 /// or filled by this claim): a project at its share is skipped in SQL, so however many of
 /// its deliveries are due first, the scan reaches the other projects' (the project is the
-/// endpoint key's first part, [`endpoint_project`], so the due index alone answers it). So a claim of a few reads a few rows, however long the queue behind a busy
-/// endpoint. The scan stops at 8 × the claim, so a claim stays bounded.
+/// endpoint key's first part, [`endpoint_project`], so the due index alone answers it).
+/// So a claim of a few reads a few rows, however long the queue behind a busy endpoint. The scan stops at 8 × the claim, so a claim stays bounded.
 ///
 /// The deliveries in flight keep their rows `pending` (they are leased in memory), so they
 /// are at the front of the due index and every page steps over them. SQLite tests the
@@ -194,33 +360,31 @@ async fn due_within_room(
     now: OffsetDateTime,
     limits: &ClaimLimits<'_>,
     leased: &str,
-) -> Result<Vec<Due>, StoreError> {
+) -> Result<(Vec<Due>, bool), StoreError> {
     let budget = limits.total.saturating_mul(8);
-    // Taken by this claim, by endpoint and by project.
-    let mut taken: HashMap<String, u32> = HashMap::new();
-    let mut taken_by_project: HashMap<String, u32> = HashMap::new();
+    let mut room = Room::new(limits);
     let mut due = Vec::new();
     let (mut scanned, mut after) = (0, (i64::MIN, i64::MIN));
-    while due.len() < limits.total && scanned < budget {
+    // Whether every due delivery no lease holds was read, and taken.
+    let mut complete = true;
+    loop {
+        if due.len() >= limits.total || scanned >= budget {
+            complete = false;
+            break;
+        }
         let seen: HashSet<&str> = (limits.in_flight.keys())
-            .chain(taken.keys())
+            .chain(room.by_endpoint.keys())
             .map(String::as_str)
             .collect();
-        let left = |e: &str| {
-            let used = taken.get(e).copied().unwrap_or(0);
-            limits.room_of(e).saturating_sub(used)
-        };
-        let full: Vec<&str> = seen.iter().copied().filter(|e| left(e) == 0).collect();
-        let project_left = |p: &str| {
-            let used = taken_by_project.get(p).copied().unwrap_or(0);
-            limits.project_room_of(p).saturating_sub(used)
-        };
+        let full: Vec<&str> = seen.iter().copied().filter(|e| room.left(e) == 0).collect();
         let full_projects: Vec<&str> = (limits.project_in_flight.keys())
-            .chain(taken_by_project.keys())
+            .chain(room.by_project.keys())
             .map(String::as_str)
-            .filter(|p| project_left(p) == 0)
+            .filter(|p| room.project_left(p) == 0)
             .collect();
-        let seen_room: u32 = seen.iter().map(|e| left(e)).sum();
+        // What the pages leave out of full endpoints and projects is not read.
+        complete &= full.is_empty() && full_projects.is_empty();
+        let seen_room: u32 = seen.iter().map(|e| room.left(e)).sum();
         let page_size = (limits.total - due.len())
             .min(
                 usize::try_from(seen_room.saturating_add(limits.per_endpoint))
@@ -254,26 +418,20 @@ async fn due_within_room(
         scanned += rows.len();
         for (id, endpoint, next, retry) in &rows {
             after = (*next, *id);
-            let project = endpoint_project(endpoint);
-            let project_used = taken_by_project.get(project).copied().unwrap_or(0);
-            let used = taken.entry(endpoint.clone()).or_default();
-            if *used < limits.room_of(endpoint)
-                && project_used < limits.project_room_of(project)
-                && due.len() < limits.total
-            {
-                *used += 1;
-                *taken_by_project.entry(project.to_owned()).or_default() += 1;
+            if due.len() < limits.total && room.admit(endpoint) {
                 due.push(Due {
                     id: *id,
                     endpoint: endpoint.clone(),
                     retry: *retry == 1,
                     followers: Vec::new(),
                 });
+            } else {
+                complete = false;
             }
         }
         if rows.len() < page_size {
             break;
         }
     }
-    Ok(due)
+    Ok((due, complete))
 }

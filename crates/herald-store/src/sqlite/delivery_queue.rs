@@ -39,9 +39,9 @@ use crate::outcomes::{
 use crate::rows::{AttemptRow, DELIVERY_ROW_COLUMNS, DeliveryRow, delivery_views, stored_state};
 use crate::state::{DUE, FINISHED, NOT_SENT, OPEN};
 use crate::{
-    Accepted, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter, DeliveryQueue,
-    DeliveryState, DeliveryStatus, DeliveryView, Lease, Page, Recorded, ReplayTarget, Replayed,
-    RetryOutcome, StoreError,
+    Accepted, AfterAttempt, ClaimLimits, ClaimedDelivery, Completion, DeliveryFilter,
+    DeliveryQueue, DeliveryState, DeliveryStatus, DeliveryView, Lease, Page, Recorded,
+    ReplayTarget, Replayed, RetryOutcome, StoreError,
 };
 
 async fn stream_has_open_delivery(
@@ -64,30 +64,40 @@ async fn stream_has_open_delivery(
 /// those now finished moves on: its oldest open delivery becomes due if it is `blocked`.
 /// If it is not (a follower that failed right after the delivery before it succeeded, in
 /// the same batch, is due again), the stream waits for it. The streams are found here, in
-/// SQL, rather than returned by the update: sqlx hands returned rows over one by one. True
-/// when any became due.
+/// SQL, rather than returned by the update: sqlx hands returned rows over one by one.
+/// Returns the deliveries that became due (one row of JSON, for the due window).
 async fn unblock_next_of_streams(
     tx: &mut Transaction<'_, Sqlite>,
     ids: &str,
     now_ms: i64,
-) -> Result<bool, StoreError> {
+) -> Result<Vec<i64>, StoreError> {
     // One probe of the by-stream index per stream for its oldest open delivery: `MIN(id) …
     // GROUP BY` read every open delivery of each stream, and sorted them (7 ms a batch with
     // 150 waiting per stream).
     let (pending, blocked) = (DeliveryState::Pending, DeliveryState::Blocked);
-    let done = sqlx::query(&format!(
-        "UPDATE deliveries SET state = '{pending}', next_attempt_at_ms = ?1 \
-         WHERE state = '{blocked}' AND id IN \
-         (SELECT (SELECT o.id FROM deliveries o WHERE o.state IN {OPEN} \
-                  AND o.config_id = f.config_id AND o.stream = f.stream ORDER BY o.id LIMIT 1) \
-          FROM (SELECT DISTINCT config_id, stream FROM deliveries \
-                WHERE id IN (SELECT value FROM json_each(?2)) AND state IN {FINISHED}) f)",
+    let next: String = sqlx::query_scalar(&format!(
+        "SELECT json_group_array(n.id) FROM ( \
+             SELECT (SELECT o.id FROM deliveries o WHERE o.state IN {OPEN} \
+                     AND o.config_id = f.config_id AND o.stream = f.stream ORDER BY o.id LIMIT 1) AS id \
+             FROM (SELECT DISTINCT config_id, stream FROM deliveries \
+                   WHERE id IN (SELECT value FROM json_each(?1)) AND state IN {FINISHED}) f) n \
+         JOIN deliveries d ON d.id = n.id AND d.state = '{blocked}'",
     ))
-    .bind(now_ms)
     .bind(ids)
-    .execute(&mut **tx)
+    .fetch_one(&mut **tx)
     .await?;
-    Ok(done.rows_affected() > 0)
+    let next: Vec<i64> = from_json_row(&next, "the streams' next deliveries")?;
+    if !next.is_empty() {
+        sqlx::query(&format!(
+            "UPDATE deliveries SET state = '{pending}', next_attempt_at_ms = ?1 \
+             WHERE id IN (SELECT value FROM json_each(?2))",
+        ))
+        .bind(now_ms)
+        .bind(json_array(&next))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(next)
 }
 
 /// An outcome as the completion reads it from its JSON batch, serialised straight from
@@ -271,14 +281,30 @@ impl DeliveryQueue for SqliteStore {
         // and their leases ended then.)
         let applied = rows.len();
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let made_due =
-            unblock_next_of_streams(&mut tx, &json_array(&ids), batch_time_ms(completions)).await?;
+        let made_due_at = batch_time_ms(completions);
+        let made_due = unblock_next_of_streams(&mut tx, &json_array(&ids), made_due_at).await?;
+        let retries: Vec<i64> = (rows.iter())
+            .filter(|r| r.state == DeliveryState::Retrying)
+            .map(|r| r.next)
+            .collect();
+        // A due delivery handed back unsent is due again, outside the window.
+        let handed_back = current.iter().any(|c| c.next == AfterAttempt::NotSent);
         tx.commit().await?;
         // Every lease of the batch ends, those whose row had moved on included.
         self.leases.release(current.iter().map(|c| c.delivery_id));
+        // Then the window learns what became due (the write gate is still held, so no
+        // ingest pushes meanwhile): a follower handed back unsent is no longer leased.
+        self.window
+            .completed(&made_due, made_due_at, |id| self.leases.is_leased(id));
+        if let Some(first) = retries.into_iter().min() {
+            self.window.due_later(first);
+        }
+        if handed_back {
+            self.window.lose_exactness();
+        }
         Ok(Recorded {
             applied: u64::try_from(applied).unwrap_or(0),
-            made_due,
+            made_due: !made_due.is_empty(),
         })
     }
 
@@ -340,6 +366,10 @@ impl DeliveryQueue for SqliteStore {
         unblock_next_of_streams(&mut tx, &json_array(&ids), now_ms).await?;
         tx.commit().await?;
         self.leases.release(expired.into_iter().map(|(id, _)| id));
+        // Rescued deliveries are due again outside the window.
+        if !rescued.is_empty() {
+            self.window.invalidate();
+        }
         Ok(u64::try_from(rescued.len()).unwrap_or(0))
     }
 
@@ -425,9 +455,14 @@ impl DeliveryQueue for SqliteStore {
             flavour,
             &plan.accepting(&events),
             unix_ms(now),
+            None,
         )
         .await?;
         tx.commit().await?;
+        // The replayed deliveries join their streams behind the window's back.
+        if queued > 0 {
+            self.window.invalidate();
+        }
         Ok(Replayed::Queued(queued))
     }
 
@@ -478,6 +513,8 @@ impl DeliveryQueue for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        // An old delivery back in its stream, before what the window holds of it.
+        self.window.invalidate();
         Ok(RetryOutcome::Requeued)
     }
 

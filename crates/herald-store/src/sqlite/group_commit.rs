@@ -21,7 +21,9 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::BEGIN_DURABLE;
+use super::due_window::{DueWindow, Pushes};
 use super::ingest::{Batch, BatchAnswer, ingest_together};
+use super::leases::Leases;
 use crate::StoreError;
 use crate::recording::apply_in;
 use crate::supervision::Supervisor;
@@ -68,13 +70,19 @@ fn stopped() -> StoreError {
 
 impl IngestCommits {
     /// Starts the committing task on `pool` under `tasks`, writing in turn with the
-    /// store's other writers behind `gate`.
-    pub(super) fn start(pool: SqlitePool, gate: Arc<Mutex<()>>, tasks: &Supervisor) -> Self {
+    /// store's other writers behind `gate`, and pushing what each commit inserted into the
+    /// due window (leaving out what the leases hold).
+    pub(super) fn start(
+        pool: SqlitePool,
+        gate: Arc<Mutex<()>>,
+        window: (Arc<DueWindow>, Arc<Leases>),
+        tasks: &Supervisor,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(4 * MOST_PER_COMMIT);
         // Shared by the runs: what waits in the channel outlives a run that panicked.
         let rx = Arc::new(Mutex::new(rx));
         tasks.spawn(TASK, move || {
-            commit_ingests(pool.clone(), gate.clone(), rx.clone())
+            commit_ingests(pool.clone(), gate.clone(), window.clone(), rx.clone())
         });
         Self(tx)
     }
@@ -113,6 +121,7 @@ impl IngestCommits {
 async fn commit_ingests(
     pool: SqlitePool,
     gate: Arc<Mutex<()>>,
+    (window, leases): (Arc<DueWindow>, Arc<Leases>),
     rx: Arc<Mutex<mpsc::Receiver<Ingest>>>,
 ) {
     let mut rx = rx.lock().await;
@@ -120,7 +129,12 @@ async fn commit_ingests(
     while rx.recv_many(&mut waiting, MOST_PER_COMMIT).await > 0 {
         let outcomes = {
             let _turn = gate.lock().await;
-            commit(&pool, &waiting).await
+            // Pushed before the gate opens: no outcome of a delivery can be written, and
+            // its lease end, before the window has it or has left it out.
+            commit(&pool, &waiting).await.map(|(outcomes, pushes)| {
+                window.push(pushes, |id| leases.is_leased(id));
+                outcomes
+            })
         };
         match outcomes {
             Ok(outcomes) => {
@@ -155,19 +169,24 @@ async fn commit_ingests(
 /// savepoint of its own ([`one_by_one`]), so that the request at fault fails alone. The
 /// shared plan runs outside any savepoint: under one, SQLite copies every page the
 /// transaction first changes to a sub-journal, a cost the common case need not pay.
-async fn commit(pool: &SqlitePool, waiting: &[Ingest]) -> Result<Vec<Outcome>, StoreError> {
+async fn commit(
+    pool: &SqlitePool,
+    waiting: &[Ingest],
+) -> Result<(Vec<Outcome>, Pushes), StoreError> {
     let mut tx = pool.begin_with(BEGIN_DURABLE).await?;
-    let outcomes = match together(&mut tx, waiting).await {
+    let mut pushes = Pushes::default();
+    let outcomes = match together(&mut tx, waiting, &mut pushes).await {
         Ok(outcomes) => outcomes,
         Err(e) => {
             tracing::debug!(error = %e, "a shared ingest plan failed; committing one by one");
             tx.rollback().await?;
             tx = pool.begin_with(BEGIN_DURABLE).await?;
-            one_by_one(&mut tx, waiting).await?
+            pushes = Pushes::default();
+            one_by_one(&mut tx, waiting, &mut pushes).await?
         }
     };
     tx.commit().await?;
-    Ok(outcomes)
+    Ok((outcomes, pushes))
 }
 
 /// The ingests of each project as one set ([`ingest_together`]), in arrival order; then the
@@ -175,6 +194,7 @@ async fn commit(pool: &SqlitePool, waiting: &[Ingest]) -> Result<Vec<Outcome>, S
 async fn together(
     tx: &mut Transaction<'_, Sqlite>,
     waiting: &[Ingest],
+    pushes: &mut Pushes,
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut outcomes: Vec<Option<Outcome>> = waiting.iter().map(|_| None).collect();
     let mut by_project: Vec<(&ProjectId, Vec<usize>)> = Vec::new();
@@ -196,14 +216,14 @@ async fn together(
                 latest = latest.max(*now);
             }
         }
-        let answers = ingest_together(tx, project, &batches, latest).await?;
+        let answers = ingest_together(tx, project, &batches, latest, pushes).await?;
         for (i, answer) in requests.into_iter().zip(answers) {
             outcomes[i] = Some(Outcome::Events(Ok(answer)));
         }
     }
     for (i, ingest) in waiting.iter().enumerate() {
         if matches!(ingest, Ingest::Hooks { .. }) {
-            outcomes[i] = Some(in_savepoint(tx, ingest).await?);
+            outcomes[i] = Some(in_savepoint(tx, ingest, pushes).await?);
         }
     }
     // Every request got its outcome above; a gap would be answered "stopped".
@@ -218,21 +238,24 @@ async fn together(
 async fn one_by_one(
     tx: &mut Transaction<'_, Sqlite>,
     waiting: &[Ingest],
+    pushes: &mut Pushes,
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut outcomes = Vec::with_capacity(waiting.len());
     for ingest in waiting {
-        outcomes.push(in_savepoint(tx, ingest).await?);
+        outcomes.push(in_savepoint(tx, ingest, pushes).await?);
     }
     Ok(outcomes)
 }
 
 /// One request in a savepoint; an error of the request is its outcome, an error of the
-/// savepoint itself fails the commit.
+/// savepoint itself fails the commit. What it inserted joins `pushes` only if it holds.
 async fn in_savepoint(
     tx: &mut Transaction<'_, Sqlite>,
     ingest: &Ingest,
+    pushes: &mut Pushes,
 ) -> Result<Outcome, StoreError> {
     sqlx::query("SAVEPOINT ingest").execute(&mut **tx).await?;
+    let mut inserted = Pushes::default();
     let outcome = match ingest {
         Ingest::Events {
             project,
@@ -240,7 +263,7 @@ async fn in_savepoint(
             now,
             ..
         } => Outcome::Events(
-            ingest_together(tx, project, &[batch], *now)
+            ingest_together(tx, project, &[batch], *now, &mut inserted)
                 .await
                 .and_then(|mut answers| answers.pop().ok_or_else(stopped)),
         ),
@@ -248,6 +271,8 @@ async fn in_savepoint(
     };
     if outcome.failed() {
         sqlx::query("ROLLBACK TO ingest").execute(&mut **tx).await?;
+    } else {
+        pushes.extend(inserted);
     }
     sqlx::query("RELEASE ingest").execute(&mut **tx).await?;
     Ok(outcome)

@@ -13,17 +13,19 @@ use herald_core::event::rtc::RtcEvent;
 use herald_core::matching::MatchCandidate;
 use herald_core::project::ProjectId;
 use herald_core::timefmt::unix_ms;
+use sqlx::sqlite::SqliteQueryResult;
 use sqlx::{Sqlite, Transaction};
 use time::OffsetDateTime;
 
+use super::due_window::{Fresh, Pushes};
 use super::{from_json_row, json_array};
 use crate::accept::{
-    Accepting, Flavour, RtcCallback, answers_in_order, earlier_answers_of, live_match_keys,
-    new_deliveries, plan_live, plan_rtc, stream_pairs,
+    Accepting, Flavour, NewDelivery, RtcCallback, answers_in_order, earlier_answers_of,
+    live_match_keys, new_deliveries, plan_live, plan_rtc, stream_pairs,
 };
-use crate::rows::{CandidateRow, Target};
+use crate::rows::{CandidateRow, ClaimedRow, Target};
 use crate::state::OPEN;
-use crate::{Accepted, StoreError};
+use crate::{Accepted, DeliveryState, StoreError};
 
 async fn candidates(
     tx: &mut Transaction<'_, Sqlite>,
@@ -95,6 +97,7 @@ async fn accept(
     flavour: Flavour,
     accepting: Vec<Accepting<'_>>,
     now_ms: i64,
+    pushes: &mut Pushes,
 ) -> Result<(), StoreError> {
     if accepting.is_empty() {
         return Ok(());
@@ -121,19 +124,21 @@ async fn accept(
     .bind(flavour.name())
     .execute(&mut **tx)
     .await?;
-    insert_deliveries(tx, project, flavour, &accepting, now_ms).await?;
+    insert_deliveries(tx, project, flavour, &accepting, now_ms, Some(pushes)).await?;
     Ok(())
 }
 
 /// Inserts the deliveries of `accepting` (events already stored): per (config, stream),
 /// the first is pending unless the stream already has an open delivery, and every later
-/// one waits. A target deleted meanwhile gets none. Returns how many were inserted.
+/// one waits. A target deleted meanwhile gets none. Returns how many were inserted; with
+/// `pushes`, gathers them for the due window ([`gather`]).
 pub(super) async fn insert_deliveries(
     tx: &mut Transaction<'_, Sqlite>,
     project: &ProjectId,
     flavour: Flavour,
     accepting: &[Accepting<'_>],
     now_ms: i64,
+    pushes: Option<&mut Pushes>,
 ) -> Result<u64, StoreError> {
     let pairs = stream_pairs(accepting);
     if pairs.is_empty() {
@@ -166,7 +171,78 @@ pub(super) async fn insert_deliveries(
     .bind(project.as_str())
     .execute(&mut **tx)
     .await?;
+    if let Some(pushes) = pushes {
+        let inserted = (&deliveries[..], &inserted, now_ms);
+        gather(tx, project, flavour, accepting, inserted, pushes).await?;
+    }
     Ok(inserted.rows_affected())
+}
+
+/// Gathers the deliveries just inserted for the due window, each as a claim would read
+/// it. The insert hands out its ids in order, one after another (`AUTOINCREMENT`, one
+/// writer), so they are the last `rows_affected` ids up to `last_insert_rowid`; what the
+/// insert copied from the config (its URL, sign type and sealed key) is read back by
+/// those ids. Should the rows read back not match the deliveries planned one for one,
+/// the commit's deliveries are marked lost and the window starts again from SQLite.
+async fn gather(
+    tx: &mut Transaction<'_, Sqlite>,
+    project: &ProjectId,
+    flavour: Flavour,
+    accepting: &[Accepting<'_>],
+    (deliveries, inserted, now_ms): (&[NewDelivery<'_>], &SqliteQueryResult, i64),
+    pushes: &mut Pushes,
+) -> Result<(), StoreError> {
+    let count = i64::try_from(inserted.rows_affected()).unwrap_or(i64::MAX);
+    let last = inserted.last_insert_rowid();
+    let copied: String = sqlx::query_scalar(
+        "SELECT json_group_array(json_array(id, config_id, url, sign_type, \
+             CASE WHEN key_sealed IS NULL THEN NULL ELSE hex(key_sealed) END)) \
+         FROM deliveries WHERE id > ?1 - ?2 AND id <= ?1",
+    )
+    .bind(last)
+    .bind(count)
+    .fetch_one(&mut **tx)
+    .await?;
+    let mut copied: Vec<(i64, String, String, String, Option<String>)> =
+        from_json_row(&copied, "the deliveries inserted")?;
+    // json_group_array keeps the order its rows come in, which SQL does not promise.
+    copied.sort_unstable_by_key(|c| c.0);
+    let payloads: HashMap<&str, &str> = (accepting.iter())
+        .map(|a| (a.id.as_str(), a.payload.as_str()))
+        .collect();
+    let planned = deliveries.iter().zip(&copied);
+    if copied.len() != deliveries.len() || planned.clone().any(|(d, c)| d.config_id != c.1) {
+        pushes.lost = true;
+        return Ok(());
+    }
+    for (d, (id, config_id, url, sign_type, key)) in planned {
+        let (Some(payload), Ok(key_sealed)) = (
+            payloads.get(d.event_id),
+            key.as_deref().map(hex::decode).transpose(),
+        ) else {
+            pushes.lost = true;
+            return Ok(());
+        };
+        pushes.fresh.push(Fresh {
+            stream: d.stream.to_owned(),
+            pending: d.state == DeliveryState::Pending,
+            due_ms: now_ms,
+            row: ClaimedRow {
+                id: *id,
+                project_id: project.as_str().to_owned(),
+                event_id: d.event_id.to_owned(),
+                payload: (*payload).to_owned(),
+                flavour: flavour.name().to_owned(),
+                config_id: config_id.clone(),
+                endpoint: d.endpoint.clone(),
+                url: url.clone(),
+                sign_type: sign_type.clone(),
+                key_sealed,
+                attempts: 0,
+            },
+        });
+    }
+    Ok(())
 }
 
 /// One request's events, as [`ingest_together`] takes them.
@@ -203,6 +279,7 @@ pub(super) async fn ingest_together(
     project: &ProjectId,
     batches: &[&Batch],
     now: OffsetDateTime,
+    pushes: &mut Pushes,
 ) -> Result<Vec<BatchAnswer>, StoreError> {
     let ids = batches.iter().flat_map(|b| b.ids());
     let mut answers = earlier_answers(tx, project, ids).await?;
@@ -243,8 +320,8 @@ pub(super) async fn ingest_together(
         });
     }
     let now_ms = unix_ms(now);
-    accept(tx, project, Flavour::Live, live, now_ms).await?;
-    accept(tx, project, Flavour::Rtc, rtc, now_ms).await?;
+    accept(tx, project, Flavour::Live, live, now_ms, pushes).await?;
+    accept(tx, project, Flavour::Rtc, rtc, now_ms, pushes).await?;
     Ok(out)
 }
 

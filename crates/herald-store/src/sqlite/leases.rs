@@ -88,6 +88,11 @@ impl Leases {
         (self.held().get(&id)).is_some_and(|h| h.is_for(owner, attempt))
     }
 
+    /// Whether `id` is leased.
+    pub fn is_leased(&self, id: i64) -> bool {
+        self.held().contains_key(&id)
+    }
+
     /// Leases `id`; false when it is leased already.
     pub fn take(&self, id: i64, lease: Held) -> bool {
         match self.held().entry(id) {

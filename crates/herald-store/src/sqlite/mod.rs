@@ -24,6 +24,7 @@ use crate::token_cache::TokenCache;
 mod checkpoint;
 mod claim;
 mod delivery_queue;
+mod due_window;
 mod group_commit;
 mod ingest;
 mod leases;
@@ -53,7 +54,9 @@ pub struct SqliteStore {
     /// Ingest's and hooks' writer: concurrent ones share one commit (see [`group_commit`]).
     ingest_commits: group_commit::IngestCommits,
     /// The deliveries this process's worker holds (see [`leases`]).
-    leases: leases::Leases,
+    leases: Arc<leases::Leases>,
+    /// The deliveries ingest committed, for claims without SQL (see [`due_window`]).
+    window: Arc<due_window::DueWindow>,
     /// The tokens found so far, and how a revocation elsewhere reaches them.
     tokens: TokenCache,
     /// Ends the WAL checkpointer ([`checkpoint`]) with the store.
@@ -162,10 +165,13 @@ impl SqliteStore {
                 tracing::warn!(error = %e, "tokens will be looked up on every request");
             }
         }
+        let leases = Arc::new(leases::Leases::default());
+        let window = Arc::new(due_window::DueWindow::default());
         Ok(Self {
             ingest_commits: group_commit::IngestCommits::start(
                 writer.clone(),
                 write_gate.clone(),
+                (window.clone(), leases.clone()),
                 tasks,
             ),
             _checkpoints: checkpoint::start(pool.clone(), write_gate.clone(), tasks),
@@ -173,9 +179,17 @@ impl SqliteStore {
             writer,
             master,
             write_gate,
-            leases: leases::Leases::default(),
+            leases,
+            window,
             tokens,
         })
+    }
+
+    /// Forgets what the store holds of the queue in memory (the due window), as a restart
+    /// would: for tests that write to the database behind the store's back.
+    #[cfg(feature = "testing")]
+    pub fn forget_due_window(&self) {
+        self.window.invalidate();
     }
 
     /// A write transaction begun with `begin` ([`BEGIN_DURABLE`] or [`BEGIN_QUEUE`]), taken
@@ -270,6 +284,8 @@ impl crate::backend::SqlBackend for SqliteStore {
         let (due, followers) = self.leases.due_and_follower_ids();
         let cancelled =
             delivery_queue::cancel_open_deliveries(tx, target_id, &due, &followers).await?;
+        // The window may hold the config's deliveries; it starts again from SQLite.
+        self.window.invalidate();
         // Followers are cancelled with the rest: their leases end now, so that they are not
         // sent (`follower_lease_holds`). Should the transaction not commit, they are
         // handed back unsent and due again as they were.
@@ -395,6 +411,96 @@ mod tests {
         assert_eq!(row(&store).await, ("succeeded".into(), 1));
         // The lease ended with its outcome: the same outcome again is not applied.
         assert_eq!(store.complete_deliveries(&[done]).await.unwrap().applied, 0);
+    }
+
+    /// Accepts one event `id` on `stream` at `now`.
+    async fn ingest_one(store: &SqliteStore, id: &str, stream: &str, now: OffsetDateTime) {
+        let event = serde_json::json!({"event_type": "RECORD_FILE_COMPLETE", "publish_domain": "d.example.com",
+            "app": "live", "stream": stream, "download_url": "https://obs.example.com/f.mp4"});
+        let event = (
+            EventId::parse("event_id", id).unwrap(),
+            LiveEvent::parse("", &event).unwrap(),
+        );
+        let accepted = store.ingest_live(&project(), &[event], now).await.unwrap();
+        assert_eq!(accepted[0].deliveries, 1);
+    }
+
+    fn outcome(delivery: &ClaimedDelivery, at: OffsetDateTime, next: AfterAttempt) -> Completion {
+        Completion {
+            delivery_id: delivery.id,
+            attempt: delivery.attempt,
+            lease_owner: "w".into(),
+            record: AttemptRecord {
+                at,
+                status_code: Some(200),
+                error: None,
+                latency_ms: 3,
+                response_head: None,
+            },
+            next,
+        }
+    }
+
+    /// Once a claim by SQL has read the due index to its end, the due window is exact, and
+    /// claims take what ingest pushed from it, without SQL. The proof that they read no row:
+    /// an event's stored payload broken behind the window's back goes out as accepted
+    /// (a claim by SQL would end it as unreadable). A stream's next delivery goes out only
+    /// after the one before it; a retry written ends the exactness at its due time.
+    #[tokio::test]
+    async fn claims_take_from_the_due_window_once_it_is_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let store = store_with_one_delivery(dir.path(), now).await;
+        let now_ms = herald_core::timefmt::unix_ms(now);
+        assert!(!store.window.is_exact(now_ms), "a new store knows nothing");
+        let first = claim(&store, now).await;
+        assert_eq!(first.len(), 1);
+        assert!(
+            store.window.is_exact(now_ms),
+            "the claim read everything due"
+        );
+        store
+            .complete_deliveries(&[outcome(&first[0], now, AfterAttempt::Succeeded)])
+            .await
+            .unwrap();
+
+        ingest_one(&store, "e2", "s2", now).await;
+        ingest_one(&store, "e3", "s2", now).await;
+        assert_eq!(store.window.len(), 2);
+        sqlx::query("UPDATE events SET payload = 'not json' WHERE event_id IN ('e2', 'e3')")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let e2 = claim(&store, now).await;
+        assert_eq!(e2.len(), 1, "e3 waits for e2");
+        assert_eq!(e2[0].event_id, "e2");
+        assert_eq!(store.window.len(), 1);
+        store
+            .complete_deliveries(&[outcome(&e2[0], now, AfterAttempt::Succeeded)])
+            .await
+            .unwrap();
+        let e3 = claim(&store, now).await;
+        assert_eq!(e3.len(), 1);
+        assert_eq!(e3[0].event_id, "e3");
+        assert!(store.window.is_exact(now_ms));
+
+        let retry_at = now + time::Duration::seconds(5);
+        store
+            .complete_deliveries(&[outcome(&e3[0], now, AfterAttempt::RetryAt(retry_at))])
+            .await
+            .unwrap();
+        assert!(store.window.is_exact(now_ms));
+        let retry_ms = herald_core::timefmt::unix_ms(retry_at);
+        assert!(!store.window.is_exact(retry_ms));
+        // The retry is claimed by SQL, which reads the broken payload: it is ended.
+        assert!(claim(&store, retry_at).await.is_empty());
+        let state: String = sqlx::query_scalar(
+            "SELECT d.state FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE e.event_id = 'e3'",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(state, "dead");
     }
 
     /// The counts the queue gauges read (`delivery_counts`, kept by triggers) against a

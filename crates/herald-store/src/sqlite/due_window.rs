@@ -1,0 +1,486 @@
+//! The embedded store's due window: the deliveries ingest has just committed, held in
+//! memory with everything a claim hands out, so that while the window knows every due
+//! delivery a claim takes them from here, without SQL (issue 29, item 1).
+//!
+//! **What it holds.** Ingest pushes the deliveries of each commit once it is durable
+//! ([`DueWindow::push`]), each with its event and its target as a claim would read them.
+//! They are kept by stream (config, stream): a stream is in the window from a delivery
+//! that was `pending` when it was inserted (its stream had nothing open) on, with every
+//! later one of that stream behind it, oldest first. A `blocked` delivery of a stream that
+//! is not in the window stays out. The window holds at most [`MOST_HELD`] deliveries and
+//! [`MOST_HELD`] streams: what does not fit stays in SQLite, where the claim's index scan
+//! finds it.
+//!
+//! **When it is exact.** A claim may take from the window alone only while every due
+//! delivery that no lease holds is in it. That is known after a claim by SQL that read
+//! the due index to its end and took everything it read: then nothing else was due, and
+//! whatever became due since came from ingest, which pushed it here. Every other write
+//! that makes a delivery due ends the exactness ([`DueWindow::lose_exactness`]), or,
+//! for a retry due later, bounds it in time ([`DueWindow::due_later`]). A claim by SQL
+//! that ran while such a write happened does not make the window exact: it reads the
+//! window's generation before its first query, and the write raises the generation
+//! after its commit.
+//!
+//! **Order within a stream.** A stream's first delivery in the window is handed out only
+//! when it is known to be the stream's oldest open one: pushed `pending`, or made
+//! `pending` by the completion of the one before it ([`DueWindow::completed`]). The
+//! deliveries behind it go out as its followers, in order. Writes that put an older
+//! delivery back into a stream (a manual retry) or a newer one that ingest did not push
+//! (a replay) empty the window ([`DueWindow::invalidate`]).
+//!
+//! **No delivery twice.** A delivery leaves the window when a claim leases it, by SQL or
+//! from here, under the claims' lock. Ingest pushes under the store's write gate and leaves
+//! out what a lease holds: a lease taken before the push cannot have ended yet, since its
+//! outcome is written behind the same gate.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::rows::ClaimedRow;
+
+/// Most deliveries, and most streams, the window holds: about 1 KiB each (the event's
+/// stored form is most of it), so a few MiB whatever the backlog.
+const MOST_HELD: usize = 4096;
+
+/// A stream: its config (or RTC app) and its name.
+type StreamKey = (String, String);
+
+/// A delivery ingest committed, as it is pushed into the window.
+pub(super) struct Fresh {
+    pub stream: String,
+    /// Inserted `pending` (its stream had nothing open), else `blocked`.
+    pub pending: bool,
+    /// When it is due (`next_attempt_at_ms`).
+    pub due_ms: i64,
+    /// The delivery as a claim reads it (`attempts` 0).
+    pub row: ClaimedRow,
+}
+
+/// The deliveries one commit of ingest inserted, gathered for [`DueWindow::push`].
+#[derive(Default)]
+pub(super) struct Pushes {
+    pub fresh: Vec<Fresh>,
+    /// Some of the commit's deliveries could not be gathered: the window cannot know
+    /// their streams, and starts again from SQLite.
+    pub lost: bool,
+}
+
+impl Pushes {
+    /// Adds what a part of the commit (a savepoint that held) gathered.
+    pub fn extend(&mut self, other: Self) {
+        self.fresh.extend(other.fresh);
+        self.lost |= other.lost;
+    }
+}
+
+/// A stream in the window.
+#[derive(Default)]
+struct Stream {
+    /// Its open deliveries that no lease holds, oldest first, up to its newest.
+    waiting: VecDeque<ClaimedRow>,
+    /// The first of `waiting` is `pending` and the stream's oldest open delivery: it may
+    /// go out once `head_due_ms` has come. False while a delivery of the stream before it
+    /// is in flight.
+    head_due: bool,
+    head_due_ms: i64,
+}
+
+#[derive(Default)]
+struct Window {
+    /// Raised by every write that makes a delivery due outside the window.
+    generation: u64,
+    /// While `Some(t)` and the time is before `t`, every due delivery that no lease holds
+    /// is in the window (`t` is when the first retry written meanwhile falls due).
+    exact_until_ms: Option<i64>,
+    streams: HashMap<StreamKey, Stream>,
+    /// The first deliveries of streams whose `head_due` is set, oldest first.
+    due_heads: BTreeMap<i64, StreamKey>,
+    /// Every delivery held, with its stream.
+    held: HashMap<i64, StreamKey>,
+}
+
+impl Window {
+    fn lose_exactness(&mut self) {
+        self.generation += 1;
+        self.exact_until_ms = None;
+    }
+
+    fn invalidate(&mut self) {
+        self.lose_exactness();
+        self.streams.clear();
+        self.due_heads.clear();
+        self.held.clear();
+    }
+
+    /// Takes `id` off the front of its stream, if it is there; false when the window holds
+    /// it elsewhere (it no longer knows the stream's order).
+    fn pop_front(&mut self, id: i64) -> Option<ClaimedRow> {
+        let key = self.held.get(&id)?;
+        let stream = self.streams.get_mut(key)?;
+        if stream.waiting.front().map(|r| r.id) != Some(id) {
+            return None;
+        }
+        self.held.remove(&id);
+        self.due_heads.remove(&id);
+        stream.head_due = false;
+        stream.waiting.pop_front()
+    }
+
+    /// Keeps `fresh` unless the window is full; the streams that have nothing waiting go
+    /// first when there are too many.
+    fn push(&mut self, fresh: Fresh) {
+        let key = (fresh.row.config_id.clone(), fresh.stream);
+        let id = fresh.row.id;
+        if self.held.len() >= MOST_HELD {
+            // It stays in SQLite; if it is due, only the index scan finds it now.
+            if fresh.pending {
+                self.lose_exactness();
+            } else if let Some(stream) = self.streams.remove(&key) {
+                // The stream's order would have a gap: it leaves the window.
+                self.forget(stream);
+            }
+            return;
+        }
+        if fresh.pending {
+            if self
+                .streams
+                .get(&key)
+                .is_some_and(|s| !s.waiting.is_empty())
+            {
+                // A stream with open deliveries cannot get a `pending` one: the window is
+                // wrong about it, so it starts again from what SQLite says.
+                self.invalidate();
+                return;
+            }
+            if self.streams.len() >= MOST_HELD {
+                self.streams.retain(|_, s| !s.waiting.is_empty());
+            }
+            self.streams.insert(
+                key.clone(),
+                Stream {
+                    waiting: VecDeque::from([fresh.row]),
+                    head_due: true,
+                    head_due_ms: fresh.due_ms,
+                },
+            );
+            self.due_heads.insert(id, key.clone());
+            self.held.insert(id, key);
+        } else if let Some(stream) = self.streams.get_mut(&key) {
+            stream.waiting.push_back(fresh.row);
+            self.held.insert(id, key);
+        }
+    }
+
+    /// Drops a stream taken out of `streams`; its due first delivery, if any, is then due
+    /// outside the window.
+    fn forget(&mut self, stream: Stream) {
+        if stream.head_due {
+            self.lose_exactness();
+        }
+        for row in stream.waiting {
+            self.held.remove(&row.id);
+            self.due_heads.remove(&row.id);
+        }
+    }
+}
+
+/// See the module's description.
+#[derive(Default)]
+pub(super) struct DueWindow(Mutex<Window>);
+
+impl DueWindow {
+    fn window(&self) -> MutexGuard<'_, Window> {
+        // Every operation leaves the window whole or invalidated, so a panic elsewhere
+        // while it was locked does not make it wrong.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The generation a claim by SQL reads before its first query.
+    pub fn generation(&self) -> u64 {
+        self.window().generation
+    }
+
+    /// Empties the window and ends its exactness: for writes that change a stream's order
+    /// behind the window's back (rescues, manual retries, replays, cancellations).
+    pub fn invalidate(&self) {
+        self.window().invalidate();
+    }
+
+    /// A delivery became due that the window does not hold.
+    pub fn lose_exactness(&self) {
+        self.window().lose_exactness();
+    }
+
+    /// A retry was written, due at `at_ms`: the window stays exact until then.
+    pub fn due_later(&self, at_ms: i64) {
+        let mut window = self.window();
+        window.generation += 1;
+        window.exact_until_ms = window.exact_until_ms.map(|until| until.min(at_ms));
+    }
+
+    /// After a claim by SQL that began at `generation`, read the due index to its end and
+    /// took all it read: exact until `until_ms` (the next due time after the claim's),
+    /// unless a write made something due meanwhile.
+    pub fn exact_since(&self, generation: u64, until_ms: i64) {
+        let mut window = self.window();
+        if window.generation == generation {
+            window.exact_until_ms = Some(until_ms);
+        }
+    }
+
+    /// Whether a claim at `now_ms` may take from the window alone.
+    pub fn is_exact(&self, now_ms: i64) -> bool {
+        self.window().exact_until_ms.is_some_and(|t| now_ms < t)
+    }
+
+    /// Takes in the deliveries of a durable commit, leaving out those `leased` says a
+    /// claim holds already. Call with the write gate held.
+    pub fn push(&self, pushes: Pushes, leased: impl Fn(i64) -> bool) {
+        let mut window = self.window();
+        if pushes.lost {
+            window.invalidate();
+            return;
+        }
+        for f in pushes.fresh {
+            if !leased(f.row.id) {
+                window.push(f);
+            }
+        }
+    }
+
+    /// The first deliveries due at `now_ms`, oldest first, with their endpoints.
+    pub fn due_heads(&self, now_ms: i64) -> Vec<(i64, String)> {
+        let window = self.window();
+        (window.due_heads.iter())
+            .filter_map(|(id, key)| {
+                let stream = window.streams.get(key)?;
+                let head = stream.waiting.front()?;
+                (stream.head_due_ms <= now_ms).then(|| (*id, head.endpoint.clone()))
+            })
+            .collect()
+    }
+
+    /// The ids behind `head` in its stream, up to `most`.
+    pub fn behind(&self, head: i64, most: usize) -> Vec<i64> {
+        let window = self.window();
+        let Some(stream) = window.held.get(&head).and_then(|k| window.streams.get(k)) else {
+            return Vec::new();
+        };
+        stream
+            .waiting
+            .iter()
+            .skip(1)
+            .take(most)
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// Takes `head` and then `followers` off the front of their stream, for a claim from
+    /// the window: the head only if it is still due, each follower only while the ones
+    /// before it were taken. Returns what it took, in order.
+    pub fn take(&self, head: i64, followers: &[i64]) -> Vec<ClaimedRow> {
+        let mut window = self.window();
+        if !window.due_heads.contains_key(&head) {
+            // Cancelled since the claim looked.
+            return Vec::new();
+        }
+        let mut taken = Vec::with_capacity(1 + followers.len());
+        for id in std::iter::once(head).chain(followers.iter().copied()) {
+            match window.pop_front(id) {
+                Some(row) => taken.push(row),
+                None => break,
+            }
+        }
+        taken
+    }
+
+    /// A claim by SQL leased `ids`: those the window holds leave it. Each must be the
+    /// first of its stream (a claim takes a stream's deliveries in order); if one is not,
+    /// the window no longer knows that stream's order, and starts again.
+    pub fn leased_elsewhere(&self, ids: impl IntoIterator<Item = i64>) {
+        let mut window = self.window();
+        for id in ids {
+            if window.held.contains_key(&id) && window.pop_front(id).is_none() {
+                window.invalidate();
+                return;
+            }
+        }
+    }
+
+    /// After a completion committed and gave up its leases: `made_due` are the deliveries
+    /// it made `pending`, due at `at_ms` (each its stream's next). One the window holds is
+    /// its stream's due head now; one a lease holds is on its way; any other is due
+    /// outside the window.
+    pub fn completed(&self, made_due: &[i64], at_ms: i64, leased: impl Fn(i64) -> bool) {
+        let mut window = self.window();
+        for &id in made_due {
+            let front = (window.held.get(&id))
+                .and_then(|key| Some((key.clone(), window.streams.get(key)?.waiting.front()?.id)));
+            match front {
+                Some((key, front)) if front == id => {
+                    if let Some(stream) = window.streams.get_mut(&key) {
+                        stream.head_due = true;
+                        stream.head_due_ms = at_ms;
+                    }
+                    window.due_heads.insert(id, key);
+                }
+                // Held, but not first: the window is wrong about its stream.
+                Some(_) => window.invalidate(),
+                None if leased(id) => {}
+                None => window.lose_exactness(),
+            }
+        }
+    }
+
+    /// How many deliveries the window holds.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.window().held.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn row(id: i64, config: &str) -> ClaimedRow {
+        ClaimedRow {
+            id,
+            project_id: "p".into(),
+            event_id: format!("e{id}"),
+            payload: "{}".into(),
+            flavour: "live".into(),
+            config_id: config.into(),
+            endpoint: "p host".into(),
+            url: "http://host/".into(),
+            sign_type: "HMACSHA256".into(),
+            key_sealed: None,
+            attempts: 0,
+        }
+    }
+
+    fn fresh(id: i64, stream: &str, pending: bool) -> Fresh {
+        Fresh {
+            stream: stream.into(),
+            pending,
+            due_ms: 10,
+            row: row(id, "c"),
+        }
+    }
+
+    fn pushed(fresh: Vec<Fresh>) -> Pushes {
+        Pushes { fresh, lost: false }
+    }
+
+    fn ids(rows: &[ClaimedRow]) -> Vec<i64> {
+        rows.iter().map(|r| r.id).collect()
+    }
+
+    #[test]
+    fn a_stream_goes_out_in_order_and_its_next_only_after_its_head() {
+        let window = DueWindow::default();
+        window.exact_since(0, i64::MAX);
+        window.push(
+            pushed(vec![
+                fresh(1, "a", true),
+                fresh(2, "a", false),
+                fresh(3, "b", true),
+            ]),
+            |_| false,
+        );
+        // Blocked behind a stream the window does not know: left out.
+        window.push(pushed(vec![fresh(4, "z", false)]), |_| false);
+        assert_eq!(window.len(), 3);
+        let heads = |now| -> Vec<i64> {
+            window
+                .due_heads(now)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
+        };
+        assert!(heads(9).is_empty(), "not due before their time");
+        assert_eq!(heads(10), [1, 3]);
+        assert_eq!(window.behind(1, 8), [2]);
+        assert_eq!(ids(&window.take(1, &[])), [1]);
+        // 2 waits for 1's completion.
+        assert_eq!(heads(10), [3]);
+        window.completed(&[2], 20, |_| false);
+        assert!(window.is_exact(0), "2 was held, so the window stays exact");
+        assert_eq!(heads(19), [3]);
+        assert_eq!(heads(20), [2, 3]);
+        assert_eq!(ids(&window.take(2, &[])), [2]);
+        // A delivery made due that the window does not hold ends the exactness, unless a
+        // lease holds it.
+        window.completed(&[99], 20, |id| id == 99);
+        assert!(window.is_exact(0));
+        window.completed(&[4], 20, |_| false);
+        assert!(!window.is_exact(0));
+    }
+
+    #[test]
+    fn a_claim_by_sql_makes_it_exact_only_if_nothing_changed_meanwhile() {
+        let window = DueWindow::default();
+        assert!(!window.is_exact(0), "a new window knows nothing");
+        let generation = window.generation();
+        window.due_later(50);
+        window.exact_since(generation, 100);
+        assert!(!window.is_exact(0), "a retry was written during the claim");
+        window.exact_since(window.generation(), 100);
+        assert!(window.is_exact(99));
+        assert!(!window.is_exact(100), "the next due time ends it");
+        window.due_later(60);
+        assert!(window.is_exact(59) && !window.is_exact(60));
+    }
+
+    #[test]
+    fn leased_deliveries_stay_out_and_leave_when_leased_elsewhere() {
+        let window = DueWindow::default();
+        window.push(
+            pushed(vec![fresh(1, "a", true), fresh(2, "a", false)]),
+            |id| id == 1,
+        );
+        assert_eq!(window.len(), 0, "1 is leased, and 2 is blocked behind it");
+        window.push(
+            pushed(vec![fresh(3, "b", true), fresh(4, "b", false)]),
+            |_| false,
+        );
+        window.leased_elsewhere([3, 4]);
+        assert_eq!(window.len(), 0);
+        window.push(
+            pushed(vec![fresh(5, "c", true), fresh(6, "c", false)]),
+            |_| false,
+        );
+        // Leasing 6 without 5 breaks the stream's order: the window starts again.
+        window.exact_since(window.generation(), i64::MAX);
+        window.leased_elsewhere([6]);
+        assert_eq!(window.len(), 0);
+        assert!(!window.is_exact(0));
+    }
+
+    #[test]
+    fn it_stays_bounded_and_loses_exactness_for_what_it_cannot_hold() {
+        let window = DueWindow::default();
+        window.exact_since(0, i64::MAX);
+        let many: Vec<Fresh> = (0..MOST_HELD as i64)
+            .map(|i| fresh(i, &format!("s{i}"), true))
+            .collect();
+        window.push(pushed(many), |_| false);
+        assert!(window.is_exact(0));
+        window.push(pushed(vec![fresh(1_000_000, "x", true)]), |_| false);
+        assert_eq!(window.len(), MOST_HELD);
+        assert!(!window.is_exact(0), "a due delivery stayed outside");
+    }
+
+    #[test]
+    fn a_head_cancelled_meanwhile_is_not_taken() {
+        let window = DueWindow::default();
+        window.push(
+            pushed(vec![fresh(1, "a", true), fresh(2, "a", false)]),
+            |_| false,
+        );
+        window.invalidate();
+        assert!(window.take(1, &[2]).is_empty());
+    }
+}
