@@ -106,20 +106,16 @@ fn from_window(
     limits: &ClaimLimits<'_>,
 ) -> (Vec<Due>, HashMap<i64, ClaimedRow>) {
     let mut room = Room::new(limits);
-    let mut due = Vec::new();
-    for (id, endpoint) in store.window.due_heads(now_ms) {
-        if due.len() >= limits.total {
-            break;
-        }
-        if room.admit(&endpoint) {
-            due.push(Due {
-                id,
-                endpoint,
-                retry: false,
-                followers: Vec::new(),
-            });
-        }
-    }
+    let mut due: Vec<Due> = (store.window)
+        .due_heads(now_ms, limits.total, |endpoint| room.admit(endpoint))
+        .into_iter()
+        .map(|(id, endpoint)| Due {
+            id,
+            endpoint,
+            retry: false,
+            followers: Vec::new(),
+        })
+        .collect();
     let each = followers_each(&due, limits);
     let found = (due.iter())
         .map(|d| (d.id, store.window.behind(d.id, each)))

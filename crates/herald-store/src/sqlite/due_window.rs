@@ -8,8 +8,8 @@
 //! that was `pending` when it was inserted (its stream had nothing open) on, with every
 //! later one of that stream behind it, oldest first. A `blocked` delivery of a stream that
 //! is not in the window stays out. The window holds at most [`MOST_HELD`] deliveries and
-//! [`MOST_HELD`] streams: what does not fit stays in SQLite, where the claim's index scan
-//! finds it.
+//! streams, and [`MOST_HELD_BYTES`]: what does not fit stays in SQLite, where the claim's
+//! index scan finds it.
 //!
 //! **When it is exact.** A claim may take from the window alone only while every due
 //! delivery that no lease holds is in it. That is known after a claim by SQL that read
@@ -38,9 +38,28 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::rows::ClaimedRow;
 
-/// Most deliveries, and most streams, the window holds: about 1 KiB each (the event's
-/// stored form is most of it), so a few MiB whatever the backlog.
+/// Most deliveries, and most streams, the window holds.
 const MOST_HELD: usize = 4096;
+
+/// Most bytes of deliveries the window holds (their events' stored form is most of it):
+/// a delivery is about 1 KiB, but an event's text fields may make it tens.
+const MOST_HELD_BYTES: usize = 8 << 20;
+
+/// What a delivery takes in the window, near enough.
+fn size_of(row: &ClaimedRow) -> usize {
+    let text = [
+        &row.project_id,
+        &row.event_id,
+        &row.payload,
+        &row.flavour,
+        &row.config_id,
+        &row.endpoint,
+        &row.url,
+        &row.sign_type,
+    ];
+    let key = row.key_sealed.as_ref().map_or(0, Vec::len);
+    text.iter().map(|t| t.len()).sum::<usize>() + key + std::mem::size_of::<ClaimedRow>()
+}
 
 /// A stream: its config (or RTC app) and its name.
 type StreamKey = (String, String);
@@ -97,6 +116,8 @@ struct Window {
     due_heads: BTreeMap<i64, StreamKey>,
     /// Every delivery held, with its stream.
     held: HashMap<i64, StreamKey>,
+    /// What they take ([`size_of`]).
+    bytes: usize,
 }
 
 impl Window {
@@ -110,6 +131,7 @@ impl Window {
         self.streams.clear();
         self.due_heads.clear();
         self.held.clear();
+        self.bytes = 0;
     }
 
     /// Takes `id` off the front of its stream, if it is there; false when the window holds
@@ -123,7 +145,9 @@ impl Window {
         self.held.remove(&id);
         self.due_heads.remove(&id);
         stream.head_due = false;
-        stream.waiting.pop_front()
+        let row = stream.waiting.pop_front()?;
+        self.bytes -= size_of(&row);
+        Some(row)
     }
 
     /// Keeps `fresh` unless the window is full; the streams that have nothing waiting go
@@ -131,7 +155,8 @@ impl Window {
     fn push(&mut self, fresh: Fresh) {
         let key = (fresh.row.config_id.clone(), fresh.stream);
         let id = fresh.row.id;
-        if self.held.len() >= MOST_HELD {
+        let size = size_of(&fresh.row);
+        if self.held.len() >= MOST_HELD || self.bytes + size > MOST_HELD_BYTES {
             // It stays in SQLite; if it is due, only the index scan finds it now.
             if fresh.pending {
                 self.lose_exactness();
@@ -165,9 +190,11 @@ impl Window {
             );
             self.due_heads.insert(id, key.clone());
             self.held.insert(id, key);
+            self.bytes += size;
         } else if let Some(stream) = self.streams.get_mut(&key) {
             stream.waiting.push_back(fresh.row);
             self.held.insert(id, key);
+            self.bytes += size;
         }
     }
 
@@ -180,6 +207,7 @@ impl Window {
         for row in stream.waiting {
             self.held.remove(&row.id);
             self.due_heads.remove(&row.id);
+            self.bytes -= size_of(&row);
         }
     }
 }
@@ -248,16 +276,31 @@ impl DueWindow {
         }
     }
 
-    /// The first deliveries due at `now_ms`, oldest first, with their endpoints.
-    pub fn due_heads(&self, now_ms: i64) -> Vec<(i64, String)> {
+    /// The first deliveries due at `now_ms` that `admit` takes (given their endpoints),
+    /// oldest first, up to `most`.
+    pub fn due_heads(
+        &self,
+        now_ms: i64,
+        most: usize,
+        mut admit: impl FnMut(&str) -> bool,
+    ) -> Vec<(i64, String)> {
         let window = self.window();
-        (window.due_heads.iter())
-            .filter_map(|(id, key)| {
-                let stream = window.streams.get(key)?;
-                let head = stream.waiting.front()?;
-                (stream.head_due_ms <= now_ms).then(|| (*id, head.endpoint.clone()))
-            })
-            .collect()
+        let mut heads = Vec::new();
+        for (id, key) in &window.due_heads {
+            if heads.len() >= most {
+                break;
+            }
+            let Some(stream) = window.streams.get(key) else {
+                continue;
+            };
+            if let Some(head) = stream.waiting.front()
+                && stream.head_due_ms <= now_ms
+                && admit(&head.endpoint)
+            {
+                heads.push((*id, head.endpoint.clone()));
+            }
+        }
+        heads
     }
 
     /// The ids behind `head` in its stream, up to `most`.
@@ -395,7 +438,7 @@ mod tests {
         assert_eq!(window.len(), 3);
         let heads = |now| -> Vec<i64> {
             window
-                .due_heads(now)
+                .due_heads(now, 10, |_| true)
                 .into_iter()
                 .map(|(id, _)| id)
                 .collect()
@@ -471,6 +514,26 @@ mod tests {
         window.push(pushed(vec![fresh(1_000_000, "x", true)]), |_| false);
         assert_eq!(window.len(), MOST_HELD);
         assert!(!window.is_exact(0), "a due delivery stayed outside");
+    }
+
+    #[test]
+    fn it_holds_no_more_bytes_than_its_bound() {
+        let window = DueWindow::default();
+        window.exact_since(0, i64::MAX);
+        let big = |id: i64| {
+            let mut f = fresh(id, &format!("s{id}"), true);
+            f.row.payload = "x".repeat(1 << 20);
+            f
+        };
+        window.push(pushed((0..7).map(big).collect()), |_| false);
+        assert_eq!(window.len(), 7);
+        assert!(window.is_exact(0));
+        window.push(pushed(vec![big(7), big(8)]), |_| false);
+        assert_eq!(window.len(), 7, "the eighth MiB and more stayed out");
+        assert!(!window.is_exact(0));
+        assert_eq!(window.take(0, &[]).len(), 1);
+        window.push(pushed(vec![big(9)]), |_| false);
+        assert_eq!(window.len(), 7, "a taken one made room");
     }
 
     #[test]
