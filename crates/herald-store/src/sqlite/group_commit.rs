@@ -124,6 +124,9 @@ async fn commit_ingests(
     (window, leases): (Arc<DueWindow>, Arc<Leases>),
     rx: Arc<Mutex<mpsc::Receiver<Ingest>>>,
 ) {
+    // A run before this one may have died between a commit and its push: what it
+    // committed is then due outside the window.
+    window.invalidate();
     let mut rx = rx.lock().await;
     let mut waiting = Vec::with_capacity(MOST_PER_COMMIT);
     while rx.recv_many(&mut waiting, MOST_PER_COMMIT).await > 0 {
