@@ -289,13 +289,22 @@ impl DeliveryQueue for SqliteStore {
             .collect();
         // A due delivery handed back unsent is due again, outside the window.
         let handed_back = current.iter().any(|c| c.next == AfterAttempt::NotSent);
+        // Which leave their stream waiting on a delivery outside the window.
+        let settled: Vec<(i64, bool)> = (current.iter())
+            .map(|c| {
+                let moves_on = matches!(c.next, AfterAttempt::Succeeded | AfterAttempt::Dead);
+                (c.delivery_id, !moves_on)
+            })
+            .collect();
         tx.commit().await?;
         // Every lease of the batch ends, those whose row had moved on included.
         self.leases.release(current.iter().map(|c| c.delivery_id));
         // Then the window learns what became due (the write gate is still held, so no
         // ingest pushes meanwhile): a follower handed back unsent is no longer leased.
         self.window
-            .completed(&made_due, made_due_at, |id| self.leases.is_leased(id));
+            .completed(&settled, &made_due, made_due_at, |id| {
+                self.leases.is_leased(id)
+            });
         if let Some(first) = retries.into_iter().min() {
             self.window.due_later(first);
         }

@@ -33,8 +33,8 @@
 //! out what a lease holds: a lease taken before the push cannot have ended yet, since its
 //! outcome is written behind the same gate.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::rows::ClaimedRow;
 
@@ -76,18 +76,36 @@ pub(super) struct Fresh {
 }
 
 /// The deliveries one commit of ingest inserted, gathered for [`DueWindow::push`].
-#[derive(Default)]
 pub(super) struct Pushes {
+    /// The window they go to: it says which it wants ([`DueWindow::wants`]).
+    pub window: Arc<DueWindow>,
     pub fresh: Vec<Fresh>,
+    /// A due delivery was left out (the window was full): it is due outside the window.
+    pub due_left_out: bool,
     /// Some of the commit's deliveries could not be gathered: the window cannot know
     /// their streams, and starts again from SQLite.
     pub lost: bool,
 }
 
 impl Pushes {
+    pub fn new(window: Arc<DueWindow>) -> Self {
+        Self {
+            window,
+            fresh: Vec::new(),
+            due_left_out: false,
+            lost: false,
+        }
+    }
+
+    /// An empty one for a part of the commit (a savepoint), for the same window.
+    pub fn part(&self) -> Self {
+        Self::new(self.window.clone())
+    }
+
     /// Adds what a part of the commit (a savepoint that held) gathered.
     pub fn extend(&mut self, other: Self) {
         self.fresh.extend(other.fresh);
+        self.due_left_out |= other.due_left_out;
         self.lost |= other.lost;
     }
 }
@@ -118,6 +136,9 @@ struct Window {
     held: HashMap<i64, StreamKey>,
     /// What they take ([`size_of`]).
     bytes: usize,
+    /// The deliveries claimed out of the window whose outcome is not written yet, with
+    /// their stream: a retry takes its stream out ([`DueWindow::completed`]).
+    in_flight: HashMap<i64, StreamKey>,
 }
 
 impl Window {
@@ -132,13 +153,19 @@ impl Window {
         self.due_heads.clear();
         self.held.clear();
         self.bytes = 0;
+        self.in_flight.clear();
+    }
+
+    /// Whether a delivery of `size` bytes would not fit.
+    fn is_full(&self, size: usize) -> bool {
+        self.held.len() >= MOST_HELD || self.bytes + size > MOST_HELD_BYTES
     }
 
     /// Takes `id` off the front of its stream, if it is there; false when the window holds
     /// it elsewhere (it no longer knows the stream's order).
     fn pop_front(&mut self, id: i64) -> Option<ClaimedRow> {
-        let key = self.held.get(&id)?;
-        let stream = self.streams.get_mut(key)?;
+        let key = self.held.get(&id)?.clone();
+        let stream = self.streams.get_mut(&key)?;
         if stream.waiting.front().map(|r| r.id) != Some(id) {
             return None;
         }
@@ -147,6 +174,7 @@ impl Window {
         stream.head_due = false;
         let row = stream.waiting.pop_front()?;
         self.bytes -= size_of(&row);
+        self.in_flight.insert(id, key);
         Some(row)
     }
 
@@ -156,7 +184,7 @@ impl Window {
         let key = (fresh.row.config_id.clone(), fresh.stream);
         let id = fresh.row.id;
         let size = size_of(&fresh.row);
-        if self.held.len() >= MOST_HELD || self.bytes + size > MOST_HELD_BYTES {
+        if self.is_full(size) {
             // It stays in SQLite; if it is due, only the index scan finds it now.
             if fresh.pending {
                 self.lose_exactness();
@@ -269,6 +297,9 @@ impl DueWindow {
             window.invalidate();
             return;
         }
+        if pushes.due_left_out {
+            window.lose_exactness();
+        }
         for f in pushes.fresh {
             if !leased(f.row.id) {
                 window.push(f);
@@ -350,12 +381,61 @@ impl DueWindow {
         }
     }
 
-    /// After a completion committed and gave up its leases: `made_due` are the deliveries
-    /// it made `pending`, due at `at_ms` (each its stream's next). One the window holds is
-    /// its stream's due head now; one a lease holds is on its way; any other is due
-    /// outside the window.
-    pub fn completed(&self, made_due: &[i64], at_ms: i64, leased: impl Fn(i64) -> bool) {
+    /// Which of a commit's deliveries (config, stream, inserted `pending`), in insert
+    /// order, the window would keep: a due one while it has room, a blocked one when its
+    /// stream is in the window (or joins it earlier in the list). Ingest gathers only
+    /// those; [`DueWindow::push`] decides again, since claims may have changed the window
+    /// meanwhile (they only ever take streams out).
+    pub fn wants<'d>(
+        &self,
+        deliveries: impl Iterator<Item = (&'d str, &'d str, bool)>,
+    ) -> Vec<bool> {
+        let window = self.window();
+        let mut joining: HashSet<(&str, &str)> = HashSet::new();
+        let room = MOST_HELD.saturating_sub(window.held.len());
+        let mut wanted = 0;
+        deliveries
+            .map(|(config, stream, pending)| {
+                let wants = wanted < room
+                    && (pending && joining.insert((config, stream))
+                        || !pending
+                            && (joining.contains(&(config, stream))
+                                || (window.streams)
+                                    .contains_key(&(config.to_owned(), stream.to_owned()))));
+                wanted += usize::from(wants);
+                wants
+            })
+            .collect()
+    }
+
+    /// After a completion committed and gave up its leases. `settled` are the outcomes
+    /// applied, each with whether it leaves its stream waiting on a delivery outside the
+    /// window (a retry, a delivery handed back unsent): such a stream leaves the window,
+    /// since its next deliveries cannot go out from here before that one. `made_due` are
+    /// the deliveries it made `pending`, due at `at_ms` (each its stream's next). One the
+    /// window holds is its stream's due head now; one a lease holds is on its way; any
+    /// other is due outside the window.
+    pub fn completed(
+        &self,
+        settled: &[(i64, bool)],
+        made_due: &[i64],
+        at_ms: i64,
+        leased: impl Fn(i64) -> bool,
+    ) {
         let mut window = self.window();
+        for &(id, waits_outside) in settled {
+            if let Some(key) = window.in_flight.remove(&id)
+                && waits_outside
+                && let Some(stream) = window.streams.remove(&key)
+            {
+                window.forget(stream);
+            }
+        }
+        if window.in_flight.len() > 4 * MOST_HELD {
+            // Leases ended without an outcome (a follower that could not be read): start
+            // again rather than keep their streams for ever.
+            window.invalidate();
+        }
         for &id in made_due {
             let front = (window.held.get(&id))
                 .and_then(|key| Some((key.clone(), window.streams.get(key)?.waiting.front()?.id)));
@@ -414,7 +494,10 @@ mod tests {
     }
 
     fn pushed(fresh: Vec<Fresh>) -> Pushes {
-        Pushes { fresh, lost: false }
+        Pushes {
+            fresh,
+            ..Pushes::new(Arc::default())
+        }
     }
 
     fn ids(rows: &[ClaimedRow]) -> Vec<i64> {
@@ -449,16 +532,16 @@ mod tests {
         assert_eq!(ids(&window.take(1, &[])), [1]);
         // 2 waits for 1's completion.
         assert_eq!(heads(10), [3]);
-        window.completed(&[2], 20, |_| false);
+        window.completed(&[(1, false)], &[2], 20, |_| false);
         assert!(window.is_exact(0), "2 was held, so the window stays exact");
         assert_eq!(heads(19), [3]);
         assert_eq!(heads(20), [2, 3]);
         assert_eq!(ids(&window.take(2, &[])), [2]);
         // A delivery made due that the window does not hold ends the exactness, unless a
         // lease holds it.
-        window.completed(&[99], 20, |id| id == 99);
+        window.completed(&[], &[99], 20, |id| id == 99);
         assert!(window.is_exact(0));
-        window.completed(&[4], 20, |_| false);
+        window.completed(&[], &[4], 20, |_| false);
         assert!(!window.is_exact(0));
     }
 
@@ -514,6 +597,38 @@ mod tests {
         window.push(pushed(vec![fresh(1_000_000, "x", true)]), |_| false);
         assert_eq!(window.len(), MOST_HELD);
         assert!(!window.is_exact(0), "a due delivery stayed outside");
+    }
+
+    #[test]
+    fn a_stream_waiting_on_a_retry_leaves_the_window() {
+        let window = DueWindow::default();
+        window.exact_since(0, i64::MAX);
+        window.push(
+            pushed(vec![
+                fresh(1, "a", true),
+                fresh(2, "a", false),
+                fresh(3, "b", true),
+            ]),
+            |_| false,
+        );
+        assert_eq!(ids(&window.take(1, &[])), [1]);
+        assert_eq!(ids(&window.take(3, &[])), [3]);
+        // 1 is retried: 2 waits for it, outside the window; 3 succeeded.
+        window.completed(&[(1, true), (3, false)], &[], 20, |_| false);
+        assert_eq!(window.len(), 0, "stream a left the window");
+        let wanted = window.wants(
+            [
+                ("c", "a", false),
+                ("c", "b", false),
+                ("c", "n", true),
+                ("c", "n", false),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(wanted, [false, true, true, true]);
+        window.push(pushed(vec![fresh(4, "a", false)]), |_| false);
+        assert_eq!(window.len(), 0, "a's next ones stay out");
+        assert!(window.is_exact(0));
     }
 
     #[test]

@@ -134,10 +134,12 @@ async fn commit_ingests(
             let _turn = gate.lock().await;
             // Pushed before the gate opens: no outcome of a delivery can be written, and
             // its lease end, before the window has it or has left it out.
-            commit(&pool, &waiting).await.map(|(outcomes, pushes)| {
-                window.push(pushes, |id| leases.is_leased(id));
-                outcomes
-            })
+            commit(&pool, &waiting, &window)
+                .await
+                .map(|(outcomes, pushes)| {
+                    window.push(pushes, |id| leases.is_leased(id));
+                    outcomes
+                })
         };
         match outcomes {
             Ok(outcomes) => {
@@ -175,16 +177,17 @@ async fn commit_ingests(
 async fn commit(
     pool: &SqlitePool,
     waiting: &[Ingest],
+    window: &Arc<DueWindow>,
 ) -> Result<(Vec<Outcome>, Pushes), StoreError> {
     let mut tx = pool.begin_with(BEGIN_DURABLE).await?;
-    let mut pushes = Pushes::default();
+    let mut pushes = Pushes::new(window.clone());
     let outcomes = match together(&mut tx, waiting, &mut pushes).await {
         Ok(outcomes) => outcomes,
         Err(e) => {
             tracing::debug!(error = %e, "a shared ingest plan failed; committing one by one");
             tx.rollback().await?;
             tx = pool.begin_with(BEGIN_DURABLE).await?;
-            pushes = Pushes::default();
+            pushes = Pushes::new(window.clone());
             one_by_one(&mut tx, waiting, &mut pushes).await?
         }
     };
@@ -258,7 +261,7 @@ async fn in_savepoint(
     pushes: &mut Pushes,
 ) -> Result<Outcome, StoreError> {
     sqlx::query("SAVEPOINT ingest").execute(&mut **tx).await?;
-    let mut inserted = Pushes::default();
+    let mut inserted = pushes.part();
     let outcome = match ingest {
         Ingest::Events {
             project,

@@ -178,12 +178,15 @@ pub(super) async fn insert_deliveries(
     Ok(inserted.rows_affected())
 }
 
-/// Gathers the deliveries just inserted for the due window, each as a claim would read
-/// it. The insert hands out its ids in order, one after another (`AUTOINCREMENT`, one
-/// writer), so they are the last `rows_affected` ids up to `last_insert_rowid`; what the
-/// insert copied from the config (its URL, sign type and sealed key) is read back by
-/// those ids. Should the rows read back not match the deliveries planned one for one,
-/// the commit's deliveries are marked lost and the window starts again from SQLite.
+/// Gathers the deliveries just inserted that the due window wants ([`DueWindow::wants`]),
+/// each as a claim would read it. The insert hands out its ids in order, one after
+/// another (`AUTOINCREMENT`, one writer), so they are the last `rows_affected` ids up to
+/// `last_insert_rowid`; what the insert copied from the config (its URL, sign type and
+/// sealed key) is read back by those ids. Should the rows read back not match the
+/// deliveries planned, the commit's deliveries are marked lost and the window starts
+/// again from SQLite.
+///
+/// [`DueWindow::wants`]: super::due_window::DueWindow::wants
 async fn gather(
     tx: &mut Transaction<'_, Sqlite>,
     project: &ProjectId,
@@ -192,33 +195,49 @@ async fn gather(
     (deliveries, inserted, now_ms): (&[NewDelivery<'_>], &SqliteQueryResult, i64),
     pushes: &mut Pushes,
 ) -> Result<(), StoreError> {
-    let count = i64::try_from(inserted.rows_affected()).unwrap_or(i64::MAX);
-    let last = inserted.last_insert_rowid();
-    let copied: String = sqlx::query_scalar(
-        "SELECT json_group_array(json_array(id, config_id, url, sign_type, \
-             CASE WHEN key_sealed IS NULL THEN NULL ELSE hex(key_sealed) END)) \
-         FROM deliveries WHERE id > ?1 - ?2 AND id <= ?1",
-    )
-    .bind(last)
-    .bind(count)
-    .fetch_one(&mut **tx)
-    .await?;
-    let mut copied: Vec<(i64, String, String, String, Option<String>)> =
-        from_json_row(&copied, "the deliveries inserted")?;
-    // json_group_array keeps the order its rows come in, which SQL does not promise.
-    copied.sort_unstable_by_key(|c| c.0);
-    let payloads: HashMap<&str, &str> = (accepting.iter())
-        .map(|a| (a.id.as_str(), a.payload.as_str()))
-        .collect();
-    let planned = deliveries.iter().zip(&copied);
-    if copied.len() != deliveries.len() || planned.clone().any(|(d, c)| d.config_id != c.1) {
+    if usize::try_from(inserted.rows_affected()).ok() != Some(deliveries.len()) {
         pushes.lost = true;
         return Ok(());
     }
-    for (d, (id, config_id, url, sign_type, key)) in planned {
-        let (Some(payload), Ok(key_sealed)) = (
+    let first = inserted.last_insert_rowid() - i64::try_from(deliveries.len()).unwrap_or(0) + 1;
+    let wanted = (pushes.window).wants(
+        (deliveries.iter()).map(|d| (d.config_id, d.stream, d.state == DeliveryState::Pending)),
+    );
+    pushes.due_left_out |= (deliveries.iter().zip(&wanted))
+        .any(|(d, wanted)| d.state == DeliveryState::Pending && !wanted);
+    let ids: Vec<i64> = (wanted.iter().zip(first..))
+        .filter_map(|(wanted, id)| wanted.then_some(id))
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let copied: String = sqlx::query_scalar(
+        "SELECT json_group_array(json_array(id, config_id, url, sign_type, \
+             CASE WHEN key_sealed IS NULL THEN NULL ELSE hex(key_sealed) END)) \
+         FROM deliveries WHERE id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(json_array(&ids))
+    .fetch_one(&mut **tx)
+    .await?;
+    let copied: Vec<(i64, String, String, String, Option<String>)> =
+        from_json_row(&copied, "the deliveries inserted")?;
+    let mut copied: HashMap<i64, _> = copied.into_iter().map(|c| (c.0, c)).collect();
+    let payloads: HashMap<&str, &str> = (accepting.iter())
+        .map(|a| (a.id.as_str(), a.payload.as_str()))
+        .collect();
+    for ((d, id), wanted) in deliveries.iter().zip(first..).zip(wanted) {
+        if !wanted {
+            continue;
+        }
+        // A wanted id not read back: the ids were not the ones the insert gave out.
+        let Some((_, config_id, url, sign_type, key)) = copied.remove(&id) else {
+            pushes.lost = true;
+            return Ok(());
+        };
+        let (Some(payload), Ok(key_sealed), true) = (
             payloads.get(d.event_id),
             key.as_deref().map(hex::decode).transpose(),
+            config_id == d.config_id,
         ) else {
             pushes.lost = true;
             return Ok(());
@@ -228,15 +247,15 @@ async fn gather(
             pending: d.state == DeliveryState::Pending,
             due_ms: now_ms,
             row: ClaimedRow {
-                id: *id,
+                id,
                 project_id: project.as_str().to_owned(),
                 event_id: d.event_id.to_owned(),
                 payload: (*payload).to_owned(),
                 flavour: flavour.name().to_owned(),
-                config_id: config_id.clone(),
+                config_id,
                 endpoint: d.endpoint.clone(),
-                url: url.clone(),
-                sign_type: sign_type.clone(),
+                url,
+                sign_type,
                 key_sealed,
                 attempts: 0,
             },
