@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use crate::rows::ClaimedRow;
 
 /// Most deliveries, and most streams, the window holds.
-const MOST_HELD: usize = 4096;
+pub(super) const MOST_HELD: usize = 4096;
 
 /// Most bytes of deliveries the window holds (their events' stored form is most of it):
 /// a delivery is about 1 KiB, but an event's text fields may make it tens.
@@ -382,28 +382,31 @@ impl DueWindow {
     }
 
     /// Which of a commit's deliveries (config, stream, inserted `pending`), in insert
-    /// order, the window would keep: a due one while it has room, a blocked one when its
-    /// stream is in the window (or joins it earlier in the list). Ingest gathers only
-    /// those; [`DueWindow::push`] decides again, since claims may have changed the window
-    /// meanwhile (they only ever take streams out).
+    /// order, the window would keep: a due one while it has room; a blocked one when its
+    /// stream is in the window or joins it earlier in the list, room or not (one left out
+    /// would leave a gap in its stream: [`DueWindow::push`] takes a stream that does not
+    /// fit out whole). Ingest gathers only those; the push decides again, since claims
+    /// may have changed the window meanwhile (they only ever take streams out).
     pub fn wants<'d>(
         &self,
         deliveries: impl Iterator<Item = (&'d str, &'d str, bool)>,
     ) -> Vec<bool> {
         let window = self.window();
         let mut joining: HashSet<(&str, &str)> = HashSet::new();
-        let room = MOST_HELD.saturating_sub(window.held.len());
-        let mut wanted = 0;
+        let mut room = MOST_HELD.saturating_sub(window.held.len());
         deliveries
             .map(|(config, stream, pending)| {
-                let wants = wanted < room
-                    && (pending && joining.insert((config, stream))
-                        || !pending
-                            && (joining.contains(&(config, stream))
-                                || (window.streams)
-                                    .contains_key(&(config.to_owned(), stream.to_owned()))));
-                wanted += usize::from(wants);
-                wants
+                if pending {
+                    let fits = room > 0;
+                    if fits {
+                        room -= 1;
+                        joining.insert((config, stream));
+                    }
+                    fits
+                } else {
+                    joining.contains(&(config, stream))
+                        || (window.streams).contains_key(&(config.to_owned(), stream.to_owned()))
+                }
             })
             .collect()
     }
@@ -629,6 +632,18 @@ mod tests {
         window.push(pushed(vec![fresh(4, "a", false)]), |_| false);
         assert_eq!(window.len(), 0, "a's next ones stay out");
         assert!(window.is_exact(0));
+        // Full: a due one is left out, a blocked one of a stream held is not (leaving it out
+        // would leave a gap in its stream).
+        let full: Vec<Fresh> = (10..10 + MOST_HELD as i64)
+            .map(|i| fresh(i, &format!("s{i}"), true))
+            .collect();
+        window.push(pushed(full), |_| false);
+        let wanted = window.wants([("c", "s10", false), ("c", "m", true)].into_iter());
+        assert_eq!(
+            wanted,
+            [true, false],
+            "a blocked one of a stream held is wanted even when full"
+        );
     }
 
     #[test]

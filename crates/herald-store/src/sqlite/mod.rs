@@ -503,6 +503,94 @@ mod tests {
         assert_eq!(state, "dead");
     }
 
+    /// Accepts events `ids` on stream `long` at `now`, in one request.
+    async fn ingest_on_long(store: &SqliteStore, ids: &[String], now: OffsetDateTime) {
+        let events: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let event = serde_json::json!({"event_type": "RECORD_FILE_COMPLETE",
+                    "publish_domain": "d.example.com", "app": "live", "stream": "long",
+                    "download_url": "https://obs.example.com/f.mp4"});
+                (
+                    EventId::parse("event_id", id).unwrap(),
+                    LiveEvent::parse("", &event).unwrap(),
+                )
+            })
+            .collect();
+        store.ingest_live(&project(), &events, now).await.unwrap();
+    }
+
+    /// Claims the one stream's next chain (with up to 256 followers), records it sent, and
+    /// returns its event ids in the order handed out.
+    async fn send_one_chain(store: &SqliteStore, now: OffsetDateTime) -> Vec<String> {
+        let in_flight = HashMap::new();
+        let limits = ClaimLimits {
+            total: 300,
+            per_endpoint: 10,
+            in_flight: &in_flight,
+            per_project: 300,
+            project_in_flight: &in_flight,
+            followers: 256,
+        };
+        let lease = Lease {
+            owner: "w".into(),
+            expires_at: now + time::Duration::seconds(30),
+        };
+        let claimed = store
+            .claim_due_deliveries(now, limits, &lease)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1, "one stream, one chain at a time");
+        let chain: Vec<&ClaimedDelivery> = std::iter::once(&claimed[0])
+            .chain(&claimed[0].followers)
+            .collect();
+        let done: Vec<Completion> = (chain.iter())
+            .map(|d| outcome(d, now, AfterAttempt::Succeeded))
+            .collect();
+        store.complete_deliveries(&done).await.unwrap();
+        chain.iter().map(|d| d.event_id.clone()).collect()
+    }
+
+    /// One stream with more waiting than the due window holds, a chain sent (room in the
+    /// window again), then more: what did not fit stays out without leaving a gap in the
+    /// stream, so the chains the claims hand out (from the window or by SQL) keep the
+    /// stream's order, and nothing goes out twice. (Ingest once left a delivery of a
+    /// stream in the window out when the window was full, and the next one in: the window
+    /// then sent the stream out of order, and its claims by SQL sent some twice.)
+    #[tokio::test]
+    async fn a_stream_longer_than_the_window_keeps_its_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let store = store_with_one_delivery(dir.path(), now).await;
+        let first = claim(&store, now).await;
+        store
+            .complete_deliveries(&[outcome(&first[0], now, AfterAttempt::Succeeded)])
+            .await
+            .unwrap();
+        let count = due_window::MOST_HELD + 1000;
+        let ids: Vec<String> = (0..count).map(|i| format!("long-{i:05}")).collect();
+        let (before, after) = ids.split_at(due_window::MOST_HELD + 300);
+        for batch in before.chunks(500) {
+            ingest_on_long(&store, batch, now).await;
+        }
+        let mut sent = send_one_chain(&store, now).await;
+        for batch in after.chunks(500) {
+            ingest_on_long(&store, batch, now).await;
+        }
+        while sent.len() < count {
+            let chain = send_one_chain(&store, now).await;
+            assert!(!chain.is_empty());
+            sent.extend(chain);
+        }
+        let first_wrong = sent.iter().zip(&ids).position(|(s, i)| s != i);
+        assert_eq!(
+            (first_wrong, sent.len()),
+            (None, count),
+            "in acceptance order, each once"
+        );
+        assert!(claim(&store, now).await.is_empty());
+    }
+
     /// The counts the queue gauges read (`delivery_counts`, kept by triggers) against a
     /// count of the table, after each kind of change: ingest (pending and blocked), an
     /// outcome of each kind with the unblocking it brings, a lease written into a row and
