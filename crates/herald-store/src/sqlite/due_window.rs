@@ -503,22 +503,26 @@ mod tests {
         }
     }
 
+    /// An exact window holding stream a (1, 2 behind it) and stream b (3).
+    fn two_streams() -> DueWindow {
+        let window = DueWindow::default();
+        window.exact_since(0, i64::MAX);
+        let fresh = vec![
+            fresh(1, "a", true),
+            fresh(2, "a", false),
+            fresh(3, "b", true),
+        ];
+        window.push(pushed(fresh), |_| false);
+        window
+    }
+
     fn ids(rows: &[ClaimedRow]) -> Vec<i64> {
         rows.iter().map(|r| r.id).collect()
     }
 
     #[test]
     fn a_stream_goes_out_in_order_and_its_next_only_after_its_head() {
-        let window = DueWindow::default();
-        window.exact_since(0, i64::MAX);
-        window.push(
-            pushed(vec![
-                fresh(1, "a", true),
-                fresh(2, "a", false),
-                fresh(3, "b", true),
-            ]),
-            |_| false,
-        );
+        let window = two_streams();
         // Blocked behind a stream the window does not know: left out.
         window.push(pushed(vec![fresh(4, "z", false)]), |_| false);
         assert_eq!(window.len(), 3);
@@ -604,16 +608,7 @@ mod tests {
 
     #[test]
     fn a_stream_waiting_on_a_retry_leaves_the_window() {
-        let window = DueWindow::default();
-        window.exact_since(0, i64::MAX);
-        window.push(
-            pushed(vec![
-                fresh(1, "a", true),
-                fresh(2, "a", false),
-                fresh(3, "b", true),
-            ]),
-            |_| false,
-        );
+        let window = two_streams();
         assert_eq!(ids(&window.take(1, &[])), [1]);
         assert_eq!(ids(&window.take(3, &[])), [3]);
         // 1 is retried: 2 waits for it, outside the window; 3 succeeded.

@@ -342,14 +342,24 @@ mod tests {
     }
 
     async fn claim(store: &SqliteStore, now: OffsetDateTime) -> Vec<ClaimedDelivery> {
+        claim_with(store, now, 10, 0).await
+    }
+
+    /// A claim of up to `total` (10 per endpoint), each with up to `followers`.
+    async fn claim_with(
+        store: &SqliteStore,
+        now: OffsetDateTime,
+        total: usize,
+        followers: usize,
+    ) -> Vec<ClaimedDelivery> {
         let in_flight = HashMap::new();
         let limits = ClaimLimits {
-            total: 10,
+            total,
             per_endpoint: 10,
             in_flight: &in_flight,
-            per_project: 10,
+            per_project: u32::try_from(total).unwrap(),
             project_in_flight: &in_flight,
-            followers: 0,
+            followers,
         };
         let lease = Lease {
             owner: "w".into(),
@@ -523,23 +533,7 @@ mod tests {
     /// Claims the one stream's next chain (with up to 256 followers), records it sent, and
     /// returns its event ids in the order handed out.
     async fn send_one_chain(store: &SqliteStore, now: OffsetDateTime) -> Vec<String> {
-        let in_flight = HashMap::new();
-        let limits = ClaimLimits {
-            total: 300,
-            per_endpoint: 10,
-            in_flight: &in_flight,
-            per_project: 300,
-            project_in_flight: &in_flight,
-            followers: 256,
-        };
-        let lease = Lease {
-            owner: "w".into(),
-            expires_at: now + time::Duration::seconds(30),
-        };
-        let claimed = store
-            .claim_due_deliveries(now, limits, &lease)
-            .await
-            .unwrap();
+        let claimed = claim_with(store, now, 300, 256).await;
         assert_eq!(claimed.len(), 1, "one stream, one chain at a time");
         let chain: Vec<&ClaimedDelivery> = std::iter::once(&claimed[0])
             .chain(&claimed[0].followers)
