@@ -283,34 +283,17 @@ impl DeliveryQueue for SqliteStore {
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let made_due_at = batch_time_ms(completions);
         let made_due = unblock_next_of_streams(&mut tx, &json_array(&ids), made_due_at).await?;
-        let retries: Vec<i64> = (rows.iter())
-            .filter(|r| r.state == DeliveryState::Retrying)
-            .map(|r| r.next)
-            .collect();
-        // A due delivery handed back unsent is due again, outside the window.
-        let handed_back = current.iter().any(|c| c.next == AfterAttempt::NotSent);
-        // Which leave their stream waiting on a delivery outside the window.
-        let settled: Vec<(i64, bool)> = (current.iter())
-            .map(|c| {
-                let moves_on = matches!(c.next, AfterAttempt::Succeeded | AfterAttempt::Dead);
-                (c.delivery_id, !moves_on)
-            })
-            .collect();
         tx.commit().await?;
         // Every lease of the batch ends, those whose row had moved on included.
         self.leases.release(current.iter().map(|c| c.delivery_id));
         // Then the window learns what became due (the write gate is still held, so no
         // ingest pushes meanwhile): a follower handed back unsent is no longer leased.
+        let outcomes: Vec<(i64, AfterAttempt)> =
+            current.iter().map(|c| (c.delivery_id, c.next)).collect();
         self.window
-            .completed(&settled, &made_due, made_due_at, |id| {
+            .completed(&outcomes, &made_due, made_due_at, |id| {
                 self.leases.is_leased(id)
             });
-        if let Some(first) = retries.into_iter().min() {
-            self.window.due_later(first);
-        }
-        if handed_back {
-            self.window.lose_exactness();
-        }
         Ok(Recorded {
             applied: u64::try_from(applied).unwrap_or(0),
             made_due: !made_due.is_empty(),

@@ -16,7 +16,7 @@
 //! the due index to its end and took everything it read: then nothing else was due, and
 //! whatever became due since came from ingest, which pushed it here. Every other write
 //! that makes a delivery due ends the exactness ([`DueWindow::lose_exactness`]), or,
-//! for a retry due later, bounds it in time ([`DueWindow::due_later`]). A claim by SQL
+//! for a retry due later, bounds it in time ([`DueWindow::completed`]). A claim by SQL
 //! that ran while such a write happened does not make the window exact: it reads the
 //! window's generation before its first query, and the write raises the generation
 //! after its commit.
@@ -36,6 +36,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use herald_core::timefmt::unix_ms;
+
+use crate::AfterAttempt;
 use crate::rows::ClaimedRow;
 
 /// Most deliveries, and most streams, the window holds.
@@ -267,13 +270,6 @@ impl DueWindow {
         self.window().lose_exactness();
     }
 
-    /// A retry was written, due at `at_ms`: the window stays exact until then.
-    pub fn due_later(&self, at_ms: i64) {
-        let mut window = self.window();
-        window.generation += 1;
-        window.exact_until_ms = window.exact_until_ms.map(|until| until.min(at_ms));
-    }
-
     /// After a claim by SQL that began at `generation`, read the due index to its end and
     /// took all it read: exact until `until_ms` (the next due time after the claim's),
     /// unless a write made something due meanwhile.
@@ -411,25 +407,42 @@ impl DueWindow {
             .collect()
     }
 
-    /// After a completion committed and gave up its leases. `settled` are the outcomes
-    /// applied, each with whether it leaves its stream waiting on a delivery outside the
-    /// window (a retry, a delivery handed back unsent): such a stream leaves the window,
-    /// since its next deliveries cannot go out from here before that one. `made_due` are
-    /// the deliveries it made `pending`, due at `at_ms` (each its stream's next). One the
-    /// window holds is its stream's due head now; one a lease holds is on its way; any
-    /// other is due outside the window.
+    /// After a completion committed and gave up its leases. `outcomes` are those made
+    /// under a lease that still held, by delivery:
+    /// - a success or a death lets the stream move on;
+    /// - a retry leaves its stream waiting on a delivery outside the window, so the stream
+    ///   leaves the window, which stays exact only until the retry falls due;
+    /// - a delivery handed back unsent: its stream leaves too, and the window is no longer
+    ///   exact (one handed back in its turn is due again, outside the window).
+    ///
+    /// `made_due` are the deliveries the completion made `pending`, due at `at_ms` (each
+    /// its stream's next). One the window holds is its stream's due head now; one a lease
+    /// holds is on its way; any other is due outside the window. All of it under one
+    /// lock, so that no claim sees the window between these steps.
     pub fn completed(
         &self,
-        settled: &[(i64, bool)],
+        outcomes: &[(i64, AfterAttempt)],
         made_due: &[i64],
         at_ms: i64,
         leased: impl Fn(i64) -> bool,
     ) {
         let mut window = self.window();
-        for &(id, waits_outside) in settled {
-            if let Some(key) = window.in_flight.remove(&id)
-                && waits_outside
-                && let Some(stream) = window.streams.remove(&key)
+        for &(id, next) in outcomes {
+            let stream = window.in_flight.remove(&id);
+            let waits_outside = match next {
+                AfterAttempt::Succeeded | AfterAttempt::Dead => false,
+                AfterAttempt::RetryAt(at) => {
+                    window.generation += 1;
+                    window.exact_until_ms = (window.exact_until_ms).map(|t| t.min(unix_ms(at)));
+                    true
+                }
+                AfterAttempt::NotSent => {
+                    window.lose_exactness();
+                    true
+                }
+            };
+            if waits_outside
+                && let Some(stream) = stream.and_then(|key| window.streams.remove(&key))
             {
                 window.forget(stream);
             }
@@ -516,6 +529,15 @@ mod tests {
         window
     }
 
+    fn at_ms(ms: i64) -> time::OffsetDateTime {
+        time::OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(ms)
+    }
+
+    /// A retry of a delivery not from the window, due at `ms`, recorded.
+    fn retried(window: &DueWindow, ms: i64) {
+        window.completed(&[(-1, AfterAttempt::RetryAt(at_ms(ms)))], &[], 0, |_| false);
+    }
+
     fn ids(rows: &[ClaimedRow]) -> Vec<i64> {
         rows.iter().map(|r| r.id).collect()
     }
@@ -539,7 +561,7 @@ mod tests {
         assert_eq!(ids(&window.take(1, &[])), [1]);
         // 2 waits for 1's completion.
         assert_eq!(heads(10), [3]);
-        window.completed(&[(1, false)], &[2], 20, |_| false);
+        window.completed(&[(1, AfterAttempt::Succeeded)], &[2], 20, |_| false);
         assert!(window.is_exact(0), "2 was held, so the window stays exact");
         assert_eq!(heads(19), [3]);
         assert_eq!(heads(20), [2, 3]);
@@ -557,13 +579,13 @@ mod tests {
         let window = DueWindow::default();
         assert!(!window.is_exact(0), "a new window knows nothing");
         let generation = window.generation();
-        window.due_later(50);
+        retried(&window, 50);
         window.exact_since(generation, 100);
         assert!(!window.is_exact(0), "a retry was written during the claim");
         window.exact_since(window.generation(), 100);
         assert!(window.is_exact(99));
         assert!(!window.is_exact(100), "the next due time ends it");
-        window.due_later(60);
+        retried(&window, 60);
         assert!(window.is_exact(59) && !window.is_exact(60));
     }
 
@@ -612,7 +634,10 @@ mod tests {
         assert_eq!(ids(&window.take(1, &[])), [1]);
         assert_eq!(ids(&window.take(3, &[])), [3]);
         // 1 is retried: 2 waits for it, outside the window; 3 succeeded.
-        window.completed(&[(1, true), (3, false)], &[], 20, |_| false);
+        let retry = AfterAttempt::RetryAt(at_ms(3_600_000));
+        window.completed(&[(1, retry), (3, AfterAttempt::Succeeded)], &[], 20, |_| {
+            false
+        });
         assert_eq!(window.len(), 0, "stream a left the window");
         let wanted = window.wants(
             [
