@@ -330,15 +330,18 @@ mod tests {
             update_time: now,
         };
         store.insert_live_config(&config).await.unwrap();
-        let event = serde_json::json!({"event_type": "RECORD_FILE_COMPLETE", "publish_domain": "d.example.com",
-            "app": "live", "stream": "s", "download_url": "https://obs.example.com/f.mp4"});
-        let event = (
-            EventId::parse("event_id", "e1").unwrap(),
-            LiveEvent::parse("", &event).unwrap(),
-        );
-        let accepted = store.ingest_live(&project(), &[event], now).await.unwrap();
-        assert_eq!(accepted[0].deliveries, 1);
+        ingest_one(&store, "e1", "s", now).await;
         store
+    }
+
+    /// A Live event `id` on `stream`, for the config of [`store_with_one_delivery`].
+    fn live_event(id: &str, stream: &str) -> (EventId, LiveEvent) {
+        let event = serde_json::json!({"event_type": "RECORD_FILE_COMPLETE", "publish_domain": "d.example.com",
+            "app": "live", "stream": stream, "download_url": "https://obs.example.com/f.mp4"});
+        (
+            EventId::parse("event_id", id).unwrap(),
+            LiveEvent::parse("", &event).unwrap(),
+        )
     }
 
     async fn claim(store: &SqliteStore, now: OffsetDateTime) -> Vec<ClaimedDelivery> {
@@ -425,12 +428,7 @@ mod tests {
 
     /// Accepts one event `id` on `stream` at `now`.
     async fn ingest_one(store: &SqliteStore, id: &str, stream: &str, now: OffsetDateTime) {
-        let event = serde_json::json!({"event_type": "RECORD_FILE_COMPLETE", "publish_domain": "d.example.com",
-            "app": "live", "stream": stream, "download_url": "https://obs.example.com/f.mp4"});
-        let event = (
-            EventId::parse("event_id", id).unwrap(),
-            LiveEvent::parse("", &event).unwrap(),
-        );
+        let event = live_event(id, stream);
         let accepted = store.ingest_live(&project(), &[event], now).await.unwrap();
         assert_eq!(accepted[0].deliveries, 1);
     }
@@ -515,18 +513,7 @@ mod tests {
 
     /// Accepts events `ids` on stream `long` at `now`, in one request.
     async fn ingest_on_long(store: &SqliteStore, ids: &[String], now: OffsetDateTime) {
-        let events: Vec<_> = ids
-            .iter()
-            .map(|id| {
-                let event = serde_json::json!({"event_type": "RECORD_FILE_COMPLETE",
-                    "publish_domain": "d.example.com", "app": "live", "stream": "long",
-                    "download_url": "https://obs.example.com/f.mp4"});
-                (
-                    EventId::parse("event_id", id).unwrap(),
-                    LiveEvent::parse("", &event).unwrap(),
-                )
-            })
-            .collect();
+        let events: Vec<_> = ids.iter().map(|id| live_event(id, "long")).collect();
         store.ingest_live(&project(), &events, now).await.unwrap();
     }
 
@@ -611,15 +598,7 @@ mod tests {
         let store = store_with_one_delivery(dir.path(), now).await;
         let events: Vec<_> = [("e2", "s"), ("e3", "s"), ("e4", "t"), ("e5", "u")]
             .into_iter()
-            .map(|(id, stream)| {
-                let event = serde_json::json!({"event_type": "RECORD_FILE_COMPLETE",
-                    "publish_domain": "d.example.com", "app": "live", "stream": stream,
-                    "download_url": "https://obs.example.com/f.mp4"});
-                (
-                    EventId::parse("event_id", id).unwrap(),
-                    LiveEvent::parse("", &event).unwrap(),
-                )
-            })
+            .map(|(id, stream)| live_event(id, stream))
             .collect();
         store.ingest_live(&project(), &events, now).await.unwrap();
         counts_agree(&store, "ingest").await;
