@@ -150,6 +150,13 @@ impl Window {
         self.exact_until_ms = None;
     }
 
+    /// A delivery is due again at `at_ms`, outside the window: the window is exact until
+    /// then at most.
+    fn due_later(&mut self, at_ms: i64) {
+        self.generation += 1;
+        self.exact_until_ms = self.exact_until_ms.map(|t| t.min(at_ms));
+    }
+
     fn invalidate(&mut self) {
         self.lose_exactness();
         self.streams.clear();
@@ -432,8 +439,7 @@ impl DueWindow {
             let waits_outside = match next {
                 AfterAttempt::Succeeded | AfterAttempt::Dead => false,
                 AfterAttempt::RetryAt(at) => {
-                    window.generation += 1;
-                    window.exact_until_ms = (window.exact_until_ms).map(|t| t.min(unix_ms(at)));
+                    window.due_later(unix_ms(at));
                     true
                 }
                 AfterAttempt::NotSent => {
