@@ -777,6 +777,7 @@ async fn run_hardening_suite(store: &dyn Store, behind: &Behind<'_>) {
     an_unreadable_delivery_is_dead_and_the_claim_goes_on(store, behind).await;
     a_claim_goes_on_when_an_unreadable_row_cannot_be_marked_dead(store, behind).await;
     a_corrupt_config_fails_only_its_own_ingest(store, behind).await;
+    outcomes_are_written_beside_ingests_whatever_those_meet(store, behind).await;
     a_success_is_kept_in_its_delivery_row(store, behind).await;
     the_log_counts_up_to_a_bound(store).await;
 }
@@ -935,6 +936,74 @@ async fn a_corrupt_config_fails_only_its_own_ingest(store: &dyn Store, behind: &
     assert_eq!(total, 19);
     behind
         .execute("DELETE FROM live_callback_configs WHERE id = 'cfg-broken'")
+        .await;
+    drain(store, t0).await;
+}
+
+/// Outcomes that arrive at the same moment as ingests are written all the same: a stream
+/// whose delivery succeeds takes the event accepted at that moment as its next, in order;
+/// and an ingest that fails beside them (the embedded store then takes the ingests that
+/// share its commit one by one) fails alone, the outcomes and the other ingests written.
+async fn outcomes_are_written_beside_ingests_whatever_those_meet(
+    store: &dyn Store,
+    behind: &Behind<'_>,
+) {
+    let t0 = datetime!(2035-01-15 00:00:00 UTC);
+    let p = "q-beside";
+    let (sound, broken) = ("sound-beside.example.com", "broken-beside.example.com");
+    for (id, domain) in [("cfg-beside", sound), ("cfg-beside-broken", broken)] {
+        let body = json!({"publish_domain": domain, "app": "*", "notify_callback_url": "https://cb.example.com/b"});
+        add_config(store, p, id, body, t0).await;
+    }
+    let project = project(p);
+    let on = |id: &str, domain: &str| [event(id, "RECORD_FILE_COMPLETE", domain, "live", "s")];
+    store
+        .ingest_live(&project, &on("b0", sound), t0)
+        .await
+        .unwrap();
+    let claimed = claim(store, t0, 10).await;
+    assert_eq!(event_ids(&claimed), ["b0"]);
+    behind
+        .execute("UPDATE live_callback_configs SET notify_event_subscription = 'NO_SUCH_EVENT' WHERE id = 'cfg-beside-broken'")
+        .await;
+    // Beside an ingest that fails.
+    let (done, b1, b_broken) = (
+        [succeeded(&claimed[0], t0)],
+        on("b1", sound),
+        on("b-broken", broken),
+    );
+    let (recorded, next, refused) = tokio::join!(
+        store.complete_deliveries(&done),
+        store.ingest_live(&project, &b1, t0),
+        store.ingest_live(&project, &b_broken, t0),
+    );
+    assert_eq!(recorded.unwrap().applied, 1);
+    assert_eq!(next.unwrap(), [accepted("b1", 1)]);
+    assert!(
+        matches!(refused, Err(StoreError::Corrupt(_))),
+        "{refused:?}"
+    );
+    let claimed = claim(store, t0, 10).await;
+    assert_eq!(event_ids(&claimed), ["b1"]);
+    // Beside an ingest that holds.
+    let (done, b2) = ([succeeded(&claimed[0], t0)], on("b2", sound));
+    let (recorded, next) = tokio::join!(
+        store.complete_deliveries(&done),
+        store.ingest_live(&project, &b2, t0),
+    );
+    assert_eq!(recorded.unwrap().applied, 1);
+    assert_eq!(next.unwrap(), [accepted("b2", 1)]);
+    let claimed = claim(store, t0, 10).await;
+    assert_eq!(event_ids(&claimed), ["b2"]);
+    for id in ["b0", "b1"] {
+        assert_eq!(
+            delivery_of(store, p, id).await.status,
+            DeliveryStatus::Succeeded
+        );
+    }
+    assert_eq!(complete(store, &[succeeded(&claimed[0], t0)]).await, 1);
+    behind
+        .execute("DELETE FROM live_callback_configs WHERE id = 'cfg-beside-broken'")
         .await;
     drain(store, t0).await;
 }
