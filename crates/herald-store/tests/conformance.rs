@@ -881,6 +881,16 @@ async fn a_success_is_kept_in_its_delivery_row(store: &dyn Store, behind: &Behin
     assert_eq!(total, 0);
 }
 
+/// Leaves config `id`'s stored row unreadable (a subscription to no event type), as a
+/// hand edit or a bad restore would: an ingest that matches it fails with `Corrupt`.
+async fn corrupt_config(behind: &Behind<'_>, id: &str) {
+    behind
+        .execute(&format!(
+            "UPDATE live_callback_configs SET notify_event_subscription = 'NO_SUCH_EVENT' WHERE id = '{id}'"
+        ))
+        .await;
+}
+
 /// An ingest that meets a corrupt config row fails alone: the embedded store plans the
 /// ingests that share a commit together, and when that plan fails it takes them one by
 /// one, so the others arriving with it are accepted all the same.
@@ -894,9 +904,7 @@ async fn a_corrupt_config_fails_only_its_own_ingest(store: &dyn Store, behind: &
         let body = json!({"publish_domain": domain, "app": "*", "notify_callback_url": "https://cb.example.com/c"});
         add_config(store, p, id, body, t0).await;
     }
-    behind
-        .execute("UPDATE live_callback_configs SET notify_event_subscription = 'NO_SUCH_EVENT' WHERE id = 'cfg-broken'")
-        .await;
+    corrupt_config(behind, "cfg-broken").await;
     let project = project(p);
     let ingests = (0..20).map(|i| {
         let domain = if i == 7 {
@@ -963,9 +971,7 @@ async fn outcomes_are_written_beside_ingests_whatever_those_meet(
         .unwrap();
     let claimed = claim(store, t0, 10).await;
     assert_eq!(event_ids(&claimed), ["b0"]);
-    behind
-        .execute("UPDATE live_callback_configs SET notify_event_subscription = 'NO_SUCH_EVENT' WHERE id = 'cfg-beside-broken'")
-        .await;
+    corrupt_config(behind, "cfg-beside-broken").await;
     // Beside an ingest that fails.
     let (done, b1, b_broken) = (
         [succeeded(&claimed[0], t0)],
