@@ -309,7 +309,7 @@ async fn add_followers(
     let found: String = sqlx::query_scalar(&format!(
         "SELECT json_group_array(json_array(h.value, json((SELECT json_group_array(id) FROM ( \
              SELECT b.id FROM deliveries b WHERE b.state IN {OPEN} AND b.state = '{blocked}' \
-             AND b.config_id = d.config_id AND b.stream = d.stream ORDER BY b.id LIMIT ?2))))) \
+             AND b.config_n = d.config_n AND b.stream = d.stream ORDER BY b.id LIMIT ?2))))) \
          FROM json_each(?1) h JOIN deliveries d ON d.id = h.value",
         blocked = DeliveryState::Blocked,
     ))

@@ -51,7 +51,9 @@ async fn stream_has_open_delivery(
     except: i64,
 ) -> Result<bool, StoreError> {
     Ok(sqlx::query_scalar(&format!(
-        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE config_id = ? AND stream = ? AND id <> ? AND state IN {OPEN})"
+        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE \
+             config_n = (SELECT n FROM stream_configs WHERE config_id = ?) \
+             AND stream = ? AND id <> ? AND state IN {OPEN})"
     ))
     .bind(config_id)
     .bind(stream)
@@ -78,8 +80,8 @@ async fn unblock_next_of_streams(
     let next: String = sqlx::query_scalar(&format!(
         "SELECT json_group_array(n.id) FROM ( \
              SELECT (SELECT o.id FROM deliveries o WHERE o.state IN {OPEN} \
-                     AND o.config_id = f.config_id AND o.stream = f.stream ORDER BY o.id LIMIT 1) AS id \
-             FROM (SELECT DISTINCT config_id, stream FROM deliveries \
+                     AND o.config_n = f.config_n AND o.stream = f.stream ORDER BY o.id LIMIT 1) AS id \
+             FROM (SELECT DISTINCT config_n, stream FROM deliveries \
                    WHERE id IN (SELECT value FROM json_each(?1)) AND state IN {FINISHED}) f) n \
          JOIN deliveries d ON d.id = n.id AND d.state = '{blocked}'",
     ))
@@ -498,12 +500,21 @@ impl DeliveryQueue for SqliteStore {
         } else {
             DeliveryState::Pending
         };
-        sqlx::query("UPDATE deliveries SET state = ?, next_attempt_at_ms = ? WHERE id = ?")
-            .bind(next_state.as_str())
-            .bind(unix_ms(now))
-            .bind(id)
+        // A delivery finished before migration 0017 has no number for the by-stream index.
+        sqlx::query("INSERT OR IGNORE INTO stream_configs (config_id) VALUES (?)")
+            .bind(&config_id)
             .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "UPDATE deliveries SET state = ?, next_attempt_at_ms = ?, \
+                 config_n = (SELECT n FROM stream_configs WHERE config_id = deliveries.config_id) \
+             WHERE id = ?",
+        )
+        .bind(next_state.as_str())
+        .bind(unix_ms(now))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         // An old delivery back in its stream, before what the window holds of it.
         self.window.invalidate();
@@ -531,9 +542,11 @@ pub(super) async fn cancel_open_deliveries(
     in_flight: &[i64],
     followers: &[i64],
 ) -> Result<Vec<i64>, StoreError> {
+    // The by-stream index holds the open deliveries, and its `state IN` term is what lets
+    // SQLite read the config's there rather than the whole table.
     sqlx::query(&format!(
-        "UPDATE deliveries SET state = '{}' WHERE config_id = ? \
-         AND state IN {NOT_SENT} AND id NOT IN (SELECT value FROM json_each(?))",
+        "UPDATE deliveries SET state = '{}' WHERE config_n = (SELECT n FROM stream_configs WHERE config_id = ?) \
+         AND state IN {OPEN} AND state IN {NOT_SENT} AND id NOT IN (SELECT value FROM json_each(?))",
         DeliveryState::Cancelled
     ))
     .bind(config_id)

@@ -144,25 +144,37 @@ pub(super) async fn insert_deliveries(
     if pairs.is_empty() {
         return Ok(0);
     }
+    let pairs = json_array(&pairs);
+    // Each config gets its number for the by-stream index before its first delivery
+    // (migration 0017); a config that has one already is left as it is.
+    sqlx::query(
+        "INSERT OR IGNORE INTO stream_configs (config_id) \
+         SELECT DISTINCT json_extract(value, '$[0]') FROM json_each(?)",
+    )
+    .bind(pairs.as_str())
+    .execute(&mut **tx)
+    .await?;
     // One row of JSON, not a row per busy stream; one index probe per stream (a `DISTINCT`
     // over the open deliveries read every one of each stream).
     let busy: String = sqlx::query_scalar(&format!(
         "SELECT json_group_array(json_array(p.c, p.s)) FROM ( \
              SELECT DISTINCT json_extract(value, '$[0]') AS c, json_extract(value, '$[1]') AS s FROM json_each(?)) p \
-         WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.config_id = p.c AND d.stream = p.s AND d.state IN {OPEN})"
+         JOIN stream_configs k ON k.config_id = p.c \
+         WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.config_n = k.n AND d.stream = p.s AND d.state IN {OPEN})"
     ))
-    .bind(json_array(&pairs))
+    .bind(pairs.as_str())
     .fetch_one(&mut **tx)
     .await?;
     let busy: HashSet<(String, String)> = from_json_row(&busy, "the busy streams")?;
     let deliveries = new_deliveries(project, accepting, busy)?;
     let inserted = sqlx::query(&format!(
         "INSERT INTO deliveries (project_id, event_seq, config_id, stream, endpoint, url, sign_type, \
-         key_sealed, state, next_attempt_at_ms, created_at_ms) \
+         key_sealed, state, next_attempt_at_ms, created_at_ms, config_n) \
          SELECT ?3, (SELECT seq FROM events WHERE project_id = ?3 AND event_id = json_extract(t.value, '$.event_id')), \
              json_extract(t.value, '$.config_id'), \
              json_extract(t.value, '$.stream'), json_extract(t.value, '$.endpoint'), t.url, t.sign_type, \
-             t.key_sealed, json_extract(t.value, '$.state'), ?1, ?1 \
+             t.key_sealed, json_extract(t.value, '$.state'), ?1, ?1, \
+             (SELECT n FROM stream_configs WHERE config_id = json_extract(t.value, '$.config_id')) \
          FROM ({}) t ORDER BY t.key",
         target_source(flavour)
     ))

@@ -301,7 +301,7 @@ mod tests {
     use super::*;
     use crate::{
         AfterAttempt, AttemptRecord, ClaimLimits, ClaimedDelivery, Completion, DeliveryQueue,
-        Lease, LiveConfigs,
+        Lease, LiveConfigs, RetryOutcome,
     };
     use herald_core::config::live::{LiveCallbackConfig, LiveConfigRequest};
     use herald_core::event::EventId;
@@ -570,6 +570,91 @@ mod tests {
             "in acceptance order, each once"
         );
         assert!(claim(&store, now).await.is_empty());
+    }
+
+    /// A data dir from before migration 0017, whose by-stream index was keyed by the
+    /// config's id (made here from today's by undoing the migration): after the upgrade its
+    /// open deliveries keep their streams' order, a new event waits behind them, and a
+    /// delivery that had finished before joins its stream again when retried by hand.
+    #[tokio::test]
+    async fn streams_keep_their_order_across_the_upgrade_to_config_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let store = store_with_one_delivery(dir.path(), now).await;
+        let first = claim(&store, now).await;
+        store
+            .complete_deliveries(&[outcome(&first[0], now, AfterAttempt::Dead)])
+            .await
+            .unwrap();
+        for (id, stream) in [("e2", "s"), ("e3", "s"), ("e4", "t")] {
+            ingest_one(&store, id, stream, now).await;
+        }
+        let master = store.master.clone();
+        store.pool.close().await;
+        drop(store);
+
+        let url = format!("sqlite://{}", dir.path().join(DATABASE_FILE).display());
+        let old = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "DROP INDEX deliveries_open_by_stream; \
+             ALTER TABLE deliveries DROP COLUMN config_n; \
+             DROP TABLE stream_configs; \
+             CREATE INDEX deliveries_open_by_stream ON deliveries (config_id, stream, id) \
+                 WHERE state IN ('blocked', 'pending', 'running', 'retrying'); \
+             DELETE FROM _sqlx_migrations WHERE version = 17;",
+        )
+        .execute(&old)
+        .await
+        .unwrap();
+        old.close().await;
+
+        let store = SqliteStore::open(dir.path(), master).await.unwrap();
+        let numbered: Vec<(String, Option<i64>)> = sqlx::query_as(
+            "SELECT e.event_id, d.config_n FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+             ORDER BY d.id",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            numbered,
+            [
+                ("e1".to_owned(), None),
+                ("e2".to_owned(), Some(1)),
+                ("e3".to_owned(), Some(1)),
+                ("e4".to_owned(), Some(1)),
+            ],
+            "the open deliveries numbered, the finished one not"
+        );
+        ingest_one(&store, "e5", "s", now).await;
+        let dead_id = first[0].id;
+        assert!(matches!(
+            store
+                .retry_delivery(&project(), dead_id, now)
+                .await
+                .unwrap(),
+            RetryOutcome::Requeued
+        ));
+
+        // Stream s, one at a time in id order (e1 retried is its oldest); t beside it.
+        let mut sent = Vec::new();
+        loop {
+            let claimed = claim(&store, now).await;
+            if claimed.is_empty() {
+                break;
+            }
+            let on_s: Vec<&ClaimedDelivery> =
+                claimed.iter().filter(|d| d.event_id != "e4").collect();
+            assert!(on_s.len() <= 1, "two of stream s at once: {claimed:?}");
+            sent.extend(claimed.iter().map(|d| d.event_id.clone()));
+            let done: Vec<Completion> = claimed
+                .iter()
+                .map(|d| outcome(d, now, AfterAttempt::Succeeded))
+                .collect();
+            store.complete_deliveries(&done).await.unwrap();
+        }
+        sent.retain(|e| e != "e4");
+        assert_eq!(sent, ["e2", "e1", "e3", "e5"]);
     }
 
     /// The counts the queue gauges read (`delivery_counts`, kept by triggers) against a
