@@ -334,6 +334,22 @@ mod tests {
         store
     }
 
+    /// [`store_with_one_delivery`], its delivery claimed and its outcome `next` recorded;
+    /// with the delivery as it was claimed.
+    async fn store_with_one_sent(
+        dir: &Path,
+        now: OffsetDateTime,
+        next: AfterAttempt,
+    ) -> (SqliteStore, ClaimedDelivery) {
+        let store = store_with_one_delivery(dir, now).await;
+        let sent = claim(&store, now).await.remove(0);
+        store
+            .complete_deliveries(&[outcome(&sent, now, next)])
+            .await
+            .unwrap();
+        (store, sent)
+    }
+
     /// A Live event `id` on `stream`, for the config of [`store_with_one_delivery`].
     fn live_event(id: &str, stream: &str) -> (EventId, LiveEvent) {
         let event = serde_json::json!({"event_type": "RECORD_FILE_COMPLETE", "publish_domain": "d.example.com",
@@ -542,12 +558,7 @@ mod tests {
     async fn a_stream_longer_than_the_window_keeps_its_order() {
         let dir = tempfile::tempdir().unwrap();
         let now = OffsetDateTime::now_utc();
-        let store = store_with_one_delivery(dir.path(), now).await;
-        let first = claim(&store, now).await;
-        store
-            .complete_deliveries(&[outcome(&first[0], now, AfterAttempt::Succeeded)])
-            .await
-            .unwrap();
+        let (store, _) = store_with_one_sent(dir.path(), now, AfterAttempt::Succeeded).await;
         let count = due_window::MOST_HELD + 1000;
         let ids: Vec<String> = (0..count).map(|i| format!("long-{i:05}")).collect();
         let (before, after) = ids.split_at(due_window::MOST_HELD + 300);
@@ -580,12 +591,7 @@ mod tests {
     async fn streams_keep_their_order_across_the_upgrade_to_config_numbers() {
         let dir = tempfile::tempdir().unwrap();
         let now = OffsetDateTime::now_utc();
-        let store = store_with_one_delivery(dir.path(), now).await;
-        let first = claim(&store, now).await;
-        store
-            .complete_deliveries(&[outcome(&first[0], now, AfterAttempt::Dead)])
-            .await
-            .unwrap();
+        let (store, dead) = store_with_one_sent(dir.path(), now, AfterAttempt::Dead).await;
         for (id, stream) in [("e2", "s"), ("e3", "s"), ("e4", "t")] {
             ingest_one(&store, id, stream, now).await;
         }
@@ -627,10 +633,9 @@ mod tests {
             "the open deliveries numbered, the finished one not"
         );
         ingest_one(&store, "e5", "s", now).await;
-        let dead_id = first[0].id;
         assert!(matches!(
             store
-                .retry_delivery(&project(), dead_id, now)
+                .retry_delivery(&project(), dead.id, now)
                 .await
                 .unwrap(),
             RetryOutcome::Requeued
