@@ -3,7 +3,7 @@
 -- every outcome changes one. With the 32-character config id leading each entry, a
 -- backlog's entries spread over hundreds of pages, and each commit wrote most of them to
 -- the WAL again. A number per config makes the entries about a third as long, and the
--- pages a commit touches fewer: b (1,000 streams) wrote 13-15% fewer bytes per callback
+-- pages a commit touches fewer: b (1,000 streams) wrote about 11% fewer bytes per callback
 -- (docs/benchmarks.md).
 --
 -- stream_configs gives each config id that deliveries were made for its number, never
