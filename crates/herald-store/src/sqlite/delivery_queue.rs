@@ -501,10 +501,7 @@ impl DeliveryQueue for SqliteStore {
             DeliveryState::Pending
         };
         // A delivery finished before migration 0017 has no number for the by-stream index.
-        sqlx::query("INSERT OR IGNORE INTO stream_configs (config_id) VALUES (?)")
-            .bind(&config_id)
-            .execute(&mut *tx)
-            .await?;
+        super::ingest::number_configs(&mut tx, &json_array(&[[&config_id, &stream]])).await?;
         sqlx::query(
             "UPDATE deliveries SET state = ?, next_attempt_at_ms = ?, \
                  config_n = (SELECT n FROM stream_configs WHERE config_id = deliveries.config_id) \

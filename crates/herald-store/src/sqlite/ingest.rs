@@ -128,6 +128,23 @@ async fn accept(
     Ok(())
 }
 
+/// Gives each config of `pairs` (`[[config_id, stream], …]` as JSON) its number for the
+/// by-stream index (migration 0017), before a delivery of it is created or opened again; a
+/// config that has one already keeps it.
+pub(super) async fn number_configs(
+    tx: &mut Transaction<'_, Sqlite>,
+    pairs: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT OR IGNORE INTO stream_configs (config_id) \
+         SELECT DISTINCT json_extract(value, '$[0]') FROM json_each(?)",
+    )
+    .bind(pairs)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Inserts the deliveries of `accepting` (events already stored): per (config, stream),
 /// the first is pending unless the stream already has an open delivery, and every later
 /// one waits. A target deleted meanwhile gets none. Returns how many were inserted; with
@@ -145,15 +162,7 @@ pub(super) async fn insert_deliveries(
         return Ok(0);
     }
     let pairs = json_array(&pairs);
-    // Each config gets its number for the by-stream index before its first delivery
-    // (migration 0017); a config that has one already is left as it is.
-    sqlx::query(
-        "INSERT OR IGNORE INTO stream_configs (config_id) \
-         SELECT DISTINCT json_extract(value, '$[0]') FROM json_each(?)",
-    )
-    .bind(pairs.as_str())
-    .execute(&mut **tx)
-    .await?;
+    number_configs(tx, &pairs).await?;
     // One row of JSON, not a row per busy stream; one index probe per stream (a `DISTINCT`
     // over the open deliveries read every one of each stream).
     let busy: String = sqlx::query_scalar(&format!(

@@ -648,9 +648,8 @@ mod tests {
             if claimed.is_empty() {
                 break;
             }
-            let on_s: Vec<&ClaimedDelivery> =
-                claimed.iter().filter(|d| d.event_id != "e4").collect();
-            assert!(on_s.len() <= 1, "two of stream s at once: {claimed:?}");
+            let on_s = claimed.iter().filter(|d| d.event_id != "e4").count();
+            assert!(on_s <= 1, "two of stream s at once: {claimed:?}");
             sent.extend(claimed.iter().map(|d| d.event_id.clone()));
             let done: Vec<Completion> = claimed
                 .iter()
